@@ -1,0 +1,56 @@
+"""Checkpoints: the worker's whole state in one .npz file, replaced atomically, loaded without pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnobs.errors import NnobsError
+
+
+@dataclass
+class Checkpoint:
+    """Everything a new worker generation needs to go on where the last one stopped."""
+
+    batch: int  # batches trained
+    eta: float
+    target: int
+    report_every: int
+    gen: int  # generation of the worker that wrote it
+    last_seq: int  # highest control command applied
+    run_offset: int  # size of the run file when written: answers after it may need repeating
+    sv: np.ndarray = field(repr=False)  # state vector, (n_params,)
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
+    path = Path(path)
+    meta = {k: v for k, v in asdict(ckpt).items() if k != "sv"}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, sv=np.asarray(ckpt.sv, dtype=float), meta=np.array(json.dumps(meta)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    """The saved checkpoint, or None when there is none yet."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            sv = saved["sv"].copy()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as err:
+        raise NnobsError(f"checkpoint {path} is unreadable: {err}") from err
+    return Checkpoint(sv=sv, **meta)

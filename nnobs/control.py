@@ -1,0 +1,133 @@
+"""The control file: commands to the worker, appended under a lock and noticed by the worker cheaply."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from nnobs.errors import CommandError, ControlFileError
+
+MAX_TARGET = 10**12  # far beyond any run here; larger is a typo
+MAX_ETA = 1e6
+LOCK_TIMEOUT_S = 10.0
+
+Command = dict[str, Any]  # {"seq": int, "id": str, "cmd": str, "value": ..., "t": float, "by": str}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_command(cmd: Any, value: Any) -> Any:
+    """The value the worker will apply for cmd, or CommandError saying why it would be refused."""
+    if cmd == "target":
+        if not _is_int(value) or not 0 <= value <= MAX_TARGET:
+            raise CommandError(f"target must be a whole number of batches from 0 to {MAX_TARGET:,}, not {value!r}")
+        return value
+    if cmd == "eta":
+        if not _is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_ETA:
+            raise CommandError(f"eta must be a number above 0 and at most {MAX_ETA:g}, not {value!r}")
+        return float(value)
+    if cmd == "report_every":
+        if not _is_int(value) or not 0 <= value <= MAX_TARGET:
+            raise CommandError(f"report_every must be a whole number of batches (0 turns it off), not {value!r}")
+        return value
+    if cmd in ("tell_state", "shutdown"):
+        return None
+    raise CommandError(f"unknown command {cmd!r}: expected target, eta, report_every, tell_state or shutdown")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {"next_seq": 1, "commands": []}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ControlFileError(f"cannot read {path}: {err}") from err
+    try:
+        content = json.loads(text)
+    except ValueError as err:
+        raise ControlFileError(f"{path} is not valid JSON ({err})") from err
+    if (
+        not isinstance(content, dict)
+        or not _is_int(content.get("next_seq"))
+        or not isinstance(content.get("commands"), list)
+    ):
+        raise ControlFileError(f'{path} is not an object with "next_seq" and a "commands" list')
+    return content
+
+
+def read_commands(path: Path) -> list[Command]:
+    """Every command in the control file, oldest first. Safe without the lock: writers replace it atomically."""
+    return [c for c in _read(Path(path))["commands"] if isinstance(c, dict) and _is_int(c.get("seq"))]
+
+
+def _replace_atomically(path: Path, content: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(content, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Command:
+    """Append one command to the control file under its lock; return it with its seq and id.
+
+    The value is not checked here: the worker is the authority and answers every command,
+    refused ones included. Callers that want to refuse early use check_command.
+    """
+    path = Path(path)
+    command = {"cmd": cmd, "value": value, "id": uuid.uuid4().hex[:12], "t": round(time.time(), 3), "by": by}
+    try:
+        json.dumps(command, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise CommandError(f"{cmd} {value!r} cannot be written as JSON: {err}") from err
+    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S):
+        content = _read(path)
+        command = {"seq": content["next_seq"], **command}
+        content["next_seq"] += 1
+        content["commands"].append(command)
+        _replace_atomically(path, content)
+    return command
+
+
+class ControlWatcher:
+    """Hands the worker the commands it has not seen yet, reading the file only when it changed."""
+
+    def __init__(self, path: Path, last_seq: int = 0):
+        self.path = Path(path)
+        self.last_seq = last_seq  # highest seq handed out so far
+        self._signature: tuple[int, int, int] | None = None
+
+    def poll(self) -> list[Command]:
+        """New commands, oldest first; [] when the file has not changed. Raises ControlFileError once per bad version."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature == self._signature:
+            return []
+        self._signature = signature
+        new = [c for c in read_commands(self.path) if c["seq"] > self.last_seq]
+        if new:
+            self.last_seq = new[-1]["seq"]
+        return new

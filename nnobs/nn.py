@@ -1,0 +1,171 @@
+"""Small numpy neural nets: layers that learn by backprop, chained by a Network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+Array = np.ndarray
+Fact = tuple[Array, Array]  # (x of shape (rows, n_in), ideal of shape (rows, n_out))
+
+
+class Layer:
+    """One stage of a network; the base passes nothing on and learns nothing."""
+
+    n_params = 0
+
+    def __call__(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def backprop(self, grad: Array) -> Array:
+        """Take the (eta-scaled) gradient at the output, learn from it, return the gradient at the input."""
+        raise NotImplementedError
+
+    def state_vector(self) -> Array:
+        return np.empty(0)
+
+    def set_state_from_vector(self, sv: Array) -> None:
+        assert len(sv) == self.n_params, f"expected {self.n_params} parameters, got {len(sv)}"
+
+
+class IdentityLayer(Layer):
+    """Passes values and gradients through unchanged."""
+
+    def __call__(self, x: Array) -> Array:
+        return x
+
+    def backprop(self, grad: Array) -> Array:
+        return grad
+
+
+class AffineLayer(Layer):
+    """x @ W + b, with W of shape (n, m) and b of shape (m,), drawn from a standard normal."""
+
+    def __init__(self, n: int, m: int, rng: np.random.RandomState | np.random.Generator | None = None):
+        rng = np.random.RandomState() if rng is None else rng
+        self.W = rng.standard_normal((n, m))  # (n_in, n_out)
+        self.b = rng.standard_normal(m)  # (n_out,)
+        self.n_params = n * m + m
+        self._x: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._x = x
+        return x @ self.W + self.b
+
+    def backprop(self, grad: Array) -> Array:
+        grad_in = grad @ self.W.T  # taken before W moves: it is the gradient of this forward pass
+        self.W -= self._x.T @ grad
+        self.b -= grad.sum(axis=0)
+        return grad_in
+
+    def state_vector(self) -> Array:
+        return np.concatenate((self.W.ravel(), self.b))
+
+    def set_state_from_vector(self, sv: Array) -> None:
+        super().set_state_from_vector(sv)
+        n_w = self.W.size
+        self.W[...] = np.reshape(sv[:n_w], self.W.shape)
+        self.b[...] = sv[n_w:]
+
+
+def elementwise(fun: Callable) -> Callable[[Array], Array]:
+    """Return fun itself when it maps arrays element-wise (ufuncs, numpy expressions), else np.vectorize(fun)."""
+    if isinstance(fun, np.ufunc):
+        return fun
+    probe = np.array([0.25, -0.5])
+    try:
+        out = fun(probe)
+    except (TypeError, ValueError):  # math.tanh and friends refuse arrays; `if x > 0` is ambiguous on one
+        return np.vectorize(fun, otypes=[float])
+    if isinstance(out, np.ndarray) and out.shape == probe.shape:
+        return fun
+    return np.vectorize(fun, otypes=[float])
+
+
+class MapLayer(Layer):
+    """Applies fun element-wise; dfun is its derivative with respect to the layer input."""
+
+    def __init__(self, fun: Callable, dfun: Callable):
+        self.fun = elementwise(fun)
+        self.dfun = elementwise(dfun)
+        self._x: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._x = x
+        return self.fun(x)
+
+    def backprop(self, grad: Array) -> Array:
+        return grad * self.dfun(self._x)
+
+
+class TanhLayer(MapLayer):
+    """tanh, whose derivative 1 - tanh(x)**2 reuses the forward output instead of recomputing it."""
+
+    def __init__(self):
+        super().__init__(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2)
+        self._y: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._x = x
+        self._y = np.tanh(x)
+        return self._y
+
+    def backprop(self, grad: Array) -> Array:
+        y = self._y
+        return grad * (1.0 - y * y)
+
+
+class Network:
+    """Layers applied in order, trained by gradient descent on the half mean squared error."""
+
+    def __init__(self, eta: float = 0.1):
+        self.layers: list[Layer] = []
+        self.eta = eta
+
+    def extend(self, layer: Layer) -> Network:
+        self.layers.append(layer)
+        return self
+
+    def __call__(self, x: Array) -> Array:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def learn_one(self, x: Array, ideal: Array) -> float:
+        """Train on one batch; return its loss before the update."""
+        err = self(x) - ideal  # (rows, n_out)
+        rows = len(x)
+        grad = err * (self.eta / rows)
+        for layer in reversed(self.layers):
+            grad = layer.backprop(grad)
+        return float(np.vdot(err, err)) / (2 * rows)
+
+    def learn(self, facts: Iterable[Fact]) -> float | None:
+        """Train on each (x, ideal) batch in turn; return the loss of the last one."""
+        loss = None
+        for x, ideal in facts:
+            loss = self.learn_one(x, ideal)
+        return loss
+
+    def losses(self, facts: Iterable[Fact]) -> list[float]:
+        """The loss of each batch, without learning."""
+        out = []
+        for x, ideal in facts:
+            err = self(x) - ideal
+            out.append(float(np.vdot(err, err)) / (2 * len(x)))
+        return out
+
+    def state_vector(self) -> Array:
+        """All learnable parameters, layer by layer, as one flat vector."""
+        parts = [layer.state_vector() for layer in self.layers]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    def set_state_from_vector(self, sv: Array) -> None:
+        sv = np.asarray(sv, dtype=float)
+        n_total = sum(layer.n_params for layer in self.layers)
+        assert len(sv) == n_total, f"state vector has {len(sv)} values, this network has {n_total} parameters"
+        start = 0
+        for layer in self.layers:
+            layer.set_state_from_vector(sv[start : start + layer.n_params])
+            start += layer.n_params

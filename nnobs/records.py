@@ -1,0 +1,123 @@
+"""The run file: one JSON object per line, appended by the worker, read incrementally by everyone else."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Replace every NaN or infinity inside value by None: JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """One complete line of strict JSON; a record holding NaN or infinity is written with nulls and "diverged": true."""
+    try:
+        text = json.dumps(record, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps({**_finite_or_none(record), "diverged": True}, allow_nan=False, separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
+class RecordWriter:
+    """Appends records stamped with wall time and worker generation; a failed write is reported, never raised."""
+
+    def __init__(self, path: Path, gen: int | None):
+        self.path = Path(path)
+        self.gen = gen
+        self.failed_writes = 0
+        # O_APPEND makes each single write land whole at the end, even beside another writer.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """End a line left unfinished by a killed writer, so that only it is lost, not our first record."""
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
+
+    def write(self, record: Record) -> bool:
+        line = encode_record({**record, "t": round(time.time(), 3), "gen": self.gen})
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(f"short write: {written} of {len(line)} bytes")
+            return True
+        except OSError as err:
+            # Observing must never take training down: count it, say it once in worker.log, go on.
+            self.failed_writes += 1
+            if self.failed_writes == 1:
+                print(f"nnobs: cannot write to {self.path}: {err}", file=sys.stderr, flush=True)
+            return False
+
+    def size(self) -> int:
+        """Bytes in the file now."""
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class RecordReader:
+    """Reads the records appended since the last call; a torn last line waits for the next call."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0  # bytes of the file consumed so far: always at a line boundary
+        self.skipped_lines = 0  # lines that were not a JSON object, since the last restart
+        self.restarts = 0  # times the file shrank or was replaced and was read again from the start
+        self._inode: int | None = None
+
+    def read_new(self) -> list[Record]:
+        """Records appended since the last call. After a restart (see `restarts`), the whole file again."""
+        try:
+            with open(self.path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self.offset):
+                    self.offset, self.skipped_lines = 0, 0
+                    self.restarts += 1
+                self._inode = stat.st_ino
+                if stat.st_size == self.offset:
+                    return []
+                f.seek(self.offset)
+                chunk = f.read(stat.st_size - self.offset)
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # lines after the last newline are still being written
+        self.offset += end
+        return self._parse(chunk[:end])
+
+    def _parse(self, chunk: bytes) -> list[Record]:
+        records = []
+        for line in chunk.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # garbage, a line torn by a crash, or not UTF-8
+                self.skipped_lines += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                self.skipped_lines += 1
+        return records
+
+
+def read_all(path: Path) -> list[Record]:
+    """Every complete record in the file."""
+    return RecordReader(path).read_new()

@@ -1,0 +1,236 @@
+"""A run directory: its files, whether its worker lives, starting and stopping it, and its status."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from nnobs.control import send_command
+from nnobs.errors import NnobsError, RunNameError
+from nnobs.history import RunHistory
+from nnobs.records import read_all
+from nnobs.tasks import RunConfig
+
+DEFAULT_RUN = "default"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
+
+
+def runs_root(explicit: str | os.PathLike | None = None) -> Path:
+    """--runs if given, else $NNOBS_RUNS, else ./runs."""
+    return Path(explicit or os.environ.get("NNOBS_RUNS") or "runs")
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise RunNameError(
+            f"run name {name!r} refused: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run's directory."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, name: str, root: str | os.PathLike | None = None) -> RunDir:
+        return cls(runs_root(root) / check_run_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    run_file = property(lambda self: self.path / "run.jsonl")
+    control_file = property(lambda self: self.path / "control.json")
+    worker_lock = property(lambda self: self.path / "worker.lock")
+    start_lock = property(lambda self: self.path / "start.lock")
+    worker_log = property(lambda self: self.path / "worker.log")
+    checkpoint = property(lambda self: self.path / "checkpoint.npz")
+    config = property(lambda self: self.path / "config.json")
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+
+def create_run(run: RunDir, config: RunConfig | None = None) -> None:
+    """Make the run directory and its config.json, unless they exist: an existing run keeps its config."""
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NnobsError(f"cannot create run directory {run.path}: {err}") from err
+    if not run.config.exists():
+        tmp = run.config.with_suffix(".json.tmp")
+        tmp.write_text((config or RunConfig()).to_json())
+        os.replace(tmp, run.config)
+
+
+def take_worker_lock(run: RunDir) -> int | None:
+    """An fd holding worker.lock exclusively, or None when a live worker holds it. The kernel drops it at exit."""
+    fd = os.open(run.worker_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+
+
+def worker_pid(run: RunDir) -> int | None:
+    """The live worker's pid, or None when no process holds worker.lock (pids and zombies cannot fool this)."""
+    try:
+        fd = os.open(run.worker_lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1  # alive, pid not yet written
+    else:
+        return None
+    finally:
+        os.close(fd)  # closing drops our shared lock, if we got it
+
+
+def _process_gone(pid: int) -> bool:
+    """True when pid has exited (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def log_tail(run: RunDir, n_lines: int = 20) -> str:
+    try:
+        with open(run.worker_log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            return b"\n".join(f.read().splitlines()[-n_lines:]).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def start_worker(run: RunDir) -> int:
+    """Start the run's worker detached unless one is alive; return the live worker's pid.
+
+    Starts are serialized by start.lock, and a worker that finds worker.lock held exits at once,
+    so any number of simultaneous starts leave exactly one worker.
+    """
+    create_run(run)
+    with FileLock(run.start_lock, timeout=START_TIMEOUT_S):
+        pid = worker_pid(run)
+        if pid is not None:
+            return pid
+        launched = subprocess.run(
+            [sys.executable, "-m", "nnobs.launch", str(run.path)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_parent(), os.environ.get("PYTHONPATH")]))},
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+        )
+        if launched.returncode != 0:
+            raise NnobsError(f"could not launch the worker: {launched.stderr.strip()}")
+        child = int(launched.stdout.strip())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while (pid := worker_pid(run)) is None or pid == -1:
+            if _process_gone(child) or time.monotonic() > deadline:
+                raise NnobsError(f"the worker exited while starting; worker.log ends:\n{log_tail(run)}")
+            time.sleep(0.02)
+        return pid
+
+
+def _package_parent() -> str:
+    """The directory holding the nnobs package, so the worker imports this very copy of it."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def stop_worker(run: RunDir, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Ask the worker to shut down and wait until it has exited; False if it is still alive at the deadline."""
+    if worker_pid(run) is None:
+        return True
+    send_command(run.control_file, "shutdown", by="stop")
+    deadline = time.monotonic() + timeout
+    while worker_pid(run) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def restart_worker(run: RunDir) -> int:
+    """Stop the live worker, if any, and start the next generation from the last checkpoint."""
+    if not stop_worker(run):
+        raise NnobsError(f"the worker of {run.name} did not stop within {STOP_TIMEOUT_S:.0f} s")
+    return start_worker(run)
+
+
+@dataclass
+class RunStatus:
+    """What `status` reports: the run's state and latest values."""
+
+    run: str
+    state: str  # training, idle, stopped, crashed or absent
+    batch: int
+    target: int | None
+    eta: float | None
+    loss: float | None
+    generation: int | None
+    pid: int | None
+    heartbeat_age_s: float | None
+    diverged: bool
+    error: str  # the last error event's message, if the last generation ended in one
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> RunStatus:
+    """Combine liveness (the lock) with what the run file says."""
+    pid = worker_pid(run)
+    last = history.last_lifecycle
+    if pid is not None:
+        state = "training" if history.target is None or history.batch < history.target else "idle"
+    elif not run.path.is_dir():
+        state = "absent"
+    elif last is None or last.kind == "shutdown":
+        state = "stopped"
+    else:
+        state = "crashed"
+    age = None if history.last_t is None else max(0.0, (now or time.time()) - history.last_t)
+    error = last.detail if last is not None and last.kind == "error" else ""
+    return RunStatus(
+        run=run.name,
+        state=state,
+        batch=history.batch,
+        target=history.target,
+        eta=history.eta,
+        loss=history.loss,
+        generation=history.gen,
+        pid=pid if pid and pid > 0 else None,
+        heartbeat_age_s=None if age is None else round(age, 3),
+        diverged=history.diverged,
+        error=error,
+    )
+
+
+def read_history(run: RunDir) -> RunHistory:
+    history = RunHistory()
+    history.add(read_all(run.run_file))
+    return history

@@ -1,0 +1,91 @@
+"""What a run trains: its configuration, and the built-in tasks that turn one into a net and its batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from nnobs.errors import NnobsError
+from nnobs.nn import AffineLayer, Fact, IdentityLayer, Layer, MapLayer, Network, TanhLayer
+
+# Activations are named from this table; nothing read from disk is ever evaluated.
+ACTIVATIONS: dict[str, Callable[[], Layer]] = {
+    "tanh": TanhLayer,
+    "relu": lambda: MapLayer(lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
+    "identity": IdentityLayer,
+}
+
+
+@dataclass
+class RunConfig:
+    """What a run trains and how it starts; kept as config.json in the run directory."""
+
+    task: str = "xor"  # a name in TASKS
+    sizes: list[int] = field(default_factory=lambda: [2, 2, 1])  # units per layer, input first
+    activation: str = "tanh"  # a name in ACTIVATIONS, applied after every affine layer
+    seed: int = 1  # seed 1 draws the very parameters the original notebook started from
+    eta: float = 0.1  # learning rate at the start
+    target: int = 2_000_000  # batches to train before idling; a minute or so of XOR here
+    report_every: int = 2_000  # state-vector report every this many batches (0: only on request)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise NnobsError(f"config.json is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise NnobsError("config.json must hold an object")
+        unknown = set(raw) - known
+        if unknown:
+            raise NnobsError(f"config.json has unknown keys {sorted(unknown)}; known are {sorted(known)}")
+        config = cls(**raw)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if self.task not in TASKS:
+            raise NnobsError(f"unknown task {self.task!r}; built in: {sorted(TASKS)}")
+        if self.activation not in ACTIVATIONS:
+            raise NnobsError(f"unknown activation {self.activation!r}; built in: {sorted(ACTIVATIONS)}")
+        if len(self.sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in self.sizes):
+            raise NnobsError(f"sizes must list at least two positive layer widths, not {self.sizes!r}")
+
+
+def build_network(config: RunConfig) -> Network:
+    """Affine layers of the configured sizes, each followed by the activation, drawn from the seed."""
+    rng = np.random.RandomState(config.seed)  # RandomState, not default_rng: it reproduces the notebook's draws
+    net = Network(eta=config.eta)
+    for n_in, n_out in zip(config.sizes, config.sizes[1:]):
+        net.extend(AffineLayer(n_in, n_out, rng)).extend(ACTIVATIONS[config.activation]())
+    return net
+
+
+def xor_batches(config: RunConfig) -> Callable[[], Fact]:
+    """The notebook's XOR: the four corners of the ±0.5 square, target -0.5 where the signs agree."""
+    if config.sizes[0] != 2 or config.sizes[-1] != 1:
+        raise NnobsError(f"the xor task needs 2 inputs and 1 output, not sizes {config.sizes}")
+    x = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, 0.5], [0.5, -0.5]])  # (4, 2)
+    ideal = np.array([[-0.5], [0.5], [-0.5], [0.5]])  # (4, 1)
+    return lambda: (x, ideal)
+
+
+TASKS: dict[str, Callable[[RunConfig], Callable[[], Fact]]] = {"xor": xor_batches}
+
+
+def build(config: RunConfig) -> tuple[Network, Callable[[], Fact]]:
+    """The network and a function that returns its next training batch."""
+    config.check()
+    return build_network(config), TASKS[config.task](config)
+
+
+def load_config(path: Path) -> RunConfig:
+    return RunConfig.from_json(Path(path).read_text())

@@ -1,0 +1,219 @@
+"""The training process: the notebook's state machine, driven by the control file, reporting to the run file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nnobs.control import Command, ControlWatcher, check_command
+from nnobs.errors import CommandError, ControlFileError
+from nnobs.nn import Fact, Network
+from nnobs.records import RecordReader, RecordWriter
+from nnobs.runs import RunDir, take_worker_lock
+from nnobs.tasks import build, load_config
+
+CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land within this
+LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
+HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
+CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
+
+
+class Worker:
+    """One generation of a run's worker. run() trains until shut down and returns the exit code."""
+
+    def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, defaults):
+        self.run_dir = run
+        self.net = net
+        self.next_batch = next_batch
+        self.resumed_from = None if ckpt is None else ckpt.batch
+        if ckpt is None:
+            self.batch, self.target, self.report_every, self.gen = 0, defaults.target, defaults.report_every, 1
+            last_seq, answered = 0, set()
+        else:
+            net.set_state_from_vector(ckpt.sv)
+            net.eta = ckpt.eta
+            self.batch, self.target, self.report_every, self.gen = ckpt.batch, ckpt.target, ckpt.report_every, ckpt.gen + 1
+            last_seq, answered = ckpt.last_seq, _answered_since(run.run_file, ckpt.run_offset)
+        self.answered = answered  # ids answered after the checkpoint by the generation before: not answered again
+        self.control = ControlWatcher(run.control_file, last_seq)
+        self.out = RecordWriter(run.run_file, self.gen)
+        self.loss = net.losses([next_batch()])[0]
+        self.done = False
+        self._last_loss_report = 0.0  # monotonic time
+        self._last_reported_loss: float | None = None
+        self._last_checkpoint = 0.0
+        self._checkpointed_batch = -1
+
+    # -- reports -------------------------------------------------------------------------
+
+    def state_report(self) -> dict:
+        """The seed's state report: eta and the state vector, with the settings beside them."""
+        b = self.batch
+        return {
+            "eta": [b, self.net.eta],
+            "sv": [b, self.net.state_vector().tolist()],
+            "target": [b, self.target],
+            "report_every": [b, self.report_every],
+        }
+
+    def report_loss(self, now: float, extra: dict | None = None) -> None:
+        self.out.write({"loss": [self.batch, self.loss], **(extra or {})})
+        self._last_loss_report = now
+        self._last_reported_loss = self.loss
+
+    def checkpoint(self, now: float) -> None:
+        ckpt = Checkpoint(
+            batch=self.batch,
+            eta=self.net.eta,
+            target=self.target,
+            report_every=self.report_every,
+            gen=self.gen,
+            last_seq=self.control.last_seq,
+            run_offset=self.out.size(),
+            sv=self.net.state_vector(),
+        )
+        save_checkpoint(self.run_dir.checkpoint, ckpt)
+        self._last_checkpoint = now
+        self._checkpointed_batch = self.batch
+
+    # -- commands ------------------------------------------------------------------------
+
+    def apply_commands(self) -> None:
+        try:
+            commands = self.control.poll()
+        except ControlFileError as err:
+            self.out.write({"event": [self.batch, "control_error"], "error": str(err)})
+            return
+        for command in commands:
+            self.apply(command)
+        if commands:
+            self.checkpoint(time.monotonic())  # so a crash cannot re-apply what was answered
+
+    def apply(self, command: Command) -> None:
+        cmd, cmd_id = command.get("cmd"), str(command.get("id"))
+        answer = {"id": cmd_id, "seq": command.get("seq"), "cmd": cmd, "value": command.get("value")}
+        repeat = cmd_id in self.answered  # answered by the generation before, after its checkpoint
+        try:
+            value = check_command(cmd, command.get("value"))
+        except CommandError as err:
+            if not repeat:
+                self.out.write({"reject": [self.batch, {**answer, "reason": str(err)}]})
+            return
+        if repeat and cmd in ("tell_state", "shutdown"):
+            return  # settings are applied again (the state rolled back to the checkpoint); actions are not
+        b = self.batch
+        record: dict = {}
+        if cmd == "target":
+            self.target = value
+            record["target"] = [b, value]
+        elif cmd == "eta":
+            self.net.eta = value
+            record["eta"] = [b, value]
+        elif cmd == "report_every":
+            self.report_every = value
+            record["report_every"] = [b, value]
+        elif cmd == "tell_state":
+            record.update(self.state_report())
+        elif cmd == "shutdown":
+            self.done = True
+        if not repeat:
+            self.out.write({"ack": [b, answer], **record})
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run_loop(self) -> None:
+        learn, next_batch = self.net.learn_one, self.next_batch
+        self.checkpoint(time.monotonic())
+        started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from}
+        self.report_loss(time.monotonic(), {**started, **self.state_report()})
+        self.apply_commands()
+        while not self.done:
+            now = time.monotonic()
+            check_at = now + CONTROL_CHECK_S
+            if self.batch < self.target:
+                # Train flat out until the next look at the control file; nothing else runs per batch.
+                batch, target, every, report = self.batch, self.target, self.report_every, None
+                while batch < target and now < check_at:
+                    self.loss = learn(*next_batch())
+                    batch += 1
+                    if every and batch % every == 0:
+                        self.batch = batch
+                        self.out.write(self.state_report())
+                    now = time.monotonic()
+                self.batch = batch
+                if batch == target:
+                    self.report_loss(now, {"event": [batch, "target_reached"]})
+            else:
+                time.sleep(max(0.0, check_at - now))  # idle: cheap, and still answers within CONTROL_CHECK_S
+                now = time.monotonic()
+            self.apply_commands()
+            since_report = now - self._last_loss_report
+            if (self.loss != self._last_reported_loss and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
+                self.report_loss(now)
+            if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
+                self.checkpoint(now)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.run_loop()
+            self.checkpoint(time.monotonic())
+        except Exception as err:
+            traceback.print_exc()
+            self.out.write({"event": [self.batch, "error"], "error": f"{type(err).__name__}: {err}"})
+            return 1
+        self.report_loss(time.monotonic(), {"event": [self.batch, "shutdown"]})
+        return 0
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.done = True
+
+
+def _answered_since(run_file: Path, offset: int) -> set[str]:
+    """Ids of commands answered in the run file after offset."""
+    reader = RecordReader(run_file)
+    reader.offset = offset
+    ids = set()
+    for record in reader.read_new():
+        for topic in ("ack", "reject"):
+            pair = record.get(topic)
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict):
+                ids.add(str(pair[1].get("id")))
+    return ids
+
+
+def main(argv: list[str]) -> int:
+    run = RunDir(Path(argv[0]))
+    lock_fd = take_worker_lock(run)
+    if lock_fd is None:
+        print(f"nnobs worker {os.getpid()}: another worker holds {run.worker_lock}; exiting", flush=True)
+        return 0
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, str(os.getpid()).encode(), 0)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"nnobs worker {os.getpid()} started {stamp} for {run.path}", flush=True)
+    try:
+        config = load_config(run.config)
+        net, next_batch = build(config)
+        worker = Worker(run, net, next_batch, load_checkpoint(run.checkpoint), config)
+    except Exception as err:  # a bad config or checkpoint: say so where the page and CLI look, then stop
+        traceback.print_exc()
+        RecordWriter(run.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
+        return 1
+    code = worker.run()
+    print(f"nnobs worker {os.getpid()} exits with {code} at batch {worker.batch}", flush=True)
+    return code  # the kernel releases worker.lock as the process ends
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")  # a diverging run makes inf and NaN on purpose; the run file says so
+    sys.exit(main(sys.argv[1:]))
