@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from nnobs.records import Record
+from nnobs.records import Record, RecordReader
 
 LIFECYCLE = ("started", "target_reached", "shutdown", "error", "control_error")
 
@@ -121,3 +122,22 @@ def _pair(value: Any) -> tuple[int, Any] | None:
     if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int):
         return value[0], value[1]
     return None
+
+
+class RunWatcher:
+    """A run file's reader and its history, refreshed incrementally; one per run, shared by every viewer."""
+
+    def __init__(self, path):
+        self.reader = RecordReader(path)
+        self.history = RunHistory()
+        # Page sessions run in threads of their own: hold this while refreshing and reading the history.
+        self.lock = threading.Lock()
+
+    def refresh(self) -> RunHistory:
+        """Fold in what was appended since the last refresh; start over if the file was replaced or shrank."""
+        restarts = self.reader.restarts
+        records = self.reader.read_new()
+        if self.reader.restarts != restarts:
+            self.history = RunHistory()
+        self.history.add(records)
+        return self.history

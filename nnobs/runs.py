@@ -16,7 +16,7 @@ from filelock import FileLock
 from nnobs.control import send_command
 from nnobs.errors import NnobsError, RunNameError
 from nnobs.history import RunHistory
-from nnobs.records import read_all
+from nnobs.records import RecordReader, read_all
 from nnobs.tasks import RunConfig
 
 DEFAULT_RUN = "default"
@@ -131,13 +131,16 @@ def start_worker(run: RunDir) -> int:
     """Start the run's worker detached unless one is alive; return the live worker's pid.
 
     Starts are serialized by start.lock, and a worker that finds worker.lock held exits at once,
-    so any number of simultaneous starts leave exactly one worker.
+    so any number of simultaneous starts leave exactly one worker. Returns once the new worker's
+    "started" record is in the run file, so a status read right after shows the new generation.
     """
     create_run(run)
     with FileLock(run.start_lock, timeout=START_TIMEOUT_S):
         pid = worker_pid(run)
         if pid is not None:
             return pid
+        announcements = RecordReader(run.run_file)
+        announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
             [sys.executable, "-m", "nnobs.launch", str(run.path)],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_parent(), os.environ.get("PYTHONPATH")]))},
@@ -147,13 +150,18 @@ def start_worker(run: RunDir) -> int:
         )
         if launched.returncode != 0:
             raise NnobsError(f"could not launch the worker: {launched.stderr.strip()}")
-        child = int(launched.stdout.strip())
+        pid = int(launched.stdout.strip())
         deadline = time.monotonic() + START_TIMEOUT_S
-        while (pid := worker_pid(run)) is None or pid == -1:
-            if _process_gone(child) or time.monotonic() > deadline:
-                raise NnobsError(f"the worker exited while starting; worker.log ends:\n{log_tail(run)}")
+        while not any(_is_start_of(record, pid) for record in announcements.read_new()):
+            if _process_gone(pid) or time.monotonic() > deadline:
+                raise NnobsError(f"the worker did not start; worker.log ends:\n{log_tail(run)}")
             time.sleep(0.02)
         return pid
+
+
+def _is_start_of(record: dict, pid: int) -> bool:
+    event = record.get("event")
+    return isinstance(event, list) and event[1:] == ["started"] and record.get("pid") == pid
 
 
 def _package_parent() -> str:

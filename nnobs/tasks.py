@@ -89,3 +89,12 @@ def build(config: RunConfig) -> tuple[Network, Callable[[], Fact]]:
 
 def load_config(path: Path) -> RunConfig:
     return RunConfig.from_json(Path(path).read_text())
+
+
+def parameter_names(config: RunConfig) -> list[str]:
+    """State-vector entries by name, in state-vector order: L1.W[0,1] is layer 1's weight from input 0 to unit 1."""
+    names = []
+    for layer, (n_in, n_out) in enumerate(zip(config.sizes, config.sizes[1:]), start=1):
+        names += [f"L{layer}.W[{i},{j}]" for i in range(n_in) for j in range(n_out)]
+        names += [f"L{layer}.b[{j}]" for j in range(n_out)]
+    return names
