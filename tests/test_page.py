@@ -1,0 +1,96 @@
+"""The page driven through Streamlit's AppTest: a real script run, a real worker, real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import events, kill_worker, wait_for
+from nnobs.runs import worker_pid
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def page(runs_root, monkeypatch):
+    """The page on runs_root, run once; the caller reruns it to see changes."""
+    monkeypatch.setenv("NNOBS_RUNS", str(runs_root))
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def state(at: AppTest) -> str:
+    """The state badge's text, e.g. "IDLE"."""
+    badge = next(m.value for m in at.markdown if "-badge[" in m.value)
+    return badge.split("[", 1)[1].rstrip("]").split(" ")[0]
+
+
+def rerun_until(at: AppTest, predicate, what: str) -> None:
+    def check():
+        at.run()
+        assert not at.exception, at.exception
+        return predicate(at)
+
+    wait_for(check, what=what)
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.sidebar.button if b.label == label)
+
+
+def test_page_starts_a_new_run_and_steers_it_from_the_sidebar(page, new_run):
+    run = new_run("default", target=0)
+    page.run()
+    assert not page.exception, page.exception
+    assert worker_pid(run) is not None, "opening the page starts a run that never ran"
+    rerun_until(page, lambda at: state(at) == "IDLE", "the idle badge of a run at target 0")
+
+    target = next(n for n in page.sidebar.number_input if n.label == "Target batches")
+    target.set_value(3000)
+    button(page, "Set target").click().run()
+    assert any("pending" in m.value or "done at batch" in m.value for m in page.markdown), "the command is listed"
+    rerun_until(page, lambda at: metrics(at)["Batch"] == "3,000" and state(at) == "IDLE", "batch 3,000, idle")
+    assert any("`target = 3000` by you: ✅ done at batch" in m.value for m in page.markdown)
+
+    button(page, "Shut down").click().run()
+    rerun_until(page, lambda at: state(at) == "STOPPED", "the stopped badge after Shut down")
+    assert worker_pid(run) is None
+
+    button(page, "Start / restart").click().run()
+    rerun_until(page, lambda at: state(at) == "IDLE" and metrics(at)["Generation"] == "2", "generation 2 after Start")
+    assert metrics(page)["Batch"] == "3,000", "the new generation resumes where the last one stopped"
+
+
+def test_page_shows_a_killed_worker_as_crashed_with_its_log_and_restarts_it(page, new_run):
+    run = new_run("default", target=0)
+    page.run()
+    wait_for(lambda: events(run, "started"), what="the worker's start record")
+    kill_worker(run)
+    rerun_until(page, lambda at: state(at) == "CRASHED", "the crashed badge after kill -9")
+    assert any("worker died" in e.value for e in page.error)
+    assert any("nnobs worker" in c.value for c in page.code), "the tail of worker.log is shown"
+
+    button(page, "Start / restart").click().run()
+    rerun_until(page, lambda at: state(at) == "IDLE" and metrics(at)["Generation"] == "2", "generation 2 after Restart")
+
+
+def test_page_refuses_a_bad_run_name_in_the_url(page, runs_root):
+    page.query_params["run"] = "../etc"
+    page.run()
+    assert any("refused" in e.value for e in page.error)
+    assert list(runs_root.iterdir()) == [] and not (runs_root.parent / "etc").exists(), "nothing was created"
+
+
+def test_page_explains_a_refused_eta_and_sends_nothing(page, new_run):
+    run = new_run("default", target=0)
+    page.run()
+    eta = next(n for n in page.sidebar.number_input if n.label == "Learning rate (eta)")
+    eta.set_value(-1.0)
+    button(page, "Set eta").click().run()
+    assert any("eta must be a number above 0" in e.value for e in page.sidebar.error)
+    assert not run.control_file.exists() or '"eta"' not in run.control_file.read_text()
