@@ -20,6 +20,7 @@ class Answer:
     ok: bool
     batch: int
     reason: str = ""
+    t: float | None = None  # wall time of the answer
 
 
 @dataclass
@@ -83,7 +84,7 @@ class RunHistory:
         for topic, ok in (("ack", True), ("reject", False)):
             if topic in record and (pair := _pair(record[topic])) and isinstance(pair[1], dict):
                 answer = pair[1]
-                self.answers[str(answer.get("id"))] = Answer(ok, pair[0], str(answer.get("reason", "")))
+                self.answers[str(answer.get("id"))] = Answer(ok, pair[0], str(answer.get("reason", "")), t)
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))

@@ -1,0 +1,1 @@
+"""Benchmarks of nnobs: every figure a ratio measured side by side in one run, absolutes beside it."""
