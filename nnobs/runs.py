@@ -102,7 +102,9 @@ def worker_pid(run: RunDir) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1  # alive, pid not yet written
+        if not text.isdigit() or _process_gone(int(text)):
+            return -1  # alive, but its pid not yet written over a dead predecessor's
+        return int(text)
     else:
         return None
     finally:

@@ -26,11 +26,16 @@ HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
 
 
+class Orphaned(Exception):
+    """The run directory this worker serves was deleted or replaced under it."""
+
+
 class Worker:
     """One generation of a run's worker. run() trains until shut down and returns the exit code."""
 
     def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, defaults):
         self.run_dir = run
+        self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this worker holds
         self.net = net
         self.next_batch = next_batch
         self.resumed_from = None if ckpt is None else ckpt.batch
@@ -126,6 +131,8 @@ class Worker:
             self.done = True
         if not repeat:
             self.out.write({"ack": [b, answer], **record})
+        elif record:
+            self.out.write(record)  # the setting holds again: say so, but do not answer twice
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -156,10 +163,21 @@ class Worker:
                 now = time.monotonic()
             self.apply_commands()
             since_report = now - self._last_loss_report
+            if since_report >= HEARTBEAT_S:
+                self.check_still_owned()
             if (self.loss != self._last_reported_loss and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
                 self.checkpoint(now)
+
+    def check_still_owned(self) -> None:
+        """Raise Orphaned when worker.lock is no longer the file we lock: the run was deleted or made anew."""
+        try:
+            same = os.stat(self.run_dir.worker_lock).st_ino == self.lock_inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise Orphaned(f"{self.run_dir.path} was deleted or replaced")
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -167,6 +185,10 @@ class Worker:
         try:
             self.run_loop()
             self.checkpoint(time.monotonic())
+        except Orphaned as err:
+            # Its files now belong to someone else, or to no one: touch nothing, just go.
+            print(f"nnobs worker {os.getpid()}: {err}; exiting without writing", file=sys.stderr, flush=True)
+            return 0
         except Exception as err:
             traceback.print_exc()
             self.out.write({"event": [self.batch, "error"], "error": f"{type(err).__name__}: {err}"})

@@ -1,0 +1,171 @@
+"""Shared helpers: polling with a deadline, runs under tmp_path whose workers never outlive a test, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nnobs.history import Answer
+from nnobs.records import read_all
+from nnobs.runs import RunDir, create_run, read_history, worker_pid
+from nnobs.tasks import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_RUN = Path(__file__).parents[2] / "shared/fixtures/seed-notebook-run.jsons"
+FOREVER = 10**9  # a target no test reaches: the worker trains until told otherwise
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
+    """Poll predicate every 20 ms until it returns something truthy, and return that; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_gone(pid: int) -> bool:
+    """True when pid no longer runs: no such process, or only a zombie left to reap."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def python(code: str, *args: str) -> subprocess.Popen:
+    """A real `python -c code args...` process that imports this checkout of nnobs, with pipes to talk to it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_together(processes: list[subprocess.Popen], timeout: float = 60.0) -> list[str]:
+    """Wait until every process has said "ready", release them all at once, and return their remaining stdout.
+
+    The processes must print "ready" and then block on a line from stdin before doing their work.
+    """
+    for proc in processes:
+        line = proc.stdout.readline().strip()
+        assert line == "ready", f"process {proc.pid} said {line!r} instead of ready: {proc.stderr.read()}"
+    for proc in processes:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    outputs = []
+    for proc in processes:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"process {proc.pid} failed:\n{err}"
+        outputs.append(out)
+    return outputs
+
+
+def records_with(run: RunDir, topic: str) -> list[dict]:
+    """The run file's records that carry topic, in file order."""
+    return [r for r in read_all(run.run_file) if topic in r]
+
+
+def events(run: RunDir, kind: str) -> list[dict]:
+    """The run file's lifecycle records of one kind ("started", "shutdown", ...)."""
+    return [r for r in records_with(run, "event") if r["event"][1] == kind]
+
+
+def answered(run: RunDir, command: dict) -> Answer:
+    """Wait for the worker's Answer to command and return it."""
+    return wait_for(
+        lambda: read_history(run).answers.get(command["id"]),
+        what=f"an answer to {command['cmd']} {command['value']!r}",
+    )
+
+
+def acks_of(run: RunDir, command: dict) -> list[dict]:
+    """The ack records answering command: one, once it is answered."""
+    return [r for r in records_with(run, "ack") if r["ack"][1].get("id") == command["id"]]
+
+
+def batch_passes(run: RunDir, batch: int, what: str = "") -> int:
+    """Wait until the run file shows training beyond batch; return the batch seen."""
+    return wait_for(
+        lambda: (b := read_history(run).batch) > batch and b,
+        what=what or f"{run.name} to train beyond batch {batch}",
+    )
+
+
+def wait_started(run: RunDir, count: int = 1) -> dict:
+    """Wait for the count-th "started" record and return it."""
+    wait_for(lambda: len(events(run, "started")) >= count, what=f"{run.name} to record start number {count}")
+    return events(run, "started")[count - 1]
+
+
+def _settled_pid(run: RunDir) -> list[int | None] | None:
+    """[pid] or [None] for no worker; None while a worker holds the lock but has not written its pid (-1)."""
+    pid = worker_pid(run)
+    return None if pid == -1 else [pid]
+
+
+def kill_worker(run: RunDir) -> None:
+    """kill -9 the run's worker, if any, and wait until the kernel has dropped its lock."""
+    pid = wait_for(lambda: _settled_pid(run), what=f"{run.name}'s worker to write its pid")[0]
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    wait_for(lambda: worker_pid(run) is None, what=f"{run.name}'s worker {pid} to die after kill -9")
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path):
+    """A runs root under tmp_path; at teardown every worker of every run in it is killed."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    yield root
+    for lock in root.glob("*/worker.lock"):
+        kill_worker(RunDir(lock.parent))
+
+
+@pytest.fixture
+def new_run(runs_root: Path) -> Callable[..., RunDir]:
+    """new_run(name, **RunConfig fields): a created run under runs_root, with a small target unless told."""
+
+    def make(name: str = "run", **config: Any) -> RunDir:
+        run = RunDir.named(name, root=runs_root)
+        create_run(run, RunConfig(**{"target": 1000, **config}))
+        return run
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def seed_records() -> list[dict]:
+    """The seed notebook's run file, one dict per line."""
+    if not SEED_RUN.is_file():
+        pytest.skip(f"seed notebook run file not found at {SEED_RUN} (shared/ must sit beside the repo)")
+    return [json.loads(line) for line in SEED_RUN.read_text().splitlines() if line.strip()]
+
+
+def seed_sv_at(seed_records: list[dict], batch: int) -> list[float]:
+    """The seed notebook's state vector reported at batch."""
+    return next(r["sv"][1] for r in seed_records if "sv" in r and r["sv"][0] == batch)

@@ -1,0 +1,188 @@
+"""The run file: stamped records written whole, read incrementally, torn and foreign lines survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SEED_RUN
+from nnobs.history import RunHistory
+from nnobs.records import RecordReader, RecordWriter, read_all
+
+
+@pytest.fixture
+def run_file(tmp_path: Path) -> Path:
+    return tmp_path / "run.jsonl"
+
+
+def write_records(path: Path, *records: dict, gen: int | None = 1) -> None:
+    writer = RecordWriter(path, gen=gen)
+    for record in records:
+        assert writer.write(record)
+    writer.close()
+
+
+def append_raw(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def strict_json(line: str) -> dict:
+    """json.loads that refuses NaN, Infinity and -Infinity, as every other JSON reader does."""
+
+    def refuse(token: str):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_records_read_back_stamped_with_time_and_generation(run_file):
+    before = time.time()
+    write_records(run_file, {"loss": [1, 0.5]}, {"eta": [1, 0.1]}, gen=3)
+
+    records = RecordReader(run_file).read_new()
+
+    assert [{k: r[k] for k in r if k not in ("t", "gen")} for r in records] == [{"loss": [1, 0.5]}, {"eta": [1, 0.1]}]
+    assert all(r["gen"] == 3 for r in records)
+    assert all(before - 1 <= r["t"] <= time.time() + 1 for r in records)
+
+
+def test_each_record_is_one_complete_line(run_file):
+    write_records(run_file, {"loss": [1, 0.5]}, {"sv": [1, [1.0, 2.0]]})
+    lines = run_file.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3
+    assert all(isinstance(strict_json(line), dict) for line in lines[:-1])
+
+
+def test_incremental_read_returns_only_new_records_and_advances_the_offset(run_file):
+    reader = RecordReader(run_file)
+    assert reader.read_new() == []  # no file yet
+    write_records(run_file, {"loss": [1, 0.5]})
+    assert [r["loss"] for r in reader.read_new()] == [[1, 0.5]]
+    offset = reader.offset
+    assert offset == run_file.stat().st_size
+
+    assert reader.read_new() == []
+    write_records(run_file, {"loss": [2, 0.4]}, {"loss": [3, 0.3]})
+
+    assert [r["loss"] for r in reader.read_new()] == [[2, 0.4], [3, 0.3]]
+    assert reader.offset == run_file.stat().st_size > offset
+    assert reader.restarts == 0
+
+
+def test_torn_last_line_waits_until_completed_then_is_returned_once(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    reader = RecordReader(run_file)
+    reader.read_new()
+    line = json.dumps({"loss": [2, 0.25]}).encode()
+
+    append_raw(run_file, line[:7])
+    assert reader.read_new() == []
+    append_raw(run_file, line[7:])
+    assert reader.read_new() == []  # complete JSON, but no newline yet: the writer may not be done
+    append_raw(run_file, b"\n")
+
+    assert reader.read_new() == [{"loss": [2, 0.25]}]
+    assert reader.read_new() == []
+    assert reader.skipped_lines == 0
+
+
+def test_new_writer_ends_a_torn_line_so_only_that_line_is_lost(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    append_raw(run_file, b'{"loss": [2, 0.2')  # a writer killed mid-line
+
+    write_records(run_file, {"event": [2, "started"]}, gen=2)
+
+    reader = RecordReader(run_file)
+    assert [(r["gen"], [k for k in r if k not in ("t", "gen")]) for r in reader.read_new()] == [
+        (1, ["loss"]),
+        (2, ["event"]),
+    ]
+    assert reader.skipped_lines == 1
+
+
+def test_new_writer_on_a_file_ending_in_a_newline_adds_no_blank_line(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    write_records(run_file, {"loss": [2, 0.4]})
+    assert b"\n\n" not in run_file.read_bytes()
+
+
+def test_garbage_and_non_utf8_lines_are_skipped_and_counted(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    append_raw(run_file, b"not json at all\n\xff\xfe{\"loss\": [9, 1]}\n[1, 2]\n\n")
+    write_records(run_file, {"loss": [2, 0.4]})
+
+    reader = RecordReader(run_file)
+    assert [r["loss"] for r in reader.read_new()] == [[1, 0.5], [2, 0.4]]
+    assert reader.skipped_lines == 3  # the blank line is not counted
+
+
+def test_truncated_file_is_read_again_from_the_start(run_file):
+    write_records(run_file, {"loss": [1, 0.5]}, {"loss": [2, 0.4]}, {"loss": [3, 0.3]})
+    reader = RecordReader(run_file)
+    assert len(reader.read_new()) == 3
+
+    os.truncate(run_file, 0)
+    write_records(run_file, {"loss": [1, 0.9]})
+
+    assert [r["loss"] for r in reader.read_new()] == [[1, 0.9]]
+    assert reader.restarts == 1
+
+
+def test_replaced_file_is_read_again_from_the_start(run_file, tmp_path):
+    write_records(run_file, {"loss": [1, 0.5]})
+    reader = RecordReader(run_file)
+    assert len(reader.read_new()) == 1
+
+    replacement = tmp_path / "new.jsonl"
+    write_records(replacement, *({"loss": [b, 1.0 / b]} for b in range(1, 6)), gen=7)
+    os.replace(replacement, run_file)  # a new inode, larger than what was read
+
+    records = reader.read_new()
+    assert [r["loss"][0] for r in records] == [1, 2, 3, 4, 5]
+    assert {r["gen"] for r in records} == {7}
+    assert reader.restarts == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_are_written_as_strict_json_null_and_flagged_diverged(run_file, bad):
+    write_records(run_file, {"loss": [5, bad]}, {"sv": [5, [1.0, bad, 2.0]]})
+
+    text = run_file.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    loss_record, sv_record = (strict_json(line) for line in text.splitlines())
+    assert loss_record["loss"] == [5, None] and loss_record["diverged"] is True
+    assert sv_record["sv"] == [5, [1.0, None, 2.0]] and sv_record["diverged"] is True
+
+
+def test_diverged_loss_shows_as_diverged_in_the_history(run_file):
+    write_records(run_file, {"loss": [1, 0.5]}, {"loss": [2, float("nan")]})
+    history = RunHistory()
+    history.add(read_all(run_file))
+    assert history.diverged and history.loss is None and history.batch == 2
+    assert np.isnan(history.loss_series()[1][-1])
+
+
+def test_finite_records_carry_no_diverged_flag(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    assert "diverged" not in read_all(run_file)[0]
+
+
+def test_seed_notebook_run_file_loads_into_a_history(seed_records):
+    history = RunHistory()
+    history.add(read_all(SEED_RUN))
+
+    batches, losses = history.loss_series()
+    assert len(batches) == 19 and batches[0] == 1 and batches[-1] == 20000
+    assert losses[0] == seed_records[0]["loss"][1]
+    sv_batches, sv_rows = history.sv_series()
+    assert sv_rows.shape == (201, 9)
+    assert list(sv_batches) == list(range(0, 20001, 100))
+    assert history.batch == 20000 and history.eta == 0.1
+    assert history.last_t is None and history.gen is None  # the notebook stamped neither
+    assert history.events == [] and not history.diverged

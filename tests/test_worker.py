@@ -1,0 +1,353 @@
+"""Real detached workers: one per run, steered by the control file, reporting to the run file, restartable."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import (
+    FOREVER,
+    acks_of,
+    answered,
+    batch_passes,
+    events,
+    kill_worker,
+    process_gone,
+    python,
+    records_with,
+    run_together,
+    wait_for,
+    wait_started,
+)
+from nnobs.checkpoint import load_checkpoint
+from nnobs.control import send_command
+from nnobs.records import read_all
+from nnobs.runs import read_history, restart_worker, run_status, start_worker, stop_worker, worker_pid
+from nnobs.tasks import RunConfig, build
+
+START_AND_EXIT = """
+import sys
+from pathlib import Path
+from nnobs.runs import RunDir, start_worker
+print(start_worker(RunDir(Path(sys.argv[1]))))
+"""
+
+START_WHEN_TOLD = """
+import sys
+from pathlib import Path
+from nnobs.runs import RunDir, start_worker
+run = RunDir(Path(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+print(start_worker(run))
+"""
+
+
+def state_of(run) -> str:
+    return run_status(run, read_history(run)).state
+
+
+def test_worker_started_by_a_child_process_outlives_it_and_keeps_training(new_run):
+    run = new_run(target=FOREVER)
+    starter = python(START_AND_EXIT, str(run.path))
+    out, err = starter.communicate(timeout=60)
+    assert starter.returncode == 0, err
+    pid = int(out)
+
+    assert process_gone(starter.pid)
+    seen = batch_passes(run, 0)
+    batch_passes(run, seen, what="training to go on after the starting process exited")
+    assert worker_pid(run) == pid
+    assert state_of(run) == "training"
+
+
+def test_five_simultaneous_starts_give_exactly_one_worker(new_run):
+    run = new_run(target=FOREVER)
+    pids = {int(out) for out in run_together([python(START_WHEN_TOLD, str(run.path)) for _ in range(5)])}
+
+    assert len(pids) == 1
+    assert pids == {worker_pid(run)}
+    batch_passes(run, 0)
+    assert len(events(run, "started")) == 1
+
+
+def test_start_worker_returns_the_live_workers_pid_without_starting_another(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    assert start_worker(run) == pid
+    batch_passes(run, 0)
+    assert len(events(run, "started")) == 1
+
+
+def test_target_is_acknowledged_and_training_idles_at_it_with_falling_loss(new_run):
+    run = new_run(target=0)
+    start_worker(run)
+    wait_started(run)
+    assert state_of(run) == "idle"
+
+    command = send_command(run.control_file, "target", 3000)
+
+    answer = answered(run, command)
+    assert answer.ok and answer.batch == 0  # idle at batch 0, so it took effect there
+    history = wait_for(lambda: (h := read_history(run)).batch >= 3000 and h, what="training to reach batch 3000")
+    status = run_status(run, history)
+    assert (status.state, status.batch, status.target) == ("idle", 3000, 3000)
+    assert [e.batch for e in history.events if e.kind == "target_reached"] == [3000]
+    assert history.loss_values[-1] < history.loss_values[0]
+
+
+def test_eta_set_while_training_is_acknowledged_at_the_batch_where_it_took_effect(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    batch_passes(run, 0)
+
+    command = send_command(run.control_file, "eta", 0.2)
+
+    answer = answered(run, command)
+    assert answer.ok and answer.batch > 0
+    ack = acks_of(run, command)[0]
+    assert ack["ack"][0] == answer.batch and ack["eta"] == [answer.batch, 0.2]
+    assert read_history(run).eta == 0.2
+
+
+def test_bad_eta_is_rejected_with_a_reason_and_training_goes_on(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    wait_started(run)
+
+    bad = [send_command(run.control_file, "eta", value) for value in (-1, "fast")]  # send_command does not check
+
+    answers = [answered(run, command) for command in bad]
+    assert [a.ok for a in answers] == [False, False]
+    assert all("eta must be a number above 0" in a.reason for a in answers)
+    batch_passes(run, max(a.batch for a in answers), what="training to go on after the rejections")
+    assert read_history(run).eta == 0.1
+    assert state_of(run) == "training"
+
+
+def test_shutdown_is_acknowledged_recorded_last_and_the_process_exits(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    batch_passes(run, 0)
+
+    command = send_command(run.control_file, "shutdown", by="test")
+
+    wait_for(lambda: worker_pid(run) is None, what="the worker to release worker.lock")
+    wait_for(lambda: process_gone(pid), what=f"worker process {pid} to exit")
+    history = read_history(run)
+    assert history.answers[command["id"]].ok
+    last = read_all(run.run_file)[-1]
+    assert last["event"] == [history.batch, "shutdown"]
+    assert state_of(run) == "stopped"
+
+
+def test_sigterm_shuts_the_worker_down_cleanly(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    batch_passes(run, 0)
+
+    os.kill(pid, signal.SIGTERM)
+
+    wait_for(lambda: worker_pid(run) is None, what="the worker to exit after SIGTERM")
+    assert read_all(run.run_file)[-1]["event"][1] == "shutdown"
+    assert state_of(run) == "stopped"
+
+
+def test_start_after_a_stop_trains_on_and_does_not_obey_the_old_shutdown(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    batch_passes(run, 0)
+    assert stop_worker(run)
+    stopped_at = read_history(run).batch
+
+    start_worker(run)
+
+    assert wait_started(run, 2)["resumed_from"] == stopped_at
+    batch_passes(run, stopped_at, what="the second generation to train on")
+    assert len(events(run, "shutdown")) == 1
+    assert state_of(run) == "training"
+
+
+def test_restart_after_kill_9_resumes_from_last_checkpoint(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    first = wait_started(run)
+    batch_passes(run, 0)
+    setting = send_command(run.control_file, "report_every", 0)  # the worker checkpoints after answering
+    answered(run, setting)
+    wait_for(lambda: load_checkpoint(run.checkpoint).last_seq == setting["seq"], what="a checkpoint after the answer")
+
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: worker_pid(run) is None, what="the killed worker's lock to drop")
+    assert state_of(run) == "crashed"
+    ckpt = load_checkpoint(run.checkpoint)
+    assert ckpt.batch >= read_history(run).answers[setting["id"]].batch
+
+    new_pid = restart_worker(run)
+
+    assert new_pid != pid
+    second = wait_started(run, 2)
+    assert second["gen"] == first["gen"] + 1
+    assert second["resumed_from"] >= ckpt.batch
+    assert second["event"][0] == second["resumed_from"]
+    np.testing.assert_array_equal(second["sv"][1], ckpt.sv)
+    batch_passes(run, second["resumed_from"], what="the new generation to train on")
+    new_losses = [r["loss"][0] for r in records_with(run, "loss") if r["gen"] == second["gen"]]
+    assert new_losses == sorted(new_losses) and new_losses[0] == second["resumed_from"]
+    assert len(acks_of(run, setting)) == 1  # not re-answered
+
+
+def crash_before_checkpointing(run, cmd: str, value) -> dict:
+    """Send a command, then kill -9 the worker as if between answering it and checkpointing after it.
+
+    The real kill lands after that checkpoint; putting back the checkpoint from before the command
+    leaves the run as the narrow window would have.
+    """
+    before = run.checkpoint.read_bytes()
+    command = send_command(run.control_file, cmd, value)
+    answered(run, command)
+    kill_worker(run)
+    run.checkpoint.with_suffix(".old").write_bytes(before)
+    os.replace(run.checkpoint.with_suffix(".old"), run.checkpoint)
+    assert load_checkpoint(run.checkpoint).last_seq < command["seq"]
+    return command
+
+
+def test_setting_answered_but_not_checkpointed_before_a_crash_is_reapplied_not_reanswered(new_run):
+    run = new_run(target=FOREVER, report_every=0)
+    start_worker(run)
+    batch_passes(run, 0)
+    setting = crash_before_checkpointing(run, "eta", 0.3)
+
+    restart_worker(run)
+
+    batch_passes(run, wait_started(run, 2)["resumed_from"], what="the new generation to train on")
+    tell = send_command(run.control_file, "tell_state")
+    answered(run, tell)
+    ack = acks_of(run, tell)[0]
+    assert ack["eta"][1] == 0.3  # the worker trains with the re-applied eta
+    assert len(acks_of(run, setting)) == 1
+
+
+def test_setting_reapplied_after_a_crash_shows_in_the_run_file(new_run):
+    run = new_run(target=FOREVER, report_every=0)
+    start_worker(run)
+    batch_passes(run, 0)
+    setting = crash_before_checkpointing(run, "eta", 0.3)
+
+    restart_worker(run)
+
+    batch_passes(run, wait_started(run, 2)["resumed_from"], what="the new generation to train on")
+    assert read_history(run).eta == 0.3
+
+
+def test_report_every_writes_state_vectors_that_match_training_here(new_run):
+    run = new_run(target=200, report_every=100)
+    start_worker(run)
+    wait_for(lambda: events(run, "target_reached"), what="the target 200 to be reached")
+
+    reports = {r["sv"][0]: r["sv"][1] for r in records_with(run, "sv")}
+    assert sorted(reports) == [0, 100, 200]
+    net, next_batch = build(RunConfig())  # the worker's default net, trained here step by step
+    for batch in range(201):
+        if batch in reports:
+            np.testing.assert_allclose(reports[batch], net.state_vector(), rtol=0, atol=1e-12)
+        net.learn_one(*next_batch())
+
+
+def test_tell_state_and_a_new_report_every_produce_state_vectors(new_run):
+    run = new_run(target=200, report_every=0)
+    start_worker(run)
+    wait_for(lambda: events(run, "target_reached"), what="the target 200 to be reached")
+    assert [r["sv"][0] for r in records_with(run, "sv")] == [0]  # only the start's report
+
+    tell = send_command(run.control_file, "tell_state")
+    answered(run, tell)
+    ack = acks_of(run, tell)[0]
+    assert ack["sv"][0] == 200 and len(ack["sv"][1]) == 9
+
+    every = send_command(run.control_file, "report_every", 50)
+    target = send_command(run.control_file, "target", 300)
+    wait_for(lambda: len(events(run, "target_reached")) == 2, what="the target 300 to be reached")
+    assert answered(run, every).ok and answered(run, target).ok
+    assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 200, 250, 300]
+
+
+def test_commands_sent_before_the_worker_starts_are_applied_at_start(new_run):
+    run = new_run(target=0)
+    target = send_command(run.control_file, "target", 500)
+    eta = send_command(run.control_file, "eta", 0.2)
+
+    start_worker(run)
+
+    history = wait_for(lambda: (h := read_history(run)).batch == 500 and h, what="training to reach batch 500")
+    assert (history.answers[target["id"]].ok, history.answers[target["id"]].batch) == (True, 0)
+    assert (history.answers[eta["id"]].ok, history.answers[eta["id"]].batch) == (True, 0)
+    assert history.eta == 0.2 and state_of(run) == "idle"
+
+
+def test_idle_worker_keeps_a_heartbeat(new_run):
+    run = new_run(target=0)
+    start_worker(run)
+    started_t = wait_started(run)["t"]
+    wait_for(
+        lambda: any(r["t"] > started_t for r in records_with(run, "loss")),
+        what="a heartbeat loss record after the start",
+    )
+    assert state_of(run) == "idle"
+
+
+def test_worker_pid_does_not_report_a_dead_workers_pid_while_the_next_one_starts(new_run):
+    """A new worker takes worker.lock before it overwrites the pid the last one left there."""
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: worker_pid(run) is None, what="the killed worker's lock to drop")
+    assert run.worker_lock.read_text().strip() == str(pid)  # what kill -9 leaves behind
+
+    # Be the next worker at the moment it holds the lock and has not yet written its pid.
+    fd = os.open(run.worker_lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert worker_pid(run) != pid
+    finally:
+        os.close(fd)
+
+
+def test_a_worker_whose_run_directory_is_replaced_exits_without_writing(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    batch_passes(run, 0)
+    old = run.path.rename(run.path.with_name("old-copy"))
+    run.path.mkdir()
+
+    wait_for(lambda: process_gone(pid), what="the orphaned worker to exit")
+    assert list(run.path.iterdir()) == [], "it wrote nothing into the new directory"
+    assert "deleted or replaced" in (old / "worker.log").read_text()
+
+
+START_STOP_AND_LOOK_FOR_CHILDREN = """
+import os, sys, time
+from pathlib import Path
+from nnobs.runs import RunDir, start_worker, stop_worker
+run = RunDir(Path(sys.argv[1]))
+for _ in range(3):
+    start_worker(run)
+    stop_worker(run)
+try:
+    print(os.waitpid(-1, os.WNOHANG))
+except ChildProcessError:
+    print("no children")
+"""
+
+
+def test_workers_do_not_stay_zombie_children_of_a_long_lived_starter(new_run):
+    run = new_run(target=0)
+    starter = python(START_STOP_AND_LOOK_FOR_CHILDREN, str(run.path))
+    out, err = starter.communicate(timeout=120)
+    assert starter.returncode == 0, err
+    assert out.strip() == "no children", "three workers started and stopped; none is left a child of the starter"
