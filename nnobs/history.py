@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nnobs.records import Record, RecordReader
+from nnobs.series import Column, MinMaxBuckets
 
 LIFECYCLE = ("started", "target_reached", "shutdown", "error", "control_error")
 
@@ -34,57 +35,95 @@ class Event:
     detail: str = ""
 
 
-@dataclass
-class RunHistory:
-    """Series and latest values of one run; feed it records in file order with add()."""
+HEARTBEAT_KEYS = frozenset(("loss", "t", "gen"))
+MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
+SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
+SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
 
-    loss_batches: list[int] = field(default_factory=list)
-    loss_values: list[float] = field(default_factory=list)  # NaN where the loss diverged
-    sv_batches: list[int] = field(default_factory=list)
-    sv_rows: list[list[float]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    answers: dict[str, Answer] = field(default_factory=dict)  # by command id
-    batch: int = 0
-    loss: float | None = None
-    eta: float | None = None
-    target: int | None = None
-    report_every: int | None = None
-    gen: int | None = None
-    pid: int | None = None
-    last_t: float | None = None  # wall time of the newest record: the heartbeat
-    diverged: bool = False
-    n_records: int = 0
+
+class RunHistory:
+    """Series and latest values of one run; feed it records in file order with add().
+
+    Memory stays bounded for state vectors: their trajectories are kept as min/max buckets of
+    the first SV_KEPT parameters, and only the latest vector is kept whole. The loss is kept
+    whole in compact arrays (16 bytes a report), with buckets beside it for the chart.
+    """
+
+    def __init__(self, max_points: int = MAX_POINTS):
+        self.loss_batches = Column(np.int64)
+        self.loss_values = Column(float)  # NaN where the loss diverged
+        self.loss_buckets = MinMaxBuckets(1, max_points // 2)
+        self.sv_batches = Column(np.int64)  # batch of every state report
+        self.sv_buckets: MinMaxBuckets | None = None  # over the first SV_KEPT parameters
+        self.sv_latest: np.ndarray | None = None  # the newest state vector, whole
+        self.events: list[Event] = []
+        self.answers: dict[str, Answer] = {}  # by command id
+        self.batch = 0
+        self.loss: float | None = None
+        self.eta: float | None = None
+        self.target: int | None = None
+        self.report_every: int | None = None
+        self.gen: int | None = None
+        self.pid: int | None = None
+        self.last_t: float | None = None  # wall time of the newest record: the heartbeat
+        self.diverged = False
+        self.n_records = 0
 
     def add(self, records: list[Record]) -> None:
+        loss_batches, loss_values, sv_batches, sv_rows = [], [], [], []
         for record in records:
-            self._add_one(record)
+            t = record.get("t")
+            if t is not None and _number(t) is not None:
+                self.last_t = t
+            gen = record.get("gen")
+            if isinstance(gen, int):
+                self.gen = gen
+            loss = _pair(record.get("loss"))
+            if loss:
+                batch, value = loss
+                self.diverged = value is None or bool(record.get("diverged"))
+                self.loss = None if self.diverged else _number(value)
+                self.batch = batch
+                loss_batches.append(batch)
+                loss_values.append(np.nan if self.loss is None else self.loss)
+            if not loss or not HEARTBEAT_KEYS.issuperset(record):  # most records are a bare loss report
+                self._add_rest(record, t, sv_batches, sv_rows)
+        self.n_records += len(records)
+        if loss_batches:
+            self.loss_batches.extend(loss_batches)
+            self.loss_values.extend(loss_values)
+            self.loss_buckets.extend(np.array(loss_batches), np.array(loss_values)[:, None])
+        if sv_rows:
+            self._add_state_vectors(sv_batches, sv_rows)
 
-    def _add_one(self, record: Record) -> None:
-        self.n_records += 1
-        t = _number(record.get("t"))
-        if t is not None:
-            self.last_t = t
-        if isinstance(record.get("gen"), int):
-            self.gen = record["gen"]
-        if "loss" in record and (pair := _pair(record["loss"])):
-            batch, value = pair
-            self.diverged = value is None or bool(record.get("diverged"))
-            self.loss = None if self.diverged else _number(value)
-            self.batch = batch
-            self.loss_batches.append(batch)
-            self.loss_values.append(np.nan if self.loss is None else self.loss)
-        if "sv" in record and (pair := _pair(record["sv"])) and isinstance(pair[1], list):
-            self.sv_batches.append(pair[0])
-            self.sv_rows.append([np.nan if v is None else v for v in pair[1]])
+    def _add_rest(self, record: Record, t, sv_batches: list, sv_rows: list) -> None:
+        sv = _pair(record.get("sv"))
+        if sv and isinstance(sv[1], list):
+            sv_batches.append(sv[0])
+            sv_rows.append(sv[1])
         for topic in ("eta", "target", "report_every"):
-            if topic in record and (pair := _pair(record[topic])) and _number(pair[1]) is not None:
+            pair = _pair(record.get(topic))
+            if pair and _number(pair[1]) is not None:
                 setattr(self, topic, pair[1])
-        if "event" in record and (pair := _pair(record["event"])) and isinstance(pair[1], str):
-            self._add_event(pair[0], pair[1], record, t)
+        event = _pair(record.get("event"))
+        if event and isinstance(event[1], str):
+            self._add_event(event[0], event[1], record, t)
         for topic, ok in (("ack", True), ("reject", False)):
-            if topic in record and (pair := _pair(record[topic])) and isinstance(pair[1], dict):
+            pair = _pair(record.get(topic))
+            if pair and isinstance(pair[1], dict):
                 answer = pair[1]
                 self.answers[str(answer.get("id"))] = Answer(ok, pair[0], str(answer.get("reason", "")), t)
+
+    def _add_state_vectors(self, batches: list[int], rows: list[list]) -> None:
+        width = len(rows[-1])
+        same = [i for i, row in enumerate(rows) if len(row) == width]  # a report of another net is dropped
+        if self.sv_latest is None or len(self.sv_latest) != width:  # the first report, or the net changed
+            self.sv_batches = Column(np.int64)
+            self.sv_buckets = MinMaxBuckets(min(width, SV_KEPT), SV_BUCKETS)
+        kept = np.array([[np.nan if v is None else v for v in rows[i][:SV_KEPT]] for i in same], dtype=float)
+        self.sv_batches.extend([batches[i] for i in same])
+        self.sv_buckets.extend(np.array([batches[i] for i in same]), kept)
+        self.sv_latest = np.array([np.nan if v is None else v for v in rows[same[-1]]], dtype=float)
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
@@ -101,17 +140,8 @@ class RunHistory:
         return next((e for e in reversed(self.events) if e.kind != "control_error"), None)
 
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.loss_batches, dtype=np.int64), np.asarray(self.loss_values, dtype=float)
-
-    def sv_series(self) -> tuple[np.ndarray, np.ndarray]:
-        """Batches (n,) and state vectors (n, n_params) of the reports whose length matches the newest one."""
-        if not self.sv_rows:
-            return np.empty(0, dtype=np.int64), np.empty((0, 0))
-        width = len(self.sv_rows[-1])
-        keep = [i for i, row in enumerate(self.sv_rows) if len(row) == width]
-        return np.asarray([self.sv_batches[i] for i in keep], dtype=np.int64), np.asarray(
-            [self.sv_rows[i] for i in keep], dtype=float
-        )
+        """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
+        return self.loss_batches.values(), self.loss_values.values()
 
 
 def _number(value: Any) -> float | None:

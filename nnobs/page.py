@@ -128,17 +128,17 @@ def _commands(run: RunDir, history: RunHistory, alive: bool) -> None:
 
 
 def _charts(history: RunHistory, names: list[str], log_loss: bool) -> None:
-    batches, losses = history.loss_series()
-    if len(batches):
-        st.altair_chart(charts.loss_chart(charts.loss_frame(batches, losses), log_loss), width="stretch")
-    sv_batches, svs = history.sv_series()
-    if len(sv_batches):
-        if len(names) != svs.shape[1]:
-            names = [f"p{i}" for i in range(svs.shape[1])]
-        lines, heat = charts.sv_frames(sv_batches, svs, names)
+    """The charts: their specs never change during a run, so the browser only swaps in the new data."""
+    if len(history.loss_batches):
+        st.vega_lite_chart(charts.loss_frame(history), charts.loss_spec(log_loss), width="stretch")
+    if history.sv_buckets is not None:
+        if len(names) != len(history.sv_latest):
+            names = [f"p{i}" for i in range(len(history.sv_latest))]
+        lines, heat = charts.sv_frames(history, names)
         left, right = st.columns(2)
-        left.altair_chart(charts.sv_lines_chart(lines, names), width="stretch")
-        right.altair_chart(charts.sv_heatmap(heat, names), width="stretch")
+        kept = tuple(names[: history.sv_buckets.n_columns])
+        left.vega_lite_chart(lines, charts.sv_lines_spec(kept[: charts.MAX_SV_LINES]), width="stretch")
+        right.vega_lite_chart(heat, charts.sv_heatmap_spec(kept), width="stretch")
 
 
 def _live(run: RunDir, names: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Chart data: downsampling that keeps extremes, and charts drawn from a real run file."""
+"""Chart data: min/max buckets that keep every extreme, and charts drawn from a real run file."""
 
 from __future__ import annotations
 
@@ -8,28 +8,62 @@ from conftest import SEED_RUN
 from nnobs import charts
 from nnobs.history import RunHistory
 from nnobs.records import read_all
+from nnobs.series import MinMaxBuckets
 from nnobs.tasks import RunConfig, parameter_names
 
 
-def test_minmax_downsampling_keeps_every_point_below_the_bound():
+def fed(values: np.ndarray, max_buckets: int = 1000, chunk: int = 997) -> MinMaxBuckets:
+    """Buckets fed values in chunks, as a live run feeds them refresh by refresh."""
+    buckets = MinMaxBuckets(1, max_buckets)
+    batches = np.arange(len(values))
+    for start in range(0, len(values), chunk):
+        buckets.extend(batches[start : start + chunk], values[start : start + chunk, None])
+    return buckets
+
+
+def test_below_the_bound_every_point_is_kept():
     values = np.random.default_rng(0).normal(size=500)
-    assert np.array_equal(charts.minmax_indices(values, 2000), np.arange(500))
+    batches, kept = fed(values, chunk=7).points(0)
+    assert np.array_equal(batches, np.arange(500)) and np.array_equal(kept, values)
 
 
-def test_minmax_downsampling_keeps_first_last_and_a_one_batch_spike():
-    values = np.random.default_rng(0).normal(size=1_000_000)
-    values[654_321] = 40.0  # a spike one batch wide
+def test_every_bucket_keeps_its_min_and_max_and_the_last_point():
+    values = np.random.default_rng(1).normal(size=100_003)
+    buckets = fed(values)
+    batches, kept = buckets.points(0)
+    assert len(batches) <= 2 * buckets.max_buckets + 2 and np.all(np.diff(batches) > 0)
+    for b in range(buckets.n_buckets):
+        bucket = values[b * buckets.width : (b + 1) * buckets.width]
+        assert b * buckets.width + bucket.argmin() in batches and b * buckets.width + bucket.argmax() in batches
+    assert batches[0] == 0 and batches[-1] == len(values) - 1 and kept[-1] == values[-1]
+
+
+def test_a_one_batch_spike_in_a_million_points_survives():
+    values = np.random.default_rng(2).normal(size=1_000_000)
+    values[654_321] = 40.0
     values[123_456] = -40.0
-    kept = charts.minmax_indices(values, 2000)
-    assert len(kept) <= 2000 and np.all(np.diff(kept) > 0)
-    assert {0, 654_321, 123_456, 999_999} <= set(kept.tolist())
+    batches, kept = fed(values).points(0)
+    assert len(batches) <= 2002
+    assert kept[batches == 654_321] == [40.0] and kept[batches == 123_456] == [-40.0]
 
 
-def test_minmax_downsampling_survives_diverged_points():
+def test_diverged_points_never_hide_a_number():
     values = np.full(10_000, np.nan)
     values[:100] = np.linspace(1, 0, 100)
-    kept = charts.minmax_indices(values, 200)
-    assert kept[0] == 0 and kept[-1] == 9_999 and len(kept) <= 200
+    batches, kept = fed(values, max_buckets=100).points(0)
+    assert batches[0] == 0 and batches[-1] == 9_999 and 99 in batches and kept[batches == 99] == [0.0]
+
+
+def test_heatmap_means_match_the_raw_values():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(5_000, 3))
+    buckets = MinMaxBuckets(3, 100)
+    buckets.extend(np.arange(5_000) * 10, values)
+    starts, ends, means = buckets.means(25)
+    assert len(starts) <= 25 and starts[0] == 0 and ends[-1] == 49_991
+    rows = (starts // 10).tolist() + [5_000]
+    for i in range(len(starts)):
+        np.testing.assert_allclose(means[i], values[rows[i] : rows[i + 1]].mean(axis=0))
 
 
 def test_seed_notebook_run_file_plots_loss_and_state_vector():
@@ -37,12 +71,18 @@ def test_seed_notebook_run_file_plots_loss_and_state_vector():
     history.add(read_all(SEED_RUN))
     names = parameter_names(RunConfig())
 
-    loss = charts.loss_chart(charts.loss_frame(*history.loss_series()), log_scale=True).to_dict()
-    lines, heat = charts.sv_frames(*history.sv_series(), names)
-    sv_lines = charts.sv_lines_chart(lines, names).to_dict()
-    heatmap = charts.sv_heatmap(heat, names).to_dict()
+    loss = charts.loss_frame(history)
+    lines, heat = charts.sv_frames(history, names)
 
-    assert loss["mark"]["type"] == "line" and len(next(iter(loss["datasets"].values()))) == 19
+    assert len(loss) == 19 and loss["batch"].iloc[-1] == 20_000
     assert set(lines["parameter"]) == set(names) and lines["batch"].max() == 20_000
-    assert sv_lines["encoding"]["color"]["field"] == "parameter"
-    assert heatmap["mark"]["type"] == "rect" and len(heat) == charts.HEATMAP_COLUMNS * len(names)
+    assert len(heat) <= charts.HEATMAP_COLUMNS * len(names) and set(heat["parameter"]) == set(names)
+    for spec in (charts.loss_spec(True), charts.sv_lines_spec(tuple(names)), charts.sv_heatmap_spec(tuple(names))):
+        assert "data" not in spec and "datasets" not in spec, "data travels beside the spec"
+
+
+def test_chart_specs_are_identical_between_refreshes():
+    assert charts.loss_spec(True) == charts.loss_spec(True)
+    spec = charts.sv_lines_spec(("a", "b"))
+    spec["mark"] = "changed by a caller"
+    assert charts.sv_lines_spec(("a", "b"))["mark"] != "changed by a caller"

@@ -180,9 +180,9 @@ def test_seed_notebook_run_file_loads_into_a_history(seed_records):
     batches, losses = history.loss_series()
     assert len(batches) == 19 and batches[0] == 1 and batches[-1] == 20000
     assert losses[0] == seed_records[0]["loss"][1]
-    sv_batches, sv_rows = history.sv_series()
-    assert sv_rows.shape == (201, 9)
-    assert list(sv_batches) == list(range(0, 20001, 100))
+    assert list(history.sv_batches.values()) == list(range(0, 20001, 100))
+    assert history.sv_latest.tolist() == seed_records[-1]["sv"][1]
+    assert history.sv_buckets.n == 201 and history.sv_buckets.n_columns == 9
     assert history.batch == 20000 and history.eta == 0.1
     assert history.last_t is None and history.gen is None  # the notebook stamped neither
     assert history.events == [] and not history.diverged

@@ -97,7 +97,8 @@ def test_target_is_acknowledged_and_training_idles_at_it_with_falling_loss(new_r
     status = run_status(run, history)
     assert (status.state, status.batch, status.target) == ("idle", 3000, 3000)
     assert [e.batch for e in history.events if e.kind == "target_reached"] == [3000]
-    assert history.loss_values[-1] < history.loss_values[0]
+    losses = history.loss_series()[1]
+    assert losses[-1] < losses[0]
 
 
 def test_eta_set_while_training_is_acknowledged_at_the_batch_where_it_took_effect(new_run):

@@ -1,0 +1,152 @@
+"""Series kept compact: growable numpy columns, and min/max buckets that bound what a chart needs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Column:
+    """A growable 1-d numpy array; appends are amortized O(1), values() is a view, not a copy."""
+
+    def __init__(self, dtype: type = float):
+        self._data = np.empty(64, dtype=dtype)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def extend(self, values) -> None:
+        values = np.asarray(values, dtype=self._data.dtype)
+        end = self._n + len(values)
+        if end > len(self._data):
+            grown = np.empty(max(end, 2 * len(self._data)), dtype=self._data.dtype)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : end] = values
+        self._n = end
+
+    def values(self) -> np.ndarray:
+        return self._data[: self._n]
+
+
+class MinMaxBuckets:
+    """Per column, each bucket's min and max (with their batches) and its sum and count, at most max_buckets.
+
+    Buckets hold `width` points each; when they would exceed max_buckets, neighbours merge and the
+    width doubles. So the memory and the chart data stay bounded however long the series, an
+    append costs what it appends, and no extreme is ever dropped: a merged bucket keeps the more
+    extreme of its two halves. NaN (a diverged value) is never chosen as a min or max over a number.
+    """
+
+    def __init__(self, n_columns: int, max_buckets: int = 1000):
+        assert max_buckets >= 2 and max_buckets % 2 == 0, f"max_buckets must be even and >= 2, not {max_buckets}"
+        self.n_columns = n_columns
+        self.max_buckets = max_buckets
+        self.width = 1  # points per full bucket
+        self.n = 0  # points appended
+        k, b = n_columns, max_buckets
+        self.first_batch = np.zeros(b, dtype=np.int64)  # (buckets,) batch of each bucket's first point
+        self.min_value = np.zeros((b, k))
+        self.min_batch = np.zeros((b, k), dtype=np.int64)
+        self.max_value = np.zeros((b, k))
+        self.max_batch = np.zeros((b, k), dtype=np.int64)
+        self.sum = np.zeros((b, k))
+        self.count = np.zeros(b, dtype=np.int64)
+        self.first = (0, np.zeros(k))  # the series' first point, kept apart so it is always drawn
+        self.last = (0, np.zeros(k))  # and its last
+
+    @property
+    def n_buckets(self) -> int:
+        return -(-self.n // self.width)
+
+    def extend(self, batches: np.ndarray, values: np.ndarray) -> None:
+        """Append points: batches (m,), values (m, n_columns)."""
+        batches = np.asarray(batches, dtype=np.int64)
+        values = np.asarray(values, dtype=float).reshape(len(batches), self.n_columns)
+        if not len(batches):
+            return
+        if self.n == 0:
+            self.first = (int(batches[0]), values[0].copy())
+        self.last = (int(batches[-1]), values[-1].copy())
+        pos = 0
+        while pos < len(batches):
+            if self.n % self.width == 0 and self.n_buckets == self.max_buckets:
+                self._halve()
+            take = min(self.width - self.n % self.width, len(batches) - pos)
+            self._fold(self.n // self.width, batches[pos : pos + take], values[pos : pos + take])
+            self.n += take
+            pos += take
+
+    def _fold(self, b: int, batches: np.ndarray, values: np.ndarray) -> None:
+        """Fold consecutive points into bucket b (new when empty)."""
+        cols = np.arange(self.n_columns)
+        as_min = np.where(np.isnan(values), np.inf, values)
+        as_max = np.where(np.isnan(values), -np.inf, values)
+        lo, hi = as_min.argmin(axis=0), as_max.argmax(axis=0)  # (k,) row of each column's extreme
+        lo_value, hi_value = values[lo, cols], values[hi, cols]
+        if self.n % self.width == 0:  # a new bucket
+            self.first_batch[b] = batches[0]
+            self.min_value[b], self.min_batch[b] = lo_value, batches[lo]
+            self.max_value[b], self.max_batch[b] = hi_value, batches[hi]
+            self.sum[b], self.count[b] = values.sum(axis=0), len(values)
+            return
+        lower = _lower(lo_value, self.min_value[b])
+        self.min_value[b] = np.where(lower, lo_value, self.min_value[b])
+        self.min_batch[b] = np.where(lower, batches[lo], self.min_batch[b])
+        higher = _higher(hi_value, self.max_value[b])
+        self.max_value[b] = np.where(higher, hi_value, self.max_value[b])
+        self.max_batch[b] = np.where(higher, batches[hi], self.max_batch[b])
+        self.sum[b] += values.sum(axis=0)
+        self.count[b] += len(values)
+
+    def _halve(self) -> None:
+        """Merge buckets pairwise: half as many, twice as wide, every extreme kept."""
+        half = self.max_buckets // 2
+        even, odd = slice(0, None, 2), slice(1, None, 2)
+        self.first_batch[:half] = self.first_batch[even]
+        lower = _lower(self.min_value[odd], self.min_value[even])
+        self.min_value[:half] = np.where(lower, self.min_value[odd], self.min_value[even])
+        self.min_batch[:half] = np.where(lower, self.min_batch[odd], self.min_batch[even])
+        higher = _higher(self.max_value[odd], self.max_value[even])
+        self.max_value[:half] = np.where(higher, self.max_value[odd], self.max_value[even])
+        self.max_batch[:half] = np.where(higher, self.max_batch[odd], self.max_batch[even])
+        self.sum[:half] = self.sum[even] + self.sum[odd]
+        self.count[:half] = self.count[even] + self.count[odd]
+        self.width *= 2
+
+    def points(self, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """One column's first point, every bucket's min and max, and last point, in batch order, no repeats."""
+        nb = self.n_buckets
+        if nb == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        batches = np.concatenate(
+            ([self.first[0]], self.min_batch[:nb, column], self.max_batch[:nb, column], [self.last[0]])
+        )
+        values = np.concatenate(
+            ([self.first[1][column]], self.min_value[:nb, column], self.max_value[:nb, column], [self.last[1][column]])
+        )
+        batches, keep = np.unique(batches, return_index=True)
+        return batches, values[keep]
+
+    def means(self, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bin starts (bins,), bin ends (bins,) and mean values (bins, n_columns) over at most n_bins bins."""
+        nb = self.n_buckets
+        if nb == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty((0, self.n_columns))
+        group = -(-nb // n_bins)  # buckets per bin
+        starts_at = np.arange(0, nb, group)
+        sums = np.add.reduceat(self.sum[:nb], starts_at, axis=0)
+        counts = np.add.reduceat(self.count[:nb], starts_at)
+        begin = self.first_batch[starts_at]
+        end = np.append(begin[1:], self.last[0] + 1)
+        return begin, end, sums / counts[:, None]
+
+
+def _lower(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Where new replaces old as a minimum: it is lower, or it is a number and old is NaN."""
+    return (new < old) | (np.isnan(old) & ~np.isnan(new))
+
+
+def _higher(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Where new replaces old as a maximum: it is higher, or it is a number and old is NaN."""
+    return (new > old) | (np.isnan(old) & ~np.isnan(new))
