@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from nnobs.records import Record, RecordReader
+from nnobs.bulk import number, pair, parse_lines
+from nnobs.records import Record, RecordReader, encode_record
 from nnobs.series import Column, MinMaxBuckets
 
-LIFECYCLE = ("started", "target_reached", "shutdown", "error", "control_error")
 
 
 @dataclass
@@ -35,7 +36,6 @@ class Event:
     detail: str = ""
 
 
-HEARTBEAT_KEYS = frozenset(("loss", "t", "gen"))
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
 SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
@@ -67,69 +67,68 @@ class RunHistory:
         self.pid: int | None = None
         self.last_t: float | None = None  # wall time of the newest record: the heartbeat
         self.diverged = False
-        self.n_records = 0
+        self.n_records = 0  # complete JSON lines folded in
+        self.skipped_lines = 0  # lines that were not a JSON object
 
     def add(self, records: list[Record]) -> None:
-        loss_batches, loss_values, sv_batches, sv_rows = [], [], [], []
-        for record in records:
-            t = record.get("t")
-            if t is not None and _number(t) is not None:
-                self.last_t = t
-            gen = record.get("gen")
-            if isinstance(gen, int):
-                self.gen = gen
-            loss = _pair(record.get("loss"))
-            if loss:
-                batch, value = loss
-                self.diverged = value is None or bool(record.get("diverged"))
-                self.loss = None if self.diverged else _number(value)
-                self.batch = batch
-                loss_batches.append(batch)
-                loss_values.append(np.nan if self.loss is None else self.loss)
-            if not loss or not HEARTBEAT_KEYS.issuperset(record):  # most records are a bare loss report
-                self._add_rest(record, t, sv_batches, sv_rows)
-        self.n_records += len(records)
-        if loss_batches:
-            self.loss_batches.extend(loss_batches)
-            self.loss_values.extend(loss_values)
-            self.loss_buckets.extend(np.array(loss_batches), np.array(loss_values)[:, None])
-        if sv_rows:
-            self._add_state_vectors(sv_batches, sv_rows)
+        """Fold in records already parsed (tests, tools); they take the same path as lines read from a file."""
+        self.add_lines(b"".join(encode_record(record) for record in records))
 
-    def _add_rest(self, record: Record, t, sv_batches: list, sv_rows: list) -> None:
-        sv = _pair(record.get("sv"))
-        if sv and isinstance(sv[1], list):
-            sv_batches.append(sv[0])
-            sv_rows.append(sv[1])
-        for topic in ("eta", "target", "report_every"):
-            pair = _pair(record.get(topic))
-            if pair and _number(pair[1]) is not None:
-                setattr(self, topic, pair[1])
-        event = _pair(record.get("event"))
+    def add_lines(self, chunk: bytes) -> None:
+        """Fold in a chunk of complete run-file lines, in file order."""
+        parsed = parse_lines(chunk)
+        self.n_records += chunk.count(b"\n") - parsed.skipped
+        self.skipped_lines += parsed.skipped
+        if len(parsed.loss_at):
+            self.loss_batches.extend(parsed.loss_batch)
+            self.loss_values.extend(parsed.loss_value)
+            self.loss_buckets.extend(parsed.loss_batch, parsed.loss_value[:, None])
+            self.batch = int(parsed.loss_batch[-1])
+            last = float(parsed.loss_value[-1])
+            self.diverged = bool(np.isnan(last))
+            self.loss = None if self.diverged else last
+        if parsed.sv_rows:
+            self._add_state_vectors(parsed.sv_batch, parsed.sv_rows)
+        for topic, (_, value) in parsed.settings.items():
+            setattr(self, topic, value)
+        for _, record in parsed.records:
+            self._add_record(record)
+        try:
+            newest = json.loads(parsed.last_line) if parsed.last_line else {}
+        except ValueError:
+            newest = {}
+        if isinstance(newest, dict):
+            self.last_t = number(newest.get("t")) or self.last_t
+            self.gen = newest["gen"] if isinstance(newest.get("gen"), int) else self.gen
+
+    def _add_record(self, record: Record) -> None:
+        """Events and command answers: the rare lines, each parsed as JSON."""
+        t = number(record.get("t"))
+        event = pair(record.get("event"))
         if event and isinstance(event[1], str):
+            if isinstance(record.get("gen"), int):
+                self.gen = record["gen"]
             self._add_event(event[0], event[1], record, t)
         for topic, ok in (("ack", True), ("reject", False)):
-            pair = _pair(record.get(topic))
-            if pair and isinstance(pair[1], dict):
-                answer = pair[1]
-                self.answers[str(answer.get("id"))] = Answer(ok, pair[0], str(answer.get("reason", "")), t)
+            answer = pair(record.get(topic))
+            if answer and isinstance(answer[1], dict):
+                self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
 
-    def _add_state_vectors(self, batches: list[int], rows: list[list]) -> None:
+    def _add_state_vectors(self, batches: list[int], rows: list[np.ndarray]) -> None:
         width = len(rows[-1])
         same = [i for i, row in enumerate(rows) if len(row) == width]  # a report of another net is dropped
         if self.sv_latest is None or len(self.sv_latest) != width:  # the first report, or the net changed
             self.sv_batches = Column(np.int64)
             self.sv_buckets = MinMaxBuckets(min(width, SV_KEPT), SV_BUCKETS)
-        kept = np.array([[np.nan if v is None else v for v in rows[i][:SV_KEPT]] for i in same], dtype=float)
-        self.sv_batches.extend([batches[i] for i in same])
-        self.sv_buckets.extend(np.array([batches[i] for i in same]), kept)
-        self.sv_latest = np.array([np.nan if v is None else v for v in rows[same[-1]]], dtype=float)
+        kept_batches = np.array([batches[i] for i in same], dtype=np.int64)
+        self.sv_batches.extend(kept_batches)
+        self.sv_buckets.extend(kept_batches, np.array([rows[i][:SV_KEPT] for i in same]))
+        self.sv_latest = rows[same[-1]]
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
         if kind == "started":
             self.pid = record.get("pid") if isinstance(record.get("pid"), int) else None
-            self.diverged = False
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail))
@@ -144,17 +143,6 @@ class RunHistory:
         return self.loss_batches.values(), self.loss_values.values()
 
 
-def _number(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _pair(value: Any) -> tuple[int, Any] | None:
-    """A topic's [batch, value], or None when the record does not have that shape."""
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int):
-        return value[0], value[1]
-    return None
-
-
 class RunWatcher:
     """A run file's reader and its history, refreshed incrementally; one per run, shared by every viewer."""
 
@@ -167,8 +155,8 @@ class RunWatcher:
     def refresh(self) -> RunHistory:
         """Fold in what was appended since the last refresh; start over if the file was replaced or shrank."""
         restarts = self.reader.restarts
-        records = self.reader.read_new()
+        chunk = self.reader.read_new_lines()
         if self.reader.restarts != restarts:
             self.history = RunHistory()
-        self.history.add(records)
+        self.history.add_lines(chunk)
         return self.history

@@ -82,8 +82,8 @@ class RecordReader:
         self.restarts = 0  # times the file shrank or was replaced and was read again from the start
         self._inode: int | None = None
 
-    def read_new(self) -> list[Record]:
-        """Records appended since the last call. After a restart (see `restarts`), the whole file again."""
+    def read_new_lines(self) -> bytes:
+        """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again."""
         try:
             with open(self.path, "rb") as f:
                 stat = os.fstat(f.fileno())
@@ -92,18 +92,19 @@ class RecordReader:
                     self.restarts += 1
                 self._inode = stat.st_ino
                 if stat.st_size == self.offset:
-                    return []
+                    return b""
                 f.seek(self.offset)
                 chunk = f.read(stat.st_size - self.offset)
         except FileNotFoundError:
-            return []
-        end = chunk.rfind(b"\n") + 1  # lines after the last newline are still being written
+            return b""
+        end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
         self.offset += end
-        return self._parse(chunk[:end])
+        return chunk[:end]
 
-    def _parse(self, chunk: bytes) -> list[Record]:
+    def read_new(self) -> list[Record]:
+        """The records appended since the last call, each line parsed as JSON; bad lines are counted and skipped."""
         records = []
-        for line in chunk.splitlines():
+        for line in self.read_new_lines().splitlines():
             if not line.strip():
                 continue
             try:

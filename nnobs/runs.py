@@ -16,7 +16,7 @@ from filelock import FileLock
 from nnobs.control import send_command
 from nnobs.errors import NnobsError, RunNameError
 from nnobs.history import RunHistory
-from nnobs.records import RecordReader, read_all
+from nnobs.records import RecordReader
 from nnobs.tasks import RunConfig
 
 DEFAULT_RUN = "default"
@@ -241,6 +241,7 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
 
 
 def read_history(run: RunDir) -> RunHistory:
+    """The whole run file, folded."""
     history = RunHistory()
-    history.add(read_all(run.run_file))
+    history.add_lines(RecordReader(run.run_file).read_new_lines())
     return history
