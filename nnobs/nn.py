@@ -22,6 +22,10 @@ class Layer:
         """Take the (eta-scaled) gradient at the output, learn from it, return the gradient at the input."""
         raise NotImplementedError
 
+    def update(self, grad: Array) -> None:
+        """Learn from grad like backprop, for a first layer, whose input gradient nobody needs."""
+        self.backprop(grad)
+
     def state_vector(self) -> Array:
         return np.empty(0)
 
@@ -44,29 +48,36 @@ class AffineLayer(Layer):
 
     def __init__(self, n: int, m: int, rng: np.random.RandomState | np.random.Generator | None = None):
         rng = np.random.RandomState() if rng is None else rng
-        self.W = rng.standard_normal((n, m))  # (n_in, n_out)
-        self.b = rng.standard_normal(m)  # (n_out,)
-        self.n_params = n * m + m
-        self._x: Array | None = None
+        w = rng.standard_normal((n, m))
+        b = rng.standard_normal(m)
+        # W and b live in one (n + 1, m) array: one matmul does x @ W + b on an input with a column of
+        # ones, one outer product updates both, and its rows are already the state-vector order.
+        self._wb = np.vstack((w, b))
+        self.W = self._wb[:n]  # (n, m) view
+        self.b = self._wb[n]  # (m,) view
+        self.n_params = (n + 1) * m
+        self._x1: Array | None = None  # (rows, n + 1): the last input, then ones; reused while rows holds
 
     def __call__(self, x: Array) -> Array:
-        self._x = x
-        return x @ self.W + self.b
+        if self._x1 is None or len(self._x1) != len(x):
+            self._x1 = np.ones((len(x), len(self._wb)))
+        self._x1[:, :-1] = x
+        return self._x1 @ self._wb
 
     def backprop(self, grad: Array) -> Array:
         grad_in = grad @ self.W.T  # taken before W moves: it is the gradient of this forward pass
-        self.W -= self._x.T @ grad
-        self.b -= grad.sum(axis=0)
+        self._wb -= self._x1.T @ grad
         return grad_in
 
+    def update(self, grad: Array) -> None:
+        self._wb -= self._x1.T @ grad
+
     def state_vector(self) -> Array:
-        return np.concatenate((self.W.ravel(), self.b))
+        return self._wb.ravel().copy()
 
     def set_state_from_vector(self, sv: Array) -> None:
         super().set_state_from_vector(sv)
-        n_w = self.W.size
-        self.W[...] = np.reshape(sv[:n_w], self.W.shape)
-        self.b[...] = sv[n_w:]
+        self._wb[...] = np.reshape(sv, self._wb.shape)
 
 
 def elementwise(fun: Callable) -> Callable[[Array], Array]:
@@ -137,8 +148,10 @@ class Network:
         err = self(x) - ideal  # (rows, n_out)
         rows = len(x)
         grad = err * (self.eta / rows)
-        for layer in reversed(self.layers):
+        for layer in self.layers[:0:-1]:
             grad = layer.backprop(grad)
+        if self.layers:
+            self.layers[0].update(grad)  # the first layer's input gradient would go nowhere
         return float(np.vdot(err, err)) / (2 * rows)
 
     def learn(self, facts: Iterable[Fact]) -> float | None:

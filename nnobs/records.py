@@ -5,16 +5,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 Record = dict[str, Any]
+
+
+def _as_list(value: Any) -> Any:
+    """numpy arrays (a state vector) are written as JSON lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _finite_or_none(value: Any) -> Any:
     """Replace every NaN or infinity inside value by None: JSON has no spelling for them."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, list):
@@ -27,7 +40,7 @@ def _finite_or_none(value: Any) -> Any:
 def encode_record(record: Record) -> bytes:
     """One complete line of strict JSON; a record holding NaN or infinity is written with nulls and "diverged": true."""
     try:
-        text = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_as_list)
     except ValueError:
         text = json.dumps({**_finite_or_none(record), "diverged": True}, allow_nan=False, separators=(",", ":"))
     return text.encode() + b"\n"
@@ -51,7 +64,12 @@ class RecordWriter:
             os.write(self._fd, b"\n")
 
     def write(self, record: Record) -> bool:
-        line = encode_record({**record, "t": round(time.time(), 3), "gen": self.gen})
+        return self._append(encode_record(self._stamped(record)))
+
+    def _stamped(self, record: Record) -> Record:
+        return {**record, "t": round(time.time(), 3), "gen": self.gen}
+
+    def _append(self, line: bytes) -> bool:
         try:
             written = os.write(self._fd, line)
             if written != len(line):
@@ -70,6 +88,32 @@ class RecordWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class BackgroundWriter(RecordWriter):
+    """A RecordWriter that encodes and writes on a thread of its own, so training never waits for either.
+
+    Records are stamped when written here and land in order; close() waits until all have landed.
+    """
+
+    def __init__(self, path: Path, gen: int | None):
+        super().__init__(path, gen)
+        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Record) -> bool:
+        self._queue.put(self._stamped(record))
+        return True
+
+    def _drain(self) -> None:
+        while (record := self._queue.get()) is not None:
+            self._append(encode_record(record))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        super().close()
 
 
 class RecordReader:

@@ -16,7 +16,7 @@ from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nnobs.control import Command, ControlWatcher, check_command
 from nnobs.errors import CommandError, ControlFileError
 from nnobs.nn import Fact, Network
-from nnobs.records import RecordReader, RecordWriter
+from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
 from nnobs.runs import RunDir, take_worker_lock
 from nnobs.tasks import build, load_config
 
@@ -49,7 +49,7 @@ class Worker:
             last_seq, answered = ckpt.last_seq, _answered_since(run.run_file, ckpt.run_offset)
         self.answered = answered  # ids answered after the checkpoint by the generation before: not answered again
         self.control = ControlWatcher(run.control_file, last_seq)
-        self.out = RecordWriter(run.run_file, self.gen)
+        self.out = BackgroundWriter(run.run_file, self.gen)
         self.loss = net.losses([next_batch()])[0]
         self.done = False
         self._last_loss_report = 0.0  # monotonic time
@@ -64,7 +64,7 @@ class Worker:
         b = self.batch
         return {
             "eta": [b, self.net.eta],
-            "sv": [b, self.net.state_vector().tolist()],
+            "sv": [b, self.net.state_vector()],  # a copy of its own: encoded on the writer's thread
             "target": [b, self.target],
             "report_every": [b, self.report_every],
         }
@@ -192,8 +192,10 @@ class Worker:
         except Exception as err:
             traceback.print_exc()
             self.out.write({"event": [self.batch, "error"], "error": f"{type(err).__name__}: {err}"})
+            self.out.close()
             return 1
         self.report_loss(time.monotonic(), {"event": [self.batch, "shutdown"]})
+        self.out.close()  # every record has landed before the process, and its lock, are gone
         return 0
 
     def _on_signal(self, signum: int, frame) -> None:
