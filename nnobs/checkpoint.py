@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nnobs.errors import NnobsError
+from nnobs.files import replace_atomically
 
 
 @dataclass
@@ -29,18 +28,8 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
-    path = Path(path)
     meta = {k: v for k, v in asdict(ckpt).items() if k != "sv"}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, sv=np.asarray(ckpt.sv, dtype=float), meta=np.array(json.dumps(meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    replace_atomically(path, lambda f: np.savez(f, sv=np.asarray(ckpt.sv, dtype=float), meta=np.array(json.dumps(meta))))
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:

@@ -9,6 +9,7 @@ import time
 
 from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
+from nnobs.history import RunHistory
 from nnobs.records import RecordReader
 from nnobs.runs import DEFAULT_RUN, RunDir, read_history, restart_worker, run_status, start_worker, stop_worker
 
@@ -41,11 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _await_answers(run: RunDir, ids: list[str], timeout: float = ANSWER_TIMEOUT_S) -> int:
-    """Print the worker's answer to each command id; 0 if all were acknowledged."""
+def _await_answers(answers: RecordReader, ids: list[str], timeout: float = ANSWER_TIMEOUT_S) -> int:
+    """Print the worker's answer to each command id, reading only what is appended; 0 if all were acknowledged."""
     deadline = time.monotonic() + timeout
+    history = RunHistory()
     while True:
-        history = read_history(run)
+        history.add_lines(answers.read_new_lines())
         if all(i in history.answers for i in ids) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -66,10 +68,12 @@ def _await_answers(run: RunDir, ids: list[str], timeout: float = ANSWER_TIMEOUT_
 def _send(run: RunDir, commands: list[tuple[str, object]], wait: bool = True) -> int:
     for cmd, value in commands:
         check_command(cmd, value)  # refuse here, with the worker's own words, before anything is written
+    answers = RecordReader(run.run_file)
+    answers.offset = run.run_file.stat().st_size if run.run_file.exists() else 0  # answers come after this
     sent = [send_command(run.control_file, cmd, value, by="cli") for cmd, value in commands]
     for command in sent:
         print(f"sent {command['cmd']}{'' if command['value'] is None else ' ' + str(command['value'])} as {command['id']}")
-    return _await_answers(run, [c["id"] for c in sent]) if wait else 0
+    return _await_answers(answers, [c["id"] for c in sent]) if wait else 0
 
 
 def _format_status(status) -> str:

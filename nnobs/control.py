@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from nnobs.errors import CommandError, ControlFileError
+from nnobs.errors import CommandError, ControlFileError, hold
+from nnobs.files import replace_atomically
 
 MAX_TARGET = 10**12  # far beyond any run here; larger is a typo
 MAX_ETA = 1e6
@@ -72,20 +71,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 def read_commands(path: Path) -> list[Command]:
     """Every command in the control file, oldest first. Safe without the lock: writers replace it atomically."""
-    return [c for c in _read(Path(path))["commands"] if isinstance(c, dict) and _is_int(c.get("seq"))]
+    return _commands(_read(Path(path)))
 
 
-def _replace_atomically(path: Path, content: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _commands(content: dict[str, Any]) -> list[Command]:
+    return sorted((c for c in content["commands"] if isinstance(c, dict) and _is_int(c.get("seq"))), key=lambda c: c["seq"])
 
 
 def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Command:
@@ -100,12 +90,12 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
         json.dumps(command, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise CommandError(f"{cmd} {value!r} cannot be written as JSON: {err}") from err
-    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S):
+    with hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file"):
         content = _read(path)
         command = {"seq": content["next_seq"], **command}
         content["next_seq"] += 1
         content["commands"].append(command)
-        _replace_atomically(path, content)
+        replace_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
     return command
 
 
@@ -127,7 +117,11 @@ class ControlWatcher:
         if signature == self._signature:
             return []
         self._signature = signature
-        new = [c for c in read_commands(self.path) if c["seq"] > self.last_seq]
+        content = _read(self.path)
+        if content["next_seq"] - 1 < self.last_seq:
+            # The file was made anew (deleted, or replaced by hand): its numbering starts over, so must we.
+            self.last_seq = 0
+        new = [c for c in _commands(content) if c["seq"] > self.last_seq]
         if new:
             self.last_seq = new[-1]["seq"]
         return new

@@ -1,5 +1,13 @@
 """The one family of errors nnobs raises, each with a message meant for the person who caused it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from filelock import BaseFileLock, Timeout
+
+
 
 class NnobsError(Exception):
     """Base of every error nnobs raises on purpose."""
@@ -15,3 +23,17 @@ class CommandError(NnobsError, ValueError):
 
 class ControlFileError(NnobsError):
     """The control file exists but cannot be read as commands."""
+
+
+class LockTimeout(NnobsError, TimeoutError):
+    """Another process held a lock for longer than we wait."""
+
+
+@contextmanager
+def hold(lock: BaseFileLock, what: str) -> Iterator[None]:
+    """Hold a filelock lock; a timeout becomes a LockTimeout naming what was locked."""
+    try:
+        with lock:
+            yield
+    except Timeout as err:
+        raise LockTimeout(f"{what} is locked by another process (waited {lock.timeout:g} s for {lock.lock_file})") from err

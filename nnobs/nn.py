@@ -30,7 +30,8 @@ class Layer:
         return np.empty(0)
 
     def set_state_from_vector(self, sv: Array) -> None:
-        assert len(sv) == self.n_params, f"expected {self.n_params} parameters, got {len(sv)}"
+        if len(sv) != self.n_params:  # a check, not an assert: the vector may come from a file
+            raise ValueError(f"{type(self).__name__} has {self.n_params} parameters, not {len(sv)}")
 
 
 class IdentityLayer(Layer):
@@ -110,15 +111,13 @@ class MapLayer(Layer):
         return grad * self.dfun(self._x)
 
 
-class TanhLayer(MapLayer):
+class TanhLayer(Layer):
     """tanh, whose derivative 1 - tanh(x)**2 reuses the forward output instead of recomputing it."""
 
     def __init__(self):
-        super().__init__(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2)
         self._y: Array | None = None
 
     def __call__(self, x: Array) -> Array:
-        self._x = x
         self._y = np.tanh(x)
         return self._y
 
@@ -177,7 +176,8 @@ class Network:
     def set_state_from_vector(self, sv: Array) -> None:
         sv = np.asarray(sv, dtype=float)
         n_total = sum(layer.n_params for layer in self.layers)
-        assert len(sv) == n_total, f"state vector has {len(sv)} values, this network has {n_total} parameters"
+        if sv.shape != (n_total,):
+            raise ValueError(f"the state vector has {sv.size} values, the network {n_total} parameters")
         start = 0
         for layer in self.layers:
             layer.set_state_from_vector(sv[start : start + layer.n_params])

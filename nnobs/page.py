@@ -7,14 +7,14 @@ import time
 import streamlit as st
 
 from nnobs import charts
-from nnobs.control import check_command, read_commands, send_command
+from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
-from nnobs.history import RunHistory, RunWatcher
-from nnobs.runs import DEFAULT_RUN, RunDir, RunStatus, create_run, log_tail, restart_worker, run_status, start_worker
-from nnobs.tasks import RunConfig, load_config, parameter_names
+from nnobs.history import RunWatcher
+from nnobs.runs import DEFAULT_RUN, RunDir, RunStatus, create_run, log_tail, restart_worker, start_worker
+from nnobs.tasks import load_config, parameter_names
+from nnobs.view import RunView, build_view
 
 STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
-RECENT_COMMANDS = 6
 
 
 @st.cache_resource(show_spinner=False)
@@ -42,30 +42,30 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
     except NnobsError as err:
         st.sidebar.error(str(err))
         return
-    st.toast(f"Sent {cmd}{'' if value is None else f' = {value:g}'}: waiting for the worker")
+    st.toast(f"Sent {cmd}{'' if value is None else f' = {value:,}'}: waiting for the worker")
     st.session_state.setdefault("sent", []).append(command["id"])
 
 
-def _sidebar(run: RunDir, history: RunHistory) -> None:
+def _sidebar(run: RunDir, view: RunView) -> None:
     bar = st.sidebar
     bar.header("Training")
     with bar.form("target_form", border=False):
         target = st.number_input(
-            "Target batches", min_value=0, step=1000, value=int(history.target or 0),
+            "Target batches", min_value=0, step=1000, value=int(view.status.target or 0),
             help="Train until the batch count reaches this, then idle.",
         )
         if st.form_submit_button("Set target"):
             _send(run, "target", int(target))
     with bar.form("eta_form", border=False):
         eta = st.number_input(
-            "Learning rate (eta)", value=float(history.eta or 0.1), format="%.6g", step=0.01,
+            "Learning rate (eta)", value=float(view.status.eta or 0.1), format="%.6g", step=0.01,
             help="Step size of gradient descent; must be above 0.",
         )
         if st.form_submit_button("Set eta"):
             _send(run, "eta", float(eta))
     with bar.form("report_form", border=False):
         every = st.number_input(
-            "State report every N batches", min_value=0, step=100, value=int(history.report_every or 0),
+            "State report every N batches", min_value=0, step=100, value=int(view.report_every or 0),
             help="How often the worker reports the full state vector; 0 reports only on request.",
         )
         if st.form_submit_button("Set interval"):
@@ -75,7 +75,10 @@ def _sidebar(run: RunDir, history: RunHistory) -> None:
     if bar.button("Tell state now", help="Ask the worker for its state vector at once."):
         _send(run, "tell_state")
     if bar.button("Shut down", help="Stop the worker cleanly after a final checkpoint; Start brings it back."):
-        _send(run, "shutdown")
+        if view.status.state in ("training", "idle"):
+            _send(run, "shutdown")
+        else:
+            bar.info(f"No worker is running ({view.status.state}): nothing to shut down.")
     if bar.button("Start / restart", help="Start the worker, or stop and restart it; it resumes from its last checkpoint."):
         with st.spinner("Starting the worker…"):
             try:
@@ -101,21 +104,18 @@ def _status_row(status: RunStatus) -> None:
     cols[5].metric("Last heartbeat", "-" if age is None else f"{age:.1f} s")
 
 
-def _commands(run: RunDir, history: RunHistory, alive: bool) -> None:
+def _commands(view: RunView) -> None:
     """Recent commands from everyone, each pending until the worker answers it, then its outcome."""
-    try:
-        recent = read_commands(run.control_file)[-RECENT_COMMANDS:]
-    except NnobsError as err:
-        st.warning(str(err))
+    if view.control_error:
+        st.warning(view.control_error)
+    if not view.recent:
         return
-    if not recent:
-        return
+    alive = view.status.state in ("training", "idle")
     mine = set(st.session_state.get("sent", []))
     lines = []
-    for command in reversed(recent):
+    for command, answer in view.recent:
         value = "" if command.get("value") is None else f" = {command.get('value')}"
         who = "you" if command.get("id") in mine else command.get("by") or "someone"
-        answer = history.answers.get(str(command.get("id")))
         if answer is None:
             outcome = "⏳ pending" + ("" if alive else " (starts with the next worker)")
         elif answer.ok:
@@ -127,53 +127,44 @@ def _commands(run: RunDir, history: RunHistory, alive: bool) -> None:
         st.markdown("\n".join(lines))
 
 
-def _charts(history: RunHistory, names: list[str], log_loss: bool) -> None:
+def _charts(view: RunView, log_loss: bool) -> None:
     """The charts: their specs never change during a run, so the browser only swaps in the new data."""
-    if len(history.loss_batches):
-        st.vega_lite_chart(charts.loss_frame(history), charts.loss_spec(log_loss), width="stretch")
-    if history.sv_buckets is not None:
-        if len(names) != len(history.sv_latest):
-            names = [f"p{i}" for i in range(len(history.sv_latest))]
-        lines, heat = charts.sv_frames(history, names)
+    if len(view.loss):
+        st.vega_lite_chart(view.loss, charts.loss_spec(log_loss), width="stretch")
+    if view.sv_lines is not None:
         left, right = st.columns(2)
-        kept = tuple(names[: history.sv_buckets.n_columns])
-        left.vega_lite_chart(lines, charts.sv_lines_spec(kept[: charts.MAX_SV_LINES]), width="stretch")
-        right.vega_lite_chart(heat, charts.sv_heatmap_spec(kept), width="stretch")
+        left.vega_lite_chart(view.sv_lines, charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES]), width="stretch")
+        right.vega_lite_chart(view.sv_heat, charts.sv_heatmap_spec(view.sv_names), width="stretch")
 
 
 def _live(run: RunDir, names: list[str]) -> None:
     """Status, command outcomes and charts, re-read from the run file on every tick."""
-    watcher = _watcher(str(run.run_file))
-    with watcher.lock:
-        history = watcher.refresh()
-        status = run_status(run, history)
-        _status_row(status)
-        if status.state == "crashed":
-            reason = f": {status.error}" if status.error else " without a shutdown record"
-            st.error(f"The worker died{reason}. Start / restart resumes from its last checkpoint.")
-            st.code(log_tail(run) or "(worker.log is empty)", language=None)
-        _commands(run, history, alive=status.pid is not None)
-        _charts(history, names, st.session_state.get("log_loss", True))
-    st.caption(f"Updated {time.strftime('%H:%M:%S')} · {history.n_records:,} records · {run.run_file}")
+    view = build_view(run, _watcher(str(run.run_file)), names)
+    _status_row(view.status)
+    if view.status.state == "crashed":
+        reason = f": {view.status.error}" if view.status.error else " without a shutdown record"
+        st.error(f"The worker died{reason}. Start / restart resumes from its last checkpoint.")
+        st.code(log_tail(run) or "(worker.log is empty)", language=None)
+    _commands(view)
+    _charts(view, st.session_state.get("log_loss", True))
+    st.caption(f"Updated {time.strftime('%H:%M:%S')} · {view.n_records:,} records · {run.run_file}")
 
 
 def main() -> None:
     st.set_page_config(page_title="nnobs", layout="wide")
     run = _open_run()
-    watcher = _watcher(str(run.run_file))
-    with watcher.lock:
-        never_ran = not watcher.refresh().events
-    if never_ran:  # a new run starts on first sight; a stopped or crashed one waits for a person to start it
-        try:
-            start_worker(run)
-        except NnobsError as err:
-            st.error(str(err))
-    with watcher.lock:
-        history = watcher.refresh()
     try:
         names = parameter_names(load_config(run.config))
-    except (NnobsError, OSError):
+    except (NnobsError, OSError) as err:
+        st.error(f"{run.config}: {err}")
         names = []
+    view = build_view(run, _watcher(str(run.run_file)), names)
+    if view.never_ran:  # a new run starts on first sight; a stopped or crashed one waits for a person to start it
+        try:
+            start_worker(run)
+            view = build_view(run, _watcher(str(run.run_file)), names)
+        except NnobsError as err:
+            st.error(str(err))
     st.title(f"nnobs · {run.name}")
-    _sidebar(run, history)
+    _sidebar(run, view)
     st.fragment(run_every=st.session_state.get("refresh_s", 1.0))(_live)(run, names)

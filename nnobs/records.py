@@ -82,6 +82,9 @@ class RecordWriter:
                 print(f"nnobs: cannot write to {self.path}: {err}", file=sys.stderr, flush=True)
             return False
 
+    def flush(self) -> None:
+        """Every record written so far is in the file (it is, once write returns)."""
+
     def size(self) -> int:
         """Bytes in the file now."""
         return os.fstat(self._fd).st_size
@@ -93,12 +96,12 @@ class RecordWriter:
 class BackgroundWriter(RecordWriter):
     """A RecordWriter that encodes and writes on a thread of its own, so training never waits for either.
 
-    Records are stamped when written here and land in order; close() waits until all have landed.
+    Records are stamped when handed over and land in order; flush() and close() wait until all have.
     """
 
     def __init__(self, path: Path, gen: int | None):
         super().__init__(path, gen)
-        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[Record | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
         self._thread.start()
 
@@ -107,8 +110,21 @@ class BackgroundWriter(RecordWriter):
         return True
 
     def _drain(self) -> None:
-        while (record := self._queue.get()) is not None:
-            self._append(encode_record(record))
+        while True:
+            record = self._queue.get()
+            try:
+                if record is None:
+                    return
+                self._append(encode_record(record))
+            except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
+                self.failed_writes += 1
+                print(f"nnobs: record not written ({err}): {str(record)[:200]}", file=sys.stderr, flush=True)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every record handed over so far is in the file."""
+        self._queue.join()
 
     def close(self) -> None:
         self._queue.put(None)

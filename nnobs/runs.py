@@ -14,7 +14,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from nnobs.control import send_command
-from nnobs.errors import NnobsError, RunNameError
+from nnobs.errors import NnobsError, RunNameError, hold
+from nnobs.files import create_once
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
 from nnobs.tasks import RunConfig
@@ -69,12 +70,10 @@ def create_run(run: RunDir, config: RunConfig | None = None) -> None:
     """Make the run directory and its config.json, unless they exist: an existing run keeps its config."""
     try:
         run.path.mkdir(parents=True, exist_ok=True)
+        if not run.config.exists():
+            create_once(run.config, (config or RunConfig()).to_json().encode())
     except OSError as err:
-        raise NnobsError(f"cannot create run directory {run.path}: {err}") from err
-    if not run.config.exists():
-        tmp = run.config.with_suffix(".json.tmp")
-        tmp.write_text((config or RunConfig()).to_json())
-        os.replace(tmp, run.config)
+        raise NnobsError(f"cannot create run {run.name} in {run.path.parent}: {err}") from err
 
 
 def take_worker_lock(run: RunDir) -> int | None:
@@ -112,12 +111,18 @@ def worker_pid(run: RunDir) -> int | None:
 
 
 def _process_gone(pid: int) -> bool:
-    """True when pid has exited (a zombie counts as exited)."""
+    """True when pid has exited (a zombie, exited but not yet reaped, counts as exited)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return True
+    except PermissionError:
+        return False  # alive, someone else's
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # Linux tells zombies apart; elsewhere we take kill's word
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return os.path.isdir("/proc")  # with /proc, a missing entry means it just exited
 
 
 def log_tail(run: RunDir, n_lines: int = 20) -> str:
@@ -137,10 +142,10 @@ def start_worker(run: RunDir) -> int:
     "started" record is in the run file, so a status read right after shows the new generation.
     """
     create_run(run)
-    with FileLock(run.start_lock, timeout=START_TIMEOUT_S):
+    with hold(FileLock(run.start_lock, timeout=START_TIMEOUT_S), f"starting {run.name}"):
         pid = worker_pid(run)
         if pid is not None:
-            return pid
+            return _settled_pid(run)
         announcements = RecordReader(run.run_file)
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
@@ -159,6 +164,16 @@ def start_worker(run: RunDir) -> int:
                 raise NnobsError(f"the worker did not start; worker.log ends:\n{log_tail(run)}")
             time.sleep(0.02)
         return pid
+
+
+def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int:
+    """The pid of a worker that holds its lock, once it has written it (a moment after it took the lock)."""
+    deadline = time.monotonic() + timeout
+    while (pid := worker_pid(run)) == -1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if pid is None or pid == -1:
+        raise NnobsError(f"the worker of {run.name} holds its lock but never said its pid; see {run.worker_log}")
+    return pid
 
 
 def _is_start_of(record: dict, pid: int) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnobs.errors import NnobsError
+from nnobs.control import check_command
+from nnobs.errors import CommandError, NnobsError
 from nnobs.nn import AffineLayer, Fact, IdentityLayer, Layer, MapLayer, Network, TanhLayer
 
 # Activations are named from this table; nothing read from disk is ever evaluated.
@@ -18,6 +19,9 @@ ACTIVATIONS: dict[str, Callable[[], Layer]] = {
     "relu": lambda: MapLayer(lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
     "identity": IdentityLayer,
 }
+
+
+MAX_WIDTH = 100_000  # units in one layer; beyond is a typo, not a net to train here
 
 
 @dataclass
@@ -52,12 +56,24 @@ class RunConfig:
         return config
 
     def check(self) -> None:
-        if self.task not in TASKS:
-            raise NnobsError(f"unknown task {self.task!r}; built in: {sorted(TASKS)}")
-        if self.activation not in ACTIVATIONS:
-            raise NnobsError(f"unknown activation {self.activation!r}; built in: {sorted(ACTIVATIONS)}")
-        if len(self.sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in self.sizes):
-            raise NnobsError(f"sizes must list at least two positive layer widths, not {self.sizes!r}")
+        """Raise NnobsError naming the first field that cannot be trained from."""
+        if not isinstance(self.task, str) or self.task not in TASKS:
+            raise NnobsError(f"config: unknown task {self.task!r}; built in: {sorted(TASKS)}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise NnobsError(f"config: unknown activation {self.activation!r}; built in: {sorted(ACTIVATIONS)}")
+        if (
+            not isinstance(self.sizes, list)
+            or len(self.sizes) < 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_WIDTH for n in self.sizes)
+        ):
+            raise NnobsError(f"config: sizes must list two or more layer widths from 1 to {MAX_WIDTH}, not {self.sizes!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise NnobsError(f"config: seed must be a whole number from 0 to 2**32 - 1, not {self.seed!r}")
+        for name in ("eta", "target", "report_every"):
+            try:
+                check_command(name, getattr(self, name))  # the same rules as for the commands that change them
+            except CommandError as err:
+                raise NnobsError(f"config: {err}") from err
 
 
 def build_network(config: RunConfig) -> Network:

@@ -14,7 +14,8 @@ import numpy as np
 
 from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nnobs.control import Command, ControlWatcher, check_command
-from nnobs.errors import CommandError, ControlFileError
+from nnobs.errors import CommandError, ControlFileError, NnobsError
+from nnobs.bulk import number as _number
 from nnobs.nn import Fact, Network
 from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
 from nnobs.runs import RunDir, take_worker_lock
@@ -24,6 +25,7 @@ CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
 HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
+OWNERSHIP_CHECK_S = 1.0  # how often the worker makes sure its run directory is still its own
 
 
 class Orphaned(Exception):
@@ -33,20 +35,28 @@ class Orphaned(Exception):
 class Worker:
     """One generation of a run's worker. run() trains until shut down and returns the exit code."""
 
-    def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, defaults):
+    def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, config):
         self.run_dir = run
+        self.started_t = time.time()
         self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this worker holds
         self.net = net
         self.next_batch = next_batch
         self.resumed_from = None if ckpt is None else ckpt.batch
         if ckpt is None:
-            self.batch, self.target, self.report_every, self.gen = 0, defaults.target, defaults.report_every, 1
+            self.batch, self.target, self.report_every, self.gen = 0, config.target, config.report_every, 1
             last_seq, answered = 0, set()
+            self._answers_from: int | None = 0
+        # Until this generation has looked at the control file once, its checkpoints keep the last one's
+        # run offset: answers given after it must still be known to a successor if we die now.
         else:
-            net.set_state_from_vector(ckpt.sv)
+            try:
+                net.set_state_from_vector(ckpt.sv)
+            except ValueError as err:
+                raise NnobsError(f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh") from err
             net.eta = ckpt.eta
             self.batch, self.target, self.report_every, self.gen = ckpt.batch, ckpt.target, ckpt.report_every, ckpt.gen + 1
             last_seq, answered = ckpt.last_seq, _answered_since(run.run_file, ckpt.run_offset)
+            self._answers_from = ckpt.run_offset
         self.answered = answered  # ids answered after the checkpoint by the generation before: not answered again
         self.control = ControlWatcher(run.control_file, last_seq)
         self.out = BackgroundWriter(run.run_file, self.gen)
@@ -56,6 +66,7 @@ class Worker:
         self._last_reported_loss: float | None = None
         self._last_checkpoint = 0.0
         self._checkpointed_batch = -1
+        self._next_ownership_check = 0.0
 
     # -- reports -------------------------------------------------------------------------
 
@@ -75,6 +86,9 @@ class Worker:
         self._last_reported_loss = self.loss
 
     def checkpoint(self, now: float) -> None:
+        """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
+        self.check_still_owned()  # never write into a directory that is no longer this run's
+        self.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = Checkpoint(
             batch=self.batch,
             eta=self.net.eta,
@@ -82,11 +96,15 @@ class Worker:
             report_every=self.report_every,
             gen=self.gen,
             last_seq=self.control.last_seq,
-            run_offset=self.out.size(),
+            run_offset=self._answers_from if self._answers_from is not None else self.out.size(),
             sv=self.net.state_vector(),
         )
-        save_checkpoint(self.run_dir.checkpoint, ckpt)
         self._last_checkpoint = now
+        try:
+            save_checkpoint(self.run_dir.checkpoint, ckpt)
+        except OSError as err:
+            self.out.write({"event": [self.batch, "checkpoint_error"], "error": str(err)})
+            return
         self._checkpointed_batch = self.batch
 
     # -- commands ------------------------------------------------------------------------
@@ -114,6 +132,10 @@ class Worker:
             return
         if repeat and cmd in ("tell_state", "shutdown"):
             return  # settings are applied again (the state rolled back to the checkpoint); actions are not
+        if cmd == "shutdown" and _number(command.get("t")) is not None and command["t"] < self.started_t:
+            # Meant for a worker that had already gone (a double click, a crash): it must not stop this one.
+            self.out.write({"reject": [self.batch, {**answer, "reason": "sent before this worker started"}]})
+            return
         b = self.batch
         record: dict = {}
         if cmd == "target":
@@ -142,12 +164,13 @@ class Worker:
         started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from}
         self.report_loss(time.monotonic(), {**started, **self.state_report()})
         self.apply_commands()
+        self._answers_from = None  # from here on, fresh answers start at the run file's end
         while not self.done:
             now = time.monotonic()
             check_at = now + CONTROL_CHECK_S
             if self.batch < self.target:
                 # Train flat out until the next look at the control file; nothing else runs per batch.
-                batch, target, every, report = self.batch, self.target, self.report_every, None
+                batch, target, every = self.batch, self.target, self.report_every
                 while batch < target and now < check_at:
                     self.loss = learn(*next_batch())
                     batch += 1
@@ -163,8 +186,9 @@ class Worker:
                 now = time.monotonic()
             self.apply_commands()
             since_report = now - self._last_loss_report
-            if since_report >= HEARTBEAT_S:
+            if now >= self._next_ownership_check:
                 self.check_still_owned()
+                self._next_ownership_check = now + OWNERSHIP_CHECK_S
             if (self.loss != self._last_reported_loss and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:

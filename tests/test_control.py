@@ -156,3 +156,20 @@ def test_watcher_reports_a_malformed_version_once_then_reads_the_repaired_file(c
     control_file.unlink()
     command = send_command(control_file, "target", 10)
     assert watcher.poll() == [command]
+
+
+def test_many_processes_creating_one_run_at_once_all_succeed(tmp_path):
+    code = """
+import sys
+from nnobs.runs import RunDir, create_run
+from nnobs.tasks import RunConfig
+run = RunDir.named("shared", sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(20):
+    create_run(run, RunConfig(seed=int(sys.argv[2])))
+print(run.config.read_text().count("seed"))
+"""
+    outputs = run_together([python(code, str(tmp_path), str(seed)) for seed in range(6)])
+    assert outputs == ["1\n"] * 6
+    assert not [p for p in (tmp_path / "shared").iterdir() if p.name != "config.json"], "no temporary file left"

@@ -7,7 +7,6 @@ import os
 import signal
 
 import numpy as np
-import pytest
 
 from conftest import (
     FOREVER,
@@ -238,7 +237,7 @@ def test_setting_reapplied_after_a_crash_shows_in_the_run_file(new_run):
     run = new_run(target=FOREVER, report_every=0)
     start_worker(run)
     batch_passes(run, 0)
-    setting = crash_before_checkpointing(run, "eta", 0.3)
+    crash_before_checkpointing(run, "eta", 0.3)
 
     restart_worker(run)
 
@@ -352,3 +351,39 @@ def test_workers_do_not_stay_zombie_children_of_a_long_lived_starter(new_run):
     out, err = starter.communicate(timeout=120)
     assert starter.returncode == 0, err
     assert out.strip() == "no children", "three workers started and stopped; none is left a child of the starter"
+
+
+def test_a_shutdown_sent_while_no_worker_runs_does_not_stop_the_next_one(new_run):
+    run = new_run(target=0)
+    start_worker(run)
+    assert answered(run, send_command(run.control_file, "shutdown")).ok
+    wait_for(lambda: worker_pid(run) is None, what="the first worker to stop")
+    second = send_command(run.control_file, "shutdown")  # a teammate's late click, or a script's
+
+    start_worker(run)
+
+    assert not answered(run, second).ok and "before this worker started" in answered(run, second).reason
+    assert worker_pid(run) is not None and run_status(run, read_history(run)).state == "idle"
+
+
+def test_a_control_file_made_anew_is_obeyed_from_its_first_command(new_run):
+    run = new_run(target=0)
+    start_worker(run)
+    for value in (0.2, 0.3, 0.4):
+        answered(run, send_command(run.control_file, "eta", value))
+    run.control_file.unlink()  # cleaned up by hand: numbering starts over at seq 1
+
+    again = send_command(run.control_file, "eta", 0.5)
+
+    assert again["seq"] == 1 and answered(run, again).ok and read_history(run).eta == 0.5
+
+
+def test_a_worker_whose_run_directory_is_replaced_while_the_loss_still_falls_exits(new_run):
+    run = new_run(target=FOREVER, eta=0.0001)  # learns so slowly that every loss report differs
+    pid = start_worker(run)
+    batch_passes(run, 0)
+    run.path.rename(run.path.with_name("old-copy"))
+    run.path.mkdir()
+
+    wait_for(lambda: process_gone(pid), what="the orphaned worker to exit")
+    assert list(run.path.iterdir()) == [], "no checkpoint or record landed in the new directory"
