@@ -63,15 +63,15 @@ class AffineLayer(Layer):
         if self._x1 is None or len(self._x1) != len(x):
             self._x1 = np.ones((len(x), len(self._wb)))
         self._x1[:, :-1] = x
-        return self._x1 @ self._wb
+        return self._x1.dot(self._wb)  # .dot, not @: a third of the call overhead on small arrays
 
     def backprop(self, grad: Array) -> Array:
-        grad_in = grad @ self.W.T  # taken before W moves: it is the gradient of this forward pass
-        self._wb -= self._x1.T @ grad
+        grad_in = grad.dot(self.W.T)  # taken before W moves: it is the gradient of this forward pass
+        self._wb -= self._x1.T.dot(grad)
         return grad_in
 
     def update(self, grad: Array) -> None:
-        self._wb -= self._x1.T @ grad
+        self._wb -= self._x1.T.dot(grad)
 
     def state_vector(self) -> Array:
         return self._wb.ravel().copy()

@@ -140,6 +140,7 @@ class RecordReader:
         self.offset = 0  # bytes of the file consumed so far: always at a line boundary
         self.skipped_lines = 0  # lines that were not a JSON object, since the last restart
         self.restarts = 0  # times the file shrank or was replaced and was read again from the start
+        self.bytes_read = 0  # bytes read from the file in all, torn line tails included
         self._inode: int | None = None
 
     def read_new_lines(self) -> bytes:
@@ -155,6 +156,7 @@ class RecordReader:
                     return b""
                 f.seek(self.offset)
                 chunk = f.read(stat.st_size - self.offset)
+                self.bytes_read += len(chunk)
         except FileNotFoundError:
             return b""
         end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written

@@ -6,8 +6,8 @@ import numpy as np
 
 from conftest import SEED_RUN
 from nnobs import charts
-from nnobs.history import RunHistory
-from nnobs.records import read_all
+from nnobs.history import RunHistory, RunWatcher
+from nnobs.records import RecordReader, RecordWriter, read_all
 from nnobs.series import MinMaxBuckets
 from nnobs.tasks import RunConfig, parameter_names
 
@@ -86,3 +86,84 @@ def test_chart_specs_are_identical_between_refreshes():
     spec = charts.sv_lines_spec(("a", "b"))
     spec["mark"] = "changed by a caller"
     assert charts.sv_lines_spec(("a", "b"))["mark"] != "changed by a caller"
+
+
+def test_a_refresh_reads_only_the_bytes_appended_since_the_last(tmp_path):
+    run_file = tmp_path / "run.jsonl"
+    out = RecordWriter(run_file, gen=1)
+    for batch in range(1000):
+        out.write({"loss": [batch, 1.0 / (batch + 1)]})
+    watcher = RunWatcher(run_file)
+    watcher.refresh()
+    first = run_file.stat().st_size
+    assert watcher.reader.bytes_read == first
+
+    for batch in range(1000, 1010):
+        out.write({"loss": [batch, 0.5]})
+    history = watcher.refresh()
+
+    assert watcher.reader.bytes_read == run_file.stat().st_size, "only the ten new lines were read"
+    assert len(history.loss_batches) == 1010 and history.batch == 1009
+    assert watcher.refresh().n_records == 1010 and watcher.reader.bytes_read == run_file.stat().st_size
+
+
+def test_a_replaced_run_file_is_read_again_from_the_start_without_doubling(tmp_path):
+    run_file = tmp_path / "run.jsonl"
+    out = RecordWriter(run_file, gen=1)
+    for batch in range(100):
+        out.write({"loss": [batch, 1.0]})
+    watcher = RunWatcher(run_file)
+    watcher.refresh()
+
+    replacement = tmp_path / "new.jsonl"
+    RecordWriter(replacement, gen=2).write({"loss": [7, 0.25]})
+    replacement.replace(run_file)
+    history = watcher.refresh()
+
+    assert watcher.reader.restarts == 1
+    assert history.loss_series()[0].tolist() == [7] and history.loss == 0.25 and history.gen == 2
+
+
+def test_a_torn_last_line_waits_for_its_end(tmp_path):
+    run_file = tmp_path / "run.jsonl"
+    RecordWriter(run_file, gen=1).write({"loss": [1, 0.5]})
+    with open(run_file, "ab") as f:
+        f.write(b'{"loss":[2,0.')
+    watcher = RunWatcher(run_file)
+    assert watcher.refresh().loss_series()[0].tolist() == [1]
+    with open(run_file, "ab") as f:
+        f.write(b'25],"t":1.0,"gen":1}\n')
+    assert watcher.refresh().loss_series()[0].tolist() == [1, 2] and watcher.history.skipped_lines == 0
+
+
+def test_bulk_parsing_agrees_with_json_line_by_line(tmp_path):
+    """The regex fast path and json.loads must read the same series from any mix of lines."""
+    run_file = tmp_path / "run.jsonl"
+    out = RecordWriter(run_file, gen=3)
+    rng = np.random.default_rng(4)
+    for batch in range(3000):  # enough lines for the bulk number parser to take over
+        kind = rng.integers(6)
+        if kind == 0:
+            out.write({"eta": [batch, 0.1], "sv": [batch, rng.normal(size=3)], "target": [batch, 9], "report_every": [batch, 5]})
+        elif kind == 1:
+            out.write({"loss": [batch, float("nan")]})  # diverged: null plus a flag
+        elif kind == 2:
+            out.write({"loss": [batch, 0.5], "event": [batch, "started"], "pid": 1})
+        else:
+            out.write({"loss": [batch, float(rng.normal()) * 10.0 ** float(rng.integers(-30, 30))]})
+    with open(run_file, "ab") as f:
+        f.write(b"garbage\n\xff\xfe\n[1,2]\n")
+    reader = RecordReader(run_file)
+    records = reader.read_new()
+    history = RunHistory()
+    history.add_lines(run_file.read_bytes())
+
+    expected = [(r["loss"][0], np.nan if r["loss"][1] is None else r["loss"][1]) for r in records if "loss" in r]
+    batches, losses = history.loss_series()
+    assert batches.tolist() == [b for b, _ in expected]
+    np.testing.assert_array_equal(losses, [v for _, v in expected])
+    sv_rows = [r["sv"] for r in records if "sv" in r]
+    assert history.sv_batches.values().tolist() == [b for b, _ in sv_rows]
+    assert history.sv_latest.tolist() == sv_rows[-1][1]
+    assert history.skipped_lines == reader.skipped_lines == 3
+    assert len(history.events) == sum("event" in r for r in records) and history.gen == 3

@@ -1,0 +1,137 @@
+"""Training speed: the bare net, the watched worker, the notebook's np.vectorize layers, and PyTorch."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from nnobs.control import send_command
+from nnobs.history import RunWatcher
+from nnobs.nn import AffineLayer, MapLayer, Network
+from nnobs.runs import RunDir, create_run, start_worker, stop_worker
+from nnobs.tasks import RunConfig, build, build_network
+from nnobs.view import build_view
+
+ROUNDS = 3  # each pair is measured this many times, alternating, and the best of each kept
+
+
+def learn_rate(learn, x, ideal, seconds: float = 1.5) -> float:
+    """Batches per second of learn(x, ideal) in a bare loop, no I/O."""
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(100):
+            learn(x, ideal)
+        done += 100
+    return done / elapsed
+
+
+def side_by_side(*measures) -> list[float]:
+    """Run each measure ROUNDS times, alternating, so both see the same machine; best of each."""
+    best = [0.0] * len(measures)
+    for _ in range(ROUNDS):
+        for i, measure in enumerate(measures):
+            best[i] = max(best[i], measure())
+    return best
+
+
+def vectorize_xor() -> Network:
+    """The XOR net with MapLayers wrapping tanh in np.vectorize, as the notebook's library had them."""
+    rng = np.random.RandomState(1)
+    tanh = np.vectorize(np.tanh)
+    dtanh = np.vectorize(lambda d: 1.0 - np.tanh(d) ** 2)
+    net = Network()
+    for layer in (AffineLayer(2, 2, rng), MapLayer(tanh, dtanh), AffineLayer(2, 1, rng), MapLayer(tanh, dtanh)):
+        net.extend(layer)
+    return net
+
+
+def watched_worker_rate(batches: int) -> float:
+    """Batches/s of a real detached worker at default reporting while a page-like view refreshes every 0.5 s."""
+    with tempfile.TemporaryDirectory() as root:
+        run = RunDir.named("bench", root)
+        create_run(run, RunConfig(target=0))
+        start_worker(run)
+        watcher, stop = RunWatcher(run.run_file), threading.Event()
+
+        def watch():
+            while not stop.wait(0.5):
+                build_view(run, watcher, [])
+
+        watching = threading.Thread(target=watch, daemon=True)
+        watching.start()
+        command = send_command(run.control_file, "target", batches, by="bench")
+        try:
+            while (history := _refreshed(watcher)).batch < batches:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            watching.join()
+            stop_worker(run)
+        started = history.answers[command["id"]].t  # training starts as the target is acknowledged
+        finished = next(e.t for e in history.events if e.kind == "target_reached")
+        return batches / (finished - started)
+
+
+def _refreshed(watcher: RunWatcher):
+    with watcher.lock:
+        return watcher.refresh()
+
+
+def torch_rate(sizes: list[int], rows: int) -> float | None:
+    """Batches/s of the same net, loss and plain SGD step in PyTorch on one thread; None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    layers = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out).double(), torch.nn.Tanh()]
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, ideal = (torch.from_numpy(a) for a in _batch(sizes, rows))
+
+    def learn(x, ideal):
+        opt.zero_grad(set_to_none=True)
+        err = net(x) - ideal
+        loss = (err * err).sum() / (2 * len(x))  # the same loss as nnobs.nn
+        loss.backward()
+        opt.step()
+
+    return learn_rate(learn, x, ideal)
+
+
+def numpy_rate(sizes: list[int], rows: int) -> float:
+    net = build_network(RunConfig(sizes=sizes))
+    return learn_rate(net.learn_one, *_batch(sizes, rows))
+
+
+def _batch(sizes: list[int], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(rows, sizes[0])), rng.uniform(-0.5, 0.5, size=(rows, sizes[-1]))
+
+
+def figures(say) -> None:
+    """say(name, ratio_text, goal, met, absolute_text) for each training figure."""
+    net, next_batch = build(RunConfig())
+    x, ideal = next_batch()
+    seed_net = vectorize_xor()
+    bare, seed_style = side_by_side(lambda: learn_rate(net.learn_one, x, ideal), lambda: learn_rate(seed_net.learn_one, x, ideal))
+    watched = max(watched_worker_rate(300_000) for _ in range(2))
+    say("watched worker / bare learn loop (XOR)", watched / bare, ">= 0.97", watched / bare >= 0.97,
+        f"{watched:,.0f} vs {bare:,.0f} batches/s")
+    say("watched XOR worker, batches/s", watched, ">= 40,000", watched >= 40_000, "default reporting, page refreshing")
+    say("nnobs / np.vectorize layers (XOR)", bare / seed_style, ">= 3.5x", bare / seed_style >= 3.5,
+        f"{bare:,.0f} vs {seed_style:,.0f} batches/s")
+    for sizes, rows, goal in (([2, 2, 1], 4, 2.0), ([784, 256, 10], 64, 0.8)):
+        name = "-".join(map(str, sizes))
+        if torch_rate(sizes, rows) is None:
+            say(f"nnobs / PyTorch 1 thread ({name}, batch {rows})", None, f">= {goal}x", None,
+                "PyTorch not installed: pip install -e '.[bench]'")
+            continue
+        ours, theirs = side_by_side(lambda: numpy_rate(sizes, rows), lambda: torch_rate(sizes, rows))
+        say(f"nnobs / PyTorch 1 thread ({name}, batch {rows})", ours / theirs, f">= {goal}x", ours / theirs >= goal,
+            f"{ours:,.0f} vs {theirs:,.0f} batches/s")
