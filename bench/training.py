@@ -18,12 +18,12 @@ from nnobs.view import build_view
 ROUNDS = 3  # each pair is measured this many times, alternating, and the best of each kept
 
 
-def learn_rate(learn, x, ideal, seconds: float = 1.5) -> float:
-    """Batches per second of learn(x, ideal) in a bare loop, no I/O."""
+def learn_rate(learn, next_batch, seconds: float = 1.5) -> float:
+    """Batches per second of learn(*next_batch()) in a bare loop: the worker's training, without its observing."""
     done, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         for _ in range(100):
-            learn(x, ideal)
+            learn(*next_batch())
         done += 100
     return done / elapsed
 
@@ -93,6 +93,7 @@ def torch_rate(sizes: list[int], rows: int) -> float | None:
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, ideal = (torch.from_numpy(a) for a in _batch(sizes, rows))
+    batch = (x, ideal)
 
     def learn(x, ideal):
         opt.zero_grad(set_to_none=True)
@@ -101,12 +102,13 @@ def torch_rate(sizes: list[int], rows: int) -> float | None:
         loss.backward()
         opt.step()
 
-    return learn_rate(learn, x, ideal)
+    return learn_rate(learn, lambda: batch)
 
 
 def numpy_rate(sizes: list[int], rows: int) -> float:
     net = build_network(RunConfig(sizes=sizes))
-    return learn_rate(net.learn_one, *_batch(sizes, rows))
+    batch = _batch(sizes, rows)
+    return learn_rate(net.learn_one, lambda: batch)
 
 
 def _batch(sizes: list[int], rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,9 +119,10 @@ def _batch(sizes: list[int], rows: int) -> tuple[np.ndarray, np.ndarray]:
 def figures(say) -> None:
     """say(name, ratio_text, goal, met, absolute_text) for each training figure."""
     net, next_batch = build(RunConfig())
-    x, ideal = next_batch()
     seed_net = vectorize_xor()
-    bare, seed_style = side_by_side(lambda: learn_rate(net.learn_one, x, ideal), lambda: learn_rate(seed_net.learn_one, x, ideal))
+    bare, seed_style = side_by_side(
+        lambda: learn_rate(net.learn_one, next_batch), lambda: learn_rate(seed_net.learn_one, next_batch)
+    )
     watched = max(watched_worker_rate(300_000) for _ in range(2))
     say("watched worker / bare learn loop (XOR)", watched / bare, ">= 0.97", watched / bare >= 0.97,
         f"{watched:,.0f} vs {bare:,.0f} batches/s")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nnobs.analytics import steps
 from nnobs.bulk import number, pair, parse_lines
 from nnobs.records import Record, RecordReader, encode_record
 from nnobs.series import Column, MinMaxBuckets
@@ -55,6 +56,8 @@ class RunHistory:
         self.sv_batches = Column(np.int64)  # batch of every state report
         self.sv_buckets: MinMaxBuckets | None = None  # over the first SV_KEPT parameters
         self.sv_latest: np.ndarray | None = None  # the newest state vector, whole
+        self.step_buckets: MinMaxBuckets | None = None  # per state report: step length, cosine with the step before
+        self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
         self.events: list[Event] = []
         self.answers: dict[str, Answer] = {}  # by command id
         self.batch = 0
@@ -119,10 +122,17 @@ class RunHistory:
         if self.sv_latest is None or len(self.sv_latest) != width:  # the first report, or the net changed
             self.sv_batches = Column(np.int64)
             self.sv_buckets = MinMaxBuckets(min(width, SV_KEPT), SV_BUCKETS)
+            self.step_buckets = MinMaxBuckets(2, SV_BUCKETS)
+            self._sv_tail = None
         kept_batches = np.array([batches[i] for i in same], dtype=np.int64)
+        vectors = np.array([rows[i] for i in same])  # (k, width)
         self.sv_batches.extend(kept_batches)
-        self.sv_buckets.extend(kept_batches, np.array([rows[i][:SV_KEPT] for i in same]))
-        self.sv_latest = rows[same[-1]]
+        self.sv_buckets.extend(kept_batches, vectors[:, :SV_KEPT])
+        lengths, cosines = steps(self._sv_tail, vectors)
+        self.step_buckets.extend(kept_batches, np.column_stack((lengths, cosines)))
+        tail = vectors if self._sv_tail is None else np.vstack((self._sv_tail, vectors))
+        self._sv_tail = tail[-2:]
+        self.sv_latest = vectors[-1]
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
