@@ -11,109 +11,131 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 _NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"  # a JSON number
-# A line is either the worker's loss report (group 1: "batch,loss") or anything else (group 2).
+_STAMP = rb',"t":' + _NUM + rb',"gen":[0-9]+\}'
+# Every line is one of: the worker's loss report (group 1: "batch,loss"); its state report (group 2:
+# "batch,eta", 3: the state vector's numbers, 4: target, 5: report interval); anything else (group 6).
 _LINE = re.compile(
-    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\],"t":' + _NUM + rb',"gen":[0-9]+\}|(.+))$', re.MULTILINE
+    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\]' + _STAMP
+    + rb'|\{"eta":\[([0-9]+,' + _NUM + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
+    + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\]' + _STAMP
+    + rb"|(.+))$",
+    re.MULTILINE,
 )
-# The worker's state report: eta, the state vector, target and report interval at one batch.
-_STATE = re.compile(
-    rb'\{"eta":\[([0-9]+),(' + _NUM + rb')\],"sv":\[[0-9]+,\[(' + _NUM + rb"(?:," + _NUM + rb')*)\]\],'
-    rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\],"t":' + _NUM + rb',"gen":[0-9]+\}'
-)
+# The same six groups, every line in the last: for a chunk whose fast-path numbers did not parse.
+_ANY_LINE = re.compile(rb"^()()()()()(.+)$", re.MULTILINE)
 SETTINGS = ("eta", "target", "report_every")
 
 
 @dataclass
 class ParsedLines:
-    """What a chunk of complete lines holds, each value with `at`, the index of its line in the chunk."""
+    """What a chunk of complete lines holds, in file order."""
 
-    loss_at: np.ndarray  # (n,) line index of each loss report, ascending
     loss_batch: np.ndarray  # (n,) int64
     loss_value: np.ndarray  # (n,) float64, NaN where diverged
-    sv_at: list[int] = field(default_factory=list)
-    sv_batch: list[int] = field(default_factory=list)
-    sv_rows: list[np.ndarray] = field(default_factory=list)  # one state vector per report
-    settings: dict[str, tuple[int, Any]] = field(default_factory=dict)  # topic -> (at, value) of its last report
-    records: list[tuple[int, dict]] = field(default_factory=list)  # lines of other shapes, parsed as JSON
-    skipped: int = 0  # lines that were not a JSON object
-    last_line: bytes = b""  # the newest line: it carries the latest time and generation
+    sv_batch: np.ndarray  # (k,) int64
+    sv_rows: np.ndarray  # (k, width): the state vectors as wide as the newest one (a narrower net's are dropped)
+    settings: dict[str, Any]  # eta, target, report_every: the newest value of each reported
+    records: list[dict]  # lines of other shapes, parsed as JSON: events, answers, the notebook's lines
+    skipped: int  # lines that were not a JSON object
+    last_line: bytes  # the newest line: it carries the latest time and generation
 
 
 def parse_lines(chunk: bytes) -> ParsedLines:
     """Parse complete lines (chunk ends with a newline, or is empty)."""
-    rows = _LINE.findall(chunk)  # one (loss, other) pair per non-empty line, in order
-    fast_at = [i for i, (loss, _) in enumerate(rows) if loss]
-    pairs = _numbers([rows[i][0] for i in fast_at], 2)  # (n_fast, 2): batch, loss
-    slow_at, slow_batch, slow_value = [], [], []
-    parsed = ParsedLines(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-    for at, (loss, line) in enumerate(rows):
-        if loss:
-            continue
-        state = _STATE.fullmatch(line)
-        if state:
-            batch = int(state[1])
-            parsed.sv_at.append(at)
-            parsed.sv_batch.append(batch)
-            parsed.sv_rows.append(state[3])
-            parsed.settings.update(
-                eta=(at, float(state[2])), target=(at, int(state[4])), report_every=(at, int(state[5]))
-            )
+    try:
+        return _parse(chunk, _LINE)
+    except ValueError:  # a state vector's numbers are checked loosely by the regex, strictly here
+        return _parse(chunk, _ANY_LINE)
+
+
+def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
+    rows = line_shapes.findall(chunk)  # one 6-tuple per non-empty line, in order
+    loss_at = [i for i, row in enumerate(rows) if row[0]]
+    state_at = [i for i, row in enumerate(rows) if row[1]]
+    records, skipped = [], 0
+    json_loss: list[tuple[int, int, float]] = []  # (line, batch, value)
+    json_sv: list[tuple[int, int, list]] = []  # (line, batch, values)
+    settings: dict[str, tuple[int, Any]] = {}  # topic -> (line, value)
+    for at, row in enumerate(rows):
+        if not row[5]:
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(row[5])
         except ValueError:  # garbage, a line torn by a crash, or not UTF-8
-            parsed.skipped += 1
-            continue
+            record = None
         if not isinstance(record, dict):
-            parsed.skipped += 1
+            skipped += 1
             continue
-        _take_series(record, at, parsed, slow_at, slow_batch, slow_value)
-        parsed.records.append((at, record))
-    parsed.last_line = chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    parsed.sv_rows = _state_vectors(parsed.sv_rows)
-    at = np.concatenate((np.asarray(fast_at, np.int64), np.asarray(slow_at, np.int64)))
-    order = np.argsort(at, kind="stable")
-    parsed.loss_at = at[order]
-    parsed.loss_batch = np.concatenate((pairs[:, 0].astype(np.int64), np.asarray(slow_batch, np.int64)))[order]
-    parsed.loss_value = np.concatenate((pairs[:, 1], np.asarray(slow_value, float)))[order]
-    return parsed
+        records.append(record)
+        _take_series(record, at, json_loss, json_sv, settings)
+    if state_at:  # only the newest state report's settings can matter
+        newest = rows[state_at[-1]]
+        for topic, value in zip(SETTINGS, (float(newest[1].split(b",")[1]), int(newest[3]), int(newest[4]))):
+            if settings.get(topic, (-1,))[0] < state_at[-1]:
+                settings[topic] = (state_at[-1], value)
+    loss = _numbers([rows[i][0] for i in loss_at], 2)  # (n, 2): batch, loss
+    loss_batch, loss_value = _in_line_order(
+        loss_at, loss[:, 0].astype(np.int64), loss[:, 1], [j[0] for j in json_loss], [j[1:] for j in json_loss]
+    )
+    sv_batch, sv_rows = _state_vectors(rows, state_at, json_sv)
+    return ParsedLines(
+        loss_batch=loss_batch,
+        loss_value=loss_value,
+        sv_batch=sv_batch,
+        sv_rows=sv_rows,
+        settings={topic: value for topic, (_, value) in settings.items()},
+        records=records,
+        skipped=skipped,
+        last_line=chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1],
+    )
 
 
-def _take_series(record: dict, at: int, parsed: ParsedLines, slow_at: list, slow_batch: list, slow_value: list):
+def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings: dict) -> None:
     """Collect the loss, state vector and settings a JSON-parsed record carries."""
     loss = pair(record.get("loss"))
     if loss:
         value = number(loss[1])
-        slow_at.append(at)
-        slow_batch.append(loss[0])
-        slow_value.append(np.nan if value is None or record.get("diverged") is True else value)
+        json_loss.append((at, loss[0], np.nan if value is None or record.get("diverged") is True else value))
     sv = pair(record.get("sv"))
     if sv and isinstance(sv[1], list):
-        parsed.sv_at.append(at)
-        parsed.sv_batch.append(sv[0])
-        parsed.sv_rows.append(sv[1])
+        json_sv.append((at, sv[0], sv[1]))
     for topic in SETTINGS:
         setting = pair(record.get(topic))
         if setting and number(setting[1]) is not None:
-            parsed.settings[topic] = (at, setting[1])
+            settings[topic] = (at, setting[1])
 
 
-def _state_vectors(rows: list) -> list[np.ndarray]:
-    """Each report's state vector as floats (NaN for null); regex matches come as comma-separated bytes."""
-    texts = [row for row in rows if isinstance(row, bytes)]
-    widths = [text.count(b",") + 1 for text in texts]
-    flat = _numbers(texts, 1)[:, 0] if texts else np.empty(0)
-    split = iter(np.split(flat, np.cumsum(widths)[:-1])) if texts else iter(())
-    return [
-        next(split) if isinstance(row, bytes) else np.array([np.nan if v is None else v for v in row], dtype=float)
-        for row in rows
-    ]
+def _in_line_order(fast_at: list[int], fast_batch, fast_value, slow_at: list[int], slow: list) -> tuple:
+    """Merge values found by regex with the few found by JSON into line order: batches and values."""
+    if not slow:
+        return fast_batch, fast_value
+    slow_batch, slow_value = np.array([b for b, _ in slow], np.int64), np.array([v for _, v in slow], float)
+    order = np.argsort(np.concatenate((fast_at, slow_at)), kind="stable")
+    return np.concatenate((fast_batch, slow_batch))[order], np.concatenate((fast_value, slow_value))[order]
+
+
+def _state_vectors(rows: list[tuple], state_at: list[int], json_sv: list) -> tuple[np.ndarray, np.ndarray]:
+    """Batches (k,) and state vectors (k, width) of the reports as wide as the newest, in line order."""
+    if not state_at and not json_sv:
+        return np.empty(0, np.int64), np.empty((0, 0))
+    newest_is_json = json_sv and (not state_at or json_sv[-1][0] > state_at[-1])
+    width = len(json_sv[-1][2]) if newest_is_json else rows[state_at[-1]][2].count(b",") + 1
+    fast_at = [i for i in state_at if rows[i][2].count(b",") + 1 == width]
+    fast_batch = _numbers([rows[i][1] for i in fast_at], 2)[:, 0].astype(np.int64)
+    fast_rows = _numbers([rows[i][2] for i in fast_at], width)  # (len(fast_at), width)
+    slow = [(at, batch, values) for at, batch, values in json_sv if len(values) == width]
+    if not slow:
+        return fast_batch, fast_rows
+    slow_rows = np.array([[np.nan if v is None else v for v in values] for _, _, values in slow], dtype=float)
+    slow_batch = np.array([batch for _, batch, _ in slow], np.int64)
+    order = np.argsort(np.concatenate((fast_at, [at for at, _, _ in slow])), kind="stable")
+    return np.concatenate((fast_batch, slow_batch))[order], np.concatenate((fast_rows, slow_rows))[order]
 
 
 def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
@@ -121,7 +143,7 @@ def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
     if not texts:
         return np.empty((0, n_columns))
     text = b",".join(texts)
-    if len(texts) < 2000:  # a refresh's handful: not worth importing pandas for
+    if len(text) < 100_000:  # a refresh's handful: not worth importing pandas for
         return np.array(text.split(b",")).astype(float).reshape(-1, n_columns)
     import pandas as pd  # its C CSV reader turns text into floats several times faster than numpy
 

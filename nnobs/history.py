@@ -81,7 +81,7 @@ class RunHistory:
         parsed = parse_lines(chunk)
         self.n_records += chunk.count(b"\n") - parsed.skipped
         self.skipped_lines += parsed.skipped
-        if len(parsed.loss_at):
+        if len(parsed.loss_batch):
             self.loss_batches.extend(parsed.loss_batch)
             self.loss_values.extend(parsed.loss_value)
             self.loss_buckets.extend(parsed.loss_batch, parsed.loss_value[:, None])
@@ -89,11 +89,11 @@ class RunHistory:
             last = float(parsed.loss_value[-1])
             self.diverged = bool(np.isnan(last))
             self.loss = None if self.diverged else last
-        if parsed.sv_rows:
+        if len(parsed.sv_batch):
             self._add_state_vectors(parsed.sv_batch, parsed.sv_rows)
-        for topic, (_, value) in parsed.settings.items():
+        for topic, value in parsed.settings.items():
             setattr(self, topic, value)
-        for _, record in parsed.records:
+        for record in parsed.records:
             self._add_record(record)
         try:
             newest = json.loads(parsed.last_line) if parsed.last_line else {}
@@ -116,20 +116,17 @@ class RunHistory:
             if answer and isinstance(answer[1], dict):
                 self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
 
-    def _add_state_vectors(self, batches: list[int], rows: list[np.ndarray]) -> None:
-        width = len(rows[-1])
-        same = [i for i, row in enumerate(rows) if len(row) == width]  # a report of another net is dropped
-        if self.sv_latest is None or len(self.sv_latest) != width:  # the first report, or the net changed
+    def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
+        """Fold in state reports: batches (k,), vectors (k, width)."""
+        if self.sv_latest is None or len(self.sv_latest) != vectors.shape[1]:  # the first report, or another net
             self.sv_batches = Column(np.int64)
-            self.sv_buckets = MinMaxBuckets(min(width, SV_KEPT), SV_BUCKETS)
+            self.sv_buckets = MinMaxBuckets(min(vectors.shape[1], SV_KEPT), SV_BUCKETS)
             self.step_buckets = MinMaxBuckets(2, SV_BUCKETS)
             self._sv_tail = None
-        kept_batches = np.array([batches[i] for i in same], dtype=np.int64)
-        vectors = np.array([rows[i] for i in same])  # (k, width)
-        self.sv_batches.extend(kept_batches)
-        self.sv_buckets.extend(kept_batches, vectors[:, :SV_KEPT])
+        self.sv_batches.extend(batches)
+        self.sv_buckets.extend(batches, vectors[:, :SV_KEPT])
         lengths, cosines = steps(self._sv_tail, vectors)
-        self.step_buckets.extend(kept_batches, np.column_stack((lengths, cosines)))
+        self.step_buckets.extend(batches, np.column_stack((lengths, cosines)))
         tail = vectors if self._sv_tail is None else np.vstack((self._sv_tail, vectors))
         self._sv_tail = tail[-2:]
         self.sv_latest = vectors[-1]
