@@ -21,7 +21,7 @@ STATE_EVERY = 20  # one state report per 20 lines: a long run's mix of loss and 
 NAMES = parameter_names(RunConfig())
 
 
-def write_run(run: RunDir, n_records: int) -> None:
+def write_run(run: RunDir, n_records: int, state_every: int = STATE_EVERY) -> None:
     """A run file of n_records in the worker's own shapes, written by the worker's own encoder."""
     create_run(run, RunConfig(target=10**12))
     out = RecordWriter(run.run_file, gen=1)
@@ -29,7 +29,7 @@ def write_run(run: RunDir, n_records: int) -> None:
     sv = rng.normal(size=len(NAMES))
     for i in range(n_records):
         batch = 50 * i
-        if i % STATE_EVERY:
+        if i % state_every:
             out.write({"loss": [batch, 0.5 / (1 + i) * (1 + 0.1 * rng.random())]})
         else:
             sv += rng.normal(scale=0.01, size=len(sv))
@@ -110,6 +110,11 @@ def figures(say) -> None:
         sent = measured[10**6][2]
         say("chart data per refresh at 10^6 records, KB", sent / 1000, "<= 300 KB", sent <= 300_000,
             "Arrow bytes of the loss, parameter and heatmap data")
+        states = RunDir.named("states", root)
+        write_run(states, 10**6, state_every=1)
+        cold_states, _ = refresh(states, RunWatcher(states.run_file))
+        say("cold load of 10^6 state reports, s", cold_states, "(context)", None,
+            f"{states.run_file.stat().st_size / 1e6:.0f} MB: the converged XOR run's mix, 9 numbers a line")
         before, after = memory_mb(runs[10**6])
         say("monitor memory with 10^6 records loaded, MB", after, "(context)", None,
             f"{after - before:.0f} MB above the {before:.0f} MB of a process that has imported the page's modules")
