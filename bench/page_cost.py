@@ -15,15 +15,16 @@ from nnobs.history import RunWatcher
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir, create_run, start_worker, stop_worker
 from nnobs.tasks import RunConfig, parameter_names
-from nnobs.view import RunView, build_view
+from nnobs.view import RunView, build_view, chart_frames
 
 STATE_EVERY = 20  # one state report per 20 lines: a long run's mix of loss and state reports
-NAMES = parameter_names(RunConfig())
+CONFIG = RunConfig(target=10**12)
+NAMES = parameter_names(CONFIG)
 
 
 def write_run(run: RunDir, n_records: int, state_every: int = STATE_EVERY) -> None:
     """A run file of n_records in the worker's own shapes, written by the worker's own encoder."""
-    create_run(run, RunConfig(target=10**12))
+    create_run(run, CONFIG)
     out = RecordWriter(run.run_file, gen=1)
     rng = np.random.default_rng(0)
     sv = rng.normal(size=len(NAMES))
@@ -39,14 +40,14 @@ def write_run(run: RunDir, n_records: int, state_every: int = STATE_EVERY) -> No
 
 def chart_bytes(view: RunView) -> int:
     """Bytes of chart data the page sends: the Arrow tables Streamlit makes of the frames."""
-    frames = [f for f in (view.loss, view.sv_lines, view.sv_heat) if f is not None]
+    frames = chart_frames(view, smoothing=0.6, log_scale=True).values()
     return sum(len(dataframe_util.convert_anything_to_arrow_bytes(f)) for f in frames)
 
 
 def refresh(run: RunDir, watcher: RunWatcher) -> tuple[float, int]:
     """One page refresh: read what is new, fold it, build the chart data and serialize it. Seconds and bytes."""
     start = time.perf_counter()
-    view = build_view(run, watcher, NAMES)
+    view = build_view(run, watcher, CONFIG)
     sent = chart_bytes(view)
     return time.perf_counter() - start, sent
 
@@ -82,7 +83,7 @@ def rss_mb():
 
 run = RunDir(Path(sys.argv[1]))
 before = rss_mb()
-view = build_view(run, RunWatcher(run.run_file), [])
+view = build_view(run, RunWatcher(run.run_file), None)
 print(before, rss_mb())
 """
 

@@ -58,7 +58,7 @@ def watched_worker_rate(batches: int) -> float:
 
         def watch():
             while not stop.wait(0.5):
-                build_view(run, watcher, [])
+                build_view(run, watcher, None)
 
         watching = threading.Thread(target=watch, daemon=True)
         watching.start()

@@ -22,6 +22,72 @@ def loss_frame(history: RunHistory) -> pd.DataFrame:
     return pd.DataFrame({"batch": batches, "loss": losses})
 
 
+def markers_frame(history: RunHistory) -> pd.DataFrame:
+    """Where commands took effect and generations began: batch, label, kind."""
+    return pd.DataFrame(
+        {"batch": [m.batch for m in history.markers], "label": [m.label for m in history.markers],
+         "kind": [m.kind for m in history.markers]}
+    )
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average, bias-corrected so it starts at the data.
+
+    NaN (diverged) points pass through unsmoothed and do not disturb the average.
+    """
+    out = values.astype(float)
+    if weight <= 0:
+        return out
+    last, n = 0.0, 0
+    for i, value in enumerate(out):
+        if np.isfinite(value):
+            last = last * weight + (1 - weight) * value
+            n += 1
+            out[i] = last / (1 - weight**n)
+    return out
+
+
+def loss_chart_frame(loss: pd.DataFrame, markers: pd.DataFrame, smoothing: float, log_scale: bool) -> pd.DataFrame:
+    """One long frame for the loss chart's layers: raw and smoothed points, then markers (series "marker").
+
+    On a log axis the average is taken of log(loss), so the smoothed line follows the line drawn
+    rather than lagging decades above it once the loss has fallen.
+    """
+    raw = loss.assign(series="raw")
+    values = loss["loss"].to_numpy(dtype=float)
+    if log_scale:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            smooth = np.exp(ema(np.where(values > 0, np.log(values), np.nan), smoothing))
+    else:
+        smooth = ema(values, smoothing)
+    smoothed = loss.assign(loss=smooth, series="smoothed")
+    marks = markers.assign(loss=np.nan, series="marker")
+    return pd.concat([raw, smoothed, marks], ignore_index=True)[["batch", "loss", "series", "label", "kind"]]
+
+
+def layer_of(name: str) -> str:
+    """The group a parameter is drawn in: "L1.W[0,1]" belongs to "L1.W"."""
+    return name.split("[", 1)[0]
+
+
+def steps_frame(history: RunHistory, column: int) -> pd.DataFrame:
+    """Step lengths (column 0) or cosines between successive steps (column 1), per state report."""
+    if history.step_buckets is None:
+        return pd.DataFrame({"batch": [], "value": []})
+    batches, values = history.step_buckets.points(column)
+    return pd.DataFrame({"batch": batches, "value": values})
+
+
+def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts) -> pd.DataFrame:
+    """The decision surface's cells (kind "grid") and the training points on top (kind "fact")."""
+    step = (x1.max() - x1.min()) / (np.sqrt(len(x1)) - 1)
+    grid = pd.DataFrame({"x1": x1 - step / 2, "x2": x2 - step / 2, "x1_end": x1 + step / 2, "x2_end": x2 + step / 2,
+                         "output": output, "kind": "grid"})
+    x, ideal = facts
+    points = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "output": ideal[:, 0], "kind": "fact"})
+    return pd.concat([grid, points], ignore_index=True)
+
+
 def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long-form frames for the parameter lines and the heatmap, bounded however long the run.
 
@@ -30,13 +96,13 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
     """
     buckets = history.sv_buckets
     if buckets is None or buckets.n == 0:
-        return pd.DataFrame(columns=["batch", "parameter", "value"]), pd.DataFrame(
+        return pd.DataFrame(columns=["batch", "layer", "parameter", "value"]), pd.DataFrame(
             columns=["batch", "batch_end", "parameter", "value"]
         )
     lines = []
     for j in range(min(buckets.n_columns, MAX_SV_LINES)):
         batches, values = buckets.points(j)
-        lines.append(pd.DataFrame({"batch": batches, "parameter": names[j], "value": values}))
+        lines.append(pd.DataFrame({"batch": batches, "layer": layer_of(names[j]), "parameter": names[j], "value": values}))
     starts, ends, means = buckets.means(HEATMAP_COLUMNS)  # (bins,), (bins,), (bins, kept)
     n_bins, kept = means.shape
     heat = pd.DataFrame(
@@ -56,6 +122,8 @@ def _spec(chart: alt.Chart) -> dict:
     spec = chart.to_dict()
     for key in ("data", "datasets", "config"):
         spec.pop(key, None)
+    for layer in spec.get("layer", []):
+        layer.pop("data", None)  # every layer reads the one dataset sent beside the spec
     return spec
 
 
@@ -77,39 +145,90 @@ def _zoom() -> alt.Parameter:
 
 @_built_once
 def loss_spec(log_scale: bool) -> dict:
+    """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect."""
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
-    return _spec(
-        alt.Chart(title="Loss")
-        .mark_line()
-        .encode(
-            x=alt.X("batch:Q", title="batch"),
-            y=alt.Y("loss:Q", title="loss" + (" (log)" if log_scale else ""), scale=scale),
-            tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
-        )
-        .transform_filter("datum.loss > 0" if log_scale else "isValid(datum.loss)")  # a log axis has no zero
-        .add_params(_zoom())
-        .properties(height=300)
+    plotted = "datum.loss > 0" if log_scale else "isValid(datum.loss)"  # a log axis has no zero
+    y = alt.Y("loss:Q", title="loss" + (" (log)" if log_scale else ""), scale=scale)
+    x = alt.X("batch:Q", title="batch")
+    point_tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"), "series:N"]
+    raw = (
+        alt.Chart().transform_filter(f"datum.series == 'raw' && {plotted}")
+        .mark_line(opacity=0.3, color="#8c9bab").encode(x=x, y=y, tooltip=point_tip).add_params(_zoom())
     )
+    smoothed = (
+        alt.Chart().transform_filter(f"datum.series == 'smoothed' && {plotted}")
+        .mark_line(color="#1f77b4").encode(x=x, y=y, tooltip=point_tip)
+    )
+    marker_color = alt.Color(
+        "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]),
+        legend=alt.Legend(title="marker", orient="top"),
+    )
+    rules = (
+        alt.Chart().transform_filter("datum.series == 'marker'")
+        .mark_rule(strokeDash=[4, 3]).encode(x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")])
+    )
+    labels = (
+        alt.Chart().transform_filter("datum.series == 'marker'")
+        .mark_text(align="left", baseline="top", dx=3, fontSize=10, angle=0)
+        .encode(x=x, y=alt.value(3), text="label:N", color=marker_color)
+    )
+    return _spec(alt.layer(raw, smoothed, rules, labels, title="Loss").properties(height=320))
 
 
 @_built_once
 def sv_lines_spec(names: tuple[str, ...]) -> dict:
+    """One line per parameter, coloured by the layer's weights or biases it belongs to."""
     return _spec(
-        alt.Chart(title="State vector: each parameter")
-        .mark_line()
+        alt.Chart(title="State vector: every parameter")
+        .mark_line(strokeWidth=1.5)
         .encode(
             x=alt.X("batch:Q", title="batch"),
             y=alt.Y("value:Q", title="value"),
-            color=alt.Color(
-                "parameter:N",
-                sort=list(names),
-                legend=alt.Legend(columns=1 if len(names) <= 16 else 2, symbolLimit=32),
-            ),
+            color=alt.Color("layer:N", title="layer", legend=alt.Legend(orient="top")),
+            detail="parameter:N",
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
         .add_params(_zoom())
-        .properties(height=max(240, 14 * min(len(names), 80)))
+        .properties(height=max(260, 12 * min(len(names), 80)))
     )
+
+
+@_built_once
+def steps_spec(figure: str) -> dict:
+    """Step length (how far each state report moved) or cosine between successive steps, over batches."""
+    cosine = figure == "cosine"
+    return _spec(
+        alt.Chart(title="Cosine between successive steps" if cosine else "Step length between state reports")
+        .mark_line(point=alt.OverlayMarkDef(size=12), color="#2a9d8f" if cosine else "#6a4c93")
+        .encode(
+            x=alt.X("batch:Q", title="batch"),
+            y=alt.Y("value:Q", title="cosine" if cosine else "length",
+                    scale=alt.Scale(domain=[-1, 1]) if cosine else alt.Scale(type="symlog")),
+            tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
+        )
+        .transform_filter("isValid(datum.value)")
+        .add_params(_zoom())
+        .properties(height=170)
+    )
+
+
+@_built_once
+def surface_spec() -> dict:
+    """The net's output over the input plane, with the training points on top, both on one diverging scale."""
+    color = alt.Color("output:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True), title="output")
+    cells = (
+        alt.Chart().transform_filter("datum.kind == 'grid'").mark_rect()
+        .encode(x=alt.X("x1:Q", title="input 1", scale=alt.Scale(nice=False, zero=False)), x2="x1_end:Q",
+                y=alt.Y("x2:Q", title="input 2", scale=alt.Scale(nice=False, zero=False)), y2="x2_end:Q",
+                color=color, tooltip=[alt.Tooltip("x1:Q", format=".2f"), alt.Tooltip("x2:Q", format=".2f"),
+                                      alt.Tooltip("output:Q", format=".3f")])
+    )
+    facts = (
+        alt.Chart().transform_filter("datum.kind == 'fact'").mark_point(filled=True, size=140, stroke="black", strokeWidth=1.5)
+        .encode(x="x1:Q", y="x2:Q", fill=alt.Fill("output:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
+                                                     legend=None), tooltip=["x1:Q", "x2:Q", alt.Tooltip("output:Q", title="target")])
+    )
+    return _spec(alt.layer(cells, facts, title="Decision surface (latest state)").properties(height=300))
 
 
 @_built_once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,18 @@ class Event:
     detail: str = ""
 
 
+@dataclass
+class Marker:
+    """Where something changed the run: a command took effect, or a worker generation began."""
+
+    batch: int
+    label: str  # e.g. "eta 0.05", "target 5,000", "gen 2"
+    kind: str  # "command" or "generation"
+
+
+MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state"}
+MAX_MARKERS = 200  # the newest are kept; a chart with more would be unreadable anyway
+PROGRESS_SAMPLES = 64  # (time, batch, loss) at each refresh, for the training rate and the loss trend
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
 SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
@@ -59,6 +72,8 @@ class RunHistory:
         self.step_buckets: MinMaxBuckets | None = None  # per state report: step length, cosine with the step before
         self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
         self.events: list[Event] = []
+        self.markers: deque[Marker] = deque(maxlen=MAX_MARKERS)
+        self.progress: deque[tuple[float, int, float | None]] = deque(maxlen=PROGRESS_SAMPLES)
         self.answers: dict[str, Answer] = {}  # by command id
         self.batch = 0
         self.loss: float | None = None
@@ -102,6 +117,20 @@ class RunHistory:
         if isinstance(newest, dict):
             self.last_t = number(newest.get("t")) or self.last_t
             self.gen = newest["gen"] if isinstance(newest.get("gen"), int) else self.gen
+        if self.last_t is not None and (not self.progress or self.progress[-1][0] < self.last_t):
+            self.progress.append((self.last_t, self.batch, self.loss))
+
+    def rate(self, window_s: float = 10.0) -> tuple[float | None, float | None]:
+        """Batches per second and the loss's relative change over about the last window_s of the run's time."""
+        if len(self.progress) < 2:
+            return None, None
+        t1, b1, loss1 = self.progress[-1]
+        recent = [p for p in list(self.progress)[:-1] if p[0] >= t1 - window_s]
+        t0, b0, loss0 = recent[0] if recent else self.progress[-2]
+        if t1 <= t0 or b1 < b0:  # no time passed, or a restart went back to a checkpoint
+            return None, None
+        change = (loss1 - loss0) / loss0 if loss0 and loss1 is not None else None
+        return (b1 - b0) / (t1 - t0), change
 
     def _add_record(self, record: Record) -> None:
         """Events and command answers: the rare lines, each parsed as JSON."""
@@ -115,6 +144,10 @@ class RunHistory:
             answer = pair(record.get(topic))
             if answer and isinstance(answer[1], dict):
                 self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
+                label = MARKER_LABELS.get(answer[1].get("cmd"))
+                if ok and label:
+                    value = answer[1].get("value")
+                    self.markers.append(Marker(answer[0], label.format(value) if value is not None else label, "command"))
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""
@@ -135,6 +168,7 @@ class RunHistory:
         detail = str(record.get("error", ""))
         if kind == "started":
             self.pid = record.get("pid") if isinstance(record.get("pid"), int) else None
+            self.markers.append(Marker(batch, f"gen {self.gen}", "generation"))
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail))

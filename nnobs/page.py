@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -10,11 +11,21 @@ from nnobs import charts
 from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunWatcher
-from nnobs.runs import DEFAULT_RUN, RunDir, RunStatus, create_run, log_tail, restart_worker, start_worker
-from nnobs.tasks import load_config, parameter_names
-from nnobs.view import RunView, build_view
+from nnobs.runs import (
+    DEFAULT_RUN,
+    RunDir,
+    check_run_name,
+    create_run,
+    list_runs,
+    log_tail,
+    restart_worker,
+    start_worker,
+)
+from nnobs.tasks import RunConfig, load_config
+from nnobs.view import RunView, build_view, chart_frames
 
 STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
+ALIVE = ("training", "idle")
 
 
 @st.cache_resource(show_spinner=False)
@@ -34,6 +45,14 @@ def _open_run() -> RunDir:
     return run
 
 
+def _config(run: RunDir) -> RunConfig | None:
+    try:
+        return load_config(run.config)
+    except (NnobsError, OSError) as err:
+        st.error(f"{run.config}: {err}")
+        return None
+
+
 def _send(run: RunDir, cmd: str, value=None) -> None:
     """Check a command as the worker would, then queue it; a refused value is explained and nothing is sent."""
     try:
@@ -42,82 +61,176 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
     except NnobsError as err:
         st.sidebar.error(str(err))
         return
-    st.toast(f"Sent {cmd}{'' if value is None else f' = {value:,}'}: waiting for the worker")
+    st.toast(f"Sent {cmd.replace('_', ' ')}{'' if value is None else f' {value:,}'}: waiting for the worker")
     st.session_state.setdefault("sent", []).append(command["id"])
 
 
-def _sidebar(run: RunDir, view: RunView) -> None:
+# -- sidebar -------------------------------------------------------------------------------
+
+
+def _run_picker(run: RunDir) -> None:
     bar = st.sidebar
-    bar.header("Training")
+    names = sorted(set(list_runs()) | {run.name})
+    choice = bar.selectbox(
+        "Run", names, index=names.index(run.name), accept_new_options=True,
+        help="Pick a run, or type a new name to create one. The page's address names the run.",
+    )
+    if choice and choice != run.name:
+        try:
+            st.query_params["run"] = check_run_name(choice)
+            st.rerun()
+        except NnobsError as err:
+            bar.error(str(err))
+    base = urlsplit(st.context.url or "")
+    if base.netloc:
+        bar.caption("Share this run (copy button on the right):")
+        bar.code(f"{base.scheme}://{base.netloc}{base.path}?run={run.name}", language=None)
+
+
+def _training_controls(run: RunDir, view: RunView) -> None:
+    bar = st.sidebar
+    bar.subheader("Training")
     with bar.form("target_form", border=False):
         target = st.number_input(
             "Target batches", min_value=0, step=1000, value=int(view.status.target or 0),
-            help="Train until the batch count reaches this, then idle.",
+            help="Train until the batch count reaches this, then idle. Raise it to train on.",
         )
         if st.form_submit_button("Set target"):
             _send(run, "target", int(target))
     with bar.form("eta_form", border=False):
         eta = st.number_input(
             "Learning rate (eta)", value=float(view.status.eta or 0.1), format="%.6g", step=0.01,
-            help="Step size of gradient descent; must be above 0.",
+            help="Step size of gradient descent; above 0. Too high and the loss diverges.",
         )
         if st.form_submit_button("Set eta"):
             _send(run, "eta", float(eta))
     with bar.form("report_form", border=False):
         every = st.number_input(
             "State report every N batches", min_value=0, step=100, value=int(view.report_every or 0),
-            help="How often the worker reports the full state vector; 0 reports only on request.",
+            help="How often the worker reports the whole state vector; 0 reports only on request.",
         )
         if st.form_submit_button("Set interval"):
             _send(run, "report_every", int(every))
 
-    bar.header("Actions")
-    if bar.button("Tell state now", help="Ask the worker for its state vector at once."):
+
+def _actions(run: RunDir, view: RunView) -> None:
+    bar = st.sidebar
+    bar.subheader("Actions")
+    alive = view.status.state in ALIVE
+    if bar.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
         _send(run, "tell_state")
-    if bar.button("Shut down", help="Stop the worker cleanly after a final checkpoint; Start brings it back."):
-        if view.status.state in ("training", "idle"):
+    with bar.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
+        st.write("The worker saves a checkpoint and exits. **Start** brings it back where it stopped.")
+        if st.button("Yes, shut down", type="primary"):
             _send(run, "shutdown")
-        else:
-            bar.info(f"No worker is running ({view.status.state}): nothing to shut down.")
-    if bar.button("Start / restart", help="Start the worker, or stop and restart it; it resumes from its last checkpoint."):
-        with st.spinner("Starting the worker…"):
-            try:
-                restart_worker(run)
-            except NnobsError as err:
-                bar.error(str(err))
+    if alive:
+        with bar.popover("Restart…", help="Stop the worker and start a new generation from its checkpoint."):
+            st.write("The worker stops, then a new generation resumes from the last checkpoint.")
+            if st.button("Yes, restart", type="primary"):
+                _start(run)
+    elif bar.button("Start" if view.status.state == "stopped" else "Restart", type="primary",
+                    help="Start a new worker generation; it resumes from the last checkpoint."):
+        _start(run)
 
-    bar.header("View")
-    bar.number_input("Refresh every (s)", min_value=0.2, max_value=60.0, value=1.0, step=0.5, key="refresh_s")
+
+def _start(run: RunDir) -> None:
+    with st.spinner("Starting the worker…"):
+        try:
+            restart_worker(run)
+        except NnobsError as err:
+            st.sidebar.error(str(err))
+
+
+def _view_controls() -> None:
+    bar = st.sidebar
+    bar.subheader("View")
+    bar.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
+               help="Exponential moving average of the loss, bias-corrected like TensorBoard's; 0 is off.")
     bar.toggle("Log-scale loss", value=True, key="log_loss")
+    bar.number_input("Refresh every (s)", min_value=0.2, max_value=60.0, value=1.0, step=0.5, key="refresh_s")
 
 
-def _status_row(status: RunStatus) -> None:
-    st.html("<style>[data-testid='stMetricValue'] {font-size: 1.5rem;}</style>")  # six figures fit one row
-    st.badge(status.state.upper() + (" · DIVERGED" if status.diverged else ""), color=STATE_COLORS[status.state])
+def _downloads(run: RunDir) -> None:
+    bar = st.sidebar
+    bar.subheader("Downloads")
+    bar.download_button("Run file (JSON lines)", data=lambda: run.run_file.read_bytes(), file_name=f"{run.name}.jsonl",
+                        mime="application/x-ndjson", on_click="ignore")
+    bar.download_button("Loss (CSV)", data=lambda: _loss_csv(run), file_name=f"{run.name}-loss.csv", mime="text/csv",
+                        on_click="ignore")
+
+
+def _loss_csv(run: RunDir) -> bytes:
+    watcher = _watcher(str(run.run_file))
+    with watcher.lock:
+        batches, losses = watcher.refresh().loss_series()
+        rows = [f"{b},{'' if v != v else repr(float(v))}" for b, v in zip(batches.tolist(), losses.tolist())]
+    return ("batch,loss\n" + "\n".join(rows) + "\n").encode()
+
+
+# -- the live part ---------------------------------------------------------------------------
+
+
+def _header(run: RunDir, view: RunView) -> None:
+    status = view.status
+    badge = f":{STATE_COLORS[status.state]}-badge[{status.state.upper()}]"
+    if status.diverged:
+        badge += " :orange-badge[DIVERGED]"
+    st.markdown(f"## nnobs · `{run.name}` {badge}")
+    worker = "no worker running" if status.pid is None else f"worker pid {status.pid}"
+    st.caption(f"Generation {status.generation or '-'} · {worker} · {run.path}")
+
+
+def _metrics(view: RunView) -> None:
+    status = view.status
+    st.html("<style>[data-testid='stMetricValue'] {font-size: 1.45rem;}</style>")  # six figures fit one row
     cols = st.columns(6)
     cols[0].metric("Batch", f"{status.batch:,}")
-    cols[1].metric("Target", "-" if status.target is None else f"{status.target:,}")
-    cols[2].metric("Loss", "diverged" if status.diverged else "-" if status.loss is None else f"{status.loss:.3g}")
-    cols[3].metric("Eta", "-" if status.eta is None else f"{status.eta:g}")
-    cols[4].metric("Generation", "-" if status.generation is None else status.generation)
+    cols[1].metric("Batches/s", "-" if view.rate is None else f"{view.rate:,.0f}")
+    left = view.seconds_to_target
+    cols[2].metric("To target", "-" if left is None else _duration(left))
+    loss = "diverged" if status.diverged else "-" if status.loss is None else f"{status.loss:.3g}"
+    change = None if view.loss_change is None or status.diverged else f"{100 * view.loss_change:+.1f}%"
+    cols[3].metric("Loss", loss, delta=change, delta_color="inverse", help="Change over the last 10 s of training")
+    cols[4].metric("Eta", "-" if status.eta is None else f"{status.eta:g}")
     age = status.heartbeat_age_s
-    cols[5].metric("Last heartbeat", "-" if age is None else f"{age:.1f} s")
+    cols[5].metric("Heartbeat", "-" if age is None else f"{age:.1f} s ago", help="Time since the worker's last record")
+    if status.target:
+        done = min(1.0, status.batch / status.target)
+        st.progress(done, text=f"{status.batch:,} of {status.target:,} target batches ({100 * done:.0f}%)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _problems(run: RunDir, view: RunView) -> None:
+    status = view.status
+    if status.state == "crashed":
+        reason = f": {status.error}" if status.error else " without a shutdown record"
+        st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")
+        st.code(log_tail(run) or "(worker.log is empty)", language=None)
+    if status.diverged:
+        st.warning(f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Lower eta to recover.")
+    if view.control_error:
+        st.warning(view.control_error)
 
 
 def _commands(view: RunView) -> None:
     """Recent commands from everyone, each pending until the worker answers it, then its outcome."""
-    if view.control_error:
-        st.warning(view.control_error)
     if not view.recent:
         return
-    alive = view.status.state in ("training", "idle")
+    alive = view.status.state in ALIVE
     mine = set(st.session_state.get("sent", []))
     lines = []
     for command, answer in view.recent:
         value = "" if command.get("value") is None else f" = {command.get('value')}"
         who = "you" if command.get("id") in mine else command.get("by") or "someone"
         if answer is None:
-            outcome = "⏳ pending" + ("" if alive else " (starts with the next worker)")
+            outcome = "⏳ pending" + ("" if alive else " (waits for the next worker)")
         elif answer.ok:
             outcome = f"✅ done at batch {answer.batch:,}"
         else:
@@ -127,44 +240,52 @@ def _commands(view: RunView) -> None:
         st.markdown("\n".join(lines))
 
 
-def _charts(view: RunView, log_loss: bool) -> None:
+def _charts(view: RunView) -> None:
     """The charts: their specs never change during a run, so the browser only swaps in the new data."""
+    log_loss = st.session_state.get("log_loss", True)
+    frames = chart_frames(view, st.session_state.get("smoothing", 0.6), log_loss)
     if len(view.loss):
-        st.vega_lite_chart(view.loss, charts.loss_spec(log_loss), width="stretch")
-    if view.sv_lines is not None:
+        st.vega_lite_chart(frames["loss"], charts.loss_spec(log_loss), width="stretch", height=420)
+    if "sv_lines" in frames:
+        tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
         left, right = st.columns(2)
-        left.vega_lite_chart(view.sv_lines, charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES]), width="stretch")
-        right.vega_lite_chart(view.sv_heat, charts.sv_heatmap_spec(view.sv_names), width="stretch")
+        lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES])
+        left.vega_lite_chart(frames["sv_lines"], lines, width="stretch", height=tall)
+        right.vega_lite_chart(frames["sv_heat"], charts.sv_heatmap_spec(view.sv_names), width="stretch", height=tall)
+        left, right = st.columns(2)
+        left.vega_lite_chart(frames["step_lengths"], charts.steps_spec("length"), width="stretch", height=220)
+        left.vega_lite_chart(frames["step_cosines"], charts.steps_spec("cosine"), width="stretch", height=220)
+        if "surface" in frames:
+            right.vega_lite_chart(frames["surface"], charts.surface_spec(), width="stretch", height=440)
 
 
-def _live(run: RunDir, names: list[str]) -> None:
+def _live(run: RunDir, config: RunConfig | None) -> None:
     """Status, command outcomes and charts, re-read from the run file on every tick."""
-    view = build_view(run, _watcher(str(run.run_file)), names)
-    _status_row(view.status)
-    if view.status.state == "crashed":
-        reason = f": {view.status.error}" if view.status.error else " without a shutdown record"
-        st.error(f"The worker died{reason}. Start / restart resumes from its last checkpoint.")
-        st.code(log_tail(run) or "(worker.log is empty)", language=None)
+    started = time.perf_counter()
+    view = build_view(run, _watcher(str(run.run_file)), config)
+    _header(run, view)
+    _metrics(view)
+    _problems(run, view)
     _commands(view)
-    _charts(view, st.session_state.get("log_loss", True))
-    st.caption(f"Updated {time.strftime('%H:%M:%S')} · {view.n_records:,} records · {run.run_file}")
+    _charts(view)
+    took = 1000 * (time.perf_counter() - started)
+    st.caption(f"Updated {time.strftime('%H:%M:%S')} in {took:.0f} ms · {view.n_records:,} records")
 
 
 def main() -> None:
     st.set_page_config(page_title="nnobs", layout="wide")
     run = _open_run()
-    try:
-        names = parameter_names(load_config(run.config))
-    except (NnobsError, OSError) as err:
-        st.error(f"{run.config}: {err}")
-        names = []
-    view = build_view(run, _watcher(str(run.run_file)), names)
+    config = _config(run)
+    view = build_view(run, _watcher(str(run.run_file)), config)
     if view.never_ran:  # a new run starts on first sight; a stopped or crashed one waits for a person to start it
         try:
             start_worker(run)
-            view = build_view(run, _watcher(str(run.run_file)), names)
+            view = build_view(run, _watcher(str(run.run_file)), config)
         except NnobsError as err:
             st.error(str(err))
-    st.title(f"nnobs · {run.name}")
-    _sidebar(run, view)
-    st.fragment(run_every=st.session_state.get("refresh_s", 1.0))(_live)(run, names)
+    _run_picker(run)
+    _training_controls(run, view)
+    _actions(run, view)
+    _view_controls()
+    _downloads(run)
+    st.fragment(run_every=st.session_state.get("refresh_s", 1.0))(_live)(run, config)

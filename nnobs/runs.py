@@ -260,3 +260,11 @@ def read_history(run: RunDir) -> RunHistory:
     history = RunHistory()
     history.add_lines(RecordReader(run.run_file).read_new_lines())
     return history
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[str]:
+    """The names of the runs under the runs root, sorted."""
+    try:
+        return sorted(p.name for p in runs_root(root).iterdir() if RUN_NAME.fullmatch(p.name) and (p / "config.json").is_file())
+    except FileNotFoundError:
+        return []

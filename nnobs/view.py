@@ -13,7 +13,9 @@ from nnobs import charts
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
 from nnobs.history import Answer, RunWatcher
+from nnobs.analytics import decision_surface
 from nnobs.runs import RunDir, RunStatus, run_status
+from nnobs.tasks import TASKS, RunConfig, parameter_names
 
 RECENT_COMMANDS = 6
 
@@ -28,24 +30,41 @@ class RunView:
     n_records: int
     recent: list[tuple[Command, Answer | None]]  # newest first, with the worker's answer when it has one
     control_error: str  # why the control file could not be read, if it could not
+    rate: float | None  # batches per second over the last seconds
+    loss_change: float | None  # relative change of the loss over the same seconds
     loss: pd.DataFrame  # batch, loss: at most the history's max_points rows
+    markers: pd.DataFrame  # batch, label, kind: where commands took effect and generations began
     sv_names: tuple[str, ...]  # the parameters in the state-vector charts
-    sv_lines: pd.DataFrame | None  # batch, parameter, value
+    sv_lines: pd.DataFrame | None  # batch, layer, parameter, value
     sv_heat: pd.DataFrame | None  # batch, batch_end, parameter, value
+    step_lengths: pd.DataFrame  # batch, value
+    step_cosines: pd.DataFrame  # batch, value
+    surface: pd.DataFrame | None  # the decision surface and training points, for nets with 2 inputs
+
+    @property
+    def seconds_to_target(self) -> float | None:
+        status = self.status
+        if not self.rate or status.target is None or status.state != "training":
+            return None
+        return max(0.0, status.target - status.batch) / self.rate
 
 
-def build_view(run: RunDir, watcher: RunWatcher, names: list[str]) -> RunView:
+def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> RunView:
     """Read what was appended, then copy out what the page draws: bounded however long the run."""
     recent, control_error = _recent_commands(run.control_file)
+    names = parameter_names(config) if config else []
     with watcher.lock:
         history = watcher.refresh()
         sv_names: tuple[str, ...] = ()
-        sv_lines = sv_heat = None
+        sv_lines = sv_heat = surface = None
         if history.sv_latest is not None:
             width = len(history.sv_latest)
             full = names if len(names) == width else [f"p{i}" for i in range(width)]
             sv_names = tuple(full[: history.sv_buckets.n_columns])
             sv_lines, sv_heat = charts.sv_frames(history, full)
+            if config and len(names) == width and config.sizes[0] == 2:
+                surface = charts.surface_frame(*decision_surface(config, history.sv_latest), _facts(config))
+        rate, loss_change = history.rate()
         return RunView(
             status=run_status(run, history),
             never_ran=not history.events,
@@ -53,11 +72,28 @@ def build_view(run: RunDir, watcher: RunWatcher, names: list[str]) -> RunView:
             n_records=history.n_records,
             recent=[(c, history.answers.get(str(c.get("id")))) for c in reversed(recent)],
             control_error=control_error,
+            rate=rate,
+            loss_change=loss_change,
             loss=charts.loss_frame(history),
+            markers=charts.markers_frame(history),
             sv_names=sv_names,
             sv_lines=sv_lines,
             sv_heat=sv_heat,
+            step_lengths=charts.steps_frame(history, 0),
+            step_cosines=charts.steps_frame(history, 1),
+            surface=surface,
         )
+
+
+@lru_cache(maxsize=16)
+def _facts_of(config_json: str):
+    config = RunConfig.from_json(config_json)
+    return TASKS[config.task](config)()
+
+
+def _facts(config: RunConfig):
+    """The task's training batch, drawn on the decision surface (the XOR task's four corners)."""
+    return _facts_of(config.to_json())
 
 
 def _recent_commands(path: Path) -> tuple[list[Command], str]:
@@ -75,3 +111,16 @@ def _commands_of_version(path: str, signature: tuple[int, int, int]) -> tuple[li
         return read_commands(Path(path))[-RECENT_COMMANDS:], ""
     except NnobsError as err:
         return [], str(err)
+
+
+def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dict[str, pd.DataFrame]:
+    """The data of every chart the page draws, by chart; what a refresh sends to the browser."""
+    frames = {
+        "loss": charts.loss_chart_frame(view.loss, view.markers, smoothing, log_scale),
+        "step_lengths": view.step_lengths,
+        "step_cosines": view.step_cosines,
+    }
+    for name in ("sv_lines", "sv_heat", "surface"):
+        if getattr(view, name) is not None:
+            frames[name] = getattr(view, name)
+    return frames

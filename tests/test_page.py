@@ -26,8 +26,15 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 def state(at: AppTest) -> str:
     """The state badge's text, e.g. "IDLE"."""
-    badge = next(m.value for m in at.markdown if "-badge[" in m.value)
-    return badge.split("[", 1)[1].rstrip("]").split(" ")[0]
+    header = next(m.value for m in at.markdown if "-badge[" in m.value)
+    return header.split("-badge[", 1)[1].split("]", 1)[0]
+
+
+def generation(at: AppTest) -> int | None:
+    """The worker generation, from the caption under the header."""
+    text = next((c.value for c in at.caption if c.value.startswith("Generation ")), "Generation -")
+    number = text.split(" ")[1]
+    return int(number) if number.isdigit() else None
 
 
 def rerun_until(at: AppTest, predicate, what: str) -> None:
@@ -39,7 +46,12 @@ def rerun_until(at: AppTest, predicate, what: str) -> None:
     wait_for(check, what=what)
 
 
+def has_button(at: AppTest, label: str) -> bool:
+    return any(b.label == label for b in at.sidebar.button)
+
+
 def button(at: AppTest, label: str):
+    """A sidebar button by its label, inside a confirmation popover or not."""
     return next(b for b in at.sidebar.button if b.label == label)
 
 
@@ -57,12 +69,12 @@ def test_page_starts_a_new_run_and_steers_it_from_the_sidebar(page, new_run):
     rerun_until(page, lambda at: metrics(at)["Batch"] == "3,000" and state(at) == "IDLE", "batch 3,000, idle")
     assert any("`target = 3000` by you: ✅ done at batch" in m.value for m in page.markdown)
 
-    button(page, "Shut down").click().run()
-    rerun_until(page, lambda at: state(at) == "STOPPED", "the stopped badge after Shut down")
+    button(page, "Yes, shut down").click().run()
+    rerun_until(page, lambda at: state(at) == "STOPPED" and has_button(at, "Start"), "STOPPED and a Start button")
     assert worker_pid(run) is None
 
-    button(page, "Start / restart").click().run()
-    rerun_until(page, lambda at: state(at) == "IDLE" and metrics(at)["Generation"] == "2", "generation 2 after Start")
+    button(page, "Start").click().run()
+    rerun_until(page, lambda at: state(at) == "IDLE" and generation(at) == 2, "generation 2 after Start")
     assert metrics(page)["Batch"] == "3,000", "the new generation resumes where the last one stopped"
 
 
@@ -71,12 +83,12 @@ def test_page_shows_a_killed_worker_as_crashed_with_its_log_and_restarts_it(page
     page.run()
     wait_for(lambda: events(run, "started"), what="the worker's start record")
     kill_worker(run)
-    rerun_until(page, lambda at: state(at) == "CRASHED", "the crashed badge after kill -9")
+    rerun_until(page, lambda at: state(at) == "CRASHED" and has_button(at, "Restart"), "CRASHED and a Restart button")
     assert any("worker died" in e.value for e in page.error)
     assert any("nnobs worker" in c.value for c in page.code), "the tail of worker.log is shown"
 
-    button(page, "Start / restart").click().run()
-    rerun_until(page, lambda at: state(at) == "IDLE" and metrics(at)["Generation"] == "2", "generation 2 after Restart")
+    button(page, "Restart").click().run()
+    rerun_until(page, lambda at: state(at) == "IDLE" and generation(at) == 2, "generation 2 after Restart")
 
 
 def test_page_refuses_a_bad_run_name_in_the_url(page, runs_root):
