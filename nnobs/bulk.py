@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-_NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"  # a JSON number
-_STAMP = rb',"t":' + _NUM + rb',"gen":[0-9]+\}'
+# Numbers are matched loosely here, for speed, and checked strictly when converted: a chunk
+# where one does not convert is read again line by line as JSON (see parse_lines).
+_NUM = rb"[-+.eE0-9]+"
+_STAMP = rb',"t":[.0-9]+,"gen":[0-9]+\}'
 # Every line is one of: the worker's loss report (group 1: "batch,loss"); its state report (group 2:
 # "batch,eta", 3: the state vector's numbers, 4: target, 5: report interval); anything else (group 6).
 _LINE = re.compile(
@@ -50,7 +52,7 @@ def parse_lines(chunk: bytes) -> ParsedLines:
     """Parse complete lines (chunk ends with a newline, or is empty)."""
     try:
         return _parse(chunk, _LINE)
-    except ValueError:  # a state vector's numbers are checked loosely by the regex, strictly here
+    except ValueError:  # a number the regex let through did not convert: trust nothing but JSON
         return _parse(chunk, _ANY_LINE)
 
 
@@ -148,7 +150,10 @@ def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
     import pandas as pd  # its C CSV reader turns text into floats several times faster than numpy
 
     one_per_line = io.BytesIO(text.replace(b",", b"\n"))
-    return pd.read_csv(one_per_line, header=None, dtype=float, engine="c").to_numpy().reshape(-1, n_columns)
+    values = pd.read_csv(one_per_line, header=None, dtype=float, engine="c", skip_blank_lines=False).to_numpy()
+    if len(values) != text.count(b",") + 1 or np.isnan(values).any():  # an empty field: not a number at all
+        raise ValueError("a field that is not a number")
+    return values.reshape(-1, n_columns)
 
 
 def number(value: Any) -> float | None:

@@ -167,3 +167,14 @@ def test_bulk_parsing_agrees_with_json_line_by_line(tmp_path):
     assert history.sv_latest.tolist() == sv_rows[-1][1]
     assert history.skipped_lines == reader.skipped_lines == 3
     assert len(history.events) == sum("event" in r for r in records) and history.gen == 3
+
+
+def test_a_malformed_number_in_a_worker_shaped_line_is_skipped_not_misread():
+    good = b'{"eta":[5,0.1],"sv":[5,[1.5,2]],"target":[5,9],"report_every":[5,1],"t":1.0,"gen":1}\n'
+    bad_sv = b'{"eta":[6,0.1],"sv":[6,[1.5,,2]],"target":[6,9],"report_every":[6,1],"t":1.0,"gen":1}\n'
+    bad_loss = b'{"loss":[7,0.5.5],"t":1.0,"gen":1}\n'
+    for many in (3, 5000):  # a refresh's few lines, and a cold load's many
+        history = RunHistory()
+        history.add_lines(good * many + bad_sv + bad_loss + b'{"loss":[8,0.25],"t":2.0,"gen":1}\n')
+        assert history.skipped_lines == 2
+        assert history.sv_batches.values().tolist() == [5] * many and history.loss_series()[0].tolist() == [8]
