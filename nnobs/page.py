@@ -14,6 +14,7 @@ from nnobs.history import RunWatcher
 from nnobs.runs import (
     DEFAULT_RUN,
     RunDir,
+    RunStatus,
     check_run_name,
     create_run,
     list_runs,
@@ -22,7 +23,7 @@ from nnobs.runs import (
     start_worker,
 )
 from nnobs.tasks import RunConfig, load_config
-from nnobs.view import RunView, build_view, chart_frames
+from nnobs.view import RunView, build_view, chart_frames, current_status
 
 STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
 ALIVE = ("training", "idle")
@@ -59,7 +60,7 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
         value = check_command(cmd, value)
         command = send_command(run.control_file, cmd, value, by="page")
     except NnobsError as err:
-        st.sidebar.error(str(err))
+        st.error(str(err))
         return
     st.toast(f"Sent {cmd.replace('_', ' ')}{'' if value is None else f' {value:,}'}: waiting for the worker")
     st.session_state.setdefault("sent", []).append(command["id"])
@@ -87,36 +88,45 @@ def _run_picker(run: RunDir) -> None:
         bar.code(f"{base.scheme}://{base.netloc}{base.path}?run={run.name}", language=None)
 
 
-def _training_controls(run: RunDir, view: RunView) -> None:
-    bar = st.sidebar
+def _controls(run: RunDir) -> None:
+    """Training settings and actions, shown for the run's current state: a fragment of its own, on the timer."""
+    status = current_status(run, _watcher(str(run.run_file)))
+    _training_controls(run, status)
+    _actions(run, status)
+
+
+def _training_controls(run: RunDir, status: RunStatus) -> None:
+    bar = st.container()
     bar.subheader("Training")
     with bar.form("target_form", border=False):
         target = st.number_input(
-            "Target batches", min_value=0, step=1000, value=int(view.status.target or 0),
+            "Target batches", min_value=0, step=1000, value=int(status.target or 0),
             help="Train until the batch count reaches this, then idle. Raise it to train on.",
         )
         if st.form_submit_button("Set target"):
             _send(run, "target", int(target))
     with bar.form("eta_form", border=False):
         eta = st.number_input(
-            "Learning rate (eta)", value=float(view.status.eta or 0.1), format="%.6g", step=0.01,
+            "Learning rate (eta)", value=float(status.eta or 0.1), format="%.6g", step=0.01,
             help="Step size of gradient descent; above 0. Too high and the loss diverges.",
         )
         if st.form_submit_button("Set eta"):
             _send(run, "eta", float(eta))
     with bar.form("report_form", border=False):
         every = st.number_input(
-            "State report every N batches", min_value=0, step=100, value=int(view.report_every or 0),
+            "State report every N batches", min_value=0, step=100, value=int(status.report_every or 0),
             help="How often the worker reports the whole state vector; 0 reports only on request.",
         )
         if st.form_submit_button("Set interval"):
             _send(run, "report_every", int(every))
 
 
-def _actions(run: RunDir, view: RunView) -> None:
-    bar = st.sidebar
+def _actions(run: RunDir, status: RunStatus) -> None:
+    """Actions that fit the run's state."""
+    bar = st.container()
     bar.subheader("Actions")
-    alive = view.status.state in ALIVE
+    state = status.state
+    alive = state in ALIVE
     if bar.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
         _send(run, "tell_state")
     with bar.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
@@ -128,7 +138,7 @@ def _actions(run: RunDir, view: RunView) -> None:
             st.write("The worker stops, then a new generation resumes from the last checkpoint.")
             if st.button("Yes, restart", type="primary"):
                 _start(run)
-    elif bar.button("Start" if view.status.state == "stopped" else "Restart", type="primary",
+    elif bar.button("Start" if state == "stopped" else "Restart", type="primary",
                     help="Start a new worker generation; it resumes from the last checkpoint."):
         _start(run)
 
@@ -138,7 +148,7 @@ def _start(run: RunDir) -> None:
         try:
             restart_worker(run)
         except NnobsError as err:
-            st.sidebar.error(str(err))
+            st.error(str(err))
 
 
 def _view_controls() -> None:
@@ -230,11 +240,11 @@ def _commands(view: RunView) -> None:
         value = "" if command.get("value") is None else f" = {command.get('value')}"
         who = "you" if command.get("id") in mine else command.get("by") or "someone"
         if answer is None:
-            outcome = "⏳ pending" + ("" if alive else " (waits for the next worker)")
+            outcome = ":orange[pending]" + ("" if alive else " (waits for the next worker)")
         elif answer.ok:
-            outcome = f"✅ done at batch {answer.batch:,}"
+            outcome = f":green[done at batch {answer.batch:,}]"
         else:
-            outcome = f"❌ rejected: {answer.reason}"
+            outcome = f":red[rejected: {answer.reason}]"
         lines.append(f"- `{command.get('cmd')}{value}` by {who}: {outcome}")
     with st.expander("Commands", expanded=True):
         st.markdown("\n".join(lines))
@@ -284,8 +294,9 @@ def main() -> None:
         except NnobsError as err:
             st.error(str(err))
     _run_picker(run)
-    _training_controls(run, view)
-    _actions(run, view)
+    refresh_s = st.session_state.get("refresh_s", 1.0)
+    with st.sidebar:
+        st.fragment(run_every=refresh_s)(_controls)(run)
     _view_controls()
     _downloads(run)
-    st.fragment(run_every=st.session_state.get("refresh_s", 1.0))(_live)(run, config)
+    st.fragment(run_every=refresh_s)(_live)(run, config)

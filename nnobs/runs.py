@@ -215,6 +215,7 @@ class RunStatus:
     batch: int
     target: int | None
     eta: float | None
+    report_every: int | None
     loss: float | None
     generation: int | None
     pid: int | None
@@ -246,6 +247,7 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         batch=history.batch,
         target=history.target,
         eta=history.eta,
+        report_every=history.report_every,
         loss=history.loss,
         generation=history.gen,
         pid=pid if pid and pid > 0 else None,

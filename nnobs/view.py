@@ -96,6 +96,12 @@ def _facts(config: RunConfig):
     return _facts_of(config.to_json())
 
 
+def current_status(run: RunDir, watcher: RunWatcher) -> RunStatus:
+    """The run's status alone, for controls that depend on it."""
+    with watcher.lock:
+        return run_status(run, watcher.refresh())
+
+
 def _recent_commands(path: Path) -> tuple[list[Command], str]:
     """The newest commands, re-read only when the control file changed."""
     try:

@@ -67,7 +67,7 @@ def test_page_starts_a_new_run_and_steers_it_from_the_sidebar(page, new_run):
     button(page, "Set target").click().run()
     assert any("pending" in m.value or "done at batch" in m.value for m in page.markdown), "the command is listed"
     rerun_until(page, lambda at: metrics(at)["Batch"] == "3,000" and state(at) == "IDLE", "batch 3,000, idle")
-    assert any("`target = 3000` by you: ✅ done at batch" in m.value for m in page.markdown)
+    assert any("`target = 3000` by you: :green[done at batch" in m.value for m in page.markdown)
 
     button(page, "Yes, shut down").click().run()
     rerun_until(page, lambda at: state(at) == "STOPPED" and has_button(at, "Start"), "STOPPED and a Start button")

@@ -1,0 +1,88 @@
+"""Take the README's screenshots: each state of a run, at 1280x800, in headless Chromium.
+
+    .venv/bin/python docs/screenshots.py        (needs Debian's chromium at /usr/bin/chromium)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nnobs.control import send_command  # noqa: E402
+from nnobs.runs import RunDir, create_run, worker_pid  # noqa: E402
+from nnobs.tasks import RunConfig  # noqa: E402
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def badge(page, text: str) -> None:
+    expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=60_000)
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="nnobs-shots-"))
+    port = free_port()
+    create_run(RunDir.named("default", root), RunConfig(target=3_000_000))
+    create_run(RunDir.named("diverging", root), RunConfig(activation="identity", eta=0.05, target=10**9))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(root)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            badge(page, "TRAINING")
+            page.wait_for_timeout(6000)  # let the charts fill: a picture, not a test
+            page.screenshot(path=REPO / "docs/training.png")
+            run = RunDir.named("default", root)
+            send_command(run.control_file, "target", 0)
+            badge(page, "IDLE")
+            page.screenshot(path=REPO / "docs/idle.png")
+            send_command(run.control_file, "shutdown")
+            badge(page, "STOPPED")
+            page.screenshot(path=REPO / "docs/stopped.png")
+            page.get_by_role("button", name="Start", exact=True).click()
+            badge(page, "IDLE")
+            os.kill(worker_pid(run), signal.SIGKILL)
+            badge(page, "CRASHED")
+            page.screenshot(path=REPO / "docs/crashed.png")
+            page.goto(f"http://127.0.0.1:{port}/?run=diverging", timeout=60_000)
+            badge(page, "TRAINING")
+            page.wait_for_timeout(4000)
+            send_command(RunDir.named("diverging", root).control_file, "eta", 3.0)  # far too high
+            badge(page, "DIVERGED")
+            page.wait_for_timeout(2000)
+            page.screenshot(path=REPO / "docs/diverged.png")
+            send_command(RunDir.named("diverging", root).control_file, "shutdown")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for lock in root.glob("*/worker.lock"):
+            pid = worker_pid(RunDir(lock.parent))
+            if pid and pid > 0:
+                os.kill(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
