@@ -96,29 +96,21 @@ def _controls(run: RunDir) -> None:
 
 
 def _training_controls(run: RunDir, status: RunStatus) -> None:
-    bar = st.container()
-    bar.subheader("Training")
-    with bar.form("target_form", border=False):
-        target = st.number_input(
-            "Target batches", min_value=0, step=1000, value=int(status.target or 0),
-            help="Train until the batch count reaches this, then idle. Raise it to train on.",
-        )
-        if st.form_submit_button("Set target"):
-            _send(run, "target", int(target))
-    with bar.form("eta_form", border=False):
-        eta = st.number_input(
-            "Learning rate (eta)", value=float(status.eta or 0.1), format="%.6g", step=0.01,
-            help="Step size of gradient descent; above 0. Too high and the loss diverges.",
-        )
-        if st.form_submit_button("Set eta"):
-            _send(run, "eta", float(eta))
-    with bar.form("report_form", border=False):
-        every = st.number_input(
-            "State report every N batches", min_value=0, step=100, value=int(status.report_every or 0),
-            help="How often the worker reports the whole state vector; 0 reports only on request.",
-        )
-        if st.form_submit_button("Set interval"):
-            _send(run, "report_every", int(every))
+    st.subheader("Training")
+    _setting_form(run, "target", "Target batches", "Set target", int(status.target or 0),
+                  "Train until the batch count reaches this, then idle. Raise it to train on.", min_value=0, step=1000)
+    _setting_form(run, "eta", "Learning rate (eta)", "Set eta", float(status.eta or 0.1),
+                  "Step size of gradient descent; above 0. Too high and the loss diverges.", format="%.6g", step=0.01)
+    _setting_form(run, "report_every", "State report every N batches", "Set interval", int(status.report_every or 0),
+                  "How often the worker reports the whole state vector; 0 reports only on request.", min_value=0, step=100)
+
+
+def _setting_form(run: RunDir, cmd: str, label: str, button: str, value, help_text: str, **number_input) -> None:
+    """A number and its submit button: typing sends nothing until the button is pressed."""
+    with st.form(f"{cmd}_form", border=False):
+        entered = st.number_input(label, value=value, help=help_text, **number_input)
+        if st.form_submit_button(button):
+            _send(run, cmd, entered)
 
 
 def _actions(run: RunDir, status: RunStatus) -> None:
