@@ -56,11 +56,12 @@ def _config(run: RunDir) -> RunConfig | None:
 
 def _send(run: RunDir, cmd: str, value=None) -> None:
     """Check a command as the worker would, then queue it; a refused value is explained and nothing is sent."""
+    st.session_state.pop(f"refused_{cmd}", None)
     try:
         value = check_command(cmd, value)
         command = send_command(run.control_file, cmd, value, by="page")
     except NnobsError as err:
-        st.error(str(err))
+        st.session_state[f"refused_{cmd}"] = str(err)  # shown by its control on every refresh until sent again
         return
     st.toast(f"Sent {cmd.replace('_', ' ')}{'' if value is None else f' {value:,}'}: waiting for the worker")
     st.session_state.setdefault("sent", []).append(command["id"])
@@ -106,11 +107,24 @@ def _training_controls(run: RunDir, status: RunStatus) -> None:
 
 
 def _setting_form(run: RunDir, cmd: str, label: str, button: str, value, help_text: str, **number_input) -> None:
-    """A number and its submit button: typing sends nothing until the button is pressed."""
+    """A number and its submit button: typing sends nothing until the button is pressed.
+
+    The input keeps one key and is set through session state when the run's value changes: a
+    default that changed would make Streamlit draw a second input beside the first.
+    """
+    key, shown = f"setting_{cmd}", f"setting_{cmd}_shown"
+    if st.session_state.get(shown) != value:  # first draw, or the run's value changed
+        st.session_state[key] = st.session_state[shown] = value
     with st.form(f"{cmd}_form", border=False):
-        entered = st.number_input(label, value=value, help=help_text, **number_input)
+        entered = st.number_input(label, key=key, help=help_text, **number_input)
         if st.form_submit_button(button):
             _send(run, cmd, entered)
+        _refusal(cmd)
+
+
+def _refusal(cmd: str) -> None:
+    if refused := st.session_state.get(f"refused_{cmd}"):
+        st.error(refused)
 
 
 def _actions(run: RunDir, status: RunStatus) -> None:
@@ -121,10 +135,12 @@ def _actions(run: RunDir, status: RunStatus) -> None:
     alive = state in ALIVE
     if bar.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
         _send(run, "tell_state")
+    _refusal("tell_state")
     with bar.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
         st.write("The worker saves a checkpoint and exits. **Start** brings it back where it stopped.")
         if st.button("Yes, shut down", type="primary"):
             _send(run, "shutdown")
+    _refusal("shutdown")
     if alive:
         with bar.popover("Restart…", help="Stop the worker and start a new generation from its checkpoint."):
             st.write("The worker stops, then a new generation resumes from the last checkpoint.")
@@ -133,14 +149,16 @@ def _actions(run: RunDir, status: RunStatus) -> None:
     elif bar.button("Start" if state == "stopped" else "Restart", type="primary",
                     help="Start a new worker generation; it resumes from the last checkpoint."):
         _start(run)
+    _refusal("start")
 
 
 def _start(run: RunDir) -> None:
+    st.session_state.pop("refused_start", None)
     with st.spinner("Starting the worker…"):
         try:
             restart_worker(run)
         except NnobsError as err:
-            st.error(str(err))
+            st.session_state["refused_start"] = str(err)
 
 
 def _view_controls() -> None:

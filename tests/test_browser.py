@@ -1,0 +1,352 @@
+"""The page in a real browser: a real `streamlit run app.py`, real workers, Debian's Chromium driven by Playwright.
+
+Every test starts its own Streamlit server on a free loopback port, over its own runs root
+(`NNOBS_RUNS`), creates the `default` run with a small target before the page first opens it,
+and drives the page as a person would. At teardown the browser contexts close, the server is
+terminated and waited for, and the `runs_root` fixture kills every worker left. Screenshots of
+each state go to test-artifacts/ (git-ignored), at 1280x800.
+
+Needs /usr/bin/chromium (Debian's package; no browser is ever downloaded): without it these
+tests are skipped, except under CI (the CI variable set), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from conftest import FOREVER, REPO, wait_for, wait_started
+from nnobs.checkpoint import load_checkpoint
+from nnobs.control import read_commands
+from nnobs.runs import RunDir, create_run, worker_pid
+from nnobs.tasks import RunConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 800}
+ARTIFACTS = REPO / "test-artifacts"
+FIRST_LOAD_MS = 60_000  # the first script run imports pandas and altair and starts the worker
+STEP_MS = 30_000  # any later change on the page; generous for a loaded 2-core machine
+
+expect.set_options(timeout=STEP_MS)
+
+
+# -- fixtures: a browser, a server, pages --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, shared by the tests of this file."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: the browser tests need Debian's chromium package (apt-get install chromium)"
+        if "CI" in os.environ:
+            pytest.fail(f"{reason}; under CI they must run", pytrace=False)
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def server(runs_root: Path, tmp_path: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port over runs_root; its URL. Terminated and waited for at teardown."""
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(runs_root)}, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: process.poll() is not None or _healthy(url), timeout=60, what=f"streamlit to answer at {url}")
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def open_page(browser: Browser, server: str) -> Iterator[Callable[..., Page]]:
+    """open_page(path="/"): a new browser context (a new person) on the server, once the page shows a state badge."""
+    contexts = []
+
+    def open_(path: str = "/") -> Page:
+        context = browser.new_context(viewport=VIEWPORT)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(server + path, timeout=FIRST_LOAD_MS)
+        expect(state_badge(page)).to_be_visible(timeout=FIRST_LOAD_MS)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def default_run(runs_root: Path, target: int) -> RunDir:
+    """The run the page opens without ?run=, created with target so its first worker trains to it."""
+    run = RunDir.named("default", runs_root)
+    create_run(run, RunConfig(target=target))
+    return run
+
+
+# -- what a person sees --------------------------------------------------------------------------
+
+
+def main_area(page: Page) -> Locator:
+    return page.get_by_test_id("stMain")
+
+
+def sidebar(page: Page) -> Locator:
+    return page.get_by_test_id("stSidebar")
+
+
+def title(page: Page) -> Locator:
+    """The header: "nnobs · <run name> <STATE badge>"."""
+    return main_area(page).locator("h2").first
+
+
+def state_badge(page: Page) -> Locator:
+    """The run's state badge in the header, e.g. "TRAINING"."""
+    return title(page).locator(".stMarkdownBadge").first
+
+
+def generation_caption(page: Page) -> Locator:
+    """The caption under the header: "Generation N · worker pid P · <run dir>"."""
+    return main_area(page).get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^Generation ")).first
+
+
+def metric(page: Page, label: str) -> Locator:
+    """The value of the metric labelled label ("Batch", "Eta", ...)."""
+    labelled = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    return main_area(page).get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+
+
+def batch(page: Page) -> int:
+    return int(metric(page, "Batch").inner_text().replace(",", ""))
+
+
+def progress_text(page: Page) -> Locator:
+    """The progress bar's text: "B of T target batches (P%)"."""
+    return main_area(page).get_by_test_id("stProgress")
+
+
+def loss_chart(page: Page) -> Locator:
+    """The Vega-Lite chart titled "Loss"."""
+    return main_area(page).locator(".vega-embed").filter(has=page.locator("[aria-label=\"Title text 'Loss'\"]"))
+
+
+def command_line(page: Page, text: str) -> Locator:
+    """The line of the Commands list that mentions text, e.g. "target = 5000"."""
+    commands = main_area(page).get_by_test_id("stExpander").filter(has_text="Commands")
+    return commands.locator("li").filter(has_text=text)
+
+
+def worker_log_tail(page: Page) -> Locator:
+    return main_area(page).get_by_test_id("stCode")
+
+
+def sidebar_button(page: Page, name: str) -> Locator:
+    return sidebar(page).get_by_role("button", name=name, exact=True)
+
+
+def number_field(page: Page, label: str) -> Locator:
+    """A sidebar number input. For a moment after the run's value changes there are two (see type_number)."""
+    return sidebar(page).locator(f'input[aria-label="{label}"]')
+
+
+def type_number(page: Page, label: str, value: float) -> None:
+    """Type value into a sidebar number input and leave it with Tab (Enter would submit its form at once).
+
+    When the run's value changes, the input is drawn anew (its default changed) and the old one lingers beside
+    it for a moment: wait until there is one.
+    """
+    field = number_field(page, label)
+    expect(field).to_have_count(1)
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def confirm(page: Page, action: str, yes: str) -> None:
+    """Open a confirmation popover from the sidebar ("Shut down…") and press its button ("Yes, shut down")."""
+    sidebar_button(page, action).click()
+    page.get_by_role("button", name=yes, exact=True).click()
+
+
+def screenshot(page: Page, state: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{state}.png")
+
+
+def updated_caption(page: Page) -> Locator:
+    """The last line of the live part: "Updated HH:MM:SS in N ms · R records"."""
+    return main_area(page).get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^Updated ")).first
+
+
+def wait_for_refreshes(page: Page, count: int) -> None:
+    """Wait until the live part has been redrawn in count different seconds: more than count - 1 seconds later."""
+    for _ in range(count):
+        expect(updated_caption(page)).not_to_have_text(updated_caption(page).inner_text())
+
+
+def sent_commands(run: RunDir) -> list[str]:
+    """The commands in the run's control.json, oldest first."""
+    return [c["cmd"] for c in read_commands(run.control_file)] if run.control_file.exists() else []
+
+
+def settled_pid(run: RunDir) -> int:
+    """The live worker's pid, once it has written it."""
+    return wait_for(lambda: (pid := worker_pid(run)) is not None and pid > 0 and pid, what=f"{run.name}'s worker pid")
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+def test_page_shows_the_run_training_with_its_loss_chart_and_a_growing_batch(open_page, runs_root):
+    default_run(runs_root, target=FOREVER)
+    page = open_page()
+
+    expect(title(page)).to_contain_text("default")
+    expect(state_badge(page)).to_have_text("TRAINING")
+    chart = loss_chart(page)
+    expect(chart.locator("svg.marks, canvas").first).to_be_visible()
+    expect(chart.locator(".mark-line path").first).to_have_attribute("d", re.compile(r"\d"))  # the line is drawn
+
+    first = batch(page)
+    expect(metric(page, "Batch")).not_to_have_text(f"{first:,}")
+    assert batch(page) > first, "the batch only grows while the run trains"
+    expect(state_badge(page)).to_have_text("TRAINING")
+    screenshot(page, "training")
+
+
+def test_set_target_is_listed_as_done_and_the_run_idles_at_the_new_target(open_page, runs_root):
+    default_run(runs_root, target=0)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+    expect(metric(page, "Batch")).to_have_text("0")
+
+    type_number(page, "Target batches", 20_000)
+    sidebar_button(page, "Set target").click()
+
+    expect(command_line(page, "target = 20000")).to_contain_text("by you: done at batch 0")
+    expect(progress_text(page)).to_contain_text("of 20,000 target batches")
+    expect(metric(page, "Batch")).to_have_text("20,000")
+    expect(state_badge(page)).to_have_text("IDLE")
+    expect(progress_text(page)).to_contain_text("20,000 of 20,000 target batches (100%)")
+    expect(number_field(page, "Target batches").first).to_have_value("20000")  # the control follows the run
+    screenshot(page, "idle")
+
+
+def test_shut_down_stops_the_worker_and_offers_start(open_page, runs_root):
+    run = default_run(runs_root, target=0)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+
+    confirm(page, "Shut down…", "Yes, shut down")
+
+    expect(state_badge(page)).to_have_text("STOPPED")
+    expect(generation_caption(page)).to_contain_text("no worker running")
+    expect(sidebar_button(page, "Start")).to_be_enabled()
+    assert worker_pid(run) is None
+    screenshot(page, "stopped")
+
+
+def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it_was(open_page, runs_root):
+    run = default_run(runs_root, target=20_000)
+    page = open_page()
+    expect(metric(page, "Batch")).to_have_text("20,000")
+    expect(state_badge(page)).to_have_text("IDLE")
+    expect(generation_caption(page)).to_contain_text("Generation 1 ·")
+    # The worker checkpoints at least every 3 s: wait until it has saved batch 20,000, so the crash loses nothing.
+    wait_for(lambda: (ckpt := load_checkpoint(run.checkpoint)) and ckpt.batch == 20_000, what="a checkpoint at 20,000")
+
+    os.kill(settled_pid(run), signal.SIGKILL)
+
+    expect(state_badge(page)).to_have_text("CRASHED")
+    expect(main_area(page).get_by_role("alert").filter(has_text="The worker died")).to_be_visible()
+    expect(worker_log_tail(page)).to_contain_text("nnobs worker")
+    screenshot(page, "crashed")
+
+    sidebar_button(page, "Restart").click()
+
+    expect(generation_caption(page)).to_contain_text("Generation 2 ·")
+    expect(state_badge(page)).to_have_text("IDLE")
+    expect(metric(page, "Batch")).to_have_text("20,000")
+    assert wait_started(run, 2)["resumed_from"] == 20_000, "generation 2 went on from the checkpoint, not from 0"
+
+
+def test_a_teammate_on_the_same_url_sees_the_same_run_and_the_first_ones_command(open_page, runs_root):
+    default_run(runs_root, target=0)
+    me, teammate = open_page(), open_page()
+    expect(title(teammate)).to_contain_text("default")
+    expect(state_badge(teammate)).to_have_text("IDLE")
+
+    type_number(me, "Target batches", 5_000)
+    sidebar_button(me, "Set target").click()
+
+    expect(command_line(me, "target = 5000")).to_contain_text("by you: done at batch 0")
+    expect(command_line(teammate, "target = 5000")).to_contain_text("by page: done at batch 0")
+    expect(metric(teammate, "Batch")).to_have_text("5,000")
+    expect(generation_caption(teammate)).to_have_text(generation_caption(me).inner_text())
+
+
+def test_a_negative_eta_is_explained_and_nothing_is_sent(open_page, runs_root):
+    run = default_run(runs_root, target=0)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+    # A slow refresh keeps the message on screen: at 1 s the next refresh erases it (the test below).
+    type_number(page, "Refresh every (s)", 60)
+
+    type_number(page, "Learning rate (eta)", -1)
+    sidebar_button(page, "Set eta").click()
+
+    expect(sidebar(page).get_by_role("alert")).to_contain_text("eta must be a number above 0")
+    assert "eta" not in sent_commands(run), "a refused eta is never written to control.json"
+    expect(metric(page, "Eta")).to_have_text("0.1")
+
+
+def test_a_refused_eta_shows_a_message_that_stays_readable(open_page, runs_root):
+    default_run(runs_root, target=0)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+
+    type_number(page, "Learning rate (eta)", -1)
+    sidebar_button(page, "Set eta").click()
+    wait_for_refreshes(page, 3)  # the page redraws while the person reads
+
+    expect(sidebar(page).get_by_role("alert")).to_contain_text("eta must be a number above 0", timeout=5_000)
