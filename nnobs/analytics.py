@@ -31,9 +31,10 @@ def steps(previous: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np
 
 
 GRID = 41  # points along each input axis of the decision surface
+EXTENT = 1.0  # the surface covers [-EXTENT, EXTENT] on both inputs: twice the XOR corners' reach
 
 
-def decision_surface(config: RunConfig, sv: np.ndarray, extent: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decision_surface(config: RunConfig, sv: np.ndarray, extent: float = EXTENT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The net's output over the input square [-extent, extent]^2, for nets with 2 inputs (and the first output).
 
     Returns x1 (GRID*GRID,), x2 (GRID*GRID,) and output (GRID*GRID,).

@@ -10,6 +10,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from nnobs.analytics import EXTENT, GRID
 from nnobs.history import RunHistory
 
 MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
@@ -48,21 +49,19 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 def loss_chart_frame(loss: pd.DataFrame, markers: pd.DataFrame, smoothing: float, log_scale: bool) -> pd.DataFrame:
-    """One long frame for the loss chart's layers: raw and smoothed points, then markers (series "marker").
+    """The loss chart's data: batch, loss and smoothed loss per point, then a row per marker (label, kind).
 
     On a log axis the average is taken of log(loss), so the smoothed line follows the line drawn
     rather than lagging decades above it once the loss has fallen.
     """
-    raw = loss.assign(series="raw")
     values = loss["loss"].to_numpy(dtype=float)
     if log_scale:
         with np.errstate(divide="ignore", invalid="ignore"):
             smooth = np.exp(ema(np.where(values > 0, np.log(values), np.nan), smoothing))
     else:
         smooth = ema(values, smoothing)
-    smoothed = loss.assign(loss=smooth, series="smoothed")
-    marks = markers.assign(loss=np.nan, series="marker")
-    return pd.concat([raw, smoothed, marks], ignore_index=True)[["batch", "loss", "series", "label", "kind"]]
+    frame = pd.concat([loss.assign(smoothed=smooth), markers], ignore_index=True)
+    return frame.astype({"label": "category", "kind": "category"})  # few distinct strings: sent once each
 
 
 def layer_of(name: str) -> str:
@@ -79,13 +78,11 @@ def steps_frame(history: RunHistory, column: int) -> pd.DataFrame:
 
 
 def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts) -> pd.DataFrame:
-    """The decision surface's cells (kind "grid") and the training points on top (kind "fact")."""
-    step = (x1.max() - x1.min()) / (np.sqrt(len(x1)) - 1)
-    grid = pd.DataFrame({"x1": x1 - step / 2, "x2": x2 - step / 2, "x1_end": x1 + step / 2, "x2_end": x2 + step / 2,
-                         "output": output, "kind": "grid"})
+    """The decision surface's cells (x1, x2, output) and the training points on top (x1, x2, target)."""
     x, ideal = facts
-    points = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "output": ideal[:, 0], "kind": "fact"})
-    return pd.concat([grid, points], ignore_index=True)
+    cells = pd.DataFrame({"x1": x1, "x2": x2, "output": output})
+    points = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "target": ideal[:, 0]})
+    return pd.concat([cells, points], ignore_index=True).astype("float32")  # a picture: 7 digits are plenty
 
 
 def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,6 +100,7 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
     for j in range(min(buckets.n_columns, MAX_SV_LINES)):
         batches, values = buckets.points(j)
         lines.append(pd.DataFrame({"batch": batches, "layer": layer_of(names[j]), "parameter": names[j], "value": values}))
+    categories = {"layer": "category", "parameter": "category"}  # each name sent once, not once a point
     starts, ends, means = buckets.means(HEATMAP_COLUMNS)  # (bins,), (bins,), (bins, kept)
     n_bins, kept = means.shape
     heat = pd.DataFrame(
@@ -113,7 +111,7 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
             "value": means.ravel(),
         }
     )
-    return pd.concat(lines, ignore_index=True), heat
+    return pd.concat(lines, ignore_index=True).astype(categories), heat.astype({"parameter": "category"})
 
 
 def _spec(chart: alt.Chart) -> dict:
@@ -147,30 +145,29 @@ def _zoom() -> alt.Parameter:
 def loss_spec(log_scale: bool) -> dict:
     """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect."""
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
-    plotted = "datum.loss > 0" if log_scale else "isValid(datum.loss)"  # a log axis has no zero
-    y = alt.Y("loss:Q", title="loss" + (" (log)" if log_scale else ""), scale=scale)
+    title = "loss" + (" (log)" if log_scale else "")
     x = alt.X("batch:Q", title="batch")
-    point_tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"), "series:N"]
-    raw = (
-        alt.Chart().transform_filter(f"datum.series == 'raw' && {plotted}")
-        .mark_line(opacity=0.3, color="#8c9bab").encode(x=x, y=y, tooltip=point_tip).add_params(_zoom())
-    )
-    smoothed = (
-        alt.Chart().transform_filter(f"datum.series == 'smoothed' && {plotted}")
-        .mark_line(color="#1f77b4").encode(x=x, y=y, tooltip=point_tip)
-    )
+    tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
+           alt.Tooltip("smoothed:Q", format=".4g")]
+
+    def line(field: str) -> alt.Chart:
+        plotted = f"datum.{field} > 0" if log_scale else f"isValid(datum.{field})"  # a log axis has no zero
+        return alt.Chart().transform_filter(plotted).encode(
+            x=x, y=alt.Y(f"{field}:Q", title=title, scale=scale), tooltip=tip
+        )
+
+    raw = line("loss").mark_line(opacity=0.3, color="#8c9bab").add_params(_zoom())
+    smoothed = line("smoothed").mark_line(color="#1f77b4")
     marker_color = alt.Color(
         "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]),
         legend=alt.Legend(title="marker", orient="top"),
     )
-    rules = (
-        alt.Chart().transform_filter("datum.series == 'marker'")
-        .mark_rule(strokeDash=[4, 3]).encode(x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")])
+    markers = alt.Chart().transform_filter("isValid(datum.label)")
+    rules = markers.mark_rule(strokeDash=[4, 3]).encode(
+        x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")]
     )
-    labels = (
-        alt.Chart().transform_filter("datum.series == 'marker'")
-        .mark_text(align="left", baseline="top", dx=3, fontSize=10, angle=0)
-        .encode(x=x, y=alt.value(3), text="label:N", color=marker_color)
+    labels = markers.mark_text(align="left", baseline="top", dx=3, fontSize=10).encode(
+        x=x, y=alt.value(3), text="label:N", color=marker_color
     )
     return _spec(alt.layer(raw, smoothed, rules, labels, title="Loss").properties(height=320))
 
@@ -215,18 +212,25 @@ def steps_spec(figure: str) -> dict:
 @_built_once
 def surface_spec() -> dict:
     """The net's output over the input plane, with the training points on top, both on one diverging scale."""
-    color = alt.Color("output:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True), title="output")
+    half = EXTENT / (GRID - 1) / 2  # half a cell: the grid is GRID points across [-EXTENT, EXTENT]
+    diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True)
+    axis = alt.Scale(domain=[-EXTENT - half, EXTENT + half], nice=False)
     cells = (
-        alt.Chart().transform_filter("datum.kind == 'grid'").mark_rect()
-        .encode(x=alt.X("x1:Q", title="input 1", scale=alt.Scale(nice=False, zero=False)), x2="x1_end:Q",
-                y=alt.Y("x2:Q", title="input 2", scale=alt.Scale(nice=False, zero=False)), y2="x2_end:Q",
-                color=color, tooltip=[alt.Tooltip("x1:Q", format=".2f"), alt.Tooltip("x2:Q", format=".2f"),
-                                      alt.Tooltip("output:Q", format=".3f")])
+        alt.Chart().transform_filter("isValid(datum.output)")
+        .transform_calculate(left=f"datum.x1 - {half}", right=f"datum.x1 + {half}",
+                             bottom=f"datum.x2 - {half}", top=f"datum.x2 + {half}")
+        .mark_rect()
+        .encode(x=alt.X("left:Q", title="input 1", scale=axis), x2="right:Q",
+                y=alt.Y("bottom:Q", title="input 2", scale=axis), y2="top:Q",
+                color=alt.Color("output:Q", scale=diverging, title="output"),
+                tooltip=[alt.Tooltip("x1:Q", format=".2f"), alt.Tooltip("x2:Q", format=".2f"),
+                         alt.Tooltip("output:Q", format=".3f")])
     )
     facts = (
-        alt.Chart().transform_filter("datum.kind == 'fact'").mark_point(filled=True, size=140, stroke="black", strokeWidth=1.5)
-        .encode(x="x1:Q", y="x2:Q", fill=alt.Fill("output:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
-                                                     legend=None), tooltip=["x1:Q", "x2:Q", alt.Tooltip("output:Q", title="target")])
+        alt.Chart().transform_filter("isValid(datum.target)")
+        .mark_point(filled=True, size=140, stroke="black", strokeWidth=1.5)
+        .encode(x="x1:Q", y="x2:Q", fill=alt.Fill("target:Q", scale=diverging, legend=None),
+                tooltip=["x1:Q", "x2:Q", "target:Q"])
     )
     return _spec(alt.layer(cells, facts, title="Decision surface (latest state)").properties(height=300))
 

@@ -117,6 +117,8 @@ class RunHistory:
         if isinstance(newest, dict):
             self.last_t = number(newest.get("t")) or self.last_t
             self.gen = newest["gen"] if isinstance(newest.get("gen"), int) else self.gen
+            # The newest line is the worker's latest word on its batch, whatever it reports.
+            self.batch = next((p[0] for p in map(pair, newest.values()) if p), self.batch)
         if self.last_t is not None and (not self.progress or self.progress[-1][0] < self.last_t):
             self.progress.append((self.last_t, self.batch, self.loss))
 

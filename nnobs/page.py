@@ -205,7 +205,8 @@ def _metrics(view: RunView) -> None:
     st.html("<style>[data-testid='stMetricValue'] {font-size: 1.45rem;}</style>")  # six figures fit one row
     cols = st.columns(6)
     cols[0].metric("Batch", f"{status.batch:,}")
-    cols[1].metric("Batches/s", "-" if view.rate is None else f"{view.rate:,.0f}")
+    rate = view.rate if status.state == "training" else None
+    cols[1].metric("Batches/s", "-" if rate is None else f"{rate:,.0f}")
     left = view.seconds_to_target
     cols[2].metric("To target", "-" if left is None else _duration(left))
     loss = "diverged" if status.diverged else "-" if status.loss is None else f"{status.loss:.3g}"
