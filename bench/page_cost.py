@@ -110,7 +110,7 @@ def figures(say) -> None:
             f"{runs[10**6].run_file.stat().st_size / 1e6:.0f} MB file, 1 line in {STATE_EVERY} a state report")
         sent = measured[10**6][2]
         say("chart data per refresh at 10^6 records, KB", sent / 1000, "<= 300 KB", sent <= 300_000,
-            "Arrow bytes of the loss, parameter and heatmap data")
+            "Arrow bytes of every chart's data")
         states = RunDir.named("states", root)
         write_run(states, 10**6, state_every=1)
         cold_states, _ = refresh(states, RunWatcher(states.run_file))
