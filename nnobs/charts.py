@@ -25,9 +25,11 @@ def loss_frame(history: RunHistory) -> pd.DataFrame:
 
 def markers_frame(history: RunHistory) -> pd.DataFrame:
     """Where commands took effect and generations began: batch, label, kind."""
+    lanes = 3  # labels step down in turn, so markers at nearby batches do not write over each other
     return pd.DataFrame(
         {"batch": [m.batch for m in history.markers], "label": [m.label for m in history.markers],
-         "kind": [m.kind for m in history.markers]}
+         "kind": [m.kind for m in history.markers],
+         "lane": [3 + 13 * (i % lanes) for i in range(len(history.markers))]}  # pixels from the top
     )
 
 
@@ -167,7 +169,7 @@ def loss_spec(log_scale: bool) -> dict:
         x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")]
     )
     labels = markers.mark_text(align="left", baseline="top", dx=3, fontSize=10).encode(
-        x=x, y=alt.value(3), text="label:N", color=marker_color
+        x=x, y=alt.Y("lane:Q", scale=None), text="label:N", color=marker_color
     )
     return _spec(alt.layer(raw, smoothed, rules, labels, title="Loss").properties(height=320))
 
