@@ -81,7 +81,6 @@ class RunHistory:
         self.target: int | None = None
         self.report_every: int | None = None
         self.gen: int | None = None
-        self.pid: int | None = None
         self.last_t: float | None = None  # wall time of the newest record: the heartbeat
         self.diverged = False
         self.n_records = 0  # complete JSON lines folded in
@@ -169,7 +168,6 @@ class RunHistory:
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
         if kind == "started":
-            self.pid = record.get("pid") if isinstance(record.get("pid"), int) else None
             self.markers.append(Marker(batch, f"gen {self.gen}", "generation"))
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
