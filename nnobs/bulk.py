@@ -41,7 +41,7 @@ class ParsedLines:
     loss_batch: np.ndarray  # (n,) int64
     loss_value: np.ndarray  # (n,) float64, NaN where diverged
     sv_batch: np.ndarray  # (k,) int64
-    sv_rows: np.ndarray  # (k, width): the state vectors as wide as the newest one (a narrower net's are dropped)
+    sv_rows: np.ndarray  # (k, width): the state vectors as wide as the newest one (others are dropped)
     settings: dict[str, Any]  # eta, target, report_every: the newest value of each reported
     records: list[dict]  # lines of other shapes, parsed as JSON: events, answers, the notebook's lines
     skipped: int  # lines that were not a JSON object
@@ -101,11 +101,11 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
 def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings: dict) -> None:
     """Collect the loss, state vector and settings a JSON-parsed record carries."""
     loss = pair(record.get("loss"))
-    if loss:
-        value = number(loss[1])
-        json_loss.append((at, loss[0], np.nan if value is None or record.get("diverged") is True else value))
+    if loss and (loss[1] is None or number(loss[1]) is not None):  # a number, or null where it diverged
+        value = np.nan if loss[1] is None or record.get("diverged") is True else float(loss[1])
+        json_loss.append((at, loss[0], value))
     sv = pair(record.get("sv"))
-    if sv and isinstance(sv[1], list):
+    if sv and isinstance(sv[1], list) and all(v is None or number(v) is not None for v in sv[1]):
         json_sv.append((at, sv[0], sv[1]))
     for topic in SETTINGS:
         setting = pair(record.get(topic))
@@ -157,11 +157,20 @@ def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
 
 
 def number(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """value when it is a finite-width number JSON can hold, else None."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63):
+        return value
+    return None
 
 
 def pair(value: Any) -> tuple[int, Any] | None:
     """A topic's [batch, value], or None when the value does not have that shape."""
-    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) and not isinstance(value[0], bool):
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and 0 <= value[0] < 2**63  # a batch count fits an int64 column
+    ):
         return value[0], value[1]
     return None

@@ -29,7 +29,7 @@ def markers_frame(history: RunHistory) -> pd.DataFrame:
     return pd.DataFrame(
         {"batch": [m.batch for m in history.markers], "label": [m.label for m in history.markers],
          "kind": [m.kind for m in history.markers],
-         "lane": [3 + 13 * (i % lanes) for i in range(len(history.markers))]}  # pixels from the top
+         "lane": [3 + 13 * (m.number % lanes) for m in history.markers]}  # pixels from the top
     )
 
 

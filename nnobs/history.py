@@ -44,11 +44,13 @@ class Marker:
     batch: int
     label: str  # e.g. "eta 0.05", "target 5,000", "gen 2"
     kind: str  # "command" or "generation"
+    number: int  # counts markers from the first: a stable place for its label
 
 
 MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state"}
 MAX_MARKERS = 200  # the newest are kept; a chart with more would be unreadable anyway
-PROGRESS_SAMPLES = 64  # (time, batch, loss) at each refresh, for the training rate and the loss trend
+PROGRESS_SAMPLES = 64  # (time, batch, loss) samples, for the training rate and the loss trend
+PROGRESS_EVERY_S = 0.5  # at most this often, however many sessions refresh: 64 samples span 30 s or more
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
 SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
@@ -57,9 +59,9 @@ SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger
 class RunHistory:
     """Series and latest values of one run; feed it records in file order with add().
 
-    Memory stays bounded for state vectors: their trajectories are kept as min/max buckets of
-    the first SV_KEPT parameters, and only the latest vector is kept whole. The loss is kept
-    whole in compact arrays (16 bytes a report), with buckets beside it for the chart.
+    State vectors cost bounded memory: their trajectories are kept as min/max buckets of the
+    first SV_KEPT parameters, the latest vector whole, and 8 bytes a report for its batch. The
+    loss is kept whole in compact arrays (16 bytes a report), with buckets beside it for the chart.
     """
 
     def __init__(self, max_points: int = MAX_POINTS):
@@ -73,6 +75,7 @@ class RunHistory:
         self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
         self.events: list[Event] = []
         self.markers: deque[Marker] = deque(maxlen=MAX_MARKERS)
+        self._markers_seen = 0
         self.progress: deque[tuple[float, int, float | None]] = deque(maxlen=PROGRESS_SAMPLES)
         self.answers: dict[str, Answer] = {}  # by command id
         self.batch = 0
@@ -91,8 +94,19 @@ class RunHistory:
         self.add_lines(b"".join(encode_record(record) for record in records))
 
     def add_lines(self, chunk: bytes) -> None:
-        """Fold in a chunk of complete run-file lines, in file order."""
-        parsed = parse_lines(chunk)
+        """Fold in a chunk of complete run-file lines, in file order; a line that cannot be folded is skipped."""
+        try:
+            parsed = parse_lines(chunk)
+        except (ValueError, TypeError, OverflowError):  # a line of a shape nothing here foresaw: one at a time
+            for line in chunk.splitlines(keepends=True):
+                try:
+                    self._add_parsed(parse_lines(line), line)
+                except (ValueError, TypeError, OverflowError):
+                    self.skipped_lines += 1
+            return
+        self._add_parsed(parsed, chunk)
+
+    def _add_parsed(self, parsed, chunk: bytes) -> None:
         self.n_records += chunk.count(b"\n") - parsed.skipped
         self.skipped_lines += parsed.skipped
         if len(parsed.loss_batch):
@@ -118,7 +132,7 @@ class RunHistory:
             self.gen = newest["gen"] if isinstance(newest.get("gen"), int) else self.gen
             # The newest line is the worker's latest word on its batch, whatever it reports.
             self.batch = next((p[0] for p in map(pair, newest.values()) if p), self.batch)
-        if self.last_t is not None and (not self.progress or self.progress[-1][0] < self.last_t):
+        if self.last_t is not None and (not self.progress or self.progress[-1][0] + PROGRESS_EVERY_S <= self.last_t):
             self.progress.append((self.last_t, self.batch, self.loss))
 
     def rate(self, window_s: float = 10.0) -> tuple[float | None, float | None]:
@@ -148,7 +162,9 @@ class RunHistory:
                 label = MARKER_LABELS.get(answer[1].get("cmd"))
                 if ok and label:
                     value = answer[1].get("value")
-                    self.markers.append(Marker(answer[0], label.format(value) if value is not None else label, "command"))
+                    text = label.format(value) if value is not None else label
+                    self.markers.append(Marker(answer[0], text, "command", self._markers_seen))
+                    self._markers_seen += 1
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""
@@ -162,13 +178,14 @@ class RunHistory:
         lengths, cosines = steps(self._sv_tail, vectors)
         self.step_buckets.extend(batches, np.column_stack((lengths, cosines)))
         tail = vectors if self._sv_tail is None else np.vstack((self._sv_tail, vectors))
-        self._sv_tail = tail[-2:]
-        self.sv_latest = vectors[-1]
+        self._sv_tail = tail[-2:].copy()
+        self.sv_latest = vectors[-1].copy()  # copies: views would keep the whole parsed chunk alive
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
         if kind == "started":
-            self.markers.append(Marker(batch, f"gen {self.gen}", "generation"))
+            self.markers.append(Marker(batch, f"gen {self.gen}", "generation", self._markers_seen))
+            self._markers_seen += 1
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail))

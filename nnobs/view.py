@@ -25,7 +25,7 @@ class RunView:
     """A snapshot the page can draw without holding the watcher's lock."""
 
     status: RunStatus
-    never_ran: bool  # no worker has ever announced itself in the run file
+    never_ran: bool  # the run file is empty: no worker has ever written to it
     report_every: int | None
     n_records: int
     recent: list[tuple[Command, Answer | None]]  # newest first, with the worker's answer when it has one
@@ -67,7 +67,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
         rate, loss_change = history.rate()
         return RunView(
             status=run_status(run, history),
-            never_ran=not history.events,
+            never_ran=not history.events and history.n_records == 0,  # a notebook's file has records, no events
             report_every=history.report_every,
             n_records=history.n_records,
             recent=[(c, history.answers.get(str(c.get("id")))) for c in reversed(recent)],
