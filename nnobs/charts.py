@@ -50,19 +50,32 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def loss_chart_frame(loss: pd.DataFrame, markers: pd.DataFrame, smoothing: float, log_scale: bool) -> pd.DataFrame:
-    """The loss chart's data: batch, loss and smoothed loss per point, then a row per marker (label, kind).
+def loss_means_frame(history: RunHistory) -> tuple[pd.DataFrame, int]:
+    """Each loss bucket's mean at its middle batch, and how many reports a full bucket holds."""
+    buckets = history.loss_buckets
+    starts, ends, means = buckets.means(buckets.max_buckets)
+    return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]}), buckets.width
 
-    On a log axis the average is taken of log(loss), so the smoothed line follows the line drawn
-    rather than lagging decades above it once the loss has fallen.
+
+def loss_chart_frame(
+    loss: pd.DataFrame, means: pd.DataFrame, width: int, markers: pd.DataFrame, smoothing: float, log_scale: bool
+) -> pd.DataFrame:
+    """The loss chart's data: raw points (batch, loss), smoothed points (batch, smoothed), markers (label, kind).
+
+    The smoothing runs over the buckets' means, not the min/max outline drawn raw, with the weight
+    raised to the bucket width, so a setting spans the same number of reports however long the
+    run. On a log axis it averages log(loss), so the line follows the curve drawn rather than
+    lagging decades above it once the loss has fallen.
     """
-    values = loss["loss"].to_numpy(dtype=float)
+    values = means["mean"].to_numpy(dtype=float)
+    weight = smoothing**width
     if log_scale:
         with np.errstate(divide="ignore", invalid="ignore"):
-            smooth = np.exp(ema(np.where(values > 0, np.log(values), np.nan), smoothing))
+            smooth = np.exp(ema(np.where(values > 0, np.log(values), np.nan), weight))
     else:
-        smooth = ema(values, smoothing)
-    frame = pd.concat([loss.assign(smoothed=smooth), markers], ignore_index=True)
+        smooth = ema(values, weight)
+    smoothed = pd.DataFrame({"batch": means["batch"], "smoothed": smooth})
+    frame = pd.concat([loss, smoothed, markers], ignore_index=True)
     return frame.astype({"label": "category", "kind": "category"})  # few distinct strings: sent once each
 
 

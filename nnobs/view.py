@@ -33,6 +33,8 @@ class RunView:
     rate: float | None  # batches per second over the last seconds
     loss_change: float | None  # relative change of the loss over the same seconds
     loss: pd.DataFrame  # batch, loss: at most the history's max_points rows
+    loss_means: pd.DataFrame  # batch, mean: the loss buckets' means, what smoothing works on
+    loss_width: int  # reports in a full loss bucket
     markers: pd.DataFrame  # batch, label, kind: where commands took effect and generations began
     sv_names: tuple[str, ...]  # the parameters in the state-vector charts
     sv_lines: pd.DataFrame | None  # batch, layer, parameter, value
@@ -65,6 +67,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             if config and len(names) == width and config.sizes[0] == 2:
                 surface = charts.surface_frame(*decision_surface(config, history.sv_latest), _facts(config))
         rate, loss_change = history.rate()
+        loss_means, loss_width = charts.loss_means_frame(history)
         return RunView(
             status=run_status(run, history),
             never_ran=not history.events and history.n_records == 0,  # a notebook's file has records, no events
@@ -75,6 +78,8 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             rate=rate,
             loss_change=loss_change,
             loss=charts.loss_frame(history),
+            loss_means=loss_means,
+            loss_width=loss_width,
             markers=charts.markers_frame(history),
             sv_names=sv_names,
             sv_lines=sv_lines,
@@ -122,7 +127,7 @@ def _commands_of_version(path: str, signature: tuple[int, int, int]) -> tuple[li
 def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dict[str, pd.DataFrame]:
     """The data of every chart the page draws, by chart; what a refresh sends to the browser."""
     frames = {
-        "loss": charts.loss_chart_frame(view.loss, view.markers, smoothing, log_scale),
+        "loss": charts.loss_chart_frame(view.loss, view.loss_means, view.loss_width, view.markers, smoothing, log_scale),
         "step_lengths": view.step_lengths,
         "step_cosines": view.step_cosines,
     }

@@ -178,3 +178,24 @@ def test_a_malformed_number_in_a_worker_shaped_line_is_skipped_not_misread():
         history.add_lines(good * many + bad_sv + bad_loss + b'{"loss":[8,0.25],"t":2.0,"gen":1}\n')
         assert history.skipped_lines == 2
         assert history.sv_batches.values().tolist() == [5] * many and history.loss_series()[0].tolist() == [8]
+
+
+def test_smoothing_follows_the_mean_not_the_spikes_of_a_long_run():
+    rng = np.random.default_rng(5)
+    losses = np.where(rng.random(200_000) < 0.01, 10.0, 1.0)  # spikes on 1% of batches: mean 1.09
+    history = RunHistory()
+    history.add_lines(b"".join(b'{"loss":[%d,%r],"t":1.0,"gen":1}\n' % (i, float(v)) for i, v in enumerate(losses)))
+    means, width = charts.loss_means_frame(history)
+    frame = charts.loss_chart_frame(charts.loss_frame(history), means, width, charts.markers_frame(history), 0.9, False)
+    smoothed = frame["smoothed"].dropna().to_numpy()
+    assert frame["loss"].max() == 10.0, "the raw outline keeps the spikes"
+    assert abs(smoothed[-100:].mean() - losses.mean()) < 0.05, "the smoothed line sits at the mean"
+
+
+def test_odd_but_valid_json_lines_are_skipped_and_the_rest_kept():
+    history = RunHistory()
+    history.add_lines(
+        b'{"loss":[1,0.5],"t":1.0,"gen":1}\n{"sv":[5,["x",1]]}\n{"sv":[6,[[1,2],[3,4]]]}\n'
+        b'{"loss":[99999999999999999999,0.5]}\n{"loss":[2,"fast"]}\n{"loss":[3,0.25],"t":2.0,"gen":1}\n'
+    )
+    assert history.loss_series()[0].tolist() == [1, 3] and history.sv_latest is None and history.loss == 0.25
