@@ -23,7 +23,7 @@ from nnobs.runs import (
     start_worker,
 )
 from nnobs.tasks import RunConfig, load_config
-from nnobs.view import RunView, build_view, chart_frames, current_status
+from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
 
 STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
 ALIVE = ("training", "idle")
@@ -129,24 +129,23 @@ def _refusal(cmd: str) -> None:
 
 def _actions(run: RunDir, status: RunStatus) -> None:
     """Actions that fit the run's state."""
-    bar = st.container()
-    bar.subheader("Actions")
+    st.subheader("Actions")
     state = status.state
     alive = state in ALIVE
-    if bar.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
+    if st.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
         _send(run, "tell_state")
     _refusal("tell_state")
-    with bar.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
+    with st.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
         st.write("The worker saves a checkpoint and exits. **Start** brings it back where it stopped.")
         if st.button("Yes, shut down", type="primary"):
             _send(run, "shutdown")
     _refusal("shutdown")
     if alive:
-        with bar.popover("Restart…", help="Stop the worker and start a new generation from its checkpoint."):
+        with st.popover("Restart…", help="Stop the worker and start a new generation from its checkpoint."):
             st.write("The worker stops, then a new generation resumes from the last checkpoint.")
             if st.button("Yes, restart", type="primary"):
                 _start(run)
-    elif bar.button("Start" if state == "stopped" else "Restart", type="primary",
+    elif st.button("Start" if state == "stopped" else "Restart", type="primary",
                     help="Start a new worker generation; it resumes from the last checkpoint."):
         _start(run)
     _refusal("start")
@@ -297,11 +296,9 @@ def main() -> None:
     st.set_page_config(page_title="nnobs", layout="wide")
     run = _open_run()
     config = _config(run)
-    view = build_view(run, _watcher(str(run.run_file)), config)
-    if view.never_ran:  # a new run starts on first sight; a stopped or crashed one waits for a person to start it
+    if never_ran(_watcher(str(run.run_file))):  # a new run starts on first sight; others wait for a person
         try:
             start_worker(run)
-            view = build_view(run, _watcher(str(run.run_file)), config)
         except NnobsError as err:
             st.error(str(err))
     _run_picker(run)

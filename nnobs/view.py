@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nnobs import charts
@@ -25,7 +26,6 @@ class RunView:
     """A snapshot the page can draw without holding the watcher's lock."""
 
     status: RunStatus
-    never_ran: bool  # the run file is empty: no worker has ever written to it
     report_every: int | None
     n_records: int
     recent: list[tuple[Command, Answer | None]]  # newest first, with the worker's answer when it has one
@@ -54,7 +54,7 @@ class RunView:
 def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> RunView:
     """Read what was appended, then copy out what the page draws: bounded however long the run."""
     recent, control_error = _recent_commands(run.control_file)
-    names = parameter_names(config) if config else []
+    names = _names(config.to_json()) if config else []
     with watcher.lock:
         history = watcher.refresh()
         sv_names: tuple[str, ...] = ()
@@ -65,12 +65,11 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             sv_names = tuple(full[: history.sv_buckets.n_columns])
             sv_lines, sv_heat = charts.sv_frames(history, full)
             if config and len(names) == width and config.sizes[0] == 2:
-                surface = charts.surface_frame(*decision_surface(config, history.sv_latest), _facts(config))
+                surface = _surface(config.to_json(), history.sv_latest.tobytes())
         rate, loss_change = history.rate()
         loss_means, loss_width = charts.loss_means_frame(history)
         return RunView(
             status=run_status(run, history),
-            never_ran=not history.events and history.n_records == 0,  # a notebook's file has records, no events
             report_every=history.report_every,
             n_records=history.n_records,
             recent=[(c, history.answers.get(str(c.get("id")))) for c in reversed(recent)],
@@ -90,15 +89,25 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
         )
 
 
-@lru_cache(maxsize=16)
-def _facts_of(config_json: str):
+@lru_cache(maxsize=8)
+def _names(config_json: str) -> list[str]:
+    """Parameter names, built once per config: a large net has hundreds of thousands."""
+    return parameter_names(RunConfig.from_json(config_json))
+
+
+@lru_cache(maxsize=8)
+def _surface(config_json: str, sv: bytes) -> pd.DataFrame:
+    """The decision surface and the task's training batch on it, computed once per state vector."""
     config = RunConfig.from_json(config_json)
-    return TASKS[config.task](config)()
+    facts = TASKS[config.task](config)()
+    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts)
 
 
-def _facts(config: RunConfig):
-    """The task's training batch, drawn on the decision surface (the XOR task's four corners)."""
-    return _facts_of(config.to_json())
+def never_ran(watcher: RunWatcher) -> bool:
+    """True while the run file is empty: no worker has ever written to it (a notebook's file has records)."""
+    with watcher.lock:
+        history = watcher.refresh()
+        return not history.events and history.n_records == 0
 
 
 def current_status(run: RunDir, watcher: RunWatcher) -> RunStatus:
