@@ -83,7 +83,9 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
                 settings[topic] = (state_at[-1], value)
     loss = _numbers([rows[i][0] for i in loss_at], 2)  # (n, 2): batch, loss
     loss_batch, loss_value = _in_line_order(
-        loss_at, loss[:, 0].astype(np.int64), loss[:, 1], [j[0] for j in json_loss], [j[1:] for j in json_loss]
+        loss_at, (loss[:, 0].astype(np.int64), loss[:, 1]),
+        [at for at, _, _ in json_loss],
+        (np.array([b for _, b, _ in json_loss], np.int64), np.array([v for _, _, v in json_loss], float)),
     )
     sv_batch, sv_rows = _state_vectors(rows, state_at, json_sv)
     return ParsedLines(
@@ -113,13 +115,12 @@ def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings
             settings[topic] = (at, setting[1])
 
 
-def _in_line_order(fast_at: list[int], fast_batch, fast_value, slow_at: list[int], slow: list) -> tuple:
-    """Merge values found by regex with the few found by JSON into line order: batches and values."""
-    if not slow:
-        return fast_batch, fast_value
-    slow_batch, slow_value = np.array([b for b, _ in slow], np.int64), np.array([v for _, v in slow], float)
+def _in_line_order(fast_at: list[int], fast: tuple, slow_at: list[int], slow: tuple) -> tuple:
+    """Merge parallel arrays found by regex with the few found by JSON, each with its lines, into line order."""
+    if not slow_at:
+        return fast
     order = np.argsort(np.concatenate((fast_at, slow_at)), kind="stable")
-    return np.concatenate((fast_batch, slow_batch))[order], np.concatenate((fast_value, slow_value))[order]
+    return tuple(np.concatenate((f, s))[order] for f, s in zip(fast, slow))
 
 
 def _state_vectors(rows: list[tuple], state_at: list[int], json_sv: list) -> tuple[np.ndarray, np.ndarray]:
@@ -132,12 +133,9 @@ def _state_vectors(rows: list[tuple], state_at: list[int], json_sv: list) -> tup
     fast_batch = _numbers([rows[i][1] for i in fast_at], 2)[:, 0].astype(np.int64)
     fast_rows = _numbers([rows[i][2] for i in fast_at], width)  # (len(fast_at), width)
     slow = [(at, batch, values) for at, batch, values in json_sv if len(values) == width]
-    if not slow:
-        return fast_batch, fast_rows
     slow_rows = np.array([[np.nan if v is None else v for v in values] for _, _, values in slow], dtype=float)
     slow_batch = np.array([batch for _, batch, _ in slow], np.int64)
-    order = np.argsort(np.concatenate((fast_at, [at for at, _, _ in slow])), kind="stable")
-    return np.concatenate((fast_batch, slow_batch))[order], np.concatenate((fast_rows, slow_rows))[order]
+    return _in_line_order(fast_at, (fast_batch, fast_rows), [at for at, _, _ in slow], (slow_batch, slow_rows))
 
 
 def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nnobs.bulk import number as _number
 from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nnobs.control import Command, ControlWatcher, check_command
 from nnobs.errors import CommandError, ControlFileError, NnobsError
-from nnobs.bulk import number as _number
+from nnobs.history import RunHistory
 from nnobs.nn import Fact, Network
 from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
 from nnobs.runs import RunDir, take_worker_lock
@@ -43,12 +44,12 @@ class Worker:
         self.net = net
         self.next_batch = next_batch
         self.resumed_from = None if ckpt is None else ckpt.batch
+        # Until this generation has looked at the control file once, its checkpoints keep the last one's
+        # run offset: answers given after it must still be known to a successor if we die now.
+        self._answers_from: int | None = 0
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, config.target, config.report_every, 1
             last_seq, answered = 0, set()
-            self._answers_from: int | None = 0
-        # Until this generation has looked at the control file once, its checkpoints keep the last one's
-        # run offset: answers given after it must still be known to a successor if we die now.
         else:
             try:
                 net.set_state_from_vector(ckpt.sv)
@@ -236,13 +237,9 @@ def _answered_since(run_file: Path, offset: int) -> set[str]:
     """Ids of commands answered in the run file after offset."""
     reader = RecordReader(run_file)
     reader.offset = offset
-    ids = set()
-    for record in reader.read_new():
-        for topic in ("ack", "reject"):
-            pair = record.get(topic)
-            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict):
-                ids.add(str(pair[1].get("id")))
-    return ids
+    history = RunHistory()
+    history.add_lines(reader.read_new_lines())
+    return set(history.answers)
 
 
 def main(argv: list[str]) -> int:
