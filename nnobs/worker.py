@@ -250,6 +250,8 @@ def main(argv: list[str]) -> int:
         return 0
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, str(os.getpid()).encode(), 0)
+    for stale in run.path.glob(f".{run.checkpoint.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # a checkpoint a killed predecessor never finished; only the lock holder writes them
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"nnobs worker {os.getpid()} started {stamp} for {run.path}", flush=True)
     try:
