@@ -234,7 +234,10 @@ def _problems(run: RunDir, view: RunView) -> None:
         st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")
         st.code(log_tail(run) or "(worker.log is empty)", language=None)
     if status.diverged:
-        st.warning(f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Lower eta to recover.")
+        st.warning(
+            f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Training is paused, back at the "
+            "last finite parameters (the last checkpoint's): **lower eta** to train on from there."
+        )
     if view.control_error:
         st.warning(view.control_error)
 

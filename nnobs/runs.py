@@ -232,7 +232,9 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
     pid = worker_pid(run)
     last = history.last_lifecycle
     if pid is not None:
-        state = "training" if history.target is None or history.batch < history.target else "idle"
+        # A diverged worker waits for a new eta: it is not training, whatever its target.
+        at_rest = history.diverged or (history.target is not None and history.batch >= history.target)
+        state = "idle" if at_rest else "training"
     elif not run.path.is_dir():
         state = "absent"
     elif last is None or last.kind == "shutdown":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -64,6 +65,8 @@ class Worker:
         self.out = BackgroundWriter(run.run_file, self.gen)
         self.loss = net.losses([next_batch()])[0]
         self.done = False
+        self.paused = False  # the loss diverged: no training until eta changes
+        self._finite_state: tuple[int, np.ndarray] | None = None  # (batch, state vector) of the last finite checkpoint
         self._last_loss_report = 0.0  # monotonic time
         self._last_reported_loss: float | None = None
         self._last_checkpoint = 0.0
@@ -81,6 +84,11 @@ class Worker:
             "target": [b, self.target],
             "report_every": [b, self.report_every],
         }
+
+    def loss_is_new(self) -> bool:
+        """True when the loss differs from the last one reported (NaN equals NaN here: a diverged run stays quiet)."""
+        last = self._last_reported_loss
+        return last is None or not (self.loss == last or (math.isnan(self.loss) and math.isnan(last)))
 
     def report_loss(self, now: float, extra: dict | None = None) -> None:
         self.out.write({"loss": [self.batch, self.loss], **(extra or {})})
@@ -108,6 +116,18 @@ class Worker:
             self.out.write({"event": [self.batch, "checkpoint_error"], "error": str(err)})
             return
         self._checkpointed_batch = self.batch
+        if math.isfinite(self.loss) and np.isfinite(ckpt.sv).all():
+            self._finite_state = (self.batch, ckpt.sv)
+
+    def on_divergence(self, now: float) -> None:
+        """Stop training and go back to the last finite parameters: a net full of NaN cannot learn its way back."""
+        self.paused = True
+        detail = "the loss is no longer a number; training paused until eta changes"
+        if self._finite_state is not None:
+            finite_batch, finite_sv = self._finite_state
+            self.net.set_state_from_vector(finite_sv)
+            detail += f"; parameters back to those of batch {finite_batch:,}"
+        self.report_loss(now, {"event": [self.batch, "diverged"], "error": detail})
 
     # -- commands ------------------------------------------------------------------------
 
@@ -146,6 +166,9 @@ class Worker:
         elif cmd == "eta":
             self.net.eta = value
             record["eta"] = [b, value]
+            if self.paused:  # train on from the finite parameters, with the new step size
+                self.paused = False
+                self.loss = self.net.losses([self.next_batch()])[0]
         elif cmd == "report_every":
             self.report_every = value
             record["report_every"] = [b, value]
@@ -170,7 +193,7 @@ class Worker:
         while not self.done:
             now = time.monotonic()
             check_at = now + CONTROL_CHECK_S
-            if self.batch < self.target:
+            if self.batch < self.target and not self.paused:
                 # Train flat out until the next look at the control file, in runs of up to CHUNK batches
                 # that end at the target or at a state-report boundary: nothing else runs per batch.
                 batch, target, every = self.batch, self.target, self.report_every
@@ -186,7 +209,9 @@ class Worker:
                         self.out.write(self.state_report())
                     now = time.monotonic()
                 self.batch = batch
-                if batch == target:
+                if not math.isfinite(self.loss):
+                    self.on_divergence(now)  # before anything else: no checkpoint may hold these parameters
+                elif batch == target:
                     self.report_loss(now, {"event": [batch, "target_reached"]})
             else:
                 time.sleep(max(0.0, check_at - now))  # idle: cheap, and still answers within CONTROL_CHECK_S
@@ -196,7 +221,7 @@ class Worker:
             if now >= self._next_ownership_check:
                 self.check_still_owned()
                 self._next_ownership_check = now + OWNERSHIP_CHECK_S
-            if (self.loss != self._last_reported_loss and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
+            if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
                 self.checkpoint(now)

@@ -106,3 +106,18 @@ def test_page_explains_a_refused_eta_and_sends_nothing(page, new_run):
     button(page, "Set eta").click().run()
     assert any("eta must be a number above 0" in e.value for e in page.sidebar.error)
     assert not run.control_file.exists() or '"eta"' not in run.control_file.read_text()
+
+
+def test_page_shows_a_diverged_run_and_its_recovery_when_eta_is_lowered(page, new_run):
+    new_run("default", activation="identity", eta=5.0, target=10**9)  # a linear net this eta blows up at once
+    page.run()
+    rerun_until(page, lambda at: "DIVERGED" in next(m.value for m in at.markdown if "-badge[" in m.value),
+                "the DIVERGED badge")
+    assert state(page) == "IDLE" and metrics(page)["Loss"] == "diverged"
+    assert any("lower eta" in w.value for w in page.warning)
+
+    eta = next(n for n in page.sidebar.number_input if n.label == "Learning rate (eta)")
+    eta.set_value(0.01)
+    button(page, "Set eta").click().run()
+    rerun_until(page, lambda at: state(at) == "TRAINING" and metrics(at)["Loss"] != "diverged", "training again")
+    assert not any("DIVERGED" in m.value for m in page.markdown if "-badge[" in m.value)

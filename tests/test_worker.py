@@ -387,3 +387,29 @@ def test_a_worker_whose_run_directory_is_replaced_while_the_loss_still_falls_exi
 
     wait_for(lambda: process_gone(pid), what="the orphaned worker to exit")
     assert list(run.path.iterdir()) == [], "no checkpoint or record landed in the new directory"
+
+
+def test_a_diverging_run_pauses_at_finite_parameters_and_trains_on_when_eta_is_lowered(new_run):
+    run = new_run(activation="identity", eta=0.05, target=FOREVER)  # a linear net: a large eta blows it up
+    start_worker(run)
+    batch_passes(run, 2000)
+    wait_for(lambda: (c := load_checkpoint(run.checkpoint)) and c.batch > 0, what="a checkpoint after batch 0")
+
+    answered(run, send_command(run.control_file, "eta", 5.0))
+    diverged = wait_for(lambda: events(run, "diverged"), what="the worker to report the divergence")[0]
+    assert "parameters back to those of batch" in diverged["error"]
+    raw = run.run_file.read_bytes()
+    assert b"NaN" not in raw and b"Infinity" not in raw  # strict JSON: null and "diverged": true instead
+    status = run_status(run, read_history(run))
+    assert status.diverged and status.state == "idle" and status.loss is None
+    paused_at = status.batch
+    heartbeats = len(records_with(run, "loss"))
+    wait_for(lambda: len(records_with(run, "loss")) >= heartbeats + 2, what="two more heartbeats")
+    assert read_history(run).batch == paused_at  # paused, not training on NaN
+    assert np.isfinite(load_checkpoint(run.checkpoint).sv).all()
+
+    answered(run, send_command(run.control_file, "eta", 0.05))
+    batch_passes(run, paused_at + 1000, what="training to go on after eta was lowered")
+    status = run_status(run, read_history(run))
+    assert not status.diverged and status.state == "training" and np.isfinite(status.loss)
+    assert worker_pid(run) is not None
