@@ -11,6 +11,7 @@ from nnobs import charts
 from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunWatcher
+from nnobs.operators import configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
     RunDir,
@@ -25,6 +26,8 @@ from nnobs.runs import (
 from nnobs.tasks import RunConfig, load_config
 from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
 
+WRONG_PASSWORD_DELAY_S = 1.0  # one guess a second per session
+VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
 ALIVE = ("training", "idle")
 
@@ -35,13 +38,24 @@ def _watcher(run_file: str) -> RunWatcher:
     return RunWatcher(run_file)
 
 
-def _open_run() -> RunDir:
+def _may_steer() -> bool:
+    """Whether this session may steer: asked on every draw and again by every action, on the server."""
+    return may_steer(st.session_state.get("operator_entered"), configured_password(st.secrets))
+
+
+def _open_run(steer: bool) -> RunDir:
+    """The run the URL names; operators create it when it does not exist, viewers are told so."""
     name = st.query_params.get("run", DEFAULT_RUN)
     try:
         run = RunDir.named(name)
-        create_run(run)
+        if steer:
+            create_run(run)
     except NnobsError as err:
         st.error(str(err))
+        st.stop()
+    if not run.exists():
+        _sign_in()
+        st.info(f"There is no run named `{run.name}` yet. An operator creates it by opening this address.")
         st.stop()
     return run
 
@@ -57,6 +71,9 @@ def _config(run: RunDir) -> RunConfig | None:
 def _send(run: RunDir, cmd: str, value=None) -> None:
     """Check a command as the worker would, then queue it; a refused value is explained and nothing is sent."""
     st.session_state.pop(f"refused_{cmd}", None)
+    if not _may_steer():
+        st.session_state[f"refused_{cmd}"] = VIEWERS_REFUSED
+        return
     try:
         value = check_command(cmd, value)
         command = send_command(run.control_file, cmd, value, by="page")
@@ -70,12 +87,12 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
 # -- sidebar -------------------------------------------------------------------------------
 
 
-def _run_picker(run: RunDir) -> None:
+def _run_picker(run: RunDir, steer: bool) -> None:
     bar = st.sidebar
     names = sorted(set(list_runs()) | {run.name})
     choice = bar.selectbox(
-        "Run", names, index=names.index(run.name), accept_new_options=True,
-        help="Pick a run, or type a new name to create one. The page's address names the run.",
+        "Run", names, index=names.index(run.name), accept_new_options=steer,
+        help="Pick a run" + (", or type a new name to create one" if steer else "") + ". The page's address names the run.",
     )
     if choice and choice != run.name:
         try:
@@ -89,8 +106,32 @@ def _run_picker(run: RunDir) -> None:
         bar.code(f"{base.scheme}://{base.netloc}{base.path}?run={run.name}", language=None)
 
 
+def _sign_in() -> None:
+    """With an operator password set: a sign-in form for viewers, a sign-out button for operators."""
+    if configured_password(st.secrets) is None:
+        return  # local use: everyone steers
+    bar = st.sidebar
+    if _may_steer():
+        bar.success("Signed in as operator: you can steer this run.")
+        if bar.button("Sign out"):
+            st.session_state.pop("operator_entered", None)
+            st.rerun()
+        return
+    bar.info("Read-only view. Steering this run needs the operator password.")
+    with bar.form("sign_in", border=False, clear_on_submit=True):
+        entered = st.text_input("Operator password", type="password")
+        if st.form_submit_button("Sign in"):
+            if may_steer(entered, configured_password(st.secrets)):
+                st.session_state["operator_entered"] = entered
+                st.rerun()
+            time.sleep(WRONG_PASSWORD_DELAY_S)  # makes guessing slow
+            st.error("Wrong password.")
+
+
 def _controls(run: RunDir) -> None:
     """Training settings and actions, shown for the run's current state: a fragment of its own, on the timer."""
+    if not _may_steer():
+        st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
     status = current_status(run, _watcher(str(run.run_file)))
     _training_controls(run, status)
     _actions(run, status)
@@ -153,6 +194,9 @@ def _actions(run: RunDir, status: RunStatus) -> None:
 
 def _start(run: RunDir) -> None:
     st.session_state.pop("refused_start", None)
+    if not _may_steer():
+        st.session_state["refused_start"] = VIEWERS_REFUSED
+        return
     with st.spinner("Starting the worker…"):
         try:
             restart_worker(run)
@@ -297,17 +341,23 @@ def _live(run: RunDir, config: RunConfig | None) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="nnobs", layout="wide")
-    run = _open_run()
+    steer = _may_steer()
+    run = _open_run(steer)
     config = _config(run)
-    if never_ran(_watcher(str(run.run_file))):  # a new run starts on first sight; others wait for a person
-        try:
-            start_worker(run)
-        except NnobsError as err:
-            st.error(str(err))
-    _run_picker(run)
+    if never_ran(_watcher(str(run.run_file))):  # a new run starts on an operator's first sight; others wait
+        if steer:
+            try:
+                start_worker(run)
+            except NnobsError as err:
+                st.error(str(err))
+        else:
+            st.info("This run has not started yet: it starts when an operator opens it.")
+    _run_picker(run, steer)
+    _sign_in()
     refresh_s = st.session_state.get("refresh_s", 1.0)
-    with st.sidebar:
-        st.fragment(run_every=refresh_s)(_controls)(run)
+    if steer:
+        with st.sidebar:
+            st.fragment(run_every=refresh_s)(_controls)(run)
     _view_controls()
     _downloads(run)
     st.fragment(run_every=refresh_s)(_live)(run, config)

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from conftest import FOREVER, REPO, wait_for, wait_started
+from conftest import FOREVER, REPO, batch_passes, events, process_gone, wait_for, wait_started
 from nnobs.checkpoint import load_checkpoint
 from nnobs.control import read_commands
-from nnobs.runs import RunDir, create_run, worker_pid
+from nnobs.runs import RunDir, create_run, read_history, start_worker, worker_pid
 from nnobs.tasks import RunConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,49 +73,84 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(runs_root: Path, tmp_path: Path) -> Iterator[str]:
-    """`streamlit run app.py` on a free loopback port over runs_root; its URL. Terminated and waited for at teardown."""
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(runs_root)}, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Servers:
+    """`streamlit run app.py` processes on free loopback ports over one runs root."""
+
+    def __init__(self, runs_root: Path, logs: Path):
+        self.runs_root, self.logs = runs_root, logs
+        self.processes: dict[str, subprocess.Popen] = {}  # by URL
+
+    def start(self, **env: str) -> str:
+        """Start a server with env added to this one's; its URL, once it answers."""
+        port = free_port()
+        log = self.logs / f"streamlit-{port}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
+                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                 "--server.port", str(port), "--server.address", "127.0.0.1"],
+                cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(self.runs_root), **env},
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        self.processes[url] = process
         wait_for(lambda: process.poll() is not None or _healthy(url), timeout=60, what=f"streamlit to answer at {url}")
         if process.poll() is not None:
             pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        return url
+
+    def kill(self, url: str) -> None:
+        """kill -9 the server at url, as a crash or an OOM killer would, and reap it."""
+        process = self.processes.pop(url)
+        process.kill()
+        process.wait(timeout=30)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture
-def open_page(browser: Browser, server: str) -> Iterator[Callable[..., Page]]:
-    """open_page(path="/"): a new browser context (a new person) on the server, once the page shows a state badge."""
+def servers(runs_root: Path, tmp_path: Path) -> Iterator[Servers]:
+    """Servers over runs_root, all terminated and waited for at teardown."""
+    started = Servers(runs_root, tmp_path)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def server(servers: Servers) -> str:
+    """One server over runs_root; its URL."""
+    return servers.start()
+
+
+@pytest.fixture
+def open_url(browser: Browser) -> Iterator[Callable[[str], Page]]:
+    """open_url(url): a new browser context (a new person) on url, once the page shows a state badge."""
     contexts = []
 
-    def open_(path: str = "/") -> Page:
+    def open_(url: str) -> Page:
         context = browser.new_context(viewport=VIEWPORT)
         contexts.append(context)
         page = context.new_page()
-        page.goto(server + path, timeout=FIRST_LOAD_MS)
+        page.goto(url, timeout=FIRST_LOAD_MS)
         expect(state_badge(page)).to_be_visible(timeout=FIRST_LOAD_MS)
         return page
 
     yield open_
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def open_page(open_url, server: str) -> Callable[..., Page]:
+    """open_page(path="/"): a new person on the server's page."""
+    return lambda path="/": open_url(server + path)
 
 
 def default_run(runs_root: Path, target: int) -> RunDir:
@@ -350,3 +385,72 @@ def test_a_refused_eta_shows_a_message_that_stays_readable(open_page, runs_root)
     wait_for_refreshes(page, 3)  # the page redraws while the person reads
 
     expect(sidebar(page).get_by_role("alert")).to_contain_text("eta must be a number above 0", timeout=5_000)
+
+
+def worker_processes(run: RunDir) -> list[int]:
+    """Pids of every live process running run's worker, found by command line: a second one would show here."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # exited while we looked
+            continue
+        pid = int(cmdline.parent.name)
+        if b"nnobs.worker" in args and str(run.path).encode() in args and not process_gone(pid):
+            found.append(pid)
+    return found
+
+
+def test_a_killed_server_leaves_the_worker_training_and_a_new_server_attaches_to_it(servers, open_url, runs_root):
+    run = default_run(runs_root, target=FOREVER)
+    first = servers.start()
+    page = open_url(first)
+    expect(state_badge(page)).to_have_text("TRAINING")
+    pid = settled_pid(run)
+    page.context.close()
+
+    servers.kill(first)
+    batch_passes(run, read_history(run).batch, what="the worker to train on with its server gone")
+    assert settled_pid(run) == pid and worker_processes(run) == [pid]
+
+    page = open_url(servers.start())
+    expect(state_badge(page)).to_have_text("TRAINING")
+    expect(generation_caption(page)).to_contain_text(f"Generation 1 · worker pid {pid}")
+    first_batch = batch(page)
+    expect(metric(page, "Batch")).not_to_have_text(f"{first_batch:,}")
+    assert worker_processes(run) == [pid], "still one worker, the first"
+    assert len(events(run, "started")) == 1 and not events(run, "shutdown") and not events(run, "error")
+
+
+def sign_in(page: Page, password: str) -> None:
+    sidebar(page).get_by_label("Operator password").fill(password)
+    sidebar_button(page, "Sign in").click()
+
+
+def test_with_an_operator_password_a_second_browser_cannot_steer_and_the_first_can_after_signing_in(
+    servers, open_url, runs_root
+):
+    run = default_run(runs_root, target=0)
+    url = servers.start(NNOBS_OPERATOR_PASSWORD="correct horse")
+    start_worker(run)  # started from a shell: a viewer's visit starts nothing
+    operator, viewer = open_url(url), open_url(url)
+    for page in (operator, viewer):
+        expect(state_badge(page)).to_have_text("IDLE")
+        expect(sidebar(page)).to_contain_text("Read-only view")
+        expect(sidebar_button(page, "Set target")).to_have_count(0)
+        expect(sidebar_button(page, "Shut down…")).to_have_count(0)
+
+    sign_in(viewer, "wrong guess")
+    expect(sidebar(viewer).get_by_role("alert").filter(has_text="Wrong password")).to_be_visible()
+    expect(sidebar_button(viewer, "Set target")).to_have_count(0)
+
+    sign_in(operator, "correct horse")
+    expect(sidebar_button(operator, "Sign out")).to_be_visible()
+    type_number(operator, "Target batches", 3_000)
+    sidebar_button(operator, "Set target").click()
+    expect(metric(viewer, "Batch")).to_have_text("3,000")  # the viewer watches the operator's change land
+    expect(command_line(viewer, "target = 3000")).to_contain_text("done at batch 0")
+    expect(sidebar_button(viewer, "Set target")).to_have_count(0)
+    assert sent_commands(run) == ["target"], "only the operator's command was ever written"
+    screenshot(viewer, "viewer")
+    screenshot(operator, "operator")

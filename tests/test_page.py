@@ -121,3 +121,55 @@ def test_page_shows_a_diverged_run_and_its_recovery_when_eta_is_lowered(page, ne
     button(page, "Set eta").click().run()
     rerun_until(page, lambda at: state(at) == "TRAINING" and metrics(at)["Loss"] != "diverged", "training again")
     assert not any("DIVERGED" in m.value for m in page.markdown if "-badge[" in m.value)
+
+
+def sign_in(at: AppTest, password: str) -> None:
+    next(t for t in at.sidebar.text_input if t.label == "Operator password").input(password)
+    button(at, "Sign in").click().run()
+
+
+def test_with_an_operator_password_viewers_see_the_run_read_only_until_they_sign_in(page, new_run):
+    run = new_run("default", target=0)
+    page.secrets["operator_password"] = "s3cret"
+    page.run()
+    assert not page.exception, page.exception
+    assert not has_button(page, "Set target") and not has_button(page, "Tell state now"), "no controls for viewers"
+    assert worker_pid(run) is None, "a viewer's visit starts nothing"
+    assert any("not started yet" in i.value for i in page.info)
+
+    sign_in(page, "guess")
+    assert any("Wrong password" in e.value for e in page.sidebar.error)
+    assert not has_button(page, "Set target") and worker_pid(run) is None
+
+    sign_in(page, "s3cret")
+    assert has_button(page, "Set target") and has_button(page, "Sign out")
+    assert worker_pid(run) is not None, "the operator's visit starts the run that never ran"
+    rerun_until(page, lambda at: state(at) == "IDLE", "the idle badge")
+    target = next(n for n in page.sidebar.number_input if n.label == "Target batches")
+    target.set_value(2000)
+    button(page, "Set target").click().run()
+    rerun_until(page, lambda at: metrics(at)["Batch"] == "2,000", "batch 2,000 after the operator's target")
+
+
+def test_every_action_checks_the_operator_password_again_on_the_server(page, new_run):
+    run = new_run("default", target=0)
+    page.secrets["operator_password"] = "old"
+    page.run()
+    sign_in(page, "old")
+    rerun_until(page, lambda at: state(at) == "IDLE", "the idle badge")
+    before = run.control_file.read_text() if run.control_file.exists() else ""
+
+    page.secrets["operator_password"] = "new"  # changed while this session was signed in with the old one
+    button(page, "Tell state now").click().run()
+    assert (run.control_file.read_text() if run.control_file.exists() else "") == before, "nothing was sent"
+    assert not has_button(page, "Set target"), "the page is redrawn read-only"
+    assert any("Read-only" in i.value for i in page.sidebar.info)
+
+
+def test_a_viewer_cannot_create_a_run_by_naming_it_in_the_url(page, runs_root):
+    page.secrets["operator_password"] = "s3cret"
+    page.query_params["run"] = "brand-new"
+    page.run()
+    assert not page.exception, page.exception
+    assert any("no run named" in i.value for i in page.info)
+    assert not (runs_root / "brand-new").exists()

@@ -1,0 +1,30 @@
+"""Who may steer: everyone, unless an operator password is configured; then only those who entered it."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+
+PASSWORD_ENV = "NNOBS_OPERATOR_PASSWORD"
+PASSWORD_SECRET = "operator_password"  # the key in .streamlit/secrets.toml
+
+
+def configured_password(secrets: Mapping | None = None) -> str | None:
+    """The operator password from secrets, else from $NNOBS_OPERATOR_PASSWORD; None when neither sets one.
+
+    Read again on every check, so a changed password takes effect at once for every session.
+    """
+    try:
+        password = (secrets or {}).get(PASSWORD_SECRET)
+    except FileNotFoundError:  # Streamlit's secrets raise this when there is no secrets.toml
+        password = None
+    password = password or os.environ.get(PASSWORD_ENV)
+    return str(password) if password else None
+
+
+def may_steer(entered: str | None, configured: str | None) -> bool:
+    """True when no password is configured, or entered is it (compared in constant time)."""
+    if configured is None:
+        return True
+    return entered is not None and hmac.compare_digest(entered.encode(), configured.encode())
