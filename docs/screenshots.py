@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnobs.control import send_command  # noqa: E402
-from nnobs.runs import RunDir, create_run, worker_pid  # noqa: E402
+from nnobs.runs import RunDir, create_run, start_worker, worker_pid  # noqa: E402
 from nnobs.tasks import RunConfig  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -36,16 +36,22 @@ def badge(page, text: str) -> None:
     expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=60_000)
 
 
-def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="nnobs-shots-"))
-    port = free_port()
-    create_run(RunDir.named("default", root), RunConfig(target=3_000_000))
-    create_run(RunDir.named("diverging", root), RunConfig(activation="identity", eta=0.05, target=10**9))
-    server = subprocess.Popen(
+def serve(root: Path, port: int, **env: str) -> subprocess.Popen:
+    """`streamlit run app.py` on port over root, with env added."""
+    return subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(root)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(root), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="nnobs-shots-"))
+    port, shared_port = free_port(), free_port()
+    create_run(RunDir.named("default", root), RunConfig(target=3_000_000))
+    create_run(RunDir.named("diverging", root), RunConfig(activation="identity", eta=0.05, target=10**9))
+    server = serve(root, port)
+    shared = serve(root, shared_port, NNOBS_OPERATOR_PASSWORD="screenshots only")  # the same runs, read-only
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -74,10 +80,17 @@ def main() -> None:
             page.wait_for_timeout(2000)
             page.screenshot(path=REPO / "docs/diverged.png")
             send_command(RunDir.named("diverging", root).control_file, "shutdown")
+            start_worker(run)
+            send_command(run.control_file, "target", 3_000_000)
+            page.goto(f"http://127.0.0.1:{shared_port}/", timeout=60_000)
+            badge(page, "TRAINING")
+            page.wait_for_timeout(4000)
+            page.screenshot(path=REPO / "docs/viewer.png")
             browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in (server, shared):
+            process.terminate()
+            process.wait(timeout=30)
         for lock in root.glob("*/worker.lock"):
             pid = worker_pid(RunDir(lock.parent))
             if pid and pid > 0:
