@@ -14,6 +14,7 @@ from nnobs.history import RunWatcher
 from nnobs.operators import configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
+    STOP_GRACE_S,
     RunDir,
     RunStatus,
     check_run_name,
@@ -28,8 +29,9 @@ from nnobs.view import RunView, build_view, chart_frames, current_status, never_
 
 WRONG_PASSWORD_DELAY_S = 1.0  # one guess a second per session
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
-STATE_COLORS = {"training": "green", "idle": "blue", "stopped": "gray", "crashed": "red", "absent": "gray"}
-ALIVE = ("training", "idle")
+STATE_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
+                "absent": "gray"}
+ALIVE = ("training", "idle", "stalled")
 
 
 @st.cache_resource(show_spinner=False)
@@ -277,6 +279,12 @@ def _problems(run: RunDir, view: RunView) -> None:
         reason = f": {status.error}" if status.error else " without a shutdown record"
         st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")
         st.code(log_tail(run) or "(worker.log is empty)", language=None)
+    if status.state == "stalled":
+        st.warning(
+            f"The worker (pid {status.pid}) holds its lock but has written nothing for "
+            f"{status.heartbeat_age_s:.0f} s: it looks stuck. **Restart** asks it to shut down, kills it if it has "
+            f"not after {STOP_GRACE_S:.0f} s, and resumes from the last checkpoint."
+        )
     if status.diverged:
         st.warning(
             f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Training is paused, back at the "

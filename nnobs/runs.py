@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from nnobs.tasks import RunConfig
 DEFAULT_RUN = "default"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
+STOP_GRACE_S = 15.0  # a worker that has not obeyed a shutdown by then (stuck, or stopped) is killed
+KILL_WAIT_S = 10.0  # for the kernel to end a killed worker and drop its lock
+STALL_AFTER_S = 10.0  # a live worker writes at least once a second: this much silence means it is stuck
 LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
 
 
@@ -186,11 +189,27 @@ def _package_parent() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def stop_worker(run: RunDir, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Ask the worker to shut down and wait until it has exited; False if it is still alive at the deadline."""
+def stop_worker(run: RunDir, grace: float = STOP_GRACE_S) -> bool:
+    """Ask the worker to shut down and wait until it has exited; kill it if it has not after grace seconds.
+
+    A stuck worker cannot obey, so it is ended the way a crash would end it: without a shutdown
+    record (its run then reads crashed), resuming from its last checkpoint. True once no worker lives.
+    """
     if worker_pid(run) is None:
         return True
     send_command(run.control_file, "shutdown", by="stop")
+    if _gone_within(run, grace):
+        return True
+    pid = worker_pid(run)
+    if pid is not None and pid > 0:
+        try:
+            os.kill(pid, signal.SIGKILL)  # it holds worker.lock, so this pid is the worker's, not a reused one
+        except ProcessLookupError:
+            pass
+    return _gone_within(run, KILL_WAIT_S)
+
+
+def _gone_within(run: RunDir, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while worker_pid(run) is not None:
         if time.monotonic() > deadline:
@@ -202,7 +221,7 @@ def stop_worker(run: RunDir, timeout: float = STOP_TIMEOUT_S) -> bool:
 def restart_worker(run: RunDir) -> int:
     """Stop the live worker, if any, and start the next generation from the last checkpoint."""
     if not stop_worker(run):
-        raise NnobsError(f"the worker of {run.name} did not stop within {STOP_TIMEOUT_S:.0f} s")
+        raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill -9; see {run.worker_log}")
     return start_worker(run)
 
 
@@ -211,7 +230,7 @@ class RunStatus:
     """What `status` reports: the run's state and latest values."""
 
     run: str
-    state: str  # training, idle, stopped, crashed or absent
+    state: str  # training, idle, stalled (alive but silent), stopped, crashed or absent
     batch: int
     target: int | None
     eta: float | None
@@ -231,7 +250,11 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
     """Combine liveness (the lock) with what the run file says."""
     pid = worker_pid(run)
     last = history.last_lifecycle
-    if pid is not None:
+    now = time.time() if now is None else now
+    age = None if history.last_t is None else max(0.0, now - history.last_t)
+    if pid is not None and _silent_since_start(run, age, now):
+        state = "stalled"
+    elif pid is not None:
         # A diverged worker waits for a new eta: it is not training, whatever its target.
         at_rest = history.diverged or (history.target is not None and history.batch >= history.target)
         state = "idle" if at_rest else "training"
@@ -241,7 +264,6 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         state = "stopped"
     else:
         state = "crashed"
-    age = None if history.last_t is None else max(0.0, (now or time.time()) - history.last_t)
     error = last.detail if last is not None and last.kind == "error" else ""
     return RunStatus(
         run=run.name,
@@ -257,6 +279,20 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         diverged=history.diverged,
         error=error,
     )
+
+
+def _silent_since_start(run: RunDir, heartbeat_age: float | None, now: float) -> bool:
+    """True when the live worker has written nothing for STALL_AFTER_S, and started longer ago than that.
+
+    The worker writes its pid into worker.lock as it starts, so the file's mtime dates the start:
+    the last generation's old heartbeat does not count against a worker that is still starting.
+    """
+    if heartbeat_age is None or heartbeat_age <= STALL_AFTER_S:
+        return False
+    try:
+        return now - os.stat(run.worker_lock).st_mtime > STALL_AFTER_S
+    except FileNotFoundError:
+        return False
 
 
 def read_history(run: RunDir) -> RunHistory:

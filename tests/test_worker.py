@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -25,7 +26,15 @@ from conftest import (
 from nnobs.checkpoint import load_checkpoint
 from nnobs.control import send_command
 from nnobs.records import read_all
-from nnobs.runs import read_history, restart_worker, run_status, start_worker, stop_worker, worker_pid
+from nnobs.runs import (
+    STALL_AFTER_S,
+    read_history,
+    restart_worker,
+    run_status,
+    start_worker,
+    stop_worker,
+    worker_pid,
+)
 from nnobs.tasks import RunConfig, build
 
 START_AND_EXIT = """
@@ -413,3 +422,21 @@ def test_a_diverging_run_pauses_at_finite_parameters_and_trains_on_when_eta_is_l
     status = run_status(run, read_history(run))
     assert not status.diverged and status.state == "training" and np.isfinite(status.loss)
     assert worker_pid(run) is not None
+
+
+def test_a_stuck_worker_reads_stalled_and_stop_kills_it_after_the_grace_time(new_run):
+    run = new_run(target=FOREVER)
+    pid = start_worker(run)
+    os.kill(pid, signal.SIGSTOP)  # alive and holding its lock, but silent: as a worker stuck in a long call is
+    try:
+        later = time.time() + STALL_AFTER_S + 1  # the status as it reads once that much silence has passed
+        assert run_status(run, read_history(run), now=later).state == "stalled"
+        assert run_status(run, read_history(run)).state == "training", "a second of silence is not a stall"
+
+        assert stop_worker(run, grace=0.5), "a worker that cannot obey the shutdown is killed"
+    finally:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert process_gone(pid) and worker_pid(run) is None
+    assert state_of(run) == "crashed", "no shutdown record: it ended as a crash ends"
+    assert wait_started(run, 1) and restart_worker(run) and wait_started(run, 2)["resumed_from"] is not None
