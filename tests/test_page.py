@@ -173,3 +173,13 @@ def test_a_viewer_cannot_create_a_run_by_naming_it_in_the_url(page, runs_root):
     assert not page.exception, page.exception
     assert any("no run named" in i.value for i in page.info)
     assert not (runs_root / "brand-new").exists()
+
+
+def test_unreadable_lines_in_the_run_file_are_skipped_and_counted_on_the_page(page, new_run):
+    run = new_run("default", target=0)
+    page.run()
+    wait_for(lambda: events(run, "started"), what="the worker's start record")
+    with open(run.run_file, "ab") as f:  # O_APPEND, beside the worker's own appends
+        f.write(b'{"loss": [5, 0.1]\n\xff\xfe not json\n')
+    rerun_until(page, lambda at: any("2 unreadable lines skipped" in c.value for c in at.caption), "the count shown")
+    assert state(page) == "IDLE" and not page.exception
