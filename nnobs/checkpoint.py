@@ -38,8 +38,10 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
             sv = saved["sv"].copy()
+        return Checkpoint(sv=sv, **meta)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError) as err:
-        raise NnobsError(f"checkpoint {path} is unreadable: {err}") from err
-    return Checkpoint(sv=sv, **meta)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # TypeError: meta that is not Checkpoint's fields
+        # numpy's own words for pickled content suggest loading it unsafely: never, for a file anyone could have put here.
+        reason = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else str(err)
+        raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err

@@ -56,6 +56,8 @@ def _read(path: Path) -> dict[str, Any]:
         return {"next_seq": 1, "commands": []}
     except (OSError, UnicodeDecodeError) as err:
         raise ControlFileError(f"cannot read {path}: {err}") from err
+    if not text.strip():
+        return {"next_seq": 1, "commands": []}  # emptied by hand: no commands yet, as if it were missing
     try:
         content = json.loads(text)
     except ValueError as err:
@@ -105,6 +107,7 @@ class ControlWatcher:
     def __init__(self, path: Path, last_seq: int = 0):
         self.path = Path(path)
         self.last_seq = last_seq  # highest seq handed out so far
+        self._last_id: str | None = None  # id of the command at last_seq, once this watcher has handed one out
         self._signature: tuple[int, int, int] | None = None
 
     def poll(self) -> list[Command]:
@@ -118,10 +121,20 @@ class ControlWatcher:
             return []
         self._signature = signature
         content = _read(self.path)
-        if content["next_seq"] - 1 < self.last_seq:
-            # The file was made anew (deleted, or replaced by hand): its numbering starts over, so must we.
+        commands = _commands(content)
+        if not commands:
+            return []  # emptied: nothing to apply, and nothing yet to tell a new numbering by
+        if content["next_seq"] - 1 < self.last_seq or self._seen_replaced(commands):
+            # The file was made anew (deleted, or emptied or replaced by hand): its numbering starts over, so must we.
             self.last_seq = 0
-        new = [c for c in _commands(content) if c["seq"] > self.last_seq]
+        new = [c for c in commands if c["seq"] > self.last_seq]
         if new:
-            self.last_seq = new[-1]["seq"]
+            self.last_seq, self._last_id = new[-1]["seq"], new[-1].get("id")
         return new
+
+    def _seen_replaced(self, commands: list[Command]) -> bool:
+        """True when the command numbered last_seq is another than the one handed out: the numbering started over."""
+        if self._last_id is None:
+            return False
+        at_last = next((c for c in commands if c["seq"] == self.last_seq), None)
+        return at_last is not None and at_last.get("id") != self._last_id
