@@ -14,6 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from nnobs.bulk import pair
 from nnobs.control import send_command
 from nnobs.errors import NnobsError, RunNameError, hold
 from nnobs.files import create_once
@@ -162,11 +163,21 @@ def start_worker(run: RunDir) -> int:
             raise NnobsError(f"could not launch the worker: {launched.stderr.strip()}")
         pid = int(launched.stdout.strip())
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not any(_is_start_of(record, pid) for record in announcements.read_new()):
+        said: list[dict] = []  # what the new worker wrote: its start, or why it could not
+        while not any(_is_start_of(record, pid) for record in said):
             if _process_gone(pid) or time.monotonic() > deadline:
-                raise NnobsError(f"the worker did not start; worker.log ends:\n{log_tail(run)}")
+                raise NnobsError(_why_not_started(run, said))
             time.sleep(0.02)
+            said += announcements.read_new()
         return pid
+
+
+def _why_not_started(run: RunDir, said: list[dict]) -> str:
+    """The worker's own error record when it wrote one, else the end of its log."""
+    errors = [r.get("error") for r in said if (event := pair(r.get("event"))) and event[1] == "error"]
+    if errors:
+        return f"the worker did not start: {errors[-1]}. Details in {run.worker_log}"
+    return f"the worker did not start; worker.log ends:\n{log_tail(run)}"
 
 
 def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int:

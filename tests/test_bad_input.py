@@ -581,7 +581,6 @@ def test_bad_input_is_answered_with_a_clear_message_and_loses_nothing(bench, cas
         assert wording in message, f"expected {wording!r} in:\n{message}"
 
 
-@pytest.mark.xfail(reason="start_worker reports worker.log's tail, tracebacks and all, not the worker's error record", strict=True)
 def test_a_start_that_fails_says_why_without_a_traceback(new_run, runs_root):
     new_run("broken", activation="os.system")
     done = nnobs(runs_root, "start", "broken")
