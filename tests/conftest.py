@@ -22,6 +22,17 @@ from nnobs.tasks import RunConfig
 REPO = Path(__file__).resolve().parents[1]
 SEED_RUN = Path(__file__).parent / "fixtures/seed-notebook-run.jsons"  # written by the original notebook
 FOREVER = 10**9  # a target no test reaches: the worker trains until told otherwise
+SUMMARY_LINES = pytest.StashKey[list[str]]()  # lines tests ask to show at the end of the session
+
+
+def say_at_the_end(config: pytest.Config, line: str) -> None:
+    """Show line in pytest's closing summary, where captured output does not hide it."""
+    config.stash.setdefault(SUMMARY_LINES, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    for line in config.stash.get(SUMMARY_LINES, []):
+        terminalreporter.write_line(line)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
