@@ -69,6 +69,7 @@ class Worker:
         self._finite_state: tuple[int, np.ndarray] | None = None  # (batch, state vector) of the last finite checkpoint
         self._last_loss_report = 0.0  # monotonic time
         self._last_reported_loss: float | None = None
+        self._last_reported_batch = -1
         self._last_checkpoint = 0.0
         self._checkpointed_batch = -1
         self._next_ownership_check = 0.0
@@ -94,6 +95,13 @@ class Worker:
         self.out.write({"loss": [self.batch, self.loss], **(extra or {})})
         self._last_loss_report = now
         self._last_reported_loss = self.loss
+        self._last_reported_batch = self.batch
+
+    def checkpoint_shown(self, now: float) -> None:
+        """Checkpoint a batch the run file already shows: a successor never resumes past what readers saw."""
+        if self.batch != self._last_reported_batch:
+            self.report_loss(now)
+        self.checkpoint(now)
 
     def checkpoint(self, now: float) -> None:
         """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
@@ -213,6 +221,7 @@ class Worker:
                     self.on_divergence(now)  # before anything else: no checkpoint may hold these parameters
                 elif batch == target:
                     self.report_loss(now, {"event": [batch, "target_reached"]})
+                    self.checkpoint(now)  # the worker idles now: a crash while idle costs nothing
             else:
                 time.sleep(max(0.0, check_at - now))  # idle: cheap, and still answers within CONTROL_CHECK_S
                 now = time.monotonic()
@@ -224,7 +233,7 @@ class Worker:
             if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
-                self.checkpoint(now)
+                self.checkpoint_shown(now)
 
     def check_still_owned(self) -> None:
         """Raise Orphaned when worker.lock is no longer the file we lock: the run was deleted or made anew."""
@@ -240,7 +249,7 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.run_loop()
-            self.checkpoint(time.monotonic())
+            self.checkpoint_shown(time.monotonic())
         except Orphaned as err:
             # Its files now belong to someone else, or to no one: touch nothing, just go.
             print(f"nnobs worker {os.getpid()}: {err}; exiting without writing", file=sys.stderr, flush=True)

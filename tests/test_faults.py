@@ -346,10 +346,6 @@ def test_kill_9_at_any_moment_loses_no_record_and_resumes_from_the_checkpoint(ki
     assert skipped == (sum(k.torn for k in kills),) * 3, f"seed {SEED}: lines skipped {skipped}"
 
 
-@pytest.mark.xfail(
-    reason="nnobs/worker.py saves its periodic checkpoint at a batch it has not reported yet (see checkpoint())",
-    strict=False,
-)
 def test_a_checkpoint_never_holds_a_batch_the_run_file_has_not_shown(new_run):
     """Just after a periodic checkpoint lands is the worst moment for a kill -9: freeze the worker there and look."""
     run = new_run(target=FOREVER, report_every=0)
