@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+FILE_MODE = 0o644  # as the run file's: readable by everyone who may watch the run
+
 
 def _written_temp(path: Path, write: Callable[[BinaryIO], None]) -> str:
     """A synced temporary file beside path holding what write() wrote; its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600: a page or CLI run by another user could not read it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

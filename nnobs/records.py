@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.files import FILE_MODE
+
 Record = dict[str, Any]
 
 
@@ -54,7 +56,7 @@ class RecordWriter:
         self.gen = gen
         self.failed_writes = 0
         # O_APPEND makes each single write land whole at the end, even beside another writer.
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._end_torn_line()
 
     def _end_torn_line(self) -> None:
@@ -132,6 +134,9 @@ class BackgroundWriter(RecordWriter):
         super().close()
 
 
+HEAD_BYTES = 256  # the file's first bytes, kept to tell a file refilled past our offset from the one we read
+
+
 class RecordReader:
     """Reads the records appended since the last call; a torn last line waits for the next call."""
 
@@ -142,14 +147,20 @@ class RecordReader:
         self.restarts = 0  # times the file shrank or was replaced and was read again from the start
         self.bytes_read = 0  # bytes read from the file in all, torn line tails included
         self._inode: int | None = None
+        self._head = b""  # the file's first bytes as read (its first line's start: a pid and a time)
 
     def read_new_lines(self) -> bytes:
         """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again."""
         try:
             with open(self.path, "rb") as f:
-                stat = os.fstat(f.fileno())
-                if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self.offset):
-                    self.offset, self.skipped_lines = 0, 0
+                fd = f.fileno()
+                stat = os.fstat(fd)
+                if self._inode is not None and (
+                    stat.st_ino != self._inode
+                    or stat.st_size < self.offset
+                    or os.pread(fd, len(self._head), 0) != self._head  # emptied, then written past our offset
+                ):
+                    self.offset, self.skipped_lines, self._head = 0, 0, b""
                     self.restarts += 1
                 self._inode = stat.st_ino
                 if stat.st_size == self.offset:
@@ -157,10 +168,12 @@ class RecordReader:
                 f.seek(self.offset)
                 chunk = f.read(stat.st_size - self.offset)
                 self.bytes_read += len(chunk)
+                end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
+                self.offset += end
+                if len(self._head) < HEAD_BYTES and self.offset > len(self._head):
+                    self._head = os.pread(fd, min(self.offset, HEAD_BYTES), 0)
         except FileNotFoundError:
             return b""
-        end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
-        self.offset += end
         return chunk[:end]
 
     def read_new(self) -> list[Record]:

@@ -17,7 +17,7 @@ from filelock import FileLock
 from nnobs.bulk import pair
 from nnobs.control import send_command
 from nnobs.errors import NnobsError, RunNameError, hold
-from nnobs.files import create_once
+from nnobs.files import FILE_MODE, create_once
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
 from nnobs.tasks import RunConfig
@@ -82,7 +82,7 @@ def create_run(run: RunDir, config: RunConfig | None = None) -> None:
 
 def take_worker_lock(run: RunDir) -> int | None:
     """An fd holding worker.lock exclusively, or None when a live worker holds it. The kernel drops it at exit."""
-    fd = os.open(run.worker_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run.worker_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
     deadline = time.monotonic() + LOCK_RETRY_S
     while True:
         try:

@@ -519,9 +519,6 @@ TABLE = [
     pytest.param(
         run_file_replaced_under_a_reader(_truncate, range(100, 200), look_between=False),
         "resumed from the checkpoint at batch 100", id="run-file-truncated-and-refilled-past-the-reader-between-two-reads",
-        marks=pytest.mark.xfail(
-            reason="RecordReader notices a truncation only while the file is shorter than its offset", strict=True
-        ),
     ),
     # run names
     pytest.param(bad_run_name(".."), "run name '..' " + NAMING_RULE, id="name-dot-dot"),

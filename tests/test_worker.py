@@ -440,3 +440,12 @@ def test_a_stuck_worker_reads_stalled_and_stop_kills_it_after_the_grace_time(new
     assert process_gone(pid) and worker_pid(run) is None
     assert state_of(run) == "crashed", "no shutdown record: it ended as a crash ends"
     assert wait_started(run, 1) and restart_worker(run) and wait_started(run, 2)["resumed_from"] is not None
+
+
+def test_every_file_of_a_run_is_readable_by_other_users_who_watch_it(new_run):
+    run = new_run(target=100)
+    start_worker(run)
+    answered(run, send_command(run.control_file, "tell_state"))
+    assert stop_worker(run)
+    for path in (run.config, run.control_file, run.checkpoint, run.run_file, run.worker_lock):
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is not readable by group and others"
