@@ -288,7 +288,7 @@ def _problems(run: RunDir, view: RunView) -> None:
     if status.diverged:
         st.warning(
             f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Training is paused, back at the "
-            "last finite parameters (the last checkpoint's): **lower eta** to train on from there."
+            "parameters of a recent checkpoint: **lower eta** to train on from there."
         )
     if view.control_error:
         st.warning(view.control_error)

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
 HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
 CHUNK = 16  # batches between two looks at the clock: ~0.2 ms of XOR, far below CONTROL_CHECK_S
+FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 OWNERSHIP_CHECK_S = 1.0  # how often the worker makes sure its run directory is still its own
 
 
@@ -66,7 +68,8 @@ class Worker:
         self.loss = net.losses([next_batch()])[0]
         self.done = False
         self.paused = False  # the loss diverged: no training until eta changes
-        self._finite_state: tuple[int, np.ndarray] | None = None  # (batch, state vector) of the last finite checkpoint
+        # (loss, batch, state vector) of the latest checkpoints with finite numbers, to go back to on divergence
+        self._finite_states: deque[tuple[float, int, np.ndarray]] = deque(maxlen=FINITE_STATES_KEPT)
         self._last_loss_report = 0.0  # monotonic time
         self._last_reported_loss: float | None = None
         self._last_reported_batch = -1
@@ -125,14 +128,15 @@ class Worker:
             return
         self._checkpointed_batch = self.batch
         if math.isfinite(self.loss) and np.isfinite(ckpt.sv).all():
-            self._finite_state = (self.batch, ckpt.sv)
+            self._finite_states.append((self.loss, self.batch, ckpt.sv))
 
     def on_divergence(self, now: float) -> None:
-        """Stop training and go back to the last finite parameters: a net full of NaN cannot learn its way back."""
+        """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""
         self.paused = True
         detail = "the loss is no longer a number; training paused until eta changes"
-        if self._finite_state is not None:
-            finite_batch, finite_sv = self._finite_state
+        if self._finite_states:
+            # The lowest loss, not the latest: a checkpoint can catch the blow-up while it is still finite.
+            _, finite_batch, finite_sv = min(self._finite_states, key=lambda kept: kept[0])
             self.net.set_state_from_vector(finite_sv)
             detail += f"; parameters back to those of batch {finite_batch:,}"
         self.report_loss(now, {"event": [self.batch, "diverged"], "error": detail})
