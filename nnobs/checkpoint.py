@@ -24,6 +24,7 @@ class Checkpoint:
     last_seq: int  # highest control command applied
     run_offset: int  # size of the run file when written: answers after it may need repeating
     sv: np.ndarray = field(repr=False)  # state vector, (n_params,)
+    control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

@@ -49,15 +49,20 @@ def check_command(cmd: Any, value: Any) -> Any:
     raise CommandError(f"unknown command {cmd!r}: expected target, eta, report_every, tell_state or shutdown")
 
 
+def _new_content() -> dict[str, Any]:
+    """A control file's content before its first command; file_id tells this file from any made before or after it."""
+    return {"file_id": uuid.uuid4().hex[:12], "next_seq": 1, "commands": []}
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {"next_seq": 1, "commands": []}
+        return _new_content()
     except (OSError, UnicodeDecodeError) as err:
         raise ControlFileError(f"cannot read {path}: {err}") from err
     if not text.strip():
-        return {"next_seq": 1, "commands": []}  # emptied by hand: no commands yet, as if it were missing
+        return _new_content()  # emptied by hand: no commands yet, as if it were missing
     try:
         content = json.loads(text)
     except ValueError as err:
@@ -104,10 +109,10 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
 class ControlWatcher:
     """Hands the worker the commands it has not seen yet, reading the file only when it changed."""
 
-    def __init__(self, path: Path, last_seq: int = 0):
+    def __init__(self, path: Path, last_seq: int = 0, file_id: str | None = None):
         self.path = Path(path)
         self.last_seq = last_seq  # highest seq handed out so far
-        self._last_id: str | None = None  # id of the command at last_seq, once this watcher has handed one out
+        self.file_id = file_id  # the file_id of the control file those seqs number (None: not known yet)
         self._signature: tuple[int, int, int] | None = None
 
     def poll(self) -> list[Command]:
@@ -124,17 +129,12 @@ class ControlWatcher:
         commands = _commands(content)
         if not commands:
             return []  # emptied: nothing to apply, and nothing yet to tell a new numbering by
-        if content["next_seq"] - 1 < self.last_seq or self._seen_replaced(commands):
-            # The file was made anew (deleted, or emptied or replaced by hand): its numbering starts over, so must we.
+        file_id = content.get("file_id")
+        if (self.file_id is not None and file_id != self.file_id) or content["next_seq"] - 1 < self.last_seq:
+            # The file was made anew (deleted, emptied, or replaced by hand): its numbering starts over, so must we.
             self.last_seq = 0
+        self.file_id = file_id
         new = [c for c in commands if c["seq"] > self.last_seq]
         if new:
-            self.last_seq, self._last_id = new[-1]["seq"], new[-1].get("id")
+            self.last_seq = new[-1]["seq"]
         return new
-
-    def _seen_replaced(self, commands: list[Command]) -> bool:
-        """True when the command numbered last_seq is another than the one handed out: the numbering started over."""
-        if self._last_id is None:
-            return False
-        at_last = next((c for c in commands if c["seq"] == self.last_seq), None)
-        return at_last is not None and at_last.get("id") != self._last_id

@@ -52,7 +52,7 @@ class Worker:
         self._answers_from: int | None = 0
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, config.target, config.report_every, 1
-            last_seq, answered = 0, set()
+            last_seq, control_id, answered = 0, None, set()
         else:
             try:
                 net.set_state_from_vector(ckpt.sv)
@@ -60,10 +60,11 @@ class Worker:
                 raise NnobsError(f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh") from err
             net.eta = ckpt.eta
             self.batch, self.target, self.report_every, self.gen = ckpt.batch, ckpt.target, ckpt.report_every, ckpt.gen + 1
-            last_seq, answered = ckpt.last_seq, _answered_since(run.run_file, ckpt.run_offset)
+            last_seq, control_id = ckpt.last_seq, ckpt.control_id
+            answered = _answered_since(run.run_file, ckpt.run_offset)
             self._answers_from = ckpt.run_offset
         self.answered = answered  # ids answered after the checkpoint by the generation before: not answered again
-        self.control = ControlWatcher(run.control_file, last_seq)
+        self.control = ControlWatcher(run.control_file, last_seq, control_id)
         self.out = BackgroundWriter(run.run_file, self.gen)
         self.loss = net.losses([next_batch()])[0]
         self.done = False
@@ -117,6 +118,7 @@ class Worker:
             report_every=self.report_every,
             gen=self.gen,
             last_seq=self.control.last_seq,
+            control_id=self.control.file_id,
             run_offset=self._answers_from if self._answers_from is not None else self.out.size(),
             sv=self.net.state_vector(),
         )

@@ -449,3 +449,17 @@ def test_every_file_of_a_run_is_readable_by_other_users_who_watch_it(new_run):
     assert stop_worker(run)
     for path in (run.config, run.control_file, run.checkpoint, run.run_file, run.worker_lock):
         assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is not readable by group and others"
+
+
+def test_a_control_file_made_anew_while_no_worker_runs_is_obeyed_by_the_next_one(new_run):
+    run = new_run(target=0)
+    start_worker(run)
+    for value in (10, 20):
+        answered(run, send_command(run.control_file, "target", value))
+    assert stop_worker(run)
+    run.control_file.unlink()  # the next file's seqs 1 and 2 are not the ones the checkpoint remembers
+    fresh = [send_command(run.control_file, "target", value) for value in (30, 40)]
+
+    start_worker(run)
+    assert [answered(run, command).ok for command in fresh] == [True, True]
+    wait_for(lambda: read_history(run).target == 40, what="the new file's last target to hold")
