@@ -11,7 +11,7 @@ from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
-from nnobs.runs import DEFAULT_RUN, RunDir, read_history, restart_worker, run_status, start_worker, stop_worker
+from nnobs.runs import DEFAULT_RUN, STOP_GRACE_S, RunDir, read_history, restart_worker, run_status, start_worker, stop_worker
 
 ANSWER_TIMEOUT_S = 10.0
 
@@ -132,7 +132,12 @@ def run_action(args: argparse.Namespace) -> int:
         return _send(run, [("tell_state", None)])
     if args.action == "stop":
         if stop_worker(run):
-            print(f"{run.name}: stopped at batch {read_history(run).batch:,}")
+            status = run_status(run, read_history(run))
+            if status.state == "crashed":  # no shutdown record: it had to be killed
+                print(f"{run.name}: killed at batch {status.batch:,}: it did not obey the shutdown within "
+                      f"{STOP_GRACE_S:.0f} s; start resumes from its last checkpoint")
+            else:
+                print(f"{run.name}: stopped at batch {status.batch:,}")
             return 0
         print(f"{run.name}: the worker did not stop in time", file=sys.stderr)
         return 1

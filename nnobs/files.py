@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-FILE_MODE = 0o644  # as the run file's: readable by everyone who may watch the run
+FILE_MODE = 0o644  # before the umask, as for every file of a run: readable by everyone who may watch it
 
 
-def _written_temp(path: Path, write: Callable[[BinaryIO], None]) -> str:
+def leftover_temps(path: Path) -> list[Path]:
+    """Temporary files of path that a killed writer never renamed into place."""
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _written_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """A synced temporary file beside path holding what write() wrote; its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # the shape leftover_temps looks for
+        try:  # not mkstemp: its files are 0600 whatever the umask, unreadable to a page run by another user
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600: a page or CLI run by another user could not read it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -147,9 +147,9 @@ def start_worker(run: RunDir) -> int:
     """
     create_run(run)
     with hold(FileLock(run.start_lock, timeout=START_TIMEOUT_S), f"starting {run.name}"):
-        pid = worker_pid(run)
+        pid = _settled_pid(run)
         if pid is not None:
-            return _settled_pid(run)
+            return pid
         announcements = RecordReader(run.run_file)
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
@@ -166,6 +166,7 @@ def start_worker(run: RunDir) -> int:
         said: list[dict] = []  # what the new worker wrote: its start, or why it could not
         while not any(_is_start_of(record, pid) for record in said):
             if _process_gone(pid) or time.monotonic() > deadline:
+                said += announcements.read_new()  # its last words may have landed as it exited
                 raise NnobsError(_why_not_started(run, said))
             time.sleep(0.02)
             said += announcements.read_new()
@@ -180,12 +181,12 @@ def _why_not_started(run: RunDir, said: list[dict]) -> str:
     return f"the worker did not start; worker.log ends:\n{log_tail(run)}"
 
 
-def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int:
-    """The pid of a worker that holds its lock, once it has written it (a moment after it took the lock)."""
+def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:
+    """The live worker's pid once it has written it (a moment after it took the lock); None when none lives."""
     deadline = time.monotonic() + timeout
     while (pid := worker_pid(run)) == -1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    if pid is None or pid == -1:
+    if pid == -1:
         raise NnobsError(f"the worker of {run.name} holds its lock but never said its pid; see {run.worker_log}")
     return pid
 
@@ -206,23 +207,25 @@ def stop_worker(run: RunDir, grace: float = STOP_GRACE_S) -> bool:
     A stuck worker cannot obey, so it is ended the way a crash would end it: without a shutdown
     record (its run then reads crashed), resuming from its last checkpoint. True once no worker lives.
     """
-    if worker_pid(run) is None:
+    pid = _settled_pid(run)
+    if pid is None:
         return True
     send_command(run.control_file, "shutdown", by="stop")
-    if _gone_within(run, grace):
+    if _gone_within(run, pid, grace):
         return True
-    pid = worker_pid(run)
-    if pid is not None and pid > 0:
-        try:
-            os.kill(pid, signal.SIGKILL)  # it holds worker.lock, so this pid is the worker's, not a reused one
-        except ProcessLookupError:
-            pass
-    return _gone_within(run, KILL_WAIT_S)
+    try:
+        os.kill(pid, signal.SIGKILL)  # it still holds worker.lock, so this pid is the worker's, not a reused one
+    except ProcessLookupError:
+        pass
+    except PermissionError as err:
+        raise NnobsError(f"the worker of {run.name} (pid {pid}) ignored the shutdown and is not ours to kill") from err
+    return _gone_within(run, pid, KILL_WAIT_S)
 
 
-def _gone_within(run: RunDir, timeout: float) -> bool:
+def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
+    """Wait until worker pid no longer holds the run: gone, or already followed by a worker someone else started."""
     deadline = time.monotonic() + timeout
-    while worker_pid(run) is not None:
+    while worker_pid(run) in (pid, -1):  # -1: its lock not yet dropped as it dies, or a successor's pid not yet written
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

@@ -18,6 +18,7 @@ from nnobs.bulk import number as _number
 from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nnobs.control import Command, ControlWatcher, check_command
 from nnobs.errors import CommandError, ControlFileError, NnobsError
+from nnobs.files import leftover_temps
 from nnobs.history import RunHistory
 from nnobs.nn import Fact, Network
 from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
@@ -110,6 +111,9 @@ class Worker:
     def checkpoint(self, now: float) -> None:
         """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
         self.check_still_owned()  # never write into a directory that is no longer this run's
+        sv = self.net.state_vector()
+        if not np.isfinite(sv).all():
+            return  # parameters no one can go on from: the checkpoint before them stays
         self.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = Checkpoint(
             batch=self.batch,
@@ -120,7 +124,7 @@ class Worker:
             last_seq=self.control.last_seq,
             control_id=self.control.file_id,
             run_offset=self._answers_from if self._answers_from is not None else self.out.size(),
-            sv=self.net.state_vector(),
+            sv=sv,
         )
         self._last_checkpoint = now
         try:
@@ -129,8 +133,8 @@ class Worker:
             self.out.write({"event": [self.batch, "checkpoint_error"], "error": str(err)})
             return
         self._checkpointed_batch = self.batch
-        if math.isfinite(self.loss) and np.isfinite(ckpt.sv).all():
-            self._finite_states.append((self.loss, self.batch, ckpt.sv))
+        if math.isfinite(self.loss):
+            self._finite_states.append((self.loss, self.batch, sv))
 
     def on_divergence(self, now: float) -> None:
         """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""
@@ -141,6 +145,8 @@ class Worker:
             _, finite_batch, finite_sv = min(self._finite_states, key=lambda kept: kept[0])
             self.net.set_state_from_vector(finite_sv)
             detail += f"; parameters back to those of batch {finite_batch:,}"
+        else:
+            detail += "; no finite parameters to go back to: move checkpoint.npz away to start afresh"
         self.report_loss(now, {"event": [self.batch, "diverged"], "error": detail})
 
     # -- commands ------------------------------------------------------------------------
@@ -290,7 +296,7 @@ def main(argv: list[str]) -> int:
         return 0
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, str(os.getpid()).encode(), 0)
-    for stale in run.path.glob(f".{run.checkpoint.name}.*.tmp"):
+    for stale in leftover_temps(run.checkpoint):
         stale.unlink(missing_ok=True)  # a checkpoint a killed predecessor never finished; only the lock holder writes them
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"nnobs worker {os.getpid()} started {stamp} for {run.path}", flush=True)

@@ -28,6 +28,7 @@ from nnobs.bulk import pair
 from nnobs.checkpoint import Checkpoint, load_checkpoint
 from nnobs.control import check_command, read_commands, send_command
 from nnobs.errors import CommandError, ControlFileError
+from nnobs.files import leftover_temps
 from nnobs.history import RunHistory
 from nnobs.records import Record, RecordReader, read_all
 from nnobs.runs import RunDir, read_history, restart_worker, run_status, start_worker, worker_pid
@@ -53,6 +54,7 @@ class Kill:
     records_lost: int  # complete lines in the file at the kill that no reader read afterwards
     torn: bool  # the kill left the file's last line without its newline
     torn_skipped: int  # lines the readers skipped because of it
+    left_temp: bool  # the kill left a checkpoint's temporary file, which the next worker removed
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +177,8 @@ def replaced_from_now(path) -> Callable[[], bool]:
 
 
 def checkpoint_temps(run: RunDir) -> set[str]:
-    """Temporary files of checkpoints being written (replace_atomically names them so)."""
-    prefix = f".{run.checkpoint.name}."
-    return {name for name in os.listdir(run.path) if name.startswith(prefix) and name.endswith(".tmp")}
+    """Temporary files of checkpoints being written, by name."""
+    return {temp.name for temp in leftover_temps(run.checkpoint)}
 
 
 # Each waits for a moment of its kind and returns whether it caught it, or None when any moment will do.
@@ -320,6 +321,7 @@ def kill_restart_and_check(run: RunDir, reader: RunReader, kind: str, rng: rando
         records_lost=records_lost,
         torn=bool(crash.torn_tail),
         torn_skipped=skipped[0],
+        left_temp=bool(crash.temps),
     )
 
 
@@ -335,6 +337,11 @@ def test_kill_9_at_any_moment_loses_no_record_and_resumes_from_the_checkpoint(ki
     for number in range(1, KILLS_PER_KIND + 1):
         kills.append(kill_restart_and_check(run, reader, kind, rng, label=f"kill {number} of the {kind} run (seed {SEED})"))
         figures["kills"].append(kills[-1])
+    # The checks above hold whatever the moment; these make sure the hard moments were really met.
+    if kind == "record":
+        assert any(k.torn for k in kills), f"seed {SEED}: no kill tore a line"
+    if kind == "checkpoint":
+        assert any(k.left_temp for k in kills), f"seed {SEED}: no kill caught a checkpoint half written"
 
     # Read afresh from the start, the whole file tells the same: every record, each torn line skipped once.
     kill_worker(run)

@@ -8,6 +8,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from conftest import (
     FOREVER,
@@ -415,7 +416,9 @@ def test_a_diverging_run_pauses_at_finite_parameters_and_trains_on_when_eta_is_l
     heartbeats = len(records_with(run, "loss"))
     wait_for(lambda: len(records_with(run, "loss")) >= heartbeats + 2, what="two more heartbeats")
     assert read_history(run).batch == paused_at  # paused, not training on NaN
-    assert np.isfinite(load_checkpoint(run.checkpoint).sv).all()
+    answered(run, send_command(run.control_file, "tell_state"))  # an answer is followed by a checkpoint
+    paused = wait_for(lambda: (c := load_checkpoint(run.checkpoint)).batch == paused_at and c, what="its checkpoint")
+    assert np.isfinite(paused.sv).all(), "the paused worker holds finite parameters"
 
     answered(run, send_command(run.control_file, "eta", 0.05))
     batch_passes(run, paused_at + 1000, what="training to go on after eta was lowered")
@@ -442,13 +445,19 @@ def test_a_stuck_worker_reads_stalled_and_stop_kills_it_after_the_grace_time(new
     assert wait_started(run, 1) and restart_worker(run) and wait_started(run, 2)["resumed_from"] is not None
 
 
-def test_every_file_of_a_run_is_readable_by_other_users_who_watch_it(new_run):
-    run = new_run(target=100)
-    start_worker(run)
-    answered(run, send_command(run.control_file, "tell_state"))
-    assert stop_worker(run)
+@pytest.mark.parametrize("umask, others_read", [(0o022, 0o044), (0o077, 0)])
+def test_every_file_of_a_run_is_as_readable_as_the_umask_allows(new_run, umask, others_read):
+    """Others who watch the run can read all of it; a umask that asks for privacy gets it for all of it."""
+    old = os.umask(umask)  # the worker inherits it through its launcher
+    try:
+        run = new_run(target=100)
+        start_worker(run)
+        answered(run, send_command(run.control_file, "tell_state"))
+        assert stop_worker(run)
+    finally:
+        os.umask(old)
     for path in (run.config, run.control_file, run.checkpoint, run.run_file, run.worker_lock):
-        assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is not readable by group and others"
+        assert path.stat().st_mode & 0o077 == others_read, f"{path.name} is {oct(path.stat().st_mode)}"
 
 
 def test_a_control_file_made_anew_while_no_worker_runs_is_obeyed_by_the_next_one(new_run):
