@@ -151,19 +151,36 @@ def test_with_an_operator_password_viewers_see_the_run_read_only_until_they_sign
     rerun_until(page, lambda at: metrics(at)["Batch"] == "2,000", "batch 2,000 after the operator's target")
 
 
-def test_every_action_checks_the_operator_password_again_on_the_server(page, new_run):
-    run = new_run("default", target=0)
-    page.secrets["operator_password"] = "old"
-    page.run()
-    sign_in(page, "old")
-    rerun_until(page, lambda at: state(at) == "IDLE", "the idle badge")
-    before = run.control_file.read_text() if run.control_file.exists() else ""
+def _act_as_signed_in_with(entered: str) -> None:
+    """A script run that sends tell_state and starts the run for a session signed in with entered."""
+    from pathlib import Path
 
-    page.secrets["operator_password"] = "new"  # changed while this session was signed in with the old one
-    button(page, "Tell state now").click().run()
-    assert (run.control_file.read_text() if run.control_file.exists() else "") == before, "nothing was sent"
-    assert not has_button(page, "Set target"), "the page is redrawn read-only"
-    assert any("Read-only" in i.value for i in page.sidebar.info)
+    import streamlit as st
+
+    from nnobs import page
+    from nnobs.runs import RunDir
+
+    run = RunDir(Path(st.query_params["run_dir"]))
+    st.session_state["operator_entered"] = entered
+    page._send(run, "tell_state")
+    page._start(run)
+    st.write(st.session_state.get("refused_tell_state", "sent"), st.session_state.get("refused_start", "started"))
+
+
+@pytest.mark.parametrize("entered, allowed", [("current", True), ("before it changed", False)])
+def test_every_action_checks_the_operator_password_again_on_the_server(new_run, entered, allowed):
+    run = new_run("default", target=0)
+    act = AppTest.from_function(_act_as_signed_in_with, args=(entered,), default_timeout=60)
+    act.secrets["operator_password"] = "current"
+    act.query_params["run_dir"] = str(run.path)
+    act.run()
+    assert not act.exception, act.exception
+    said = " ".join(m.value for m in act.markdown)
+    if allowed:
+        assert "sent started" in said and worker_pid(run) is not None and run.control_file.exists()
+    else:
+        assert said.count("Only operators steer this run") == 2
+        assert worker_pid(run) is None and not run.control_file.exists(), "nothing was sent or started"
 
 
 def test_a_viewer_cannot_create_a_run_by_naming_it_in_the_url(page, runs_root):
@@ -183,3 +200,15 @@ def test_unreadable_lines_in_the_run_file_are_skipped_and_counted_on_the_page(pa
         f.write(b'{"loss": [5, 0.1]\n\xff\xfe not json\n')
     rerun_until(page, lambda at: any("2 unreadable lines skipped" in c.value for c in at.caption), "the count shown")
     assert state(page) == "IDLE" and not page.exception
+
+
+def test_a_changed_password_turns_a_signed_in_page_read_only(page, new_run):
+    new_run("default", target=0)
+    page.secrets["operator_password"] = "old"
+    page.run()
+    sign_in(page, "old")
+    assert has_button(page, "Set target")
+
+    page.secrets["operator_password"] = "new"
+    page.run()
+    assert not has_button(page, "Set target") and any("Read-only" in i.value for i in page.sidebar.info)
