@@ -6,6 +6,8 @@ import hmac
 import os
 from collections.abc import Mapping
 
+from nnobs.errors import NnobsError
+
 PASSWORD_ENV = "NNOBS_OPERATOR_PASSWORD"
 PASSWORD_SECRET = "operator_password"  # the key in .streamlit/secrets.toml
 
@@ -13,11 +15,15 @@ PASSWORD_SECRET = "operator_password"  # the key in .streamlit/secrets.toml
 def configured_password(secrets: Mapping | None = None) -> str | None:
     """The operator password from secrets, else from $NNOBS_OPERATOR_PASSWORD; None when neither sets one.
 
+    Raises NnobsError when a secrets file exists but cannot be read.
     Read again on every check, so a changed password takes effect at once for every session.
     """
     try:
         password = (secrets or {}).get(PASSWORD_SECRET)
-    except FileNotFoundError:  # Streamlit's secrets raise this when there is no secrets.toml
+    except FileNotFoundError as err:  # Streamlit's secrets error, for a missing file and a broken one alike
+        if getattr(err, "error_id", "no-secrets-found") != "no-secrets-found":
+            # A typo in secrets.toml must not switch the password off: no one steers until it is fixed.
+            raise NnobsError(f"the secrets file cannot be read, so no one may steer until it is fixed: {err}") from err
         password = None
     password = password or os.environ.get(PASSWORD_ENV)
     return str(password) if password else None

@@ -42,7 +42,11 @@ def _watcher(run_file: str) -> RunWatcher:
 
 def _may_steer() -> bool:
     """Whether this session may steer: asked on every draw and again by every action, on the server."""
-    return may_steer(st.session_state.get("operator_entered"), configured_password(st.secrets))
+    try:
+        configured = configured_password(st.secrets)
+    except NnobsError:
+        return False  # _sign_in says why
+    return may_steer(st.session_state.get("operator_entered"), configured)
 
 
 def _open_run(steer: bool) -> RunDir:
@@ -110,9 +114,14 @@ def _run_picker(run: RunDir, steer: bool) -> None:
 
 def _sign_in() -> None:
     """With an operator password set: a sign-in form for viewers, a sign-out button for operators."""
-    if configured_password(st.secrets) is None:
-        return  # local use: everyone steers
     bar = st.sidebar
+    try:
+        configured = configured_password(st.secrets)
+    except NnobsError as err:
+        bar.error(str(err))
+        return
+    if configured is None:
+        return  # local use: everyone steers
     if _may_steer():
         bar.success("Signed in as operator: you can steer this run.")
         if bar.button("Sign out"):
@@ -123,7 +132,7 @@ def _sign_in() -> None:
     with bar.form("sign_in", border=False, clear_on_submit=True):
         entered = st.text_input("Operator password", type="password")
         if st.form_submit_button("Sign in"):
-            if may_steer(entered, configured_password(st.secrets)):
+            if may_steer(entered, configured):
                 st.session_state["operator_entered"] = entered
                 st.rerun()
             time.sleep(WRONG_PASSWORD_DELAY_S)  # makes guessing slow
