@@ -76,7 +76,7 @@ def _send(run: RunDir, commands: list[tuple[str, object]], wait: bool = True) ->
     return _await_answers(answers, [c["id"] for c in sent]) if wait else 0
 
 
-def _format_status(status, skipped_lines: int = 0) -> str:
+def _format_status(status) -> str:
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
@@ -93,8 +93,8 @@ def _format_status(status, skipped_lines: int = 0) -> str:
     ]
     if status.error:
         lines.append(f"error      {status.error}")
-    if skipped_lines:
-        lines.append(f"skipped    {skipped_lines:,} unreadable lines of run.jsonl")
+    if status.skipped_lines:
+        lines.append(f"skipped    {status.skipped_lines:,} unreadable lines of run.jsonl")
     return "\n".join(lines)
 
 
@@ -119,9 +119,8 @@ def run_action(args: argparse.Namespace) -> int:
     if args.action in ("set", "tell-state", "stop", "restart", "tail") and not run.exists():
         raise NnobsError(f"no run named {run.name!r} in {run.path.parent}; `nnobs start {run.name}` creates it")
     if args.action == "status":
-        history = read_history(run)
-        status = run_status(run, history)
-        print(json.dumps(status.as_dict()) if args.json else _format_status(status, history.skipped_lines))
+        status = run_status(run, read_history(run))
+        print(json.dumps(status.as_dict()) if args.json else _format_status(status))
         return 0
     if args.action == "set":
         commands = [(c, v) for c, v in (("target", args.target), ("eta", args.eta), ("report_every", args.report_every)) if v is not None]

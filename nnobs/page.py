@@ -353,7 +353,7 @@ def _live(run: RunDir, config: RunConfig | None) -> None:
     _commands(view)
     _charts(view)
     took = 1000 * (time.perf_counter() - started)
-    n = view.skipped_lines
+    n = view.status.skipped_lines
     skipped = f" · {n:,} unreadable line{'' if n == 1 else 's'} skipped" if n else ""
     st.caption(f"Updated {time.strftime('%H:%M:%S')} in {took:.0f} ms · {view.n_records:,} records{skipped}")
 

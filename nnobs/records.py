@@ -147,7 +147,7 @@ class RecordReader:
         self.restarts = 0  # times the file shrank or was replaced and was read again from the start
         self.bytes_read = 0  # bytes read from the file in all, torn line tails included
         self._inode: int | None = None
-        self._head = b""  # the file's first bytes as read (its first line's start: a pid and a time)
+        self._head = b""  # the file's first bytes as read: a new file starts with another worker's pid, or other text
 
     def read_new_lines(self) -> bytes:
         """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again."""

@@ -192,8 +192,8 @@ def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:
 
 
 def _is_start_of(record: dict, pid: int) -> bool:
-    event = record.get("event")
-    return isinstance(event, list) and event[1:] == ["started"] and record.get("pid") == pid
+    event = pair(record.get("event"))
+    return bool(event) and event[1] == "started" and record.get("pid") == pid
 
 
 def _package_parent() -> str:
@@ -255,6 +255,7 @@ class RunStatus:
     heartbeat_age_s: float | None
     diverged: bool
     error: str  # the last error event's message, if the last generation ended in one
+    skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -292,6 +293,7 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         heartbeat_age_s=None if age is None else round(age, 3),
         diverged=history.diverged,
         error=error,
+        skipped_lines=history.skipped_lines,
     )
 
 

@@ -28,7 +28,6 @@ class RunView:
     status: RunStatus
     report_every: int | None
     n_records: int
-    skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
     recent: list[tuple[Command, Answer | None]]  # newest first, with the worker's answer when it has one
     control_error: str  # why the control file could not be read, if it could not
     rate: float | None  # batches per second over the last seconds
@@ -73,7 +72,6 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             status=run_status(run, history),
             report_every=history.report_every,
             n_records=history.n_records,
-            skipped_lines=history.skipped_lines,
             recent=[(c, history.answers.get(str(c.get("id")))) for c in reversed(recent)],
             control_error=control_error,
             rate=rate,
