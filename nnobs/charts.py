@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from nnobs.analytics import EXTENT, GRID
-from nnobs.history import RunHistory
+from nnobs.history import Marker, RunHistory
 
 MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
 HEATMAP_COLUMNS = 100  # batch bins across the heatmap
@@ -24,12 +24,18 @@ def loss_frame(history: RunHistory) -> pd.DataFrame:
 
 
 def markers_frame(history: RunHistory) -> pd.DataFrame:
-    """Where commands took effect and generations began: batch, label, kind."""
+    """Where commands took effect and generations began: batch, label, kind, lane; one label per batch."""
     lanes = 3  # labels step down in turn, so markers at nearby batches do not write over each other
+    groups: list[list[Marker]] = []  # markers at one batch (commands, then the restart that came back to it)
+    for marker in history.markers:
+        if groups and groups[-1][0].batch == marker.batch:
+            groups[-1].append(marker)
+        else:
+            groups.append([marker])
     return pd.DataFrame(
-        {"batch": [m.batch for m in history.markers], "label": [m.label for m in history.markers],
-         "kind": [m.kind for m in history.markers],
-         "lane": [3 + 13 * (m.number % lanes) for m in history.markers]}  # pixels from the top
+        {"batch": [g[0].batch for g in groups], "label": [" · ".join(m.label for m in g) for g in groups],
+         "kind": [g[-1].kind for g in groups],
+         "lane": [3 + 13 * (g[0].number % lanes) for g in groups]}  # pixels from the top
     )
 
 

@@ -44,7 +44,7 @@ class Marker:
     batch: int
     label: str  # e.g. "eta 0.05", "target 5,000", "gen 2"
     kind: str  # "command" or "generation"
-    number: int  # counts markers from the first: a stable place for its label
+    number: int  # counts the batches with markers from the first: a stable place for their label
 
 
 MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state"}
@@ -75,7 +75,7 @@ class RunHistory:
         self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
         self.events: list[Event] = []
         self.markers: deque[Marker] = deque(maxlen=MAX_MARKERS)
-        self._markers_seen = 0
+        self._marked_batches = 0
         self.progress: deque[tuple[float, int, float | None]] = deque(maxlen=PROGRESS_SAMPLES)
         self.answers: dict[str, Answer] = {}  # by command id
         self.batch = 0
@@ -163,8 +163,7 @@ class RunHistory:
                 if ok and label:
                     value = answer[1].get("value")
                     text = label.format(value) if value is not None else label
-                    self.markers.append(Marker(answer[0], text, "command", self._markers_seen))
-                    self._markers_seen += 1
+                    self._mark(answer[0], text, "command")
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""
@@ -184,11 +183,16 @@ class RunHistory:
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
         if kind == "started":
-            self.markers.append(Marker(batch, f"gen {self.gen}", "generation", self._markers_seen))
-            self._markers_seen += 1
+            self._mark(batch, f"gen {self.gen}", "generation")
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail))
+
+    def _mark(self, batch: int, label: str, kind: str) -> None:
+        """Add a marker; markers at the batch of the one before share its number, and so its label's place."""
+        if not self.markers or self.markers[-1].batch != batch:
+            self._marked_batches += 1
+        self.markers.append(Marker(batch, label, kind, self._marked_batches))
 
     @property
     def last_lifecycle(self) -> Event | None:

@@ -199,3 +199,18 @@ def test_odd_but_valid_json_lines_are_skipped_and_the_rest_kept():
         b'{"loss":[99999999999999999999,0.5]}\n{"loss":[2,"fast"]}\n{"loss":[3,0.25],"t":2.0,"gen":1}\n'
     )
     assert history.loss_series()[0].tolist() == [1, 3] and history.sv_latest is None and history.loss == 0.25
+
+
+def test_markers_at_one_batch_share_one_label_so_none_is_written_over():
+    history = RunHistory()
+    ack = {"id": "a", "seq": 1, "cmd": "target", "value": 0}
+    history.add([
+        {"ack": [500, ack], "target": [500, 0], "gen": 1},
+        {"ack": [500, {**ack, "id": "b", "cmd": "eta", "value": 0.05}], "gen": 1},
+        {"event": [500, "started"], "pid": 7, "resumed_from": 500, "gen": 2},
+        {"ack": [900, {**ack, "id": "c", "value": 9000}], "gen": 2},
+    ])
+    frame = charts.markers_frame(history)
+    assert frame["batch"].tolist() == [500, 900]
+    assert frame["label"].tolist() == ["target 0 · eta 0.05 · gen 2", "target 9,000"]
+    assert frame["lane"].nunique() == 2, "neighbouring labels step down"
