@@ -111,6 +111,7 @@ class Worker:
     def checkpoint(self, now: float) -> None:
         """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
         self.check_still_owned()  # never write into a directory that is no longer this run's
+        self._last_checkpoint = now
         sv = self.net.state_vector()
         if not np.isfinite(sv).all():
             return  # parameters no one can go on from: the checkpoint before them stays
@@ -126,7 +127,6 @@ class Worker:
             run_offset=self._answers_from if self._answers_from is not None else self.out.size(),
             sv=sv,
         )
-        self._last_checkpoint = now
         try:
             save_checkpoint(self.run_dir.checkpoint, ckpt)
         except OSError as err:
