@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+from collections import deque
 from collections.abc import Mapping
 
 from nnobs.errors import NnobsError
 
 PASSWORD_ENV = "NNOBS_OPERATOR_PASSWORD"
 PASSWORD_SECRET = "operator_password"  # the key in .streamlit/secrets.toml
+WRONG_GUESSES_PER_MINUTE = 10  # across every session of a server: a person mistypes less, a script far more
 
 
 def configured_password(secrets: Mapping | None = None) -> str | None:
@@ -34,3 +37,26 @@ def may_steer(entered: str | None, configured: str | None) -> bool:
     if configured is None:
         return True
     return entered is not None and hmac.compare_digest(entered.encode(), configured.encode())
+
+
+class WrongGuesses:
+    """Wrong passwords across every session of a server; past the limit in a minute, no password is checked.
+
+    Correct ones wait too: otherwise a guesser could go on during the pause and learn when it hit.
+    """
+
+    def __init__(self, per_minute: int = WRONG_GUESSES_PER_MINUTE):
+        self.per_minute = per_minute
+        self._times: deque[float] = deque()  # monotonic times of the wrong guesses of the last minute
+        self._lock = threading.Lock()  # sessions run on threads of their own
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a password may be checked again; 0 when it may now."""
+        with self._lock:
+            while self._times and self._times[0] <= now - 60:
+                self._times.popleft()
+            return 0.0 if len(self._times) < self.per_minute else self._times[0] + 60 - now
+
+    def add(self, now: float) -> None:
+        with self._lock:
+            self._times.append(now)

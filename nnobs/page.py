@@ -11,7 +11,7 @@ from nnobs import charts
 from nnobs.control import check_command, send_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunWatcher
-from nnobs.operators import configured_password, may_steer
+from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
     STOP_GRACE_S,
@@ -27,11 +27,16 @@ from nnobs.runs import (
 from nnobs.tasks import RunConfig, load_config
 from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
 
-WRONG_PASSWORD_DELAY_S = 1.0  # one guess a second per session
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 STATE_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
                 "absent": "gray"}
 ALIVE = ("training", "idle", "stalled")
+
+
+@st.cache_resource(show_spinner=False)
+def _wrong_guesses() -> WrongGuesses:
+    """One count for the whole server: opening more sessions does not buy more guesses."""
+    return WrongGuesses()
 
 
 @st.cache_resource(show_spinner=False)
@@ -132,11 +137,15 @@ def _sign_in() -> None:
     with bar.form("sign_in", border=False, clear_on_submit=True):
         entered = st.text_input("Operator password", type="password")
         if st.form_submit_button("Sign in"):
-            if may_steer(entered, configured):
+            now = time.monotonic()
+            if wait := _wrong_guesses().wait_s(now):
+                st.error(f"Too many wrong passwords on this server in the last minute: try again in {wait:.0f} s.")
+            elif may_steer(entered, configured):
                 st.session_state["operator_entered"] = entered
                 st.rerun()
-            time.sleep(WRONG_PASSWORD_DELAY_S)  # makes guessing slow
-            st.error("Wrong password.")
+            else:
+                _wrong_guesses().add(now)
+                st.error("Wrong password.")
 
 
 def _controls(run: RunDir) -> None:

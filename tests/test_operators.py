@@ -7,7 +7,7 @@ from streamlit import config
 from streamlit.runtime.secrets import Secrets
 
 from nnobs.errors import NnobsError
-from nnobs.operators import PASSWORD_ENV, configured_password, may_steer
+from nnobs.operators import PASSWORD_ENV, WrongGuesses, configured_password, may_steer
 
 
 @pytest.fixture
@@ -47,3 +47,14 @@ def test_a_broken_secrets_file_locks_steering_instead_of_switching_the_password_
     broken = secrets_at('operator_password = "unclosed')
     with pytest.raises(NnobsError, match="the secrets file cannot be read, so no one may steer"):
         configured_password(broken)
+
+
+def test_wrong_guesses_past_the_limit_pause_every_sign_in_for_the_rest_of_the_minute():
+    guesses = WrongGuesses(per_minute=3)
+    for second in (0.0, 1.0, 2.0):
+        assert guesses.wait_s(second) == 0
+        guesses.add(second)
+    assert guesses.wait_s(3.0) == 57.0, "the fourth waits until the first is a minute old"
+    assert guesses.wait_s(60.0) == 0, "then one more may be checked"
+    guesses.add(60.0)
+    assert guesses.wait_s(60.5) == 0.5

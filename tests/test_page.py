@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import events, kill_worker, wait_for
+from nnobs.page import _wrong_guesses
 from nnobs.runs import worker_pid
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -15,8 +16,9 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 @pytest.fixture
 def page(runs_root, monkeypatch):
-    """The page on runs_root, run once; the caller reruns it to see changes."""
+    """The page on runs_root, as a freshly started server shows it; the caller runs it."""
     monkeypatch.setenv("NNOBS_RUNS", str(runs_root))
+    _wrong_guesses.clear()  # the server's count of wrong passwords, kept across sessions in this process
     return AppTest.from_file(APP, default_timeout=60)
 
 
@@ -212,3 +214,15 @@ def test_a_changed_password_turns_a_signed_in_page_read_only(page, new_run):
     page.secrets["operator_password"] = "new"
     page.run()
     assert not has_button(page, "Set target") and any("Read-only" in i.value for i in page.sidebar.info)
+
+
+def test_after_ten_wrong_passwords_on_the_server_even_the_right_one_waits(page, new_run):
+    new_run("default", target=0)
+    page.secrets["operator_password"] = "s3cret"
+    page.run()
+    for _ in range(10):
+        sign_in(page, "guess")
+        assert any("Wrong password" in e.value for e in page.sidebar.error)
+    sign_in(page, "s3cret")
+    assert any("Too many wrong passwords" in e.value for e in page.sidebar.error)
+    assert not has_button(page, "Set target"), "no password is checked during the pause"
