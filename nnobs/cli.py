@@ -7,11 +7,21 @@ import json
 import sys
 import time
 
-from nnobs.control import check_command, send_command
+from nnobs.control import check_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
-from nnobs.runs import DEFAULT_RUN, STOP_GRACE_S, RunDir, read_history, restart_worker, run_status, start_worker, stop_worker
+from nnobs.runs import (
+    DEFAULT_RUN,
+    STOP_GRACE_S,
+    RunDir,
+    queue_command,
+    read_history,
+    restart_worker,
+    run_status,
+    start_worker,
+    stop_worker,
+)
 
 ANSWER_TIMEOUT_S = 10.0
 
@@ -70,7 +80,7 @@ def _send(run: RunDir, commands: list[tuple[str, object]], wait: bool = True) ->
         check_command(cmd, value)  # refuse here, with the worker's own words, before anything is written
     answers = RecordReader(run.run_file)
     answers.offset = run.run_file.stat().st_size if run.run_file.exists() else 0  # answers come after this
-    sent = [send_command(run.control_file, cmd, value, by="cli") for cmd, value in commands]
+    sent = [queue_command(run, cmd, value, by="cli") for cmd, value in commands]
     for command in sent:
         print(f"sent {command['cmd']}{'' if command['value'] is None else ' ' + str(command['value'])} as {command['id']}")
     return _await_answers(answers, [c["id"] for c in sent]) if wait else 0

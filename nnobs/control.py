@@ -106,6 +106,27 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
     return command
 
 
+def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int) -> int:
+    """Drop the commands numbered through_seq or lower, but the newest keep of all; the number dropped.
+
+    Only for commands a worker applied and checkpointed (their answers live on in the run file),
+    and only in the control file whose file_id the checkpoint names: never one made anew since.
+    """
+    path = Path(path)
+    with hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file"):
+        content = _read(path)
+        seqs = [c["seq"] for c in _commands(content)]
+        if file_id is None or content.get("file_id") != file_id or len(seqs) <= keep:
+            return 0
+        cutoff = min(through_seq, seqs[-keep - 1])
+        kept = [c for c in content["commands"] if not (isinstance(c, dict) and _is_int(c.get("seq")) and c["seq"] <= cutoff)]
+        dropped = len(content["commands"]) - len(kept)
+        if dropped:
+            content["commands"] = kept
+            replace_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
+        return dropped
+
+
 class ControlWatcher:
     """Hands the worker the commands it has not seen yet, reading the file only when it changed."""
 

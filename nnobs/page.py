@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import streamlit as st
 
 from nnobs import charts
-from nnobs.control import check_command, send_command
+from nnobs.control import check_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunWatcher
 from nnobs.operators import WrongGuesses, configured_password, may_steer
@@ -21,6 +21,7 @@ from nnobs.runs import (
     create_run,
     list_runs,
     log_tail,
+    queue_command,
     restart_worker,
     start_worker,
 )
@@ -87,7 +88,7 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
         return
     try:
         value = check_command(cmd, value)
-        command = send_command(run.control_file, cmd, value, by="page")
+        command = queue_command(run, cmd, value, by="page")
     except NnobsError as err:
         st.session_state[f"refused_{cmd}"] = str(err)  # shown by its control on every refresh until sent again
         return

@@ -15,7 +15,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from nnobs.bulk import pair
-from nnobs.control import send_command
+from nnobs.checkpoint import load_checkpoint
+from nnobs.control import Command, forget_applied, send_command
 from nnobs.errors import NnobsError, RunNameError, hold
 from nnobs.files import FILE_MODE, create_once
 from nnobs.history import RunHistory
@@ -28,6 +29,7 @@ START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0  # a worker that has not obeyed a shutdown by then (stuck, or stopped) is killed
 KILL_WAIT_S = 10.0  # for the kernel to end a killed worker and drop its lock
 STALL_AFTER_S = 10.0  # a live worker writes at least once a second: this much silence means it is stuck
+COMMANDS_KEPT = 1000  # applied commands control.json keeps; older ones live on as answers in the run file
 LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
 
 
@@ -129,6 +131,23 @@ def _process_gone(pid: int) -> bool:
         return os.path.isdir("/proc")  # with /proc, a missing entry means it just exited
 
 
+def queue_command(run: RunDir, cmd: str, value=None, by: str = "") -> Command:
+    """Queue a command for the run's worker; every COMMANDS_KEPT commands, forget what it applied long ago.
+
+    A run steered for days by a script would otherwise grow control.json without end, and with it
+    the time every sender, the worker and every page spend reading it.
+    """
+    command = send_command(run.control_file, cmd, value, by=by)
+    if command["seq"] % COMMANDS_KEPT == 0:
+        try:
+            ckpt = load_checkpoint(run.checkpoint)
+        except NnobsError:
+            ckpt = None  # an unreadable checkpoint says nothing of what was applied: keep everything
+        if ckpt is not None:
+            forget_applied(run.control_file, ckpt.control_id, ckpt.last_seq, keep=COMMANDS_KEPT)
+    return command
+
+
 def log_tail(run: RunDir, n_lines: int = 20) -> str:
     try:
         with open(run.worker_log, "rb") as f:
@@ -210,7 +229,7 @@ def stop_worker(run: RunDir, grace: float = STOP_GRACE_S) -> bool:
     pid = _settled_pid(run)
     if pid is None:
         return True
-    send_command(run.control_file, "shutdown", by="stop")
+    queue_command(run, "shutdown", by="stop")
     if _gone_within(run, pid, grace):
         return True
     try:

@@ -25,10 +25,12 @@ from conftest import (
     wait_started,
 )
 from nnobs.checkpoint import load_checkpoint
-from nnobs.control import send_command
+from nnobs import runs
+from nnobs.control import read_commands, send_command
 from nnobs.records import read_all
 from nnobs.runs import (
     STALL_AFTER_S,
+    queue_command,
     read_history,
     restart_worker,
     run_status,
@@ -472,3 +474,27 @@ def test_a_control_file_made_anew_while_no_worker_runs_is_obeyed_by_the_next_one
     start_worker(run)
     assert [answered(run, command).ok for command in fresh] == [True, True]
     wait_for(lambda: read_history(run).target == 40, what="the new file's last target to hold")
+
+
+def test_control_file_forgets_only_what_a_checkpoint_says_was_applied_and_nothing_is_answered_twice(
+    new_run, monkeypatch
+):
+    monkeypatch.setattr(runs, "COMMANDS_KEPT", 5)  # the bound, small enough to cross a few times here
+    run = new_run(target=0)
+    start_worker(run)
+    applied = [queue_command(run, "target", 100 + k) for k in range(23)]
+    for command in applied:
+        answered(run, command)
+    assert stop_worker(run)
+    queued = [queue_command(run, "target", 200 + k) for k in range(12)]  # no worker: none of these is applied
+
+    kept = read_commands(run.control_file)
+    assert len(kept) < len(applied) + len(queued), "applied commands were forgotten"
+    assert [c["id"] for c in kept][-len(queued):] == [c["id"] for c in queued], "no unapplied command is dropped"
+
+    start_worker(run)
+    for command in queued:
+        assert answered(run, command).ok
+    wait_for(lambda: read_history(run).target == 211, what="the last queued target to hold")
+    answers = [r["ack"][1]["id"] for r in records_with(run, "ack")]
+    assert sorted(answers) == sorted({*answers}) and {c["id"] for c in applied + queued} <= {*answers}
