@@ -76,6 +76,15 @@ def _read(path: Path) -> dict[str, Any]:
     return content
 
 
+def _locked(path: Path):
+    """The control file's lock, held by every writer while it reads, changes and replaces the file."""
+    return hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file")
+
+
+def _write(path: Path, content: dict[str, Any]) -> None:
+    replace_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
+
+
 def read_commands(path: Path) -> list[Command]:
     """Every command in the control file, oldest first. Safe without the lock: writers replace it atomically."""
     return _commands(_read(Path(path)))
@@ -97,12 +106,12 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
         json.dumps(command, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise CommandError(f"{cmd} {value!r} cannot be written as JSON: {err}") from err
-    with hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file"):
+    with _locked(path):
         content = _read(path)
         command = {"seq": content["next_seq"], **command}
         content["next_seq"] += 1
         content["commands"].append(command)
-        replace_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
+        _write(path, content)
     return command
 
 
@@ -113,7 +122,7 @@ def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int)
     and only in the control file whose file_id the checkpoint names: never one made anew since.
     """
     path = Path(path)
-    with hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file"):
+    with _locked(path):
         content = _read(path)
         seqs = [c["seq"] for c in _commands(content)]
         if file_id is None or content.get("file_id") != file_id or len(seqs) <= keep:
@@ -123,7 +132,7 @@ def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int)
         dropped = len(content["commands"]) - len(kept)
         if dropped:
             content["commands"] = kept
-            replace_atomically(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
+            _write(path, content)
         return dropped
 
 
