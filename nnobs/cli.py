@@ -124,7 +124,7 @@ def _tail(run: RunDir, follow: bool) -> int:
 def run_action(args: argparse.Namespace) -> int:
     run = RunDir.named(args.run, args.runs)
     if args.action == "start":
-        print(f"{run.name}: worker {start_worker(run)} is alive")
+        print(f"{run.name}: worker {start_worker(run, by='cli')} is alive")
         return 0
     if args.action in ("set", "tell-state", "stop", "restart", "tail") and not run.exists():
         raise NnobsError(f"no run named {run.name!r} in {run.path.parent}; `nnobs start {run.name}` creates it")
@@ -140,7 +140,7 @@ def run_action(args: argparse.Namespace) -> int:
     if args.action == "tell-state":
         return _send(run, [("tell_state", None)])
     if args.action == "stop":
-        if stop_worker(run):
+        if stop_worker(run, by="cli stop"):
             status = run_status(run, read_history(run))
             if status.state == "crashed":  # no shutdown record: it had to be killed
                 print(f"{run.name}: killed at batch {status.batch:,}: it did not obey the shutdown within "
@@ -151,7 +151,7 @@ def run_action(args: argparse.Namespace) -> int:
         print(f"{run.name}: the worker did not stop in time", file=sys.stderr)
         return 1
     if args.action == "restart":
-        pid = restart_worker(run)
+        pid = restart_worker(run, by="cli")
         status = run_status(run, read_history(run))
         print(f"{run.name}: worker {pid}, generation {status.generation}, at batch {status.batch:,}")
         return 0

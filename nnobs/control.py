@@ -30,23 +30,36 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+COMMANDS = ("target", "eta", "report_every", "pace", "tell_state", "rewind", "reinit", "shutdown")
+MAX_PACE = 1e6  # batches a second; more is no slow motion at all
+
+
 def check_command(cmd: Any, value: Any) -> Any:
     """The value the worker will apply for cmd, or CommandError saying why it would be refused."""
-    if cmd == "target":
+    if cmd in ("target", "report_every", "rewind"):
+        what = {
+            "target": "target must be a whole number of batches",
+            "report_every": "report_every must be a whole number of batches (0 reports only on request)",
+            "rewind": "rewind needs the whole number of the batch to go back to",
+        }[cmd]
         if not _is_int(value) or not 0 <= value <= MAX_TARGET:
-            raise CommandError(f"target must be a whole number of batches from 0 to {MAX_TARGET:,}, not {value!r}")
+            raise CommandError(f"{what} from 0 to {MAX_TARGET:,}, not {value!r}")
         return value
     if cmd == "eta":
         if not _is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_ETA:
             raise CommandError(f"eta must be a number above 0 and at most {MAX_ETA:g}, not {value!r}")
         return float(value)
-    if cmd == "report_every":
-        if not _is_int(value) or not 0 <= value <= MAX_TARGET:
-            raise CommandError(f"report_every must be a whole number of batches (0 turns it off), not {value!r}")
+    if cmd == "pace":
+        if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_PACE:
+            raise CommandError(f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}, not {value!r}")
+        return float(value)
+    if cmd == "reinit":
+        if value is not None and (not _is_int(value) or not 0 <= value < 2**32):
+            raise CommandError(f"reinit takes no seed (the run's own) or a seed from 0 to 2**32 - 1, not {value!r}")
         return value
     if cmd in ("tell_state", "shutdown"):
         return None
-    raise CommandError(f"unknown command {cmd!r}: expected target, eta, report_every, tell_state or shutdown")
+    raise CommandError(f"unknown command {cmd!r}: expected {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]}")
 
 
 def _new_content() -> dict[str, Any]:

@@ -35,6 +35,7 @@ class Event:
     gen: int | None
     t: float | None
     detail: str = ""
+    by: str = ""  # who asked for it, when someone did: "page", "cli", ...
 
 
 @dataclass
@@ -83,6 +84,9 @@ class RunHistory:
         self.eta: float | None = None
         self.target: int | None = None
         self.report_every: int | None = None
+        self.pace: float | None = None
+        self.best_loss: float | None = None
+        self.not_learning = False
         self.gen: int | None = None
         self.last_t: float | None = None  # wall time of the newest record: the heartbeat
         self.diverged = False
@@ -186,7 +190,7 @@ class RunHistory:
             self._mark(batch, f"gen {self.gen}", "generation")
             if record.get("resumed_from") is not None:
                 detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
-        self.events.append(Event(kind, batch, self.gen, t, detail))
+        self.events.append(Event(kind, batch, self.gen, t, detail, str(record.get("by") or "")))
 
     def _mark(self, batch: int, label: str, kind: str) -> None:
         """Add a marker; markers at the batch of the one before share its number, and so its label's place."""

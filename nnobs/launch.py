@@ -14,7 +14,7 @@ def main() -> None:
     run_dir = Path(sys.argv[1])
     with open(run_dir / "worker.log", "ab") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "nnobs.worker", str(run_dir)],
+            [sys.executable, "-m", "nnobs.worker", *sys.argv[1:]],  # the run directory, and who asked
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -220,7 +220,7 @@ def _start(run: RunDir) -> None:
         return
     with st.spinner("Starting the worker…"):
         try:
-            restart_worker(run)
+            restart_worker(run, by="page")
         except NnobsError as err:
             st.session_state["refused_start"] = str(err)
 
@@ -376,7 +376,7 @@ def main() -> None:
     if never_ran(_watcher(str(run.run_file))):  # a new run starts on an operator's first sight; others wait
         if steer:
             try:
-                start_worker(run)
+                start_worker(run, by="page")
             except NnobsError as err:
                 st.error(str(err))
         else:

@@ -157,8 +157,10 @@ def log_tail(run: RunDir, n_lines: int = 20) -> str:
         return ""
 
 
-def start_worker(run: RunDir) -> int:
+def start_worker(run: RunDir, by: str = "") -> int:
     """Start the run's worker detached unless one is alive; return the live worker's pid.
+
+    by says who asked ("page", "cli"); the worker's started record carries it.
 
     Starts are serialized by start.lock, and a worker that finds worker.lock held exits at once,
     so any number of simultaneous starts leave exactly one worker. Returns once the new worker's
@@ -172,7 +174,7 @@ def start_worker(run: RunDir) -> int:
         announcements = RecordReader(run.run_file)
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
-            [sys.executable, "-m", "nnobs.launch", str(run.path)],
+            [sys.executable, "-m", "nnobs.launch", str(run.path), by],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_parent(), os.environ.get("PYTHONPATH")]))},
             capture_output=True,
             text=True,
@@ -220,7 +222,7 @@ def _package_parent() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def stop_worker(run: RunDir, grace: float = STOP_GRACE_S) -> bool:
+def stop_worker(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> bool:
     """Ask the worker to shut down and wait until it has exited; kill it if it has not after grace seconds.
 
     A stuck worker cannot obey, so it is ended the way a crash would end it: without a shutdown
@@ -229,7 +231,7 @@ def stop_worker(run: RunDir, grace: float = STOP_GRACE_S) -> bool:
     pid = _settled_pid(run)
     if pid is None:
         return True
-    queue_command(run, "shutdown", by="stop")
+    queue_command(run, "shutdown", by=by)
     if _gone_within(run, pid, grace):
         return True
     try:
@@ -251,11 +253,14 @@ def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
     return True
 
 
-def restart_worker(run: RunDir) -> int:
-    """Stop the live worker, if any, and start the next generation from the last checkpoint."""
-    if not stop_worker(run):
+def restart_worker(run: RunDir, by: str = "") -> int:
+    """Stop the live worker, if any, and start the next generation from the last checkpoint.
+
+    by says who asked ("page", "cli"): the shutdown is sent as "<by> restart", the start as by.
+    """
+    if not stop_worker(run, by=f"{by} restart".strip()):
         raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill -9; see {run.worker_log}")
-    return start_worker(run)
+    return start_worker(run, by=by)
 
 
 @dataclass
@@ -268,16 +273,28 @@ class RunStatus:
     target: int | None
     eta: float | None
     report_every: int | None
+    pace: float | None  # at most this many batches a second; 0 or None: flat out
     loss: float | None
+    best_loss: float | None  # the lowest loss of the run's current line of training
     generation: int | None
     pid: int | None
     heartbeat_age_s: float | None
     diverged: bool
+    not_learning: bool  # training, but the loss stopped moving far above its best
     error: str  # the last error event's message, if the last generation ended in one
     skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """The state in the words the page's badge and the CLI both use: a diverged or stuck run says so."""
+        if self.state in ("training", "idle") and self.diverged:
+            return "diverged"
+        if self.state == "training" and self.not_learning:
+            return "not learning"
+        return self.state
 
 
 def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> RunStatus:
@@ -306,11 +323,14 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         target=history.target,
         eta=history.eta,
         report_every=history.report_every,
+        pace=history.pace,
         loss=history.loss,
+        best_loss=history.best_loss,
         generation=history.gen,
         pid=pid if pid and pid > 0 else None,
         heartbeat_age_s=None if age is None else round(age, 3),
         diverged=history.diverged,
+        not_learning=state == "training" and history.not_learning,
         error=error,
         skipped_lines=history.skipped_lines,
     )

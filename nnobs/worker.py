@@ -44,6 +44,7 @@ class Worker:
     def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, config):
         self.run_dir = run
         self.started_t = time.time()
+        self.started_by = ""  # who asked for this start ("page", "cli"), as the launcher was told
         self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this worker holds
         self.net = net
         self.next_batch = next_batch
@@ -206,7 +207,7 @@ class Worker:
     def run_loop(self) -> None:
         learn, next_batch = self.net.learn_one, self.next_batch
         self.checkpoint(time.monotonic())
-        started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from}
+        started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from, "by": self.started_by}
         self.report_loss(time.monotonic(), {**started, **self.state_report()})
         self.apply_commands()
         self._answers_from = None  # from here on, fresh answers start at the run file's end
@@ -304,6 +305,7 @@ def main(argv: list[str]) -> int:
         config = load_config(run.config)
         net, next_batch = build(config)
         worker = Worker(run, net, next_batch, load_checkpoint(run.checkpoint), config)
+        worker.started_by = argv[1] if len(argv) > 1 else ""
     except Exception as err:  # a bad config or checkpoint: say so where the page and CLI look, then stop
         traceback.print_exc()
         RecordWriter(run.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
