@@ -16,23 +16,9 @@ from typing import Any
 
 import numpy as np
 
-# Numbers are matched loosely here, for speed, and checked strictly when converted: a chunk
-# where one does not convert is read again line by line as JSON (see parse_lines).
-_NUM = rb"[-+.eE0-9]+"
-_STAMP = rb',"t":[.0-9]+,"gen":[0-9]+\}'
-# Every line is one of: the worker's loss report (group 1: "batch,loss"); its state report (group 2:
-# "batch,eta", 3: the state vector's numbers, 4: target, 5: report interval); anything else (group 6).
-_LINE = re.compile(
-    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\]' + _STAMP
-    + rb'|\{"eta":\[([0-9]+,' + _NUM + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
-    + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\]' + _STAMP
-    + rb"|(.+))$",
-    re.MULTILINE,
+from nnobs.schema import (
+    ANY_LINE, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
 )
-# The same six groups, every line in the last: for a chunk whose fast-path numbers did not parse.
-_ANY_LINE = re.compile(rb"^()()()()()(.+)$", re.MULTILINE)
-SETTINGS = ("eta", "target", "report_every")
-
 
 @dataclass
 class ParsedLines:
@@ -40,6 +26,7 @@ class ParsedLines:
 
     loss_batch: np.ndarray  # (n,) int64
     loss_value: np.ndarray  # (n,) float64, NaN where diverged
+    loss_window: np.ndarray  # (n, 6): batches, min, batch of min, max, batch of max, mean since the report before
     sv_batch: np.ndarray  # (k,) int64
     sv_rows: np.ndarray  # (k, width): the state vectors as wide as the newest one (others are dropped)
     settings: dict[str, Any]  # eta, target, report_every: the newest value of each reported
@@ -51,24 +38,24 @@ class ParsedLines:
 def parse_lines(chunk: bytes) -> ParsedLines:
     """Parse complete lines (chunk ends with a newline, or is empty)."""
     try:
-        return _parse(chunk, _LINE)
+        return _parse(chunk, LINE)
     except ValueError:  # a number the regex let through did not convert: trust nothing but JSON
-        return _parse(chunk, _ANY_LINE)
+        return _parse(chunk, ANY_LINE)
 
 
 def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
-    rows = line_shapes.findall(chunk)  # one 6-tuple per non-empty line, in order
-    loss_at = [i for i, row in enumerate(rows) if row[0]]
-    state_at = [i for i, row in enumerate(rows) if row[1]]
+    rows = line_shapes.findall(chunk)  # one tuple of schema.GROUPS per non-empty line, in order
+    loss_at = [i for i, row in enumerate(rows) if row[LOSS]]
+    state_at = [i for i, row in enumerate(rows) if row[STATE]]
     records, skipped = [], 0
-    json_loss: list[tuple[int, int, float]] = []  # (line, batch, value)
+    json_loss: list[tuple[int, int, float, list | None]] = []  # (line, batch, value, window)
     json_sv: list[tuple[int, int, list]] = []  # (line, batch, values)
     settings: dict[str, tuple[int, Any]] = {}  # topic -> (line, value)
     for at, row in enumerate(rows):
-        if not row[5]:
+        if not row[OTHER]:
             continue
         try:
-            record = json.loads(row[5])
+            record = json.loads(row[OTHER])
         except ValueError:  # garbage, a line torn by a crash, or not UTF-8
             record = None
         if not isinstance(record, dict):
@@ -78,19 +65,30 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
         _take_series(record, at, json_loss, json_sv, settings)
     if state_at:  # only the newest state report's settings can matter
         newest = rows[state_at[-1]]
-        for topic, value in zip(SETTINGS, (float(newest[1].split(b",")[1]), int(newest[3]), int(newest[4]))):
-            if settings.get(topic, (-1,))[0] < state_at[-1]:
+        values = (float(newest[STATE].split(b",")[1]), int(newest[TARGET]), int(newest[REPORT_EVERY]),
+                  float(newest[PACE]) if newest[PACE] else None)
+        for topic, value in zip(SETTINGS, values):
+            if value is not None and settings.get(topic, (-1,))[0] < state_at[-1]:
                 settings[topic] = (state_at[-1], value)
-    loss = _numbers([rows[i][0] for i in loss_at], 2)  # (n, 2): batch, loss
-    loss_batch, loss_value = _in_line_order(
-        loss_at, (loss[:, 0].astype(np.int64), loss[:, 1]),
-        [at for at, _, _ in json_loss],
-        (np.array([b for _, b, _ in json_loss], np.int64), np.array([v for _, _, v in json_loss], float)),
+    loss = _numbers([rows[i][LOSS] for i in loss_at], 2)  # (n, 2): batch, loss
+    loss_batch, loss_value = loss[:, 0].astype(np.int64), loss[:, 1]
+    windowed = [k for k, i in enumerate(loss_at) if rows[i][WINDOW]]
+    window = _single_batch_windows(loss_batch, loss_value)
+    window[windowed] = _numbers([rows[loss_at[k]][WINDOW] for k in windowed], 6)
+    slow_batch = np.array([b for _, b, _, _ in json_loss], np.int64)
+    slow_value = np.array([v for _, _, v, _ in json_loss], float)
+    slow_window = _single_batch_windows(slow_batch, slow_value)
+    for k, (_, _, _, found) in enumerate(json_loss):
+        if found is not None:
+            slow_window[k] = found
+    loss_batch, loss_value, loss_window = _in_line_order(
+        loss_at, (loss_batch, loss_value, window), [at for at, _, _, _ in json_loss], (slow_batch, slow_value, slow_window)
     )
     sv_batch, sv_rows = _state_vectors(rows, state_at, json_sv)
     return ParsedLines(
         loss_batch=loss_batch,
         loss_value=loss_value,
+        loss_window=loss_window,
         sv_batch=sv_batch,
         sv_rows=sv_rows,
         settings={topic: value for topic, (_, value) in settings.items()},
@@ -100,12 +98,30 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
     )
 
 
+def _single_batch_windows(batches: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(n, 6) windows of reports that cover their own batch only: one batch, its loss as min, max and mean."""
+    b = batches.astype(float)
+    return np.column_stack((np.ones(len(b)), values, b, values, b, values))
+
+
+def _window(value: Any) -> list[float] | None:
+    """A JSON-parsed window [n, min, min_at, max, max_at, mean], or None when it is not one."""
+    if not isinstance(value, list) or len(value) != 6:
+        return None
+    if not all(v is None or number(v) is not None for v in value):
+        return None
+    if any(number(value[i]) is None for i in (0, 2, 4)) or value[0] < 1:  # counts and batches are never null
+        return None
+    return [np.nan if v is None else float(v) for v in value]  # null: a diverged extreme or mean
+
+
 def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings: dict) -> None:
-    """Collect the loss, state vector and settings a JSON-parsed record carries."""
+    """Collect the loss (and its window), state vector and settings a JSON-parsed record carries."""
     loss = pair(record.get("loss"))
     if loss and (loss[1] is None or number(loss[1]) is not None):  # a number, or null where it diverged
         value = np.nan if loss[1] is None or record.get("diverged") is True else float(loss[1])
-        json_loss.append((at, loss[0], value))
+        window = pair(record.get("window"))
+        json_loss.append((at, loss[0], value, _window(window[1]) if window and window[0] == loss[0] else None))
     sv = pair(record.get("sv"))
     if sv and isinstance(sv[1], list) and all(v is None or number(v) is not None for v in sv[1]):
         json_sv.append((at, sv[0], sv[1]))
@@ -128,10 +144,10 @@ def _state_vectors(rows: list[tuple], state_at: list[int], json_sv: list) -> tup
     if not state_at and not json_sv:
         return np.empty(0, np.int64), np.empty((0, 0))
     newest_is_json = json_sv and (not state_at or json_sv[-1][0] > state_at[-1])
-    width = len(json_sv[-1][2]) if newest_is_json else rows[state_at[-1]][2].count(b",") + 1
-    fast_at = [i for i in state_at if rows[i][2].count(b",") + 1 == width]
-    fast_batch = _numbers([rows[i][1] for i in fast_at], 2)[:, 0].astype(np.int64)
-    fast_rows = _numbers([rows[i][2] for i in fast_at], width)  # (len(fast_at), width)
+    width = len(json_sv[-1][2]) if newest_is_json else rows[state_at[-1]][SV].count(b",") + 1
+    fast_at = [i for i in state_at if rows[i][SV].count(b",") + 1 == width]
+    fast_batch = _numbers([rows[i][STATE] for i in fast_at], 2)[:, 0].astype(np.int64)
+    fast_rows = _numbers([rows[i][SV] for i in fast_at], width)  # (len(fast_at), width)
     slow = [(at, batch, values) for at, batch, values in json_sv if len(values) == width]
     slow_rows = np.array([[np.nan if v is None else v for v in values] for _, _, values in slow], dtype=float)
     slow_batch = np.array([batch for _, batch, _ in slow], np.int64)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ class Checkpoint:
     run_offset: int  # size of the run file when written: answers after it may need repeating
     sv: np.ndarray = field(repr=False)  # state vector, (n_params,)
     control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
+    pace: float = 0.0  # at most this many batches a second; 0: flat out (absent from older checkpoints)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -46,3 +49,59 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         # numpy's own words for pickled content suggest loading it unsafely: never, for a file anyone could have put here.
         reason = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else str(err)
         raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err
+
+
+KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches
+KEPT_NEWEST = 4  # of them the newest, a few seconds apart; the rest thin out as the run goes on
+
+
+def kept_dir(path: Path) -> Path:
+    """The directory of the kept checkpoints beside checkpoint path."""
+    return Path(path).parent / "checkpoints"
+
+
+def kept_batches(path: Path) -> list[int]:
+    """Batches of the kept checkpoints beside path, oldest first."""
+    try:
+        names = [p.stem for p in kept_dir(path).glob("*.npz")]
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def keep_checkpoint(path: Path, batch: int) -> None:
+    """Keep the checkpoint just saved at path (its batch given) for rewinding, and thin out the older ones.
+
+    A hard link costs no space until checkpoint.npz is replaced by its successor; the kept set
+    stays KEPT strong, the newest KEPT_NEWEST as they come and the rest ever further apart in
+    batches (the one that leaves the smallest gap, as a ratio of batches, goes first).
+    """
+    folder = kept_dir(path)
+    folder.mkdir(exist_ok=True)
+    kept = folder / f"{batch:015d}.npz"
+    tmp = folder / f".{kept.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)
+    batches = kept_batches(path)
+    while len(batches) > KEPT:
+        interior = range(1, len(batches) - KEPT_NEWEST)
+        gone = min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1))
+        (folder / f"{batches.pop(gone):015d}.npz").unlink(missing_ok=True)
+
+
+def forget_kept_after(path: Path, batch: int) -> None:
+    """Drop the kept checkpoints past batch: they belong to a line of training the run went back from."""
+    for later in (b for b in kept_batches(path) if b > batch):
+        (kept_dir(path) / f"{later:015d}.npz").unlink(missing_ok=True)
+
+
+def load_kept(path: Path, batch: int) -> Checkpoint | None:
+    """The newest kept checkpoint at or before batch, or None when none is kept there."""
+    at_or_before = [b for b in kept_batches(path) if b <= batch]
+    if not at_or_before:
+        return None
+    return load_checkpoint(kept_dir(path) / f"{at_or_before[-1]:015d}.npz")

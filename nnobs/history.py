@@ -48,7 +48,13 @@ class Marker:
     number: int  # counts the batches with markers from the first: a stable place for their label
 
 
-MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state"}
+MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state",
+                 "pace": "pace {:g}/s", "reinit": "reinit, seed {}"}
+CUT_EVENTS = (b'"started"]', b'"rewound"]')  # a start resumes from its checkpoint, a rewind from an older one
+NOT_LEARNING_REPORTS = 20  # loss reports judged for "not learning": the newest this many...
+NOT_LEARNING_BATCHES = 200  # ...spanning at least this many batches
+FLAT = 1e-3  # their spread (max - min) at most this share of their max: the loss stopped moving
+FAR_ABOVE_BEST = 10.0  # and their min this many times the best loss or more
 MAX_MARKERS = 200  # the newest are kept; a chart with more would be unreadable anyway
 PROGRESS_SAMPLES = 64  # (time, batch, loss) samples, for the training rate and the loss trend
 PROGRESS_EVERY_S = 0.5  # at most this often, however many sessions refresh: 64 samples span 30 s or more
@@ -68,7 +74,9 @@ class RunHistory:
     def __init__(self, max_points: int = MAX_POINTS):
         self.loss_batches = Column(np.int64)
         self.loss_values = Column(float)  # NaN where the loss diverged
-        self.loss_buckets = MinMaxBuckets(1, max_points // 2)
+        self.loss_windows = Column(float, 6)  # per report: batches, min, batch of min, max, batch of max, mean
+        self.loss_buckets = MinMaxBuckets(1, max_points // 2)  # the outline: every window's extremes and last loss
+        self.loss_means = MinMaxBuckets(1, max_points // 2)  # per report its window's mean, weighted by its batches
         self.sv_batches = Column(np.int64)  # batch of every state report
         self.sv_buckets: MinMaxBuckets | None = None  # over the first SV_KEPT parameters
         self.sv_latest: np.ndarray | None = None  # the newest state vector, whole
@@ -98,7 +106,18 @@ class RunHistory:
         self.add_lines(b"".join(encode_record(record) for record in records))
 
     def add_lines(self, chunk: bytes) -> None:
-        """Fold in a chunk of complete run-file lines, in file order; a line that cannot be folded is skipped."""
+        """Fold in a chunk of complete run-file lines, in file order; a line that cannot be folded is skipped.
+
+        A worker that starts from a checkpoint, or rewinds to an older one, goes back in batches:
+        what the run file says after that point of the line before replaces it, so the chunk is
+        folded in pieces that end where the run went back.
+        """
+        for piece, went_back_to in _pieces(chunk):
+            if went_back_to is not None:
+                self._go_back(went_back_to)
+            self._add_piece(piece)
+
+    def _add_piece(self, chunk: bytes) -> None:
         try:
             parsed = parse_lines(chunk)
         except (ValueError, TypeError, OverflowError):  # a line of a shape nothing here foresaw: one at a time
@@ -114,9 +133,7 @@ class RunHistory:
         self.n_records += chunk.count(b"\n") - parsed.skipped
         self.skipped_lines += parsed.skipped
         if len(parsed.loss_batch):
-            self.loss_batches.extend(parsed.loss_batch)
-            self.loss_values.extend(parsed.loss_value)
-            self.loss_buckets.extend(parsed.loss_batch, parsed.loss_value[:, None])
+            self._add_losses(parsed.loss_batch, parsed.loss_value, parsed.loss_window)
             self.batch = int(parsed.loss_batch[-1])
             last = float(parsed.loss_value[-1])
             self.diverged = bool(np.isnan(last))
@@ -138,6 +155,57 @@ class RunHistory:
             self.batch = next((p[0] for p in map(pair, newest.values()) if p), self.batch)
         if self.last_t is not None and (not self.progress or self.progress[-1][0] + PROGRESS_EVERY_S <= self.last_t):
             self.progress.append((self.last_t, self.batch, self.loss))
+        self.not_learning = self._judge_not_learning()
+
+    def _add_losses(self, batches: np.ndarray, values: np.ndarray, windows: np.ndarray, keep: bool = True) -> None:
+        """Fold in loss reports: batches (n,), latest values (n,), windows (n, 6); keep=False only re-buckets them."""
+        if keep:
+            self.loss_batches.extend(batches)
+            self.loss_values.extend(values)
+            self.loss_windows.extend(windows)
+        # Each report is up to three points in batch order: its window's min and max where they were, and its last.
+        at = np.column_stack((windows[:, 2], windows[:, 4], batches)).astype(np.int64)  # (n, 3)
+        value = np.column_stack((windows[:, 1], windows[:, 3], values))
+        order = np.argsort(at, axis=1, kind="stable")
+        at, value = np.take_along_axis(at, order, axis=1), np.take_along_axis(value, order, axis=1)
+        distinct = np.ones(at.shape, dtype=bool)
+        distinct[:, 1:] = at[:, 1:] != at[:, :-1]
+        self.loss_buckets.extend(at[distinct], value[distinct][:, None])
+        self.loss_means.extend(batches, windows[:, 5:6], weights=windows[:, 0])
+        with np.errstate(invalid="ignore"):
+            lowest = np.nanmin(windows[:, 1], initial=np.inf)
+        if np.isfinite(lowest) and (self.best_loss is None or lowest < self.best_loss):
+            self.best_loss = float(lowest)
+
+    def _go_back(self, batch: int) -> None:
+        """The run went back to batch: forget every loss, state vector and marker after it."""
+        batches = self.loss_batches.values()
+        if len(batches) and batches.max() > batch:
+            keep = batches <= batch
+            for column in (self.loss_batches, self.loss_values, self.loss_windows):
+                column.keep(keep)
+            self.loss_buckets = MinMaxBuckets(1, self.loss_buckets.max_buckets)
+            self.loss_means = MinMaxBuckets(1, self.loss_means.max_buckets)
+            self.best_loss = None
+            self._add_losses(self.loss_batches.values(), self.loss_values.values(), self.loss_windows.values(), keep=False)
+        if len(self.sv_batches):
+            self.sv_batches.keep(self.sv_batches.values() <= batch)
+            self.sv_buckets.truncate(batch)
+            self.step_buckets.truncate(batch)
+            self._sv_tail = None  # the next step starts from the state gone back to, not from one abandoned
+        while self.markers and self.markers[-1].batch > batch:
+            self.markers.pop()
+
+    def _judge_not_learning(self) -> bool:
+        """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""
+        windows = self.loss_windows.values()[-NOT_LEARNING_REPORTS:]
+        batches = self.loss_batches.values()[-NOT_LEARNING_REPORTS:]
+        if len(windows) < NOT_LEARNING_REPORTS or batches[-1] - batches[0] < NOT_LEARNING_BATCHES or self.best_loss is None:
+            return False
+        with np.errstate(invalid="ignore"):
+            low, high = np.nanmin(windows[:, 1], initial=np.inf), np.nanmax(windows[:, 3], initial=-np.inf)
+        return bool(np.isfinite(low) and np.isfinite(high) and high - low <= FLAT * high and low >= FAR_ABOVE_BEST * self.best_loss
+                    and low > 0)
 
     def rate(self, window_s: float = 10.0) -> tuple[float | None, float | None]:
         """Batches per second and the loss's relative change over about the last window_s of the run's time."""
@@ -163,11 +231,8 @@ class RunHistory:
             answer = pair(record.get(topic))
             if answer and isinstance(answer[1], dict):
                 self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
-                label = MARKER_LABELS.get(answer[1].get("cmd"))
-                if ok and label:
-                    value = answer[1].get("value")
-                    text = label.format(value) if value is not None else label
-                    self._mark(answer[0], text, "command")
+                if ok and (label := _marker_label(answer[1].get("cmd"), answer[1].get("value"), record)):
+                    self._mark(answer[0], label, "command")
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""
@@ -186,10 +251,10 @@ class RunHistory:
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
-        if kind == "started":
+        if kind in ("started", "rewound", "reinit"):
             self._mark(batch, f"gen {self.gen}", "generation")
-            if record.get("resumed_from") is not None:
-                detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
+        if kind == "started" and isinstance(record.get("resumed_from"), int):
+            detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail, str(record.get("by") or "")))
 
     def _mark(self, batch: int, label: str, kind: str) -> None:
@@ -206,6 +271,64 @@ class RunHistory:
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
         """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
         return self.loss_batches.values(), self.loss_values.values()
+
+
+def _marker_label(cmd, value, record: Record) -> str:
+    """What a marker says of an acknowledged command, or "" for commands not marked (shutdown)."""
+    if cmd == "rewind":
+        went_from = record.get("rewound_from")
+        return f"rewind from {went_from:,}" if isinstance(went_from, int) else "rewind"
+    if cmd == "pace" and value == 0:
+        return "pace: flat out"
+    if cmd == "reinit" and value is None:
+        return "reinit"
+    label = MARKER_LABELS.get(cmd, "")
+    try:
+        return label.format(value) if value is not None else label
+    except (ValueError, TypeError):  # a value of the wrong type, written by hand: the command's name will do
+        return str(cmd)
+
+
+def _pieces(chunk: bytes) -> list[tuple[bytes, int | None]]:
+    """The chunk cut before each line where the run went back in batches, each piece with the batch it went back to.
+
+    The first piece goes back to nothing (None). Such lines are rare and found by a plain search,
+    so a chunk of ordinary reports costs one scan per kind.
+    """
+    starts: dict[int, int] = {}  # line start -> batch the run went back to
+    for needle in CUT_EVENTS:
+        at = chunk.find(needle)
+        while at != -1:
+            line_start = chunk.rfind(b"\n", 0, at) + 1
+            line_end = chunk.find(b"\n", at)
+            back_to = _went_back_to(chunk[line_start : line_end if line_end != -1 else len(chunk)])
+            if back_to is not None:
+                starts[line_start] = back_to
+            at = chunk.find(needle, at + 1)
+    if not starts:
+        return [(chunk, None)]
+    cuts = sorted(starts)
+    pieces = [(chunk[: cuts[0]], None)] if cuts[0] else []
+    for begin, end in zip(cuts, cuts[1:] + [len(chunk)]):
+        pieces.append((chunk[begin:end], starts[begin]))
+    return pieces
+
+
+def _went_back_to(line: bytes) -> int | None:
+    """The batch a started or rewound record goes on from: its checkpoint's (0 for a fresh start)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    event = pair(record.get("event")) if isinstance(record, dict) else None
+    if not event:
+        return None
+    if event[1] == "rewound":
+        return event[0]
+    if event[1] == "started":
+        resumed = record.get("resumed_from")
+        return resumed if isinstance(resumed, int) and not isinstance(resumed, bool) else 0
+    return None
 
 
 class RunWatcher:

@@ -6,20 +6,21 @@ import numpy as np
 
 
 class Column:
-    """A growable 1-d numpy array; appends are amortized O(1), values() is a view, not a copy."""
+    """A growable numpy array of values or of rows; appends are amortized O(1), values() is a view, not a copy."""
 
-    def __init__(self, dtype: type = float):
-        self._data = np.empty(64, dtype=dtype)
+    def __init__(self, dtype: type = float, row_width: int | None = None):
+        self._row = () if row_width is None else (row_width,)
+        self._data = np.empty((64, *self._row), dtype=dtype)
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
     def extend(self, values) -> None:
-        values = np.asarray(values, dtype=self._data.dtype)
+        values = np.asarray(values, dtype=self._data.dtype).reshape(-1, *self._row)
         end = self._n + len(values)
         if end > len(self._data):
-            grown = np.empty(max(end, 2 * len(self._data)), dtype=self._data.dtype)
+            grown = np.empty((max(end, 2 * len(self._data)), *self._row), dtype=self._data.dtype)
             grown[: self._n] = self._data[: self._n]
             self._data = grown
         self._data[self._n : end] = values
@@ -27,6 +28,12 @@ class Column:
 
     def values(self) -> np.ndarray:
         return self._data[: self._n]
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the values where mask (as long as the column) is true, in order."""
+        kept = self.values()[mask]
+        self._n = len(kept)
+        self._data[: self._n] = kept
 
 
 class MinMaxBuckets:
@@ -50,8 +57,9 @@ class MinMaxBuckets:
         self.min_batch = np.zeros((b, k), dtype=np.int64)
         self.max_value = np.zeros((b, k))
         self.max_batch = np.zeros((b, k), dtype=np.int64)
-        self.sum = np.zeros((b, k))
-        self.count = np.zeros(b, dtype=np.int64)
+        self.sum = np.zeros((b, k))  # of the values, each times its weight
+        self.count = np.zeros(b, dtype=np.int64)  # points
+        self.weight = np.zeros(b)  # the points' weights: the batches a point stands for, 1 unless told
         self.first = (0, np.zeros(k))  # the series' first point, kept apart so it is always drawn
         self.last = (0, np.zeros(k))  # and its last
 
@@ -59,10 +67,11 @@ class MinMaxBuckets:
     def n_buckets(self) -> int:
         return -(-self.n // self.width)
 
-    def extend(self, batches: np.ndarray, values: np.ndarray) -> None:
-        """Append points: batches (m,), values (m, n_columns)."""
+    def extend(self, batches: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Append points: batches (m,), values (m, n_columns), weights (m,) for the means (default 1 each)."""
         batches = np.asarray(batches, dtype=np.int64)
         values = np.asarray(values, dtype=float).reshape(len(batches), self.n_columns)
+        weights = np.ones(len(batches)) if weights is None else np.asarray(weights, dtype=float)
         if not len(batches):
             return
         if self.n == 0:
@@ -73,11 +82,12 @@ class MinMaxBuckets:
             if self.n % self.width == 0 and self.n_buckets == self.max_buckets:
                 self._halve()
             take = min(self.width - self.n % self.width, len(batches) - pos)
-            self._fold(self.n // self.width, batches[pos : pos + take], values[pos : pos + take])
+            part = slice(pos, pos + take)
+            self._fold(self.n // self.width, batches[part], values[part], weights[part])
             self.n += take
             pos += take
 
-    def _fold(self, b: int, batches: np.ndarray, values: np.ndarray) -> None:
+    def _fold(self, b: int, batches: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
         """Fold consecutive points into bucket b (new when empty)."""
         cols = np.arange(self.n_columns)
         as_min = np.where(np.isnan(values), np.inf, values)
@@ -88,7 +98,7 @@ class MinMaxBuckets:
             self.first_batch[b] = batches[0]
             self.min_value[b], self.min_batch[b] = lo_value, batches[lo]
             self.max_value[b], self.max_batch[b] = hi_value, batches[hi]
-            self.sum[b], self.count[b] = values.sum(axis=0), len(values)
+            self.sum[b], self.count[b], self.weight[b] = weights @ values, len(values), weights.sum()
             return
         lower = _lower(lo_value, self.min_value[b])
         self.min_value[b] = np.where(lower, lo_value, self.min_value[b])
@@ -96,8 +106,9 @@ class MinMaxBuckets:
         higher = _higher(hi_value, self.max_value[b])
         self.max_value[b] = np.where(higher, hi_value, self.max_value[b])
         self.max_batch[b] = np.where(higher, batches[hi], self.max_batch[b])
-        self.sum[b] += values.sum(axis=0)
+        self.sum[b] += weights @ values
         self.count[b] += len(values)
+        self.weight[b] += weights.sum()
 
     def _halve(self) -> None:
         """Merge buckets pairwise: half as many, twice as wide, every extreme kept."""
@@ -112,6 +123,7 @@ class MinMaxBuckets:
         self.max_batch[:half] = np.where(higher, self.max_batch[odd], self.max_batch[even])
         self.sum[:half] = self.sum[even] + self.sum[odd]
         self.count[:half] = self.count[even] + self.count[odd]
+        self.weight[:half] = self.weight[even] + self.weight[odd]
         self.width *= 2
 
     def points(self, column: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +148,28 @@ class MinMaxBuckets:
         group = -(-nb // n_bins)  # buckets per bin
         starts_at = np.arange(0, nb, group)
         sums = np.add.reduceat(self.sum[:nb], starts_at, axis=0)
-        counts = np.add.reduceat(self.count[:nb], starts_at)
+        weights = np.add.reduceat(self.weight[:nb], starts_at)
         begin = self.first_batch[starts_at]
         end = np.append(begin[1:], self.last[0] + 1)
-        return begin, end, sums / counts[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return begin, end, sums / weights[:, None]
+
+    def truncate(self, batch: int) -> None:
+        """Forget the points after batch (a run went back to it), bucket by bucket.
+
+        A bucket that holds points on both sides of batch is kept, its extremes moved to batch
+        at the latest: the one place where points after batch may still show.
+        """
+        if self.n == 0 or self.last[0] <= batch:
+            return
+        kept = int(np.searchsorted(self.first_batch[: self.n_buckets], batch, side="right"))
+        self.n = kept * self.width  # the next point starts a bucket of its own
+        if kept:
+            np.minimum(self.min_batch[kept - 1], batch, out=self.min_batch[kept - 1])
+            np.minimum(self.max_batch[kept - 1], batch, out=self.max_batch[kept - 1])
+            self.last = (min(self.last[0], batch), self.sum[kept - 1] / max(self.weight[kept - 1], 1e-300))
+        else:
+            self.first = self.last = (0, np.zeros(self.n_columns))
 
 
 def _lower(new: np.ndarray, old: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ class RunConfig:
     eta: float = 0.1  # learning rate at the start
     target: int = 2_000_000  # batches to train before idling; a minute or so of XOR here
     report_every: int = 2_000  # state-vector report every this many batches (0: only on request)
+    pace: float = 0.0  # at most this many batches a second; 0: flat out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -69,7 +70,7 @@ class RunConfig:
             raise NnobsError(f"config: sizes must list two or more layer widths from 1 to {MAX_WIDTH}, not {self.sizes!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise NnobsError(f"config: seed must be a whole number from 0 to 2**32 - 1, not {self.seed!r}")
-        for name in ("eta", "target", "report_every"):
+        for name in ("eta", "target", "report_every", "pace"):
             try:
                 check_command(name, getattr(self, name))  # the same rules as for the commands that change them
             except CommandError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nnobs.bulk import number as _number
-from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nnobs.checkpoint import Checkpoint, forget_kept_after, kept_batches, keep_checkpoint, load_checkpoint, load_kept, save_checkpoint
 from nnobs.control import Command, ControlWatcher, check_command
 from nnobs.errors import CommandError, ControlFileError, NnobsError
 from nnobs.files import leftover_temps
@@ -23,7 +23,9 @@ from nnobs.history import RunHistory
 from nnobs.nn import Fact, Network
 from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
 from nnobs.runs import RunDir, take_worker_lock
-from nnobs.tasks import build, load_config
+from nnobs.schedule import next_loss_report, next_state_report
+from nnobs.schema import loss_report, state_report
+from nnobs.tasks import RunConfig, build, build_network, load_config
 
 CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land within this
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
@@ -32,6 +34,8 @@ CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
 CHUNK = 16  # batches between two looks at the clock: ~0.2 ms of XOR, far below CONTROL_CHECK_S
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 OWNERSHIP_CHECK_S = 1.0  # how often the worker makes sure its run directory is still its own
+PACED_STATE_EVERY_S = 0.5  # a paced run reports its state this often too: slow motion shows the net change
+PACE_CATCH_UP_S = 0.25  # a paced run that fell behind (a pause, a slow batch) catches up at most this much
 
 
 class Orphaned(Exception):
@@ -41,8 +45,10 @@ class Orphaned(Exception):
 class Worker:
     """One generation of a run's worker. run() trains until shut down and returns the exit code."""
 
-    def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None, config):
+    def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None,
+                 config: RunConfig):
         self.run_dir = run
+        self.config = config
         self.started_t = time.time()
         self.started_by = ""  # who asked for this start ("page", "cli"), as the launcher was told
         self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this worker holds
@@ -54,6 +60,7 @@ class Worker:
         self._answers_from: int | None = 0
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, config.target, config.report_every, 1
+            self.pace = config.pace
             last_seq, control_id, answered = 0, None, set()
         else:
             try:
@@ -62,6 +69,7 @@ class Worker:
                 raise NnobsError(f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh") from err
             net.eta = ckpt.eta
             self.batch, self.target, self.report_every, self.gen = ckpt.batch, ckpt.target, ckpt.report_every, ckpt.gen + 1
+            self.pace = ckpt.pace
             last_seq, control_id = ckpt.last_seq, ckpt.control_id
             answered = _answered_since(run.run_file, ckpt.run_offset)
             self._answers_from = ckpt.run_offset
@@ -79,18 +87,24 @@ class Worker:
         self._last_checkpoint = 0.0
         self._checkpointed_batch = -1
         self._next_ownership_check = 0.0
+        self._window = _Window()  # the losses since the last loss report
+        self._schedule_reports()
+        self._pace_from = (self.batch, time.monotonic())  # (batch, time) the current pace counts from
+        self._last_state_report = 0.0  # monotonic time
+        self._last_reported_batch_state = -1  # the batch of the last clock-paced state report
+
+    def _schedule_reports(self) -> None:
+        """The next batches that get a loss report and a state report by the batch schedule."""
+        self._next_loss_at = next_loss_report(self.batch)
+        self._next_state_at = next_state_report(self.batch, self.report_every)
 
     # -- reports -------------------------------------------------------------------------
 
     def state_report(self) -> dict:
         """The seed's state report: eta and the state vector, with the settings beside them."""
-        b = self.batch
-        return {
-            "eta": [b, self.net.eta],
-            "sv": [b, self.net.state_vector()],  # a copy of its own: encoded on the writer's thread
-            "target": [b, self.target],
-            "report_every": [b, self.report_every],
-        }
+        self._last_state_report = time.monotonic()
+        # The vector is a copy of its own: it is encoded on the writer's thread.
+        return state_report(self.batch, self.net.eta, self.net.state_vector(), self.target, self.report_every, self.pace)
 
     def loss_is_new(self) -> bool:
         """True when the loss differs from the last one reported (NaN equals NaN here: a diverged run stays quiet)."""
@@ -98,10 +112,13 @@ class Worker:
         return last is None or not (self.loss == last or (math.isnan(self.loss) and math.isnan(last)))
 
     def report_loss(self, now: float, extra: dict | None = None) -> None:
-        self.out.write({"loss": [self.batch, self.loss], **(extra or {})})
+        """Report the latest loss and the window of every batch since the last report, then start a new window."""
+        self.out.write({**loss_report(self.batch, self.loss, self._window.summary()), **(extra or {})})
+        self._window = _Window()
         self._last_loss_report = now
         self._last_reported_loss = self.loss
         self._last_reported_batch = self.batch
+        self._next_loss_at = next_loss_report(self.batch)
 
     def checkpoint_shown(self, now: float) -> None:
         """Checkpoint a batch the run file already shows: a successor never resumes past what readers saw."""
@@ -122,6 +139,7 @@ class Worker:
             eta=self.net.eta,
             target=self.target,
             report_every=self.report_every,
+            pace=self.pace,
             gen=self.gen,
             last_seq=self.control.last_seq,
             control_id=self.control.file_id,
@@ -130,6 +148,7 @@ class Worker:
         )
         try:
             save_checkpoint(self.run_dir.checkpoint, ckpt)
+            keep_checkpoint(self.run_dir.checkpoint, self.batch)  # to rewind to, later
         except OSError as err:
             self.out.write({"event": [self.batch, "checkpoint_error"], "error": str(err)})
             return
@@ -192,15 +211,70 @@ class Worker:
                 self.loss = self.net.losses([self.next_batch()])[0]
         elif cmd == "report_every":
             self.report_every = value
+            self._next_state_at = next_state_report(b, value)
             record["report_every"] = [b, value]
+        elif cmd == "pace":
+            self.pace = value
+            self._pace_from = (b, time.monotonic())
+            record["pace"] = [b, value]
         elif cmd == "tell_state":
             record.update(self.state_report())
+        elif cmd in ("rewind", "reinit"):
+            if repeat:
+                return  # the checkpoint this generation resumed from already holds what it did
+            try:
+                record.update(self.rewind(value) if cmd == "rewind" else self.reinit(value))
+            except CommandError as err:
+                self.out.write({"reject": [b, {**answer, "reason": str(err)}]})
+                return
+            b = self.batch  # where it took effect: the batch the run goes on from
         elif cmd == "shutdown":
             self.done = True
         if not repeat:
             self.out.write({"ack": [b, answer], **record})
         elif record:
             self.out.write(record)  # the setting holds again: say so, but do not answer twice
+
+    def rewind(self, batch: int) -> dict:
+        """Go back to the newest kept checkpoint at or before batch, as a new generation; the records saying so."""
+        try:
+            kept = load_kept(self.run_dir.checkpoint, batch)
+        except NnobsError as err:
+            raise CommandError(f"cannot rewind: {err}") from err
+        if kept is None:
+            batches = ", ".join(f"{b:,}" for b in kept_batches(self.run_dir.checkpoint)) or "none"
+            raise CommandError(f"no checkpoint is kept at or before batch {batch:,} (kept: {batches})")
+        went_from = self.batch
+        self.net.set_state_from_vector(kept.sv)
+        self.net.eta = kept.eta  # the step size it had there: the one that ruined it may be why we rewind
+        forget_kept_after(self.run_dir.checkpoint, kept.batch)
+        self._finite_states = deque((s for s in self._finite_states if s[1] <= kept.batch), maxlen=FINITE_STATES_KEPT)
+        self._went_on_from(kept.batch)
+        return {"event": [self.batch, "rewound"], "rewound_from": went_from, **self._fresh_reports()}
+
+    def reinit(self, seed: int | None) -> dict:
+        """Start the net afresh from a seed (the run's own by default), keeping the batch count and history."""
+        config = RunConfig(**{**self.config.__dict__, "seed": self.config.seed if seed is None else seed})
+        self.net.set_state_from_vector(build_network(config).state_vector())
+        self.net.eta = config.eta  # the starting step size, as for a new run
+        self._finite_states.clear()
+        self._went_on_from(self.batch)
+        return {"event": [self.batch, "reinit"], "seed": config.seed, **self._fresh_reports()}
+
+    def _went_on_from(self, batch: int) -> None:
+        """The run goes on from batch with new parameters, as a new generation."""
+        self.gen += 1
+        self.out.gen = self.gen  # stamped on every record written from here on
+        self.batch = batch
+        self.paused = False
+        self.loss = self.net.losses([self.next_batch()])[0]
+        self._window = _Window()
+        self._schedule_reports()
+        self._pace_from = (batch, time.monotonic())
+
+    def _fresh_reports(self) -> dict:
+        """A loss report and a state report of the parameters just set, for the line that says what happened."""
+        return {**loss_report(self.batch, self.loss), **self.state_report()}
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -214,29 +288,19 @@ class Worker:
         while not self.done:
             now = time.monotonic()
             check_at = now + CONTROL_CHECK_S
-            if self.batch < self.target and not self.paused:
-                # Train flat out until the next look at the control file, in runs of up to CHUNK batches
-                # that end at the target or at a state-report boundary: nothing else runs per batch.
-                batch, target, every = self.batch, self.target, self.report_every
-                while batch < target and now < check_at:
-                    stop = min(target, (batch // every + 1) * every) if every else target
-                    run = min(stop - batch, CHUNK)
-                    for _ in range(run):
-                        loss = learn(*next_batch())
-                    batch += run
-                    self.loss = loss
-                    if batch == stop and every and batch % every == 0:
-                        self.batch = batch
-                        self.out.write(self.state_report())
-                    now = time.monotonic()
-                self.batch = batch
+            limit = self._pace_limit(now)
+            if self.batch < limit and not self.paused:
+                self.train(limit, check_at)
+                now = time.monotonic()
                 if not math.isfinite(self.loss):
                     self.on_divergence(now)  # before anything else: no checkpoint may hold these parameters
-                elif batch == target:
-                    self.report_loss(now, {"event": [batch, "target_reached"]})
+                elif self.batch == self.target:
+                    self.report_loss(now, {"event": [self.batch, "target_reached"]})
                     self.checkpoint(now)  # the worker idles now: a crash while idle costs nothing
             else:
-                time.sleep(max(0.0, check_at - now))  # idle: cheap, and still answers within CONTROL_CHECK_S
+                # Idle, or paced: cheap, and still answers within CONTROL_CHECK_S.
+                due = check_at if self.batch >= self.target or self.paused else min(check_at, self._pace_due())
+                time.sleep(max(0.0, due - now))
                 now = time.monotonic()
             self.apply_commands()
             since_report = now - self._last_loss_report
@@ -245,8 +309,59 @@ class Worker:
                 self._next_ownership_check = now + OWNERSHIP_CHECK_S
             if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
+            if self.pace and now - self._last_state_report >= PACED_STATE_EVERY_S and self.batch != self._last_reported_batch_state:
+                self._last_reported_batch_state = self.batch
+                self.out.write(self.state_report())
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
                 self.checkpoint_shown(now)
+
+    def train(self, limit: int, check_at: float) -> None:
+        """Train flat out up to batch limit or until check_at, reporting what the batch schedules ask for.
+
+        Runs of up to CHUNK batches end at the limit and at the next scheduled report; nothing else
+        runs per batch but the window's running min, max and sum.
+        """
+        learn, next_batch, window = self.net.learn_one, self.next_batch, self._window
+        batch, now = self.batch, time.monotonic()
+        lo, lo_at, hi, hi_at, total = window.lo, window.lo_at, window.hi, window.hi_at, window.total
+        while batch < limit and now < check_at:
+            state_at = self._next_state_at or limit
+            end = min(limit, self._next_loss_at, state_at, batch + CHUNK)
+            for at in range(batch + 1, end + 1):
+                loss = learn(*next_batch())
+                total += loss
+                if loss < lo:
+                    lo, lo_at = loss, at
+                if loss > hi:
+                    hi, hi_at = loss, at
+            window.n += end - batch
+            batch = self.batch = end
+            self.loss = loss
+            window.lo, window.lo_at, window.hi, window.hi_at, window.total = lo, lo_at, hi, hi_at, total
+            if batch == self._next_loss_at:
+                self.report_loss(time.monotonic())
+                window = self._window
+                lo, lo_at, hi, hi_at, total = window.lo, window.lo_at, window.hi, window.hi_at, window.total
+            if batch == state_at and self._next_state_at is not None:
+                self.out.write(self.state_report())
+                self._next_state_at = next_state_report(batch, self.report_every)
+            now = time.monotonic()
+
+    def _pace_limit(self, now: float) -> int:
+        """The batch training may reach by now: the target, or less when a pace is set."""
+        if not self.pace:
+            return self.target
+        start_batch, start_t = self._pace_from
+        allowed = start_batch + int((now - start_t) * self.pace)
+        if allowed - self.batch > max(1.0, self.pace * PACE_CATCH_UP_S):  # fell behind: go on from here, no burst
+            self._pace_from = (self.batch, now - 1 / self.pace)
+            allowed = self.batch + 1
+        return min(self.target, allowed)
+
+    def _pace_due(self) -> float:
+        """When a paced run may train its next batch."""
+        start_batch, start_t = self._pace_from
+        return start_t + (self.batch + 1 - start_batch) / self.pace
 
     def check_still_owned(self) -> None:
         """Raise Orphaned when worker.lock is no longer the file we lock: the run was deleted or made anew."""
@@ -278,6 +393,21 @@ class Worker:
 
     def _on_signal(self, signum: int, frame) -> None:
         self.done = True
+
+
+class _Window:
+    """The losses since the last loss report: how many, their min and max with their batches, and their sum."""
+
+    __slots__ = ("n", "lo", "lo_at", "hi", "hi_at", "total")
+
+    def __init__(self):
+        self.n, self.lo, self.lo_at, self.hi, self.hi_at, self.total = 0, math.inf, 0, -math.inf, 0, 0.0
+
+    def summary(self) -> tuple | None:
+        """(n, min, min_at, max, max_at, mean) for the report, or None when no batch was trained since the last."""
+        if not self.n or self.lo_at == 0:  # lo_at 0: no loss compared below inf, all NaN
+            return None
+        return (self.n, self.lo, self.lo_at, self.hi, self.hi_at, self.total / self.n)
 
 
 def _answered_since(run_file: Path, offset: int) -> set[str]:

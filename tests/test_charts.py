@@ -8,6 +8,7 @@ from conftest import SEED_RUN
 from nnobs import charts
 from nnobs.history import RunHistory, RunWatcher
 from nnobs.records import RecordReader, RecordWriter, read_all
+from nnobs.schema import loss_report, state_report
 from nnobs.series import MinMaxBuckets
 from nnobs.tasks import RunConfig, parameter_names
 
@@ -84,8 +85,8 @@ def test_seed_notebook_run_file_plots_loss_and_state_vector():
 def test_chart_specs_are_identical_between_refreshes():
     assert charts.loss_spec(True) == charts.loss_spec(True)
     spec = charts.sv_lines_spec(("a", "b"))
-    spec["mark"] = "changed by a caller"
-    assert charts.sv_lines_spec(("a", "b"))["mark"] != "changed by a caller"
+    spec["title"] = "changed by a caller"
+    assert charts.sv_lines_spec(("a", "b"))["title"] != "changed by a caller"
 
 
 def test_a_refresh_reads_only_the_bytes_appended_since_the_last(tmp_path):
@@ -142,13 +143,17 @@ def test_bulk_parsing_agrees_with_json_line_by_line(tmp_path):
     out = RecordWriter(run_file, gen=3)
     rng = np.random.default_rng(4)
     for batch in range(3000):  # enough lines for the bulk number parser to take over
-        kind = rng.integers(6)
+        kind = rng.integers(7)
         if kind == 0:
             out.write({"eta": [batch, 0.1], "sv": [batch, rng.normal(size=3)], "target": [batch, 9], "report_every": [batch, 5]})
+        elif kind == 6:  # today's shapes: a state report with its pace, a loss report with its window
+            out.write(state_report(batch, 0.1, rng.normal(size=3), 9, 5, float(rng.integers(3))))
+            lows = sorted(rng.normal(size=2) * 10.0 ** float(rng.integers(-30, 30)))
+            out.write(loss_report(batch, float(rng.normal()), (int(rng.integers(2, 99)), lows[0], batch - 1, lows[1], batch, 0.5)))
         elif kind == 1:
             out.write({"loss": [batch, float("nan")]})  # diverged: null plus a flag
         elif kind == 2:
-            out.write({"loss": [batch, 0.5], "event": [batch, "started"], "pid": 1})
+            out.write({"loss": [batch, 0.5], "event": [batch, "started"], "pid": 1, "resumed_from": batch})
         else:
             out.write({"loss": [batch, float(rng.normal()) * 10.0 ** float(rng.integers(-30, 30))]})
     with open(run_file, "ab") as f:
@@ -162,6 +167,11 @@ def test_bulk_parsing_agrees_with_json_line_by_line(tmp_path):
     batches, losses = history.loss_series()
     assert batches.tolist() == [b for b, _ in expected]
     np.testing.assert_array_equal(losses, [v for _, v in expected])
+    windows = [r["window"][1] if "window" in r else None for r in records if "loss" in r]
+    assert sum(w is not None for w in windows) > 100, "enough windows to take the bulk path"
+    for window, parsed, value, batch in zip(windows, history.loss_windows.values(), losses, batches):
+        np.testing.assert_array_equal(parsed, window or [1, value, batch, value, batch, value])
+    assert history.pace == next(r["pace"][1] for r in reversed(records) if "pace" in r)
     sv_rows = [r["sv"] for r in records if "sv" in r]
     assert history.sv_batches.values().tolist() == [b for b, _ in sv_rows]
     assert history.sv_latest.tolist() == sv_rows[-1][1]
@@ -185,8 +195,8 @@ def test_smoothing_follows_the_mean_not_the_spikes_of_a_long_run():
     losses = np.where(rng.random(200_000) < 0.01, 10.0, 1.0)  # spikes on 1% of batches: mean 1.09
     history = RunHistory()
     history.add_lines(b"".join(b'{"loss":[%d,%r],"t":1.0,"gen":1}\n' % (i, float(v)) for i, v in enumerate(losses)))
-    means, width = charts.loss_means_frame(history)
-    frame = charts.loss_chart_frame(charts.loss_frame(history), means, width, charts.markers_frame(history), 0.9, False)
+    means, _ = charts.loss_means_frame(history)
+    frame = charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), 0.9, False)
     smoothed = frame["smoothed"].dropna().to_numpy()
     assert frame["loss"].max() == 10.0, "the raw outline keeps the spikes"
     assert abs(smoothed[-100:].mean() - losses.mean()) < 0.05, "the smoothed line sits at the mean"

@@ -257,13 +257,13 @@ def test_setting_reapplied_after_a_crash_shows_in_the_run_file(new_run):
     assert read_history(run).eta == 0.3
 
 
-def test_report_every_writes_state_vectors_that_match_training_here(new_run):
+def test_state_reports_come_densely_at_first_then_every_n_and_match_training_here(new_run):
     run = new_run(target=200, report_every=100)
     start_worker(run)
     wait_for(lambda: events(run, "target_reached"), what="the target 200 to be reached")
 
     reports = {r["sv"][0]: r["sv"][1] for r in records_with(run, "sv")}
-    assert sorted(reports) == [0, 100, 200]
+    assert sorted(reports) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 17, 22, 28, 36, 46, 58, 74, 94, 100, 200]
     net, next_batch = build(RunConfig())  # the worker's default net, trained here step by step
     for batch in range(201):
         if batch in reports:

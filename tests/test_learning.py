@@ -1,0 +1,179 @@
+"""Records faithful to the learning: dense early reports with their windows, slow motion, rewind and reinit.
+
+Real worker processes on real files throughout; the one with a planted spike is a real process
+too, running the worker's own loop over a batch source that returns one outlier batch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import textwrap
+
+import numpy as np
+
+from conftest import FOREVER, answered, events, python, records_with, wait_for, wait_started
+from nnobs import charts
+from nnobs.checkpoint import kept_batches, load_kept
+from nnobs.control import send_command
+from nnobs.history import RunHistory
+from nnobs.runs import read_history, run_status, start_worker
+from nnobs.tasks import RunConfig, build, build_network
+
+
+def loss_points(history: RunHistory) -> set[tuple[int, float]]:
+    """(batch, loss) of every point the loss chart draws."""
+    frame = charts.loss_frame(history)
+    return set(zip(frame["batch"].tolist(), frame["loss"].tolist()))
+
+
+def test_the_default_runs_first_10000_batches_give_100_loss_points_and_the_chart_keeps_every_window_minimum(new_run):
+    run = new_run("default", target=10_000)  # the notebook's XOR, which learns in these batches
+    start_worker(run)
+    wait_for(lambda: events(run, "target_reached"), what="the target 10,000 to be reached")
+
+    history = read_history(run)
+    batches, losses = history.loss_series()
+    assert len(batches[batches <= 10_000]) >= 100
+    assert losses[0] > 0.1 and losses[-1] < 1e-3, "the drop happens in these batches"
+    assert np.all(np.diff(batches) > 0)
+    windows = [r["window"][1] for r in records_with(run, "window")]
+    assert windows, "reports past the first hundred batches cover the batches since the one before"
+    drawn = loss_points(history)
+    for n, low, low_at, high, high_at, mean in windows:
+        assert (low_at, low) in drawn and (high_at, high) in drawn
+        assert low <= mean <= high and n > 1
+    # Every batch is in one window: the counts add up to the batches trained.
+    assert 1 + sum(w[0] for w in windows) + sum(1 for r in records_with(run, "loss") if "window" not in r) >= 10_000
+
+
+SPIKE_AT = 50_000
+SPIKING_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from nnobs.checkpoint import load_checkpoint
+    from nnobs.runs import RunDir, take_worker_lock
+    from nnobs.tasks import build, load_config
+    from nnobs.worker import Worker
+
+    run = RunDir(Path(sys.argv[1]))
+    assert take_worker_lock(run) is not None
+    config = load_config(run.config)
+    net, next_batch = build(config)
+    calls = 0
+
+    def spiking_batch():
+        # The {spike}th training batch has its targets flipped: one batch whose loss stands out.
+        global calls
+        calls += 1
+        x, ideal = next_batch()
+        return (x, -ideal) if calls == {spike} + 1 else (x, ideal)  # +1: the worker looks at one batch first
+
+    sys.exit(Worker(run, net, spiking_batch, load_checkpoint(run.checkpoint), config).run())
+    """
+).replace("{spike}", str(SPIKE_AT))
+
+
+def test_a_one_batch_spike_between_two_reports_is_in_the_file_and_on_the_chart(new_run):
+    run = new_run(target=2 * SPIKE_AT)
+    worker = python(SPIKING_WORKER, str(run.path))
+    try:
+        wait_for(lambda: events(run, "target_reached"), what=f"the target {2 * SPIKE_AT:,} to be reached")
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+
+    reports = records_with(run, "loss")
+    assert SPIKE_AT not in [r["loss"][0] for r in reports], "no report falls on the spike's batch itself"
+    holding = [r for r in reports if "window" in r and r["window"][1][4] == SPIKE_AT]
+    assert len(holding) == 1, "exactly one report's window holds the spike as its maximum"
+    n, _, _, high, _, _ = holding[0]["window"][1]
+    assert n > 1 and high > 0.1
+    before = [r["loss"][1] for r in reports if r["loss"][0] < SPIKE_AT][-1]  # the last report before it
+    assert high > 1000 * before, "the spike stands far above the losses around it"
+    assert (SPIKE_AT, high) in loss_points(read_history(run))
+
+
+def test_pace_holds_the_rate_and_commands_are_still_answered_within_50_ms(new_run):
+    pace = 200
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    command = send_command(run.control_file, "pace", pace)
+    assert answered(run, command).ok
+    paced_from = next(r for r in records_with(run, "ack") if r["ack"][1]["id"] == command["id"])
+
+    def five_seconds_later():
+        later = [r for r in records_with(run, "loss") if r["t"] >= paced_from["t"] + 5.5]
+        return later[0] if later else None
+
+    end = wait_for(five_seconds_later, what="five seconds of paced training")
+    start = next(r for r in records_with(run, "loss") if r["t"] >= paced_from["t"] + 0.5)
+    rate = (end["loss"][0] - start["loss"][0]) / (end["t"] - start["t"])
+    assert abs(rate - pace) <= 0.1 * pace, f"{rate:.1f} batches/s at pace {pace}"
+
+    delays = []
+    for _ in range(10):
+        sent = send_command(run.control_file, "target", FOREVER)
+        answered(run, sent)
+        ack = next(r for r in records_with(run, "ack") if r["ack"][1]["id"] == sent["id"])
+        delays.append(ack["t"] - sent["t"])
+    assert statistics.median(delays) <= 0.05, f"answers took {delays} s"
+    history = read_history(run)
+    assert history.pace == pace and any(m.label == f"pace {pace}/s" for m in history.markers)
+
+
+def test_rewind_after_eta_50_brings_back_the_kept_checkpoints_loss_and_training_goes_on(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    wait_for(lambda: (h := read_history(run)).loss is not None and h.batch > 200_000 and h.loss < 1e-20,
+             what="XOR to converge")
+    ruin = send_command(run.control_file, "eta", 50)
+    ruined_at = answered(run, ruin).batch
+    status = wait_for(lambda: (s := run_status(run, read_history(run))).label == "not learning" and s,
+                      what="the saturated net to read as not learning")
+    assert status.loss > 0.1 and status.best_loss < 1e-20
+
+    rewind = send_command(run.control_file, "rewind", ruined_at - 1)
+    answer = answered(run, rewind)
+    assert answer.ok, answer.reason
+    kept = max(b for b in kept_batches(run.checkpoint) if b <= ruined_at - 1)
+    assert answer.batch == kept < ruined_at
+    rewound = events(run, "rewound")[0]
+    net, next_batch = build(RunConfig())
+    net.set_state_from_vector(load_kept(run.checkpoint, kept).sv)
+    assert rewound["loss"] == [kept, net.losses([next_batch()])[0]], "the kept checkpoint's own loss"
+    assert rewound["rewound_from"] >= ruined_at and rewound["eta"] == [kept, 0.1]
+
+    history = wait_for(lambda: (h := read_history(run)).batch > kept + 50_000 and h, what="training to go on")
+    assert history.gen == 2 and history.eta == 0.1 and history.loss < 1e-20
+    batches = history.loss_series()[0]
+    assert np.all(np.diff(batches) >= 0), "the chart shows the run's line of training, not the one abandoned"
+    assert not run_status(run, history).not_learning
+    assert any(m.label.startswith("gen 2") or "rewind from" in m.label for m in history.markers if m.batch == kept)
+
+
+def test_reinitialize_starts_the_net_afresh_from_another_seed_and_keeps_the_history(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    wait_for(lambda: read_history(run).batch > 20_000, what="training past batch 20,000")
+    command = send_command(run.control_file, "reinit", 7)
+    answer = answered(run, command)
+    assert answer.ok, answer.reason
+
+    reinit = events(run, "reinit")[0]
+    fresh = build_network(RunConfig(seed=7))
+    _, next_batch = build(RunConfig())
+    assert reinit["sv"] == [answer.batch, fresh.state_vector().tolist()]
+    assert reinit["loss"] == [answer.batch, fresh.losses([next_batch()])[0]] and reinit["seed"] == 7
+    history = wait_for(lambda: (h := read_history(run)).batch > answer.batch + 1000 and h, what="training to go on")
+    assert history.gen == 2 and history.loss_series()[0][0] == 0, "the history before the reinit stays"
+
+
+def test_a_rewind_to_before_every_kept_checkpoint_is_refused_and_says_what_is_kept(new_run):
+    run = new_run(target=FOREVER)
+    start_worker(run)
+    wait_started(run)
+    answer = answered(run, send_command(run.control_file, "rewind", 0))
+    assert answer.ok  # the start's own checkpoint, at batch 0, is always kept
+    refused = answered(run, send_command(run.control_file, "reinit", -3))
+    assert not refused.ok and "seed from 0 to 2**32 - 1" in refused.reason
