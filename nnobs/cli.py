@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from nnobs.control import check_command
 from nnobs.errors import NnobsError
@@ -13,64 +16,135 @@ from nnobs.history import RunHistory
 from nnobs.records import RecordReader
 from nnobs.runs import (
     DEFAULT_RUN,
+    STALL_AFTER_S,
     STOP_GRACE_S,
     RunDir,
+    RunStatus,
+    list_runs,
     queue_command,
     read_history,
     restart_worker,
     run_status,
     start_worker,
     stop_worker,
+    worker_pid,
 )
 
 ANSWER_TIMEOUT_S = 10.0
+TAIL_LINES = 10  # records tail prints when not told how many
+TAIL_BLOCK = 64 * 1024  # tail reads a long file backwards from its end in blocks of this many bytes
+FOLLOW_EVERY_S = 0.2  # how often tail -f looks for new records
+
+EXIT_CODES = """\
+exit codes: 0 done; 1 the worker rejected a command or did not answer it, or (status) no such run;
+2 bad input, refused before anything is sent: a value the worker would refuse, a run name, a missing run"""
+
+# What each state means, in the words of the page's badges.
+STATE_MEANINGS = {
+    "training": "the worker is alive and below its target",
+    "idle": "the worker is alive and at its target",
+    "stalled": f"the worker is alive but has written nothing for {STALL_AFTER_S:.0f} s or more: stuck; restart ends it",
+    "stopped": "shut down cleanly; start resumes from its last checkpoint",
+    "crashed": "the worker died without a shutdown record; start resumes from its last checkpoint",
+    "diverged": "the loss is no longer a number; training is paused until eta is lowered (set --eta)",
+    "not learning": "training, but the loss stopped moving far above its best",
+    "absent": "no such run",
+}
+
+# What an acknowledged command did, where the batch alone does not say it.
+AFTERWARDS = {
+    "rewind": " (the kept checkpoint it went back to; training goes on from there as a new generation)",
+    "reinit": " (fresh parameters from there on, as a new generation)",
+}
+
+
+def _tail_count(text: str) -> tuple[str, int]:
+    """-n's value: N for the last N records, +K for every record from the K-th on (as Unix tail)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number N (the last N records) or +K (from the K-th on), not {text!r}")
+    return ("from", max(number, 1)) if text.startswith("+") else ("last", number)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnobs", description="Start, watch and steer nnobs training runs.")
-    parser.add_argument("--runs", metavar="DIR", help="runs root (default: $NNOBS_RUNS or ./runs)")
+    parser = argparse.ArgumentParser(
+        prog="nnobs",
+        description="Start, watch and steer nnobs training runs: the page's twin, over the same files.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runs", metavar="DIR", help="the runs root, where each run is a directory (default: $NNOBS_RUNS, else ./runs)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("run", nargs="?", default=DEFAULT_RUN, help=f"run name (default: {DEFAULT_RUN})")
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("run", nargs="?", default=DEFAULT_RUN, metavar="RUN", help=f"the run's name (default: {DEFAULT_RUN})")
         return p
 
-    action("start", "start the run's worker if none is alive")
-    action("status", "state, batch, target, eta, loss, generation, pid, heartbeat age").add_argument(
-        "--json", action="store_true", help="print one JSON object"
-    )
-    p = action("set", "change target batches, learning rate or state-report interval")
-    p.add_argument("--target", type=int, help="train until this many batches")
-    p.add_argument("--eta", type=float, help="learning rate, > 0")
-    p.add_argument("--report-every", type=int, help="state-vector report every N batches (0: off)")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for the worker's answer")
-    action("tell-state", "ask for a state-vector report now")
-    action("stop", "shut the worker down and wait for its final record")
-    action("restart", "start a new worker generation from the last checkpoint")
-    action("tail", "print the run's records").add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    action("start", "start the run's worker (the process that trains) unless one is alive; a new name creates the run")
+    action(
+        "status",
+        "say how the run is doing: its state, batch, loss, learning rate, state-report interval, pace, "
+        "worker generation and pid, and when the worker last wrote",
+    ).add_argument("--json", action="store_true", help="print one JSON object instead")
+    p = action("set", "change the target, the learning rate, the state-report interval or the pace")
+    p.add_argument("--target", type=int, metavar="N", help="train until batch N, then idle")
+    p.add_argument("--eta", type=float, metavar="X", help="the learning rate, above 0")
+    p.add_argument("--report-every", type=int, metavar="N",
+                   help="report the full parameter vector every N batches (0: only when asked, by tell-state)")
+    p.add_argument("--pace", type=float, metavar="N", help="train at most N batches a second, to watch it slowly (0: flat out)")
+    p.add_argument("--no-wait", action="store_true", help="send and return at once, without waiting for the worker's answer")
+    action("tell-state", "report the full parameter vector (the state vector) now")
+    p = action("rewind", "go back to the newest kept checkpoint at or before a batch, as a new generation")
+    p.add_argument("--to", type=int, required=True, metavar="BATCH", help="go back to the newest kept checkpoint at or before this batch")
+    p = action("reinit", "start the net afresh from new parameters; the run's history so far is kept")
+    p.add_argument("--seed", type=int, metavar="S", help="draw the parameters with seed S (default: the run's own seed)")
+    action("stop", f"shut the worker down and wait for its final record (kill -9 after {STOP_GRACE_S:.0f} s)")
+    action("restart", "stop the worker if it is alive, then start a new generation from the last checkpoint")
+    p = action("tail", "print the run's last records, one JSON object a line")
+    p.add_argument("-n", "--lines", type=_tail_count, default=("last", TAIL_LINES), metavar="N",
+                   help=f"print the last N records (default: {TAIL_LINES}); +K: from the K-th record on, so +1 prints every one")
+    p.add_argument("-f", "--follow", action="store_true", help="then keep printing new records as the worker writes them (Ctrl-C ends)")
     return parser
 
 
-def _await_answers(answers: RecordReader, ids: list[str], timeout: float = ANSWER_TIMEOUT_S) -> int:
-    """Print the worker's answer to each command id, reading only what is appended; 0 if all were acknowledged."""
+def _describe(command: dict) -> str:
+    """A command as the user would say it: "pace 100", "eta 0.05", "tell_state"."""
+    value = command["value"]
+    if value is None:
+        return command["cmd"]
+    return f"{command['cmd']} {value:g}" if isinstance(value, float) else f"{command['cmd']} {value}"
+
+
+def _await_answers(run: RunDir, answers: RecordReader, sent: list[dict], timeout: float = ANSWER_TIMEOUT_S) -> int:
+    """Print the worker's answer to each command sent, reading only what is appended; 0 if all were acknowledged.
+
+    Waits up to timeout, or only until no worker is alive: a dead run answers nothing until it is started.
+    """
     deadline = time.monotonic() + timeout
     history = RunHistory()
     while True:
+        alive = worker_pid(run) is not None  # looked at before reading, so an answer written as it exits is read
         history.add_lines(answers.read_new_lines())
-        if all(i in history.answers for i in ids) or time.monotonic() > deadline:
+        if all(c["id"] in history.answers for c in sent) or not alive or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     code = 0
-    for command_id in ids:
-        answer = history.answers.get(command_id)
+    for command in sent:
+        answer = history.answers.get(command["id"])
         if answer is None:
-            print(f"{command_id}: pending (no answer from the worker within {timeout:.0f} s; is it running?)")
+            why = (f"no answer from the worker within {timeout:.0f} s" if alive
+                   else "no worker is alive to answer; the next start applies it")
+            print(f"{_describe(command)}: pending: {why}")
             code = 1
         elif answer.ok:
-            print(f"{command_id}: acknowledged at batch {answer.batch:,}")
+            print(f"{_describe(command)}: acknowledged at batch {answer.batch:,}{AFTERWARDS.get(command['cmd'], '')}")
         else:
-            print(f"{command_id}: rejected: {answer.reason}")
+            print(f"{_describe(command)}: rejected: {answer.reason}")
             code = 1
     return code
 
@@ -82,43 +156,181 @@ def _send(run: RunDir, commands: list[tuple[str, object]], wait: bool = True) ->
     answers.offset = run.run_file.stat().st_size if run.run_file.exists() else 0  # answers come after this
     sent = [queue_command(run, cmd, value, by="cli") for cmd, value in commands]
     for command in sent:
-        print(f"sent {command['cmd']}{'' if command['value'] is None else ' ' + str(command['value'])} as {command['id']}")
-    return _await_answers(answers, [c["id"] for c in sent]) if wait else 0
+        print(f"sent {_describe(command)} (command {command['id']})")
+    return _await_answers(run, answers, sent) if wait else 0
 
 
-def _format_status(status) -> str:
-    def num(value, fmt):
+def _ago(seconds: float | None) -> str:
+    """An age in plain words: "0.4 s ago", "3 min ago", "2 days ago"; "-" when there is none."""
+    if seconds is None:
+        return "-"
+    for unit, size, next_size in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if seconds < next_size:
+            return f"{seconds / size:.{1 if seconds < 10 else 0}f} {unit} ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _format_status(run: RunDir, status: RunStatus) -> str:
+    def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    loss = "diverged" if status.diverged else num(status.loss, ".6g")
+    loss = "diverged (no longer a number)" if status.diverged else num(status.loss, ".6g")
+    if status.best_loss is not None:
+        loss += f", best {status.best_loss:.6g}"
+    if status.report_every is None:
+        reports = "-"
+    elif status.report_every == 0:
+        reports = "only when asked (tell-state)"
+    else:
+        reports = f"every {status.report_every:,} batches"
+    pace = "flat out" if not status.pace else f"at most {status.pace:,g} batches a second"
+    meaning = STATE_MEANINGS.get(status.label)
     lines = [
-        f"run        {status.run}",
-        f"state      {status.state}",
-        f"batch      {status.batch:,} of {num(status.target, ',')}",
-        f"loss       {loss}",
-        f"eta        {num(status.eta, 'g')}",
-        f"generation {num(status.generation, 'd')}",
-        f"pid        {num(status.pid, 'd')}",
-        f"heartbeat  {num(status.heartbeat_age_s, '.1f')} s ago",
+        f"run           {status.run}, in {os.path.abspath(run.path)}",
+        f"state         {status.label}" + (f": {meaning}" if meaning else ""),
+        f"batch         {status.batch:,} of {num(status.target, ',')} (the target)",
+        f"loss          {loss}",
+        f"eta           {num(status.eta, 'g')} (the learning rate)",
+        f"state report  {reports} (the full parameter vector)",
+        f"pace          {pace}",
+        f"generation    {num(status.generation, 'd')} (each start of the worker is one)",
     ]
+    if status.pid is not None:
+        lines += [f"worker pid    {status.pid}", f"heartbeat     {_ago(status.heartbeat_age_s)} (a live worker writes at least once a second)"]
+    else:
+        lines += ["worker pid    - (no worker is alive)", f"last record   {_ago(status.heartbeat_age_s)}"]
     if status.error:
-        lines.append(f"error      {status.error}")
+        lines.append(f"error         {status.error}")
     if status.skipped_lines:
-        lines.append(f"skipped    {status.skipped_lines:,} unreadable lines of run.jsonl")
+        lines.append(f"skipped       {status.skipped_lines:,} unreadable lines of run.jsonl")
     return "\n".join(lines)
 
 
-def _tail(run: RunDir, follow: bool) -> int:
+def _no_such_run(run: RunDir) -> str:
+    """Why a run is not there, naming where it was looked for and what is there instead."""
+    root = os.path.abspath(run.path.parent)
+    if not os.path.isdir(root):
+        return f"no run named {run.name!r}: the runs root {root} does not exist (choose it with --runs DIR or $NNOBS_RUNS)"
+    there = list_runs(root)
+    others = f"runs there: {', '.join(there)}" if there else "no runs there"
+    return f"no run named {run.name!r} in {root} ({others}); `nnobs start {run.name}` creates it"
+
+
+def _status(run: RunDir, as_json: bool) -> int:
+    status = run_status(run, read_history(run))
+    missing = not run.exists() and status.pid is None
+    if missing:
+        status = dataclasses.replace(status, state="absent")  # a directory without a config is no run
+    if as_json:
+        print(json.dumps({**status.as_dict(), "label": status.label}))
+    elif not missing:  # a table of dashes would only hide the message
+        print(_format_status(run, status))
+    if missing:
+        print(f"nnobs: {_no_such_run(run)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _is_record(line: bytes) -> bool:
+    """True for a line holding a JSON object; torn lines and garbage are left out, as every reader does."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _last_records(path: Path, count: int) -> tuple[list[bytes], int]:
+    """The last count records of the file, oldest first, and the offset just past its last complete line.
+
+    Reads backwards from the end in blocks, so a long run file costs what its last lines cost. A line
+    after the last newline is still being written (or was torn by a kill): it is left for a follower.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return [], 0
+    with f:
+        pos = os.fstat(f.fileno()).st_size
+        complete_end: int | None = None  # where the last complete line ends, once seen
+        carry = b""  # bytes from pos on not yet cut into lines: the end of a line whose start lies before pos
+        found: list[bytes] = []  # newest first
+        while pos > 0 and (complete_end is None or len(found) < count):
+            step = min(TAIL_BLOCK, pos)
+            pos -= step
+            carry = os.pread(f.fileno(), step, pos) + carry
+            if complete_end is None:
+                newline = carry.rfind(b"\n")
+                if newline < 0:
+                    continue
+                complete_end, carry = pos + newline + 1, carry[:newline]
+            lines = carry.split(b"\n")
+            carry = lines.pop(0) if pos > 0 else b""  # at the file's start the first line is whole
+            for line in reversed(lines):
+                if len(found) == count:
+                    break
+                if line.strip() and _is_record(line):
+                    found.append(line)
+    return found[::-1], complete_end or 0
+
+
+def _write_records_from(path: Path, first: int, out) -> int:
+    """Write every record from the first-th on (counting from 1) to out; return the offset past the last complete line."""
+    seen = offset = 0
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # still being written: a follower prints it once it is whole
+            offset += len(line)
+            if line.strip() and _is_record(line):
+                seen += 1
+                if seen >= first:
+                    out.write(line)
+    return offset
+
+
+def _tail(run: RunDir, lines: tuple[str, int], follow: bool) -> int:
+    out = sys.stdout.buffer
+    how, count = lines
+    if how == "last":
+        records, offset = _last_records(run.run_file, count)
+        out.writelines(record + b"\n" for record in records)
+    else:
+        offset = _write_records_from(run.run_file, count, out)
+    out.flush()
+    if not follow:
+        return 0
     reader = RecordReader(run.run_file)
+    reader.offset = offset
     try:
         while True:
-            for record in reader.read_new():
-                print(json.dumps(record), flush=True)
-            if not follow:
-                return 0
-            time.sleep(0.2)
+            new = [line + b"\n" for line in reader.read_new_lines().splitlines() if line.strip() and _is_record(line)]
+            if new:
+                out.writelines(new)
+                out.flush()
+            time.sleep(FOLLOW_EVERY_S)
     except KeyboardInterrupt:
         return 0
+
+
+def _stop(run: RunDir) -> int:
+    if worker_pid(run) is None:
+        status = run_status(run, read_history(run))
+        print(f"{run.name}: no worker is alive ({status.label}, at batch {status.batch:,}); nothing to stop")
+        return 0
+    if not stop_worker(run, by="cli stop"):
+        print(f"{run.name}: the worker did not stop in time", file=sys.stderr)
+        return 1
+    status = run_status(run, read_history(run))
+    if status.state == "crashed":  # no shutdown record: it had to be killed
+        print(f"{run.name}: killed at batch {status.batch:,}: it did not obey the shutdown within "
+              f"{STOP_GRACE_S:.0f} s; start resumes from its last checkpoint")
+    else:
+        print(f"{run.name}: stopped at batch {status.batch:,}")
+    return 0
 
 
 def run_action(args: argparse.Namespace) -> int:
@@ -126,42 +338,50 @@ def run_action(args: argparse.Namespace) -> int:
     if args.action == "start":
         print(f"{run.name}: worker {start_worker(run, by='cli')} is alive")
         return 0
-    if args.action in ("set", "tell-state", "stop", "restart", "tail") and not run.exists():
-        raise NnobsError(f"no run named {run.name!r} in {run.path.parent}; `nnobs start {run.name}` creates it")
     if args.action == "status":
-        status = run_status(run, read_history(run))
-        print(json.dumps(status.as_dict()) if args.json else _format_status(status))
-        return 0
+        return _status(run, args.json)
+    if not run.exists():
+        raise NnobsError(_no_such_run(run))
     if args.action == "set":
-        commands = [(c, v) for c, v in (("target", args.target), ("eta", args.eta), ("report_every", args.report_every)) if v is not None]
+        settings = (("target", args.target), ("eta", args.eta), ("report_every", args.report_every), ("pace", args.pace))
+        commands = [(cmd, value) for cmd, value in settings if value is not None]
         if not commands:
-            raise NnobsError("set needs at least one of --target, --eta, --report-every")
+            raise NnobsError("set needs at least one of --target, --eta, --report-every, --pace")
         return _send(run, commands, wait=not args.no_wait)
     if args.action == "tell-state":
         return _send(run, [("tell_state", None)])
+    if args.action == "rewind":
+        return _send(run, [("rewind", args.to)])
+    if args.action == "reinit":
+        return _send(run, [("reinit", args.seed)])
     if args.action == "stop":
-        if stop_worker(run, by="cli stop"):
-            status = run_status(run, read_history(run))
-            if status.state == "crashed":  # no shutdown record: it had to be killed
-                print(f"{run.name}: killed at batch {status.batch:,}: it did not obey the shutdown within "
-                      f"{STOP_GRACE_S:.0f} s; start resumes from its last checkpoint")
-            else:
-                print(f"{run.name}: stopped at batch {status.batch:,}")
-            return 0
-        print(f"{run.name}: the worker did not stop in time", file=sys.stderr)
-        return 1
+        return _stop(run)
     if args.action == "restart":
         pid = restart_worker(run, by="cli")
         status = run_status(run, read_history(run))
         print(f"{run.name}: worker {pid}, generation {status.generation}, at batch {status.batch:,}")
         return 0
-    return _tail(run, args.follow)
+    return _tail(run, args.lines, args.follow)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not complain of the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run_action(args)
+        code = run_action(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure
+        return code
+    except BrokenPipeError:  # whoever read our output has gone (`nnobs tail | head`): nothing is wrong
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return 130
     except NnobsError as err:
         print(f"nnobs: {err}", file=sys.stderr)
         return 2
