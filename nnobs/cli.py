@@ -183,12 +183,16 @@ def _format_status(run: RunDir, status: RunStatus) -> str:
         reports = "only when asked (tell-state)"
     else:
         reports = f"every {status.report_every:,} batches"
+    if status.target is not None and status.batch > status.target:
+        batch = f"{status.batch:,}, past the target of {status.target:,} (lowered since): it waits until the target is raised"
+    else:
+        batch = f"{status.batch:,} of {num(status.target, ',')} (the target)"
     pace = "flat out" if not status.pace else f"at most {status.pace:,g} batches a second"
     meaning = STATE_MEANINGS.get(status.label)
     lines = [
         f"run           {status.run}, in {os.path.abspath(run.path)}",
         f"state         {status.label}" + (f": {meaning}" if meaning else ""),
-        f"batch         {status.batch:,} of {num(status.target, ',')} (the target)",
+        f"batch         {batch}",
         f"loss          {loss}",
         f"eta           {num(status.eta, 'g')} (the learning rate)",
         f"state report  {reports} (the full parameter vector)",
