@@ -14,6 +14,7 @@ from streamlit import dataframe_util
 from nnobs.history import RunWatcher
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir, create_run, start_worker, stop_worker
+from nnobs.schema import loss_report, state_report
 from nnobs.tasks import RunConfig, parameter_names
 from nnobs.view import RunView, build_view, chart_frames
 
@@ -23,7 +24,10 @@ NAMES = parameter_names(CONFIG)
 
 
 def write_run(run: RunDir, n_records: int, state_every: int = STATE_EVERY) -> None:
-    """A run file of n_records in the worker's own shapes, written by the worker's own encoder."""
+    """A run file of n_records in the worker's own shapes, written by the worker's own encoder.
+
+    Loss reports carry the window of the 50 batches since the one before, as clock-paced reports do.
+    """
     create_run(run, CONFIG)
     out = RecordWriter(run.run_file, gen=1)
     rng = np.random.default_rng(0)
@@ -31,10 +35,12 @@ def write_run(run: RunDir, n_records: int, state_every: int = STATE_EVERY) -> No
     for i in range(n_records):
         batch = 50 * i
         if i % state_every:
-            out.write({"loss": [batch, 0.5 / (1 + i) * (1 + 0.1 * rng.random())]})
+            low, high = sorted(0.5 / (1 + i) * (1 + 0.1 * rng.random(2)))
+            window = (50, low, batch - 49 + int(rng.integers(49)), high, batch - int(rng.integers(49)), (low + high) / 2)
+            out.write(loss_report(batch, 0.5 / (1 + i) * (1 + 0.1 * rng.random()), window))
         else:
             sv += rng.normal(scale=0.01, size=len(sv))
-            out.write({"eta": [batch, 0.1], "sv": [batch, sv], "target": [batch, 10**12], "report_every": [batch, 2000]})
+            out.write(state_report(batch, 0.1, sv, 10**12, 2000, 0.0))
     out.close()
 
 

@@ -276,7 +276,7 @@ def garbage_lines_in_the_run_file(run: RunDir) -> str:
     assert reader.skipped_lines == 2 and after, "the reader skipped and counted both lines, and read on"
     assert read_history(run).skipped_lines == skipped_before + 2
     status = nnobs(run.path.parent, "status", run.name)
-    assert status.returncode == 0 and "state      training" in status.stdout, said(status)
+    assert status.returncode == 0 and "state         training" in status.stdout, said(status)
     return said(status)
 
 
@@ -340,7 +340,7 @@ def missing_runs_root(bench: Bench) -> str:
     root = bench.runs_root
     root.rmdir()
     status = nnobs(root, "status")
-    assert status.returncode == 0 and not root.exists(), "status only looks"
+    assert status.returncode == 1 and not root.exists(), "status only looks, and says there is no such run"
 
     started = nnobs(root, "start")
 
@@ -478,7 +478,7 @@ def start_refused(prepare: Callable[[Bench, RunDir], None] | None = None, **conf
         assert records[: len(earlier)] == earlier
         error = events(run, "error")[-1]["error"]
         assert error.startswith("cannot start: ") and error.removeprefix("cannot start: ") in done.stderr
-        assert "state      crashed" in nnobs(bench.runs_root, "status", "broken").stdout
+        assert "state         crashed" in nnobs(bench.runs_root, "status", "broken").stdout
         return error
 
     return case
@@ -507,7 +507,7 @@ TABLE = [
     pytest.param(cli_refuses_setting("--target", "2.5"), "argument --target: invalid int value: '2.5'", id="cli-target-fractional"),
     # the run file; a replaced one's message is the new generation's start, which its reader sees
     # only when it has started over at the new file's first line
-    pytest.param(garbage_lines_in_the_run_file, "skipped    2 unreadable lines of run.jsonl", id="run-file-garbage-and-non-utf8-lines"),
+    pytest.param(garbage_lines_in_the_run_file, "skipped       2 unreadable lines of run.jsonl", id="run-file-garbage-and-non-utf8-lines"),
     pytest.param(
         run_file_replaced_under_a_reader(_truncate, range(100, 110)),
         "resumed from the checkpoint at batch 100", id="run-file-truncated-under-a-reader",
@@ -528,7 +528,7 @@ TABLE = [
     pytest.param(bad_run_name("bell\x07\x1b[31m"), "run name 'bell\\x07\\x1b[31m' " + NAMING_RULE, id="name-with-control-characters"),
     pytest.param(bad_run_name("r" * 500), f"run name '{'r' * 500}' " + NAMING_RULE, id="name-500-characters"),
     # runs roots
-    pytest.param(missing_runs_root, ("state      absent", "is alive"), id="runs-root-missing"),
+    pytest.param(missing_runs_root, ("the runs root", "does not exist (choose it with --runs DIR", "is alive"), id="runs-root-missing"),
     pytest.param(read_only_runs_root, ("cannot create run fresh in ", "Permission denied"), id="runs-root-read-only"),
     pytest.param(
         read_only_run_directory("set", "--target", "5"), ("nnobs: set failed on ", "control.json.lock: Permission denied"),
@@ -537,7 +537,7 @@ TABLE = [
     pytest.param(read_only_run_directory("start"), ("nnobs: start failed on ", "start.lock: Permission denied"), id="run-directory-read-only-start"),
     # workers and locks
     pytest.param(second_worker_started_by_hand, ("another worker holds ", "worker.lock; exiting"), id="second-worker-started-by-hand"),
-    pytest.param(stale_worker_lock, ("state      crashed", "is alive"), id="stale-lock-of-a-dead-worker"),
+    pytest.param(stale_worker_lock, ("state         crashed", "is alive"), id="stale-lock-of-a-dead-worker"),
     # checkpoints and configs
     pytest.param(
         start_refused(_smaller_checkpoint),

@@ -177,3 +177,44 @@ def test_a_rewind_to_before_every_kept_checkpoint_is_refused_and_says_what_is_ke
     assert answer.ok  # the start's own checkpoint, at batch 0, is always kept
     refused = answered(run, send_command(run.control_file, "reinit", -3))
     assert not refused.ok and "seed from 0 to 2**32 - 1" in refused.reason
+
+
+EARLIER_LINES = b"".join(
+    line + b"\n"
+    for line in (
+        # as this project wrote them before loss windows and pace: still read, by the fast path too
+        b'{"loss":[0,0.5],"event":[0,"started"],"pid":7,"resumed_from":null,"eta":[0,0.1],"sv":[0,[1.5,-0.5]],'
+        b'"target":[0,100],"report_every":[0,10],"t":1.0,"gen":1}',
+        b'{"loss":[5,0.25],"t":1.1,"gen":1}',
+        b'{"eta":[10,0.1],"sv":[10,[1.25,-0.25]],"target":[10,100],"report_every":[10,10],"t":1.2,"gen":1}',
+        b'{"loss":[10,0.125],"t":1.2,"gen":1}',
+    )
+)
+
+
+def test_files_written_before_windows_and_pace_still_read_the_same():
+    history = RunHistory()
+    history.add_lines(EARLIER_LINES * 1)
+    batches, losses = history.loss_series()
+    assert batches.tolist() == [0, 5, 10] and losses.tolist() == [0.5, 0.25, 0.125]
+    assert history.sv_batches.values().tolist() == [0, 10] and history.sv_latest.tolist() == [1.25, -0.25]
+    assert (history.eta, history.target, history.report_every, history.pace) == (0.1, 100, 10, None)
+    assert history.loss_windows.values()[:, 0].tolist() == [1, 1, 1], "each report stands for its own batch"
+
+
+def test_a_restart_from_a_checkpoint_replaces_what_the_dead_worker_trained_after_it():
+    history = RunHistory()
+    first = [{"loss": [b, 1.0 / (b + 1)], "t": 1.0 + b, "gen": 1} for b in range(0, 100, 10)]
+    restart = [{"loss": [60, 1.0 / 61], "event": [60, "started"], "pid": 2, "resumed_from": 60, "t": 200.0, "gen": 2}]
+    second = [{"loss": [b, 2.0 / (b + 1)], "t": 200.0 + b, "gen": 2} for b in range(70, 130, 10)]
+    history.add(first)  # read while the first worker ran
+    history.add(restart + second)  # then the restart, in the next refresh
+    one_read = RunHistory()
+    one_read.add(first + restart + second)
+
+    for seen in (history, one_read):
+        batches, losses = seen.loss_series()
+        assert batches.tolist() == [0, 10, 20, 30, 40, 50, 60, 60, 70, 80, 90, 100, 110, 120]
+        assert losses[-6:].tolist() == [2.0 / (b + 1) for b in range(70, 130, 10)]
+        assert set(charts.loss_frame(seen)["batch"]) == set(batches.tolist())
+        assert [m.label for m in seen.markers] == ["gen 2"]
