@@ -11,13 +11,15 @@ from __future__ import annotations
 import io
 import json
 import re
+from itertools import compress, repeat
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nnobs.schema import (
-    ANY_LINE, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
+    ANY_LINE, GROUPS, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
 )
 
 @dataclass
@@ -44,18 +46,18 @@ def parse_lines(chunk: bytes) -> ParsedLines:
 
 
 def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
-    rows = line_shapes.findall(chunk)  # one tuple of schema.GROUPS per non-empty line, in order
-    loss_at = [i for i, row in enumerate(rows) if row[LOSS]]
-    state_at = [i for i, row in enumerate(rows) if row[STATE]]
+    rows = line_shapes.findall(chunk)  # one tuple of schema.GROUPS texts per non-empty line, in order
+    # Column by column (a text per line, empty where the line has no such group): loops in C, not per line here.
+    columns = [list(map(itemgetter(group), rows)) for group in range(GROUPS)]
+    present = [np.fromiter(map(len, column), dtype=np.int64, count=len(rows)) > 0 for column in columns]
+    loss_at, state_at = np.flatnonzero(present[LOSS]), np.flatnonzero(present[STATE]).tolist()
     records, skipped = [], 0
     json_loss: list[tuple[int, int, float, list | None]] = []  # (line, batch, value, window)
     json_sv: list[tuple[int, int, list]] = []  # (line, batch, values)
     settings: dict[str, tuple[int, Any]] = {}  # topic -> (line, value)
-    for at, row in enumerate(rows):
-        if not row[OTHER]:
-            continue
+    for at in np.flatnonzero(present[OTHER]).tolist():
         try:
-            record = json.loads(row[OTHER])
+            record = json.loads(rows[at][OTHER])
         except ValueError:  # garbage, a line torn by a crash, or not UTF-8
             record = None
         if not isinstance(record, dict):
@@ -70,11 +72,16 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
         for topic, value in zip(SETTINGS, values):
             if value is not None and settings.get(topic, (-1,))[0] < state_at[-1]:
                 settings[topic] = (state_at[-1], value)
-    loss = _numbers([rows[i][LOSS] for i in loss_at], 2)  # (n, 2): batch, loss
+    is_loss = present[LOSS].tolist()
+    loss = _numbers(list(compress(columns[LOSS], is_loss)), 2)  # (n, 2): batch, loss
     loss_batch, loss_value = loss[:, 0].astype(np.int64), loss[:, 1]
-    windowed = [k for k, i in enumerate(loss_at) if rows[i][WINDOW]]
+    window_texts = list(compress(columns[WINDOW], is_loss))  # one per loss report, empty without a window
+    windowed = np.fromiter(map(len, window_texts), dtype=np.int64, count=len(window_texts)) > 0
     window = _single_batch_windows(loss_batch, loss_value)
-    window[windowed] = _numbers([rows[loss_at[k]][WINDOW] for k in windowed], 6)
+    window_texts = list(filter(None, window_texts))
+    if any(commas != 5 for commas in map(bytes.count, window_texts, repeat(b","))):
+        raise ValueError("a window that is not six numbers")
+    window[windowed] = _numbers(window_texts, 6)
     slow_batch = np.array([b for _, b, _, _ in json_loss], np.int64)
     slow_value = np.array([v for _, _, v, _ in json_loss], float)
     slow_window = _single_batch_windows(slow_batch, slow_value)
@@ -94,8 +101,14 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
         settings={topic: value for topic, (_, value) in settings.items()},
         records=records,
         skipped=skipped,
-        last_line=chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1],
+        last_line=_last_line(chunk),
     )
+
+
+def _last_line(chunk: bytes) -> bytes:
+    """The chunk's last non-empty line, found from the end: no copy of the rest."""
+    end = len(chunk.rstrip(b"\n")) if chunk[-2:] == b"\n\n" else len(chunk) - chunk.endswith(b"\n")
+    return chunk[chunk.rfind(b"\n", 0, end) + 1 : end]
 
 
 def _single_batch_windows(batches: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -27,8 +27,15 @@ def loss_report(batch: int, loss: float, window: Window | None = None) -> Record
     """
     record: Record = {"loss": [batch, loss]}
     if window is not None and window[0] > 1:
-        record["window"] = [batch, list(window)]
+        n, low, low_at, high, high_at, mean = window
+        # Seven digits draw any chart and keep long run files short; the latest loss keeps all of its own.
+        record["window"] = [batch, [n, _short(low), low_at, _short(high), high_at, _short(mean)]]
     return record
+
+
+def _short(value: float) -> float:
+    """value to 7 significant digits (NaN and infinities as they are: the writer spells them null)."""
+    return float(f"{value:.7g}")
 
 
 def state_report(batch: int, eta: float, sv: np.ndarray, target: int, report_every: int, pace: float) -> Record:
@@ -42,14 +49,15 @@ def state_report(batch: int, eta: float, sv: np.ndarray, target: int, report_eve
     }
 
 
-# Numbers are matched loosely here, for speed, and checked strictly when converted (bulk.py).
+# Numbers are matched loosely here, for speed, and checked strictly when converted (bulk.py): a window's
+# numbers by one character class (a third faster than six numbers spelt out), their count checked there.
 _NUM = rb"[-+.eE0-9]+"
 _STAMP = rb',"t":[.0-9]+,"gen":[0-9]+\}'
 # Groups: a loss report's "batch,loss" (1) and window numbers (2, empty without one); a state
 # report's "batch,eta" (3), state vector (4), target (5), report interval (6) and pace (7, empty in
 # files written before pace existed); any other line whole (8).
 LINE = re.compile(
-    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\](?:,"window":\[[0-9]+,\[([0-9]+(?:,' + _NUM + rb'){5})\]\])?' + _STAMP
+    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\](?:,"window":\[[0-9]+,\[([-+.eE0-9,]+)\]\])?' + _STAMP
     + rb'|\{"eta":\[([0-9]+,' + _NUM + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
     + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\](?:,"pace":\[[0-9]+,(' + _NUM + rb')\])?'
     + _STAMP
