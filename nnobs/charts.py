@@ -15,6 +15,7 @@ from nnobs.history import Marker, RunHistory
 
 MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
 HEATMAP_COLUMNS = 100  # batch bins across the heatmap
+SMOOTHING_SPANS = 1000  # the smoothing weight applies per 1/1000 of the run's batches
 
 
 def loss_frame(history: RunHistory) -> pd.DataFrame:
@@ -39,50 +40,102 @@ def markers_frame(history: RunHistory) -> pd.DataFrame:
     )
 
 
-def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's smoothing: an exponential moving average, bias-corrected so it starts at the data.
+def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: float) -> np.ndarray:
+    """An exponential moving average over batches: the weight of the past falls by `smoothing` every `span` batches.
 
-    NaN (diverged) points pass through unsmoothed and do not disturb the average.
+    Like W&B's time-weighted EMA, it decays by distance in batches rather than per point, and it is
+    debiased like TensorBoard's, so it starts at the data. Each point weighs for the batches since
+    the one before it (at least one), so a dense stretch of reports outweighs no sparse one, a flat
+    series stays exactly flat at any spacing, and a point far past the last one takes over. NaN
+    (diverged) points pass through and do not disturb the average. Smoothing 0 is off.
     """
-    out = values.astype(float)
-    if weight <= 0:
+    out = np.asarray(values, dtype=float).copy()
+    if smoothing <= 0 or span <= 0:
         return out
-    last, n = 0.0, 0
-    for i, value in enumerate(out):
-        if np.isfinite(value):
-            last = last * weight + (1 - weight) * value
-            n += 1
-            out[i] = last / (1 - weight**n)
+    finite = np.flatnonzero(np.isfinite(out))
+    at = np.asarray(batches, dtype=float)[finite]
+    gaps = np.maximum(np.diff(at, prepend=at[:1] - 1), 1.0)  # batches each point stands for; a rewind counts one
+    decay = np.log(smoothing) / span * gaps
+    kept, added = np.exp(decay), -np.expm1(decay)  # added = 1 - kept, exact when kept is nearly 1
+    total = mass = 0.0
+    smoothed = []
+    for keep, add, value in zip(kept.tolist(), added.tolist(), out[finite].tolist()):  # floats: 10x numpy scalars
+        total = keep * total + add * value
+        mass = keep * mass + add
+        smoothed.append(total / mass)
+    out[finite] = smoothed
     return out
 
 
 def loss_means_frame(history: RunHistory) -> tuple[pd.DataFrame, int]:
     """Each loss bucket's mean at its middle batch, and how many reports a full bucket holds."""
-    buckets = history.loss_buckets
+    buckets = history.loss_means  # each report's window mean, weighted by the batches it covers
     starts, ends, means = buckets.means(buckets.max_buckets)
     return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]}), buckets.width
 
 
-def loss_chart_frame(
-    loss: pd.DataFrame, means: pd.DataFrame, width: int, markers: pd.DataFrame, smoothing: float, log_scale: bool
-) -> pd.DataFrame:
-    """The loss chart's data: raw points (batch, loss), smoothed points (batch, smoothed), markers (label, kind).
+LOSS_COLUMNS = ["batch", "loss", "smoothed", "label", "kind", "lane"]
+LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."
 
-    The smoothing runs over the buckets' means, not the min/max outline drawn raw, with the weight
-    raised to the bucket width, so a setting spans the same number of reports however long the
-    run. On a log axis it averages log(loss), so the line follows the curve drawn rather than
-    lagging decades above it once the loss has fallen.
+
+def loss_chart_frame(
+    loss: pd.DataFrame, means: pd.DataFrame, markers: pd.DataFrame, smoothing: float, log_scale: bool,
+    batches: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """The loss chart's data: raw points (batch, loss), smoothed points (batch, smoothed), markers (label, kind, lane).
+
+    The smoothing runs over the buckets' means, not the min/max outline drawn raw, and decays over
+    batches: by `smoothing` every 1/SMOOTHING_SPANS of the run's batches (first to latest, from
+    `batches`, else the means'), as TensorBoard's does per point over 1,000 evenly spaced points.
+    So it follows the data however unevenly the reports are spaced. On a log axis it averages
+    log(loss), so the line follows the curve drawn rather than lagging decades above it.
+
+    Empty (no rows) while fewer than two batches have a loss the axis can draw: a chart of one
+    point has nothing to say, and the page shows LOSS_PENDING instead.
     """
+    raw = loss["loss"].to_numpy(dtype=float)
+    drawn = np.isfinite(raw) & (raw > 0) if log_scale else np.isfinite(raw)
+    if loss["batch"][drawn].nunique() < 2:
+        return pd.DataFrame({column: [] for column in LOSS_COLUMNS})
+    at = means["batch"].to_numpy(dtype=float)
     values = means["mean"].to_numpy(dtype=float)
-    weight = smoothing**width
+    first, latest = batches if batches is not None else (at.min(), at.max())
+    span = (latest - first) / SMOOTHING_SPANS
     if log_scale:
         with np.errstate(divide="ignore", invalid="ignore"):
-            smooth = np.exp(ema(np.where(values > 0, np.log(values), np.nan), weight))
+            smoothed = np.exp(smooth(at, np.where(values > 0, np.log(values), np.nan), smoothing, span))
     else:
-        smooth = ema(values, weight)
-    smoothed = pd.DataFrame({"batch": means["batch"], "smoothed": smooth})
-    frame = pd.concat([loss, smoothed, markers], ignore_index=True)
+        smoothed = smooth(at, values, smoothing, span)
+    frame = pd.concat([loss, pd.DataFrame({"batch": means["batch"], "smoothed": smoothed}), markers], ignore_index=True)
     return frame.astype({"label": "category", "kind": "category"})  # few distinct strings: sent once each
+
+
+def batch_range(latest: int, frames: list[pd.DataFrame]) -> tuple[int, int]:
+    """The run's batches, from the first any chart shows to the latest (never fewer than one batch across)."""
+    shown = [frame["batch"] for frame in frames if len(frame)]
+    first = int(min(batch.min() for batch in shown)) if shown else 0
+    last = int(max([latest] + [batch.max() for batch in shown]))
+    return first, max(last, first + 1)
+
+
+def with_batch_range(frame: pd.DataFrame, batches: tuple[int, int]) -> pd.DataFrame:
+    """The frame and two invisible rows (extent true, nothing else but their batch) at the run's first and latest batch.
+
+    Every chart over batches draws them with an invisible mark, so all of them span the whole run
+    while their specs stay the same between refreshes. Built column by column: pd.concat of frames
+    with different columns costs milliseconds a refresh.
+    """
+    columns: dict[str, object] = {}
+    for name, column in frame.items():
+        if name == "batch":
+            columns[name] = np.append(column.to_numpy(), batches)
+        elif isinstance(column.dtype, pd.CategoricalDtype):  # categories stay categories: each name sent once
+            codes = np.append(column.cat.codes.to_numpy(), [-1, -1])  # -1: no category
+            columns[name] = pd.Categorical.from_codes(codes, dtype=column.dtype)
+        else:
+            columns[name] = np.append(column.to_numpy(dtype=float), [np.nan, np.nan])
+    columns["extent"] = np.append(np.zeros(len(frame), dtype=bool), [True, True])
+    return pd.DataFrame(columns)
 
 
 def layer_of(name: str) -> str:
@@ -98,12 +151,26 @@ def steps_frame(history: RunHistory, column: int) -> pd.DataFrame:
     return pd.DataFrame({"batch": batches, "value": values})
 
 
-def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts) -> pd.DataFrame:
-    """The decision surface's cells (x1, x2, output) and the training points on top (x1, x2, target)."""
+BOUNDED_OUTPUTS = {"tanh": 1.0}  # activations whose output cannot leave [-bound, bound]
+
+
+def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts, activation: str) -> pd.DataFrame:
+    """The decision surface's cells (x1, x2, output), the training points on top (x1, x2, target), and two
+    rows that fix the colour scale (output -bound and +bound, no x1).
+
+    The bound is the activation's (tanh: 1), else the largest magnitude of the output and the targets:
+    zero is always white, and a net whose output is -1 everywhere is drawn full blue, not pale.
+    """
     x, ideal = facts
     cells = pd.DataFrame({"x1": x1, "x2": x2, "output": output})
     points = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "target": ideal[:, 0]})
-    return pd.concat([cells, points], ignore_index=True).astype("float32")  # a picture: 7 digits are plenty
+    bound = BOUNDED_OUTPUTS.get(activation)
+    if bound is None:
+        magnitudes = np.abs(np.concatenate((output, ideal[:, 0])))
+        magnitudes = magnitudes[np.isfinite(magnitudes)]
+        bound = float(magnitudes.max()) if len(magnitudes) and magnitudes.max() > 0 else 1.0
+    scale = pd.DataFrame({"output": [-bound, bound]})
+    return pd.concat([cells, points, scale], ignore_index=True).astype("float32")  # a picture: 7 digits are plenty
 
 
 def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -162,88 +229,132 @@ def _zoom() -> alt.Parameter:
     return alt.selection_interval(bind="scales", encodings=["x"], name="zoom")
 
 
+def _batch_axis() -> alt.X:
+    """The x of every chart over batches: the data's extent exactly (the run's, from its extent rows), whole batches."""
+    return alt.X("batch:Q", title="batch", scale=alt.Scale(nice=False, zero=False),
+                 axis=alt.Axis(format=",d", tickMinStep=1))
+
+
+def _run_extent() -> alt.Chart:
+    """An invisible layer over the extent rows: it stretches the batch axis over the whole run and draws nothing.
+
+    Charts put it first, under their marks, so it never takes their tooltips.
+    """
+    return alt.Chart().transform_filter("datum.extent === true").mark_rule(opacity=0).encode(x=_batch_axis())
+
+
+LOG_LABELS = "replace(datum.label, 'e+', 'e')"  # 1e-2, 1e0, 1e3: one style over any number of decades
+LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
+
+
 @_built_once
 def loss_spec(log_scale: bool) -> dict:
-    """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect."""
-    scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
+    """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect.
+
+    Labels sit right of their rule, or left of it where they would run past the chart's right edge,
+    on a white halo that no line or other rule crosses. Their colour says what they mark (orange a
+    command, purple a generation), and their text says it too, so there is no legend.
+    """
+    if log_scale:
+        scale = alt.Scale(type="log")
+        axis = alt.Axis(format="~e", labelExpr=LOG_LABELS)
+    else:
+        scale, axis = alt.Scale(zero=False), alt.Axis(format="~g")
     title = "loss" + (" (log)" if log_scale else "")
-    x = alt.X("batch:Q", title="batch")
+    x = _batch_axis()
     tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
            alt.Tooltip("smoothed:Q", format=".4g")]
 
     def line(field: str) -> alt.Chart:
         plotted = f"datum.{field} > 0" if log_scale else f"isValid(datum.{field})"  # a log axis has no zero
         return alt.Chart().transform_filter(plotted).encode(
-            x=x, y=alt.Y(f"{field}:Q", title=title, scale=scale), tooltip=tip
+            x=x, y=alt.Y(f"{field}:Q", title=title, scale=scale, axis=axis), tooltip=tip
         )
 
-    raw = line("loss").mark_line(opacity=0.3, color="#8c9bab").add_params(_zoom())
-    smoothed = line("smoothed").mark_line(color="#1f77b4")
+    raw = line("loss").mark_line(opacity=0.3, color="#8c9bab", clip=True).add_params(_zoom())
+    smoothed = line("smoothed").mark_line(color="#1f77b4", clip=True)
     marker_color = alt.Color(
-        "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]),
-        legend=alt.Legend(title="marker", orient="top"),
+        "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]), legend=None
     )
     markers = alt.Chart().transform_filter("isValid(datum.label)")
-    rules = markers.mark_rule(strokeDash=[4, 3]).encode(
+    rules = markers.mark_rule(strokeDash=[4, 3], clip=True).encode(
         x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")]
     )
-    labels = markers.mark_text(align="left", baseline="top", dx=3, fontSize=10).encode(
-        x=x, y=alt.Y("lane:Q", scale=None), text="label:N", color=marker_color
-    )
-    return _spec(alt.layer(raw, smoothed, rules, labels, title="Loss").properties(height=320))
+    placed = {"align": {"expr": f"{LABEL_AT_RIGHT} ? 'right' : 'left'"},
+              "dx": {"expr": f"{LABEL_AT_RIGHT} ? -4 : 4"}, "baseline": "top", "fontSize": 10, "clip": True}
+    where = {"x": x, "y": alt.Y("lane:Q", scale=None), "text": "label:N"}
+    halos = markers.mark_text(fill="white", stroke="white", strokeWidth=6, strokeJoin="round", **placed).encode(**where)
+    labels = markers.mark_text(**placed).encode(color=marker_color, **where)
+    layers = alt.layer(_run_extent(), raw, smoothed, rules, halos, labels, title="Loss")
+    return _spec(layers.properties(height=320))
 
 
 @_built_once
 def sv_lines_spec(names: tuple[str, ...]) -> dict:
-    """One line per parameter, coloured by the layer's weights or biases it belongs to."""
-    return _spec(
-        alt.Chart(title="State vector: every parameter")
-        .mark_line(strokeWidth=1.5)
+    """One line per parameter, coloured by the layer's weights or biases it belongs to, over the whole run."""
+    lines = (
+        alt.Chart()
+        .transform_filter("isValid(datum.parameter)")
+        .mark_line(strokeWidth=1.5, clip=True)
         .encode(
-            x=alt.X("batch:Q", title="batch"),
-            y=alt.Y("value:Q", title="value"),
+            x=_batch_axis(),
+            y=alt.Y("value:Q", title="value", axis=alt.Axis(format="~g")),
             color=alt.Color("layer:N", title="layer", legend=alt.Legend(orient="top")),
             detail="parameter:N",
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
         .add_params(_zoom())
+    )
+    return _spec(
+        alt.layer(_run_extent(), lines, title="State vector: every parameter")
         .properties(height=max(260, 12 * min(len(names), 80)))
     )
 
 
 @_built_once
 def steps_spec(figure: str) -> dict:
-    """Step length (how far each state report moved) or cosine between successive steps, over batches."""
+    """Step length (how far each state report moved) or cosine between successive steps, over the whole run."""
     cosine = figure == "cosine"
-    return _spec(
-        alt.Chart(title="Cosine between successive steps" if cosine else "Step length between state reports")
-        .mark_line(point=alt.OverlayMarkDef(size=12), color="#2a9d8f" if cosine else "#6a4c93")
+    line = (
+        alt.Chart()
+        .transform_filter("isValid(datum.value)")
+        .mark_line(point=alt.OverlayMarkDef(size=12), color="#2a9d8f" if cosine else "#6a4c93", clip=True)
         .encode(
-            x=alt.X("batch:Q", title="batch"),
-            y=alt.Y("value:Q", title="cosine" if cosine else "length",
+            x=_batch_axis(),
+            y=alt.Y("value:Q", title="cosine" if cosine else "length", axis=alt.Axis(format="~g"),
                     scale=alt.Scale(domain=[-1, 1]) if cosine else alt.Scale(type="symlog")),
             tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
-        .transform_filter("isValid(datum.value)")
         .add_params(_zoom())
-        .properties(height=170)
     )
+    title = "Cosine between successive steps" if cosine else "Step length between state reports"
+    return _spec(alt.layer(_run_extent(), line, title=title).properties(height=170))
 
 
 @_built_once
 def surface_spec() -> dict:
-    """The net's output over the input plane, with the training points on top, both on one diverging scale."""
-    half = EXTENT / (GRID - 1) / 2  # half a cell: the grid is GRID points across [-EXTENT, EXTENT]
-    diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True)
+    """The net's output over the input plane, with the training points on top, both on one diverging scale.
+
+    The scale's domain comes from the data: the surface frame's two rows without x1 hold the
+    output's range, centred on zero, so white is always zero and full colour the output's limit.
+    The points' fill has a scale of its own (a point legend would replace the gradient), with the
+    same domain: the targets and those two rows, which hold the targets' range too.
+    """
+    half = EXTENT / (GRID - 1)  # half a cell: the grid is GRID points across [-EXTENT, EXTENT], 2 * EXTENT wide
+    overlap = 1.05 * half  # cells overlap a little: no seams between neighbours
+    diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True, nice=False, zero=False)
+    colour = alt.Color("output:Q", scale=diverging, title="output")
     axis = alt.Scale(domain=[-EXTENT - half, EXTENT + half], nice=False)
+    output_range = alt.Chart().transform_filter("!isValid(datum.x1)").mark_rect(opacity=0)  # under the cells
+    ranges = [output_range.encode(color=colour),
+              output_range.encode(fill=alt.Fill("output:Q", scale=diverging, legend=None))]
     cells = (
-        alt.Chart().transform_filter("isValid(datum.output)")
-        .transform_calculate(left=f"datum.x1 - {half}", right=f"datum.x1 + {half}",
-                             bottom=f"datum.x2 - {half}", top=f"datum.x2 + {half}")
-        .mark_rect()
+        alt.Chart().transform_filter("isValid(datum.x1) && isValid(datum.output)")
+        .transform_calculate(left=f"datum.x1 - {overlap}", right=f"datum.x1 + {overlap}",
+                             bottom=f"datum.x2 - {overlap}", top=f"datum.x2 + {overlap}")
+        .mark_rect(clip=True)
         .encode(x=alt.X("left:Q", title="input 1", scale=axis), x2="right:Q",
-                y=alt.Y("bottom:Q", title="input 2", scale=axis), y2="top:Q",
-                color=alt.Color("output:Q", scale=diverging, title="output"),
+                y=alt.Y("bottom:Q", title="input 2", scale=axis), y2="top:Q", color=colour,
                 tooltip=[alt.Tooltip("x1:Q", format=".2f"), alt.Tooltip("x2:Q", format=".2f"),
                          alt.Tooltip("output:Q", format=".3f")])
     )
@@ -253,20 +364,25 @@ def surface_spec() -> dict:
         .encode(x="x1:Q", y="x2:Q", fill=alt.Fill("target:Q", scale=diverging, legend=None),
                 tooltip=["x1:Q", "x2:Q", "target:Q"])
     )
-    return _spec(alt.layer(cells, facts, title="Decision surface (latest state)").properties(height=300))
+    return _spec(alt.layer(*ranges, cells, facts, title="Decision surface (latest state)").properties(height=300))
 
 
 @_built_once
 def sv_heatmap_spec(names: tuple[str, ...]) -> dict:
-    return _spec(
-        alt.Chart(title="State vector over batches")
+    """Each kept parameter's mean over batch bins, red positive, blue negative, white zero, over the whole run."""
+    cells = (
+        alt.Chart()
+        .transform_filter("isValid(datum.parameter)")
         .mark_rect()
         .encode(
-            x=alt.X("batch:Q", title="batch"),
+            x=_batch_axis(),
             x2="batch_end:Q",
             y=alt.Y("parameter:N", sort=None, title=None),  # data order is state-vector order
             color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True), title="value"),
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
+    )
+    return _spec(
+        alt.layer(_run_extent(), cells, title="State vector over batches")
         .properties(height=max(240, 14 * min(len(names), 80)))
     )

@@ -100,7 +100,7 @@ def _surface(config_json: str, sv: bytes) -> pd.DataFrame:
     """The decision surface and the task's training batch on it, computed once per state vector."""
     config = RunConfig.from_json(config_json)
     facts = TASKS[config.task](config)()
-    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts)
+    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activation)
 
 
 def never_ran(watcher: RunWatcher) -> bool:
@@ -134,13 +134,21 @@ def _commands_of_version(path: str, signature: tuple[int, int, int]) -> tuple[li
 
 
 def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dict[str, pd.DataFrame]:
-    """The data of every chart the page draws, by chart; what a refresh sends to the browser."""
-    frames = {
-        "loss": charts.loss_chart_frame(view.loss, view.loss_means, view.loss_width, view.markers, smoothing, log_scale),
-        "step_lengths": view.step_lengths,
-        "step_cosines": view.step_cosines,
-    }
-    for name in ("sv_lines", "sv_heat", "surface"):
-        if getattr(view, name) is not None:
-            frames[name] = getattr(view, name)
+    """The data of every chart the page draws, by chart; what a refresh sends to the browser.
+
+    Every chart over batches also gets two invisible rows at the run's first and latest batch, so
+    they all span the same whole run. The loss frame is empty while fewer than two batches have a
+    loss to draw: the page shows charts.LOSS_PENDING instead of the chart.
+    """
+    over_batches = {"sv_lines": view.sv_lines, "sv_heat": view.sv_heat,
+                    "step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
+    shown = [frame for frame in (view.loss, *over_batches.values()) if frame is not None]
+    batches = charts.batch_range(view.status.batch, shown)
+    loss = charts.loss_chart_frame(view.loss, view.loss_means, view.markers, smoothing, log_scale, batches)
+    frames = {"loss": charts.with_batch_range(loss, batches) if len(loss) else loss}
+    for name, frame in over_batches.items():
+        if frame is not None:
+            frames[name] = charts.with_batch_range(frame, batches)
+    if view.surface is not None:
+        frames["surface"] = view.surface
     return frames

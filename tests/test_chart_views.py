@@ -1,0 +1,214 @@
+"""What the charts show: smoothing over unevenly spaced batches, the loss chart's labels and axes, the decision
+surface's colours, and one batch range for every chart over batches, without a spec that changes between refreshes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnobs import charts
+from nnobs.analytics import GRID
+from nnobs.history import RunHistory, RunWatcher
+from nnobs.records import RecordWriter
+from nnobs.runs import RunDir, create_run
+from nnobs.tasks import RunConfig
+from nnobs.view import build_view, chart_frames
+
+BATCH_CHARTS = ("loss", "sv_lines", "sv_heat", "step_lengths", "step_cosines")
+
+
+def history_of(batches, losses) -> RunHistory:
+    history = RunHistory()
+    history.add([{"loss": [int(b), float(v)], "t": 1.0, "gen": 1} for b, v in zip(batches, losses)])
+    return history
+
+
+def loss_chart(history: RunHistory, smoothing: float, log_scale: bool = True) -> pd.DataFrame:
+    means, _ = charts.loss_means_frame(history)
+    batches = (int(history.loss_batches.values()[0]), history.batch)
+    return charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), smoothing,
+                                   log_scale, batches)
+
+
+def smoothed_line(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    line = frame.dropna(subset=["smoothed"])
+    return line["batch"].to_numpy(), line["smoothed"].to_numpy()
+
+
+def dense_then_sparse(end: int) -> np.ndarray:
+    """Reports as a fast worker writes them: every batch at first, a steady number per decade, then by the clock."""
+    return np.unique(np.concatenate((np.arange(100), np.geomspace(100, 10_000, 200).astype(int),
+                                     np.arange(10_000, end + 1, 5_000))))
+
+
+SPACINGS = {
+    "even": np.arange(0, 20_000, 7),
+    "dense then sparse": dense_then_sparse(100_000),
+    "random gaps": np.cumsum(np.random.default_rng(0).integers(1, 5_000, size=300)),
+}
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("smoothing", [0.3, 0.6, 0.9, 0.99])
+@pytest.mark.parametrize("log_scale", [True, False])
+def test_a_flat_loss_smooths_to_itself_at_any_spacing(spacing, smoothing, log_scale):
+    batches = SPACINGS[spacing]
+    frame = loss_chart(history_of(batches, np.full(len(batches), 0.125)), smoothing, log_scale)
+    _, smoothed = smoothed_line(frame)
+    assert len(smoothed) > 10
+    np.testing.assert_allclose(smoothed, 0.125, rtol=1e-9)
+
+
+@pytest.mark.parametrize("smoothing", [0.6, 0.9])
+def test_the_smoothed_loss_follows_a_drop_of_30_decades_and_never_lags_far_behind(smoothing):
+    """The loss falls 30 decades in the first 0.4% of 100,000 batches, reported every batch, then stays flat,
+    reported every 5,000 batches: the smoothed line must sit on it for all but the first few percent of the run."""
+    end = 100_000
+    dense = np.arange(400)
+    batches = np.concatenate((dense, np.arange(5_000, end + 1, 5_000)))
+    falling = np.clip((dense - 370) / 30, 0, 1)  # flat at 1 until batch 370, then down to 1e-30 by batch 400
+    losses = np.concatenate((10.0 ** (-30 * falling), np.full(len(batches) - len(dense), 1e-30)))
+    at, smoothed = smoothed_line(loss_chart(history_of(batches, losses), smoothing))
+    later = at >= 0.05 * end
+    assert later.sum() >= 19
+    lag = np.log10(smoothed[later]) - np.log10(1e-30)  # decades above the raw line
+    assert np.abs(lag).max() < 0.05, f"smoothed line up to {lag.max():.1f} decades above the flat loss"
+
+
+def test_the_smoothing_weighs_batches_not_points():
+    """A dense stretch of reports does not outweigh a sparse one: what counts is how many batches each stands for."""
+    batches = np.concatenate((np.arange(0, 1_000), np.arange(1_000, 100_001, 1_000)))  # 1,000 reports, then 100
+    losses = np.where(batches < 1_000, 1.0, 0.5)
+    at, smoothed = smoothed_line(loss_chart(history_of(batches, losses), 0.99, log_scale=False))
+    middle = smoothed[np.searchsorted(at, 50_000)]
+    assert abs(middle - 0.5) < 0.01, f"{middle:.3f}: the 1,000 early reports held the line up"
+
+
+def test_smoothing_zero_is_off_and_diverged_points_pass_through():
+    batches = np.arange(0, 1_000, 10)
+    values = np.linspace(1.0, 0.1, len(batches))
+    assert np.array_equal(charts.smooth(batches, values, 0.0, 1.0), values)
+    values[40] = np.nan
+    smoothed = charts.smooth(batches, values, 0.9, 1.0)
+    assert np.isnan(smoothed[40]) and np.isfinite(np.delete(smoothed, 40)).all()
+    np.testing.assert_array_equal(smoothed[:40], charts.smooth(batches[:40], values[:40], 0.9, 1.0))
+
+
+def test_no_loss_chart_until_two_batches_have_a_loss():
+    assert len(loss_chart(history_of([0], [0.25]), 0.6)) == 0
+    assert len(loss_chart(history_of([0, 1], [0.25, 0.0]), 0.6)) == 0, "a log axis cannot draw a zero loss"
+    assert len(loss_chart(history_of([0, 1], [0.25, 0.0]), 0.6, log_scale=False)) > 0
+    assert len(loss_chart(history_of([0, 1], [0.25, 0.24]), 0.6)) > 0
+    assert "two" in charts.LOSS_PENDING
+
+
+def write_run(tmp_path, records: list[dict]) -> tuple[RunDir, RunConfig]:
+    run = RunDir(tmp_path / "run")
+    config = RunConfig()
+    create_run(run, config)
+    out = RecordWriter(run.run_file, gen=1)
+    for record in records:
+        out.write(record)
+    return run, config
+
+
+def state_report(batch: int, sv) -> dict:
+    return {"eta": [batch, 0.1], "sv": [batch, list(sv)], "target": [batch, 10**6], "report_every": [batch, 2_000]}
+
+
+def test_every_chart_over_batches_spans_the_whole_run(tmp_path):
+    """State reports only between batches 4,000 and 8,000 of a run at 100,000: their charts still span the run."""
+    rng = np.random.default_rng(1)
+    records: list[dict] = [{"loss": [b, 1.0 / (b + 1)]} for b in range(0, 100_001, 500)]
+    records += [state_report(b, rng.normal(size=9)) for b in range(4_000, 8_001, 500)]
+    run, config = write_run(tmp_path, records)
+    view = build_view(run, RunWatcher(run.run_file), config)
+    frames = chart_frames(view, 0.6)
+
+    for name in BATCH_CHARTS:
+        frame = frames[name]
+        assert (frame["batch"].min(), frame["batch"].max()) == (0, 100_000), name
+        extent = frame[frame["extent"].fillna(False).astype(bool)]
+        assert extent["batch"].tolist() == [0, 100_000], f"{name}: two invisible rows hold the run's range"
+    assert frames["sv_lines"]["parameter"].dtype == "category", "names still travel once, not once a row"
+    for spec in (charts.loss_spec(True), charts.sv_lines_spec(view.sv_names), charts.sv_heatmap_spec(view.sv_names),
+                 charts.steps_spec("length"), charts.steps_spec("cosine")):
+        first = spec["layer"][0]
+        assert first["transform"] == [{"filter": "datum.extent === true"}] and first["mark"]["opacity"] == 0
+        for layer in spec["layer"]:
+            x = layer["encoding"]["x"]
+            assert x["field"] == "batch" and x["scale"] == {"nice": False, "zero": False}, "no rounding past the run"
+            if layer is not first:
+                assert "datum.extent" not in str(layer.get("transform")), "the marks never draw the extent rows"
+
+
+def test_a_chart_frame_costs_two_rows_more_however_long_the_run(tmp_path):
+    run, config = write_run(tmp_path, [{"loss": [b, 0.5 + 0.1 * np.sin(b)]} for b in range(30_000)])
+    view = build_view(run, RunWatcher(run.run_file), config)
+    frames = chart_frames(view, 0.6)
+    assert len(frames["loss"]) == len(view.loss) + len(view.loss_means) + len(view.markers) + 2
+    assert len(frames["loss"]) <= 2_002 + 1_000 + 2
+
+
+def test_the_decision_surface_colours_are_anchored_to_the_outputs_range(tmp_path):
+    """A tanh net whose output is near -1 everywhere is drawn full blue: the scale spans -1..1, not the data."""
+    cells = GRID * GRID
+    x1 = x2 = np.zeros(cells)
+    facts = (np.array([[-0.5, -0.5], [0.5, 0.5]]), np.array([[-0.5], [0.5]]))
+    tanh = charts.surface_frame(x1, x2, np.full(cells, -0.99), facts, "tanh")
+    assert (tanh["output"].min(), tanh["output"].max()) == (-1.0, 1.0)
+    identity = charts.surface_frame(x1, x2, np.linspace(-3.0, 0.25, cells), facts, "identity")
+    assert (identity["output"].min(), identity["output"].max()) == (-3.0, 3.0), "symmetric around zero"
+    flat_zero = charts.surface_frame(x1, x2, np.zeros(cells), (facts[0], np.zeros((2, 1))), "relu")
+    assert flat_zero["output"].max() > 0, "a net that outputs only zeros still has a scale"
+    assert tanh["x1"].isna().sum() == 2, "only the two range rows have no place on the plane"
+
+    spec = charts.surface_spec()
+    ranges = [layer for layer in spec["layer"] if layer.get("transform") == [{"filter": "!isValid(datum.x1)"}]]
+    assert {channel for layer in ranges for channel in layer["encoding"]} == {"color", "fill"}, \
+        "the cells' colour and the points' fill both see the range rows"
+    for layer in spec["layer"]:
+        for channel in set(layer["encoding"]) & {"color", "fill"}:
+            scale = layer["encoding"][channel]["scale"]
+            assert "domain" not in scale and scale["domainMid"] == 0, "the domain comes from the data, centred on 0"
+
+
+def test_the_surface_cells_tile_the_plane_without_gaps():
+    spec = charts.surface_spec()
+    cells = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "rect" and "x" in layer["encoding"])
+    left = next(t for t in cells["transform"] if t.get("as") == "left")["calculate"]
+    half = float(left.split("-")[1])
+    assert half >= 2 * 1.0 / (GRID - 1) / 2, "a cell spans the grid's step, 2 * EXTENT / (GRID - 1)"
+
+
+def test_loss_labels_stay_inside_the_chart_on_a_halo_and_the_markers_need_no_legend():
+    spec = charts.loss_spec(True)
+    kinds = [layer["mark"]["type"] for layer in spec["layer"]]
+    halo_at, label_at = (i for i, kind in enumerate(kinds) if kind == "text")
+    halo, label = spec["layer"][halo_at], spec["layer"][label_at]
+    assert halo_at < label_at and not {"line", "rule"} & set(kinds[halo_at:]), "no line or rule drawn over a label"
+    assert halo["mark"]["stroke"] == "white" and halo["mark"]["strokeWidth"] >= 4 and "color" not in halo["encoding"]
+    for layer in (halo, label):  # right of the rule, or left of it where the label would run past the right edge
+        side = layer["mark"]["align"]["expr"]
+        assert "scale('x', datum.batch)" in side and "> width" in side and side.endswith("? 'right' : 'left'")
+    assert all(layer["encoding"]["color"]["legend"] is None for layer in spec["layer"] if "color" in layer["encoding"])
+
+
+def test_loss_axes_use_one_number_style():
+    log_axis = charts.loss_spec(True)["layer"][1]["encoding"]["y"]["axis"]
+    linear_axis = charts.loss_spec(False)["layer"][1]["encoding"]["y"]["axis"]
+    assert log_axis["format"] == "~e" and "'e+', 'e'" in log_axis["labelExpr"], "1e-2, 1e-6, 1e-10: never 0.000001"
+    assert linear_axis["format"] == "~g"
+    batch_axis = charts.loss_spec(True)["layer"][1]["encoding"]["x"]["axis"]
+    assert batch_axis["format"] == ",d" and batch_axis["tickMinStep"] == 1, "whole batches, never 0.000000"
+
+
+def test_specs_stay_identical_between_refreshes_whatever_the_data():
+    def specs() -> list[dict]:
+        return [charts.loss_spec(True), charts.surface_spec(), charts.steps_spec("cosine"), charts.sv_heatmap_spec(("a",))]
+
+    before = specs()
+    loss_chart(history_of(np.arange(50), np.linspace(1, 0.1, 50)), 0.6)
+    after = specs()
+    assert before == after and all("data" not in spec and "datasets" not in spec for spec in after)
