@@ -18,8 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnobs.control import send_command  # noqa: E402
-from nnobs.runs import RunDir, create_run, start_worker, worker_pid  # noqa: E402
+from nnobs.runs import RunDir, create_run, queue_command, start_worker, worker_pid  # noqa: E402
 from nnobs.tasks import RunConfig  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -61,12 +60,16 @@ def main() -> None:
             page.wait_for_timeout(6000)  # let the charts fill: a picture, not a test
             page.screenshot(path=REPO / "docs/training.png")
             run = RunDir.named("default", root)
-            send_command(run.control_file, "target", 0)
+            queue_command(run, "target", 0, by="cli")
             badge(page, "IDLE")
             page.screenshot(path=REPO / "docs/idle.png")
-            send_command(run.control_file, "shutdown")
+            queue_command(run, "shutdown", by="cli")
             badge(page, "STOPPED")
+            commands = page.get_by_test_id("stExpander").filter(has_text="Commands and starts").locator("summary")
+            commands.click()  # who stopped it, in words
+            expect(page.get_by_text("Shut down from the command line")).to_be_visible()
             page.screenshot(path=REPO / "docs/stopped.png")
+            commands.click()
             page.get_by_role("button", name="Start", exact=True).click()
             badge(page, "IDLE")
             os.kill(worker_pid(run), signal.SIGKILL)
@@ -75,13 +78,13 @@ def main() -> None:
             page.goto(f"http://127.0.0.1:{port}/?run=diverging", timeout=60_000)
             badge(page, "TRAINING")
             page.wait_for_timeout(4000)
-            send_command(RunDir.named("diverging", root).control_file, "eta", 3.0)  # far too high
+            queue_command(RunDir.named("diverging", root), "eta", 3.0, by="cli")  # far too high
             badge(page, "DIVERGED")
             page.wait_for_timeout(2000)
             page.screenshot(path=REPO / "docs/diverged.png")
-            send_command(RunDir.named("diverging", root).control_file, "shutdown")
-            start_worker(run)
-            send_command(run.control_file, "target", 3_000_000)
+            queue_command(RunDir.named("diverging", root), "shutdown", by="cli")
+            start_worker(run, by="cli")
+            queue_command(run, "target", 3_000_000, by="cli")
             page.goto(f"http://127.0.0.1:{shared_port}/", timeout=60_000)
             badge(page, "TRAINING")
             page.wait_for_timeout(4000)

@@ -7,10 +7,11 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from nnobs import charts
+from nnobs import charts, wording
 from nnobs.control import check_command
+from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
-from nnobs.history import RunWatcher
+from nnobs.history import Event, RunWatcher
 from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
@@ -29,9 +30,31 @@ from nnobs.tasks import RunConfig, load_config
 from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
 
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
-STATE_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
-                "absent": "gray"}
+LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
+                "absent": "gray", "diverged": "orange", "not learning": "yellow"}
 ALIVE = ("training", "idle", "stalled")
+RECENT_STARTS = 6
+REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so no field shows typing instructions
+# Sent once per script run, before any fragment: a fragment's rerun would drop and re-add it, and the sizes jump.
+PAGE_STYLE = """<style>
+[data-testid="stMetricValue"] {font-size: 1.45rem;}  /* six figures fit one row */
+.st-key-share_link pre {padding-right: 2.75rem;}  /* the copy button sits top right: no text under it */
+</style>"""
+
+# The settings the sidebar offers: command, field label, button, what it does.
+SETTINGS = (
+    ("target", "Target batches", "Set target",
+     "Train until the batch count reaches this, then wait. Raise it to train on, lower it to stop early. "
+     "A whole number: 5000, 5,000 and 1e6 all work."),
+    ("eta", "Learning rate (eta)", "Set eta",
+     "How large a step gradient descent takes on each batch; above 0. Too high and the loss blows up (diverges): "
+     "lower it to recover."),
+    ("pace", "Pace (batches a second)", "Set pace",
+     "At most this many batches a second, to watch training in slow motion; 0 = flat out."),
+    ("report_every", "Parameter snapshot every N batches", "Set interval",
+     "How often the worker writes every weight and bias of the net to the run file, for the state-vector charts; "
+     "0 writes them only when asked (Snapshot parameters now). Large nets write a lot: raise it for long runs."),
+)
 
 
 @st.cache_resource(show_spinner=False)
@@ -56,7 +79,7 @@ def _may_steer() -> bool:
 
 
 def _open_run(steer: bool) -> RunDir:
-    """The run the URL names; operators create it when it does not exist, viewers are told so."""
+    """The run the URL names; operators create it when it does not exist, viewers are told how."""
     name = st.query_params.get("run", DEFAULT_RUN)
     try:
         run = RunDir.named(name)
@@ -66,8 +89,9 @@ def _open_run(steer: bool) -> RunDir:
         st.error(str(err))
         st.stop()
     if not run.exists():
-        _sign_in()
-        st.info(f"There is no run named `{run.name}` yet. An operator creates it by opening this address.")
+        st.info(f"There is no run named `{run.name}` yet. Only an operator can create it: sign in below with the "
+                "operator password, and this address then creates the run and starts it.")
+        _sign_in(st.container())
         st.stop()
     return run
 
@@ -80,20 +104,58 @@ def _config(run: RunDir) -> RunConfig | None:
         return None
 
 
+# -- refusals and sending -------------------------------------------------------------------
+
+
+def _refusals() -> dict[str, str]:
+    """Why the latest submit was refused, by the control it belongs under; kept across refreshes until the next one."""
+    return st.session_state.setdefault("refusals", {})
+
+
+def _new_submit() -> None:
+    """Every submit starts afresh: a refusal of an older one no longer applies."""
+    _refusals().clear()
+
+
+def _refusal(place: str) -> None:
+    if refused := _refusals().get(place):
+        st.error(refused)
+
+
 def _send(run: RunDir, cmd: str, value=None) -> None:
     """Check a command as the worker would, then queue it; a refused value is explained and nothing is sent."""
-    st.session_state.pop(f"refused_{cmd}", None)
     if not _may_steer():
-        st.session_state[f"refused_{cmd}"] = VIEWERS_REFUSED
+        _refusals()[cmd] = VIEWERS_REFUSED
         return
     try:
         value = check_command(cmd, value)
-        command = queue_command(run, cmd, value, by="page")
+        queue_command(run, cmd, value, by="page")
     except NnobsError as err:
-        st.session_state[f"refused_{cmd}"] = str(err)  # shown by its control on every refresh until sent again
+        _refusals()[cmd] = str(err)
         return
-    st.toast(f"Sent {cmd.replace('_', ' ')}{'' if value is None else f' {value:,}'}: waiting for the worker")
-    st.session_state.setdefault("sent", []).append(command["id"])
+    st.toast(f"Sent: {wording.command(cmd, value)}. Waiting for the worker.")
+
+
+def _submit(run: RunDir, cmd: str, text: str) -> None:
+    """Read what was typed for cmd strictly, then send it; what it cannot mean is refused under its field."""
+    _new_submit()
+    try:
+        value = read_entry(cmd, text)
+    except EntryError as err:
+        _refusals()[cmd] = str(err)
+        return
+    _send(run, cmd, value)
+
+
+def _start(run: RunDir) -> None:
+    if not _may_steer():
+        _refusals()["start"] = VIEWERS_REFUSED
+        return
+    with st.spinner("Starting the worker…"):
+        try:
+            restart_worker(run, by="page")
+        except NnobsError as err:
+            _refusals()["start"] = str(err)
 
 
 # -- sidebar -------------------------------------------------------------------------------
@@ -114,28 +176,29 @@ def _run_picker(run: RunDir, steer: bool) -> None:
             bar.error(str(err))
     base = urlsplit(st.context.url or "")
     if base.netloc:
-        bar.caption("Share this run (copy button on the right):")
-        bar.code(f"{base.scheme}://{base.netloc}{base.path}?run={run.name}", language=None)
+        with bar.container(key="share_link"):
+            st.caption("Link to this run, for teammates (copy button at its top right):")
+            st.code(f"{base.scheme}://{base.netloc}{base.path}?run={run.name}", language=None, wrap_lines=True)
 
 
-def _sign_in() -> None:
+def _sign_in(where=None) -> None:
     """With an operator password set: a sign-in form for viewers, a sign-out button for operators."""
-    bar = st.sidebar
+    where = st.sidebar if where is None else where
     try:
         configured = configured_password(st.secrets)
     except NnobsError as err:
-        bar.error(str(err))
+        where.error(str(err))
         return
     if configured is None:
         return  # local use: everyone steers
     if _may_steer():
-        bar.success("Signed in as operator: you can steer this run.")
-        if bar.button("Sign out"):
+        where.success("Signed in as operator: you can steer this run.")
+        if where.button("Sign out"):
             st.session_state.pop("operator_entered", None)
             st.rerun()
         return
-    bar.info("Read-only view. Steering this run needs the operator password.")
-    with bar.form("sign_in", border=False, clear_on_submit=True):
+    where.info("Read-only view. Steering this run needs the operator password.")
+    with where.form("sign_in", border=False, clear_on_submit=True, enter_to_submit=False):
         entered = st.text_input("Operator password", type="password")
         if st.form_submit_button("Sign in"):
             now = time.monotonic()
@@ -153,6 +216,8 @@ def _controls(run: RunDir) -> None:
     """Training settings and actions, shown for the run's current state: a fragment of its own, on the timer."""
     if not _may_steer():
         st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
+    if confirmed := st.session_state.pop("confirmed", None):
+        _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
     status = current_status(run, _watcher(str(run.run_file)))
     _training_controls(run, status)
     _actions(run, status)
@@ -160,69 +225,125 @@ def _controls(run: RunDir) -> None:
 
 def _training_controls(run: RunDir, status: RunStatus) -> None:
     st.subheader("Training")
-    _setting_form(run, "target", "Target batches", "Set target", int(status.target or 0),
-                  "Train until the batch count reaches this, then idle. Raise it to train on.", min_value=0, step=1000)
-    _setting_form(run, "eta", "Learning rate (eta)", "Set eta", float(status.eta or 0.1),
-                  "Step size of gradient descent; above 0. Too high and the loss diverges.", format="%.6g", step=0.01)
-    _setting_form(run, "report_every", "State report every N batches", "Set interval", int(status.report_every or 0),
-                  "How often the worker reports the whole state vector; 0 reports only on request.", min_value=0, step=100)
+    values = {"target": status.target, "eta": status.eta, "pace": status.pace or 0.0,
+              "report_every": status.report_every}
+    for cmd, label, button, help_text in SETTINGS:
+        with st.form(f"{cmd}_form", border=False, enter_to_submit=False):
+            text = _entry_field(cmd, label, help_text, values[cmd])
+            if st.form_submit_button(button):
+                _submit(run, cmd, text)
+            _refusal(cmd)
 
 
-def _setting_form(run: RunDir, cmd: str, label: str, button: str, value, help_text: str, **number_input) -> None:
-    """A number and its submit button: typing sends nothing until the button is pressed.
+def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
+    """A text field showing the run's value, drawn anew when that value changes; what is typed is read on submit.
 
-    The input keeps one key and is set through session state when the run's value changes: a
-    default that changed would make Streamlit draw a second input beside the first.
+    The value is part of the field's key: a field kept across a change of the run's value would go on showing
+    the old one, and a browser that never sent the field back would leave it blank.
     """
-    key, shown = f"setting_{cmd}", f"setting_{cmd}_shown"
-    if st.session_state.get(shown) != value:  # first draw, or the run's value changed
-        st.session_state[key] = st.session_state[shown] = value
-    with st.form(f"{cmd}_form", border=False):
-        entered = st.number_input(label, key=key, help=help_text, **number_input)
-        if st.form_submit_button(button):
-            _send(run, cmd, entered)
-        _refusal(cmd)
-
-
-def _refusal(cmd: str) -> None:
-    if refused := st.session_state.get(f"refused_{cmd}"):
-        st.error(refused)
+    text = entry_text(cmd, value)
+    return st.text_input(label, value=text, key=f"entry_{cmd}:{text}", help=help_text)
 
 
 def _actions(run: RunDir, status: RunStatus) -> None:
-    """Actions that fit the run's state."""
+    """Actions that fit the run's state; those that undo work ask first."""
     st.subheader("Actions")
-    state = status.state
-    alive = state in ALIVE
-    if st.button("Tell state now", help="Ask the worker for its state vector at once.", disabled=not alive):
+    alive = status.state in ALIVE
+    if st.button("Snapshot parameters now", disabled=not alive,
+                 help="Ask the worker to write every weight and bias of the net to the run file at once, so the "
+                      "state-vector charts show the parameters as they are now."):
+        _new_submit()
         _send(run, "tell_state")
     _refusal("tell_state")
-    with st.popover("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint."):
-        st.write("The worker saves a checkpoint and exits. **Start** brings it back where it stopped.")
-        if st.button("Yes, shut down", type="primary"):
-            _send(run, "shutdown")
+
+    ask = None  # the confirmation to open, once out of the forms: a dialog is no form's part
+    with st.form("rewind_form", border=False, enter_to_submit=False):
+        text = st.text_input(
+            "Rewind to batch", key="entry_rewind", disabled=not alive, placeholder=f"0 to {status.batch:,}",
+            help="Go back to the newest kept checkpoint at or before this batch and train on from there, as a new "
+                 "generation of the worker. The run's history and charts keep what came after.")
+        if st.form_submit_button("Rewind…", disabled=not alive):
+            ask = _confirmed_entry("rewind", text)
+        _refusal("rewind")
+    with st.form("reinit_form", border=False, enter_to_submit=False):
+        text = st.text_input(
+            "Reinitialize with seed", key="entry_reinit", disabled=not alive, placeholder="blank: the run's own seed",
+            help="Start the net afresh from new random parameters, drawn with this seed (blank: the run's own). "
+                 "The run's history, charts and settings stay.")
+        if st.form_submit_button("Reinitialize…", disabled=not alive):
+            ask = _confirmed_entry("reinit", text)
+        _refusal("reinit")
+
+    if st.button("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint; asks first."):
+        _new_submit()
+        ask = ("shutdown", None)
     _refusal("shutdown")
     if alive:
-        with st.popover("Restart…", help="Stop the worker and start a new generation from its checkpoint."):
-            st.write("The worker stops, then a new generation resumes from the last checkpoint.")
-            if st.button("Yes, restart", type="primary"):
-                _start(run)
-    elif st.button("Start" if state == "stopped" else "Restart", type="primary",
-                    help="Start a new worker generation; it resumes from the last checkpoint."):
+        if st.button("Restart…", help="Stop the worker and start a new generation from its checkpoint; asks first."):
+            _new_submit()
+            ask = ("restart", None)
+    elif st.button("Start" if status.state == "stopped" else "Restart", type="primary",
+                   help="Start a new generation of the worker; it resumes from the last checkpoint."):
+        _new_submit()
         _start(run)
     _refusal("start")
+    if ask:
+        _confirm(run, status, *ask)
 
 
-def _start(run: RunDir) -> None:
-    st.session_state.pop("refused_start", None)
-    if not _may_steer():
-        st.session_state["refused_start"] = VIEWERS_REFUSED
-        return
-    with st.spinner("Starting the worker…"):
-        try:
-            restart_worker(run, by="page")
-        except NnobsError as err:
-            st.session_state["refused_start"] = str(err)
+def _confirmed_entry(cmd: str, text: str) -> tuple[str, object] | None:
+    """(cmd, value) to ask about, when what was typed reads as one; else its refusal, and nothing to ask."""
+    _new_submit()
+    try:
+        return cmd, read_entry(cmd, text)
+    except EntryError as err:
+        _refusals()[cmd] = str(err)
+        return None
+
+
+def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
+    """A dialog asking to confirm an action; Yes or Cancel closes it (both rerun the whole page)."""
+    pid = f" (pid {status.pid})" if status.pid else ""
+    seed = "the run's own seed" if value is None else f"seed {value}"
+    title, question, yes = {
+        "shutdown": ("Shut down the worker?",
+                     f"The worker of `{run.name}`{pid} saves a checkpoint and exits. Training stops until someone "
+                     "presses **Start**, which resumes from that checkpoint.", "Yes, shut down"),
+        "restart": ("Restart the worker?",
+                    f"The worker of `{run.name}`{pid} is asked to stop (and killed if it has not after "
+                    f"{STOP_GRACE_S:.0f} s), then a new generation resumes from the last checkpoint: the last few "
+                    "seconds of training are done again.", "Yes, restart"),
+        "rewind": (f"Rewind to batch {value or 0:,}?",
+                   f"The worker goes back to the newest kept checkpoint at or before batch {value or 0:,} and trains "
+                   "on from there, as a new generation. What the net learnt since is lost to it; the run's history "
+                   "and charts keep it.", "Yes, rewind"),
+        "reinit": ("Start the net afresh?",
+                   f"The net's parameters are replaced by new random ones, drawn with {seed}: what it has learnt is "
+                   "lost to it. The run's history, charts and settings stay.", "Yes, reinitialize"),
+    }[action]
+
+    def ask() -> None:
+        st.markdown(question)
+        left, right = st.columns(2)
+        if left.button(yes, type="primary", on_click=_say_yes, args=(action, value)):
+            st.rerun()
+        if right.button("Cancel"):
+            st.rerun()
+
+    st.dialog(title)(ask)()
+
+
+def _say_yes(action: str, value) -> None:
+    """Yes in a confirmation: done by the controls on the rerun that closes the dialog."""
+    st.session_state["confirmed"] = (action, value)
+
+
+def _act(run: RunDir, action: str, value) -> None:
+    """Do what a confirmation was said yes to."""
+    if action == "restart":
+        _start(run)
+    else:
+        _send(run, action, value)
 
 
 def _view_controls() -> None:
@@ -231,7 +352,8 @@ def _view_controls() -> None:
     bar.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
                help="Exponential moving average of the loss, bias-corrected like TensorBoard's; 0 is off.")
     bar.toggle("Log-scale loss", value=True, key="log_loss")
-    bar.number_input("Refresh every (s)", min_value=0.2, max_value=60.0, value=1.0, step=0.5, key="refresh_s")
+    bar.selectbox("Refresh every", REFRESH_CHOICES, index=REFRESH_CHOICES.index(1.0), key="refresh_s",
+                  format_func=lambda s: f"{s:g} s", help="How often the page reads the run file and redraws.")
 
 
 def _downloads(run: RunDir) -> None:
@@ -256,40 +378,46 @@ def _loss_csv(run: RunDir) -> bytes:
 
 def _header(run: RunDir, view: RunView) -> None:
     status = view.status
-    badge = f":{STATE_COLORS[status.state]}-badge[{status.state.upper()}]"
-    if status.diverged:
-        badge += " :orange-badge[DIVERGED]"
-    st.markdown(f"## nnobs · `{run.name}` {badge}")
-    worker = "no worker running" if status.pid is None else f"worker pid {status.pid}"
-    st.caption(f"Generation {status.generation or '-'} · {worker} · {run.path}")
+    label = status.label
+    st.markdown(f"## nnobs · `{run.name}` :{LABEL_COLORS.get(label, 'gray')}-badge[{label.upper()}]")
+    parts = []
+    if status.generation:
+        parts.append(f"Generation {status.generation}: the worker's {wording.ordinal(status.generation)} start")
+    else:
+        parts.append("Not started yet")
+    parts.append("no worker running" if status.pid is None else f"worker pid {status.pid}")
+    if status.pace:
+        parts.append(f"paced at most {status.pace:,g} batches a second")
+    st.caption(" · ".join(parts + [str(run.path)]))
 
 
 def _metrics(view: RunView) -> None:
     status = view.status
-    st.html("<style>[data-testid='stMetricValue'] {font-size: 1.45rem;}</style>")  # six figures fit one row
     cols = st.columns(6)
-    cols[0].metric("Batch", f"{status.batch:,}")
+    cols[0].metric("Batch", f"{status.batch:,}",
+                   help="Batches trained so far: each is one step of gradient descent on a batch of training data.")
     rate = view.rate if status.state == "training" else None
-    cols[1].metric("Batches/s", "-" if rate is None else f"{rate:,.0f}")
+    pace = f"at most {status.pace:,g}" if status.pace else None
+    cols[1].metric("Batches/s", "-" if rate is None else f"{rate:,.0f}", delta=pace, delta_color="off",
+                   delta_arrow="off", help="Training speed over the last 10 s; under it, the pace when one is set.")
     left = view.seconds_to_target
-    cols[2].metric("To target", "-" if left is None else _duration(left))
+    cols[2].metric("To target", "-" if left is None else wording.duration(left),
+                   help="Time until the batch count reaches the target, at the current speed.")
     loss = "diverged" if status.diverged else "-" if status.loss is None else f"{status.loss:.3g}"
-    change = None if view.loss_change is None or status.diverged else f"{100 * view.loss_change:+.1f}%"
-    cols[3].metric("Loss", loss, delta=change, delta_color="inverse", help="Change over the last 10 s of training")
-    cols[4].metric("Eta", "-" if status.eta is None else f"{status.eta:g}")
+    change = None if status.diverged else wording.loss_change(view.loss_change)
+    cols[3].metric("Loss", loss, delta=change, delta_color="inverse",
+                   help="The loss of the latest batch. Under it, its change over the last 10 s: in percent, or in "
+                        "decades (factors of 10) past a factor of 2; nothing when it barely moved.")
+    cols[4].metric("Eta", "-" if status.eta is None else f"{status.eta:g}", help="The learning rate in use.")
     age = status.heartbeat_age_s
-    cols[5].metric("Heartbeat", "-" if age is None else f"{age:.1f} s ago", help="Time since the worker's last record")
-    if status.target:
-        done = min(1.0, status.batch / status.target)
-        st.progress(done, text=f"{status.batch:,} of {status.target:,} target batches ({100 * done:.0f}%)")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    gone = {"stopped": "worker stopped", "crashed": "worker died", "stalled": "worker stuck?"}.get(status.state)
+    cols[5].metric("Last record", "-" if age is None else wording.ago(age), delta=gone,
+                   delta_color="red" if status.state in ("crashed", "stalled") else "off", delta_arrow="off",
+                   help="When the worker last wrote to the run file. A live worker writes at least once a second, so "
+                        "a number that keeps growing means it is stuck; a stopped or dead one writes nothing more.")
+    if status.target is not None:
+        done, text = wording.progress(status.batch, status.target)
+        st.progress(done, text=text)
 
 
 def _problems(run: RunDir, view: RunView) -> None:
@@ -307,31 +435,59 @@ def _problems(run: RunDir, view: RunView) -> None:
     if status.diverged:
         st.warning(
             f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Training is paused, back at the "
-            "parameters of a recent checkpoint: **lower eta** to train on from there."
+            "parameters of a recent checkpoint: **lower eta** to train on from there, or **rewind** to a batch "
+            "before it went wrong."
+        )
+    elif status.not_learning:
+        best = "" if status.best_loss is None else f", far above its best of {status.best_loss:.3g}"
+        st.warning(
+            f"The net is not learning: the loss stopped moving at {status.loss:.3g}{best}. **Lower eta** to let it "
+            "settle, or **rewind** to a batch before it went wrong (the loss chart shows where)."
         )
     if view.control_error:
         st.warning(view.control_error)
 
 
-def _commands(view: RunView) -> None:
-    """Recent commands from everyone, each pending until the worker answers it, then its outcome."""
-    if not view.recent:
-        return
+def _recent_starts(run: RunDir) -> list[Event]:
+    """The newest "started" events: who started each generation, listed beside the commands."""
+    watcher = _watcher(str(run.run_file))
+    with watcher.lock:  # build_view has just refreshed the history
+        return [e for e in watcher.history.events if e.kind == "started"][-RECENT_STARTS:]
+
+
+def _commands(run: RunDir, view: RunView) -> None:
+    """Recent commands and starts from everyone, newest first; each command pending until the worker answers it."""
     alive = view.status.state in ALIVE
-    mine = set(st.session_state.get("sent", []))
-    lines = []
+    entries: list[tuple[float, str]] = []  # (when, Markdown line)
+    pending = 0
     for command, answer in view.recent:
-        value = "" if command.get("value") is None else f" = {command.get('value')}"
-        who = "you" if command.get("id") in mine else command.get("by") or "someone"
         if answer is None:
+            pending += 1
             outcome = ":orange[pending]" + ("" if alive else " (waits for the next worker)")
         elif answer.ok:
             outcome = f":green[done at batch {answer.batch:,}]"
         else:
             outcome = f":red[rejected: {answer.reason}]"
-        lines.append(f"- `{command.get('cmd')}{value}` by {who}: {outcome}")
-    with st.expander("Commands", expanded=True):
-        st.markdown("\n".join(lines))
+        what = wording.command(command.get("cmd"), command.get("value"))
+        entries.append((_when(command.get("t")), _line(what, str(command.get("by") or ""), outcome)))
+    for event in _recent_starts(run):
+        where = event.detail or f"at batch {event.batch:,}"
+        entries.append((_when(event.t), _line(f"Worker started (generation {event.gen or '-'})", event.by, where)))
+    if not entries:
+        return
+    entries.sort(key=lambda entry: entry[0], reverse=True)
+    title = f"Commands and starts · {pending} pending" if pending else "Commands and starts · none pending"
+    with st.expander(title, expanded=False, key="commands_open"):
+        st.markdown("\n".join(line for _, line in entries[: len(view.recent) + RECENT_STARTS]))
+
+
+def _when(t) -> float:
+    return float(t) if isinstance(t, (int, float)) else 0.0
+
+
+def _line(what: str, by: str, outcome: str) -> str:
+    who = wording.sender(by)
+    return f"- **{what}**{' ' + who if who else ''}: {outcome}"
 
 
 def _charts(view: RunView) -> None:
@@ -360,7 +516,7 @@ def _live(run: RunDir, config: RunConfig | None) -> None:
     _header(run, view)
     _metrics(view)
     _problems(run, view)
-    _commands(view)
+    _commands(run, view)
     _charts(view)
     took = 1000 * (time.perf_counter() - started)
     n = view.status.skipped_lines
@@ -370,6 +526,7 @@ def _live(run: RunDir, config: RunConfig | None) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="nnobs", layout="wide")
+    st.html(PAGE_STYLE)
     steer = _may_steer()
     run = _open_run(steer)
     config = _config(run)

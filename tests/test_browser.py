@@ -28,7 +28,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from conftest import FOREVER, REPO, batch_passes, events, process_gone, wait_for, wait_started
 from nnobs.checkpoint import load_checkpoint
 from nnobs.control import read_commands
-from nnobs.runs import RunDir, create_run, read_history, start_worker, worker_pid
+from nnobs.runs import RunDir, create_run, queue_command, read_history, start_worker, stop_worker, worker_pid
 from nnobs.tasks import RunConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -182,7 +182,7 @@ def state_badge(page: Page) -> Locator:
 
 
 def generation_caption(page: Page) -> Locator:
-    """The caption under the header: "Generation N · worker pid P · <run dir>"."""
+    """The caption under the header: "Generation N: the worker's Nth start · worker pid P · <run dir>"."""
     return main_area(page).get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^Generation ")).first
 
 
@@ -206,10 +206,22 @@ def loss_chart(page: Page) -> Locator:
     return main_area(page).locator(".vega-embed").filter(has=page.locator("[aria-label=\"Title text 'Loss'\"]"))
 
 
+def commands(page: Page) -> Locator:
+    """The expander listing commands and starts."""
+    return main_area(page).get_by_test_id("stExpander").filter(has_text="Commands and starts")
+
+
+def open_commands(page: Page) -> None:
+    """Open the commands list, collapsed until asked for."""
+    summary = commands(page).locator("summary")
+    if commands(page).locator("details").get_attribute("open") is None:
+        summary.click()
+    expect(commands(page).locator("li").first).to_be_visible()
+
+
 def command_line(page: Page, text: str) -> Locator:
-    """The line of the Commands list that mentions text, e.g. "target = 5000"."""
-    commands = main_area(page).get_by_test_id("stExpander").filter(has_text="Commands")
-    return commands.locator("li").filter(has_text=text)
+    """The line of the commands list that mentions text, e.g. "Target 5,000 batches"."""
+    return commands(page).locator("li").filter(has_text=text)
 
 
 def worker_log_tail(page: Page) -> Locator:
@@ -220,27 +232,31 @@ def sidebar_button(page: Page, name: str) -> Locator:
     return sidebar(page).get_by_role("button", name=name, exact=True)
 
 
-def number_field(page: Page, label: str) -> Locator:
-    """A sidebar number input. For a moment after the run's value changes there are two (see type_number)."""
+def text_field(page: Page, label: str) -> Locator:
+    """A sidebar text field. For a moment after the run's value changes there are two (see type_into)."""
     return sidebar(page).locator(f'input[aria-label="{label}"]')
 
 
-def type_number(page: Page, label: str, value: float) -> None:
-    """Type value into a sidebar number input and leave it with Tab (Enter would submit its form at once).
+def type_into(page: Page, label: str, text: str) -> None:
+    """Type text into a sidebar field and leave it with Tab (its form sends nothing until its button is pressed).
 
-    When the run's value changes, the input is drawn anew (its default changed) and the old one lingers beside
-    it for a moment: wait until there is one.
+    When the run's value changes, the field is drawn anew and the old one lingers beside it for a moment:
+    wait until there is one.
     """
-    field = number_field(page, label)
+    field = text_field(page, label)
     expect(field).to_have_count(1)
-    field.fill(str(value))
+    field.fill(text)
     field.press("Tab")
 
 
+def dialog(page: Page) -> Locator:
+    return page.get_by_role("dialog")
+
+
 def confirm(page: Page, action: str, yes: str) -> None:
-    """Open a confirmation popover from the sidebar ("Shut down…") and press its button ("Yes, shut down")."""
+    """Press a sidebar button that asks first ("Shut down…"), then its dialog's yes ("Yes, shut down")."""
     sidebar_button(page, action).click()
-    page.get_by_role("button", name=yes, exact=True).click()
+    dialog(page).get_by_role("button", name=yes, exact=True).click()
 
 
 def screenshot(page: Page, state: str) -> None:
@@ -269,6 +285,19 @@ def settled_pid(run: RunDir) -> int:
     return wait_for(lambda: (pid := worker_pid(run)) is not None and pid > 0 and pid, what=f"{run.name}'s worker pid")
 
 
+# Samples every metric value's font size and whether its text is cut, every 10 ms, until collected.
+SAMPLE_METRICS = """() => {
+    window.metricSamples = [];
+    window.metricSampler = setInterval(() => {
+        for (const value of document.querySelectorAll('[data-testid="stMetricValue"]')) {
+            const cut = [value, ...value.querySelectorAll("*")].some(e => e.scrollWidth > e.clientWidth);
+            window.metricSamples.push([getComputedStyle(value).fontSize, cut, value.textContent]);
+        }
+    }, 10);
+}"""
+COLLECT_METRICS = "() => { clearInterval(window.metricSampler); return window.metricSamples; }"
+
+
 # -- the tests -----------------------------------------------------------------------------------
 
 
@@ -295,30 +324,43 @@ def test_set_target_is_listed_as_done_and_the_run_idles_at_the_new_target(open_p
     expect(state_badge(page)).to_have_text("IDLE")
     expect(metric(page, "Batch")).to_have_text("0")
 
-    type_number(page, "Target batches", 20_000)
+    type_into(page, "Target batches", "20,000")
     sidebar_button(page, "Set target").click()
 
-    expect(command_line(page, "target = 20000")).to_contain_text("by you: done at batch 0")
     expect(progress_text(page)).to_contain_text("of 20,000 target batches")
+    open_commands(page)
+    expect(command_line(page, "Target 20,000 batches")).to_contain_text("from the page: done at batch 0")
     expect(metric(page, "Batch")).to_have_text("20,000")
     expect(state_badge(page)).to_have_text("IDLE")
     expect(progress_text(page)).to_contain_text("20,000 of 20,000 target batches (100%)")
-    expect(number_field(page, "Target batches").first).to_have_value("20000")  # the control follows the run
+    expect(text_field(page, "Target batches").first).to_have_value("20,000")  # the field follows the run
     screenshot(page, "idle")
 
 
-def test_shut_down_stops_the_worker_and_offers_start(open_page, runs_root):
+def test_shut_down_asks_in_a_dialog_that_stays_through_refreshes_and_closes_after_yes(open_page, runs_root):
     run = default_run(runs_root, target=0)
     page = open_page()
     expect(state_badge(page)).to_have_text("IDLE")
 
-    confirm(page, "Shut down…", "Yes, shut down")
+    sidebar_button(page, "Shut down…").click()
+    expect(dialog(page)).to_contain_text("saves a checkpoint and exits")
+    wait_for_refreshes(page, 3)  # the sidebar's controls are redrawn on the same timer
+    expect(dialog(page)).to_be_visible(timeout=1_000)
+    assert "shutdown" not in sent_commands(run), "nothing is sent before yes"
+    dialog(page).get_by_role("button", name="Yes, shut down", exact=True).click()
 
+    expect(dialog(page)).to_have_count(0)
     expect(state_badge(page)).to_have_text("STOPPED")
     expect(generation_caption(page)).to_contain_text("no worker running")
-    expect(sidebar_button(page, "Start")).to_be_enabled()
+    expect(metric(page, "Last record")).to_contain_text("ago")
+    expect(main_area(page).get_by_test_id("stMetric").filter(has_text="Last record")).to_contain_text("worker stopped")
     assert worker_pid(run) is None
+    wait_for_refreshes(page, 2)
+    expect(dialog(page)).to_have_count(0, timeout=1_000)  # it does not come back on the timer
     screenshot(page, "stopped")
+    open_commands(page)  # nothing covers the list or the Start button: both take clicks
+    sidebar_button(page, "Start").click()
+    expect(generation_caption(page)).to_contain_text("Generation 2:")
 
 
 def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it_was(open_page, runs_root):
@@ -326,7 +368,7 @@ def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it
     page = open_page()
     expect(metric(page, "Batch")).to_have_text("20,000")
     expect(state_badge(page)).to_have_text("IDLE")
-    expect(generation_caption(page)).to_contain_text("Generation 1 ·")
+    expect(generation_caption(page)).to_contain_text("Generation 1:")
     # The worker checkpoints at least every 3 s: wait until it has saved batch 20,000, so the crash loses nothing.
     wait_for(lambda: (ckpt := load_checkpoint(run.checkpoint)) and ckpt.batch == 20_000, what="a checkpoint at 20,000")
 
@@ -339,23 +381,25 @@ def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it
 
     sidebar_button(page, "Restart").click()
 
-    expect(generation_caption(page)).to_contain_text("Generation 2 ·")
+    expect(generation_caption(page)).to_contain_text("Generation 2:")
     expect(state_badge(page)).to_have_text("IDLE")
     expect(metric(page, "Batch")).to_have_text("20,000")
     assert wait_started(run, 2)["resumed_from"] == 20_000, "generation 2 went on from the checkpoint, not from 0"
 
 
-def test_a_teammate_on_the_same_url_sees_the_same_run_and_the_first_ones_command(open_page, runs_root):
+def test_a_teammate_on_the_same_url_sees_the_same_run_and_reads_who_did_what_the_same_way(open_page, runs_root):
     default_run(runs_root, target=0)
     me, teammate = open_page(), open_page()
     expect(title(teammate)).to_contain_text("default")
     expect(state_badge(teammate)).to_have_text("IDLE")
 
-    type_number(me, "Target batches", 5_000)
+    type_into(me, "Target batches", "5000")
     sidebar_button(me, "Set target").click()
 
-    expect(command_line(me, "target = 5000")).to_contain_text("by you: done at batch 0")
-    expect(command_line(teammate, "target = 5000")).to_contain_text("by page: done at batch 0")
+    for page in (me, teammate):
+        open_commands(page)
+        expect(command_line(page, "Target 5,000 batches")).to_have_text(
+            "Target 5,000 batches from the page: done at batch 0")
     expect(metric(teammate, "Batch")).to_have_text("5,000")
     expect(generation_caption(teammate)).to_have_text(generation_caption(me).inner_text())
 
@@ -364,27 +408,113 @@ def test_a_negative_eta_is_explained_and_nothing_is_sent(open_page, runs_root):
     run = default_run(runs_root, target=0)
     page = open_page()
     expect(state_badge(page)).to_have_text("IDLE")
-    # A slow refresh keeps the message on screen: at 1 s the next refresh erases it (the test below).
-    type_number(page, "Refresh every (s)", 60)
 
-    type_number(page, "Learning rate (eta)", -1)
+    type_into(page, "Learning rate (eta)", "-1")
     sidebar_button(page, "Set eta").click()
 
-    expect(sidebar(page).get_by_role("alert")).to_contain_text("eta must be a number above 0")
+    expect(sidebar(page).get_by_role("alert")).to_contain_text("Eta must be a number above 0")
     assert "eta" not in sent_commands(run), "a refused eta is never written to control.json"
     expect(metric(page, "Eta")).to_have_text("0.1")
 
 
-def test_a_refused_eta_shows_a_message_that_stays_readable(open_page, runs_root):
-    default_run(runs_root, target=0)
+def test_a_refused_value_shows_a_message_that_stays_readable_until_the_next_submit(open_page, runs_root):
+    run = default_run(runs_root, target=0)
     page = open_page()
     expect(state_badge(page)).to_have_text("IDLE")
 
-    type_number(page, "Learning rate (eta)", -1)
+    type_into(page, "Learning rate (eta)", "-1")
     sidebar_button(page, "Set eta").click()
     wait_for_refreshes(page, 3)  # the page redraws while the person reads
 
-    expect(sidebar(page).get_by_role("alert")).to_contain_text("eta must be a number above 0", timeout=5_000)
+    expect(sidebar(page).get_by_role("alert")).to_contain_text("Eta must be a number above 0", timeout=5_000)
+    type_into(page, "Target batches", "abc")
+    sidebar_button(page, "Set target").click()
+    expect(sidebar(page).get_by_role("alert").filter(has_text="The target must be a whole number")).to_be_visible()
+    expect(sidebar(page).get_by_role("alert")).to_have_count(1)  # the eta refusal is gone
+    assert sent_commands(run) == [], "letters are not target 0"
+
+
+def test_no_instruction_text_covers_a_typed_value(open_page, runs_root):
+    default_run(runs_root, target=0)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+    for label in ("Target batches", "Learning rate (eta)", "Pace (batches a second)",
+                  "Parameter snapshot every N batches", "Rewind to batch", "Reinitialize with seed"):
+        field = text_field(page, label)
+        field.click()
+        field.press_sequentially("123456789")  # focused and changed: when Streamlit shows its "Press Enter to …"
+        assert "".join(sidebar(page).get_by_test_id("InputInstructions").all_inner_texts()) == "", label
+        expect(sidebar(page).get_by_text(re.compile("Press Enter"))).to_have_count(0)
+        field.press("Escape")
+
+
+def test_metric_values_keep_their_size_and_fit_through_clicks_and_refreshes(open_page, runs_root):
+    default_run(runs_root, target=100_000)
+    page = open_page()
+    expect(metric(page, "Batch")).to_have_text("100,000")
+    expect(state_badge(page)).to_have_text("IDLE")
+
+    page.evaluate(SAMPLE_METRICS)
+    type_into(page, "Target batches", "1e9")
+    sidebar_button(page, "Set target").click()  # the controls' fragment reruns, and the run trains again
+    expect(state_badge(page)).to_have_text("TRAINING")
+    type_into(page, "Learning rate (eta)", "0.09")
+    sidebar_button(page, "Set eta").click()
+    expect(metric(page, "Eta")).to_have_text("0.09")
+    sidebar(page).get_by_text("Log-scale loss").click()  # the whole page reruns
+    expect(loss_chart(page).get_by_text("loss", exact=True)).to_be_visible()
+    sidebar_button(page, "Snapshot parameters now").click()
+    wait_for_refreshes(page, 2)
+    samples = page.evaluate(COLLECT_METRICS)
+
+    assert len(samples) > 100, "the metrics were sampled right through the clicks and redraws"
+    sizes = {size for size, _, _ in samples}
+    assert len(sizes) == 1, f"the metrics' font size jumped: {sorted(sizes)}"
+    cut = sorted({text for _, overflowing, text in samples if overflowing})
+    assert not cut, f"metric values cut off: {cut}"
+
+
+def test_the_loss_chart_is_in_view_and_the_commands_list_opens_on_request(open_page, runs_root):
+    run = default_run(runs_root, target=2_000)
+    page = open_page()
+    expect(state_badge(page)).to_have_text("IDLE")
+    expect(loss_chart(page).locator(".mark-line path").first).to_be_visible()
+    chart_top = loss_chart(page).bounding_box()["y"]
+    assert chart_top < VIEWPORT["height"] - 200, f"the loss chart starts at {chart_top:.0f} px: below the fold"
+    expect(commands(page).locator("li").first).to_be_hidden()
+    expect(commands(page).locator("summary")).to_contain_text("Commands and starts · none pending")
+
+    open_commands(page)
+    stop_worker(run, by="cli stop")
+    queue_command(run, "target", 500, by="cli")  # no worker to answer: it stays pending
+    expect(commands(page).locator("summary")).to_contain_text("Commands and starts · 1 pending")
+    expect(command_line(page, "Target 500 batches")).to_have_text(
+        "Target 500 batches from the command line: pending (waits for the next worker)")
+    expect(command_line(page, "Shut down")).to_contain_text("Shut down by nnobs stop: done at batch 2,000")
+    expect(commands(page).locator("li").first).to_be_visible()  # a new title did not close it
+
+
+def test_the_share_link_is_whole_and_its_copy_button_covers_none_of_it(open_page, runs_root):
+    default_run(runs_root, target=0)
+    page = open_page()
+    link = sidebar(page).get_by_test_id("stCode")
+    expect(link).to_contain_text("?run=default")
+    link.hover()
+    copy = link.get_by_role("button", name="Copy to clipboard")
+    expect(copy).to_be_visible()
+    text = link.locator("code")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/?\?run=default", text.inner_text().replace("\n", ""))
+    assert text.evaluate("e => e.scrollWidth <= e.clientWidth"), "the link is not cut"
+    button_box = copy.bounding_box()
+    text_boxes = text.evaluate("""e => {
+        const range = document.createRange(); range.selectNodeContents(e);
+        return [...range.getClientRects()].map(r => ({x: r.x, y: r.y, width: r.width, height: r.height}));
+    }""")
+    assert text_boxes, "the link's text is laid out"
+    for box in text_boxes:
+        apart = (box["x"] + box["width"] <= button_box["x"] or button_box["x"] + button_box["width"] <= box["x"]
+                 or box["y"] + box["height"] <= button_box["y"] or button_box["y"] + button_box["height"] <= box["y"])
+        assert apart, f"the copy button {button_box} covers the link's text at {box}"
 
 
 def worker_processes(run: RunDir) -> list[int]:
@@ -415,7 +545,7 @@ def test_a_killed_server_leaves_the_worker_training_and_a_new_server_attaches_to
 
     page = open_url(servers.start())
     expect(state_badge(page)).to_have_text("TRAINING")
-    expect(generation_caption(page)).to_contain_text(f"Generation 1 · worker pid {pid}")
+    expect(generation_caption(page)).to_contain_text(f"Generation 1: the worker's 1st start · worker pid {pid}")
     first_batch = batch(page)
     expect(metric(page, "Batch")).not_to_have_text(f"{first_batch:,}")
     assert worker_processes(run) == [pid], "still one worker, the first"
@@ -423,7 +553,9 @@ def test_a_killed_server_leaves_the_worker_training_and_a_new_server_attaches_to
 
 
 def sign_in(page: Page, password: str) -> None:
-    sidebar(page).get_by_label("Operator password").fill(password)
+    field = sidebar(page).get_by_label("Operator password")
+    field.fill(password)
+    assert "".join(sidebar(page).get_by_test_id("InputInstructions").all_inner_texts()) == "", "nothing on the dots"
     sidebar_button(page, "Sign in").click()
 
 
@@ -446,11 +578,13 @@ def test_with_an_operator_password_a_second_browser_cannot_steer_and_the_first_c
 
     sign_in(operator, "correct horse")
     expect(sidebar_button(operator, "Sign out")).to_be_visible()
-    type_number(operator, "Target batches", 3_000)
+    type_into(operator, "Target batches", "3000")
     sidebar_button(operator, "Set target").click()
     expect(metric(viewer, "Batch")).to_have_text("3,000")  # the viewer watches the operator's change land
-    expect(command_line(viewer, "target = 3000")).to_contain_text("done at batch 0")
+    open_commands(viewer)
+    expect(command_line(viewer, "Target 3,000 batches")).to_contain_text("from the page: done at batch 0")
     expect(sidebar_button(viewer, "Set target")).to_have_count(0)
     assert sent_commands(run) == ["target"], "only the operator's command was ever written"
     screenshot(viewer, "viewer")
     screenshot(operator, "operator")
+

@@ -1,0 +1,97 @@
+"""How the page puts a run's numbers, commands and senders into words a newcomer reads the same way."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NEGLIGIBLE_CHANGE = 0.01  # a loss that moved less than 1% in 10 s has not changed, as far as a reader is concerned
+DECADES_FROM = 2.0  # past this factor a change reads in decades (factors of 10), below it in percent
+
+# Who sent a command or asked for a start, as the senders write it ("by" in control.json and in started records).
+SENDERS = {
+    "page": "from the page",
+    "cli": "from the command line",
+    "page restart": "by Restart on the page",
+    "cli stop": "by `nnobs stop`",
+    "cli restart": "by `nnobs restart`",
+    "stop": "by a stop or restart",  # written before stops and restarts named who asked
+}
+
+
+def loss_change(relative: float | None) -> str | None:
+    """A relative loss change, (new - old) / old, in words: "-12%", "-2.3 decades"; None when negligible or meaningless."""
+    if relative is None or not math.isfinite(relative) or relative <= -1 or abs(relative) < NEGLIGIBLE_CHANGE:
+        return None  # unknown, a loss at or below 0 (no ratio), or too small to matter
+    decades = math.log10(1 + relative)
+    if abs(decades) >= math.log10(DECADES_FROM):
+        return f"{decades:+.1f} decades"
+    percent = 100 * relative
+    return f"{percent:+.1f}%" if abs(percent) < 10 else f"{percent:+.0f}%"
+
+
+def progress(batch: int, target: int) -> tuple[float, str]:
+    """The progress bar's fill (0 to 1) and its text, for a batch and a target, whichever is larger."""
+    if target <= 0 and batch <= 0:
+        return 0.0, "The target is 0 batches: raise it to train"
+    if batch > target:
+        return 1.0, f"Batch {batch:,} is past the target of {target:,}, lowered since: it waits until the target is raised"
+    done = batch / target
+    percent = math.floor(100 * done)  # 99.9% is not yet 100%
+    return done, f"{batch:,} of {target:,} target batches ({percent}%)"
+
+
+def sender(by: str) -> str:
+    """Who asked, as Markdown to follow a command or a start: "from the page", "by `nnobs stop`"; "" when unnamed."""
+    if not by:
+        return ""
+    known = SENDERS.get(by)
+    return known if known else f"by `{by.replace('`', '')}`"
+
+
+def command(cmd: Any, value: Any) -> str:
+    """A command as the page lists it: "Target 5,000 batches", "Pace: flat out", "Shut down"."""
+    try:
+        if cmd == "target":
+            return f"Target {value:,} batches"
+        if cmd == "eta":
+            return f"Eta {value:g}"
+        if cmd == "pace":
+            return "Pace: flat out" if value == 0 else f"Pace {value:,g} batches a second"
+        if cmd == "report_every":
+            return "Snapshots only when asked" if value == 0 else f"Snapshot every {value:,} batches"
+        if cmd == "tell_state":
+            return "Snapshot now"
+        if cmd == "rewind":
+            return f"Rewind to batch {value:,}"
+        if cmd == "reinit":
+            return "Reinitialize with the run's own seed" if value is None else f"Reinitialize with seed {value}"
+        if cmd == "shutdown":
+            return "Shut down"
+    except (TypeError, ValueError):
+        pass  # a value of the wrong type, written by hand: shown as it is, and the worker rejects it
+    return f"{cmd} {value!r}" if value is not None else str(cmd)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def duration(seconds: float) -> str:
+    """A duration in one unit: "42 s", "12 min", "3.5 h", "2.0 days"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def ago(seconds: float) -> str:
+    """How long ago: "0.4 s ago", "12 min ago"."""
+    return f"{duration(max(0.0, seconds))} ago"
