@@ -34,11 +34,13 @@ LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopp
                 "absent": "gray", "diverged": "orange", "not learning": "yellow"}
 ALIVE = ("training", "idle", "stalled")
 RECENT_STARTS = 6
+METRIC_HEIGHT_PX = 96  # label, value and a change under it: a change that comes and goes moves nothing below
 REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so no field shows typing instructions
 # Sent once per script run, before any fragment: a fragment's rerun would drop and re-add it, and the sizes jump.
 PAGE_STYLE = """<style>
 [data-testid="stMetricValue"] {font-size: 1.45rem;}  /* six figures fit one row */
-.st-key-share_link pre {padding-right: 2.75rem;}  /* the copy button sits top right: no text under it */
+.st-key-share_link pre::before {content: ""; float: right; width: 2rem; height: 1.4em;}  /* room for the copy button */
+.st-key-share_link code {font-size: 0.8rem;}  /* most links break once, after their address */
 </style>"""
 
 # The settings the sidebar offers: command, field label, button, what it does.
@@ -393,7 +395,7 @@ def _header(run: RunDir, view: RunView) -> None:
 
 def _metrics(view: RunView) -> None:
     status = view.status
-    cols = st.columns(6)
+    cols = [column.container(height=METRIC_HEIGHT_PX, border=False) for column in st.columns(6)]
     cols[0].metric("Batch", f"{status.batch:,}",
                    help="Batches trained so far: each is one step of gradient descent on a batch of training data.")
     rate = view.rate if status.state == "training" else None
@@ -404,7 +406,7 @@ def _metrics(view: RunView) -> None:
     cols[2].metric("To target", "-" if left is None else wording.duration(left),
                    help="Time until the batch count reaches the target, at the current speed.")
     loss = "diverged" if status.diverged else "-" if status.loss is None else f"{status.loss:.3g}"
-    change = None if status.diverged else wording.loss_change(view.loss_change)
+    change = wording.loss_change(view.loss_change) if status.state == "training" and not status.diverged else None
     cols[3].metric("Loss", loss, delta=change, delta_color="inverse",
                    help="The loss of the latest batch. Under it, its change over the last 10 s: in percent, or in "
                         "decades (factors of 10) past a factor of 2; nothing when it barely moved.")

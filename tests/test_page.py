@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import events, kill_worker, wait_for
 from nnobs.control import read_commands
-from nnobs.page import _wrong_guesses
+from nnobs.page import _watcher, _wrong_guesses
 from nnobs.runs import RunDir, read_history, worker_pid
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -243,8 +243,8 @@ def test_a_confirmation_closes_after_yes_or_cancel_and_does_not_come_back(page, 
 
     say_yes(page, "Shut down…", "Yes, shut down")
     assert dialog(page) is None and commands_sent(run) == [("shutdown", None)]
-    rerun_until(page, lambda at: state(at) == "STOPPED", "STOPPED")
-    assert dialog(page) is None and has_button(page, "Start")
+    rerun_until(page, lambda at: state(at) == "STOPPED" and has_button(at, "Start"), "STOPPED and a Start button")
+    assert dialog(page) is None
 
 
 def test_commands_are_collapsed_under_a_summary_and_say_who_did_what_with_starts_newest_first(page, new_run):
@@ -278,10 +278,12 @@ def test_a_target_lowered_below_the_batch_reads_as_past_it(page, new_run):
     assert "of 1 target batches" not in page.get("progress")[0].text
 
 
-def test_a_flat_loss_shows_no_change(page, new_run):
-    new_run("default", target=2000)
+def test_an_idle_runs_flat_loss_shows_no_change(page, new_run):
+    run = new_run("default", target=2000)
     page.run()
     rerun_until(page, lambda at: state(at) == "IDLE", "idle at its target")
+    rerun_until(page, lambda at: len(_watcher(str(run.run_file)).history.progress) >= 3,
+                "the page to have watched the idle run for a second and more")
     for _ in range(3):
         page.run()
         assert metric(page, "Loss").delta == "", "an idle run's loss does not move: no +0.0%"
