@@ -262,16 +262,18 @@ def _actions(run: RunDir, status: RunStatus) -> None:
     with st.form("rewind_form", border=False, enter_to_submit=False):
         text = st.text_input(
             "Rewind to batch", key="entry_rewind", disabled=not alive, placeholder=f"0 to {status.batch:,}",
-            help="Go back to the newest kept checkpoint at or before this batch and train on from there, as a new "
-                 "generation of the worker. The run's history and charts keep what came after.")
+            help="Go back to the newest kept checkpoint at or before this batch, with the eta it had there, and "
+                 "train on from there as a new generation of the worker. The charts then show that line of "
+                 "training; the run file keeps the record of everything.")
         if st.form_submit_button("Rewind…", disabled=not alive):
             ask = _confirmed_entry("rewind", text)
         _refusal("rewind")
     with st.form("reinit_form", border=False, enter_to_submit=False):
         text = st.text_input(
             "Reinitialize with seed", key="entry_reinit", disabled=not alive, placeholder="blank: the run's own seed",
-            help="Start the net afresh from new random parameters, drawn with this seed (blank: the run's own). "
-                 "The run's history, charts and settings stay.")
+            help="Start the net afresh from new random parameters drawn with this seed (blank: the run's own), "
+                 "with the run's starting eta, as a new generation at the same batch. The history stays: the loss "
+                 "chart shows the old line beside the new one.")
         if st.form_submit_button("Reinitialize…", disabled=not alive):
             ask = _confirmed_entry("reinit", text)
         _refusal("reinit")
@@ -316,12 +318,13 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
                     f"{STOP_GRACE_S:.0f} s), then a new generation resumes from the last checkpoint: the last few "
                     "seconds of training are done again.", "Yes, restart"),
         "rewind": (f"Rewind to batch {value or 0:,}?",
-                   f"The worker goes back to the newest kept checkpoint at or before batch {value or 0:,} and trains "
-                   "on from there, as a new generation. What the net learnt since is lost to it; the run's history "
-                   "and charts keep it.", "Yes, rewind"),
+                   f"The worker goes back to the newest kept checkpoint at or before batch {value or 0:,}, with the "
+                   "eta it had there, and trains on from there as a new generation. What the net learnt after that "
+                   "checkpoint is dropped; the run file keeps the record of it.", "Yes, rewind"),
         "reinit": ("Start the net afresh?",
-                   f"The net's parameters are replaced by new random ones, drawn with {seed}: what it has learnt is "
-                   "lost to it. The run's history, charts and settings stay.", "Yes, reinitialize"),
+                   f"The net's parameters are replaced by new random ones drawn with {seed}, and eta goes back to "
+                   "the run's starting eta: what the net has learnt is lost to it. The run's history stays, and the "
+                   "loss chart shows the old line beside the new one.", "Yes, reinitialize"),
     }[action]
 
     def ask() -> None:
