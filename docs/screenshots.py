@@ -18,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnobs.runs import RunDir, create_run, queue_command, start_worker, worker_pid  # noqa: E402
+from nnobs.runs import RunDir, create_run, queue_command, read_history, start_worker, worker_pid  # noqa: E402
 from nnobs.tasks import RunConfig  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -44,11 +44,29 @@ def serve(root: Path, port: int, **env: str) -> subprocess.Popen:
     )
 
 
+def ruin_and_rewind(page, port: int, run: RunDir) -> None:
+    """XOR learnt, then eta 50 saturates its tanh units (NOT LEARNING); a rewind to before it brings it back."""
+    page.goto(f"http://127.0.0.1:{port}/?run={run.name}", timeout=60_000)
+    badge(page, "TRAINING")
+    page.wait_for_timeout(5000)
+    ruin = queue_command(run, "eta", 50, by="cli")
+    badge(page, "NOT LEARNING")
+    page.wait_for_timeout(3000)
+    page.screenshot(path=REPO / "docs/not-learning.png")
+    ruined_at = next(a for a in read_history(run).answers.items() if a[0] == ruin["id"])[1].batch
+    queue_command(run, "rewind", ruined_at - 1, by="cli")
+    expect(page.get_by_text("Generation 2", exact=False).first).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(4000)
+    page.screenshot(path=REPO / "docs/rewound.png")
+    queue_command(run, "shutdown", by="cli")
+
+
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="nnobs-shots-"))
     port, shared_port = free_port(), free_port()
     create_run(RunDir.named("default", root), RunConfig(target=3_000_000))
     create_run(RunDir.named("diverging", root), RunConfig(activation="identity", eta=0.05, target=10**9))
+    create_run(RunDir.named("ruined", root), RunConfig(target=10**9))
     server = serve(root, port)
     shared = serve(root, shared_port, NNOBS_OPERATOR_PASSWORD="screenshots only")  # the same runs, read-only
     try:
@@ -83,6 +101,7 @@ def main() -> None:
             page.wait_for_timeout(2000)
             page.screenshot(path=REPO / "docs/diverged.png")
             queue_command(RunDir.named("diverging", root), "shutdown", by="cli")
+            ruin_and_rewind(page, port, RunDir.named("ruined", root))
             start_worker(run, by="cli")
             queue_command(run, "target", 3_000_000, by="cli")
             page.goto(f"http://127.0.0.1:{shared_port}/", timeout=60_000)

@@ -32,6 +32,7 @@ def _is_number(value: Any) -> bool:
 
 COMMANDS = ("target", "eta", "report_every", "pace", "tell_state", "rewind", "reinit", "shutdown")
 MAX_PACE = 1e6  # batches a second; more is no slow motion at all
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds up to this
 
 
 def check_command(cmd: Any, value: Any) -> Any:
@@ -54,8 +55,8 @@ def check_command(cmd: Any, value: Any) -> Any:
             raise CommandError(f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}, not {value!r}")
         return float(value)
     if cmd == "reinit":
-        if value is not None and (not _is_int(value) or not 0 <= value < 2**32):
-            raise CommandError(f"reinit takes no seed (the run's own) or a seed from 0 to 2**32 - 1, not {value!r}")
+        if value is not None and (not _is_int(value) or not 0 <= value <= MAX_SEED):
+            raise CommandError(f"reinit takes no seed (the run's own) or a seed from 0 to {MAX_SEED:,}, not {value!r}")
         return value
     if cmd in ("tell_state", "shutdown"):
         return None

@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from nnobs.control import MAX_ETA, MAX_PACE, MAX_TARGET, check_command
+from nnobs.control import MAX_ETA, MAX_PACE, MAX_SEED, MAX_TARGET, check_command
 from nnobs.errors import CommandError
-
-MAX_SEED = 2**32 - 1  # the largest seed check_command lets reinit take
 
 # "5000", "5,000" (commas only between groups of three), "1e6", "0.05", ".5"; ASCII digits only.
 _NUMBER = re.compile(r"[+-]?(?P<whole>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<fraction>\d*))?(?:[eE][+-]?\d{1,4})?", re.ASCII)

@@ -48,7 +48,7 @@ class Marker:
     number: int  # counts the batches with markers from the first: a stable place for their label
 
 
-MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "report every {:,}", "tell_state": "state",
+MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "snapshot every {:,}", "tell_state": "snapshot",
                  "pace": "pace {:g}/s", "reinit": "reinit, seed {}"}
 CUT_EVENTS = (b'"started"]', b'"rewound"]')  # a start resumes from its checkpoint, a rewind from an older one
 NOT_LEARNING_REPORTS = 20  # loss reports judged for "not learning": the newest this many...

@@ -33,7 +33,6 @@ VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator pass
 LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
                 "absent": "gray", "diverged": "orange", "not learning": "yellow"}
 ALIVE = ("training", "idle", "stalled")
-RECENT_STARTS = 6
 METRIC_HEIGHT_PX = 96  # label, value and a change under it: a change that comes and goes moves nothing below
 REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so no field shows typing instructions
 # Sent once per script run, before any fragment: a fragment's rerun would drop and re-add it, and the sizes jump.
@@ -453,13 +452,6 @@ def _problems(run: RunDir, view: RunView) -> None:
         st.warning(view.control_error)
 
 
-def _recent_starts(run: RunDir) -> list[Event]:
-    """The newest "started" events: who started each generation, listed beside the commands."""
-    watcher = _watcher(str(run.run_file))
-    with watcher.lock:  # build_view has just refreshed the history
-        return [e for e in watcher.history.events if e.kind == "started"][-RECENT_STARTS:]
-
-
 def _commands(run: RunDir, view: RunView) -> None:
     """Recent commands and starts from everyone, newest first; each command pending until the worker answers it."""
     alive = view.status.state in ALIVE
@@ -475,7 +467,7 @@ def _commands(run: RunDir, view: RunView) -> None:
             outcome = f":red[rejected: {answer.reason}]"
         what = wording.command(command.get("cmd"), command.get("value"))
         entries.append((_when(command.get("t")), _line(what, str(command.get("by") or ""), outcome)))
-    for event in _recent_starts(run):
+    for event in view.starts:
         where = event.detail or f"at batch {event.batch:,}"
         entries.append((_when(event.t), _line(f"Worker started (generation {event.gen or '-'})", event.by, where)))
     if not entries:
@@ -483,7 +475,7 @@ def _commands(run: RunDir, view: RunView) -> None:
     entries.sort(key=lambda entry: entry[0], reverse=True)
     title = f"Commands and starts · {pending} pending" if pending else "Commands and starts · none pending"
     with st.expander(title, expanded=False, key="commands_open"):
-        st.markdown("\n".join(line for _, line in entries[: len(view.recent) + RECENT_STARTS]))
+        st.markdown("\n".join(line for _, line in entries[: len(view.recent) + len(view.starts)]))
 
 
 def _when(t) -> float:
@@ -499,8 +491,10 @@ def _charts(view: RunView) -> None:
     """The charts: their specs never change during a run, so the browser only swaps in the new data."""
     log_loss = st.session_state.get("log_loss", True)
     frames = chart_frames(view, st.session_state.get("smoothing", 0.6), log_loss)
-    if len(view.loss):
+    if len(frames["loss"]):
         st.vega_lite_chart(frames["loss"], charts.loss_spec(log_loss), width="stretch", height=420)
+    elif len(view.loss):
+        st.caption(charts.LOSS_PENDING)
     if "sv_lines" in frames:
         tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
         left, right = st.columns(2)

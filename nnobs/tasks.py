@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnobs.control import check_command
+from nnobs.control import MAX_SEED, check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.nn import AffineLayer, Fact, IdentityLayer, Layer, MapLayer, Network, TanhLayer
 
@@ -68,8 +68,8 @@ class RunConfig:
             or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_WIDTH for n in self.sizes)
         ):
             raise NnobsError(f"config: sizes must list two or more layer widths from 1 to {MAX_WIDTH}, not {self.sizes!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-            raise NnobsError(f"config: seed must be a whole number from 0 to 2**32 - 1, not {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise NnobsError(f"config: seed must be a whole number from 0 to {MAX_SEED:,}, not {self.seed!r}")
         for name in ("eta", "target", "report_every", "pace"):
             try:
                 check_command(name, getattr(self, name))  # the same rules as for the commands that change them

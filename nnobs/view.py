@@ -13,12 +13,13 @@ import pandas as pd
 from nnobs import charts
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
-from nnobs.history import Answer, RunWatcher
+from nnobs.history import Answer, Event, RunWatcher
 from nnobs.analytics import decision_surface
 from nnobs.runs import RunDir, RunStatus, run_status
 from nnobs.tasks import TASKS, RunConfig, parameter_names
 
 RECENT_COMMANDS = 6
+RECENT_STARTS = 6
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunView:
     step_lengths: pd.DataFrame  # batch, value
     step_cosines: pd.DataFrame  # batch, value
     surface: pd.DataFrame | None  # the decision surface and training points, for nets with 2 inputs
+    starts: list[Event]  # the newest worker starts, oldest first: who started each generation
 
     @property
     def seconds_to_target(self) -> float | None:
@@ -86,6 +88,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             step_lengths=charts.steps_frame(history, 0),
             step_cosines=charts.steps_frame(history, 1),
             surface=surface,
+            starts=[e for e in history.events if e.kind == "started"][-RECENT_STARTS:],
         )
 
 

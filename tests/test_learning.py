@@ -176,7 +176,7 @@ def test_a_rewind_to_before_every_kept_checkpoint_is_refused_and_says_what_is_ke
     answer = answered(run, send_command(run.control_file, "rewind", 0))
     assert answer.ok  # the start's own checkpoint, at batch 0, is always kept
     refused = answered(run, send_command(run.control_file, "reinit", -3))
-    assert not refused.ok and "seed from 0 to 2**32 - 1" in refused.reason
+    assert not refused.ok and "seed from 0 to 4,294,967,295" in refused.reason
 
 
 EARLIER_LINES = b"".join(
