@@ -48,8 +48,8 @@ def parse_lines(chunk: bytes) -> ParsedLines:
 def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
     rows = line_shapes.findall(chunk)  # one tuple of schema.GROUPS texts per non-empty line, in order
     # Column by column (a text per line, empty where the line has no such group): loops in C, not per line here.
-    columns = [list(map(itemgetter(group), rows)) for group in range(GROUPS)]
-    present = [np.fromiter(map(len, column), dtype=np.int64, count=len(rows)) > 0 for column in columns]
+    columns = {group: list(map(itemgetter(group), rows)) for group in (LOSS, WINDOW, STATE, OTHER)}
+    present = {group: np.fromiter(map(bool, columns[group]), dtype=bool, count=len(rows)) for group in (LOSS, STATE, OTHER)}
     loss_at, state_at = np.flatnonzero(present[LOSS]), np.flatnonzero(present[STATE]).tolist()
     records, skipped = [], 0
     json_loss: list[tuple[int, int, float, list | None]] = []  # (line, batch, value, window)
@@ -76,10 +76,10 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
     loss = _numbers(list(compress(columns[LOSS], is_loss)), 2)  # (n, 2): batch, loss
     loss_batch, loss_value = loss[:, 0].astype(np.int64), loss[:, 1]
     window_texts = list(compress(columns[WINDOW], is_loss))  # one per loss report, empty without a window
-    windowed = np.fromiter(map(len, window_texts), dtype=np.int64, count=len(window_texts)) > 0
+    windowed = np.fromiter(map(bool, window_texts), dtype=bool, count=len(window_texts))
     window = _single_batch_windows(loss_batch, loss_value)
     window_texts = list(filter(None, window_texts))
-    if any(commas != 5 for commas in map(bytes.count, window_texts, repeat(b","))):
+    if set(map(bytes.count, window_texts, repeat(b","))) - {5}:
         raise ValueError("a window that is not six numbers")
     window[windowed] = _numbers(window_texts, 6)
     slow_batch = np.array([b for _, b, _, _ in json_loss], np.int64)
