@@ -195,6 +195,7 @@ class RunHistory:
             self._sv_tail = None  # the next step starts from the state gone back to, not from one abandoned
         while self.markers and self.markers[-1].batch > batch:
             self.markers.pop()
+        self.progress.clear()  # the rate and the loss's trend are of the line of training gone on with
 
     def _judge_not_learning(self) -> bool:
         """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""

@@ -386,7 +386,7 @@ def _header(run: RunDir, view: RunView) -> None:
     st.markdown(f"## nnobs · `{run.name}` :{LABEL_COLORS.get(label, 'gray')}-badge[{label.upper()}]")
     parts = []
     if status.generation:
-        parts.append(f"Generation {status.generation}: the worker's {wording.ordinal(status.generation)} start")
+        parts.append(f"Generation {status.generation} (each start, restart, rewind or reinitialize begins the next)")
     else:
         parts.append("Not started yet")
     parts.append("no worker running" if status.pid is None else f"worker pid {status.pid}")

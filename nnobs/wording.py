@@ -73,12 +73,6 @@ def command(cmd: Any, value: Any) -> str:
     return f"{cmd} {value!r}" if value is not None else str(cmd)
 
 
-def ordinal(n: int) -> str:
-    """1st, 2nd, 3rd, 4th, 11th, 21st."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def duration(seconds: float) -> str:
     """A duration in one unit: "42 s", "12 min", "3.5 h", "2.0 days"."""
     if seconds < 10:

@@ -182,7 +182,7 @@ def state_badge(page: Page) -> Locator:
 
 
 def generation_caption(page: Page) -> Locator:
-    """The caption under the header: "Generation N: the worker's Nth start · worker pid P · <run dir>"."""
+    """The caption under the header: "Generation N (each start, ...) · worker pid P · <run dir>"."""
     return main_area(page).get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^Generation ")).first
 
 
@@ -360,7 +360,7 @@ def test_shut_down_asks_in_a_dialog_that_stays_through_refreshes_and_closes_afte
     screenshot(page, "stopped")
     open_commands(page)  # nothing covers the list or the Start button: both take clicks
     sidebar_button(page, "Start").click()
-    expect(generation_caption(page)).to_contain_text("Generation 2:")
+    expect(generation_caption(page)).to_contain_text("Generation 2 (")
 
 
 def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it_was(open_page, runs_root):
@@ -368,7 +368,7 @@ def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it
     page = open_page()
     expect(metric(page, "Batch")).to_have_text("20,000")
     expect(state_badge(page)).to_have_text("IDLE")
-    expect(generation_caption(page)).to_contain_text("Generation 1:")
+    expect(generation_caption(page)).to_contain_text("Generation 1 (")
     # The worker checkpoints at least every 3 s: wait until it has saved batch 20,000, so the crash loses nothing.
     wait_for(lambda: (ckpt := load_checkpoint(run.checkpoint)) and ckpt.batch == 20_000, what="a checkpoint at 20,000")
 
@@ -381,7 +381,7 @@ def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it
 
     sidebar_button(page, "Restart").click()
 
-    expect(generation_caption(page)).to_contain_text("Generation 2:")
+    expect(generation_caption(page)).to_contain_text("Generation 2 (")
     expect(state_badge(page)).to_have_text("IDLE")
     expect(metric(page, "Batch")).to_have_text("20,000")
     assert wait_started(run, 2)["resumed_from"] == 20_000, "generation 2 went on from the checkpoint, not from 0"
@@ -545,7 +545,7 @@ def test_a_killed_server_leaves_the_worker_training_and_a_new_server_attaches_to
 
     page = open_url(servers.start())
     expect(state_badge(page)).to_have_text("TRAINING")
-    expect(generation_caption(page)).to_contain_text(f"Generation 1: the worker's 1st start · worker pid {pid}")
+    expect(generation_caption(page)).to_contain_text(f"Generation 1 (each start, restart, rewind or reinitialize begins the next) · worker pid {pid}")
     first_batch = batch(page)
     expect(metric(page, "Batch")).not_to_have_text(f"{first_batch:,}")
     assert worker_processes(run) == [pid], "still one worker, the first"

@@ -218,3 +218,15 @@ def test_a_restart_from_a_checkpoint_replaces_what_the_dead_worker_trained_after
         assert losses[-6:].tolist() == [2.0 / (b + 1) for b in range(70, 130, 10)]
         assert set(charts.loss_frame(seen)["batch"]) == set(batches.tolist())
         assert [m.label for m in seen.markers] == ["gen 2"]
+
+
+def test_the_training_rate_after_a_rewind_counts_only_the_line_gone_on_with():
+    history = RunHistory()
+    for second in range(10):  # 10,000 batches a second up to batch 100,000
+        history.add([{"loss": [10_000 * (second + 1), 0.5], "t": 100.0 + second, "gen": 1}])
+    history.add([{"ack": [50_000, {"id": "r", "cmd": "rewind", "value": 60_000}], "event": [50_000, "rewound"],
+                  "rewound_from": 100_000, "loss": [50_000, 0.1], "t": 110.0, "gen": 2}])
+    for second in range(1, 4):  # then 1,000 batches a second from 50,000
+        history.add([{"loss": [50_000 + 1_000 * second, 0.1], "t": 110.0 + second, "gen": 2}])
+    rate, _ = history.rate()
+    assert rate == 1_000

@@ -41,7 +41,7 @@ def state(at: AppTest) -> str:
 
 
 def generation(at: AppTest) -> int | None:
-    """The worker generation, from the caption under the header: "Generation 2: the worker's 2nd start · ..."."""
+    """The worker generation, from the caption under the header: "Generation 2 (each start, ...) · ..."."""
     text = next((c.value for c in at.caption if c.value.startswith("Generation ")), "Generation -:")
     number = text.split(" ")[1].rstrip(":")
     return int(number) if number.isdigit() else None
@@ -301,7 +301,7 @@ def test_controls_and_metrics_say_in_plain_words_what_they_do(page, new_run):
         assert control.help, f"{control.label} says what it does"
     assert all(m.help for m in page.metric), "every metric says what it is"
     assert "Heartbeat" not in metrics(page) and "Last record" in metrics(page)
-    assert any(c.value.startswith("Generation 1: the worker's 1st start") for c in page.caption)
+    assert any(c.value.startswith("Generation 1 (each start, restart, rewind or reinitialize begins the next)") for c in page.caption)
 
 
 def test_page_shows_a_diverged_run_and_its_recovery_when_eta_is_lowered(page, new_run):

@@ -61,9 +61,7 @@ def test_commands_are_listed_in_words(cmd, value, words):
     assert wording.command(cmd, value) == words
 
 
-def test_ordinals_and_durations():
-    assert [wording.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 102, 111)] == [
-        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "102nd", "111th"]
+def test_durations():
     assert [wording.duration(s) for s in (0.42, 42, 720, 12600, 172800)] == ["0.4 s", "42 s", "12 min", "3.5 h",
                                                                              "2.0 days"]
     assert wording.ago(-0.1) == "0.0 s ago"
