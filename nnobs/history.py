@@ -234,6 +234,8 @@ class RunHistory:
                 self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
                 if ok and (label := _marker_label(answer[1].get("cmd"), answer[1].get("value"), record)):
                     self._mark(answer[0], label, "command")
+                if ok and answer[1].get("cmd") == "pace":
+                    self.progress.clear()  # the rate counts from the new pace: the old one's says nothing of it
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""

@@ -35,7 +35,7 @@ CHUNK = 16  # batches between two looks at the clock: ~0.2 ms of XOR, far below 
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 OWNERSHIP_CHECK_S = 1.0  # how often the worker makes sure its run directory is still its own
 PACED_STATE_EVERY_S = 0.5  # a paced run reports its state this often too: slow motion shows the net change
-PACE_CATCH_UP_S = 0.25  # a paced run that fell behind (a pause, a slow batch) catches up at most this much
+PACE_CATCH_UP_S = 1.0  # a paced run that fell behind (a busy machine, a slow batch) catches up at most this much
 
 
 class Orphaned(Exception):

@@ -230,3 +230,13 @@ def test_the_training_rate_after_a_rewind_counts_only_the_line_gone_on_with():
         history.add([{"loss": [50_000 + 1_000 * second, 0.1], "t": 110.0 + second, "gen": 2}])
     rate, _ = history.rate()
     assert rate == 1_000
+
+
+def test_the_training_rate_after_a_new_pace_counts_from_it():
+    history = RunHistory()
+    for second in range(10):
+        history.add([{"loss": [10_000 * (second + 1), 0.5], "t": 100.0 + second, "gen": 1}])
+    history.add([{"ack": [100_000, {"id": "p", "cmd": "pace", "value": 20}], "pace": [100_000, 20], "t": 110.0, "gen": 1}])
+    for second in range(1, 4):
+        history.add([{"loss": [100_000 + 20 * second, 0.5], "t": 110.0 + second, "gen": 1}])
+    assert history.rate()[0] == 20
