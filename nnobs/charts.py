@@ -67,11 +67,11 @@ def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: floa
     return out
 
 
-def loss_means_frame(history: RunHistory) -> tuple[pd.DataFrame, int]:
-    """Each loss bucket's mean at its middle batch, and how many reports a full bucket holds."""
-    buckets = history.loss_means  # each report's window mean, weighted by the batches it covers
+def loss_means_frame(history: RunHistory) -> pd.DataFrame:
+    """Each loss bucket's mean at its middle batch: of every report's window mean, weighted by the batches it covers."""
+    buckets = history.loss_means
     starts, ends, means = buckets.means(buckets.max_buckets)
-    return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]}), buckets.width
+    return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]})
 
 
 LOSS_COLUMNS = ["batch", "loss", "smoothed", "label", "kind", "lane"]

@@ -35,7 +35,6 @@ class RunView:
     loss_change: float | None  # relative change of the loss over the same seconds
     loss: pd.DataFrame  # batch, loss: at most the history's max_points rows
     loss_means: pd.DataFrame  # batch, mean: the loss buckets' means, what smoothing works on
-    loss_width: int  # reports in a full loss bucket
     markers: pd.DataFrame  # batch, label, kind: where commands took effect and generations began
     sv_names: tuple[str, ...]  # the parameters in the state-vector charts
     sv_lines: pd.DataFrame | None  # batch, layer, parameter, value
@@ -69,7 +68,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             if config and len(names) == width and config.sizes[0] == 2:
                 surface = _surface(config.to_json(), history.sv_latest.tobytes())
         rate, loss_change = history.rate()
-        loss_means, loss_width = charts.loss_means_frame(history)
+        loss_means = charts.loss_means_frame(history)
         return RunView(
             status=run_status(run, history),
             report_every=history.report_every,
@@ -80,7 +79,6 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             loss_change=loss_change,
             loss=charts.loss_frame(history),
             loss_means=loss_means,
-            loss_width=loss_width,
             markers=charts.markers_frame(history),
             sv_names=sv_names,
             sv_lines=sv_lines,

@@ -25,7 +25,7 @@ def history_of(batches, losses) -> RunHistory:
 
 
 def loss_chart(history: RunHistory, smoothing: float, log_scale: bool = True) -> pd.DataFrame:
-    means, _ = charts.loss_means_frame(history)
+    means = charts.loss_means_frame(history)
     batches = (int(history.loss_batches.values()[0]), history.batch)
     return charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), smoothing,
                                    log_scale, batches)

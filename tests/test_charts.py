@@ -195,7 +195,7 @@ def test_smoothing_follows_the_mean_not_the_spikes_of_a_long_run():
     losses = np.where(rng.random(200_000) < 0.01, 10.0, 1.0)  # spikes on 1% of batches: mean 1.09
     history = RunHistory()
     history.add_lines(b"".join(b'{"loss":[%d,%r],"t":1.0,"gen":1}\n' % (i, float(v)) for i, v in enumerate(losses)))
-    means, _ = charts.loss_means_frame(history)
+    means = charts.loss_means_frame(history)
     frame = charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), 0.9, False)
     smoothed = frame["smoothed"].dropna().to_numpy()
     assert frame["loss"].max() == 10.0, "the raw outline keeps the spikes"
