@@ -15,7 +15,7 @@ from nnobs.runs import RunDir, create_run, start_worker, stop_worker
 from nnobs.tasks import RunConfig, build, build_network
 from nnobs.view import build_view
 
-ROUNDS = 3  # each pair is measured this many times, alternating, and the best of each kept
+ROUNDS = 5  # each pair is measured this many times, alternating, and the best of each kept: the machine is noisy
 
 
 def learn_rate(learn, next_batch, seconds: float = 1.5) -> float:
