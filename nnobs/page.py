@@ -257,25 +257,20 @@ def _actions(run: RunDir, status: RunStatus) -> None:
         _send(run, "tell_state")
     _refusal("tell_state")
 
-    ask = None  # the confirmation to open, once out of the forms: a dialog is no form's part
-    with st.form("rewind_form", border=False, enter_to_submit=False):
-        text = st.text_input(
-            "Rewind to batch", key="entry_rewind", disabled=not alive, placeholder=f"0 to {status.batch:,}",
-            help="Go back to the newest kept checkpoint at or before this batch, with the eta it had there, and "
-                 "train on from there as a new generation of the worker. The charts then show that line of "
-                 "training; the run file keeps the record of everything.")
-        if st.form_submit_button("Rewind…", disabled=not alive):
-            ask = _confirmed_entry("rewind", text)
-        _refusal("rewind")
-    with st.form("reinit_form", border=False, enter_to_submit=False):
-        text = st.text_input(
-            "Reinitialize with seed", key="entry_reinit", disabled=not alive, placeholder="blank: the run's own seed",
-            help="Start the net afresh from new random parameters drawn with this seed (blank: the run's own), "
-                 "with the run's starting eta, as a new generation at the same batch. The history stays: the loss "
-                 "chart shows the old line beside the new one.")
-        if st.form_submit_button("Reinitialize…", disabled=not alive):
-            ask = _confirmed_entry("reinit", text)
-        _refusal("reinit")
+    # The confirmation to open, once out of the forms: a dialog is no form's part. Both forms are drawn.
+    rewind = _entry_action(
+        "rewind", "Rewind to batch", "Rewind…", alive, f"0 to {status.batch:,}",
+        "Go back to the newest kept checkpoint at or before this batch, with the eta it had there, and train on "
+        "from there as a new generation of the worker. The charts then show that line of training; the run file "
+        "keeps the record of everything.",
+    )
+    reinit = _entry_action(
+        "reinit", "Reinitialize with seed", "Reinitialize…", alive, "blank: the run's own seed",
+        "Start the net afresh from new random parameters drawn with this seed (blank: the run's own), with the "
+        "run's starting eta, as a new generation at the same batch. The history stays: the loss chart shows the "
+        "old line beside the new one.",
+    )
+    ask = rewind or reinit
 
     if st.button("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint; asks first."):
         _new_submit()
@@ -292,6 +287,17 @@ def _actions(run: RunDir, status: RunStatus) -> None:
     _refusal("start")
     if ask:
         _confirm(run, status, *ask)
+
+
+def _entry_action(cmd: str, label: str, button: str, alive: bool, placeholder: str, help_text: str):
+    """A field and its button for an action that asks first: (cmd, value) to ask about once pressed, else None."""
+    ask = None
+    with st.form(f"{cmd}_form", border=False, enter_to_submit=False):
+        text = st.text_input(label, key=f"entry_{cmd}", disabled=not alive, placeholder=placeholder, help=help_text)
+        if st.form_submit_button(button, disabled=not alive):
+            ask = _confirmed_entry(cmd, text)
+        _refusal(cmd)
+    return ask
 
 
 def _confirmed_entry(cmd: str, text: str) -> tuple[str, object] | None:
