@@ -14,6 +14,7 @@ LOSS_EVERY_BATCH_UNTIL = 100  # a loss report at each of the first 100 batches
 LOSS_PER_DECADE = 50  # then 50 per decade: 100 from batch 100 to 10,000, 50 more to 100,000
 STATE_EVERY_BATCH_UNTIL = 10  # a state report at each of the first 10 batches
 STATE_PER_DECADE = 10  # then 10 per decade, until the run's report interval is the sparser
+DENSE_STATE_MAX_PARAMS = 10_000  # larger nets report their state only every N: each report is the whole vector
 
 
 def _log_spaced(batch: int, every_batch_until: int, per_decade: int) -> int:
@@ -27,10 +28,15 @@ def next_loss_report(batch: int) -> int:
     return _log_spaced(batch, LOSS_EVERY_BATCH_UNTIL, LOSS_PER_DECADE)
 
 
-def next_state_report(batch: int, every: int) -> int | None:
-    """The next batch after batch that gets a state report; None when reports come only on request (every 0)."""
+def next_state_report(batch: int, every: int, n_params: int = 0) -> int | None:
+    """The next batch after batch that gets a state report; None when reports come only on request (every 0).
+
+    Dense early reports only for nets of at most DENSE_STATE_MAX_PARAMS parameters.
+    """
     if not every:
         return None
     regular = (batch // every + 1) * every
+    if n_params > DENSE_STATE_MAX_PARAMS:
+        return regular
     early = _log_spaced(batch, STATE_EVERY_BATCH_UNTIL, STATE_PER_DECADE)
     return early if early < min(regular, every) else regular

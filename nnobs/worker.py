@@ -23,7 +23,7 @@ from nnobs.history import RunHistory
 from nnobs.nn import Fact, Network
 from nnobs.records import BackgroundWriter, RecordReader, RecordWriter
 from nnobs.runs import RunDir, take_worker_lock
-from nnobs.schedule import next_loss_report, next_state_report
+from nnobs.schedule import DENSE_STATE_MAX_PARAMS, next_loss_report, next_state_report
 from nnobs.schema import loss_report, state_report
 from nnobs.tasks import RunConfig, build, build_network, load_config
 
@@ -88,6 +88,7 @@ class Worker:
         self._checkpointed_batch = -1
         self._next_ownership_check = 0.0
         self._window = _Window()  # the losses since the last loss report
+        self._n_params = len(net.state_vector())
         self._schedule_reports()
         self._pace_from = (self.batch, time.monotonic())  # (batch, time) the current pace counts from
         self._last_state_report = 0.0  # monotonic time
@@ -96,7 +97,7 @@ class Worker:
     def _schedule_reports(self) -> None:
         """The next batches that get a loss report and a state report by the batch schedule."""
         self._next_loss_at = next_loss_report(self.batch)
-        self._next_state_at = next_state_report(self.batch, self.report_every)
+        self._next_state_at = next_state_report(self.batch, self.report_every, self._n_params)
 
     # -- reports -------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class Worker:
                 self.loss = self.net.losses([self.next_batch()])[0]
         elif cmd == "report_every":
             self.report_every = value
-            self._next_state_at = next_state_report(b, value)
+            self._next_state_at = next_state_report(b, value, self._n_params)
             record["report_every"] = [b, value]
         elif cmd == "pace":
             self.pace = value
@@ -309,7 +310,8 @@ class Worker:
                 self._next_ownership_check = now + OWNERSHIP_CHECK_S
             if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
-            if self.pace and now - self._last_state_report >= PACED_STATE_EVERY_S and self.batch != self._last_reported_batch_state:
+            if (self.pace and now - self._last_state_report >= PACED_STATE_EVERY_S and self._n_params <= DENSE_STATE_MAX_PARAMS
+                    and self.batch != self._last_reported_batch_state):
                 self._last_reported_batch_state = self.batch
                 self.out.write(self.state_report())
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
@@ -344,7 +346,7 @@ class Worker:
                 lo, lo_at, hi, hi_at, total = window.lo, window.lo_at, window.hi, window.hi_at, window.total
             if batch == state_at and self._next_state_at is not None:
                 self.out.write(self.state_report())
-                self._next_state_at = next_state_report(batch, self.report_every)
+                self._next_state_at = next_state_report(batch, self.report_every, self._n_params)
             now = time.monotonic()
 
     def _pace_limit(self, now: float) -> int:

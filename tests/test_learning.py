@@ -240,3 +240,10 @@ def test_the_training_rate_after_a_new_pace_counts_from_it():
     for second in range(1, 4):
         history.add([{"loss": [100_000 + 20 * second, 0.5], "t": 110.0 + second, "gen": 1}])
     assert history.rate()[0] == 20
+
+
+def test_a_large_net_reports_its_whole_state_only_every_n_batches(new_run):
+    run = new_run(sizes=[2, 100, 100, 1], target=300, report_every=100)  # 10,501 parameters
+    start_worker(run)
+    wait_for(lambda: events(run, "target_reached"), what="the target 300 to be reached")
+    assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 100, 200, 300]
