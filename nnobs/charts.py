@@ -35,19 +35,23 @@ def markers_frame(history: RunHistory) -> pd.DataFrame:
             groups.append([marker])
     return pd.DataFrame(
         {"batch": [g[0].batch for g in groups], "label": [" · ".join(m.label for m in g) for g in groups],
-         "kind": [g[-1].kind for g in groups],
+         # A batch where a generation began reads as one: its parameters changed there, whatever else did.
+         "kind": ["generation" if any(m.kind == "generation" for m in g) else g[-1].kind for g in groups],
          "lane": [3 + 13 * (g[0].number % lanes) for g in groups]}  # pixels from the top
     )
 
 
-def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: float) -> np.ndarray:
+def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: float,
+           restarts: np.ndarray | None = None) -> np.ndarray:
     """An exponential moving average over batches: the weight of the past falls by `smoothing` every `span` batches.
 
     Like W&B's time-weighted EMA, it decays by distance in batches rather than per point, and it is
     debiased like TensorBoard's, so it starts at the data. Each point weighs for the batches since
     the one before it (at least one), so a dense stretch of reports outweighs no sparse one, a flat
     series stays exactly flat at any spacing, and a point far past the last one takes over. NaN
-    (diverged) points pass through and do not disturb the average. Smoothing 0 is off.
+    (diverged) points pass through and do not disturb the average. Smoothing 0 is off. At each
+    batch of restarts (where a generation began: new parameters, a reinitialized net) the average
+    starts afresh, so a new net's loss is not read through the old one's.
     """
     out = np.asarray(values, dtype=float).copy()
     if smoothing <= 0 or span <= 0:
@@ -57,9 +61,13 @@ def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: floa
     gaps = np.maximum(np.diff(at, prepend=at[:1] - 1), 1.0)  # batches each point stands for; a rewind counts one
     decay = np.log(smoothing) / span * gaps
     kept, added = np.exp(decay), -np.expm1(decay)  # added = 1 - kept, exact when kept is nearly 1
+    segment = np.searchsorted(np.sort(np.asarray(restarts if restarts is not None else [], dtype=float)), at, side="right")
+    fresh = np.diff(segment, prepend=segment[:1]) != 0  # the first point past a restart
     total = mass = 0.0
     smoothed = []
-    for keep, add, value in zip(kept.tolist(), added.tolist(), out[finite].tolist()):  # floats: 10x numpy scalars
+    for keep, add, value, anew in zip(kept.tolist(), added.tolist(), out[finite].tolist(), fresh.tolist()):
+        if anew:  # floats, not numpy scalars, in this loop: ten times faster
+            total = mass = 0.0
         total = keep * total + add * value
         mass = keep * mass + add
         smoothed.append(total / mass)
@@ -101,11 +109,12 @@ def loss_chart_frame(
     values = means["mean"].to_numpy(dtype=float)
     first, latest = batches if batches is not None else (at.min(), at.max())
     span = (latest - first) / SMOOTHING_SPANS
+    restarts = markers.loc[markers["kind"] == "generation", "batch"].to_numpy()
     if log_scale:
         with np.errstate(divide="ignore", invalid="ignore"):
-            smoothed = np.exp(smooth(at, np.where(values > 0, np.log(values), np.nan), smoothing, span))
+            smoothed = np.exp(smooth(at, np.where(values > 0, np.log(values), np.nan), smoothing, span, restarts))
     else:
-        smoothed = smooth(at, values, smoothing, span)
+        smoothed = smooth(at, values, smoothing, span, restarts)
     frame = pd.concat([loss, pd.DataFrame({"batch": means["batch"], "smoothed": smoothed}), markers], ignore_index=True)
     return frame.astype({"label": "category", "kind": "category"})  # few distinct strings: sent once each
 

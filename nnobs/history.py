@@ -50,8 +50,11 @@ class Marker:
 
 MARKER_LABELS = {"eta": "eta {:g}", "target": "target {:,}", "report_every": "snapshot every {:,}", "tell_state": "snapshot",
                  "pace": "pace {:g}/s", "reinit": "reinit, seed {}"}
-CUT_EVENTS = (b'"started"]', b'"rewound"]')  # a start resumes from its checkpoint, a rewind from an older one
-NOT_LEARNING_REPORTS = 20  # loss reports judged for "not learning": the newest this many...
+# Where a new line of training begins: a start resumes from its checkpoint, a rewind from an older one, a reinit
+# goes on with a new net.
+NEW_LINE_EVENTS = (b'"started"]', b'"rewound"]', b'"reinit"]')
+NOT_LEARNING_REPORTS = 5  # loss reports judged for "not learning": the newest this many (a stuck loss is reported
+# only by the heartbeat, once a second: five seconds)...
 NOT_LEARNING_BATCHES = 200  # ...spanning at least this many batches
 FLAT = 1e-3  # their spread (max - min) at most this share of their max: the loss stopped moving
 FAR_ABOVE_BEST = 10.0  # and their min this many times the best loss or more
@@ -109,12 +112,17 @@ class RunHistory:
         """Fold in a chunk of complete run-file lines, in file order; a line that cannot be folded is skipped.
 
         A worker that starts from a checkpoint, or rewinds to an older one, goes back in batches:
-        what the run file says after that point of the line before replaces it, so the chunk is
-        folded in pieces that end where the run went back.
+        what the run file says after that point of the line before replaces it; a reinitialized
+        net's best loss is its own. So the chunk is folded in pieces that end where a new line of
+        training begins.
         """
-        for piece, went_back_to in _pieces(chunk):
-            if went_back_to is not None:
-                self._go_back(went_back_to)
+        for piece, begins in _pieces(chunk):
+            if begins is not None:
+                kind, batch = begins
+                if kind == "reinit":
+                    self.best_loss = None
+                else:
+                    self._go_back(batch)
             self._add_piece(piece)
 
     def _add_piece(self, chunk: bytes) -> None:
@@ -292,21 +300,21 @@ def _marker_label(cmd, value, record: Record) -> str:
         return str(cmd)
 
 
-def _pieces(chunk: bytes) -> list[tuple[bytes, int | None]]:
-    """The chunk cut before each line where the run went back in batches, each piece with the batch it went back to.
+def _pieces(chunk: bytes) -> list[tuple[bytes, tuple[str, int] | None]]:
+    """The chunk cut before each line where a new line of training begins, each piece with (event, batch gone on from).
 
-    The first piece goes back to nothing (None). Such lines are rare and found by a plain search,
-    so a chunk of ordinary reports costs one scan per kind.
+    The first piece begins nothing (None). Such lines are rare and found by a plain search, so a
+    chunk of ordinary reports costs one scan per kind.
     """
-    starts: dict[int, int] = {}  # line start -> batch the run went back to
-    for needle in CUT_EVENTS:
+    starts: dict[int, tuple[str, int]] = {}  # line start -> (event, batch)
+    for needle in NEW_LINE_EVENTS:
         at = chunk.find(needle)
         while at != -1:
             line_start = chunk.rfind(b"\n", 0, at) + 1
             line_end = chunk.find(b"\n", at)
-            back_to = _went_back_to(chunk[line_start : line_end if line_end != -1 else len(chunk)])
-            if back_to is not None:
-                starts[line_start] = back_to
+            begins = _new_line_of(chunk[line_start : line_end if line_end != -1 else len(chunk)])
+            if begins is not None:
+                starts[line_start] = begins
             at = chunk.find(needle, at + 1)
     if not starts:
         return [(chunk, None)]
@@ -317,8 +325,9 @@ def _pieces(chunk: bytes) -> list[tuple[bytes, int | None]]:
     return pieces
 
 
-def _went_back_to(line: bytes) -> int | None:
-    """The batch a started or rewound record goes on from: its checkpoint's (0 for a fresh start)."""
+def _new_line_of(line: bytes) -> tuple[str, int] | None:
+    """(event, batch) of a record where a new line of training begins: a start goes on from its checkpoint's
+    batch (0 for a fresh start), a rewind and a reinit from their own."""
     try:
         record = json.loads(line)
     except ValueError:
@@ -326,11 +335,11 @@ def _went_back_to(line: bytes) -> int | None:
     event = pair(record.get("event")) if isinstance(record, dict) else None
     if not event:
         return None
-    if event[1] == "rewound":
-        return event[0]
+    if event[1] in ("rewound", "reinit"):
+        return event[1], event[0]
     if event[1] == "started":
         resumed = record.get("resumed_from")
-        return resumed if isinstance(resumed, int) and not isinstance(resumed, bool) else 0
+        return "started", resumed if isinstance(resumed, int) and not isinstance(resumed, bool) else 0
     return None
 
 

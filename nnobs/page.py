@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import streamlit as st
 
 from nnobs import charts, wording
+from nnobs.checkpoint import kept_batches
 from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
@@ -323,9 +324,9 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
                     f"{STOP_GRACE_S:.0f} s), then a new generation resumes from the last checkpoint: the last few "
                     "seconds of training are done again.", "Yes, restart"),
         "rewind": (f"Rewind to batch {value or 0:,}?",
-                   f"The worker goes back to the newest kept checkpoint at or before batch {value or 0:,}, with the "
-                   "eta it had there, and trains on from there as a new generation. What the net learnt after that "
-                   "checkpoint is dropped; the run file keeps the record of it.", "Yes, rewind"),
+                   f"The worker goes back to {_kept_at_or_before(run, value or 0)}, with the eta it had there, and "
+                   "trains on from there as a new generation. What the net learnt after that checkpoint is dropped; "
+                   "the run file keeps the record of it.", "Yes, rewind"),
         "reinit": ("Start the net afresh?",
                    f"The net's parameters are replaced by new random ones drawn with {seed}, and eta goes back to "
                    "the run's starting eta: what the net has learnt is lost to it. The run's history stays, and the "
@@ -341,6 +342,15 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
             st.rerun()
 
     st.dialog(title)(ask)()
+
+
+def _kept_at_or_before(run: RunDir, batch: int) -> str:
+    """Where a rewind to batch lands, in words: the newest kept checkpoint at or before it."""
+    kept = [b for b in kept_batches(run.checkpoint) if b <= batch]
+    if not kept:
+        return f"the newest kept checkpoint at or before batch {batch:,} (there is none yet: the worker will refuse)"
+    landing = f"the checkpoint kept at batch **{kept[-1]:,}**, the newest at or before batch {batch:,}"
+    return landing + (f", {batch - kept[-1]:,} batches earlier" if batch - kept[-1] else "")
 
 
 def _say_yes(action: str, value) -> None:

@@ -212,3 +212,19 @@ def test_specs_stay_identical_between_refreshes_whatever_the_data():
     loss_chart(history_of(np.arange(50), np.linspace(1, 0.1, 50)), 0.6)
     after = specs()
     assert before == after and all("data" not in spec and "datasets" not in spec for spec in after)
+
+
+def test_the_smoothed_loss_starts_afresh_where_a_reinitialized_net_begins():
+    history = RunHistory()
+    old = [{"loss": [b, 1e-30], "t": 1.0, "gen": 1} for b in range(0, 10_000, 10)]
+    reinit = [{"ack": [10_000, {"id": "r", "cmd": "reinit", "value": 3}], "event": [10_000, "reinit"], "seed": 3,
+               "loss": [10_000, 0.25], "t": 2.0, "gen": 2}]
+    new = [{"loss": [b, 0.25 * 0.999 ** (b - 10_000)], "t": 3.0, "gen": 2} for b in range(10_010, 12_000, 10)]
+    history.add(old + reinit + new)
+    frame = charts.loss_chart_frame(charts.loss_frame(history), charts.loss_means_frame(history),
+                                    charts.markers_frame(history), 0.9, log_scale=True)
+    smoothed = frame.dropna(subset=["smoothed"])
+    after = smoothed[smoothed["batch"] > 10_000]
+    assert after["smoothed"].iloc[0] > 0.1, "the new net's first losses, not the old net's 1e-30"
+    assert np.all(np.diff(after["smoothed"].to_numpy()) <= 0), "a falling loss smooths to a falling line"
+    assert set(charts.markers_frame(history)["kind"]) == {"generation"}, "the reinit reads as a generation"

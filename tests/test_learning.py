@@ -247,3 +247,17 @@ def test_a_large_net_reports_its_whole_state_only_every_n_batches(new_run):
     start_worker(run)
     wait_for(lambda: events(run, "target_reached"), what="the target 300 to be reached")
     assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 100, 200, 300]
+
+
+def test_a_reinitialized_net_is_judged_against_its_own_best_loss():
+    old = [{"loss": [b, 1e-30], "t": 1.0, "gen": 1} for b in range(0, 1000, 10)]
+    reinit = [{"ack": [1000, {"id": "r", "cmd": "reinit", "value": None}], "event": [1000, "reinit"], "seed": 1,
+               "loss": [1000, 0.5], "t": 2.0, "gen": 2}]
+    plateau = [{"loss": [b, 0.5], "t": 3.0, "gen": 2} for b in range(1010, 1500, 10)]  # before it learns
+    for history in (RunHistory(), RunHistory()):
+        history.add(old + reinit + plateau)
+        assert history.best_loss == 0.5 and not history.not_learning
+    split = RunHistory()
+    split.add(old)
+    split.add(reinit + plateau)
+    assert split.best_loss == 0.5 and not split.not_learning

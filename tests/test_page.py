@@ -211,6 +211,8 @@ def test_rewind_asks_first_then_goes_back_to_a_checkpoint_as_a_new_generation(pa
     field(page, "Rewind to batch").input("1,000")
     button(page, "Rewind…").click().run()
     assert dialog(page) is not None and commands_sent(run) == [], "nothing is sent before yes"
+    assert "the checkpoint kept at batch **0**, the newest at or before batch 1,000, 1,000 batches earlier" in \
+        dialog(page).markdown[0].value, "the dialog says where the rewind lands"
     next(b for b in page.button if b.label == "Yes, rewind").click().run()
     assert dialog(page) is None and commands_sent(run) == [("rewind", 1000)]
     wait_for(lambda: events(run, "rewound"), what="the worker's rewound record")
