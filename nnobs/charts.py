@@ -324,10 +324,13 @@ def sv_lines_spec(names: tuple[str, ...]) -> dict:
 def steps_spec(figure: str) -> dict:
     """Step length (how far each state report moved) or cosine between successive steps, over the whole run."""
     cosine = figure == "cosine"
+    colour = "#2a9d8f" if cosine else "#6a4c93"  # the points the same as their line
     line = (
         alt.Chart()
-        .transform_filter("isValid(datum.value)")
-        .mark_line(point=alt.OverlayMarkDef(size=12), color="#2a9d8f" if cosine else "#6a4c93", clip=True)
+        # Not filtered for valid values: a line breaks where there is no step (a converged net) instead of
+        # drawing one straight across the gap, as Vega-Lite does for path marks by default.
+        .transform_filter("!datum.extent")
+        .mark_line(point=alt.OverlayMarkDef(size=12, color=colour), color=colour, clip=True)
         .encode(
             x=_batch_axis(),
             y=alt.Y("value:Q", title="cosine" if cosine else "length", axis=alt.Axis(format="~g"),

@@ -140,7 +140,8 @@ def test_every_chart_over_batches_spans_the_whole_run(tmp_path):
             x = layer["encoding"]["x"]
             assert x["field"] == "batch" and x["scale"] == {"nice": False, "zero": False}, "no rounding past the run"
             if layer is not first:
-                assert "datum.extent" not in str(layer.get("transform")), "the marks never draw the extent rows"
+                # the marks never draw the extent rows: they filter them out, or every row without a value
+                assert "datum.extent === true" not in str(layer.get("transform")), "only the invisible layer draws them"
 
 
 def test_a_chart_frame_costs_two_rows_more_however_long_the_run(tmp_path):
@@ -228,3 +229,11 @@ def test_the_smoothed_loss_starts_afresh_where_a_reinitialized_net_begins():
     assert after["smoothed"].iloc[0] > 0.1, "the new net's first losses, not the old net's 1e-30"
     assert np.all(np.diff(after["smoothed"].to_numpy()) <= 0), "a falling loss smooths to a falling line"
     assert set(charts.markers_frame(history)["kind"]) == {"generation"}, "the reinit reads as a generation"
+
+
+def test_the_step_lines_break_where_there_is_no_step_instead_of_bridging_the_gap():
+    for figure in ("length", "cosine"):
+        line = charts.steps_spec(figure)["layer"][1]
+        filters = [t["filter"] for t in line.get("transform", []) if "filter" in t]
+        assert filters == ["!datum.extent"], "rows without a value stay, so the path breaks there"
+        assert line["mark"].get("invalid") in (None, "break-paths-show-domains")
