@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from nnobs.schema import (
-    ANY_LINE, GROUPS, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
+    ANY_LINE, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
 )
 
 @dataclass

@@ -12,7 +12,7 @@ from nnobs.checkpoint import kept_batches
 from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
-from nnobs.history import Event, RunWatcher
+from nnobs.history import RunWatcher
 from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,

@@ -280,7 +280,6 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     def run_loop(self) -> None:
-        learn, next_batch = self.net.learn_one, self.next_batch
         self.checkpoint(time.monotonic())
         started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from, "by": self.started_by}
         self.report_loss(time.monotonic(), {**started, **self.state_report()})

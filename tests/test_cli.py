@@ -269,7 +269,7 @@ def test_cli_tail_into_a_pipe_closed_early_ends_quietly(runs_root, new_run, tmp_
 
 
 def test_cli_set_pace_is_acknowledged_and_shown_by_status(runs_root, new_run):
-    run = new_run("default", target=FOREVER)
+    new_run("default", target=FOREVER)
     nnobs(runs_root, "start")
     done = nnobs(runs_root, "set", "--pace", "100")
     assert done.returncode == 0, done.stdout + done.stderr
