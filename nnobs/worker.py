@@ -46,11 +46,11 @@ class Worker:
     """One generation of a run's worker. run() trains until shut down and returns the exit code."""
 
     def __init__(self, run: RunDir, net: Network, next_batch: Callable[[], Fact], ckpt: Checkpoint | None,
-                 config: RunConfig):
+                 config: RunConfig, started_by: str = ""):
         self.run_dir = run
         self.config = config
         self.started_t = time.time()
-        self.started_by = ""  # who asked for this start ("page", "cli"), as the launcher was told
+        self.started_by = started_by  # who asked for this start ("page", "cli"), as the launcher was told
         self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this worker holds
         self.net = net
         self.next_batch = next_batch
@@ -92,7 +92,7 @@ class Worker:
         self._schedule_reports()
         self._pace_from = (self.batch, time.monotonic())  # (batch, time) the current pace counts from
         self._last_state_report = 0.0  # monotonic time
-        self._last_reported_batch_state = -1  # the batch of the last clock-paced state report
+        self._paced_state_batch = -1  # the batch of the last clock-paced state report
 
     def _schedule_reports(self) -> None:
         """The next batches that get a loss report and a state report by the batch schedule."""
@@ -310,8 +310,8 @@ class Worker:
             if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
                 self.report_loss(now)
             if (self.pace and now - self._last_state_report >= PACED_STATE_EVERY_S and self._n_params <= DENSE_STATE_MAX_PARAMS
-                    and self.batch != self._last_reported_batch_state):
-                self._last_reported_batch_state = self.batch
+                    and self.batch != self._paced_state_batch):
+                self._paced_state_batch = self.batch
                 self.out.write(self.state_report())
             if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
                 self.checkpoint_shown(now)
@@ -435,8 +435,7 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(run.config)
         net, next_batch = build(config)
-        worker = Worker(run, net, next_batch, load_checkpoint(run.checkpoint), config)
-        worker.started_by = argv[1] if len(argv) > 1 else ""
+        worker = Worker(run, net, next_batch, load_checkpoint(run.checkpoint), config, started_by=(argv[1:] or [""])[0])
     except Exception as err:  # a bad config or checkpoint: say so where the page and CLI look, then stop
         traceback.print_exc()
         RecordWriter(run.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
