@@ -11,16 +11,27 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import itemgetter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nnobs.schema import (
-    ANY_LINE, LINE, LOSS, OTHER, PACE, REPORT_EVERY, SETTINGS, STATE, SV, TARGET, WINDOW,
+    ANY_LINE,
+    LINE,
+    LOSS,
+    OTHER,
+    PACE,
+    REPORT_EVERY,
+    SETTINGS,
+    STATE,
+    SV,
+    TARGET,
+    WINDOW,
 )
+
 
 @dataclass
 class ParsedLines:

@@ -1,11 +1,15 @@
-"""Checkpoints: the worker's whole state in one .npz file, replaced atomically, loaded without pickle."""
+"""Checkpoints: a run's whole state in one .npz file, replaced atomically, loaded without pickle.
+
+The file holds the session's settings as JSON (meta) and, beside them, whatever arrays the
+trainer saves of its net: the built-in worker its state vector (sv), a script its own bytes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +29,23 @@ class Checkpoint:
     gen: int  # generation of the worker that wrote it
     last_seq: int  # highest control command applied
     run_offset: int  # size of the run file when written: answers after it may need repeating
-    sv: np.ndarray = field(repr=False)  # state vector, (n_params,)
+    state: dict[str, np.ndarray] = field(repr=False)  # the trainer's own: {"sv": state vector} for the built-in net
     control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
     pace: float = 0.0  # at most this many batches a second; 0: flat out (absent from older checkpoints)
+    loss: float | None = None  # the latest loss when written (absent from older checkpoints)
+
+    @property
+    def sv(self) -> np.ndarray | None:
+        """The built-in net's state vector, when this checkpoint holds one."""
+        return self.state.get("sv")
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
-    meta = {k: v for k, v in asdict(ckpt).items() if k != "sv"}
-    replace_atomically(path, lambda f: np.savez(f, sv=np.asarray(ckpt.sv, dtype=float), meta=np.array(json.dumps(meta))))
+    meta = {f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"}  # not asdict: it copies the arrays
+    if "meta" in ckpt.state:
+        raise ValueError("a trainer's checkpoint arrays cannot be called meta")
+    replace_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **ckpt.state))
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -41,8 +53,8 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     try:
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
-            sv = saved["sv"].copy()
-        return Checkpoint(sv=sv, **meta)
+            state = {name: saved[name].copy() for name in saved.files if name != "meta"}
+        return Checkpoint(state=state, **meta)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as err:  # TypeError: meta that is not Checkpoint's fields

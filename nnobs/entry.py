@@ -51,14 +51,14 @@ def read_entry(cmd: str, text: str) -> int | float | None:
         raise EntryError(f"{name} must be {allowed}, not {_shown(typed)}.") from None
 
 
-def entry_text(cmd: str, value: int | float | None) -> str:
+def entry_text(cmd: str, value: float | None) -> str:
     """How a field shows the run's value: text that read_entry reads back as the same value."""
     if value is None:
         return ""
     if FIELDS[cmd][2]:
         return f"{int(value):,}"
     text = repr(float(value))  # the shortest text that is exactly this float
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def _shown(typed: str) -> str:

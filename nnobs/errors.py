@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from filelock import BaseFileLock, Timeout
 
 
-
 class NnobsError(Exception):
     """Base of every error nnobs raises on purpose."""
 

@@ -15,7 +15,6 @@ from nnobs.records import Record, RecordReader, encode_record
 from nnobs.series import Column, MinMaxBuckets
 
 
-
 @dataclass
 class Answer:
     """The worker's answer to one command."""

@@ -66,10 +66,13 @@ class RunDir:
     start_lock = property(lambda self: self.path / "start.lock")
     worker_log = property(lambda self: self.path / "worker.log")
     checkpoint = property(lambda self: self.path / "checkpoint.npz")
-    config = property(lambda self: self.path / "config.json")
+    config = property(lambda self: self.path / "config.json")  # a run of the built-in worker: what it trains
+    description = property(lambda self: self.path / "run.json")  # a script's run: which script, where
+    launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
 
     def exists(self) -> bool:
-        return self.config.is_file()
+        """A run is a directory with a config, a script's description or a run file."""
+        return any(p.is_file() for p in (self.config, self.description, self.run_file))
 
 
 def create_run(run: RunDir, config: RunConfig | None = None) -> None:
@@ -360,6 +363,6 @@ def read_history(run: RunDir) -> RunHistory:
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:
     """The names of the runs under the runs root, sorted."""
     try:
-        return sorted(p.name for p in runs_root(root).iterdir() if RUN_NAME.fullmatch(p.name) and (p / "config.json").is_file())
+        return sorted(p.name for p in runs_root(root).iterdir() if RUN_NAME.fullmatch(p.name) and RunDir(p).exists())
     except FileNotFoundError:
         return []

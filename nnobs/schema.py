@@ -8,6 +8,7 @@ tests/test_records.py parses what these builders write, fast path and JSON path 
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -43,10 +44,79 @@ def state_report(batch: int, eta: float, sv: np.ndarray, target: int, report_eve
     return {
         "eta": [batch, eta],
         "sv": [batch, sv],  # an array: written as a list by the writer's thread
-        "target": [batch, target],
-        "report_every": [batch, report_every],
-        "pace": [batch, pace],
+        **_settings(batch, target, report_every, pace),
     }
+
+
+def summary_report(batch: int, eta: float, summary: list[list[float]], sample: np.ndarray, target: int, report_every: int,
+                   pace: float) -> Record:
+    """A large net's state report: per tensor its SUMMARY, and the sampled parameters' values (see params_record)."""
+    return {
+        "eta": [batch, eta],
+        "summary": [batch, summary],
+        "sample": [batch, sample],
+        **_settings(batch, target, report_every, pace),
+    }
+
+
+def _settings(batch: int, target: int, report_every: int, pace: float) -> Record:
+    return {"target": [batch, target], "report_every": [batch, report_every], "pace": [batch, pace]}
+
+
+# -- what the state vector holds --------------------------------------------------------------
+
+Tensors = list[tuple[str, tuple[int, ...]]]  # (name, shape) of each tensor, in state-vector order
+FULL_STATE_MAX_PARAMS = 10_000  # state reports carry the whole vector up to this many parameters (about 200 KB)
+SAMPLE_SIZE = 256  # beyond it, these many parameters, spread over the tensors, stand for the rest in every report
+SUMMARY = ("norm", "mean", "std", "min", "max", "change")  # per tensor; change: the distance moved since the
+# last state report, relative to the norm then
+
+
+def params_record(batch: int, tensors: Tensors, n_params: int) -> Record:
+    """What the state vector holds, written as a worker starts: its tensors, and the sample a large net reports."""
+    sample = sample_indices(tensors) if n_params > FULL_STATE_MAX_PARAMS else None
+    return {"params": [batch, {"tensors": [[name, list(shape)] for name, shape in tensors], "sample": sample}]}
+
+
+def sample_indices(tensors: Tensors, size: int = SAMPLE_SIZE) -> list[int]:
+    """A fixed set of parameters, named by their place in the state vector: every tensor gets a share of size
+    (at least one), its parameters spread evenly over it."""
+    counts = [max(1, int(np.prod(shape))) for _, shape in tensors]
+    total, indices, start = sum(counts), [], 0
+    for count in counts:
+        share = min(count, max(1, round(size * count / total)))
+        indices += [start + int(i) for i in np.linspace(0, count - 1, share).round()]
+        start += count
+    return sorted(set(indices))
+
+
+def tensor_summary(sv: np.ndarray, tensors: Tensors, previous: np.ndarray | None) -> list[list[float | None]]:
+    """Per tensor its SUMMARY numbers, to seven digits; change is None without a previous vector of the same size."""
+    rows, start = [], 0
+    for _, shape in tensors:
+        end = start + int(np.prod(shape))
+        part = sv[start:end]
+        norm = float(np.linalg.norm(part))
+        if previous is not None and len(previous) == len(sv):
+            before = float(np.linalg.norm(previous[start:end]))
+            change = _short(float(np.linalg.norm(part - previous[start:end])) / before) if before else None
+        else:
+            change = None  # not NaN: the run file spells NaN null and calls the line diverged
+        rows.append([_short(v) for v in (norm, part.mean(), part.std(), part.min(), part.max())] + [change])
+        start = end
+    return rows
+
+
+def parameter_name(tensors: Tensors, index: int) -> str:
+    """The name of the state vector's entry index: "fc1.weight[3,7]" is tensor fc1.weight's row 3, column 7."""
+    start = 0
+    for name, shape in tensors:
+        count = int(np.prod(shape))
+        if index < start + count:
+            where = np.unravel_index(index - start, shape) if shape else ()
+            return f"{name}[{','.join(str(int(i)) for i in where)}]" if shape else name
+        start += count
+    return f"[{index}]"
 
 
 # Numbers are matched loosely here, for speed, and checked strictly when converted (bulk.py): a window's
@@ -67,3 +137,14 @@ LINE = re.compile(
 ANY_LINE = re.compile(rb"^()()()()()()()(.+)$", re.MULTILINE)  # the same groups, every line in the last
 GROUPS = 8
 LOSS, WINDOW, STATE, SV, TARGET, REPORT_EVERY, PACE, OTHER = range(GROUPS)
+
+
+def all_parameter_names(tensors: Tensors) -> list[str]:
+    """Every state-vector entry's name, in order (see parameter_name)."""
+    names = []
+    for name, shape in tensors:
+        if not shape:
+            names.append(name)
+            continue
+        names += [f"{name}[{','.join(map(str, where))}]" for where in itertools.product(*(range(n) for n in shape))]
+    return names

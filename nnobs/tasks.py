@@ -11,7 +11,16 @@ import numpy as np
 
 from nnobs.control import MAX_SEED, check_command
 from nnobs.errors import CommandError, NnobsError
-from nnobs.nn import AffineLayer, Fact, IdentityLayer, Layer, MapLayer, Network, TanhLayer
+from nnobs.nn import (
+    AffineLayer,
+    Fact,
+    IdentityLayer,
+    Layer,
+    MapLayer,
+    Network,
+    TanhLayer,
+)
+from nnobs.schema import Tensors, all_parameter_names
 
 # Activations are named from this table; nothing read from disk is ever evaluated.
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
@@ -108,10 +117,14 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig.from_json(Path(path).read_text())
 
 
+def tensors(config: RunConfig) -> Tensors:
+    """What the state vector holds, in order: per layer its weights L<n>.W (inputs by units), then its biases L<n>.b."""
+    parts: Tensors = []
+    for layer, (n_in, n_out) in enumerate(zip(config.sizes, config.sizes[1:]), start=1):
+        parts += [(f"L{layer}.W", (n_in, n_out)), (f"L{layer}.b", (n_out,))]
+    return parts
+
+
 def parameter_names(config: RunConfig) -> list[str]:
     """State-vector entries by name, in state-vector order: L1.W[0,1] is layer 1's weight from input 0 to unit 1."""
-    names = []
-    for layer, (n_in, n_out) in enumerate(zip(config.sizes, config.sizes[1:]), start=1):
-        names += [f"L{layer}.W[{i},{j}]" for i in range(n_in) for j in range(n_out)]
-        names += [f"L{layer}.b[{j}]" for j in range(n_out)]
-    return names
+    return all_parameter_names(tensors(config))

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from nnobs import charts
+from nnobs.analytics import decision_surface
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
 from nnobs.history import Answer, Event, RunWatcher
-from nnobs.analytics import decision_surface
 from nnobs.runs import RunDir, RunStatus, run_status
 from nnobs.tasks import TASKS, RunConfig, parameter_names
 

@@ -429,7 +429,7 @@ def _meta(**changes) -> str:
 
 
 def _smaller_checkpoint(bench: Bench, run: RunDir) -> None:
-    save_checkpoint(run.checkpoint, Checkpoint(**json.loads(_meta()), sv=np.zeros(5)))
+    save_checkpoint(run.checkpoint, Checkpoint(**json.loads(_meta()), state={"sv": np.zeros(5)}))
 
 
 def _live_runs_checkpoint(bench: Bench, run: RunDir) -> None:

@@ -35,7 +35,8 @@ from nnobs.runs import RunDir, read_history, restart_worker, run_status, start_w
 
 SEED = int(os.environ.get("NNOBS_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
 KILLS_PER_KIND = 5
-BIG_NET = [2, 256, 256, 1]  # 66,817 parameters: a state report is a 1.3 MB line, a checkpoint 0.5 MB
+BIG_NET = [2, 256, 256, 1]  # 66,817 parameters: a checkpoint of 0.5 MB
+WIDE_NET = [2, 96, 96, 1]  # 9,697 parameters, reported whole: a state report is a line of 190 KB
 CRASH_SEEN_WITHIN_S = 2.0  # how soon after a kill -9 a reader must see "crashed"
 FIGURES_FILE = REPO / "test-artifacts" / "faults.json"
 
@@ -189,11 +190,15 @@ def while_training(run: RunDir, rng: random.Random) -> None:
 
 
 def while_writing_a_record(run: RunDir, rng: random.Random) -> bool:
-    """Just after the writer began a line: the file ends in part of it."""
+    """Just after the writer began a line: the file ends in part of it. Asks for state reports, long lines."""
     time.sleep(rng.uniform(0.0, 0.5))  # picks which record
     fd = os.open(run.run_file, os.O_RDONLY)
     try:
-        return first_moment(lambda: os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n", within_s=3.0)
+        for _ in range(10):
+            send_command(run.control_file, "tell_state", by="faults")
+            if first_moment(lambda: os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n", within_s=0.3):
+                return True
+        return False
     finally:
         os.close(fd)
 
@@ -221,7 +226,7 @@ class KillKind:
 
 KINDS = {
     "training": KillKind({"target": FOREVER}, while_training, "training"),
-    "record": KillKind({"sizes": BIG_NET, "report_every": 1000, "target": FOREVER}, while_writing_a_record, "training"),
+    "record": KillKind({"sizes": WIDE_NET, "report_every": 1000, "target": FOREVER}, while_writing_a_record, "training"),
     "checkpoint": KillKind({"sizes": BIG_NET, "report_every": 0, "target": FOREVER}, while_writing_a_checkpoint, "training"),
     "idle": KillKind({"target": 3000}, while_idle, "idle"),
 }

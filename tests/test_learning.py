@@ -51,15 +51,15 @@ SPIKING_WORKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from nnobs.checkpoint import load_checkpoint
-    from nnobs.runs import RunDir, take_worker_lock
-    from nnobs.tasks import build, load_config
-    from nnobs.worker import Worker
+    from nnobs.runs import RunDir
+    from nnobs.sdk import Run
+    from nnobs.tasks import load_config
+    from nnobs.worker import builtin_trainer, train
 
     run = RunDir(Path(sys.argv[1]))
-    assert take_worker_lock(run) is not None
     config = load_config(run.config)
-    net, next_batch = build(config)
+    trainer = builtin_trainer(config)
+    next_batch = trainer.next_batch
     calls = 0
 
     def spiking_batch():
@@ -69,7 +69,9 @@ SPIKING_WORKER = textwrap.dedent(
         x, ideal = next_batch()
         return (x, -ideal) if calls == {spike} + 1 else (x, ideal)  # +1: the worker looks at one batch first
 
-    sys.exit(Worker(run, net, spiking_batch, load_checkpoint(run.checkpoint), config).run())
+    trainer.next_batch = spiking_batch
+    with Run(run.name, root=run.path.parent, trainer=trainer, builtin=True, target=config.target) as observed:
+        train(observed, trainer)
     """
 ).replace("{spike}", str(SPIKE_AT))
 
@@ -242,11 +244,20 @@ def test_the_training_rate_after_a_new_pace_counts_from_it():
     assert history.rate()[0] == 20
 
 
-def test_a_large_net_reports_its_whole_state_only_every_n_batches(new_run):
-    run = new_run(sizes=[2, 100, 100, 1], target=300, report_every=100)  # 10,501 parameters
+def test_a_large_net_reports_a_summary_and_a_sample_only_every_n_batches(new_run):
+    run = new_run(sizes=[2, 100, 100, 1], target=300, report_every=100)  # 10,501 parameters: more than are reported whole
     start_worker(run)
     wait_for(lambda: events(run, "target_reached"), what="the target 300 to be reached")
-    assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 100, 200, 300]
+    assert not records_with(run, "sv"), "no state report holds the whole vector"
+    reports = records_with(run, "summary")
+    assert [r["summary"][0] for r in reports] == [0, 100, 200, 300]
+    params = records_with(run, "params")[0]["params"][1]
+    assert [name for name, _ in params["tensors"]] == ["L1.W", "L1.b", "L2.W", "L2.b", "L3.W", "L3.b"]
+    assert all(len(r["summary"][1]) == 6 and all(len(row) == 6 for row in r["summary"][1]) for r in reports)
+    assert all(len(r["sample"][1]) == len(params["sample"]) for r in reports)
+    assert 200 <= len(params["sample"]) <= 300 and params["sample"] == sorted(set(params["sample"]))
+    change = [r["summary"][1][0][5] for r in reports]
+    assert change[0] is None and all(c > 0 for c in change[1:]), "the change since the report before, from the second on"
 
 
 def test_a_reinitialized_net_is_judged_against_its_own_best_loss():

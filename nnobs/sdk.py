@@ -1,0 +1,237 @@
+"""nnobs.Run: any training loop, watched and steered through its run directory as the built-in worker is.
+
+    import nnobs
+    with nnobs.Run("my-run", state=lambda: params, on_eta=set_lr) as run:
+        for batch in run.batches():
+            loss = train_one_batch(lr=run.eta)
+            run.log(loss, accuracy=acc)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from nnobs.control import check_command
+from nnobs.errors import CommandError, NnobsError
+from nnobs.files import replace_atomically
+from nnobs.runs import RunDir, worker_pid
+from nnobs.schema import Tensors
+from nnobs.session import Session, Settings, Trainer, claim
+
+RUN_DIR_ENV = "NNOBS_RUN_DIR"  # set by the launcher: the run a script started by nnobs serves, whatever its code names
+STARTED_BY_ENV = "NNOBS_STARTED_BY"  # who asked for the start ("page", "cli"), as the launcher was told
+
+
+class RunBusy(NnobsError):
+    """The run already has a live worker."""
+
+
+class HookTrainer(Trainer):
+    """A trainer made of a script's functions: state() gives the parameters, on_eta takes a new learning rate,
+    save(path) and load(path) write and read the script's own checkpoint file."""
+
+    def __init__(self, state: Callable[[], np.ndarray] | None, on_eta: Callable[[float], None] | None,
+                 save: Callable[[str], None] | None, load: Callable[[str], None] | None, tensors: Tensors | None, eta: float):
+        self._state, self._on_eta, self._save, self._load = state, on_eta, save, load
+        self._eta = float(eta)
+        self.can_load = load is not None
+        width = len(self.state_vector())
+        self.tensors = tensors or ([("p", (width,))] if width else [])
+
+    @property
+    def eta(self) -> float:
+        return self._eta
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self._eta = float(value)
+        if self._on_eta is not None:
+            self._on_eta(self._eta)
+
+    def state_vector(self) -> np.ndarray:
+        if self._state is None:
+            return np.empty(0)
+        return np.array(self._state(), dtype=float).ravel()  # a copy: the script goes on changing its own
+
+    def save(self) -> dict[str, np.ndarray]:
+        if self._save is None:
+            return {}
+        return {"script": np.frombuffer(_through_file(self._save), dtype=np.uint8)}
+
+    def load(self, saved: dict[str, np.ndarray]) -> None:
+        if "script" not in saved:
+            raise ValueError("the checkpoint holds no state saved by a script")
+        _through_file(self._load, saved["script"].tobytes())
+
+
+def _through_file(hook: Callable[[str], None], content: bytes | None = None) -> bytes:
+    """Call a save(path) hook and return what it wrote, or write content and call a load(path) hook with it."""
+    with tempfile.TemporaryDirectory(prefix="nnobs-") as folder:
+        path = os.path.join(folder, "checkpoint")
+        if content is not None:
+            Path(path).write_bytes(content)
+        hook(path)
+        return Path(path).read_bytes() if content is None else b""
+
+
+class Run:
+    """A run of your own training loop: start it, iterate over batches(), log() each loss.
+
+    name: the run's name under the runs root (--runs, $NNOBS_RUNS, else ./runs); a script started by
+    `nnobs run NAME` serves NAME whatever name its code gives. Then either a trainer
+    (nnobs.torch.attach(model, optimizer), nnobs.attach(net)) or functions: state() returns the
+    parameters as one array, on_eta(eta) sets the learning rate, save(path)/load(path) write and read
+    your own checkpoint so that a restart resumes your state. eta, target, report_every and pace are
+    the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds.
+    """
+
+    def __init__(self, name: str | None = None, *, trainer: Trainer | None = None, state: Callable[[], np.ndarray] | None = None,
+                 on_eta: Callable[[float], None] | None = None, save: Callable[[str], None] | None = None,
+                 load: Callable[[str], None] | None = None, tensors: Tensors | None = None, eta: float | None = None,
+                 target: int = 2_000_000, report_every: int = 2_000, pace: float = 0.0,
+                 root: str | os.PathLike | None = None, builtin: bool = False):
+        launched = os.environ.get(RUN_DIR_ENV)
+        if launched:
+            self.run_dir = RunDir(Path(launched))
+        elif name is None:
+            raise NnobsError("nnobs.Run needs the run's name (or a start by `nnobs run NAME -- ...`)")
+        else:
+            self.run_dir = RunDir.named(name, root)
+        if trainer is None:
+            trainer = HookTrainer(state, on_eta, save, load, tensors, 0.1 if eta is None else eta)
+        elif any(hook is not None for hook in (state, on_eta, save, load, tensors)):
+            raise NnobsError("nnobs.Run takes a trainer or state/on_eta/save/load functions, not both")
+        self.trainer = trainer
+        self._settings = Settings(target, report_every, pace, eta)
+        for setting, value in (("target", target), ("report_every", report_every), ("pace", pace)) + (("eta", eta),) * (eta is not None):
+            _check_setting(setting, value)
+        self._builtin = builtin  # the built-in worker's: its run is described by config.json
+        self._lock_fd: int | None = None
+        self._session: Session | None = None
+        self._old_handlers: dict = {}
+
+    # -- what the loop uses ---------------------------------------------------------------
+
+    @property
+    def eta(self) -> float:
+        """The learning rate now: the one the run started with, or the latest the page or CLI set."""
+        return self.trainer.eta
+
+    @property
+    def batch(self) -> int:
+        """Batches trained so far (the one being trained counts)."""
+        return self.session.batch
+
+    @property
+    def target(self) -> int:
+        return self.session.target
+
+    def batches(self) -> Iterator[int]:
+        """Batch numbers to train, from the first after a resumed checkpoint; idles at the target while still
+        answering the page, goes on when it is raised, ends on shutdown (command, SIGTERM, Ctrl-C)."""
+        return self.session.batches()
+
+    def log(self, loss: float, **metrics: float) -> None:
+        """The batch's loss, and any other named metrics (accuracy=0.93); each shows on the page as a chart."""
+        try:
+            loss = float(loss)  # also a one-element tensor or array
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"run.log: the loss must be a number, not {loss!r}") from err
+        self.session.log(loss, metrics)
+
+    @property
+    def session(self) -> Session:
+        """The run protocol under this run, once started."""
+        if self._session is None:
+            raise NnobsError("use the run inside `with nnobs.Run(...) as run:`")
+        return self._session
+
+    # -- start and end --------------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close(error)
+
+    def start(self) -> Run:
+        """Take the run (one live worker a run), resume from its checkpoint if any, and say so in the run file."""
+        run = self.run_dir
+        if not self._builtin and run.config.exists():
+            raise NnobsError(f"{run.path} is a run of the built-in worker (it has config.json): give your script's run "
+                             "another name")
+        self._lock_fd = claim(run)
+        if self._lock_fd is None:
+            raise RunBusy(f"run {run.name} already has a live worker (pid {worker_pid(run)}); stop it first: nnobs stop {run.name}")
+        try:
+            if not self._builtin:
+                describe_script(run)
+            self._session = Session(run, self.trainer, self._settings, started_by=os.environ.get(STARTED_BY_ENV, ""))
+            self._catch_signals()
+            self._session.begin()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the run: a final checkpoint and the shutdown record, or the error that ended it; the run is let go."""
+        try:
+            if self._session is not None:
+                self._session.finish(error)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the worker lock: the run reads stopped (or crashed) from here on
+            self._lock_fd = None
+
+    def _catch_signals(self) -> None:
+        """SIGTERM and a first Ctrl-C end batches() at the next batch; a second Ctrl-C interrupts as usual."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread: stopping from the page still works
+
+        def shut_down(signum, frame):
+            self.session.done = True
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[signum] = signal.signal(signum, shut_down)
+
+
+def _check_setting(name: str, value) -> None:
+    """The same rules as for the commands that change the setting later."""
+    try:
+        check_command(name, value)
+    except CommandError as err:
+        raise NnobsError(f"nnobs.Run: {err}") from err
+
+
+def describe_script(run: RunDir) -> None:
+    """Say in run.json which script serves the run, and where: Restart names it when nnobs did not start it."""
+    description = {"kind": "script", "argv": [sys.executable, *sys.argv], "cwd": os.getcwd(), "pid": os.getpid()}
+    replace_atomically(run.description, lambda f: f.write(json.dumps(description, indent=1).encode()))
+
+
+def script_description(run: RunDir) -> dict | None:
+    """What run.json says of the script that serves the run, or None."""
+    try:
+        description = json.loads(run.description.read_text())
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) else None
+
