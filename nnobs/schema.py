@@ -34,6 +34,15 @@ def loss_report(batch: int, loss: float, window: Window | None = None) -> Record
     return record
 
 
+def metric_entry(latest: float, window: Window | None) -> list[float]:
+    """A metric in a loss report's "metrics": {name: entry}: [latest], or [latest, n, min, min_at, max, max_at, mean]
+    when it was logged at more than one batch since the report before (the window as for the loss)."""
+    if window is None or window[0] <= 1:
+        return [latest]
+    n, low, low_at, high, high_at, mean = window
+    return [latest, n, _short(low), low_at, _short(high), high_at, _short(mean)]
+
+
 def _short(value: float) -> float:
     """value to 7 significant digits (NaN and infinities as they are: the writer spells them null)."""
     return float(f"{value:.7g}")

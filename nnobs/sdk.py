@@ -23,6 +23,7 @@ import numpy as np
 from nnobs.control import check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.files import replace_atomically
+from nnobs.nn import Fact, Network
 from nnobs.runs import RunDir, worker_pid
 from nnobs.schema import Tensors
 from nnobs.session import Session, Settings, Trainer, claim
@@ -71,6 +72,72 @@ class HookTrainer(Trainer):
         if "script" not in saved:
             raise ValueError("the checkpoint holds no state saved by a script")
         _through_file(self._load, saved["script"].tobytes())
+
+
+class NetTrainer(Trainer):
+    """A numpy net with the notebook library's API (eta, state_vector, set_state_from_vector; losses for loss_now).
+
+    next_batch, when given, is the task's: the loss of the net as it is is then known without training.
+    """
+
+    can_load = True
+
+    def __init__(self, net: Network, next_batch: Callable[[], Fact] | None = None, tensors_: list | None = None,
+                 reinit: Callable[[int | None], tuple[Network, int]] | None = None):
+        self.net, self.next_batch, self._reinit = net, next_batch, reinit
+        self.tensors = tensors_ or _layer_tensors(net)
+
+    @property
+    def eta(self) -> float:
+        return self.net.eta
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self.net.eta = value
+
+    def state_vector(self) -> np.ndarray:
+        return np.array(self.net.state_vector(), dtype=float)
+
+    def save(self) -> dict[str, np.ndarray]:
+        return {"sv": self.state_vector()}
+
+    def load(self, saved: dict[str, np.ndarray]) -> None:
+        if "sv" not in saved:
+            raise ValueError("the checkpoint holds no state vector")
+        self.net.set_state_from_vector(saved["sv"])
+
+    def reinit(self, seed: int | None) -> int:
+        if self._reinit is None:
+            return super().reinit(seed)
+        fresh, used = self._reinit(seed)
+        self.net.set_state_from_vector(fresh.state_vector())
+        self.net.eta = fresh.eta  # the starting step size, as for a new run
+        return used
+
+    def loss_now(self) -> float | None:
+        if self.next_batch is None:
+            return None
+        return float(self.net.losses([self.next_batch()])[0])
+
+
+def _layer_tensors(net) -> Tensors:
+    """Per affine layer its weights and biases (L1.W, L1.b, ...) when the net's layers say their shapes, else one "p"."""
+    parts: Tensors = []
+    for layer in getattr(net, "layers", []):
+        weights = getattr(layer, "W", getattr(layer, "M", None))
+        biases = getattr(layer, "b", None)
+        if weights is not None and biases is not None:
+            number = len(parts) // 2 + 1
+            parts += [(f"L{number}.W", tuple(np.shape(weights))), (f"L{number}.b", tuple(np.shape(biases)))]
+    width = len(net.state_vector())
+    if sum(int(np.prod(shape)) for _, shape in parts) != width:
+        return [("p", (width,))]
+    return parts
+
+
+def attach(net) -> NetTrainer:
+    """The trainer for nnobs.Run(trainer=...) of a numpy net with the notebook library's API."""
+    return NetTrainer(net)
 
 
 def _through_file(hook: Callable[[str], None], content: bytes | None = None) -> bytes:

@@ -43,6 +43,7 @@ from nnobs.schema import (
     FULL_STATE_MAX_PARAMS,
     Tensors,
     loss_report,
+    metric_entry,
     params_record,
     sample_indices,
     state_report,
@@ -435,8 +436,9 @@ class Session:
         """Report the latest loss, the window of every batch since the last report and the metrics logged since,
         then start new windows. Before any loss is known, a bare heartbeat says the worker lives."""
         record = {"heartbeat": [self.batch, None]} if self.loss is None else loss_report(self.batch, self.loss, self.window.summary())
-        if self.metrics:
-            record["metrics"] = [self.batch, {name: _metric(window) for name, window in self.metrics.items() if window.n}]
+        logged = {name: metric_entry(window.last, window.summary()) for name, window in self.metrics.items() if window.n}
+        if logged:
+            record["metrics"] = [self.batch, logged]
             self.metrics = {name: Window() for name in self.metrics}
         self.out.write({**record, **(extra or {})})
         self.window = Window()
@@ -615,15 +617,6 @@ class Session:
             same = False
         if not same:
             raise Orphaned(f"{self.run_dir.path} was deleted or replaced")
-
-
-def _metric(window: Window) -> list:
-    """A metric in a loss report: [latest], or [latest, n, min, min_at, max, max_at, mean] over several batches."""
-    summary = window.summary()
-    if summary is None:
-        return [window.last]
-    n, low, low_at, high, high_at, mean = summary
-    return [window.last] if n == 1 else [window.last, n, low, low_at, high, high_at, mean]
 
 
 def _or(value, fallback):

@@ -14,52 +14,8 @@ import numpy as np
 from nnobs.nn import Fact, Network
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir
-from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, Run, RunBusy
-from nnobs.session import Trainer
+from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, NetTrainer, Run, RunBusy
 from nnobs.tasks import RunConfig, build, build_network, load_config, tensors
-
-
-class NetTrainer(Trainer):
-    """A numpy net with the notebook library's API (learn, losses, state_vector, set_state_from_vector, eta)."""
-
-    can_load = True
-
-    def __init__(self, net: Network, next_batch: Callable[[], Fact] | None = None, tensors_: list | None = None,
-                 reinit: Callable[[int | None], tuple[Network, int]] | None = None):
-        self.net, self.next_batch, self._reinit = net, next_batch, reinit
-        self.tensors = tensors_ or [("p", (len(net.state_vector()),))]
-
-    @property
-    def eta(self) -> float:
-        return self.net.eta
-
-    @eta.setter
-    def eta(self, value: float) -> None:
-        self.net.eta = value
-
-    def state_vector(self) -> np.ndarray:
-        return np.array(self.net.state_vector(), dtype=float)
-
-    def save(self) -> dict[str, np.ndarray]:
-        return {"sv": self.state_vector()}
-
-    def load(self, saved: dict[str, np.ndarray]) -> None:
-        if "sv" not in saved:
-            raise ValueError("the checkpoint holds no state vector")
-        self.net.set_state_from_vector(saved["sv"])
-
-    def reinit(self, seed: int | None) -> int:
-        if self._reinit is None:
-            return super().reinit(seed)
-        fresh, used = self._reinit(seed)
-        self.net.set_state_from_vector(fresh.state_vector())
-        self.net.eta = fresh.eta  # the starting step size, as for a new run
-        return used
-
-    def loss_now(self) -> float | None:
-        if self.next_batch is None:
-            return None
-        return float(self.net.losses([self.next_batch()])[0])
 
 
 def builtin_trainer(config: RunConfig, next_batch: Callable[[], Fact] | None = None) -> NetTrainer:
