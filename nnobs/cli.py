@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,12 +21,16 @@ from nnobs.runs import (
     STOP_GRACE_S,
     RunDir,
     RunStatus,
+    import_run,
+    is_imported,
     list_runs,
     queue_command,
     read_history,
+    record_launch,
     restart_worker,
     run_status,
     start_worker,
+    started_outside,
     stop_worker,
     worker_pid,
 )
@@ -48,6 +53,7 @@ STATE_MEANINGS = {
     "crashed": "the worker died without a shutdown record; start resumes from its last checkpoint",
     "diverged": "the loss is no longer a number; training is paused until eta is lowered (set --eta)",
     "not learning": "training, but the loss stopped moving far above its best",
+    "imported": "a run file imported from elsewhere: read-only, nothing to start or steer",
     "absent": "no such run",
 }
 
@@ -86,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     action("start", "start the run's worker (the process that trains) unless one is alive; a new name creates the run")
+    p = sub.add_parser("run", help="start your own training script detached, as the run's worker, and record how",
+                       description="Start COMMAND (a script using nnobs.Run) detached from this shell, output to the run's "
+                       "worker.log, as the run's one worker; its command line and directory are recorded, so the page's "
+                       "Start and Restart and `nnobs restart` start it again, resuming from its checkpoint.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="the run's name (the script's nnobs.Run serves it, whatever name its code gives)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to start, after --")
+    p = sub.add_parser("import", help="make a read-only run of a run file written elsewhere (the notebook's, say)",
+                       description="Copy FILE, one JSON record a line, into a new run RUN that the page and the CLI "
+                       "read; nothing serves it, so it cannot be started or steered.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="the new run's name")
+    p.add_argument("file", metavar="FILE", type=Path, help="the run file to import")
     action(
         "status",
         "say how the run is doing: its state, batch, loss, learning rate, state-report interval, pace, "
@@ -337,6 +356,18 @@ def _stop(run: RunDir) -> int:
     return 0
 
 
+def _run_script(run: RunDir, command: list[str]) -> int:
+    """nnobs run: record how the script starts, then start it as the run's worker."""
+    command = command[1:] if command[:1] == ["--"] else command
+    pid = worker_pid(run)
+    if pid is not None:
+        raise NnobsError(f"{run.name} already has a live worker (pid {pid}); stop it first: nnobs stop {run.name}")
+    recorded = record_launch(run, command, os.getcwd())
+    pid = start_worker(run, by="cli")
+    print(f"{run.name}: worker {pid} is alive: {shlex.join(recorded)} in {os.getcwd()}, output in {run.worker_log}")
+    return 0
+
+
 def run_action(args: argparse.Namespace) -> int:
     run = RunDir.named(args.run, args.runs)
     if args.action == "start":
@@ -344,8 +375,15 @@ def run_action(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         return _status(run, args.json)
+    if args.action == "run":
+        return _run_script(run, args.command)
+    if args.action == "import":
+        print(f"{run.name}: {import_run(run, args.file):,} records imported from {args.file}, read-only")
+        return 0
     if not run.exists():
         raise NnobsError(_no_such_run(run))
+    if is_imported(run) and args.action not in ("tail", "stop"):
+        raise NnobsError(started_outside(run))
     if args.action == "set":
         settings = (("target", args.target), ("eta", args.eta), ("report_every", args.report_every), ("pace", args.pace))
         commands = [(cmd, value) for cmd, value in settings if value is not None]

@@ -1,20 +1,33 @@
 """Starts a run's worker detached from whoever asked, prints its pid, and exits.
 
-The asker waits for this short-lived process, so the worker is nobody's child: it is not left
-a zombie under a long-lived server, and Ctrl-C on the asker's terminal never reaches it.
-Only the standard library is imported here, to keep the hop cheap.
+The worker is the built-in one (python -m nnobs.worker), or the command `nnobs run` recorded in
+launch.json, run in its recorded directory. The asker waits for this short-lived process, so the
+worker is nobody's child: it is not left a zombie under a long-lived server, and Ctrl-C on the
+asker's terminal never reaches it. Only the standard library is imported here, to keep the hop cheap.
 """
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 
 def main() -> None:
-    run_dir = Path(sys.argv[1])
+    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    launch = run_dir / "launch.json"
+    if launch.exists():
+        recorded = json.loads(launch.read_text())
+        command, cwd = recorded["command"], recorded["cwd"]
+    else:
+        command, cwd = [sys.executable, "-m", "nnobs.worker", str(run_dir), by], None
+    # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
+    env = {**os.environ, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
     with open(run_dir / "worker.log", "ab") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "nnobs.worker", *sys.argv[1:]],  # the run directory, and who asked
+            command,
+            cwd=cwd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

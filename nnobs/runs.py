@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from nnobs.bulk import pair
 from nnobs.checkpoint import load_checkpoint
 from nnobs.control import Command, forget_applied, send_command
 from nnobs.errors import NnobsError, RunNameError, hold
-from nnobs.files import FILE_MODE, create_once
+from nnobs.files import FILE_MODE, create_once, replace_atomically
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
 from nnobs.tasks import RunConfig
@@ -71,8 +74,8 @@ class RunDir:
     launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
 
     def exists(self) -> bool:
-        """A run is a directory with a config, a script's description or a run file."""
-        return any(p.is_file() for p in (self.config, self.description, self.run_file))
+        """A run is a directory with a config, a script's description or launch command, or a run file."""
+        return any(p.is_file() for p in (self.config, self.description, self.launch, self.run_file))
 
 
 def create_run(run: RunDir, config: RunConfig | None = None) -> None:
@@ -169,7 +172,13 @@ def start_worker(run: RunDir, by: str = "") -> int:
     so any number of simultaneous starts leave exactly one worker. Returns once the new worker's
     "started" record is in the run file, so a status read right after shows the new generation.
     """
-    create_run(run)
+    if not run.config.exists() and not run.launch.exists() and run.exists():
+        pid = _settled_pid(run)
+        if pid is not None:
+            return pid
+        raise NnobsError(started_outside(run))
+    if not run.launch.exists():
+        create_run(run)  # a new name makes a run of the built-in worker
     with hold(FileLock(run.start_lock, timeout=START_TIMEOUT_S), f"starting {run.name}"):
         pid = _settled_pid(run)
         if pid is not None:
@@ -197,6 +206,69 @@ def start_worker(run: RunDir, by: str = "") -> int:
         return pid
 
 
+def started_outside(run: RunDir) -> str:
+    """Why nnobs cannot start a script's run, and where it must be started instead."""
+    description = _script_description(run)
+    if description and description.get("kind") == "imported":
+        return f"{run.name} was imported from {description.get('from')}: a record to read, with nothing to start or steer"
+    where = ""
+    if description and isinstance(description.get("argv"), list) and isinstance(description.get("cwd"), str):
+        where = f" (`{shlex.join(map(str, description['argv']))}` in {description['cwd']})"
+    return (f"{run.name} is served by a script started outside nnobs{where}: start it again there, or once with "
+            f"`nnobs run {run.name} -- COMMAND`, which records the command so that Start and Restart can")
+
+
+def _script_description(run: RunDir) -> dict | None:
+    """What run.json says of the script that serves the run, or None."""
+    try:
+        description = json.loads(run.description.read_text())
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) else None
+
+
+def is_imported(run: RunDir) -> bool:
+    """True for a run file imported by `nnobs import`: read-only, nothing serves it."""
+    description = _script_description(run)
+    return bool(description) and description.get("kind") == "imported" and not run.launch.exists()
+
+
+def import_run(run: RunDir, source: Path) -> int:
+    """Make a read-only run of a run file written elsewhere (the notebook's t1.jsons, say); its records' count."""
+    if run.exists():
+        raise NnobsError(f"{run.name} exists already in {run.path.parent}: import under another name")
+    try:
+        content = Path(source).read_bytes()
+    except OSError as err:
+        raise NnobsError(f"cannot read {source}: {err.strerror or err}") from err
+    history = RunHistory()
+    history.add_lines(content if content.endswith(b"\n") else content + b"\n")
+    if not history.n_records:
+        raise NnobsError(f"{source} holds no records (one JSON object a line, as a run file does)")
+    run.path.mkdir(parents=True, exist_ok=True)
+    description = json.dumps({"kind": "imported", "from": str(Path(source).resolve())}, indent=1).encode()
+    replace_atomically(run.description, lambda f: f.write(description))
+    replace_atomically(run.run_file, lambda f: f.write(content))
+    return history.n_records
+
+
+def record_launch(run: RunDir, command: list[str], cwd: str) -> list[str]:
+    """Write launch.json: how Start and Restart start the run's script. The command's program is looked up on
+    PATH now, so that a page with another PATH starts the same one. Only the CLI calls this, never the page."""
+    if not command:
+        raise NnobsError("nnobs run needs the command to start after --, e.g. nnobs run NAME -- python train.py")
+    program = shutil.which(command[0], path=os.environ.get("PATH")) if os.sep not in command[0] else command[0]
+    if program is None or not os.access(os.path.join(cwd, program), os.X_OK):
+        raise NnobsError(f"no such program: {command[0]!r} (not on PATH, or not executable)")
+    if run.config.exists():
+        raise NnobsError(f"{run.name} is a run of the built-in worker (it has config.json): give the script's run another name")
+    recorded = [os.path.abspath(os.path.join(cwd, program)), *command[1:]]
+    run.path.mkdir(parents=True, exist_ok=True)
+    content = json.dumps({"command": recorded, "cwd": os.path.abspath(cwd)}, indent=1).encode()
+    replace_atomically(run.launch, lambda f: f.write(content))
+    return recorded
+
+
 def _why_not_started(run: RunDir, said: list[dict]) -> str:
     """The worker's own error record when it wrote one, else the end of its log."""
     errors = [r.get("error") for r in said if (event := pair(r.get("event"))) and event[1] == "error"]
@@ -216,8 +288,17 @@ def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:
 
 
 def _is_start_of(record: dict, pid: int) -> bool:
+    """True for the started record of the process launched as pid, or of one it started (a script run through a
+    shell wrapper): the launcher gives it a session of its own, numbered by its pid."""
     event = pair(record.get("event"))
-    return bool(event) and event[1] == "started" and record.get("pid") == pid
+    if not event or event[1] != "started" or not isinstance(record.get("pid"), int):
+        return False
+    if record["pid"] == pid:
+        return True
+    try:
+        return os.getsid(record["pid"]) == pid
+    except OSError:
+        return False
 
 
 def _package_parent() -> str:
@@ -259,8 +340,11 @@ def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
 def restart_worker(run: RunDir, by: str = "") -> int:
     """Stop the live worker, if any, and start the next generation from the last checkpoint.
 
-    by says who asked ("page", "cli"): the shutdown is sent as "<by> restart", the start as by.
+    by says who asked ("page", "cli"): the shutdown is sent as "<by> restart", the start as by. A script
+    started outside nnobs is left running: nnobs could not start it again.
     """
+    if not run.config.exists() and not run.launch.exists() and run.exists():
+        raise NnobsError(started_outside(run))
     if not stop_worker(run, by=f"{by} restart".strip()):
         raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill -9; see {run.worker_log}")
     return start_worker(run, by=by)
@@ -271,7 +355,7 @@ class RunStatus:
     """What `status` reports: the run's state and latest values."""
 
     run: str
-    state: str  # training, idle, stalled (alive but silent), stopped, crashed or absent
+    state: str  # training, idle, stalled (alive but silent), stopped, crashed, imported (read-only) or absent
     batch: int
     target: int | None
     eta: float | None
@@ -314,6 +398,8 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         state = "idle" if at_rest else "training"
     elif not run.path.is_dir():
         state = "absent"
+    elif is_imported(run):
+        state = "imported"
     elif last is None or last.kind == "shutdown":
         state = "stopped"
     else:

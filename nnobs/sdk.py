@@ -292,13 +292,3 @@ def describe_script(run: RunDir) -> None:
     """Say in run.json which script serves the run, and where: Restart names it when nnobs did not start it."""
     description = {"kind": "script", "argv": [sys.executable, *sys.argv], "cwd": os.getcwd(), "pid": os.getpid()}
     replace_atomically(run.description, lambda f: f.write(json.dumps(description, indent=1).encode()))
-
-
-def script_description(run: RunDir) -> dict | None:
-    """What run.json says of the script that serves the run, or None."""
-    try:
-        description = json.loads(run.description.read_text())
-    except (OSError, ValueError):
-        return None
-    return description if isinstance(description, dict) else None
-

@@ -238,6 +238,10 @@ class Session:
                                **self.state_report()})
         self.apply_commands()
         self._answers_from = None  # from here on, fresh answers start at the run file's end
+        if self.resumed_from is not None and self.batch >= self.target:
+            print(f"nnobs: {self.run_dir.name} resumed at batch {self.batch:,}, its target (the checkpoint's, not the "
+                  f"code's): it waits until the target is raised, from the page or by `nnobs set {self.run_dir.name} "
+                  "--target N`", file=sys.stderr, flush=True)
 
     def batches(self) -> Iterator[int]:
         """Yield the number of each batch to train (resumed runs go on from their checkpoint), idling at the target
