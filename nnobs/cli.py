@@ -214,7 +214,7 @@ def _format_status(run: RunDir, status: RunStatus) -> str:
         f"batch         {batch}",
         f"loss          {loss}",
         f"eta           {num(status.eta, 'g')} (the learning rate)",
-        f"state report  {reports} (the full parameter vector)",
+        f"state report  {reports} (the parameters: a large net's summarized)",
         f"pace          {pace}",
         f"generation    {num(status.generation, 'd')} (each start of the worker is one)",
     ]

@@ -1,0 +1,67 @@
+"""Large nets write bounded run files: summaries and a sample in place of the whole vector, state reports in a budget."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+from conftest import events, python, records_with, wait_for
+from nnobs.checkpoint import load_checkpoint
+from nnobs.runs import RunDir, read_history, start_worker, stop_worker
+
+MB = 1024 * 1024
+
+MILLION = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nnobs, nnobs.torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.ReLU(), torch.nn.Linear(1000, 10))  # 1,011,010
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 1000), torch.randint(0, 10, (16,))
+    with nnobs.Run("million", root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer), target=30,
+                   report_every=10) as run:
+        for batch in run.batches():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss.item())
+            if batch == 30:
+                break
+    """
+)
+
+
+def test_a_million_parameter_model_writes_state_reports_under_200_kb_and_checkpoints_it_whole(runs_root):
+    script = python(MILLION, str(runs_root))
+    out, err = script.communicate(timeout=300)
+    assert script.returncode == 0, err
+    run = RunDir.named("million", runs_root)
+    longest = max(len(line) for line in run.run_file.read_bytes().splitlines())
+    assert longest < 200_000, f"the longest line is {longest:,} bytes"
+    reports = records_with(run, "summary")
+    assert [r["summary"][0] for r in reports] == [0, 10, 20]  # the break at 30 leaves the loop before its report
+    assert all(len(r["summary"][1]) == 4 and len(r["sample"][1]) > 200 for r in reports)
+    names = [name for name, _ in records_with(run, "params")[0]["params"][1]["tensors"]]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert load_checkpoint(run.checkpoint).state["torch"].nbytes > 4 * 1_000_000, "the checkpoint holds every parameter"
+    print(f"longest line of a 1,011,010-parameter model's run file: {longest:,} bytes")
+
+
+def test_the_2_256_256_1_net_grows_its_run_file_by_at_most_2_mb_a_minute(new_run):
+    run = new_run(sizes=[2, 256, 256, 1], target=10**9)  # 66,817 parameters, default reporting
+    start_worker(run)
+    wait_for(lambda: read_history(run).batch > 0, what="the worker to train")
+    start_size, start_t = os.path.getsize(run.run_file), time.monotonic()
+    wait_for(lambda: time.monotonic() - start_t >= 10 and read_history(run).batch > 2_000, timeout=60,
+             what="10 s and 2,000 batches of training")
+    grown, seconds = os.path.getsize(run.run_file) - start_size, time.monotonic() - start_t
+    stop_worker(run)
+    per_minute = grown / seconds * 60
+    print(f"2-256-256-1: the run file grew {per_minute / MB:.2f} MB a minute over {seconds:.1f} s")
+    assert per_minute <= 2 * MB
+    assert events(run, "shutdown")
