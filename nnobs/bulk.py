@@ -3,7 +3,8 @@
 A long run is a million lines, almost all of them loss reports and state reports in exactly the
 form the worker writes. Parsing those one `json.loads` at a time costs seconds; matching them in
 one regex pass and converting their numbers in one call costs a fraction of that. Any other line
-(an event, an answer, a diverged value, a file from the notebook) goes through `json.loads`.
+(an event, an answer, a diverged value, a file from the notebook, a script's metrics, a large
+net's summary and sample) goes through `json.loads`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nnobs.schema import (
     REPORT_EVERY,
     SETTINGS,
     STATE,
+    SUMMARY,
     SV,
     TARGET,
     WINDOW,
@@ -46,6 +48,11 @@ class ParsedLines:
     records: list[dict]  # lines of other shapes, parsed as JSON: events, answers, the notebook's lines
     skipped: int  # lines that were not a JSON object
     last_line: bytes  # the newest line: it carries the latest time and generation
+    # What only JSON-parsed lines carry (schema.py describes them):
+    metrics: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> batches (m,), latest (m,), windows (m, 6)
+    summary_batch: np.ndarray  # (j,) int64
+    summary_rows: np.ndarray  # (j, tensors, 6): per tensor its schema.SUMMARY, NaN where null, as wide as the newest
+    params: tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None  # the newest (tensors, sample)
 
 
 def parse_lines(chunk: bytes) -> ParsedLines:
@@ -66,6 +73,7 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
     json_loss: list[tuple[int, int, float, list | None]] = []  # (line, batch, value, window)
     json_sv: list[tuple[int, int, list]] = []  # (line, batch, values)
     settings: dict[str, tuple[int, Any]] = {}  # topic -> (line, value)
+    json_only = _Found()  # what only JSON lines carry, in line order
     for at in np.flatnonzero(present[OTHER]).tolist():
         try:
             record = json.loads(rows[at][OTHER])
@@ -76,6 +84,7 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
             continue
         records.append(record)
         _take_series(record, at, json_loss, json_sv, settings)
+        json_only.take(record)
     if state_at:  # only the newest state report's settings can matter
         newest = rows[state_at[-1]]
         values = (float(newest[STATE].split(b",")[1]), int(newest[TARGET]), int(newest[REPORT_EVERY]),
@@ -103,6 +112,7 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
         loss_at, (loss_batch, loss_value, window), [at for at, _, _, _ in json_loss], (slow_batch, slow_value, slow_window)
     )
     sv_batch, sv_rows = _state_vectors(rows, state_at, json_sv)
+    summary_batch, summary_rows = json_only.summary_arrays()
     return ParsedLines(
         loss_batch=loss_batch,
         loss_value=loss_value,
@@ -113,6 +123,10 @@ def _parse(chunk: bytes, line_shapes: re.Pattern) -> ParsedLines:
         records=records,
         skipped=skipped,
         last_line=_last_line(chunk),
+        metrics=json_only.metric_arrays(),
+        summary_batch=summary_batch,
+        summary_rows=summary_rows,
+        params=json_only.params,
     )
 
 
@@ -146,13 +160,88 @@ def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings
         value = np.nan if loss[1] is None or record.get("diverged") is True else float(loss[1])
         window = pair(record.get("window"))
         json_loss.append((at, loss[0], value, _window(window[1]) if window and window[0] == loss[0] else None))
-    sv = pair(record.get("sv"))
-    if sv and isinstance(sv[1], list) and all(v is None or number(v) is not None for v in sv[1]):
-        json_sv.append((at, sv[0], sv[1]))
+    for topic in ("sv", "sample"):  # a large net's sample stands for its state vector
+        sv = pair(record.get(topic))
+        if sv and _numbers_or_nulls(sv[1]):
+            json_sv.append((at, sv[0], sv[1]))
     for topic in SETTINGS:
         setting = pair(record.get(topic))
         if setting and number(setting[1]) is not None:
             settings[topic] = (at, setting[1])
+
+
+def _numbers_or_nulls(values: Any) -> bool:
+    return isinstance(values, list) and all(v is None or number(v) is not None for v in values)
+
+
+class _Found:
+    """Metrics, tensor summaries and the params record, gathered from JSON-parsed records in line order."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[tuple[int, float, list[float] | None]]] = {}  # name -> (batch, latest, window)
+        self.summaries: list[tuple[int, list]] = []  # (batch, rows)
+        self.params: tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None = None
+
+    def take(self, record: dict) -> None:
+        metrics = pair(record.get("metrics"))
+        if metrics and isinstance(metrics[1], dict):
+            for name, entry in metrics[1].items():
+                if (taken := _metric_entry(entry)) is not None:
+                    self.metrics.setdefault(str(name), []).append((metrics[0], *taken))
+        summary = pair(record.get("summary"))
+        if summary and isinstance(summary[1], list) and summary[1] and all(
+            isinstance(row, list) and len(row) == len(SUMMARY) and _numbers_or_nulls(row) for row in summary[1]
+        ):
+            self.summaries.append(summary)
+        params = pair(record.get("params"))
+        if params and (described := _params(params[1])) is not None:
+            self.params = described
+
+    def metric_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        arrays = {}
+        for name, reports in self.metrics.items():
+            batches = np.array([batch for batch, _, _ in reports], np.int64)
+            latest = np.array([value for _, value, _ in reports], float)
+            windows = _single_batch_windows(batches, latest)
+            for k, (_, _, window) in enumerate(reports):
+                if window is not None:
+                    windows[k] = window
+            arrays[name] = (batches, latest, windows)
+        return arrays
+
+    def summary_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Batches (j,) and rows (j, tensors, 6) of the summaries with as many tensors as the newest."""
+        if not self.summaries:
+            return np.empty(0, np.int64), np.empty((0, 0, len(SUMMARY)))
+        width = len(self.summaries[-1][1])
+        kept = [(batch, rows) for batch, rows in self.summaries if len(rows) == width]
+        rows = np.array([[[np.nan if v is None else v for v in row] for row in rows] for _, rows in kept], float)
+        return np.array([batch for batch, _ in kept], np.int64), rows
+
+
+def _metric_entry(entry: Any) -> tuple[float, list[float] | None] | None:
+    """A metric's [latest] or [latest, n, min, min_at, max, max_at, mean] as (latest, window), NaN for null."""
+    if not isinstance(entry, list) or len(entry) not in (1, 7) or not (entry[0] is None or number(entry[0]) is not None):
+        return None
+    latest = np.nan if entry[0] is None else float(entry[0])
+    return latest, _window(entry[1:]) if len(entry) == 7 else None
+
+
+def _params(value: Any) -> tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None:
+    """The params record's (tensors, sample), or None when it is not of that shape."""
+    if not isinstance(value, dict) or not isinstance(value.get("tensors"), list):
+        return None
+    tensors = []
+    for tensor in value["tensors"]:
+        if not (isinstance(tensor, list) and len(tensor) == 2 and isinstance(tensor[0], str) and isinstance(tensor[1], list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**40 for n in tensor[1])):
+            return None
+        tensors.append((tensor[0], tuple(tensor[1])))
+    sample = value.get("sample")
+    if sample is not None and not (isinstance(sample, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**62 for i in sample)):
+        return None
+    return tensors, sample
 
 
 def _in_line_order(fast_at: list[int], fast: tuple, slow_at: list[int], slow: tuple) -> tuple:

@@ -12,6 +12,7 @@ import numpy as np
 from nnobs.analytics import steps
 from nnobs.bulk import number, pair, parse_lines
 from nnobs.records import Record, RecordReader, encode_record
+from nnobs.schema import Tensors
 from nnobs.series import Column, MinMaxBuckets
 
 
@@ -63,6 +64,7 @@ PROGRESS_EVERY_S = 0.5  # at most this often, however many sessions refresh: 64 
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
 SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
+MAX_METRICS = 32  # a script's metrics kept, in the order first logged: each costs two sets of buckets
 
 
 class RunHistory:
@@ -77,13 +79,17 @@ class RunHistory:
         self.loss_batches = Column(np.int64)
         self.loss_values = Column(float)  # NaN where the loss diverged
         self.loss_windows = Column(float, 6)  # per report: batches, min, batch of min, max, batch of max, mean
-        self.loss_buckets = MinMaxBuckets(1, max_points // 2)  # the outline: every window's extremes and last loss
-        self.loss_means = MinMaxBuckets(1, max_points // 2)  # per report its window's mean, weighted by its batches
+        self.loss_outline = WindowedSeries(max_points // 2)  # for the chart: every window's extremes and means
+        self.metrics: dict[str, WindowedSeries] = {}  # the script's other metrics, by name, at most MAX_METRICS
+        self.metrics_dropped = False  # whether names were logged beyond MAX_METRICS (they are not kept)
         self.sv_batches = Column(np.int64)  # batch of every state report
         self.sv_buckets: MinMaxBuckets | None = None  # over the first SV_KEPT parameters
         self.sv_latest: np.ndarray | None = None  # the newest state vector, whole
         self.step_buckets: MinMaxBuckets | None = None  # per state report: step length, cosine with the step before
         self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
+        self.tensors: Tensors | None = None  # what the state vector holds, from the newest params record
+        self.sample: list[int] | None = None  # the state-vector indices a large net's state reports carry instead
+        self.layers: MinMaxBuckets | None = None  # per summary report, per tensor its schema.SUMMARY (tensors * 6)
         self.events: list[Event] = []
         self.markers: deque[Marker] = deque(maxlen=MAX_MARKERS)
         self._marked_batches = 0
@@ -139,6 +145,8 @@ class RunHistory:
     def _add_parsed(self, parsed, chunk: bytes) -> None:
         self.n_records += chunk.count(b"\n") - parsed.skipped
         self.skipped_lines += parsed.skipped
+        if parsed.params is not None:  # on the line a worker starts with: before the reports it describes
+            self.tensors, self.sample = parsed.params
         if len(parsed.loss_batch):
             self._add_losses(parsed.loss_batch, parsed.loss_value, parsed.loss_window)
             self.batch = int(parsed.loss_batch[-1])
@@ -147,6 +155,10 @@ class RunHistory:
             self.loss = None if self.diverged else last
         if len(parsed.sv_batch):
             self._add_state_vectors(parsed.sv_batch, parsed.sv_rows)
+        if len(parsed.summary_batch):
+            self._add_summaries(parsed.summary_batch, parsed.summary_rows)
+        for name, reports in parsed.metrics.items():
+            self._add_metric(name, *reports)
         for topic, value in parsed.settings.items():
             setattr(self, topic, value)
         for record in parsed.records:
@@ -170,15 +182,7 @@ class RunHistory:
             self.loss_batches.extend(batches)
             self.loss_values.extend(values)
             self.loss_windows.extend(windows)
-        # Each report is up to three points in batch order: its window's min and max where they were, and its last.
-        at = np.column_stack((windows[:, 2], windows[:, 4], batches)).astype(np.int64)  # (n, 3)
-        value = np.column_stack((windows[:, 1], windows[:, 3], values))
-        order = np.argsort(at, axis=1, kind="stable")
-        at, value = np.take_along_axis(at, order, axis=1), np.take_along_axis(value, order, axis=1)
-        distinct = np.ones(at.shape, dtype=bool)
-        distinct[:, 1:] = at[:, 1:] != at[:, :-1]
-        self.loss_buckets.extend(at[distinct], value[distinct][:, None])
-        self.loss_means.extend(batches, windows[:, 5:6], weights=windows[:, 0])
+        self.loss_outline.extend(batches, values, windows)
         with np.errstate(invalid="ignore"):
             lowest = np.nanmin(windows[:, 1], initial=np.inf)
         if np.isfinite(lowest) and (self.best_loss is None or lowest < self.best_loss):
@@ -191,8 +195,7 @@ class RunHistory:
             keep = batches <= batch
             for column in (self.loss_batches, self.loss_values, self.loss_windows):
                 column.keep(keep)
-            self.loss_buckets = MinMaxBuckets(1, self.loss_buckets.max_buckets)
-            self.loss_means = MinMaxBuckets(1, self.loss_means.max_buckets)
+            self.loss_outline = WindowedSeries(self.loss_outline.outline.max_buckets)
             self.best_loss = None
             self._add_losses(self.loss_batches.values(), self.loss_values.values(), self.loss_windows.values(), keep=False)
         if len(self.sv_batches):
@@ -200,6 +203,10 @@ class RunHistory:
             self.sv_buckets.truncate(batch)
             self.step_buckets.truncate(batch)
             self._sv_tail = None  # the next step starts from the state gone back to, not from one abandoned
+        if self.layers is not None:
+            self.layers.truncate(batch)
+        for metric in self.metrics.values():
+            metric.truncate(batch)
         while self.markers and self.markers[-1].batch > batch:
             self.markers.pop()
         self.progress.clear()  # the rate and the loss's trend are of the line of training gone on with
@@ -259,6 +266,22 @@ class RunHistory:
         self._sv_tail = tail[-2:].copy()
         self.sv_latest = vectors[-1].copy()  # copies: views would keep the whole parsed chunk alive
 
+    def _add_summaries(self, batches: np.ndarray, rows: np.ndarray) -> None:
+        """Fold in a large net's per-tensor summaries: batches (j,), rows (j, tensors, 6)."""
+        width = rows.shape[1] * rows.shape[2]
+        if self.layers is None or self.layers.n_columns != width:  # the first summary, or another net
+            self.layers = MinMaxBuckets(width, SV_BUCKETS)
+        self.layers.extend(batches, rows.reshape(len(batches), width))
+
+    def _add_metric(self, name: str, batches: np.ndarray, values: np.ndarray, windows: np.ndarray) -> None:
+        metric = self.metrics.get(name)
+        if metric is None:
+            if len(self.metrics) >= MAX_METRICS:
+                self.metrics_dropped = True
+                return
+            metric = self.metrics[name] = WindowedSeries(self.loss_outline.outline.max_buckets)
+        metric.extend(batches, values, windows)
+
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
         if kind in ("started", "rewound", "reinit"):
@@ -281,6 +304,38 @@ class RunHistory:
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
         """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
         return self.loss_batches.values(), self.loss_values.values()
+
+
+class WindowedSeries:
+    """A series reported with windows (the loss, a metric), for its chart: the outline of every window's extremes
+    and latest values, and the windows' means weighted by the batches each covers, both in bounded buckets."""
+
+    def __init__(self, max_buckets: int):
+        self.outline = MinMaxBuckets(1, max_buckets)
+        self.means = MinMaxBuckets(1, max_buckets)
+        self.latest: tuple[int, float] | None = None  # (batch, value) of the newest report
+
+    def extend(self, batches: np.ndarray, values: np.ndarray, windows: np.ndarray) -> None:
+        """Fold in reports: batches (n,), latest values (n,), windows (n, 6) as in a loss report."""
+        if not len(batches):
+            return
+        # Each report is up to three points in batch order: its window's min and max where they were, and its last.
+        at = np.column_stack((windows[:, 2], windows[:, 4], batches)).astype(np.int64)  # (n, 3)
+        value = np.column_stack((windows[:, 1], windows[:, 3], values))
+        order = np.argsort(at, axis=1, kind="stable")
+        at, value = np.take_along_axis(at, order, axis=1), np.take_along_axis(value, order, axis=1)
+        distinct = np.ones(at.shape, dtype=bool)
+        distinct[:, 1:] = at[:, 1:] != at[:, :-1]
+        self.outline.extend(at[distinct], value[distinct][:, None])
+        self.means.extend(batches, windows[:, 5:6], weights=windows[:, 0])
+        self.latest = (int(batches[-1]), float(values[-1]))
+
+    def truncate(self, batch: int) -> None:
+        """Forget the reports after batch (a run went back to it)."""
+        self.outline.truncate(batch)
+        self.means.truncate(batch)
+        if self.latest is not None and self.latest[0] > batch:
+            self.latest = None  # the next report says it again
 
 
 def _marker_label(cmd, value, record: Record) -> str:
