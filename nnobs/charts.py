@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from nnobs.analytics import EXTENT, GRID
-from nnobs.history import Marker, RunHistory
+from nnobs.history import Marker, RunHistory, WindowedSeries
+from nnobs.schema import SUMMARY
 
 MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
 HEATMAP_COLUMNS = 100  # batch bins across the heatmap
@@ -20,8 +21,18 @@ SMOOTHING_SPANS = 1000  # the smoothing weight applies per 1/1000 of the run's b
 
 def loss_frame(history: RunHistory) -> pd.DataFrame:
     """The loss chart's points: first, last, and each bucket's min and max (at most history's max_points)."""
-    batches, losses = history.loss_buckets.points(0)
-    return pd.DataFrame({"batch": batches, "loss": losses})
+    return outline_frame(history.loss_outline, "loss")
+
+
+def outline_frame(series: WindowedSeries, field: str) -> pd.DataFrame:
+    """A windowed series' raw points (batch, field): first, last, and each bucket's min and max."""
+    batches, values = series.outline.points(0)
+    return pd.DataFrame({"batch": batches, field: values})
+
+
+def metric_frames(history: RunHistory) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per metric, in the order first logged: its raw points (batch, value) and its means (batch, mean)."""
+    return {name: (outline_frame(series, "value"), means_frame(series)) for name, series in history.metrics.items()}
 
 
 def markers_frame(history: RunHistory) -> pd.DataFrame:
@@ -77,12 +88,16 @@ def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: floa
 
 def loss_means_frame(history: RunHistory) -> pd.DataFrame:
     """Each loss bucket's mean at its middle batch: of every report's window mean, weighted by the batches it covers."""
-    buckets = history.loss_means
+    return means_frame(history.loss_outline)
+
+
+def means_frame(series: WindowedSeries) -> pd.DataFrame:
+    """Each bucket's mean (batch, mean) at its middle batch, weighted by the batches each report's window covers."""
+    buckets = series.means
     starts, ends, means = buckets.means(buckets.max_buckets)
     return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]})
 
 
-LOSS_COLUMNS = ["batch", "loss", "smoothed", "label", "kind", "lane"]
 LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."
 
 
@@ -91,6 +106,7 @@ def loss_chart_frame(
     batches: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """The loss chart's data: raw points (batch, loss), smoothed points (batch, smoothed), markers (label, kind, lane).
+    The loss frame's second column names the raw points' column: a metric's chart is built the same way.
 
     The smoothing runs over the buckets' means, not the min/max outline drawn raw, and decays over
     batches: by `smoothing` every 1/SMOOTHING_SPANS of the run's batches (first to latest, from
@@ -101,10 +117,11 @@ def loss_chart_frame(
     Empty (no rows) while fewer than two batches have a loss the axis can draw: a chart of one
     point has nothing to say, and the page shows LOSS_PENDING instead.
     """
-    raw = loss["loss"].to_numpy(dtype=float)
+    field = loss.columns[1]
+    raw = loss[field].to_numpy(dtype=float)
     drawn = np.isfinite(raw) & (raw > 0) if log_scale else np.isfinite(raw)
     if loss["batch"][drawn].nunique() < 2:
-        return pd.DataFrame({column: [] for column in LOSS_COLUMNS})
+        return pd.DataFrame({column: [] for column in ("batch", field, "smoothed", "label", "kind", "lane")})
     at = means["batch"].to_numpy(dtype=float)
     values = means["mean"].to_numpy(dtype=float)
     first, latest = batches if batches is not None else (at.min(), at.max())
@@ -152,6 +169,41 @@ def layer_of(name: str) -> str:
     return name.split("[", 1)[0]
 
 
+def metric_pending(name: str, points: pd.DataFrame) -> str:
+    """What stands in for a metric's chart while fewer than two batches have a value to draw."""
+    finite = points[np.isfinite(points["value"].to_numpy(dtype=float))]
+    if not len(finite):
+        return f"**{name}**: logged, but not yet as a number."
+    batch, value = finite.iloc[-1]
+    return f"**{name}**: {value:.4g} at batch {int(batch):,}, the one batch it was logged at so far."
+
+
+LAYER_FIGURES = {"norm": "Norm per tensor", "std": "Spread (std) per tensor",
+                 "change": "Relative change per state report"}  # of schema.SUMMARY, what the Layers section draws
+
+
+def layer_frames(history: RunHistory, tensors: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Per figure of LAYER_FIGURES, long form (batch, tensor, value): each bucket's min and max per tensor.
+
+    A tensor's relative change is None (NaN here) where there is no report before to compare with: its line
+    breaks there. Names come in tensors, one per tensor the summaries hold.
+    """
+    buckets = history.layers
+    if buckets is None or buckets.n == 0:
+        return {}
+    frames = {}
+    for figure in LAYER_FIGURES:
+        column = SUMMARY.index(figure)
+        parts = []
+        for k, name in enumerate(tensors):
+            batches, values = buckets.points(k * len(SUMMARY) + column)
+            parts.append(pd.DataFrame({"batch": batches, "tensor": name, "value": values}))
+        frame = pd.concat(parts, ignore_index=True)
+        frame["tensor"] = pd.Categorical(frame["tensor"], categories=list(dict.fromkeys(tensors)))
+        frames[figure] = frame
+    return frames
+
+
 def steps_frame(history: RunHistory, column: int) -> pd.DataFrame:
     """Step lengths (column 0) or cosines between successive steps (column 1), per state report."""
     if history.step_buckets is None:
@@ -185,7 +237,7 @@ def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts, act
 def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long-form frames for the parameter lines and the heatmap, bounded however long the run.
 
-    Lines: the first MAX_SV_LINES parameters, each bucket's min and max. Heatmap: the mean of
+    Lines: MAX_SV_LINES parameters (see line_columns), each bucket's min and max. Heatmap: the mean of
     each kept parameter over at most HEATMAP_COLUMNS batch bins.
     """
     buckets = history.sv_buckets
@@ -194,7 +246,7 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
             columns=["batch", "batch_end", "parameter", "value"]
         )
     lines = []
-    for j in range(min(buckets.n_columns, MAX_SV_LINES)):
+    for j in line_columns(buckets.n_columns):
         batches, values = buckets.points(j)
         lines.append(pd.DataFrame({"batch": batches, "layer": layer_of(names[j]), "parameter": names[j], "value": values}))
     categories = {"layer": "category", "parameter": "category"}  # each name sent once, not once a point
@@ -209,6 +261,12 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
         }
     )
     return pd.concat(lines, ignore_index=True).astype(categories), heat.astype({"parameter": "category"})
+
+
+def line_columns(kept: int) -> list[int]:
+    """The kept parameters drawn as lines: all up to MAX_SV_LINES, else that many spread evenly over them, so a
+    large net's lines show every tensor, not only the first."""
+    return np.unique(np.linspace(0, kept - 1, min(kept, MAX_SV_LINES)).round().astype(int)).tolist()
 
 
 def _spec(chart: alt.Chart) -> dict:
@@ -264,42 +322,93 @@ def loss_spec(log_scale: bool) -> dict:
     on a white halo that no line or other rule crosses. Their colour says what they mark (orange a
     command, purple a generation), and their text says it too, so there is no legend.
     """
+    raw, smoothed = _raw_and_smoothed("loss", "loss", log_scale)
+    markers = alt.Chart().transform_filter("isValid(datum.label)")
+    placed = {"align": {"expr": f"{LABEL_AT_RIGHT} ? 'right' : 'left'"},
+              "dx": {"expr": f"{LABEL_AT_RIGHT} ? -4 : 4"}, "baseline": "top", "fontSize": 10, "clip": True}
+    where = {"x": _batch_axis(), "y": alt.Y("lane:Q", scale=None), "text": "label:N"}
+    halos = markers.mark_text(fill="white", stroke="white", strokeWidth=6, strokeJoin="round", **placed).encode(**where)
+    labels = markers.mark_text(**placed).encode(color=_MARKER_COLOR, **where)
+    layers = alt.layer(_run_extent(), raw, smoothed, _marker_rules(), halos, labels, title="Loss")
+    return _spec(layers.properties(height=320))
+
+
+@_built_once
+def metric_spec(name: str) -> dict:
+    """A metric drawn as the loss is, raw faint and smoothed over it, on a linear axis; the markers' rules without
+    their labels, which the loss chart above already shows (a rule's tooltip says what it marks)."""
+    raw, smoothed = _raw_and_smoothed("value", name, log_scale=False)
+    return _spec(alt.layer(_run_extent(), raw, smoothed, _marker_rules(), title=name).properties(height=200))
+
+
+_MARKER_COLOR = alt.Color(
+    "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]), legend=None
+)
+
+
+def _marker_rules() -> alt.Chart:
+    """A dashed rule where each command or generation took effect: orange a command, purple a generation."""
+    return alt.Chart().transform_filter("isValid(datum.label)").mark_rule(strokeDash=[4, 3], clip=True).encode(
+        x=_batch_axis(), color=_MARKER_COLOR, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")]
+    )
+
+
+def _raw_and_smoothed(field: str, name: str, log_scale: bool) -> tuple[alt.Chart, alt.Chart]:
+    """A windowed series' two lines: its raw outline (field) faint and zoomable, its smoothed line over it."""
     if log_scale:
         scale = alt.Scale(type="log")
         axis = alt.Axis(format="~e", labelExpr=LOG_LABELS)
     else:
         scale, axis = alt.Scale(zero=False), alt.Axis(format="~g")
-    title = "loss" + (" (log)" if log_scale else "")
-    x = _batch_axis()
-    tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
+    title = name + (" (log)" if log_scale else "")
+    tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip(f"{field}:Q", format=".4g", title=name),
            alt.Tooltip("smoothed:Q", format=".4g")]
 
-    def line(field: str) -> alt.Chart:
-        plotted = f"datum.{field} > 0" if log_scale else f"isValid(datum.{field})"  # a log axis has no zero
+    def line(column: str) -> alt.Chart:
+        plotted = f"datum.{column} > 0" if log_scale else f"isValid(datum.{column})"  # a log axis has no zero
         return alt.Chart().transform_filter(plotted).encode(
-            x=x, y=alt.Y(f"{field}:Q", title=title, scale=scale, axis=axis), tooltip=tip
+            x=_batch_axis(), y=alt.Y(f"{column}:Q", title=title, scale=scale, axis=axis), tooltip=tip
         )
 
-    raw = line("loss").mark_line(opacity=0.3, color="#8c9bab", clip=True).add_params(_zoom())
-    smoothed = line("smoothed").mark_line(color="#1f77b4", clip=True)
-    marker_color = alt.Color(
-        "kind:N", scale=alt.Scale(domain=["command", "generation"], range=["#e07b00", "#7b3fb5"]), legend=None
-    )
-    markers = alt.Chart().transform_filter("isValid(datum.label)")
-    rules = markers.mark_rule(strokeDash=[4, 3], clip=True).encode(
-        x=x, color=marker_color, tooltip=["label:N", alt.Tooltip("batch:Q", format=",")]
-    )
-    placed = {"align": {"expr": f"{LABEL_AT_RIGHT} ? 'right' : 'left'"},
-              "dx": {"expr": f"{LABEL_AT_RIGHT} ? -4 : 4"}, "baseline": "top", "fontSize": 10, "clip": True}
-    where = {"x": x, "y": alt.Y("lane:Q", scale=None), "text": "label:N"}
-    halos = markers.mark_text(fill="white", stroke="white", strokeWidth=6, strokeJoin="round", **placed).encode(**where)
-    labels = markers.mark_text(**placed).encode(color=marker_color, **where)
-    layers = alt.layer(_run_extent(), raw, smoothed, rules, halos, labels, title="Loss")
-    return _spec(layers.properties(height=320))
+    raw = line(field).mark_line(opacity=0.3, color="#8c9bab", clip=True).add_params(_zoom())
+    return raw, line("smoothed").mark_line(color="#1f77b4", clip=True)
 
 
 @_built_once
-def sv_lines_spec(names: tuple[str, ...]) -> dict:
+def layer_spec(figure: str, tensors: tuple[str, ...]) -> dict:
+    """One of LAYER_FIGURES over the run, a line per tensor named in its legend; the relative change on a log axis.
+
+    The change line is not filtered for valid values: it breaks where a tensor has no change (the first
+    report, a rewind), as the step lines do, rather than bridging the gap. A change of 0 has no place on it.
+    """
+    change = figure == "change"
+    if change:
+        y = alt.Y("value:Q", title="relative change", scale=alt.Scale(type="log"),
+                  axis=alt.Axis(format="~e", labelExpr=LOG_LABELS))
+        shown = "isValid(datum.tensor) && (!isValid(datum.value) || datum.value > 0)"
+    else:
+        y = alt.Y("value:Q", title=figure, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
+        shown = "isValid(datum.tensor)"
+    legend = alt.Legend(orient="top", title=None, columns=min(len(tensors), 4), labelLimit=220)
+    lines = (
+        alt.Chart()
+        .transform_filter(shown)
+        .mark_line(clip=True, strokeWidth=1.5, point=alt.OverlayMarkDef(size=10) if change else False)
+        .encode(
+            x=_batch_axis(), y=y,
+            color=alt.Color("tensor:N", sort=list(tensors), legend=legend),
+            tooltip=["tensor:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g", title=figure)],
+        )
+        .add_params(_zoom())
+    )
+    return _spec(alt.layer(_run_extent(), lines, title=LAYER_FIGURES[figure]).properties(height=220))
+
+
+SV_ALL = "every parameter"
+
+
+@_built_once
+def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
     """One line per parameter, coloured by the layer's weights or biases it belongs to, over the whole run."""
     lines = (
         alt.Chart()
@@ -315,7 +424,7 @@ def sv_lines_spec(names: tuple[str, ...]) -> dict:
         .add_params(_zoom())
     )
     return _spec(
-        alt.layer(_run_extent(), lines, title="State vector: every parameter")
+        alt.layer(_run_extent(), lines, title=f"State vector: {shown}")
         .properties(height=max(260, 12 * min(len(names), 80)))
     )
 
@@ -380,7 +489,7 @@ def surface_spec() -> dict:
 
 
 @_built_once
-def sv_heatmap_spec(names: tuple[str, ...]) -> dict:
+def sv_heatmap_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
     """Each kept parameter's mean over batch bins, red positive, blue negative, white zero, over the whole run."""
     cells = (
         alt.Chart()
@@ -395,6 +504,6 @@ def sv_heatmap_spec(names: tuple[str, ...]) -> dict:
         )
     )
     return _spec(
-        alt.layer(_run_extent(), cells, title="State vector over batches")
+        alt.layer(_run_extent(), cells, title=f"State vector over batches: {shown}")
         .properties(height=max(240, 14 * min(len(names), 80)))
     )

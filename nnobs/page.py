@@ -12,7 +12,7 @@ from nnobs.checkpoint import kept_batches
 from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
-from nnobs.history import RunWatcher
+from nnobs.history import MAX_METRICS, RunWatcher
 from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
@@ -27,6 +27,7 @@ from nnobs.runs import (
     restart_worker,
     start_worker,
 )
+from nnobs.schema import FULL_STATE_MAX_PARAMS
 from nnobs.tasks import RunConfig, load_config
 from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
 
@@ -85,7 +86,7 @@ def _open_run(steer: bool) -> RunDir:
     name = st.query_params.get("run", DEFAULT_RUN)
     try:
         run = RunDir.named(name)
-        if steer:
+        if steer and not run.exists():  # never a config.json in a script's run: that would make it the built-in's
             create_run(run)
     except NnobsError as err:
         st.error(str(err))
@@ -99,6 +100,9 @@ def _open_run(steer: bool) -> RunDir:
 
 
 def _config(run: RunDir) -> RunConfig | None:
+    """The built-in worker's config; None for a script's run, which has none."""
+    if not run.config.exists():
+        return None
     try:
         return load_config(run.config)
     except (NnobsError, OSError) as err:
@@ -222,7 +226,7 @@ def _controls(run: RunDir) -> None:
         _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
     status = current_status(run, _watcher(str(run.run_file)))
     _training_controls(run, status)
-    _actions(run, status)
+    _actions(run, status, drawn_anew=run.config.exists())
 
 
 def _training_controls(run: RunDir, status: RunStatus) -> None:
@@ -247,8 +251,9 @@ def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
     return st.text_input(label, value=text, key=f"entry_{cmd}:{text}", help=help_text)
 
 
-def _actions(run: RunDir, status: RunStatus) -> None:
-    """Actions that fit the run's state; those that undo work ask first."""
+def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
+    """Actions that fit the run's state; those that undo work ask first. Reinitialize only where the net can be
+    drawn anew: the built-in worker's (a script draws its own net, and its session refuses)."""
     st.subheader("Actions")
     alive = status.state in ALIVE
     if st.button("Snapshot parameters now", disabled=not alive,
@@ -265,7 +270,7 @@ def _actions(run: RunDir, status: RunStatus) -> None:
         "from there as a new generation of the worker. The charts then show that line of training; the run file "
         "keeps the record of everything.",
     )
-    reinit = _entry_action(
+    reinit = drawn_anew and _entry_action(
         "reinit", "Reinitialize with seed", "Reinitialize…", alive, "blank: the run's own seed",
         "Start the net afresh from new random parameters drawn with this seed (blank: the run's own), with the "
         "run's starting eta, as a new generation at the same batch. The history stays: the loss chart shows the "
@@ -405,10 +410,13 @@ def _header(run: RunDir, view: RunView) -> None:
         parts.append(f"Generation {status.generation} (each start, restart, rewind or reinitialize begins the next)")
     else:
         parts.append("Not started yet")
-    parts.append("no worker running" if status.pid is None else f"worker pid {status.pid}")
+    serves = "script" if view.script is not None else "worker"
+    parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
     if status.pace:
         parts.append(f"paced at most {status.pace:,g} batches a second")
     st.caption(" · ".join(parts + [str(run.path)]))
+    if served := wording.served_by(view.script):
+        st.caption(f"Served by {served}")
 
 
 def _metrics(view: RunView) -> None:
@@ -511,17 +519,57 @@ def _charts(view: RunView) -> None:
         st.vega_lite_chart(frames["loss"], charts.loss_spec(log_loss), width="stretch", height=420)
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
+    _metric_charts(view, frames)
+    _layer_charts(view, frames)
     if "sv_lines" in frames:
-        tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
-        left, right = st.columns(2)
-        lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES])
-        left.vega_lite_chart(frames["sv_lines"], lines, width="stretch", height=tall)
-        right.vega_lite_chart(frames["sv_heat"], charts.sv_heatmap_spec(view.sv_names), width="stretch", height=tall)
-        left, right = st.columns(2)
-        left.vega_lite_chart(frames["step_lengths"], charts.steps_spec("length"), width="stretch", height=220)
-        left.vega_lite_chart(frames["step_cosines"], charts.steps_spec("cosine"), width="stretch", height=220)
-        if "surface" in frames:
-            right.vega_lite_chart(frames["surface"], charts.surface_spec(), width="stretch", height=440)
+        _state_vector_charts(view, frames)
+
+
+def _metric_charts(view: RunView, frames: dict) -> None:
+    """Each metric the script logs, its own chart, two to a row; one logged at a single batch says its value."""
+    for row in range(0, len(view.metrics), 2):
+        for column, name in zip(st.columns(2), list(view.metrics)[row : row + 2]):
+            frame = frames[f"metric:{name}"]
+            if len(frame):
+                column.vega_lite_chart(frame, charts.metric_spec(name), width="stretch", height=260)
+            else:
+                column.caption(charts.metric_pending(name, view.metrics[name][0]))
+    if view.metrics_dropped:
+        st.caption(f"More metrics are logged than the first {MAX_METRICS} shown here; the run file holds them all.")
+
+
+def _layer_charts(view: RunView, frames: dict) -> None:
+    """A large net's tensors, each a line: how large, how spread, and how far each moved between state reports."""
+    if not view.layers:
+        return
+    st.subheader("Layers")
+    st.caption("Per tensor of the net, at every state report: its norm, its spread (standard deviation) and how far "
+               "it moved since the report before, relative to its norm then (on a log axis).")
+    left, right = st.columns(2)
+    for column, figure in ((left, "norm"), (right, "std"), (left, "change")):
+        column.vega_lite_chart(frames[f"layer:{figure}"], charts.layer_spec(figure, view.tensors), width="stretch",
+                               height=300)
+
+
+def _state_vector_charts(view: RunView, frames: dict) -> None:
+    lines_shown, heat_shown = view.sv_shown
+    if view.sampled:
+        st.subheader("A sample of the parameters")
+        st.caption(f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor and the "
+                   "same at every state report; their names say where each sits (tensor[row,column]).")
+    tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
+    left, right = st.columns(2)
+    lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES], lines_shown)
+    left.vega_lite_chart(frames["sv_lines"], lines, width="stretch", height=tall)
+    heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)
+    right.vega_lite_chart(frames["sv_heat"], heat, width="stretch", height=tall)
+    if "step_lengths" not in frames:
+        return
+    left, right = st.columns(2)
+    left.vega_lite_chart(frames["step_lengths"], charts.steps_spec("length"), width="stretch", height=220)
+    left.vega_lite_chart(frames["step_cosines"], charts.steps_spec("cosine"), width="stretch", height=220)
+    if "surface" in frames:
+        right.vega_lite_chart(frames["surface"], charts.surface_spec(), width="stretch", height=440)
 
 
 def _live(run: RunDir, config: RunConfig | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -10,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nnobs import charts
+from nnobs import charts, wording
 from nnobs.analytics import decision_surface
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
-from nnobs.history import Answer, Event, RunWatcher
+from nnobs.history import Answer, Event, RunHistory, RunWatcher
 from nnobs.runs import RunDir, RunStatus, run_status
-from nnobs.tasks import TASKS, RunConfig, parameter_names
+from nnobs.schema import SUMMARY, parameter_name
+from nnobs.tasks import TASKS, RunConfig
+from nnobs.tasks import tensors as config_tensors
 
 RECENT_COMMANDS = 6
 RECENT_STARTS = 6
@@ -39,10 +42,17 @@ class RunView:
     sv_names: tuple[str, ...]  # the parameters in the state-vector charts
     sv_lines: pd.DataFrame | None  # batch, layer, parameter, value
     sv_heat: pd.DataFrame | None  # batch, batch_end, parameter, value
+    sv_shown: tuple[str, str]  # which parameters the lines and the heatmap draw, in words
+    sampled: bool  # the state vector charts show a large net's fixed sample, not its whole vector
     step_lengths: pd.DataFrame  # batch, value
     step_cosines: pd.DataFrame  # batch, value
     surface: pd.DataFrame | None  # the decision surface and training points, for nets with 2 inputs
     starts: list[Event]  # the newest worker starts, oldest first: who started each generation
+    metrics: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # a script's metrics by name: (batch, value), (batch, mean)
+    metrics_dropped: bool  # more metrics were logged than the history keeps
+    tensors: tuple[str, ...]  # the tensors of a large net's summaries, in state-vector order
+    layers: dict[str, pd.DataFrame]  # per charts.LAYER_FIGURES figure: batch, tensor, value; empty without summaries
+    script: dict | None  # run.json: which script serves the run, where; None for a run of the built-in worker
 
     @property
     def seconds_to_target(self) -> float | None:
@@ -55,18 +65,24 @@ class RunView:
 def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> RunView:
     """Read what was appended, then copy out what the page draws: bounded however long the run."""
     recent, control_error = _recent_commands(run.control_file)
-    names = _names(config.to_json()) if config else []
+    script = None if run.config.exists() else script_description(run)
     with watcher.lock:
         history = watcher.refresh()
         sv_names: tuple[str, ...] = ()
         sv_lines = sv_heat = surface = None
+        sv_shown, sampled = ("", ""), False
         if history.sv_latest is not None:
-            width = len(history.sv_latest)
-            full = names if len(names) == width else [f"p{i}" for i in range(width)]
-            sv_names = tuple(full[: history.sv_buckets.n_columns])
-            sv_lines, sv_heat = charts.sv_frames(history, full)
-            if config and len(names) == width and config.sizes[0] == 2:
+            state = _state_parts(history, config)
+            sampled = state.sample is not None
+            sv_names = _kept_names(state.tensors, state.sample, history.sv_buckets.n_columns)
+            sv_lines, sv_heat = charts.sv_frames(history, list(sv_names))
+            total = state.total or len(history.sv_latest)
+            n_lines = len(charts.line_columns(len(sv_names)))
+            sv_shown = (wording.parameters_shown(n_lines, total, spread=True),
+                        wording.parameters_shown(len(sv_names), total, spread=sampled))
+            if config and state.from_config and config.sizes[0] == 2:
                 surface = _surface(config.to_json(), history.sv_latest.tobytes())
+        tensor_names = _tensor_names(history)
         rate, loss_change = history.rate()
         loss_means = charts.loss_means_frame(history)
         return RunView(
@@ -83,17 +99,69 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             sv_names=sv_names,
             sv_lines=sv_lines,
             sv_heat=sv_heat,
+            sv_shown=sv_shown,
+            sampled=sampled,
             step_lengths=charts.steps_frame(history, 0),
             step_cosines=charts.steps_frame(history, 1),
             surface=surface,
             starts=[e for e in history.events if e.kind == "started"][-RECENT_STARTS:],
+            metrics=charts.metric_frames(history),
+            metrics_dropped=history.metrics_dropped,
+            tensors=tensor_names,
+            layers=charts.layer_frames(history, tensor_names),
+            script=script,
         )
 
 
+@dataclass
+class _StateParts:
+    """What the history's state vectors are: their tensors, and the sample's indices when they are a sample."""
+
+    tensors: tuple[tuple[str, tuple[int, ...]], ...]  # () when nothing says
+    sample: tuple[int, ...] | None
+    total: int  # parameters of the whole net; 0 when nothing says
+    from_config: bool  # the built-in net config.json describes, whole
+
+
+def _state_parts(history: RunHistory, config: RunConfig | None) -> _StateParts:
+    """The run file's params record, when it describes the state vectors reported; else the config's net (files
+    written before params existed); else nothing."""
+    width = len(history.sv_latest)
+    if history.tensors:
+        tensors = tuple((name, tuple(shape)) for name, shape in history.tensors)
+        total = _count(tensors)
+        if history.sample is not None and len(history.sample) == width:
+            return _StateParts(tensors, tuple(history.sample), total, False)
+        if total == width:
+            return _StateParts(tensors, None, total, config is not None and list(tensors) == config_tensors(config))
+    if config is not None:
+        tensors = tuple(config_tensors(config))
+        if _count(tensors) == width:
+            return _StateParts(tensors, None, width, True)
+    return _StateParts((), None, 0, False)
+
+
+def _count(tensors) -> int:
+    return sum(int(np.prod(shape)) for _, shape in tensors)
+
+
 @lru_cache(maxsize=8)
-def _names(config_json: str) -> list[str]:
-    """Parameter names, built once per config: a large net has hundreds of thousands."""
-    return parameter_names(RunConfig.from_json(config_json))
+def _kept_names(tensors: tuple, sample: tuple[int, ...] | None, kept: int) -> tuple[str, ...]:
+    """The names of the parameters whose trajectories the history keeps (its first `kept` columns), built once."""
+    indices = sample[:kept] if sample is not None else range(kept)
+    if not tensors:
+        return tuple(f"p{i}" for i in indices)
+    return tuple(parameter_name(list(tensors), i) for i in indices)
+
+
+def _tensor_names(history: RunHistory) -> tuple[str, ...]:
+    """The tensors of the history's summaries by name: the params record's, or their places when it does not fit."""
+    if history.layers is None:
+        return ()
+    n = history.layers.n_columns // len(SUMMARY)
+    if history.tensors and len(history.tensors) == n:
+        return tuple(name for name, _ in history.tensors)
+    return tuple(f"tensor {k}" for k in range(n))
 
 
 @lru_cache(maxsize=8)
@@ -102,6 +170,15 @@ def _surface(config_json: str, sv: bytes) -> pd.DataFrame:
     config = RunConfig.from_json(config_json)
     facts = TASKS[config.task](config)()
     return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activation)
+
+
+def script_description(run: RunDir) -> dict | None:
+    """What run.json says of what serves the run (a script: argv, cwd, pid), or None."""
+    try:
+        description = json.loads(run.description.read_text())
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) else None
 
 
 def never_ran(watcher: RunWatcher) -> bool:
@@ -139,14 +216,21 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
 
     Every chart over batches also gets two invisible rows at the run's first and latest batch, so
     they all span the same whole run. The loss frame is empty while fewer than two batches have a
-    loss to draw: the page shows charts.LOSS_PENDING instead of the chart.
+    loss to draw: the page shows charts.LOSS_PENDING instead of the chart; a metric's ("metric:NAME")
+    likewise, and the page says what it has (charts.metric_pending). Layer charts are "layer:FIGURE".
     """
-    over_batches = {"sv_lines": view.sv_lines, "sv_heat": view.sv_heat,
-                    "step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
-    shown = [frame for frame in (view.loss, *over_batches.values()) if frame is not None]
+    over_batches = {"sv_lines": view.sv_lines, "sv_heat": view.sv_heat}
+    if not view.sampled:  # steps of a sample would read as the net's: the Layers section has each tensor's change
+        over_batches |= {"step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
+    over_batches |= {f"layer:{figure}": frame for figure, frame in view.layers.items()}
+    shown = [frame for frame in (view.loss, *(points for points, _ in view.metrics.values()), *over_batches.values())
+             if frame is not None]
     batches = charts.batch_range(view.status.batch, shown)
     loss = charts.loss_chart_frame(view.loss, view.loss_means, view.markers, smoothing, log_scale, batches)
     frames = {"loss": charts.with_batch_range(loss, batches) if len(loss) else loss}
+    for name, (points, means) in view.metrics.items():
+        metric = charts.loss_chart_frame(points, means, view.markers, smoothing, False, batches)
+        frames[f"metric:{name}"] = charts.with_batch_range(metric, batches) if len(metric) else metric
     for name, frame in over_batches.items():
         if frame is not None:
             frames[name] = charts.with_batch_range(frame, batches)

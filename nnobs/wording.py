@@ -89,3 +89,22 @@ def duration(seconds: float) -> str:
 def ago(seconds: float) -> str:
     """How long ago: "0.4 s ago", "12 min ago"."""
     return f"{duration(max(0.0, seconds))} ago"
+
+
+def parameters_shown(shown: int, total: int, spread: bool) -> str:
+    """Which parameters a state-vector chart draws: "every parameter", "a sample of 64 of 14,090 parameters", or
+    "the first 256 of 9,000 parameters" (spread: taken across the whole vector, not from its start)."""
+    if shown >= total:
+        return "every parameter"
+    return f"a sample of {shown:,} of {total:,} parameters" if spread else f"the first {shown:,} of {total:,} parameters"
+
+
+def served_by(description: dict | None) -> str:
+    """What serves a script's run, from its run.json, as Markdown: "script `/usr/bin/python3 train.py` in `/home/me`"."""
+    if not description:
+        return ""
+    argv = description.get("argv")
+    words = [str(word) for word in argv] if isinstance(argv, list) else []
+    command = " ".join(words).replace("`", "'") or "a script"
+    cwd = description.get("cwd")
+    return f"script `{command}`" + (f" in `{str(cwd).replace('`', '')}`" if cwd else "")
