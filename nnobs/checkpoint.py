@@ -33,6 +33,7 @@ class Checkpoint:
     control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
     pace: float = 0.0  # at most this many batches a second; 0: flat out (absent from older checkpoints)
     loss: float | None = None  # the latest loss when written (absent from older checkpoints)
+    min_free_mb: float = 100.0  # training pauses while the run's filesystem has less free (absent from older ones)
 
     @property
     def sv(self) -> np.ndarray | None:

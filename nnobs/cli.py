@@ -53,6 +53,8 @@ STATE_MEANINGS = {
     "crashed": "the worker died without a shutdown record; start resumes from its last checkpoint",
     "diverged": "the loss is no longer a number; training is paused until eta is lowered (set --eta)",
     "not learning": "training, but the loss stopped moving far above its best",
+    "cannot write": "the worker is alive but cannot write its run file (see below); training waits until it can",
+    "low disk": "the worker is alive and waits: its filesystem has less free space than the run's floor",
     "imported": "a run file imported from elsewhere: read-only, nothing to start or steer",
     "absent": "no such run",
 }
@@ -116,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report-every", type=int, metavar="N",
                    help="report the full parameter vector every N batches (0: only when asked, by tell-state)")
     p.add_argument("--pace", type=float, metavar="N", help="train at most N batches a second, to watch it slowly (0: flat out)")
+    p.add_argument("--min-free", type=float, metavar="MB",
+                   help="pause (LOW DISK) while the run's filesystem has less than MB megabytes free (default 100; 0: never)")
     p.add_argument("--no-wait", action="store_true", help="send and return at once, without waiting for the worker's answer")
     action("tell-state", "report the full parameter vector (the state vector) now")
     p = action("rewind", "go back to the newest kept checkpoint at or before a batch, as a new generation")
@@ -222,11 +226,21 @@ def _format_status(run: RunDir, status: RunStatus) -> str:
         lines += [f"worker pid    {status.pid}", f"heartbeat     {_ago(status.heartbeat_age_s)} (a live worker writes at least once a second)"]
     else:
         lines += ["worker pid    - (no worker is alive)", f"last record   {_ago(status.heartbeat_age_s)}"]
+    if status.write_error:
+        lines.append(f"cannot write  {status.write_error}")
+    if status.state == "low disk":
+        lines.append(f"low disk      {_low_disk(status)}")
     if status.error:
         lines.append(f"error         {status.error}")
     if status.skipped_lines:
         lines.append(f"skipped       {status.skipped_lines:,} unreadable lines of run.jsonl")
     return "\n".join(lines)
+
+
+def _low_disk(status: RunStatus) -> str:
+    """The low-disk pause in words: "3.2 MB free on the run's filesystem, below its floor (nnobs set --min-free)"."""
+    free = "-" if status.free_bytes is None else f"{status.free_bytes / 1024 / 1024:.1f} MB"
+    return f"{free} free on the run's filesystem, below its floor; it goes on when space is freed (or lower it: set --min-free)"
 
 
 def _no_such_run(run: RunDir) -> str:
@@ -344,15 +358,17 @@ def _stop(run: RunDir) -> int:
         status = run_status(run, read_history(run))
         print(f"{run.name}: no worker is alive ({status.label}, at batch {status.batch:,}); nothing to stop")
         return 0
-    if not stop_worker(run, by="cli stop"):
+    stopped = stop_worker(run, by="cli stop")
+    if not stopped:
         print(f"{run.name}: the worker did not stop in time", file=sys.stderr)
         return 1
     status = run_status(run, read_history(run))
+    how = f" ({stopped.how})" if stopped.how else ""
     if status.state == "crashed":  # no shutdown record: it had to be killed
         print(f"{run.name}: killed at batch {status.batch:,}: it did not obey the shutdown within "
-              f"{STOP_GRACE_S:.0f} s; start resumes from its last checkpoint")
+              f"{STOP_GRACE_S:.0f} s{how}; start resumes from its last checkpoint")
     else:
-        print(f"{run.name}: stopped at batch {status.batch:,}")
+        print(f"{run.name}: stopped at batch {status.batch:,}{how}")
     return 0
 
 
@@ -385,10 +401,11 @@ def run_action(args: argparse.Namespace) -> int:
     if is_imported(run) and args.action not in ("tail", "stop"):
         raise NnobsError(started_outside(run))
     if args.action == "set":
-        settings = (("target", args.target), ("eta", args.eta), ("report_every", args.report_every), ("pace", args.pace))
+        settings = (("target", args.target), ("eta", args.eta), ("report_every", args.report_every), ("pace", args.pace),
+                    ("min_free", args.min_free))
         commands = [(cmd, value) for cmd, value in settings if value is not None]
         if not commands:
-            raise NnobsError("set needs at least one of --target, --eta, --report-every, --pace")
+            raise NnobsError("set needs at least one of --target, --eta, --report-every, --pace, --min-free")
         return _send(run, commands, wait=not args.no_wait)
     if args.action == "tell-state":
         return _send(run, [("tell_state", None)])
@@ -399,9 +416,12 @@ def run_action(args: argparse.Namespace) -> int:
     if args.action == "stop":
         return _stop(run)
     if args.action == "restart":
-        pid = restart_worker(run, by="cli")
+        said: list[str] = []
+        pid = restart_worker(run, by="cli", said=said)
         status = run_status(run, read_history(run))
-        print(f"{run.name}: worker {pid}, generation {status.generation}, at batch {status.batch:,}")
+        how = "".join(f" (stopping, {how})" for how in said)
+        trouble = f"; it waits: {status.write_error or _low_disk(status)}" if status.state in ("cannot write", "low disk") else ""
+        print(f"{run.name}: worker {pid}, generation {status.generation}, at batch {status.batch:,}{how}{trouble}")
         return 0
     return _tail(run, args.lines, args.follow)
 

@@ -30,7 +30,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-COMMANDS = ("target", "eta", "report_every", "pace", "tell_state", "rewind", "reinit", "shutdown")
+COMMANDS = ("target", "eta", "report_every", "pace", "min_free", "tell_state", "rewind", "reinit", "shutdown")
+DEFAULT_MIN_FREE_MB = 100.0  # a run pauses while its filesystem has less free: it must never be what fills a disk
+MAX_MIN_FREE_MB = 1e9
 MAX_PACE = 1e6  # batches a second; more is no slow motion at all
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds up to this
 
@@ -53,6 +55,10 @@ def check_command(cmd: Any, value: Any) -> Any:
     if cmd == "pace":
         if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_PACE:
             raise CommandError(f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}, not {value!r}")
+        return float(value)
+    if cmd == "min_free":
+        if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_MIN_FREE_MB:
+            raise CommandError(f"min_free must be megabytes from 0 (never pause) to {MAX_MIN_FREE_MB:,.0f}, not {value!r}")
         return float(value)
     if cmd == "reinit":
         if value is not None and (not _is_int(value) or not 0 <= value <= MAX_SEED):

@@ -58,3 +58,21 @@ def create_once(path: Path, content: bytes) -> bool:
         return False
     finally:
         os.unlink(tmp)
+
+
+def cap_file(path: Path, most: int, keep: int) -> bool:
+    """Cut the file at path back to its last keep bytes, from a line start, when it is larger than most; whether it was.
+
+    In place, so that writers holding it open with O_APPEND (a worker's stdout) go on writing at its end.
+    """
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= most:
+            return False
+        f.seek(size - keep)
+        tail = f.read()
+        tail = tail[tail.find(b"\n") + 1 :] or tail
+        f.seek(0)
+        f.write(b"[older lines cut: this log is kept under %d bytes]\n" % most + tail)
+        f.truncate()
+    return True

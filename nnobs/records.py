@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import errno
 import queue
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nnobs.files import FILE_MODE
+from nnobs.slot import tell_log
 
 Record = dict[str, Any]
 
@@ -55,6 +56,8 @@ class RecordWriter:
         self.path = Path(path)
         self.gen = gen
         self.failed_writes = 0
+        self.error: OSError | None = None  # why the latest write failed; None once one succeeds again
+        self._torn = False  # the file ends in part of a line, left by a short write: the next write ends it first
         # O_APPEND makes each single write land whole at the end, even beside another writer.
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._end_torn_line()
@@ -72,16 +75,22 @@ class RecordWriter:
         return {**record, "t": round(time.time(), 3), "gen": self.gen}
 
     def _append(self, line: bytes) -> bool:
+        if self._torn:
+            line = b"\n" + line  # the torn line is ended, and so skipped by readers, once; this record lands whole
         try:
             written = os.write(self._fd, line)
             if written != len(line):
-                raise OSError(f"short write: {written} of {len(line)} bytes")
+                self._torn = self._torn or written > 0
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes")
+            self._torn = False
+            self.error = None
             return True
         except OSError as err:
             # Observing must never take training down: count it, say it once in worker.log, go on.
             self.failed_writes += 1
+            self.error = err
             if self.failed_writes == 1:
-                print(f"nnobs: cannot write to {self.path}: {err}", file=sys.stderr, flush=True)
+                tell_log(f"nnobs: cannot write to {self.path}: {err}")
             return False
 
     def flush(self) -> None:
@@ -120,7 +129,7 @@ class BackgroundWriter(RecordWriter):
                 self._append(encode_record(record))
             except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
                 self.failed_writes += 1
-                print(f"nnobs: record not written ({err}): {str(record)[:200]}", file=sys.stderr, flush=True)
+                tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
             finally:
                 self._queue.task_done()
 

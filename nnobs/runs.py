@@ -24,6 +24,7 @@ from nnobs.errors import NnobsError, RunNameError, hold
 from nnobs.files import FILE_MODE, create_once, replace_atomically
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader
+from nnobs.slot import read_slot
 from nnobs.tasks import RunConfig
 
 DEFAULT_RUN = "default"
@@ -72,6 +73,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.json")  # a run of the built-in worker: what it trains
     description = property(lambda self: self.path / "run.json")  # a script's run: which script, where
     launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
+    status_file = property(lambda self: self.path / "worker.status")  # the live worker's last word when nothing can be written
 
     def exists(self) -> bool:
         """A run is a directory with a config, a script's description or launch command, or a run file."""
@@ -197,7 +199,8 @@ def start_worker(run: RunDir, by: str = "") -> int:
         pid = int(launched.stdout.strip())
         deadline = time.monotonic() + START_TIMEOUT_S
         said: list[dict] = []  # what the new worker wrote: its start, or why it could not
-        while not any(_is_start_of(record, pid) for record in said):
+        # Its started record, or, when the disk takes no record, its status slot saying why.
+        while not any(_is_start_of(record, pid) for record in said) and not _is_start_of(_slot_start(run), pid):
             if _process_gone(pid) or time.monotonic() > deadline:
                 said += announcements.read_new()  # its last words may have landed as it exited
                 raise NnobsError(_why_not_started(run, said))
@@ -287,6 +290,15 @@ def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:
     return pid
 
 
+def _slot_start(run: RunDir) -> dict:
+    """The worker's status slot as a started record, when it says the worker cannot write: how a start is seen on a
+    full disk."""
+    slot = read_slot(run.status_file)
+    if not (slot.get("write_error") or slot.get("low_disk")):
+        return {}
+    return {"event": [0, "started"], "pid": slot.get("pid")}
+
+
 def _is_start_of(record: dict, pid: int) -> bool:
     """True for the started record of the process launched as pid, or of one it started (a script run through a
     shell wrapper): the launcher gives it a session of its own, numbered by its pid."""
@@ -306,25 +318,55 @@ def _package_parent() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def stop_worker(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> bool:
+@dataclass(frozen=True)
+class Stopped:
+    """How a stop went: whether no worker lives now, and what it had to do beyond a shutdown command."""
+
+    gone: bool
+    how: str = ""  # e.g. "the control file could not be written (no space left on device): told by SIGTERM"
+
+    def __bool__(self) -> bool:
+        return self.gone
+
+
+def stop_worker(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> Stopped:
     """Ask the worker to shut down and wait until it has exited; kill it if it has not after grace seconds.
 
-    A stuck worker cannot obey, so it is ended the way a crash would end it: without a shutdown
-    record (its run then reads crashed), resuming from its last checkpoint. True once no worker lives.
+    When the control file cannot be written (a full disk, a read-only filesystem), the worker is told
+    by SIGTERM, which it handles as a shutdown. A stuck worker cannot obey, so it is ended the way a
+    crash would end it: without a shutdown record (its run then reads crashed), resuming from its last
+    checkpoint.
     """
     pid = _settled_pid(run)
     if pid is None:
-        return True
-    queue_command(run, "shutdown", by=by)
+        return Stopped(True)
+    how = ask_to_stop(run, pid, by)
     if _gone_within(run, pid, grace):
-        return True
+        return Stopped(True, how)
+    _signal(run, pid, signal.SIGKILL)
+    return Stopped(_gone_within(run, pid, KILL_WAIT_S), f"{how}; " * bool(how) + f"killed after {grace:.0f} s")
+
+
+def ask_to_stop(run: RunDir, pid: int, by: str) -> str:
+    """Send the worker pid a shutdown; when the control file cannot be written, SIGTERM, which it handles the same
+    way. "" or what had to be done instead."""
     try:
-        os.kill(pid, signal.SIGKILL)  # it still holds worker.lock, so this pid is the worker's, not a reused one
+        queue_command(run, "shutdown", by=by)
+        return ""
+    except (OSError, NnobsError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        _signal(run, pid, signal.SIGTERM)
+        return f"the control file could not be written ({reason[:1].lower() + reason[1:]}): the worker was told by SIGTERM"
+
+
+def _signal(run: RunDir, pid: int, signum: int) -> None:
+    """Signal the live worker (it still holds worker.lock, so pid is the worker's, not a reused one)."""
+    try:
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
     except PermissionError as err:
-        raise NnobsError(f"the worker of {run.name} (pid {pid}) ignored the shutdown and is not ours to kill") from err
-    return _gone_within(run, pid, KILL_WAIT_S)
+        raise NnobsError(f"the worker of {run.name} (pid {pid}) is not ours to signal") from err
 
 
 def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
@@ -337,16 +379,20 @@ def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
     return True
 
 
-def restart_worker(run: RunDir, by: str = "") -> int:
+def restart_worker(run: RunDir, by: str = "", said: list[str] | None = None) -> int:
     """Stop the live worker, if any, and start the next generation from the last checkpoint.
 
     by says who asked ("page", "cli"): the shutdown is sent as "<by> restart", the start as by. A script
-    started outside nnobs is left running: nnobs could not start it again.
+    started outside nnobs is left running: nnobs could not start it again. What the stop had to do beyond
+    a shutdown command is appended to said.
     """
     if not run.config.exists() and not run.launch.exists() and run.exists():
         raise NnobsError(started_outside(run))
-    if not stop_worker(run, by=f"{by} restart".strip()):
+    stopped = stop_worker(run, by=f"{by} restart".strip())
+    if not stopped:
         raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill -9; see {run.worker_log}")
+    if stopped.how and said is not None:
+        said.append(stopped.how)
     return start_worker(run, by=by)
 
 
@@ -368,6 +414,8 @@ class RunStatus:
     heartbeat_age_s: float | None
     diverged: bool
     not_learning: bool  # training, but the loss stopped moving far above its best
+    free_bytes: int | None  # free space on the run's filesystem, when the worker paused for it (low disk)
+    write_error: str  # why the live worker cannot write, e.g. "cannot write run.jsonl: no space left on device"
     error: str  # the last error event's message, if the last generation ended in one
     skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
 
@@ -385,13 +433,23 @@ class RunStatus:
 
 
 def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> RunStatus:
-    """Combine liveness (the lock) with what the run file says."""
+    """Combine liveness (the lock) with what the run file says, and what the worker's slot says when it cannot write."""
     pid = worker_pid(run)
     last = history.last_lifecycle
     now = time.time() if now is None else now
-    age = None if history.last_t is None else max(0.0, now - history.last_t)
+    slot = read_slot(run.status_file)
+    own_slot = pid is not None and pid > 0 and slot.get("pid") == pid
+    last_t = max(history.last_t or 0.0, slot.get("t") or 0.0) if own_slot else history.last_t  # both beat
+    age = None if not last_t else max(0.0, now - last_t)
+    low_disk = slot.get("low_disk") if own_slot and isinstance(slot.get("low_disk"), dict) else None
+    write_error = str(slot.get("write_error", "")) if own_slot else ""
+    error = last.detail if last is not None and last.kind == "error" else ""
     if pid is not None and _silent_since_start(run, age, now):
         state = "stalled"
+    elif write_error:
+        state = "cannot write"
+    elif low_disk:
+        state = "low disk"
     elif pid is not None:
         # A diverged worker waits for a new eta: it is not training, whatever its target.
         at_rest = history.diverged or (history.target is not None and history.batch >= history.target)
@@ -402,9 +460,13 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         state = "imported"
     elif last is None or last.kind == "shutdown":
         state = "stopped"
+    elif slot.get("ended") == "shutdown" and slot.get("gen") == history.gen:
+        state = "stopped"  # shut down cleanly, but the disk took no shutdown record
+        error = "shut down cleanly, but its shutdown record could not be written"
     else:
         state = "crashed"
-    error = last.detail if last is not None and last.kind == "error" else ""
+        if slot.get("ended") == "error" and slot.get("gen") == history.gen and not error:
+            error = str(slot.get("error", ""))
     return RunStatus(
         run=run.name,
         state=state,
@@ -420,6 +482,8 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
         heartbeat_age_s=None if age is None else round(age, 3),
         diverged=history.diverged,
         not_learning=state == "training" and history.not_learning,
+        free_bytes=low_disk.get("free") if low_disk else None,
+        write_error=write_error,
         error=error,
         skipped_lines=history.skipped_lines,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnobs.control import check_command
+from nnobs.control import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.files import replace_atomically
 from nnobs.nn import Fact, Network
@@ -158,14 +158,15 @@ class Run:
     (nnobs.torch.attach(model, optimizer), nnobs.attach(net)) or functions: state() returns the
     parameters as one array, on_eta(eta) sets the learning rate, save(path)/load(path) write and read
     your own checkpoint so that a restart resumes your state. eta, target, report_every and pace are
-    the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds.
+    the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds. Training
+    pauses (LOW DISK) while the run's filesystem has less than min_free_mb free.
     """
 
     def __init__(self, name: str | None = None, *, trainer: Trainer | None = None, state: Callable[[], np.ndarray] | None = None,
                  on_eta: Callable[[float], None] | None = None, save: Callable[[str], None] | None = None,
                  load: Callable[[str], None] | None = None, tensors: Tensors | None = None, eta: float | None = None,
                  target: int = 2_000_000, report_every: int = 2_000, pace: float = 0.0,
-                 root: str | os.PathLike | None = None, builtin: bool = False):
+                 min_free_mb: float = DEFAULT_MIN_FREE_MB, root: str | os.PathLike | None = None, builtin: bool = False):
         launched = os.environ.get(RUN_DIR_ENV)
         if launched:
             self.run_dir = RunDir(Path(launched))
@@ -178,8 +179,9 @@ class Run:
         elif any(hook is not None for hook in (state, on_eta, save, load, tensors)):
             raise NnobsError("nnobs.Run takes a trainer or state/on_eta/save/load functions, not both")
         self.trainer = trainer
-        self._settings = Settings(target, report_every, pace, eta)
-        for setting, value in (("target", target), ("report_every", report_every), ("pace", pace)) + (("eta", eta),) * (eta is not None):
+        self._settings = Settings(target, report_every, pace, eta, min_free_mb)
+        settings = (("target", target), ("report_every", report_every), ("pace", pace), ("min_free", min_free_mb))
+        for setting, value in settings + (("eta", eta),) * (eta is not None):
             _check_setting(setting, value)
         self._builtin = builtin  # the built-in worker's: its run is described by config.json
         self._lock_fd: int | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,12 +31,13 @@ from nnobs.checkpoint import (
     load_kept,
     save_checkpoint,
 )
-from nnobs.control import Command, ControlWatcher, check_command
+from nnobs.control import DEFAULT_MIN_FREE_MB, Command, ControlWatcher, check_command
 from nnobs.errors import CommandError, ControlFileError, NnobsError
-from nnobs.files import leftover_temps
+from nnobs.files import cap_file, leftover_temps
 from nnobs.history import RunHistory
 from nnobs.records import BackgroundWriter, RecordReader
 from nnobs.runs import RunDir, take_worker_lock
+from nnobs.slot import StatusSlot, tell_log
 from nnobs.schedule import DENSE_STATE_MAX_PARAMS, next_loss_report, next_state_report
 from nnobs.schema import (
     FULL_STATE_MAX_PARAMS,
@@ -65,6 +65,10 @@ PACE_CATCH_UP_S = 1.0  # a paced run that fell behind (a busy machine, a slow ba
 STATE_BYTES_PER_S = 16_000
 STATE_BYTES_BURST = 512_000  # the dense early reports of a small net fit in this
 BYTES_PER_NUMBER = 20  # about what one float takes in a JSON line
+DISK_CHECK_S = 1.0  # how often the free space on the run's filesystem is looked at: one statvfs
+MB = 1024 * 1024
+WORKER_LOG_MAX = 4 * MB  # worker.log beyond this is cut back to its newest WORKER_LOG_KEPT bytes
+WORKER_LOG_KEPT = 1 * MB
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -112,6 +116,7 @@ class Settings:
     report_every: int = 2_000
     pace: float = 0.0
     eta: float | None = None  # None: the trainer's own
+    min_free_mb: float = DEFAULT_MIN_FREE_MB
 
 
 class Window:
@@ -170,14 +175,14 @@ class Session:
         self.loss: float | None = None
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, settings.target, settings.report_every, 1
-            self.pace = settings.pace
+            self.pace, self.min_free_mb = settings.pace, settings.min_free_mb
             if settings.eta is not None:
                 trainer.eta = settings.eta
             last_seq, control_id, answered = 0, None, set()
         else:
             self._resume(ckpt)
             self.batch, self.target, self.report_every, self.gen = ckpt.batch, ckpt.target, ckpt.report_every, ckpt.gen + 1
-            self.pace = ckpt.pace
+            self.pace, self.min_free_mb = ckpt.pace, ckpt.min_free_mb
             self.loss = ckpt.loss
             last_seq, control_id = ckpt.last_seq, ckpt.control_id
             answered = _answered_since(run.run_file, ckpt.run_offset)
@@ -185,6 +190,9 @@ class Session:
         self.answered = answered  # ids answered after the checkpoint by the generation before: not answered again
         self.control = ControlWatcher(run.control_file, last_seq, control_id)
         self.out = BackgroundWriter(run.run_file, self.gen)
+        self.slot = StatusSlot(run.status_file, os.getpid(), self.gen)  # where it speaks when the run file cannot grow
+        self.trouble: dict = {}  # why training waits for the disk: low_disk (free bytes, and the floor) or write_error
+        self._next_disk_check = 0.0
         self.loss = _or(trainer.loss_now(), self.loss)
         self.done = False
         self.orphaned = False
@@ -218,8 +226,7 @@ class Session:
             except ValueError as err:
                 raise NnobsError(f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh") from err
         elif ckpt.state:
-            print("nnobs: this run's net cannot load a checkpoint: the batch count and settings go on, the net starts afresh",
-                  file=sys.stderr, flush=True)
+            tell_log("nnobs: this run's net cannot load a checkpoint: the batch count and settings go on, the net starts afresh")
         self.trainer.eta = ckpt.eta
 
     def _schedule_reports(self) -> None:
@@ -239,9 +246,9 @@ class Session:
         self.apply_commands()
         self._answers_from = None  # from here on, fresh answers start at the run file's end
         if self.resumed_from is not None and self.batch >= self.target:
-            print(f"nnobs: {self.run_dir.name} resumed at batch {self.batch:,}, its target (the checkpoint's, not the "
-                  f"code's): it waits until the target is raised, from the page or by `nnobs set {self.run_dir.name} "
-                  "--target N`", file=sys.stderr, flush=True)
+            tell_log(f"nnobs: {self.run_dir.name} resumed at batch {self.batch:,}, its target (the checkpoint's, not the "
+                     f"code's): it waits until the target is raised, from the page or by `nnobs set {self.run_dir.name} "
+                     "--target N`")
 
     def batches(self) -> Iterator[int]:
         """Yield the number of each batch to train (resumed runs go on from their checkpoint), idling at the target
@@ -290,7 +297,7 @@ class Session:
             yield
         except Orphaned as err:
             self.orphaned = self.done = True
-            print(f"nnobs {os.getpid()}: {err}; the loop ends without writing", file=sys.stderr, flush=True)
+            tell_log(f"nnobs {os.getpid()}: {err}; the loop ends without writing")
 
     def log(self, loss: float, metrics: dict | None = None) -> None:
         """The loss of the batch being trained, and any other named metrics; NaN or inf marks a diverged loss."""
@@ -331,8 +338,9 @@ class Session:
             if self.done:
                 return None
         limit = self._limit(now)
-        if self.batch >= limit or self.paused:
-            due = self._check_at if self.batch >= self.target or self.paused else min(self._check_at, self._pace_due())
+        if self.batch >= limit or self.paused or self.trouble:
+            at_rest = self.batch >= self.target or self.paused or self.trouble
+            due = self._check_at if at_rest else min(self._check_at, self._pace_due())
             time.sleep(max(0.0, due - now))
             return None
         state_at = self._next_state_at or limit
@@ -362,11 +370,16 @@ class Session:
             self.checkpoint(now)  # the loop idles now: a crash while idle costs nothing
 
     def _housekeeping(self, now: float) -> None:
-        """Commands, ownership, the heartbeat, paced state reports and the checkpoint cadence."""
+        """Commands, ownership, the disk, the heartbeat, paced state reports and the checkpoint cadence."""
         self.apply_commands()
         if now >= self._next_ownership_check:
             self.check_still_owned()
             self._next_ownership_check = now + OWNERSHIP_CHECK_S
+        if now >= self._next_disk_check:
+            self._check_disk(now)
+            self._next_disk_check = now + DISK_CHECK_S
+        if self.trouble:
+            return  # nothing more is written until the disk takes it: the slot beats the heartbeat meanwhile
         since_report = now - self._last_loss_report
         if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
             self.report_loss(now)
@@ -376,6 +389,39 @@ class Session:
             self.out.write(self.state_report())
         if now - self._last_checkpoint >= CHECKPOINT_EVERY_S and self.batch != self._checkpointed_batch:
             self.checkpoint_shown(now)
+
+    def _check_disk(self, now: float) -> None:
+        """Pause when the run's filesystem has less than min_free_mb free, or the run file cannot be written, and say
+        why in the slot; go on by itself when space is back and a heartbeat lands again."""
+        free = _free_bytes(self.run_dir.path)
+        was = self.trouble
+        if free is not None and free < self.min_free_mb * MB:
+            self.trouble = {"low_disk": {"free": free, "min_free": round(self.min_free_mb * MB)}}
+        elif self.out.error is not None:
+            err = self.out.error
+            self.trouble = {"write_error": f"cannot write {self.run_dir.run_file.name}: {_reason(err)}"}
+        else:
+            self.trouble = {}
+        if self.trouble:
+            self.slot.say(**self.trouble)
+            if not was:
+                self.out.write({"event": [self.batch, "low_disk" if "low_disk" in self.trouble else "write_error"],
+                                "error": self.trouble.get("write_error", f"{free / MB:.1f} MB free, below {self.min_free_mb:g} MB"),
+                                **self.trouble})
+            if "write_error" in self.trouble:
+                self.report_loss(now)  # a heartbeat that tells, when it lands, that writing works again
+        elif was:
+            self.slot.say()
+            self._pace_from = (self.batch, now)  # no burst to catch up the paused seconds
+            self.report_loss(now, {"event": [self.batch, "disk_ok"], "free": free})
+        self._cap_log()
+
+    def _cap_log(self) -> None:
+        """Cut worker.log back to its newest part when it has grown past WORKER_LOG_MAX."""
+        try:
+            cap_file(self.run_dir.worker_log, WORKER_LOG_MAX, WORKER_LOG_KEPT)
+        except OSError:
+            pass  # a log that cannot be cut is a log, not a reason to stop
 
     def _limit(self, now: float) -> int:
         """The batch training may reach by now: the target, or less when a pace is set."""
@@ -399,14 +445,19 @@ class Session:
             if self.orphaned:
                 return  # its files now belong to someone else, or to no one: touch nothing
             if error is not None:
-                self.out.write({"event": [self.batch, "error"], "error": f"{type(error).__name__}: {error}"})
+                said = f"{type(error).__name__}: {error}"
+                self.out.write({"event": [self.batch, "error"], "error": said})
+                self.slot.say(ended="error", batch=self.batch, error=said)
                 return
             self.checkpoint_shown(time.monotonic())
             self.report_loss(time.monotonic(), {"event": [self.batch, "shutdown"]})
+            # Said in the slot too: with a full disk the shutdown record may not land, and the run must not read crashed.
+            self.slot.say(ended="shutdown", batch=self.batch)
         except Orphaned:
             self.orphaned = True
         finally:
             self.out.close()  # every record has landed before the process, and its lock, are gone
+            self.slot.close()
 
     # -- reports -------------------------------------------------------------------------
 
@@ -475,6 +526,7 @@ class Session:
             last_seq=self.control.last_seq,
             control_id=self.control.file_id,
             run_offset=self._answers_from if self._answers_from is not None else self.out.size(),
+            min_free_mb=self.min_free_mb,
             state=saved,
             loss=self.loss if self.loss is not None and math.isfinite(self.loss) else None,
         )
@@ -549,6 +601,10 @@ class Session:
             self.pace = value
             self._pace_from = (b, time.monotonic())
             record["pace"] = [b, value]
+        elif cmd == "min_free":
+            self.min_free_mb = value
+            self._next_disk_check = 0.0  # at once: a lowered floor lets a paused run go on
+            record["min_free"] = [b, value]
         elif cmd == "tell_state":
             record.update(self.state_report())
         elif cmd in ("rewind", "reinit"):
@@ -621,6 +677,21 @@ class Session:
             same = False
         if not same:
             raise Orphaned(f"{self.run_dir.path} was deleted or replaced")
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes free for unprivileged writers on path's filesystem; None when it cannot be told."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _reason(err: OSError) -> str:
+    """An OS error in plain lower-case words: "no space left on device"."""
+    text = err.strerror or str(err)
+    return text[:1].lower() + text[1:]
 
 
 def _or(value, fallback):

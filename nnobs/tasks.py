@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnobs.control import MAX_SEED, check_command
+from nnobs.control import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.nn import (
     AffineLayer,
@@ -45,6 +45,7 @@ class RunConfig:
     target: int = 2_000_000  # batches to train before idling; a minute or so of XOR here
     report_every: int = 2_000  # state-vector report every this many batches (0: only on request)
     pace: float = 0.0  # at most this many batches a second; 0: flat out
+    min_free_mb: float = DEFAULT_MIN_FREE_MB  # training pauses while the runs root's filesystem has less free
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -79,9 +80,10 @@ class RunConfig:
             raise NnobsError(f"config: sizes must list two or more layer widths from 1 to {MAX_WIDTH}, not {self.sizes!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise NnobsError(f"config: seed must be a whole number from 0 to {MAX_SEED:,}, not {self.seed!r}")
-        for name in ("eta", "target", "report_every", "pace"):
+        for name, command in (("eta", "eta"), ("target", "target"), ("report_every", "report_every"), ("pace", "pace"),
+                              ("min_free_mb", "min_free")):
             try:
-                check_command(name, getattr(self, name))  # the same rules as for the commands that change them
+                check_command(command, getattr(self, name))  # the same rules as for the commands that change them
             except CommandError as err:
                 raise NnobsError(f"config: {err}") from err
 

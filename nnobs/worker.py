@@ -15,6 +15,7 @@ from nnobs.nn import Fact, Network
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir
 from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, NetTrainer, Run, RunBusy
+from nnobs.slot import tell_log
 from nnobs.tasks import RunConfig, build, build_network, load_config, tensors
 
 
@@ -43,25 +44,25 @@ def main(argv: list[str]) -> int:
         config = load_config(run_dir.config)
         trainer = builtin_trainer(config)
         run = Run(trainer=trainer, builtin=True, eta=config.eta, target=config.target, report_every=config.report_every,
-                  pace=config.pace).start()
+                  pace=config.pace, min_free_mb=config.min_free_mb).start()
     except RunBusy:
-        print(f"nnobs worker {os.getpid()}: another worker holds {run_dir.worker_lock}; exiting", flush=True)
+        tell_log(f"nnobs worker {os.getpid()}: another worker holds {run_dir.worker_lock}; exiting")
         return 0
     except Exception as err:  # a bad config or checkpoint: say so where the page and CLI look, then stop
-        traceback.print_exc()
+        tell_log(traceback.format_exc().rstrip())
         RecordWriter(run_dir.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
         return 1
-    print(f"nnobs worker {os.getpid()} started {stamp} for {run_dir.path}", flush=True)
+    tell_log(f"nnobs worker {os.getpid()} started {stamp} for {run_dir.path}")
     code = 0
     try:
         train(run, trainer)
     except Exception as err:
-        traceback.print_exc()
+        tell_log(traceback.format_exc().rstrip())
         code = 1
         run.close(err)
     else:
         run.close()
-    print(f"nnobs worker {os.getpid()} exits with {code} at batch {run.session.batch}", flush=True)
+    tell_log(f"nnobs worker {os.getpid()} exits with {code} at batch {run.session.batch}")
     return code  # the kernel releases worker.lock as the process ends
 
 
