@@ -3,6 +3,8 @@ surface's colours, and one batch range for every chart over batches, without a s
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -237,3 +239,96 @@ def test_the_step_lines_break_where_there_is_no_step_instead_of_bridging_the_gap
         filters = [t["filter"] for t in line.get("transform", []) if "filter" in t]
         assert filters == ["!datum.extent"], "rows without a value stay, so the path breaks there"
         assert line["mark"].get("invalid") in (None, "break-paths-show-domains")
+
+
+# -- a script's metrics, a large net's summaries and sample ----------------------------------
+
+TENSORS = [["fc1.weight", [3, 4]], ["fc1.bias", [3]]]  # 15 parameters
+
+
+def started(batch: int = 0, sample=None, resumed_from=None) -> dict:
+    return {"heartbeat": [batch, None], "event": [batch, "started"], "pid": 1, "resumed_from": resumed_from,
+            "params": [batch, {"tensors": TENSORS, "sample": sample}]}
+
+
+def summary_line(batch: int, change) -> dict:
+    rows = [[2.0 + batch / 1000, 0.0, 0.5, -1.0, 1.0, change], [0.1, 0.01, 0.02, -0.03, 0.05, change]]
+    return {"eta": [batch, 0.1], "summary": [batch, rows], "sample": [batch, [0.5, -0.25, 0.125]],
+            "target": [batch, 10**6], "report_every": [batch, 100], "pace": [batch, 0.0]}
+
+
+def script_run(tmp_path, records: list[dict]) -> RunDir:
+    """A script's run directory: run.json and the run file, no config.json."""
+    run = RunDir(tmp_path / "script")
+    run.path.mkdir()
+    run.description.write_text(json.dumps({"kind": "script", "argv": ["python", "train.py"], "cwd": "/home/me", "pid": 1}))
+    out = RecordWriter(run.run_file, gen=1)
+    for record in records:
+        out.write(record)
+    return run
+
+
+def test_a_metric_keeps_its_latest_value_and_every_windows_extremes():
+    history = RunHistory()
+    history.add([started()] + [
+        {"loss": [b, 1.0 / b], "metrics": [b, {"accuracy": [0.5 + b / 1000, 10, 0.01, b - 7, 0.99, b - 3, 0.6]}]}
+        for b in range(10, 101, 10)
+    ] + [{"loss": [105, 0.01], "metrics": [105, {"accuracy": [0.75]}]}])
+    accuracy = history.metrics["accuracy"]
+    assert accuracy.latest == (105, 0.75)
+    points, means = charts.metric_frames(history)["accuracy"]
+    assert {0.01, 0.99, 0.75} <= set(points["value"]), "the window's min and max and the latest value"
+    assert points["batch"].is_monotonic_increasing and 93 in set(points["batch"]), "each extreme where it was"
+    assert np.isclose(means["mean"].iloc[0], 0.6)
+
+
+def test_a_metric_logged_once_or_never_as_a_number_says_so_instead_of_a_chart(tmp_path):
+    run = script_run(tmp_path, [started(), {"loss": [1, 0.5], "metrics": [1, {"once": [0.25], "never": [None]}]},
+                                {"loss": [2, 0.4], "metrics": [2, {"never": [None]}]}])
+    view = build_view(run, RunWatcher(run.run_file), None)
+    frames = chart_frames(view, 0.6)
+    assert len(frames["metric:once"]) == 0 and len(frames["metric:never"]) == 0
+    assert charts.metric_pending("once", view.metrics["once"][0]) == \
+        "**once**: 0.25 at batch 1, the one batch it was logged at so far."
+    assert "not yet as a number" in charts.metric_pending("never", view.metrics["never"][0])
+    assert view.status.loss == 0.4 and not view.status.diverged, "a null metric does not make the loss diverged"
+
+
+def test_summaries_become_per_tensor_series_named_by_the_params_record_and_a_null_change_breaks_the_line(tmp_path):
+    run = script_run(tmp_path, [started(sample=[0, 7, 14])] + [summary_line(b, None if b == 0 else 1e-3 * (b + 1))
+                                                               for b in range(0, 501, 100)])
+    view = build_view(run, RunWatcher(run.run_file), None)
+    assert view.tensors == ("fc1.weight", "fc1.bias") and view.sampled
+    norm = view.layers["norm"]
+    assert norm.loc[norm["tensor"] == "fc1.weight", "value"].tolist() == [2.0 + b / 1000 for b in range(0, 501, 100)]
+    change = view.layers["change"]
+    first = change[change["batch"] == 0]
+    assert len(first) == 2 and first["value"].isna().all(), "no change at the first report: no point, a break"
+    assert view.sv_names == ("fc1.weight[0,0]", "fc1.weight[1,3]", "fc1.bias[2]"), "the sample's own names"
+    assert view.sv_shown[1] == "a sample of 3 of 15 parameters"
+    frames = chart_frames(view, 0.6)
+    assert "step_lengths" not in frames and {"layer:norm", "layer:std", "layer:change"} <= set(frames)
+    assert frames["layer:change"]["batch"].max() == 500 and view.surface is None
+    assert view.script["argv"] == ["python", "train.py"]
+
+
+def test_parameter_names_come_from_the_run_files_params_before_the_configs(tmp_path):
+    sv = {"eta": [0, 0.1], "sv": [0, list(np.arange(15.0))], "target": [0, 9], "report_every": [0, 1]}
+    run, config = write_run(tmp_path, [started(), sv])  # the config's net (L1.W, ...) does not have 15 parameters
+    view = build_view(run, RunWatcher(run.run_file), config)
+    assert view.sv_names[:2] == ("fc1.weight[0,0]", "fc1.weight[0,1]") and view.sv_names[-1] == "fc1.bias[2]"
+    assert view.sv_shown == ("every parameter", "every parameter") and view.surface is None
+
+
+def test_a_restart_from_an_earlier_checkpoint_truncates_metrics_and_summaries_too():
+    history = RunHistory()
+    history.add([started(sample=[0, 7, 14])]
+                + [summary_line(b, 0.01) for b in range(0, 1001, 100)]
+                + [{"loss": [b, 0.5], "metrics": [b, {"accuracy": [b / 1000]}]} for b in range(10, 1001, 10)]
+                + [started(500, sample=[0, 7, 14], resumed_from=500)])
+    assert history.layers.last[0] <= 500 and history.metrics["accuracy"].outline.last[0] <= 500
+    points, _ = charts.metric_frames(history)["accuracy"]
+    assert points["batch"].max() <= 500 and points["value"].max() <= 0.5, "nothing of the line gone back from"
+    assert charts.layer_frames(history, ("a", "b"))["norm"]["batch"].max() <= 500
+    history.add([{"loss": [510, 0.4], "metrics": [510, {"accuracy": [0.2]}]}])
+    assert history.metrics["accuracy"].latest == (510, 0.2)

@@ -13,6 +13,15 @@ import pytest
 from conftest import SEED_RUN
 from nnobs.history import RunHistory
 from nnobs.records import RecordReader, RecordWriter, read_all
+from nnobs.schema import (
+    LINE,
+    LOSS,
+    loss_report,
+    metric_entry,
+    params_record,
+    summary_report,
+    tensor_summary,
+)
 
 
 @pytest.fixture
@@ -186,3 +195,52 @@ def test_seed_notebook_run_file_loads_into_a_history(seed_records):
     assert history.batch == 20000 and history.eta == 0.1
     assert history.last_t is None and history.gen is None  # the notebook stamped neither
     assert history.events == [] and not history.diverged
+
+
+def test_the_sessions_new_lines_take_the_json_path_and_fold_as_they_do_one_at_a_time(run_file):
+    """A large net's run file as the session writes it (params, heartbeat, metrics, summaries, samples) beside
+    plain loss reports: folded in one chunk, as a cold load does, or a line at a time, as a live page does."""
+    seed = 6
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    tensors = [("fc1.weight", (4, 3)), ("fc1.bias", (4,))]
+    params = params_record(0, tensors, 16)
+    params["params"][1]["sample"] = [0, 5, 15]  # as a net of more than FULL_STATE_MAX_PARAMS has one
+    records = [{"heartbeat": [0, None], "event": [0, "started"], "pid": 1, "resumed_from": None, **params}]
+    sv, previous = rng.normal(size=16), None
+    for batch in range(1, 3000):
+        kind = rng.integers(4)
+        window = (5, float(rng.random()), batch - 2, 1.5, batch - 1, 0.75)
+        if kind == 0:
+            records.append(loss_report(batch, float(rng.random()), window))  # plain: the fast path
+        elif kind == 1:
+            records.append({**loss_report(batch, float(rng.random()), window),
+                            "metrics": [batch, {"accuracy": metric_entry(float(rng.random()), window),
+                                                "lr": metric_entry(0.1, None)}]})
+        elif kind == 2:
+            records.append(loss_report(batch, float(rng.random())))  # plain, without a window: the fast path
+        else:
+            sv = sv + rng.normal(size=16) * 0.01
+            records.append(summary_report(batch, 0.1, tensor_summary(sv, tensors, previous), sv[[0, 5, 15]], 9, 5, 0.0))
+            previous = sv
+    write_records(run_file, *records)
+    text = run_file.read_bytes()
+    plain = [line for line in text.splitlines(keepends=True) if b'"metrics"' not in line and b'"summary"' not in line
+             and b'"params"' not in line]
+    assert all(row[LOSS] for row in LINE.findall(b"".join(plain))), "plain reports match the regex"
+
+    at_once, one_by_one = RunHistory(), RunHistory()
+    at_once.add_lines(text)
+    for line in text.splitlines(keepends=True):
+        one_by_one.add_lines(line)
+    for history in (at_once, one_by_one):
+        assert history.tensors == tensors and history.sample == [0, 5, 15] and history.skipped_lines == 0
+    assert set(at_once.metrics) == {"accuracy", "lr"} and at_once.metrics["lr"].latest[1] == 0.1
+    for name in at_once.metrics:
+        for part in ("outline", "means"):
+            ours, theirs = getattr(at_once.metrics[name], part), getattr(one_by_one.metrics[name], part)
+            np.testing.assert_array_equal(ours.points(0), theirs.points(0))
+    np.testing.assert_array_equal(at_once.layers.points(5), one_by_one.layers.points(5))  # fc1.weight's change
+    assert at_once.layers.n == sum("summary" in r for r in records)
+    np.testing.assert_array_equal(at_once.sv_batches.values(), one_by_one.sv_batches.values())
+    np.testing.assert_array_equal(at_once.loss_series()[1], one_by_one.loss_series()[1])
