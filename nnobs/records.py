@@ -66,7 +66,7 @@ class RecordWriter:
         """End a line left unfinished by a killed writer, so that only it is lost, not our first record."""
         size = os.fstat(self._fd).st_size
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
-            os.write(self._fd, b"\n")
+            self._torn = True  # ended by the first write, which a full disk may refuse now
 
     def write(self, record: Record) -> bool:
         return self._append(encode_record(self._stamped(record)))

@@ -51,6 +51,7 @@ from nnobs.schema import (
     tensor_summary,
 )
 
+PID_WIDTH = 20  # worker.lock holds the pid, space-padded to this many bytes
 CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land within this
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
 HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
@@ -151,8 +152,8 @@ def claim(run: RunDir) -> int | None:
     lock_fd = take_worker_lock(run)
     if lock_fd is None:
         return None
-    os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, str(os.getpid()).encode(), 0)
+    # Written over the last pid in place, padded to a fixed width: no truncation, so no new space needed on a full disk.
+    os.pwrite(lock_fd, str(os.getpid()).ljust(PID_WIDTH).encode(), 0)
     for stale in leftover_temps(run.checkpoint):
         stale.unlink(missing_ok=True)  # only the lock holder writes checkpoints
     return lock_fd
@@ -395,7 +396,7 @@ class Session:
         why in the slot; go on by itself when space is back and a heartbeat lands again."""
         free = _free_bytes(self.run_dir.path)
         was = self.trouble
-        if free is not None and free < self.min_free_mb * MB:
+        if free is not None and (free < self.min_free_mb * MB or not self._room_for_checkpoint()):
             self.trouble = {"low_disk": {"free": free, "min_free": round(self.min_free_mb * MB)}}
         elif self.out.error is not None:
             err = self.out.error
@@ -415,6 +416,18 @@ class Session:
             self._pace_from = (self.batch, now)  # no burst to catch up the paused seconds
             self.report_loss(now, {"event": [self.batch, "disk_ok"], "free": free})
         self._cap_log()
+
+    def _room_for_checkpoint(self) -> bool:
+        """Whether a checkpoint as large as the last one leaves min_free_mb free (kept checkpoints hold the old ones' space).
+        A floor of 0 never pauses: what does not fit fails, and the checkpoint before stays whole."""
+        if not self.min_free_mb:
+            return True
+        free = _free_bytes(self.run_dir.path)
+        try:
+            size = os.path.getsize(self.run_dir.checkpoint)
+        except OSError:
+            size = 0
+        return free is None or free - size >= self.min_free_mb * MB
 
     def _cap_log(self) -> None:
         """Cut worker.log back to its newest part when it has grown past WORKER_LOG_MAX."""
@@ -514,6 +527,9 @@ class Session:
         self._last_checkpoint = now
         if not np.isfinite(self.trainer.state_vector()).all():
             return  # parameters no one can go on from: the checkpoint before them stays
+        if not self._room_for_checkpoint():
+            self._check_disk(now)  # pauses, and says so: a checkpoint would take the disk below its floor
+            return
         saved = self.trainer.save()
         self.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = Checkpoint(
@@ -563,7 +579,7 @@ class Session:
             return
         for command in commands:
             self.apply(command)
-        if commands:
+        if commands and not self.trouble:
             self.checkpoint(time.monotonic())  # so a crash cannot re-apply what was answered
 
     def apply(self, command: Command) -> None:
