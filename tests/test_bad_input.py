@@ -628,3 +628,5 @@ def test_nothing_read_from_disk_is_ever_executed():
     assert found == []
     loads = [m for source in sources for m in re.findall(r"np\.load\([^)]*\)", source.read_text())]
     assert loads and all("allow_pickle=False" in call for call in loads), loads
+    torch_loads = [m for source in sources for m in re.findall(r"torch\.load\([^\n]*", source.read_text())]
+    assert torch_loads and all("weights_only=True" in call for call in torch_loads), torch_loads

@@ -164,3 +164,15 @@ def test_the_notebooks_run_file_is_imported_read_only(runs_root):
     bad = nnobs_cli(runs_root, "import", "other", str(garbage))
     assert bad.returncode == 2 and "holds no records" in bad.stderr
     assert not RunDir.named("other", runs_root).path.exists()
+
+
+def test_a_recorded_command_that_others_may_write_is_not_run(runs_root, script, tmp_path):
+    run = RunDir.named("shared", runs_root)
+    assert nnobs_cli(runs_root, "run", "shared", "--", sys.executable, script.name, cwd=script.parent).returncode == 0
+    assert nnobs_cli(runs_root, "stop", "shared").returncode == 0
+    planted = tmp_path / "planted"
+    run.launch.write_text(f'{{"command": ["/bin/touch", "{planted}"], "cwd": "/"}}')
+    run.launch.chmod(0o666)  # as a teammate sharing the runs root could have left it
+    refused = nnobs_cli(runs_root, "start", "shared")
+    assert refused.returncode == 2 and "is not yours alone" in refused.stderr, refused.stderr
+    assert not planted.exists(), "the planted command did not run"
