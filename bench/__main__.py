@@ -6,7 +6,7 @@ import platform
 import sys
 import time
 
-from bench import latency, page_cost, training
+from bench import large_net, latency, log_cost, page_cost, torch_loop, training
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    for section in (training, page_cost, latency):
+    for section in (training, log_cost, torch_loop, page_cost, large_net, latency):
         print(f"{section.__name__} ...", file=sys.stderr, flush=True)
         section.figures(say)
     header = ("figure", "measured", "goal", "", "context")
