@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=5000, help="batches to train, then wait (default: 5000)")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate (default: 0.01)")
     parser.add_argument("--hidden", type=int, default=32, help="units in each of the two hidden layers (default: 32)")
+    parser.add_argument("--pace", type=float, default=0.0, help="train at most N batches a second (default: 0, flat out)")
     parser.add_argument("--seed", type=int, default=0, help="draws the data and the first weights (default: 0)")
     args = parser.parse_args()
 
@@ -71,7 +72,8 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
 
     # The learning rate lives in the optimizer: the page's and the CLI's eta set it there.
-    with nnobs.Run(args.run, trainer=nnobs.torch.attach(model, optimizer), target=args.target, root=args.runs) as run:
+    with nnobs.Run(args.run, trainer=nnobs.torch.attach(model, optimizer), target=args.target, pace=args.pace,
+                   root=args.runs) as run:
         for batch in run.batches():
             rows = train[torch.randint(len(train), (BATCH_SIZE,), generator=data)]
             logits = model(x[rows])

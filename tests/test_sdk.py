@@ -1,0 +1,407 @@
+"""nnobs.Run under real training loops: the example scripts (PyTorch and numpy) and small scripts written here, each
+run as its own process and steered through its run directory by the CLI and the control file, as a user would."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (
+    FOREVER,
+    REPO,
+    acks_of,
+    answered,
+    batch_passes,
+    events,
+    process_gone,
+    records_with,
+    say_at_the_end,
+    wait_for,
+    wait_started,
+)
+from nnobs.checkpoint import load_checkpoint
+from nnobs.control import send_command
+from nnobs.errors import NnobsError
+from nnobs.records import read_all
+from nnobs.runs import RunDir, read_history, run_status
+from nnobs.sdk import Run
+
+TORCH_MLP = REPO / "examples/torch_mlp.py"
+NUMPY_LOOP = REPO / "examples/numpy_loop.py"
+MLP_TENSORS = [["0.weight", [32, 2]], ["0.bias", [32]], ["2.weight", [32, 32]], ["2.bias", [32]],
+               ["4.weight", [2, 32]], ["4.bias", [2]]]  # the example's default: 2 -> 32 -> 32 -> 2
+PACE = 200  # batches a second for runs that train on and on: they leave the cores to the CLI and other scripts
+SCRIPT_TIMEOUT_S = 60.0  # a script's exit after it was told to end; importing torch alone takes seconds here
+
+# A PyTorch loop that goes wrong at a batch of its choosing: argv is run name, runs root, fault ("raise" or
+# "nan") and the batch. The batch's input gets a NaN, as a corrupt sample would bring, so the loss, the gradients
+# and then the parameters are NaN for real, not a number made up after the fact.
+FAULTY_LOOP = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nnobs, nnobs.torch
+
+    name, root, fault, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(256, 2)
+    y = (x[:, :1] * x[:, 1:] > 0).float()
+    with nnobs.Run(name, root=root, trainer=nnobs.torch.attach(model, optimizer)) as run:
+        for batch in run.batches():
+            inputs = x.clone()
+            if batch == at and fault == "raise":
+                raise RuntimeError(f"the data ran out at batch {batch}")
+            if batch == at and fault == "nan":
+                inputs[0, 0] = float("nan")
+            loss = torch.nn.functional.mse_loss(model(inputs), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(loss.item())
+    print("after the loop", flush=True)
+    """
+)
+
+
+@dataclass
+class Script:
+    """A started script and the files its output goes to (files, not pipes: nobody has to keep reading them)."""
+
+    proc: subprocess.Popen
+    out: Path
+    err: Path
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def exit_code(self) -> int:
+        """Wait for the script to exit and return its exit code."""
+        try:
+            return self.proc.wait(timeout=SCRIPT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"script {self.proc.pid} still runs {SCRIPT_TIMEOUT_S:.0f} s after it was told to end:\n{self.stderr()}")
+
+
+class Scripts:
+    """Starts scripts as a user would (python path/to/script.py ...) and kills whatever still runs at the end."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.started: list[Script] = []
+
+    def start(self, script: Path, *args: object) -> Script:
+        n = len(self.started)
+        out, err = self.folder / f"script{n}.out", self.folder / f"script{n}.err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=stdout, stderr=stderr,
+                                    cwd=self.folder)
+        self.started.append(Script(proc, out, err))
+        return self.started[-1]
+
+    def kill_all(self) -> None:
+        for script in self.started:
+            if script.proc.poll() is None:
+                script.proc.kill()
+            script.proc.wait(timeout=SCRIPT_TIMEOUT_S)
+            assert process_gone(script.proc.pid)
+
+
+@pytest.fixture
+def scripts(tmp_path: Path):
+    started = Scripts(tmp_path)
+    yield started
+    started.kill_all()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The runs root of one test."""
+    return tmp_path / "runs"
+
+
+def cli(root: Path, *args: object) -> subprocess.CompletedProcess:
+    """The `nnobs` command, run as a process of its own."""
+    return subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(root), *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def cli_status(run: RunDir) -> dict:
+    result = cli(run.path.parent, "status", run.name, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def state_of(run: RunDir) -> str:
+    return run_status(run, read_history(run)).state
+
+
+def logged(run: RunDir, metric: str) -> list[tuple[int, int, float]]:
+    """(generation, batch, latest value) of metric in each loss report that carries it, in file order."""
+    return [(r["gen"], r["metrics"][0], r["metrics"][1][metric][0])
+            for r in records_with(run, "metrics") if metric in r["metrics"][1]]
+
+
+def assert_ended_cleanly(run: RunDir, script: Script) -> int:
+    """The script exited 0 after its loop, the shutdown record last and a checkpoint at its batch; that batch."""
+    assert script.exit_code() == 0, script.stderr()
+    last = read_all(run.run_file)[-1]
+    assert last["event"][1] == "shutdown", last
+    ckpt = load_checkpoint(run.checkpoint)
+    # A batch boundary: the final checkpoint, the shutdown record and its loss all stand at the last batch trained.
+    assert ckpt.batch == last["event"][0] == last["loss"][0]
+    assert f"stopped at batch {ckpt.batch:,}" in script.stdout()  # the code after the loop ran, and saw that batch
+    assert state_of(run) == "stopped"
+    return ckpt.batch
+
+
+# -- one PyTorch run, watched by several tests that leave it training -------------------------------------------
+
+
+@dataclass
+class LiveRun:
+    run: RunDir
+    script: Script
+
+
+@pytest.fixture(scope="class")
+def live_mlp(tmp_path_factory):
+    """The PyTorch example training towards a target it never reaches; killed after the tests of its class."""
+    folder = tmp_path_factory.mktemp("live-mlp")
+    started = Scripts(folder)
+    script = started.start(TORCH_MLP, "mlp", "--runs", folder / "runs", "--target", FOREVER, "--pace", PACE)
+    run = RunDir.named("mlp", folder / "runs")
+    try:
+        batch_passes(run, 0, what="the PyTorch example to train")
+        yield LiveRun(run, script)
+    finally:
+        started.kill_all()
+
+
+class TestALiveRun:
+    """Tests that watch and steer one PyTorch run as it trains, none of them stopping it."""
+
+    def test_the_cli_sees_the_loss_and_the_run_file_holds_the_other_metrics(self, live_mlp):
+        run = live_mlp.run
+        batch_passes(run, 200, what="training past the second test-accuracy batch")
+
+        status = cli_status(run)
+
+        assert status["state"] == "training" and status["batch"] > 200
+        assert status["loss"] in {r["loss"][1] for r in records_with(run, "loss")}  # one the script logged, as logged
+        assert 0 < status["loss"] < 10
+        for metric in ("accuracy", "test_accuracy"):
+            values = [value for _, _, value in logged(run, metric)]
+            assert values and all(0 <= value <= 1 for value in values), (metric, values[:5])
+        # The test accuracy is measured every 100 batches only: the reports that carry it are those covering such a batch.
+        assert all(batch >= 100 for _, batch, _ in logged(run, "test_accuracy"))
+        assert {value for _, _, value in logged(run, "lr")} >= {0.01}
+
+    def test_eta_set_by_the_cli_becomes_the_optimizers_learning_rate(self, live_mlp):
+        run = live_mlp.run
+
+        result = cli(run.path.parent, "set", run.name, "--eta", "0.004")
+
+        assert result.returncode == 0 and "acknowledged" in result.stdout, result.stdout + result.stderr
+        ack_batch = next(r["ack"][0] for r in records_with(run, "ack") if r["ack"][1]["cmd"] == "eta")
+        # optimizer.param_groups[0]["lr"], logged by the script at each batch after the one where eta took effect
+        later = wait_for(lambda: [value for _, batch, value in logged(run, "lr") if batch > ack_batch][:3],
+                         what="the script to log the learning rate after the new eta")
+        assert later == [0.004] * len(later)
+        assert cli_status(run)["eta"] == 0.004
+
+    def test_tell_state_reports_the_state_and_the_started_line_names_the_models_tensors(self, live_mlp):
+        run = live_mlp.run
+        started = events(run, "started")[0]
+        assert started["params"][1]["tensors"] == MLP_TENSORS
+        n_params = sum(math.prod(shape) for _, shape in MLP_TENSORS)
+
+        command = send_command(run.control_file, "tell_state", by="test")
+
+        answer = answered(run, command)
+        report = acks_of(run, command)[0]
+        assert answer.ok and report["sv"][0] == answer.batch > started["event"][0]
+        assert len(report["sv"][1]) == n_params
+        assert report["sv"][1] != started["sv"][1]  # the model has trained since it started
+        assert report["eta"] == [answer.batch, read_history(run).eta]
+
+    def test_a_second_run_on_the_same_name_while_the_first_lives_is_refused_naming_the_live_worker(self, live_mlp):
+        run = live_mlp.run
+        second = Run(run.name, root=run.path.parent, state=lambda: np.zeros(3))
+
+        with pytest.raises(NnobsError) as refused:
+            second.start()
+
+        assert f"pid {live_mlp.script.proc.pid}" in str(refused.value) and f"nnobs stop {run.name}" in str(refused.value)
+        seen = read_history(run).batch
+        batch_passes(run, seen, what="the first run to train on after the refusal")
+        assert events(run, "started")[-1]["pid"] == live_mlp.script.proc.pid
+
+
+# -- runs of their own ------------------------------------------------------------------------------------------
+
+
+def test_training_idles_at_the_target_and_goes_on_when_it_is_raised(root, scripts):
+    scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", 100)
+    run = RunDir.named("mlp", root)
+    wait_for(lambda: (s := run_status(run, read_history(run))).state == "idle" and s.batch == 100,
+             what="the run to idle at batch 100")
+    reached = events(run, "target_reached")[0]
+    # Idle: the heartbeat goes on, a second and more after reaching the target, and the batch stays where it was.
+    wait_for(lambda: any(r["t"] >= reached["t"] + 1.0 for r in records_with(run, "loss")),
+             what="a heartbeat a second after reaching the target")
+    assert {r["loss"][0] for r in records_with(run, "loss") if r["t"] >= reached["t"]} == {100}
+    status = cli_status(run)
+    assert (status["state"], status["batch"], status["target"]) == ("idle", 100, 100)
+
+    result = cli(root, "set", "mlp", "--target", 200)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: (s := run_status(run, read_history(run))).state == "idle" and s.batch == 200,
+             what="training to go on to the raised target of 200")
+    assert [e["event"][0] for e in events(run, "target_reached")] == [100, 200]
+
+
+def test_nnobs_stop_ends_the_loop_at_a_batch_with_a_final_checkpoint_and_the_script_exits_0(root, scripts):
+    script = scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE)
+    run = RunDir.named("mlp", root)
+    batch_passes(run, 20)
+
+    result = cli(root, "stop", "mlp")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    batch = assert_ended_cleanly(run, script)
+    assert f"mlp: stopped at batch {batch:,}" in result.stdout
+    assert cli_status(run)["state"] == "stopped"
+
+
+def test_sigterm_and_sigint_each_end_the_loop_as_a_shutdown_does(root, scripts):
+    # Two runs side by side: the two scripts import torch at the same time.
+    signals = {"term": signal.SIGTERM, "int": signal.SIGINT}
+    started = {name: scripts.start(TORCH_MLP, name, "--runs", root, "--target", FOREVER, "--pace", PACE) for name in signals}
+    for name in signals:
+        batch_passes(RunDir.named(name, root), 20)
+
+    for name, signum in signals.items():
+        started[name].proc.send_signal(signum)
+
+    for name, script in started.items():
+        assert_ended_cleanly(RunDir.named(name, root), script)
+        assert "Traceback" not in script.stderr()  # Ctrl-C once ends the loop: it does not interrupt the script
+
+
+def test_kill_9_reads_crashed_at_once_and_a_second_start_resumes_with_the_learning_rate_set_before(root, scripts, request):
+    first = scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE)
+    run = RunDir.named("mlp", root)
+    batch_passes(run, 20)
+    answered(run, send_command(run.control_file, "eta", 0.002, by="test"))
+    wait_for(lambda: (c := load_checkpoint(run.checkpoint)) is not None and c.eta == 0.002,
+             what="a checkpoint that holds the new eta")
+
+    first.proc.kill()
+    killed = time.monotonic()
+    wait_for(lambda: state_of(run) == "crashed", timeout=10, what="the killed run to read crashed")
+    seen_after = time.monotonic() - killed
+
+    say_at_the_end(request.config, f"test_sdk: crashed seen {seen_after * 1000:.0f} ms after kill -9 of a PyTorch script")
+    assert seen_after < 2.0, f"crashed seen only {seen_after:.2f} s after kill -9"
+    assert first.exit_code() == -signal.SIGKILL
+    assert cli_status(run)["label"] == "crashed"
+    ckpt = load_checkpoint(run.checkpoint)
+
+    scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE, "--lr", 0.01)  # the code's lr, not the run's
+
+    started = wait_started(run, 2)
+    assert (started["resumed_from"], started["event"][0], started["gen"]) == (ckpt.batch, ckpt.batch, ckpt.gen + 1)
+    resumed = wait_for(lambda: [value for gen, _, value in logged(run, "lr") if gen == started["gen"]][:3],
+                       what="the resumed script to log its learning rate")
+    assert resumed == [0.002] * len(resumed)  # optimizer.param_groups[0]["lr"] in the new process
+    batch_passes(run, ckpt.batch, what="the resumed run to train past its checkpoint")
+    status = cli_status(run)
+    assert (status["state"], status["generation"], status["eta"]) == ("training", ckpt.gen + 1, 0.002)
+
+
+def test_an_exception_in_the_loop_is_recorded_and_the_run_reads_crashed_with_it(root, scripts, tmp_path):
+    faulty = tmp_path / "faulty_loop.py"
+    faulty.write_text(FAULTY_LOOP)
+    script = scripts.start(faulty, "faulty", root, "raise", 40)
+    run = RunDir.named("faulty", root)
+
+    assert script.exit_code() == 1
+    assert "RuntimeError: the data ran out at batch 40" in script.stderr()  # the user's own traceback, unchanged
+    assert "after the loop" not in script.stdout()
+    error = events(run, "error")[-1]
+    assert error["event"][0] == 40 and error["error"] == "RuntimeError: the data ran out at batch 40"
+    status = cli_status(run)
+    assert (status["state"], status["error"]) == ("crashed", "RuntimeError: the data ran out at batch 40")
+
+
+def test_a_nan_loss_reads_diverged_and_every_line_of_the_run_file_is_strict_json(root, scripts, tmp_path):
+    faulty = tmp_path / "faulty_loop.py"
+    faulty.write_text(FAULTY_LOOP)
+    script = scripts.start(faulty, "faulty", root, "nan", 30)
+    run = RunDir.named("faulty", root)
+
+    wait_for(lambda: events(run, "diverged"), what="the NaN loss to be noticed")
+
+    status = cli_status(run)
+    assert status["label"] == "diverged" and status["diverged"]
+    diverged = events(run, "diverged")[0]
+    assert diverged["event"][0] >= 30 and diverged["loss"] == [diverged["event"][0], None]  # NaN written as null
+
+    def no_nan(text: str):
+        raise AssertionError(f"{text} in the run file")
+
+    lines = run.run_file.read_text().splitlines()
+    assert lines and all(isinstance(json.loads(line, parse_constant=no_nan), dict) for line in lines)
+    result = cli(root, "stop", "faulty")  # a paused run still answers, and ends as any other
+    assert result.returncode == 0 and script.exit_code() == 0 and "after the loop" in script.stdout()
+
+
+# -- a numpy net of nnobs.nn --------------------------------------------------------------------------------------
+
+
+def test_eta_from_the_control_file_sets_the_numpy_nets_eta(root, scripts):
+    scripts.start(NUMPY_LOOP, "sine", "--runs", root, "--target", FOREVER, "--pace", PACE)
+    run = RunDir.named("sine", root)
+    batch_passes(run, 100)
+
+    answer = answered(run, send_command(run.control_file, "eta", 0.02, by="test"))
+
+    later = wait_for(lambda: [value for _, batch, value in logged(run, "lr") if batch > answer.batch][:3],
+                     what="the script to log net.eta after the new eta")
+    assert later == [0.02] * len(later)
+    assert {value for _, batch, value in logged(run, "lr") if batch < answer.batch} == {0.05}
+
+
+def test_a_numpy_net_started_again_resumes_its_state_vector(root, scripts):
+    first = scripts.start(NUMPY_LOOP, "sine", "--runs", root, "--target", FOREVER, "--pace", PACE)
+    run = RunDir.named("sine", root)
+    batch_passes(run, 100)
+    assert cli(root, "stop", "sine").returncode == 0
+    stopped_at = assert_ended_cleanly(run, first)
+    ckpt = load_checkpoint(run.checkpoint)
+
+    scripts.start(NUMPY_LOOP, "sine", "--runs", root, "--target", FOREVER, "--pace", PACE)
+
+    fresh, resumed = events(run, "started")[0], wait_started(run, 2)
+    assert resumed["resumed_from"] == stopped_at
+    # The script drew the same first weights as before; the state it reports is the checkpoint's, not those.
+    assert resumed["sv"][1] == ckpt.sv.tolist() != fresh["sv"][1]
+    batch_passes(run, stopped_at, what="the resumed net to train on")
+    assert state_of(run) == "training"
