@@ -432,7 +432,7 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         .add_params(_zoom())
     )
     return _spec(
-        alt.layer(_run_extent(), lines, title=f"State vector: {shown}")
+        alt.layer(_run_extent(), lines, title=alt.Title("State vector", subtitle=shown))
         .properties(height=max(260, 12 * min(len(names), 80)))
     )
 
@@ -512,6 +512,6 @@ def sv_heatmap_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         )
     )
     return _spec(
-        alt.layer(_run_extent(), cells, title=f"State vector over batches: {shown}")
+        alt.layer(_run_extent(), cells, title=alt.Title("State vector over batches", subtitle=shown))
         .properties(height=max(240, 14 * min(len(names), 80)))
     )

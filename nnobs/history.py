@@ -63,7 +63,8 @@ PROGRESS_SAMPLES = 64  # (time, batch, loss) samples, for the training rate and 
 PROGRESS_EVERY_S = 0.5  # at most this often, however many sessions refresh: 64 samples span 30 s or more
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
-SV_KEPT = 256  # parameters whose trajectories are kept for the charts; a larger net keeps its latest vector whole
+SV_KEPT = 256  # parameters whose trajectories are kept for the charts (all of a large net's sample); the latest
+# vector is kept whole
 MAX_METRICS = 32  # a script's metrics kept, in the order first logged: each costs two sets of buckets
 
 
@@ -253,13 +254,16 @@ class RunHistory:
 
     def _add_state_vectors(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         """Fold in state reports: batches (k,), vectors (k, width)."""
-        if self.sv_latest is None or len(self.sv_latest) != vectors.shape[1]:  # the first report, or another net
+        width = vectors.shape[1]
+        if self.sv_latest is None or len(self.sv_latest) != width:  # the first report, or another net
             self.sv_batches = Column(np.int64)
-            self.sv_buckets = MinMaxBuckets(min(vectors.shape[1], SV_KEPT), SV_BUCKETS)
+            # A large net's sample is kept whole: it is already the few that stand for the rest.
+            kept = width if self.sample is not None and len(self.sample) == width else min(width, SV_KEPT)
+            self.sv_buckets = MinMaxBuckets(kept, SV_BUCKETS)
             self.step_buckets = MinMaxBuckets(2, SV_BUCKETS)
             self._sv_tail = None
         self.sv_batches.extend(batches)
-        self.sv_buckets.extend(batches, vectors[:, :SV_KEPT])
+        self.sv_buckets.extend(batches, vectors[:, : self.sv_buckets.n_columns])
         lengths, cosines = steps(self._sv_tail, vectors)
         self.step_buckets.extend(batches, np.column_stack((lengths, cosines)))
         tail = vectors if self._sv_tail is None else np.vstack((self._sv_tail, vectors))

@@ -84,12 +84,15 @@ def page(runs_root, monkeypatch):
 
 
 def charts(at: AppTest) -> dict[str, dict]:
-    """Every chart on the page by its title: its spec, and its data as a frame."""
+    """Every chart on the page by its title ("title: subtitle" where it has one): its spec, and its data as a frame."""
     found = {}
     for chart in at.get("vega_lite_chart"):
         spec = json.loads(chart.proto.spec)
         data = pa.ipc.open_stream(chart.proto.data.data).read_all().to_pandas() if chart.proto.data.data else None
-        found[spec.get("title")] = {"spec": spec, "data": data}
+        title = spec.get("title")
+        if isinstance(title, dict):
+            title = f"{title['text']}: {title['subtitle']}" if title.get("subtitle") else title["text"]
+        found[title] = {"spec": spec, "data": data}
     return found
 
 
@@ -113,7 +116,7 @@ def test_a_pytorch_scripts_page_shows_its_loss_its_accuracy_and_its_parameters_b
     loss = next(m for m in at.metric if m.label == "Loss")
     assert loss.value not in ("-", "diverged") and 0 < float(loss.value) < 1
 
-    lines = shown["State vector: every parameter"]["data"]
+    lines = shown["State vector: every parameter"]["data"]  # 2 * 8 + 8 + 8 * 2 + 2 = 42 of them
     names = set(lines["parameter"].dropna())
     assert {"0.weight[0,0]", "0.weight[7,1]", "0.bias[0]", "2.weight[1,7]", "2.bias[1]"} <= names, \
         "the state vector's parameters carry the model's own names"
@@ -141,7 +144,7 @@ def test_a_large_pytorch_nets_page_shows_its_layers_and_a_named_sample(script_ru
     assert change["value"].isna().any() and (change["value"] > 0).any(), "no change at the first report, then some"
     assert shown["Relative change per state report"]["spec"]["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
 
-    heat_title = "State vector over batches: a sample of 256 of 13,186 parameters"
+    heat_title = "State vector over batches: a sample of 257 of 13,186 parameters"  # of every tensor, the whole sample
     assert heat_title in shown, f"the sample says what it is a sample of: {set(shown)}"
     sampled = set(shown[heat_title]["data"]["parameter"].dropna())
     assert "0.weight[0,0]" in sampled and any(name.startswith("2.weight[") for name in sampled), \
