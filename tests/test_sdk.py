@@ -3,6 +3,8 @@ run as its own process and steered through its run directory by the CLI and the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,11 +14,11 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
+from itertools import dropwhile
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import (
     FOREVER,
     REPO,
@@ -30,7 +32,9 @@ from conftest import (
     wait_for,
     wait_started,
 )
+
 from nnobs.checkpoint import load_checkpoint
+from nnobs.cli import main as cli_main
 from nnobs.control import send_command
 from nnobs.errors import NnobsError
 from nnobs.records import read_all
@@ -108,9 +112,10 @@ class Scripts:
     def start(self, script: Path, *args: object) -> Script:
         n = len(self.started)
         out, err = self.folder / f"script{n}.out", self.folder / f"script{n}.err"
-        with open(out, "w") as stdout, open(err, "w") as stderr:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        with open(out, "w") as stdout, open(err, "w") as stderr:  # this checkout's nnobs, wherever it is installed
             proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=stdout, stderr=stderr,
-                                    cwd=self.folder)
+                                    cwd=self.folder, env=env)
         self.started.append(Script(proc, out, err))
         return self.started[-1]
 
@@ -136,9 +141,13 @@ def root(tmp_path: Path) -> Path:
 
 
 def cli(root: Path, *args: object) -> subprocess.CompletedProcess:
-    """The `nnobs` command, run as a process of its own."""
-    return subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(root), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
+    """What `nnobs --runs ROOT args...` prints and returns, run by its main() here: a process of its own would
+    spend a second importing what this one has."""
+    argv = ["--runs", str(root), *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return subprocess.CompletedProcess(["nnobs", *argv], code, out.getvalue(), err.getvalue())
 
 
 def cli_status(run: RunDir) -> dict:
@@ -155,6 +164,12 @@ def logged(run: RunDir, metric: str) -> list[tuple[int, int, float]]:
     """(generation, batch, latest value) of metric in each loss report that carries it, in file order."""
     return [(r["gen"], r["metrics"][0], r["metrics"][1][metric][0])
             for r in records_with(run, "metrics") if metric in r["metrics"][1]]
+
+
+def loss_reports_from(run: RunDir, kind: str) -> list[dict]:
+    """The loss reports from the first event of kind on, in file order (times alone cannot tell a millisecond's records apart)."""
+    reports = records_with(run, "loss")
+    return list(dropwhile(lambda r: r.get("event", [0, ""])[1] != kind, reports))
 
 
 def assert_ended_cleanly(run: RunDir, script: Script) -> int:
@@ -200,8 +215,11 @@ class TestALiveRun:
         run = live_mlp.run
         batch_passes(run, 200, what="training past the second test-accuracy batch")
 
-        status = cli_status(run)
+        result = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(run.path.parent), "status", run.name, "--json"],
+                                capture_output=True, text=True, timeout=60, check=False)  # the command itself, as a user runs it
 
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
         assert status["state"] == "training" and status["batch"] > 200
         assert status["loss"] in {r["loss"][1] for r in records_with(run, "loss")}  # one the script logged, as logged
         assert 0 < status["loss"] < 10
@@ -261,11 +279,10 @@ def test_training_idles_at_the_target_and_goes_on_when_it_is_raised(root, script
     run = RunDir.named("mlp", root)
     wait_for(lambda: (s := run_status(run, read_history(run))).state == "idle" and s.batch == 100,
              what="the run to idle at batch 100")
-    reached = events(run, "target_reached")[0]
     # Idle: the heartbeat goes on, a second and more after reaching the target, and the batch stays where it was.
-    wait_for(lambda: any(r["t"] >= reached["t"] + 1.0 for r in records_with(run, "loss")),
-             what="a heartbeat a second after reaching the target")
-    assert {r["loss"][0] for r in records_with(run, "loss") if r["t"] >= reached["t"]} == {100}
+    later = wait_for(lambda: (records := loss_reports_from(run, "target_reached")) and records[-1]["t"] >= records[0]["t"] + 1.0
+                     and records, what="a heartbeat a second after reaching the target")
+    assert {r["loss"][0] for r in later} == {100}
     status = cli_status(run)
     assert (status["state"], status["batch"], status["target"]) == ("idle", 100, 100)
 
