@@ -1,0 +1,100 @@
+"""A real PyTorch loop, unobserved and observed by nnobs: what watching a script's own training costs it.
+
+A 784-128-10 MLP (ReLU), batches of 64, cross-entropy, plain SGD, on one thread; the data is made once in
+memory. Both loops do the same work each batch, loss.item() included; the observed one runs inside
+nnobs.Run(trainer=nnobs.torch.attach(model, optimizer)) over run.batches() and logs each loss with
+run.log(loss.item()): its state reports, checkpoints (every 3 s) and answers to the control file are in the
+timed part. Starting the run and its final checkpoint on leaving the `with` block are not.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+ROUNDS = 6  # each loop this many times, alternating; the best of each kept
+SECONDS = 4.0  # about this long a measured loop: at least one checkpoint falls inside
+WARM_UP = 50  # batches before the clock starts, in both loops
+DATA_BATCHES = 32  # distinct batches of synthetic data, cycled
+SIZES = (784, 128, 10)
+ROWS = 64
+
+
+def _setup():
+    import torch
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(ROWS, SIZES[0], generator=generator), torch.randint(0, SIZES[-1], (ROWS,), generator=generator))
+            for _ in range(DATA_BATCHES)]
+    return torch, data
+
+
+def _model(torch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(), torch.nn.Linear(SIZES[1], SIZES[2]))
+    return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+def unobserved_rate(batches: int) -> float:
+    """Batches a second of the bare loop, loss.item() each batch."""
+    torch, data = _setup()
+    model, opt = _model(torch)
+    loss_fn = torch.nn.functional.cross_entropy
+    start = 0.0
+    for i in range(WARM_UP + batches):
+        if i == WARM_UP:
+            start = time.perf_counter()
+        x, y = data[i % DATA_BATCHES]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+    return batches / (time.perf_counter() - start)
+
+
+def observed_rate(batches: int) -> float:
+    """Batches a second of the same loop inside nnobs.Run, each loss logged."""
+    import nnobs
+    import nnobs.torch
+
+    torch, data = _setup()
+    model, opt = _model(torch)
+    loss_fn = torch.nn.functional.cross_entropy
+    end = WARM_UP + batches
+    with tempfile.TemporaryDirectory() as root, nnobs.Run("torch-loop", root=root, trainer=nnobs.torch.attach(model, opt),
+                                                          target=10**9) as run:
+        start = 0.0
+        for batch in run.batches():
+            if batch == WARM_UP + 1:
+                start = time.perf_counter()
+            x, y = data[batch % DATA_BATCHES]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            run.log(loss.item())
+            if batch == end:
+                break
+        elapsed = time.perf_counter() - start  # before the final checkpoint the `with` block writes
+    return batches / elapsed
+
+
+def figures(say) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        say("PyTorch loop observed / unobserved", None, ">= 0.99", None, "PyTorch not installed: pip install -e '.[bench]'")
+        return
+    import nnobs.torch  # noqa: F401  (imported once, outside the timing)
+
+    probe = unobserved_rate(200)
+    batches = max(500, int(probe * SECONDS))
+    bare, watched = 0.0, 0.0
+    for _ in range(ROUNDS):
+        bare = max(bare, unobserved_rate(batches))
+        watched = max(watched, observed_rate(batches))
+    say("PyTorch loop observed / unobserved (784-128-10)", watched / bare, ">= 0.99", watched / bare >= 0.99,
+        f"{watched:,.0f} vs {bare:,.0f} batches/s, batch {ROWS}, SGD, 1 thread, run.log(loss.item()) each batch; "
+        f"best of {ROUNDS} alternating rounds of {batches:,} batches")
