@@ -425,7 +425,8 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         .encode(
             x=_batch_axis(),
             y=alt.Y("value:Q", title="value", axis=alt.Axis(format="~g")),
-            color=alt.Color("layer:N", title="layer", legend=alt.Legend(orient="top")),
+            # In state-vector order (the frame's), not alphabetical: a layer's weights before its biases.
+            color=alt.Color("layer:N", title="layer", sort=None, legend=alt.Legend(orient="top")),
             detail="parameter:N",
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
