@@ -112,7 +112,8 @@ class BackgroundWriter(RecordWriter):
 
     def __init__(self, path: Path, gen: int | None):
         super().__init__(path, gen)
-        self._queue: queue.Queue[Record | None] = queue.Queue()
+        # SimpleQueue: its put takes no Python-level lock, so handing a record over never waits on the writer thread.
+        self._queue: queue.SimpleQueue[Record | threading.Event | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
         self._thread.start()
 
@@ -123,19 +124,22 @@ class BackgroundWriter(RecordWriter):
     def _drain(self) -> None:
         while True:
             record = self._queue.get()
+            if record is None:
+                return
+            if isinstance(record, threading.Event):  # a flush: everything handed over before it is written
+                record.set()
+                continue
             try:
-                if record is None:
-                    return
                 self._append(encode_record(record))
             except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
                 self.failed_writes += 1
                 tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
-            finally:
-                self._queue.task_done()
 
     def flush(self) -> None:
         """Wait until every record handed over so far is in the file."""
-        self._queue.join()
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait()
 
     def close(self) -> None:
         self._queue.put(None)
