@@ -553,8 +553,9 @@ class Session:
             self.out.write({"event": [self.batch, "checkpoint_error"], "error": str(err)})
             return
         self._checkpointed_batch = self.batch
-        if self.loss is not None and math.isfinite(self.loss) and saved:
-            self._finite_states.append((self.loss, self.batch, saved))
+        if saved:  # finite parameters; one saved before any loss was logged ranks last, but is there to go back to
+            known = self.loss is not None and math.isfinite(self.loss)
+            self._finite_states.append((self.loss if known else math.inf, self.batch, saved))
 
     def on_divergence(self, now: float) -> None:
         """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""

@@ -60,7 +60,8 @@ class TorchTrainer(Trainer):
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, TypeError) as err:  # another model's shapes, or not ours at all
-            raise ValueError(str(err).splitlines()[0]) from err
+            # torch's first line only says that loading failed; the lines after it name the tensors that differ.
+            raise ValueError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from err
 
 
 def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TorchTrainer:
