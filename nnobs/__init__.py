@@ -1,7 +1,7 @@
 """nnobs, the Neural Net Observatory: train a net in a detached worker, or your own loop, and watch and steer it live."""
 
 __version__ = "0.1.0"
-__all__ = ["Run", "attach"]
+__all__ = ["Run", "RunBusy", "attach"]
 
 
 def __getattr__(name: str):

@@ -218,7 +218,7 @@ def _format_status(run: RunDir, status: RunStatus) -> str:
         f"batch         {batch}",
         f"loss          {loss}",
         f"eta           {num(status.eta, 'g')} (the learning rate)",
-        f"state report  {reports} (the parameters: a large net's summarized)",
+        f"state report  {reports} (the parameters, or a large net's summary)",
         f"pace          {pace}",
         f"generation    {num(status.generation, 'd')} (each start of the worker is one)",
     ]

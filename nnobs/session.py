@@ -174,6 +174,7 @@ class Session:
         # run offset: answers given after it must still be known to a successor if we die now.
         self._answers_from: int | None = 0
         self.loss: float | None = None
+        self._code_eta = settings.eta  # what the code asked for, told apart from the checkpoint's on resume
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, settings.target, settings.report_every, 1
             self.pace, self.min_free_mb = settings.pace, settings.min_free_mb
@@ -246,6 +247,9 @@ class Session:
                                **self.state_report()})
         self.apply_commands()
         self._answers_from = None  # from here on, fresh answers start at the run file's end
+        if self.resumed_from is not None and self._code_eta is not None and self._code_eta != self.trainer.eta:
+            tell_log(f"nnobs: {self.run_dir.name} resumed with eta {self.trainer.eta:g} (the checkpoint's), not the code's "
+                     f"{self._code_eta:g}: change it from the page or by `nnobs set {self.run_dir.name} --eta X`")
         if self.resumed_from is not None and self.batch >= self.target:
             tell_log(f"nnobs: {self.run_dir.name} resumed at batch {self.batch:,}, its target (the checkpoint's, not the "
                      f"code's): it waits until the target is raised, from the page or by `nnobs set {self.run_dir.name} "

@@ -156,7 +156,7 @@ def test_cli_status_and_help_say_what_each_thing_is(runs_root, new_run):
         "state         idle: the worker is alive and at its target",
         "batch         0 of 0 (the target)",
         "eta           0.1 (the learning rate)",
-        "state report  only when asked (tell-state) (the parameters: a large net's summarized)",
+        "state report  only when asked (tell-state) (the parameters, or a large net's summary)",
         "pace          flat out",
         "generation    1 (each start of the worker is one)",
     ):
