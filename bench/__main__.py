@@ -20,7 +20,9 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    for section in (training, log_cost, torch_loop, page_cost, large_net, latency):
+    sections = (training, log_cost, torch_loop, page_cost, large_net, latency)
+    chosen = sys.argv[1:]  # `python -m bench training torch_loop`: only those sections
+    for section in (s for s in sections if not chosen or s.__name__.split(".")[-1] in chosen):
         print(f"{section.__name__} ...", file=sys.stderr, flush=True)
         section.figures(say)
     header = ("figure", "measured", "goal", "", "context")
