@@ -33,8 +33,9 @@ from nnobs.view import RunView, build_view, chart_frames, current_status, never_
 
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
-                "absent": "gray", "diverged": "orange", "not learning": "yellow"}
-ALIVE = ("training", "idle", "stalled")
+                "absent": "gray", "diverged": "orange", "not learning": "yellow", "cannot write": "red",
+                "low disk": "orange", "imported": "gray"}
+ALIVE = ("training", "idle", "stalled", "cannot write", "low disk")  # a live worker: it can still be told things
 METRIC_HEIGHT_PX = 96  # label, value and a change under it: a change that comes and goes moves nothing below
 REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so no field shows typing instructions
 # Sent once per script run, before any fragment: a fragment's rerun would drop and re-add it, and the sizes jump.
@@ -460,6 +461,12 @@ def _problems(run: RunDir, view: RunView) -> None:
             f"{status.heartbeat_age_s:.0f} s: it looks stuck. **Restart** asks it to shut down, kills it if it has "
             f"not after {STOP_GRACE_S:.0f} s, and resumes from the last checkpoint."
         )
+    if status.write_error:
+        st.error(f"The worker lives but {status.write_error}: nothing it does reaches the run file. Free some space; "
+                 "it goes on by itself once it can write.")
+    elif status.state == "low disk":
+        free = "" if status.free_bytes is None else f" ({status.free_bytes / 1e6:,.0f} MB free)"
+        st.warning(f"Training is paused: the disk holding the run is nearly full{free}. It goes on once there is room.")
     if status.diverged:
         st.warning(
             f"The loss diverged (it is no longer a number) at batch {status.batch:,}. Training is paused, back at the "
