@@ -348,6 +348,8 @@ class Session:
             due = self._check_at if at_rest else min(self._check_at, self._pace_due())
             time.sleep(max(0.0, due - now))
             return None
+        if self._next_loss_at <= self.batch or (self._next_state_at is not None and self._next_state_at <= self.batch):
+            self._schedule_reports()  # left behind by a pause at a scheduled batch (a divergence): a run of no batches
         state_at = self._next_state_at or limit
         return min(limit, self._next_loss_at, state_at, self.batch + self._chunk)
 
@@ -363,6 +365,7 @@ class Session:
         batch, now = self.batch, time.monotonic()
         if self.loss is not None and not math.isfinite(self.loss):
             self.on_divergence(now)  # before anything else: no checkpoint may hold these parameters
+            self._schedule_reports()
             return
         if batch == self._next_loss_at:
             self.report_loss(now)
