@@ -19,6 +19,7 @@ from nnobs.runs import (
     STOP_GRACE_S,
     RunDir,
     RunStatus,
+    ask_to_stop,
     check_run_name,
     create_run,
     list_runs,
@@ -26,6 +27,7 @@ from nnobs.runs import (
     queue_command,
     restart_worker,
     start_worker,
+    worker_pid,
 )
 from nnobs.schema import FULL_STATE_MAX_PARAMS
 from nnobs.tasks import RunConfig, load_config
@@ -140,6 +142,13 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
     except NnobsError as err:
         _refusals()[cmd] = str(err)
         return
+    except OSError as err:  # a full disk, a read-only filesystem: a shutdown still gets through, by a signal
+        pid = worker_pid(run) if cmd == "shutdown" else None
+        if pid and pid > 0:
+            st.toast(f"Shutting down: {ask_to_stop(run, pid, by='page')}.")
+        else:
+            _refusals()[cmd] = f"not sent: the control file could not be written ({err.strerror or err})"
+        return
     st.toast(f"Sent: {wording.command(cmd, value)}. Waiting for the worker.")
 
 
@@ -159,10 +168,14 @@ def _start(run: RunDir) -> None:
         _refusals()["start"] = VIEWERS_REFUSED
         return
     with st.spinner("Starting the worker…"):
+        said: list[str] = []
         try:
-            restart_worker(run, by="page")
-        except NnobsError as err:
-            _refusals()["start"] = str(err)
+            restart_worker(run, by="page", said=said)
+        except (NnobsError, OSError) as err:
+            _refusals()["start"] = str(err) if isinstance(err, NnobsError) else f"could not start: {err.strerror or err}"
+            return
+        for how in said:
+            st.toast(f"Restarted; stopping the worker before, {how}.")
 
 
 # -- sidebar -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from conftest import FOREVER, REPO, kill_worker, wait_for
 from nnobs.checkpoint import load_checkpoint
 from nnobs.files import leftover_temps
 from nnobs.records import RecordReader
-from nnobs.runs import RunDir, create_run, read_history, run_status, start_worker
+from nnobs.runs import RunDir, create_run, read_history, start_worker
 from nnobs.tasks import RunConfig
 
 MB = 1024 * 1024
