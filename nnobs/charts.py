@@ -83,8 +83,17 @@ def smooth(batches: np.ndarray, values: np.ndarray, smoothing: float, span: floa
         total = keep * total + add * value
         mass = keep * mass + add
         smoothed.append(total / mass)
-    out[finite] = smoothed
+    out[finite] = _significant(np.asarray(smoothed), 12)
     return out
+
+
+def _significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """values rounded to digits significant digits: a flat series' average stays exactly flat, not a float's last bits
+    away from it, which would make its axis span 1e-17 and label every tick 0.0999999999999."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(values))))
+    scale[~np.isfinite(scale)] = 1.0
+    return np.round(values * scale) / scale
 
 
 def loss_means_frame(history: RunHistory) -> pd.DataFrame:
@@ -367,7 +376,7 @@ def _raw_and_smoothed(field: str, name: str, log_scale: bool) -> tuple[alt.Chart
         scale = alt.Scale(type="log")
         axis = alt.Axis(format="~e", labelExpr=LOG_LABELS)
     else:
-        scale, axis = alt.Scale(zero=False), alt.Axis(format="~g")
+        scale, axis = alt.Scale(zero=False, nice=True), alt.Axis(format="~g")
     title = name + (" (log)" if log_scale else "")
     tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip(f"{field}:Q", format=".4g", title=name),
            alt.Tooltip("smoothed:Q", format=".4g")]
