@@ -211,7 +211,7 @@ def start_worker(run: RunDir, by: str = "") -> int:
 
 def started_outside(run: RunDir) -> str:
     """Why nnobs cannot start a script's run, and where it must be started instead."""
-    description = _script_description(run)
+    description = script_description(run)
     if description and description.get("kind") == "imported":
         return f"{run.name} was imported from {description.get('from')}: a record to read, with nothing to start or steer"
     where = ""
@@ -221,8 +221,8 @@ def started_outside(run: RunDir) -> str:
             f"`nnobs run {run.name} -- COMMAND`, which records the command so that Start and Restart can")
 
 
-def _script_description(run: RunDir) -> dict | None:
-    """What run.json says of the script that serves the run, or None."""
+def script_description(run: RunDir) -> dict | None:
+    """What run.json says of what serves the run (a script: argv, cwd, pid; an import: where from), or None."""
     try:
         description = json.loads(run.description.read_text())
     except (OSError, ValueError):
@@ -232,7 +232,7 @@ def _script_description(run: RunDir) -> dict | None:
 
 def is_imported(run: RunDir) -> bool:
     """True for a run file imported by `nnobs import`: read-only, nothing serves it."""
-    description = _script_description(run)
+    description = script_description(run)
     return bool(description) and description.get("kind") == "imported" and not run.launch.exists()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +15,7 @@ from nnobs.analytics import decision_surface
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
 from nnobs.history import Answer, Event, RunHistory, RunWatcher
-from nnobs.runs import RunDir, RunStatus, run_status
+from nnobs.runs import RunDir, RunStatus, run_status, script_description
 from nnobs.schema import SUMMARY, parameter_name
 from nnobs.tasks import TASKS, RunConfig
 from nnobs.tasks import tensors as config_tensors
@@ -170,15 +169,6 @@ def _surface(config_json: str, sv: bytes) -> pd.DataFrame:
     config = RunConfig.from_json(config_json)
     facts = TASKS[config.task](config)()
     return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activation)
-
-
-def script_description(run: RunDir) -> dict | None:
-    """What run.json says of what serves the run (a script: argv, cwd, pid), or None."""
-    try:
-        description = json.loads(run.description.read_text())
-    except (OSError, ValueError):
-        return None
-    return description if isinstance(description, dict) else None
 
 
 def never_ran(watcher: RunWatcher) -> bool:
