@@ -65,10 +65,10 @@ def cap_file(path: Path, most: int, keep: int) -> bool:
 
     In place, so that writers holding it open with O_APPEND (a worker's stdout) go on writing at its end.
     """
+    if os.stat(path).st_size <= most:
+        return False  # the usual case, told by one stat: the worker asks every second
     with open(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
-        if size <= most:
-            return False
         f.seek(size - keep)
         tail = f.read()
         tail = tail[tail.find(b"\n") + 1 :] or tail
