@@ -403,7 +403,7 @@ class Session:
         why in the slot; go on by itself when space is back and a heartbeat lands again."""
         free = _free_bytes(self.run_dir.path)
         was = self.trouble
-        if free is not None and (free < self.min_free_mb * MB or not self._room_for_checkpoint()):
+        if not self._room_for_checkpoint(free):  # below the floor, or a checkpoint would take it there
             self.trouble = {"low_disk": {"free": free, "min_free": round(self.min_free_mb * MB)}}
         elif self.out.error is not None:
             err = self.out.error
@@ -424,12 +424,12 @@ class Session:
             self.report_loss(now, {"event": [self.batch, "disk_ok"], "free": free})
         self._cap_log()
 
-    def _room_for_checkpoint(self) -> bool:
+    def _room_for_checkpoint(self, free: int | None = None) -> bool:
         """Whether a checkpoint as large as the last one leaves min_free_mb free (kept checkpoints hold the old ones' space).
         A floor of 0 never pauses: what does not fit fails, and the checkpoint before stays whole."""
         if not self.min_free_mb:
             return True
-        free = _free_bytes(self.run_dir.path)
+        free = _free_bytes(self.run_dir.path) if free is None else free
         try:
             size = os.path.getsize(self.run_dir.checkpoint)
         except OSError:
