@@ -64,6 +64,16 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err
 
 
+def load_checkpoint_meta(path: Path) -> dict | None:
+    """The checkpoint's settings alone (batch, eta, target, ...), without reading its arrays; None when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:  # an .npz member is read only when asked for
+            meta = json.loads(str(saved["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches
 KEPT_NEWEST = 4  # of them the newest, a few seconds apart; the rest thin out as the run goes on
 

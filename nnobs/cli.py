@@ -14,6 +14,8 @@ from pathlib import Path
 from nnobs.control import check_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
+from nnobs.lab import fork_origin, fork_run, new_run
+from nnobs.overview import run_rows
 from nnobs.records import RecordReader
 from nnobs.runs import (
     DEFAULT_RUN,
@@ -29,11 +31,13 @@ from nnobs.runs import (
     record_launch,
     restart_worker,
     run_status,
+    runs_root,
     start_worker,
     started_outside,
     stop_worker,
     worker_pid,
 )
+from nnobs.tasks import RunConfig
 
 ANSWER_TIMEOUT_S = 10.0
 TAIL_LINES = 10  # records tail prints when not told how many
@@ -64,6 +68,21 @@ AFTERWARDS = {
     "rewind": " (the kept checkpoint it went back to; training goes on from there as a new generation)",
     "reinit": " (fresh parameters from there on, as a new generation)",
 }
+
+
+# `nnobs new`'s settings: flag, type, metavar, help; each lands in the RunConfig field of its name.
+NEW_RUN_FLAGS = (
+    ("--task", str, "TASK", "what to learn: xor (the default), circle, noisy-xor, gauss, spiral, plane or sine"),
+    ("--net", str, "SPEC", "the net: input width, then x<width> per layer with its activation's letter (t tanh, "
+     "r relu, s sin, g sigmoid, none: identity), e.g. 2x8tx8tx1t"),
+    ("--eta", float, "X", "the learning rate at the start, above 0"),
+    ("--batch-size", int, "N", "examples per batch"),
+    ("--noise", float, "X", "label noise of the task's points, 0 to 0.5"),
+    ("--train-share", float, "X", "the share of the task's points trained on, 0.1 to 0.9; the rest are the test set"),
+    ("--seed", int, "S", "seed of the net's first parameters and of the task's points and batches"),
+    ("--target", int, "N", "batches to train before idling"),
+    ("--report-every", int, "N", "a parameter snapshot every N batches (0: only when asked)"),
+)
 
 
 def _tail_count(text: str) -> tuple[str, int]:
@@ -107,6 +126,26 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="the new run's name")
     p.add_argument("file", metavar="FILE", type=Path, help="the run file to import")
+    p = sub.add_parser("new", help="create a run of a built-in task and net, and start it",
+                       description="Create RUN training TASK with the net NET (e.g. 2x8tx8tx1t: 2 inputs, two hidden "
+                       "layers of 8 with tanh, one tanh output), and start its worker. Nothing is created when a "
+                       "setting is refused.", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="the new run's name")
+    for flag, kind, meta, text in NEW_RUN_FLAGS:
+        p.add_argument(flag, type=kind, metavar=meta, help=text)
+    p = sub.add_parser("fork", help="start a new run from another run's checkpoint, with some settings changed",
+                       description="Start NEW from FROM's latest checkpoint (or its newest kept one at or before "
+                       "--at), with the same task, net and batches to come, and the settings given changed. NEW "
+                       "records where it came from.", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parent", metavar="FROM", help="the run to fork")
+    p.add_argument("run", metavar="NEW", help="the new run's name")
+    p.add_argument("--eta", type=float, metavar="X", help="the fork's learning rate (default: the parent's)")
+    p.add_argument("--target", type=int, metavar="N", help="the fork's target batch (default: the parent's)")
+    p.add_argument("--at", type=int, metavar="BATCH", help="fork from the newest kept checkpoint at or before BATCH")
+    p = sub.add_parser("list", help="one line per run: state, task and net, batch, loss, test loss, rate, heartbeat",
+                       description="Every run under the runs root, in the order they were made.", epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     action(
         "status",
         "say how the run is doing: its state, batch, loss, learning rate, state-report interval, pace, "
@@ -384,7 +423,44 @@ def _run_script(run: RunDir, command: list[str]) -> int:
     return 0
 
 
+def _new(run: RunDir, args: argparse.Namespace) -> int:
+    """nnobs new: the flags given, over the defaults, checked before anything is created."""
+    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, *_ in NEW_RUN_FLAGS}
+    config = RunConfig(**{name: value for name, value in given.items() if value is not None})
+    pid = new_run(run, config, by="cli")
+    print(f"{run.name}: worker {pid} is alive, training {config.task} with {config.net}")
+    return 0
+
+
+def _list(root: str | None, as_json: bool) -> int:
+    rows = run_rows(root)
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows]))
+        return 0
+    if not rows:
+        print(f"no runs in {runs_root(root)}")
+        return 0
+    table = [("RUN", "STATE", "TASK", "NET", "BATCH", "LOSS", "TEST LOSS", "BATCHES/S", "HEARTBEAT")]
+    for row in rows:
+        table.append((row.name, row.label, row.task, _clip(row.net, 32), f"{row.batch:,}", _num(row.loss, ".4g"),
+                      _num(row.test_loss, ".4g"), _num(row.rate, ",.0f"), _ago(row.heartbeat_age_s)))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def run_action(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list(args.runs, args.json)
     run = RunDir.named(args.run, args.runs)
     if args.action == "start":
         print(f"{run.name}: worker {start_worker(run, by='cli')} is alive")
@@ -393,6 +469,14 @@ def run_action(args: argparse.Namespace) -> int:
         return _status(run, args.json)
     if args.action == "run":
         return _run_script(run, args.command)
+    if args.action == "new":
+        return _new(run, args)
+    if args.action == "fork":
+        parent = RunDir.named(args.parent, args.runs)
+        pid = fork_run(parent, run, eta=args.eta, target=args.target, at=args.at, by="cli")
+        origin = fork_origin(run) or {}
+        print(f"{run.name}: forked from {parent.name} at batch {origin.get('batch', 0):,}; worker {pid} is alive")
+        return 0
     if args.action == "import":
         print(f"{run.name}: {import_run(run, args.file):,} records imported from {args.file}, read-only")
         return 0

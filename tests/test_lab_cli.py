@@ -1,0 +1,158 @@
+"""`nnobs new`, `fork` and `list`: runs made, forked and listed by the real command, with real workers."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import events, wait_for, wait_started
+from test_cli import bytes_read_by_this_process, nnobs
+
+from nnobs.checkpoint import load_checkpoint
+from nnobs.lab import created_at, fork_origin
+from nnobs.overview import read_row, run_rows, sparkline
+from nnobs.records import encode_record
+from nnobs.runs import RunDir, list_runs, read_history
+
+
+def checkpointed(run: RunDir, beyond: int = 0) -> int:
+    """Wait for a checkpoint beyond batch; its batch."""
+    return wait_for(lambda: (c := load_checkpoint(run.checkpoint)) is not None and c.batch > beyond and c.batch,
+                    what=f"{run.name} to checkpoint beyond batch {beyond}")
+
+
+def test_fork_starts_at_its_parents_checkpoint_with_the_new_eta(runs_root, new_run):
+    parent = new_run("parent", target=10**9)
+    assert nnobs(runs_root, "start", "parent").returncode == 0
+    checkpointed(parent, 5000)
+    done = nnobs(runs_root, "fork", "parent", "child", "--eta", "0.3", "--target", "50000000")
+    assert done.returncode == 0, done.stderr
+    child = RunDir.named("child", runs_root)
+    origin = fork_origin(child)
+    started = wait_started(child)
+    assert started["resumed_from"] == origin["batch"] > 5000  # its records start where the parent's checkpoint was
+    assert started["gen"] == 1
+    assert started["eta"][1] == 0.3 and started["target"][1] == 50_000_000
+    assert origin["run"] == "parent" and origin["changed"] == {"eta": 0.3, "target": 50_000_000}
+    assert origin["parent"]["eta"] == 0.1
+    assert json.loads(child.config.read_text())["eta"] == 0.3
+    history = wait_for(lambda: (h := read_history(child)).batch > origin["batch"] + 1000 and h, what="the fork to train")
+    assert history.loss_batches.values().min() >= origin["batch"]  # no batch of the parent's is told again
+    assert nnobs(runs_root, "stop", "parent").returncode == 0  # the two go on apart: stopping one leaves the other
+    assert read_row(child).label == "training"
+    assert nnobs(runs_root, "stop", "child").returncode == 0
+
+
+def test_a_fork_from_a_kept_checkpoint_starts_at_or_before_the_batch_asked(runs_root, new_run):
+    parent = new_run("parent", target=400_000)
+    assert nnobs(runs_root, "start", "parent").returncode == 0
+    wait_for(lambda: events(parent, "target_reached"), what="the parent to reach its target")
+    done = nnobs(runs_root, "fork", "parent", "early", "--at", "200000")
+    assert done.returncode == 0, done.stderr
+    batch = fork_origin(RunDir.named("early", runs_root))["batch"]
+    assert batch <= 200_000
+    assert wait_started(RunDir.named("early", runs_root))["resumed_from"] == batch
+
+
+def test_forks_that_cannot_be_made_are_refused_and_create_nothing(runs_root, new_run):
+    new_run("fresh")  # never started: no checkpoint
+    script = RunDir.named("script", runs_root)
+    script.path.mkdir()
+    script.description.write_text(json.dumps({"argv": ["python", "train.py"], "cwd": "/tmp"}))
+    cases = [
+        (("fork", "nowhere", "a"), "no run named nowhere"),
+        (("fork", "fresh", "a"), "no checkpoint yet"),
+        (("fork", "script", "a"), "served by a script"),
+        (("fork", "fresh", "fresh"), "exists already"),
+        (("fork", "fresh", "a", "--eta", "-1"), "eta must be a number above 0"),
+        (("fork", "fresh", "a", "--eta", "0.o3"), "invalid float value"),
+        (("fork", "fresh", "../a"), "run name '../a' refused"),
+    ]
+    for args, said in cases:
+        done = nnobs(runs_root, *args)
+        assert done.returncode == 2 and said in done.stderr, (args, done.stderr)
+    assert sorted(p.name for p in runs_root.iterdir()) == ["fresh", "script"]
+
+
+def test_new_refuses_bad_settings_and_creates_nothing(runs_root):
+    cases = [
+        (("--task", "spirals"), "unknown task"),
+        (("--net", "2x8qx1t"), "net"),
+        (("--net", "2x0tx1t"), "net"),
+        (("--task", "spiral", "--noise", "0.9"), "noise"),
+        (("--task", "spiral", "--batch-size", "0"), "batch"),
+        (("--task", "spiral", "--train-share", "1.5"), "train"),
+        (("--eta", "0"), "eta"),
+        (("--eta", "fast"), "invalid float value"),
+    ]
+    for args, said in cases:
+        done = nnobs(runs_root, "new", "r", *args)
+        assert done.returncode == 2 and said in done.stderr.lower(), (args, done.stderr)
+        assert list(runs_root.iterdir()) == [], args
+    assert nnobs(runs_root, "new", "default").returncode == 0
+    done = nnobs(runs_root, "new", "default", "--task", "spiral")
+    assert done.returncode == 2 and "exists already" in done.stderr
+    assert json.loads(RunDir.named("default", runs_root).config.read_text())["task"] == "xor"  # the run kept its own
+
+
+def test_new_trains_the_task_and_net_it_was_given(runs_root):
+    done = nnobs(runs_root, "new", "spiral", "--task", "spiral", "--net", "2x8tx8tx1t", "--eta", "0.03",
+                 "--batch-size", "16", "--noise", "0.1", "--seed", "3", "--target", "3000")
+    assert done.returncode == 0, done.stderr
+    run = RunDir.named("spiral", runs_root)
+    config = json.loads(run.config.read_text())
+    assert (config["task"], config["net"], config["eta"], config["batch_size"], config["noise"], config["seed"],
+            config["target"]) == ("spiral", "2x8tx8tx1t", 0.03, 16, 0.1, 3, 3000)
+    wait_for(lambda: events(run, "target_reached"), what="the spiral run to reach its target")
+    row = read_row(run)
+    assert (row.task, row.net, row.batch, row.label) == ("spiral", "2x8tx8tx1t", 3000, "idle")
+    assert row.test_loss is not None
+
+
+def test_list_shows_every_run_with_its_state_in_the_order_made(runs_root, new_run):
+    for name in ("b-first", "a-second", "c-third"):
+        new_run(name, target=2000)
+        assert nnobs(runs_root, "start", name).returncode == 0
+    for name in ("b-first", "a-second", "c-third"):
+        wait_for(lambda: events(RunDir.named(name, runs_root), "target_reached"), what=f"{name} to reach its target")
+    assert nnobs(runs_root, "stop", "a-second").returncode == 0
+    rows = json.loads(nnobs(runs_root, "list", "--json").stdout)
+    assert [r["name"] for r in rows] == ["b-first", "a-second", "c-third"]
+    assert [r["label"] for r in rows] == ["idle", "stopped", "idle"]
+    assert all(r["batch"] == 2000 and r["task"] == "xor" and r["net"] == "2x2tx1t" for r in rows)
+    assert all(0 < r["loss"] < 0.2 and r["sparkline"] for r in rows)
+    text = nnobs(runs_root, "list").stdout.splitlines()
+    assert text[0].split()[:3] == ["RUN", "STATE", "TASK"]
+    assert [line.split()[:2] for line in text[1:]] == [["b-first", "idle"], ["a-second", "stopped"], ["c-third", "idle"]]
+    assert created_at(RunDir.named("b-first", runs_root)) <= created_at(RunDir.named("c-third", runs_root))
+    for name in ("b-first", "c-third"):
+        assert nnobs(runs_root, "stop", name).returncode == 0
+
+
+def test_a_row_reads_a_bounded_part_of_a_long_run_file(runs_root, new_run):
+    run = new_run("long")
+    lines = (encode_record({"loss": [i, 1.0 / i], "window": [i, [1, 1.0 / i, i, 1.0 / i, i, 1.0 / i]], "t": 1.0 + i,
+                            "gen": 1}) for i in range(1, 400_001))
+    run.run_file.write_bytes(b"".join(lines))
+    size = run.run_file.stat().st_size
+    before = bytes_read_by_this_process()
+    row = read_row(run)
+    line = sparkline(run.run_file)
+    read = bytes_read_by_this_process() - before
+    assert size > 40_000_000 and read < 1_000_000, (size, read)
+    assert row.batch == 400_000 and row.loss == 1.0 / 400_000 and row.label == "stopped"  # no worker, no start record
+    batches = [b for b, _ in line]
+    assert batches == sorted(batches) and batches[0] < 1000 and batches[-1] > 390_000 and len(batches) >= 30
+    assert all(abs(loss - 1.0 / b) < 1e-6 for b, loss in line)  # each point is the loss at its batch
+
+
+def test_rows_of_runs_that_did_not_change_are_not_read_again(runs_root, new_run):
+    run = new_run("still")
+    run.run_file.write_bytes(b"".join(encode_record({"loss": [i, 0.5], "t": 1.0 + i, "gen": 1}) for i in range(1, 5000)))
+    assert [r.name for r in run_rows(runs_root)] == ["still"]
+    before = bytes_read_by_this_process()
+    assert [r.batch for r in run_rows(runs_root)] == [4999]
+    assert bytes_read_by_this_process() - before < 10_000  # the directory listing and a stat or two
+    with open(run.run_file, "ab") as f:
+        f.write(encode_record({"loss": [5000, 0.25], "t": 5001.0, "gen": 1}))
+    assert [(r.batch, r.loss) for r in run_rows(runs_root)] == [(5000, 0.25)]
+    assert list_runs(runs_root) == ["still"]
