@@ -126,6 +126,49 @@ class TanhLayer(Layer):
         return grad * (1.0 - y * y)
 
 
+class ReluLayer(Layer):
+    """max(x, 0), whose derivative is read off the forward output: 1 where it is positive, else 0."""
+
+    def __init__(self):
+        self._y: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._y = np.maximum(x, 0.0)
+        return self._y
+
+    def backprop(self, grad: Array) -> Array:
+        return grad * (self._y > 0.0)
+
+
+class SigmoidLayer(Layer):
+    """1 / (1 + exp(-x)), whose derivative y * (1 - y) reuses the forward output."""
+
+    def __init__(self):
+        self._y: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._y = 0.5 + 0.5 * np.tanh(0.5 * x)  # the same function, without exp's overflow for large -x
+        return self._y
+
+    def backprop(self, grad: Array) -> Array:
+        y = self._y
+        return grad * (y * (1.0 - y))
+
+
+class SinLayer(Layer):
+    """sin, whose derivative cos cannot be had from the output alone (its sign is lost): the input is kept."""
+
+    def __init__(self):
+        self._x: Array | None = None
+
+    def __call__(self, x: Array) -> Array:
+        self._x = x
+        return np.sin(x)
+
+    def backprop(self, grad: Array) -> Array:
+        return grad * np.cos(self._x)
+
+
 class Network:
     """Layers applied in order, trained by gradient descent on the half mean squared error."""
 

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from conftest import seed_sv_at
-from nnobs.nn import AffineLayer, IdentityLayer, MapLayer, Network, TanhLayer, elementwise
+from nnobs.nn import (
+    AffineLayer,
+    IdentityLayer,
+    MapLayer,
+    Network,
+    ReluLayer,
+    SigmoidLayer,
+    SinLayer,
+    TanhLayer,
+    elementwise,
+)
 from nnobs.tasks import RunConfig, build, build_network
 
 H = 1e-6  # central-difference step
@@ -57,6 +67,11 @@ CASES = {
     "map-math-tanh": lambda rng: [AffineLayer(2, 3, rng), MapLayer(math.tanh, d_math_tanh)],
     "tanh": lambda rng: [AffineLayer(2, 3, rng), TanhLayer()],
     "identity": lambda rng: [AffineLayer(2, 3, rng), IdentityLayer()],
+    "relu": lambda rng: [AffineLayer(2, 3, rng), ReluLayer()],
+    "sigmoid": lambda rng: [AffineLayer(2, 3, rng), SigmoidLayer()],
+    "sin": lambda rng: [AffineLayer(2, 3, rng), SinLayer()],
+    "network-relu-sin-sigmoid": lambda rng: [AffineLayer(2, 4, rng), ReluLayer(), AffineLayer(4, 3, rng), SinLayer(),
+                                             AffineLayer(3, 1, rng), SigmoidLayer()],
     "network-2-3-2": lambda rng: [AffineLayer(2, 3, rng), TanhLayer(), AffineLayer(3, 2, rng), TanhLayer()],
 }
 
@@ -83,13 +98,17 @@ def test_learn_one_steps_parameters_by_eta_times_the_loss_gradient(case):
     np.testing.assert_allclose(sv - net.state_vector(), expected_step, rtol=1e-6, atol=1e-10)
 
 
-@pytest.mark.parametrize("case", [*CASES, "map-alone", "tanh-alone", "identity-alone"])
+@pytest.mark.parametrize("case", [*CASES, "map-alone", "tanh-alone", "identity-alone", "relu-alone", "sigmoid-alone",
+                                  "sin-alone"])
 def test_backprop_returns_eta_times_the_loss_gradient_at_the_input(case):
     rng = np.random.RandomState(6)
     alone = {
         "map-alone": lambda rng: [MapLayer(math.tanh, d_math_tanh)],
         "tanh-alone": lambda rng: [TanhLayer()],
         "identity-alone": lambda rng: [IdentityLayer()],
+        "relu-alone": lambda rng: [ReluLayer()],
+        "sigmoid-alone": lambda rng: [SigmoidLayer()],
+        "sin-alone": lambda rng: [SinLayer()],
     }
     net = network_of({**CASES, **alone}[case](rng))
     x = rng.uniform(-1, 1, (4, 2))
@@ -172,3 +191,10 @@ def test_default_xor_net_trains_like_the_seed_notebook_for_100_batches(seed_reco
     for _ in range(100):
         net.learn_one(*batches())
     np.testing.assert_allclose(net.state_vector(), seed_sv_at(seed_records, 100), rtol=0, atol=1e-12)
+
+
+def test_sigmoid_is_the_logistic_function_and_stays_finite_far_out():
+    x = np.array([-800.0, -3.0, 0.0, 2.5, 800.0])
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(SigmoidLayer()(x), 1 / (1 + np.exp(-x)), rtol=1e-15, atol=1e-300)
+    assert np.isfinite(SigmoidLayer()(x)).all()
