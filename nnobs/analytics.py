@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnobs.tasks import RunConfig, build_network
+from nnobs.tasks import TASKS, RunConfig, build_network
 
 
 def steps(previous: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,16 +31,18 @@ def steps(previous: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np
 
 
 GRID = 41  # points along each input axis of the decision surface
-EXTENT = 1.0  # the surface covers [-EXTENT, EXTENT] on both inputs: twice the XOR corners' reach
+EXTENT = 1.0  # the square every built-in task's points lie in, [-EXTENT, EXTENT] on both inputs: the charts' axes
 
 
-def decision_surface(config: RunConfig, sv: np.ndarray, extent: float = EXTENT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The net's output over the input square [-extent, extent]^2, for nets with 2 inputs (and the first output).
+def decision_surface(config: RunConfig, sv: np.ndarray, extent: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The net's output over the input square [-extent, extent]^2 (by default the task's: where its points lie), for
+    nets with 2 inputs (and the first output).
 
     Returns x1 (GRID*GRID,), x2 (GRID*GRID,) and output (GRID*GRID,).
     """
     if config.sizes[0] != 2:
         raise ValueError(f"a decision surface needs 2 inputs, this net has {config.sizes[0]}")
+    extent = TASKS[config.task].extent if extent is None else extent
     net = build_network(config)
     net.set_state_from_vector(sv)
     axis = np.linspace(-extent, extent, GRID)

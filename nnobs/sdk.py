@@ -25,8 +25,10 @@ from nnobs.errors import CommandError, NnobsError
 from nnobs.files import replace_atomically
 from nnobs.nn import Fact, Network
 from nnobs.runs import RunDir, worker_pid
+from nnobs.sampler import Sampler
 from nnobs.schema import Tensors
 from nnobs.session import Session, Settings, Trainer, claim
+from nnobs.slot import tell_log
 
 RUN_DIR_ENV = "NNOBS_RUN_DIR"  # set by the launcher: the run a script started by nnobs serves, whatever its code names
 STARTED_BY_ENV = "NNOBS_STARTED_BY"  # who asked for the start ("page", "cli"), as the launcher was told
@@ -77,15 +79,20 @@ class HookTrainer(Trainer):
 class NetTrainer(Trainer):
     """A numpy net with the notebook library's API (eta, state_vector, set_state_from_vector; losses for loss_now).
 
-    next_batch, when given, is the task's: the loss of the net as it is is then known without training.
+    next_batch, when given, is the task's; sampler, when given, is where it draws from, and its state is
+    checkpointed with the net's so that a resumed run reads the batches it would have. loss_facts are the
+    points the loss of the net as it is is measured on (all the training points: drawing a batch for it
+    would move the sampler), test_facts those of the test loss.
     """
 
     can_load = True
 
     def __init__(self, net: Network, next_batch: Callable[[], Fact] | None = None, tensors_: list | None = None,
-                 reinit: Callable[[int | None], tuple[Network, int]] | None = None):
+                 reinit: Callable[[int | None], tuple[Network, int]] | None = None, *, sampler: Sampler | None = None,
+                 loss_facts: Fact | None = None, test_facts: Fact | None = None):
         self.net, self.next_batch, self._reinit = net, next_batch, reinit
         self.tensors = tensors_ or _layer_tensors(net)
+        self.sampler, self.loss_facts, self.test_facts = sampler, loss_facts, test_facts
 
     @property
     def eta(self) -> float:
@@ -99,12 +106,33 @@ class NetTrainer(Trainer):
         return np.array(self.net.state_vector(), dtype=float)
 
     def save(self) -> dict[str, np.ndarray]:
-        return {"sv": self.state_vector()}
+        saved = {"sv": self.state_vector()}
+        if self.sampler is not None:  # JSON in a string array, as the checkpoint's meta: loadable without pickle
+            saved["sampler"] = np.array(json.dumps(self.sampler.state()))
+        return saved
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
         if "sv" not in saved:
             raise ValueError("the checkpoint holds no state vector")
+        sampler_state = None
+        if self.sampler is not None and "sampler" in saved:
+            try:
+                sampler_state = json.loads(str(saved["sampler"]))
+            except ValueError as err:
+                raise ValueError(f"the checkpoint's sampler state is not JSON ({err})") from err
+        if sampler_state is not None:
+            before = self.sampler.state()
+            self.sampler.restore(sampler_state)  # refuses, changing nothing, a state of another training set
+            try:
+                self.net.set_state_from_vector(saved["sv"])
+            except ValueError:
+                self.sampler.restore(before)  # a load that fails leaves the trainer as it was
+                raise
+            return
         self.net.set_state_from_vector(saved["sv"])
+        if self.sampler is not None:
+            tell_log("nnobs: the checkpoint holds no sampler state (it is older than the sampler): batches are drawn "
+                     "afresh from the run's seed")
 
     def reinit(self, seed: int | None) -> int:
         if self._reinit is None:
@@ -115,9 +143,17 @@ class NetTrainer(Trainer):
         return used
 
     def loss_now(self) -> float | None:
-        if self.next_batch is None:
+        if self.loss_facts is not None:
+            return float(self.net.losses([self.loss_facts])[0])
+        if self.next_batch is None or self.sampler is not None:
             return None
         return float(self.net.losses([self.next_batch()])[0])
+
+    def test_loss(self) -> float | None:
+        """The loss on the test points, when there are any."""
+        if self.test_facts is None or not len(self.test_facts[0]):
+            return None
+        return float(self.net.losses([self.test_facts])[0])
 
 
 def _layer_tensors(net) -> Tensors:

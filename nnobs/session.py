@@ -55,6 +55,7 @@ PID_WIDTH = 20  # worker.lock holds the pid, space-padded to this many bytes
 CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land within this
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
 HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
+EXTRA_METRICS_EVERY_S = 0.25  # train()'s extra metrics (a test loss) at most this often: a few a second, not 20
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
 CHUNK = 64  # most batches between two looks at the clock: ~1 ms of XOR, far below CONTROL_CHECK_S
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
@@ -209,6 +210,8 @@ class Session:
         self._next_ownership_check = 0.0
         self.window = Window()  # the losses since the last loss report
         self.metrics: dict[str, Window] = {}  # the other metrics logged since then, by name
+        self.extra_metrics: Callable[[], dict] | None = None  # train()'s: metrics measured just before a loss report
+        self._extra_due, self._extra_batch = 0.0, -1  # when they may next be measured, and the batch they last were
         self._n_params = len(trainer.state_vector())
         self._sample = sample_indices(trainer.tensors) if self._n_params > FULL_STATE_MAX_PARAMS else None
         self._summarized: np.ndarray | None = None  # the state vector of the last summary report, for its change
@@ -271,10 +274,13 @@ class Session:
                 self._chunk_took(time.monotonic() - started)
                 self._stopped()
 
-    def train(self, learn: Callable[..., float], next_batch: Callable[[], tuple]) -> None:
+    def train(self, learn: Callable[..., float], next_batch: Callable[[], tuple],
+              extra_metrics: Callable[[], dict] | None = None) -> None:
         """batches() and log() in one loop, for batches that take microseconds: learn(*next_batch()) trains one batch
         and returns its loss, and the window is kept in locals between two stops (a call to log() would cost 5 % of
-        XOR's time)."""
+        XOR's time). extra_metrics, when given, returns more metrics ({"test_loss": ...}) of the net as it is; it is
+        called just before a loss report, at most every EXTRA_METRICS_EVERY_S, and its values ride in that report."""
+        self.extra_metrics = extra_metrics
         with self._orphan_ends_loop():
             while not self.done:
                 end = self._next_stop()
@@ -511,6 +517,8 @@ class Session:
         """Report the latest loss, the window of every batch since the last report and the metrics logged since,
         then start new windows. Before any loss is known, a bare heartbeat says the worker lives."""
         record = {"heartbeat": [self.batch, None]} if self.loss is None else loss_report(self.batch, self.loss, self.window.summary())
+        if self.extra_metrics is not None and now >= self._extra_due and self.batch != self._extra_batch:
+            self._measure_extra_metrics(now)
         logged = {name: metric_entry(window.last, window.summary()) for name, window in self.metrics.items() if window.n}
         if logged:
             record["metrics"] = [self.batch, logged]
@@ -521,6 +529,16 @@ class Session:
         self._last_reported_loss = self.loss
         self._last_reported_batch = self.batch
         self._next_loss_at = next_loss_report(self.batch)
+
+    def _measure_extra_metrics(self, now: float) -> None:
+        """Log train()'s extra metrics at this batch; a hook that fails is dropped with a word in worker.log, never
+        taking training down."""
+        self._extra_due, self._extra_batch = now + EXTRA_METRICS_EVERY_S, self.batch
+        try:
+            self._log_metrics(self.extra_metrics(), self.batch)
+        except Exception as err:  # observing never kills training
+            tell_log(f"nnobs: the extra metrics failed ({type(err).__name__}: {err}); they are no longer measured")
+            self.extra_metrics = None
 
     def checkpoint_shown(self, now: float) -> None:
         """Checkpoint a batch the run file already shows: a successor never resumes past what readers saw."""

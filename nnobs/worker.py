@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,31 @@ from nnobs.records import RecordWriter
 from nnobs.runs import RunDir
 from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, NetTrainer, Run, RunBusy
 from nnobs.slot import tell_log
-from nnobs.tasks import RunConfig, build, build_network, load_config, tensors
+from nnobs.sampler import Sampler
+from nnobs.tasks import RunConfig, batch_source, build_network, dataset, load_config, tensors
 
 
 def builtin_trainer(config: RunConfig, next_batch: Callable[[], Fact] | None = None) -> NetTrainer:
     """The configured net and task as a trainer; next_batch replaces the task's batches (tests)."""
-    net, task_batches = build(config)
+    config.check()
+    data = dataset(config)
+    task_batches = batch_source(config, data)
 
     def reinit(seed: int | None) -> tuple[Network, int]:
-        fresh = RunConfig(**{**config.__dict__, "seed": config.seed if seed is None else seed})
+        fresh = replace(config, seed=config.seed if seed is None else seed)
         return build_network(fresh), fresh.seed
 
-    return NetTrainer(net, next_batch or task_batches, tensors(config), reinit)
+    sampler = task_batches if isinstance(task_batches, Sampler) else None
+    # A sampled task's loss now is that of all its training points; xor's, that of its one batch (as ever).
+    return NetTrainer(build_network(config), next_batch or task_batches, tensors(config), reinit, sampler=sampler,
+                      loss_facts=None if sampler is None else (data.train_x, data.train_y),
+                      test_facts=(data.test_x, data.test_y) if len(data.test_x) else None)
 
 
 def train(run: Run, trainer: NetTrainer) -> None:
-    """The built-in loop: every batch the task's, learnt by the net, its loss logged."""
-    run.session.train(trainer.net.learn_one, trainer.next_batch)
+    """The built-in loop: every batch the task's, learnt by the net, its loss logged; the test loss beside it."""
+    test_loss = None if trainer.test_facts is None else (lambda: {"test_loss": trainer.test_loss()})
+    run.session.train(trainer.net.learn_one, trainer.next_batch, extra_metrics=test_loss)
 
 
 def main(argv: list[str]) -> int:
