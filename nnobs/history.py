@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -66,6 +67,9 @@ SV_BUCKETS = 200  # buckets per parameter line: its min and max in each
 SV_KEPT = 256  # parameters whose trajectories are kept for the charts (all of a large net's sample); the latest
 # vector is kept whole
 MAX_METRICS = 32  # a script's metrics kept, in the order first logged: each costs two sets of buckets
+READ_BYTES = 16 << 20  # a refresh folds the run file this much at a time: parsing a day-long file never holds it all
+SAVE_AFTER_BYTES = 32 << 20  # the fold cache is saved once this much was folded since: a reopened run parses no more
+SAVE_EVERY_S = 10.0  # while a long fold goes on, at most this often, so that an interrupted first open is not lost
 
 
 class RunHistory:
@@ -73,14 +77,18 @@ class RunHistory:
 
     State vectors cost bounded memory: their trajectories are kept as min/max buckets of the
     first SV_KEPT parameters, the latest vector whole, and 8 bytes a report for its batch. The
-    loss is kept whole in compact arrays (16 bytes a report), with buckets beside it for the chart.
+    loss is kept whole in compact arrays (64 bytes a report), with buckets beside it for the chart.
+    An outline-only history (for comparisons) keeps the buckets alone: bounded memory however long
+    the run, no state vectors, and a rewind cuts the outline at its batch instead of rebuilding it.
     """
 
-    def __init__(self, max_points: int = MAX_POINTS):
-        self.loss_batches = Column(np.int64)
+    def __init__(self, max_points: int = MAX_POINTS, outline_only: bool = False):
+        self.outline_only = outline_only
+        self.loss_batches = Column(np.int64)  # outline only: the newest NOT_LEARNING_REPORTS
         self.loss_values = Column(float)  # NaN where the loss diverged
         self.loss_windows = Column(float, 6)  # per report: batches, min, batch of min, max, batch of max, mean
         self.loss_outline = WindowedSeries(max_points // 2)  # for the chart: every window's extremes and means
+        self.loss_times = MinMaxBuckets(1, max_points // 2)  # wall time of the loss reports by batch: a time axis
         self.metrics: dict[str, WindowedSeries] = {}  # the script's other metrics, by name, at most MAX_METRICS
         self.metrics_dropped = False  # whether names were logged beyond MAX_METRICS (they are not kept)
         self.sv_batches = Column(np.int64)  # batch of every state report
@@ -122,6 +130,12 @@ class RunHistory:
         net's best loss is its own. So the chunk is folded in pieces that end where a new line of
         training begins.
         """
+        self._fold(chunk)
+        self._settle()
+
+    def _fold(self, chunk: bytes) -> None:
+        """Fold in the chunk's lines; what it leaves to _settle() depends on the wall clock or only on the end state,
+        so a file folded in chunks, wherever they were cut, makes the history one whole fold would."""
         for piece, begins in _pieces(chunk):
             if begins is not None:
                 kind, batch = begins
@@ -131,13 +145,20 @@ class RunHistory:
                     self._go_back(batch)
             self._add_piece(piece)
 
+    def _settle(self) -> None:
+        """Once per refresh: a progress sample for the rate, and the verdict on learning."""
+        if self.last_t is not None and (not self.progress or self.progress[-1][0] + PROGRESS_EVERY_S <= self.last_t):
+            self.progress.append((self.last_t, self.batch, self.loss))
+        self.not_learning = self._judge_not_learning()
+
     def _add_piece(self, chunk: bytes) -> None:
+        state_vectors = not self.outline_only
         try:
-            parsed = parse_lines(chunk)
+            parsed = parse_lines(chunk, state_vectors)
         except (ValueError, TypeError, OverflowError):  # a line of a shape nothing here foresaw: one at a time
             for line in chunk.splitlines(keepends=True):
                 try:
-                    self._add_parsed(parse_lines(line), line)
+                    self._add_parsed(parse_lines(line, state_vectors), line)
                 except (ValueError, TypeError, OverflowError):
                     self.skipped_lines += 1
             return
@@ -150,13 +171,15 @@ class RunHistory:
             self.tensors, self.sample = parsed.params
         if len(parsed.loss_batch):
             self._add_losses(parsed.loss_batch, parsed.loss_value, parsed.loss_window)
+            timed = np.isfinite(parsed.loss_t)
+            self.loss_times.extend(parsed.loss_batch[timed], parsed.loss_t[timed])
             self.batch = int(parsed.loss_batch[-1])
             last = float(parsed.loss_value[-1])
             self.diverged = bool(np.isnan(last))
             self.loss = None if self.diverged else last
         if len(parsed.sv_batch):
             self._add_state_vectors(parsed.sv_batch, parsed.sv_rows)
-        if len(parsed.summary_batch):
+        if len(parsed.summary_batch) and not self.outline_only:
             self._add_summaries(parsed.summary_batch, parsed.summary_rows)
         for name, reports in parsed.metrics.items():
             self._add_metric(name, *reports)
@@ -173,16 +196,14 @@ class RunHistory:
             self.gen = newest["gen"] if isinstance(newest.get("gen"), int) else self.gen
             # The newest line is the worker's latest word on its batch, whatever it reports.
             self.batch = next((p[0] for p in map(pair, newest.values()) if p), self.batch)
-        if self.last_t is not None and (not self.progress or self.progress[-1][0] + PROGRESS_EVERY_S <= self.last_t):
-            self.progress.append((self.last_t, self.batch, self.loss))
-        self.not_learning = self._judge_not_learning()
 
     def _add_losses(self, batches: np.ndarray, values: np.ndarray, windows: np.ndarray, keep: bool = True) -> None:
         """Fold in loss reports: batches (n,), latest values (n,), windows (n, 6); keep=False only re-buckets them."""
         if keep:
-            self.loss_batches.extend(batches)
-            self.loss_values.extend(values)
-            self.loss_windows.extend(windows)
+            for column, new in ((self.loss_batches, batches), (self.loss_values, values), (self.loss_windows, windows)):
+                column.extend(new[-NOT_LEARNING_REPORTS:] if self.outline_only else new)
+                if self.outline_only:
+                    column.keep_last(NOT_LEARNING_REPORTS)
         self.loss_outline.extend(batches, values, windows)
         with np.errstate(invalid="ignore"):
             lowest = np.nanmin(windows[:, 1], initial=np.inf)
@@ -192,7 +213,10 @@ class RunHistory:
     def _go_back(self, batch: int) -> None:
         """The run went back to batch: forget every loss, state vector and marker after it."""
         batches = self.loss_batches.values()
-        if len(batches) and batches.max() > batch:
+        self.loss_times.truncate(batch)
+        if self.outline_only:
+            self._cut_outline(batch)
+        elif len(batches) and batches.max() > batch:
             keep = batches <= batch
             for column in (self.loss_batches, self.loss_values, self.loss_windows):
                 column.keep(keep)
@@ -211,6 +235,19 @@ class RunHistory:
         while self.markers and self.markers[-1].batch > batch:
             self.markers.pop()
         self.progress.clear()  # the rate and the loss's trend are of the line of training gone on with
+
+    def _cut_outline(self, batch: int) -> None:
+        """An outline-only history goes back: the outline is cut bucket by bucket; the best loss is the kept buckets'."""
+        keep = self.loss_batches.values() <= batch
+        if keep.all() and self.loss_outline.outline.last[0] <= batch:
+            return
+        for column in (self.loss_batches, self.loss_values, self.loss_windows):
+            column.keep(keep)
+        self.loss_outline.truncate(batch)
+        outline = self.loss_outline.outline
+        with np.errstate(invalid="ignore"):
+            lowest = np.nanmin(outline.min_value[: outline.n_buckets, 0], initial=np.inf)
+        self.best_loss = float(lowest) if np.isfinite(lowest) else None
 
     def _judge_not_learning(self) -> bool:
         """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""
@@ -402,19 +439,61 @@ def _new_line_of(line: bytes) -> tuple[str, int] | None:
 
 
 class RunWatcher:
-    """A run file's reader and its history, refreshed incrementally; one per run, shared by every viewer."""
+    """A run file's reader and its history, refreshed incrementally; one per run, shared by every viewer.
 
-    def __init__(self, path):
+    The first refresh starts from the fold cache beside the run file when it covers a prefix of the
+    file as it is now (see foldcache.py), and the cache is saved again once SAVE_AFTER_BYTES more
+    were folded: a long run is parsed from the start once, not on every open.
+    """
+
+    def __init__(self, path, outline_only: bool = False, use_cache: bool = True):
         self.reader = RecordReader(path)
-        self.history = RunHistory()
+        self.outline_only = outline_only
+        self.history = RunHistory(outline_only=outline_only)
         # Page sessions run in threads of their own: hold this while refreshing and reading the history.
         self.lock = threading.Lock()
+        self.use_cache = use_cache
+        self.resumed_at = 0  # the offset the fold cache let the first refresh start from (0: none did)
+        self._opened = False
+        self._unsaved = 0  # bytes folded since the fold cache was saved or loaded
 
     def refresh(self) -> RunHistory:
         """Fold in what was appended since the last refresh; start over if the file was replaced or shrank."""
-        restarts = self.reader.restarts
-        chunk = self.reader.read_new_lines()
-        if self.reader.restarts != restarts:
-            self.history = RunHistory()
-        self.history.add_lines(chunk)
+        if not self._opened:
+            self._opened = True
+            if self.use_cache:
+                self._resume()
+        saved_at, folded = time.monotonic(), 0
+        while True:
+            restarts = self.reader.restarts
+            chunk = self.reader.read_new_lines(READ_BYTES)
+            if self.reader.restarts != restarts:
+                self.history, self._unsaved = RunHistory(outline_only=self.outline_only), 0
+            if not chunk:
+                break
+            self.history._fold(chunk)
+            self._unsaved += len(chunk)
+            folded += len(chunk)
+            if self._unsaved >= SAVE_AFTER_BYTES and time.monotonic() - saved_at >= SAVE_EVERY_S:
+                self._save()
+                saved_at = time.monotonic()
+        if self._unsaved >= SAVE_AFTER_BYTES or (self._unsaved and folded >= SAVE_AFTER_BYTES):  # or a long open's end
+            self._save()
+        self.history._settle()
         return self.history
+
+    def _resume(self) -> None:
+        from nnobs import foldcache  # it builds RunHistory objects: imported here to keep the imports one-way
+
+        found = foldcache.load(self.reader.path, self.outline_only)
+        if found is not None:
+            self.history, covered = found
+            self.reader.resume(covered.offset, covered.inode, covered.head)
+            self.resumed_at = covered.offset
+
+    def _save(self) -> None:
+        from nnobs import foldcache
+
+        if self.use_cache:
+            foldcache.save(self.reader.path, self.history, self.reader.offset, self.reader.inode)
+        self._unsaved = 0

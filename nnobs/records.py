@@ -162,8 +162,20 @@ class RecordReader:
         self._inode: int | None = None
         self._head = b""  # the file's first bytes as read: a new file starts with another worker's pid, or other text
 
-    def read_new_lines(self) -> bytes:
-        """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again."""
+    @property
+    def inode(self) -> int | None:
+        """The inode of the file read so far (None before the first read)."""
+        return self._inode
+
+    def resume(self, offset: int, inode: int, head: bytes) -> None:
+        """Go on from offset of the file with this inode and first bytes, as if this reader had read up to there."""
+        self.offset, self._inode, self._head = offset, inode, head[:HEAD_BYTES]
+
+    def read_new_lines(self, max_bytes: int | None = None) -> bytes:
+        """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again.
+
+        With max_bytes, about that much at most (more only for a longer line): call again for the rest.
+        """
         try:
             with open(self.path, "rb") as f:
                 fd = f.fileno()
@@ -179,9 +191,13 @@ class RecordReader:
                 if stat.st_size == self.offset:
                     return b""
                 f.seek(self.offset)
-                chunk = f.read(stat.st_size - self.offset)
-                self.bytes_read += len(chunk)
+                available = stat.st_size - self.offset
+                chunk = f.read(available if max_bytes is None else min(available, max_bytes))
                 end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
+                if not end and len(chunk) < available:  # one line longer than max_bytes: read it whole
+                    chunk += f.read(available - len(chunk))
+                    end = chunk.rfind(b"\n") + 1
+                self.bytes_read += len(chunk)
                 self.offset += end
                 if len(self._head) < HEAD_BYTES and self.offset > len(self._head):
                     self._head = os.pread(fd, min(self.offset, HEAD_BYTES), 0)

@@ -132,20 +132,21 @@ def parameter_name(tensors: Tensors, index: int) -> str:
 # numbers by one character class (a third faster than six numbers spelt out), their count checked there.
 _NUM = rb"[-+.eE0-9]+"
 _STAMP = rb',"t":[.0-9]+,"gen":[0-9]+\}'
-# Groups: a loss report's "batch,loss" (1) and window numbers (2, empty without one); a state
-# report's "batch,eta" (3), state vector (4), target (5), report interval (6) and pace (7, empty in
-# files written before pace existed); any other line whole (8).
+_TIMED_STAMP = rb',"t":([.0-9]+),"gen":[0-9]+\}'  # a loss report's time is kept: the time axis of comparisons
+# Groups: a loss report's "batch,loss" (1), window numbers (2, empty without one) and time (3); a
+# state report's "batch,eta" (4), state vector (5), target (6), report interval (7) and pace (8, empty
+# in files written before pace existed); any other line whole (9).
 LINE = re.compile(
-    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\](?:,"window":\[[0-9]+,\[([-+.eE0-9,]+)\]\])?' + _STAMP
+    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\](?:,"window":\[[0-9]+,\[([-+.eE0-9,]+)\]\])?' + _TIMED_STAMP
     + rb'|\{"eta":\[([0-9]+,' + _NUM + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
     + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\](?:,"pace":\[[0-9]+,(' + _NUM + rb')\])?'
     + _STAMP
     + rb"|(.+))$",
     re.MULTILINE,
 )
-ANY_LINE = re.compile(rb"^()()()()()()()(.+)$", re.MULTILINE)  # the same groups, every line in the last
-GROUPS = 8
-LOSS, WINDOW, STATE, SV, TARGET, REPORT_EVERY, PACE, OTHER = range(GROUPS)
+ANY_LINE = re.compile(rb"^()()()()()()()()(.+)$", re.MULTILINE)  # the same groups, every line in the last
+GROUPS = 9
+LOSS, WINDOW, LOSS_T, STATE, SV, TARGET, REPORT_EVERY, PACE, OTHER = range(GROUPS)
 
 
 def all_parameter_names(tensors: Tensors) -> list[str]:

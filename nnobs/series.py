@@ -13,6 +13,13 @@ class Column:
         self._data = np.empty((64, *self._row), dtype=dtype)
         self._n = 0
 
+    @classmethod
+    def of(cls, values: np.ndarray) -> Column:
+        """A column holding values (taken, not copied, when writable): values' rows and dtype are the column's."""
+        column = cls(values.dtype.type, values.shape[1] if values.ndim == 2 else None)
+        column._data, column._n = (values if values.flags.writeable else values.copy()), len(values)
+        return column
+
     def __len__(self) -> int:
         return self._n
 
@@ -28,6 +35,12 @@ class Column:
 
     def values(self) -> np.ndarray:
         return self._data[: self._n]
+
+    def keep_last(self, n: int) -> None:
+        """Keep only the newest n values."""
+        if self._n > n:
+            self._data[:n] = self._data[self._n - n : self._n].copy()
+            self._n = n
 
     def keep(self, mask: np.ndarray) -> None:
         """Keep only the values where mask (as long as the column) is true, in order."""
@@ -98,7 +111,7 @@ class MinMaxBuckets:
             self.first_batch[b] = batches[0]
             self.min_value[b], self.min_batch[b] = lo_value, batches[lo]
             self.max_value[b], self.max_batch[b] = hi_value, batches[hi]
-            self.sum[b], self.count[b], self.weight[b] = weights @ values, len(values), weights.sum()
+            self.sum[b], self.count[b], self.weight[b] = _total(0.0, weights[:, None] * values), len(values), _total(0.0, weights)
             return
         lower = _lower(lo_value, self.min_value[b])
         self.min_value[b] = np.where(lower, lo_value, self.min_value[b])
@@ -106,9 +119,9 @@ class MinMaxBuckets:
         higher = _higher(hi_value, self.max_value[b])
         self.max_value[b] = np.where(higher, hi_value, self.max_value[b])
         self.max_batch[b] = np.where(higher, batches[hi], self.max_batch[b])
-        self.sum[b] += weights @ values
+        self.sum[b] = _total(self.sum[b], weights[:, None] * values)
         self.count[b] += len(values)
-        self.weight[b] += weights.sum()
+        self.weight[b] = _total(self.weight[b], weights)
 
     def _halve(self) -> None:
         """Merge buckets pairwise: half as many, twice as wide, every extreme kept."""
@@ -170,6 +183,17 @@ class MinMaxBuckets:
             self.last = (min(self.last[0], batch), self.sum[kept - 1] / max(self.weight[kept - 1], 1e-300))
         else:
             self.first = self.last = (0, np.zeros(self.n_columns))
+
+
+def _total(start, terms: np.ndarray):
+    """start + terms[0] + terms[1] + ..., added one at a time in order (per column for rows of terms).
+
+    Not a dot product or a pairwise sum: a series folded in pieces, wherever they were cut, must
+    sum to the very bits of one folded whole (a run reopened from its fold cache is one such).
+    """
+    terms = terms.copy()
+    terms[0] += start  # then the rest one at a time: cumsum, unlike sum, adds in order
+    return np.cumsum(terms, axis=0)[-1]
 
 
 def _lower(new: np.ndarray, old: np.ndarray) -> np.ndarray:

@@ -1,0 +1,280 @@
+"""What a run's history has folded, saved beside its run file so that reopening it parses only what came since.
+
+`run.fold.npz` (a full history) and `run.curves.npz` (an outline-only one) are numpy archives of
+plain arrays and one "meta" entry, a JSON text as bytes: never pickles (anyone may have put a file
+there, so it is loaded with allow_pickle=False and every entry is checked before use). The meta
+says which bytes of the run file the history covers: their count (a line boundary), the run
+file's inode, and SHA-256 of the first and the last PROBE_BYTES of them. A cache is used only when
+the run file, as it is now, has that inode and those bytes where they were; missing, stale,
+unreadable, of another format or malformed, it is ignored, and the run file, the source of truth,
+is folded from the start. Writes replace the file whole, and a failed write is survived in silence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnobs.files import replace_atomically
+from nnobs.history import MAX_MARKERS, Answer, Event, Marker, RunHistory, WindowedSeries
+from nnobs.records import HEAD_BYTES
+from nnobs.series import Column, MinMaxBuckets
+
+FORMAT = 1  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
+PROBE_BYTES = 16384  # hashed at each end of the covered bytes
+_BUCKET_ARRAYS = ("first_batch", "min_value", "min_batch", "max_value", "max_batch", "sum", "count", "weight")
+# What a cache that fails to load may raise: all of it means "fold the run file instead".
+_UNUSABLE = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, MemoryError, zipfile.BadZipFile)
+
+
+@dataclass
+class Covered:
+    """The part of the run file a loaded cache stands for."""
+
+    offset: int  # bytes from the start, ending at a line boundary
+    inode: int
+    head: bytes  # the file's first bytes, for the reader's check that it is still the same file
+
+
+def cache_path(run_file: str | os.PathLike, outline_only: bool = False) -> Path:
+    """run.fold.npz (or run.curves.npz for an outline-only history) beside run.jsonl."""
+    run_file = Path(run_file)
+    return run_file.with_name(f"{run_file.stem}.{'curves' if outline_only else 'fold'}.npz")
+
+
+def save(run_file: str | os.PathLike, history: RunHistory, offset: int, inode: int | None) -> bool:
+    """Save what history folded of the run file's first offset bytes (the file read had this inode); whether it was."""
+    if inode is None or offset <= 0:
+        return False
+    try:
+        with open(run_file, "rb") as f:
+            if os.fstat(f.fileno()).st_ino != inode:  # replaced since it was read: what was folded is not in it
+                return False
+            covers = _fingerprint(f.fileno(), offset)
+        if covers is None:
+            return False
+        arrays, described = _arrays_of(history)
+        meta = {"format": FORMAT, "outline_only": history.outline_only, "covers": {**covers, "inode": inode},
+                "history": described}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        replace_atomically(cache_path(run_file, history.outline_only), lambda out: np.savez(out, **arrays))
+        return True
+    except OSError:  # a read-only directory, a full disk: the run file is still there to fold
+        return False
+
+
+def load(run_file: str | os.PathLike, outline_only: bool = False) -> tuple[RunHistory, Covered] | None:
+    """The cached history of the run file's longest covered prefix, or None when no cache fits the file as it is.
+
+    An outline-only history can be taken from either cache, a full one only from run.fold.npz.
+    """
+    found = None
+    for path in [cache_path(run_file)] + ([cache_path(run_file, True)] if outline_only else []):
+        try:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+                meta = json.loads(bytes(_array(archive, "meta", np.uint8, (None,))))
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    continue
+                covered = _still_there(run_file, meta["covers"])
+                if covered is None or (found is not None and covered.offset <= found[1].offset):
+                    continue
+                found = (_history_of(archive, meta["history"], outline_only), covered)
+        except _UNUSABLE:
+            continue
+    return found
+
+
+def _fingerprint(fd: int, offset: int) -> dict[str, Any] | None:
+    """The covered bytes' size and the hashes of their two ends; None when the file holds fewer, or not up to a line end."""
+    probe = min(offset, PROBE_BYTES)
+    head, tail = os.pread(fd, probe, 0), os.pread(fd, probe, offset - probe)
+    if len(head) != probe or len(tail) != probe or not tail.endswith(b"\n"):
+        return None
+    return {"offset": offset, "head": hashlib.sha256(head).hexdigest(), "tail": hashlib.sha256(tail).hexdigest()}
+
+
+def _still_there(run_file: str | os.PathLike, covers: dict) -> Covered | None:
+    """What the cache covers, when the run file still holds exactly those bytes; else None."""
+    offset, inode = covers["offset"], covers["inode"]
+    if not (_is_int(offset) and _is_int(inode) and offset > 0):
+        return None
+    with open(run_file, "rb") as f:
+        fd = f.fileno()
+        if os.fstat(fd).st_ino != inode or _fingerprint(fd, offset) != {k: covers.get(k) for k in ("offset", "head", "tail")}:
+            return None
+        return Covered(offset, inode, os.pread(fd, min(offset, HEAD_BYTES), 0))
+
+
+# -- a history as arrays and JSON, and back ---------------------------------------------------------
+
+def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays: dict[str, np.ndarray] = {}
+    buckets: dict[str, Any] = {}
+
+    def put_buckets(key: str, series: MinMaxBuckets | None) -> None:
+        if series is None:
+            return
+        buckets[key] = {"n_columns": series.n_columns, "max_buckets": series.max_buckets, "width": series.width,
+                        "n": series.n, "first": series.first[0], "last": series.last[0]}
+        for name in _BUCKET_ARRAYS:
+            arrays[f"{key}.{name}"] = getattr(series, name)
+        arrays[f"{key}.first_value"], arrays[f"{key}.last_value"] = series.first[1], series.last[1]
+
+    def put_windowed(key: str, series: WindowedSeries) -> dict[str, Any]:
+        put_buckets(f"{key}.outline", series.outline)
+        put_buckets(f"{key}.means", series.means)
+        return {"latest": list(series.latest) if series.latest is not None else None}
+
+    recent = slice(-5, None)  # enough for the verdict on learning (NOT_LEARNING_REPORTS)
+    for name in ("loss_batches", "loss_values", "loss_windows"):
+        values = getattr(history, name).values()
+        arrays[f"recent.{name}"] = values[recent]
+        if not history.outline_only:
+            arrays[name] = values
+    loss = put_windowed("loss", history.loss_outline)
+    metrics = [[name, put_windowed(f"metric{i}", series)] for i, (name, series) in enumerate(history.metrics.items())]
+    put_buckets("loss_times", history.loss_times)
+    if not history.outline_only:
+        for key in ("sv_buckets", "step_buckets", "layers"):
+            put_buckets(key, getattr(history, key))
+        arrays["sv_batches"] = history.sv_batches.values()
+        for key in ("sv_latest", "_sv_tail"):
+            if getattr(history, key) is not None:
+                arrays[key.lstrip("_")] = getattr(history, key)
+    described = {
+        "max_points": 2 * history.loss_outline.outline.max_buckets,
+        "scalars": {name: getattr(history, name) for name in _SCALARS},
+        "events": [[e.kind, e.batch, e.gen, e.t, e.detail, e.by] for e in history.events],
+        "markers": [[m.batch, m.label, m.kind, m.number] for m in history.markers],
+        "marked_batches": history._marked_batches,
+        "answers": [[key, a.ok, a.batch, a.reason, a.t] for key, a in history.answers.items()],
+        "tensors": [[name, list(shape)] for name, shape in history.tensors] if history.tensors is not None else None,
+        "sample": history.sample,
+        "loss": loss,
+        "metrics": metrics,
+        "buckets": buckets,
+    }
+    return arrays, described
+
+
+# Scalars and their kinds: what the history's latest values may be.
+_SCALARS = {"batch": "int", "loss": "number?", "eta": "number?", "target": "number?", "report_every": "number?",
+            "pace": "number?", "best_loss": "number?", "gen": "int?", "last_t": "number?", "diverged": "bool",
+            "n_records": "int", "skipped_lines": "int", "metrics_dropped": "bool"}
+
+
+def _history_of(archive, described: dict, outline_only: bool) -> RunHistory:
+    """The history the arrays and their description hold; ValueError (or another of _UNUSABLE) when malformed."""
+    max_points = described["max_points"]
+    _check(_is_int(max_points) and max_points >= 4 and max_points % 4 == 0, "max_points")
+    history = RunHistory(max_points, outline_only=outline_only)
+    for name, kind in _SCALARS.items():
+        setattr(history, name, _scalar(described["scalars"][name], kind))
+    buckets = described["buckets"]
+
+    def get_buckets(key: str) -> MinMaxBuckets | None:
+        if key not in buckets:
+            return None
+        told = buckets[key]
+        k, b, width, n = (told[name] for name in ("n_columns", "max_buckets", "width", "n"))
+        _check(all(map(_is_int, (k, b, width, n, told["first"], told["last"]))) and k >= 0 and b >= 2 and b % 2 == 0
+               and width >= 1 and 0 <= n <= width * b and k * b < 2**28, key)
+        series = MinMaxBuckets(k, b)
+        series.width, series.n = width, n
+        for name in _BUCKET_ARRAYS:
+            like = getattr(series, name)
+            setattr(series, name, _array(archive, f"{key}.{name}", like.dtype, like.shape))
+        series.first = (told["first"], _array(archive, f"{key}.first_value", np.float64, (k,)))
+        series.last = (told["last"], _array(archive, f"{key}.last_value", np.float64, (k,)))
+        return series
+
+    def get_windowed(key: str, told: dict) -> WindowedSeries:
+        series = WindowedSeries(max_points // 2)
+        series.outline, series.means = get_buckets(f"{key}.outline"), get_buckets(f"{key}.means")
+        _check(series.outline is not None and series.means is not None, key)
+        latest = told["latest"]
+        _check(latest is None or (len(latest) == 2 and _is_int(latest[0]) and _is_number(latest[1])), key)
+        series.latest = None if latest is None else (latest[0], float(latest[1]))
+        return series
+
+    source = "recent." if outline_only else ""
+    loss_batches = _array(archive, f"{source}loss_batches", np.int64, (None,))
+    history.loss_batches = Column.of(loss_batches)
+    history.loss_values = Column.of(_array(archive, f"{source}loss_values", np.float64, (len(loss_batches),)))
+    history.loss_windows = Column.of(_array(archive, f"{source}loss_windows", np.float64, (len(loss_batches), 6)))
+    history.loss_outline = get_windowed("loss", described["loss"])
+    history.loss_times = get_buckets("loss_times")
+    _check(history.loss_times is not None, "loss_times")
+    for i, (name, told) in enumerate(described["metrics"]):
+        _check(isinstance(name, str) and name not in history.metrics, "metrics")
+        history.metrics[name] = get_windowed(f"metric{i}", told)
+    if not outline_only:
+        history.sv_batches = Column.of(_array(archive, "sv_batches", np.int64, (None,)))
+        history.sv_buckets, history.step_buckets = get_buckets("sv_buckets"), get_buckets("step_buckets")
+        history.layers = get_buckets("layers")
+        if "sv_latest" in archive.files:
+            _check(history.sv_buckets is not None and history.step_buckets is not None, "sv_buckets")
+            history.sv_latest = _array(archive, "sv_latest", np.float64, (None,))
+            _check(history.sv_buckets.n_columns <= len(history.sv_latest), "sv_latest")
+        if "sv_tail" in archive.files:
+            _check(history.sv_latest is not None, "sv_tail")
+            history._sv_tail = _array(archive, "sv_tail", np.float64, (None, len(history.sv_latest)))
+    for kind, batch, gen, t, detail, by in described["events"]:
+        _check(isinstance(kind, str) and _is_int(batch) and (gen is None or _is_int(gen)) and _number_or_none(t)
+               and isinstance(detail, str) and isinstance(by, str), "events")
+        history.events.append(Event(kind, batch, gen, t, detail, by))
+    for batch, label, kind, number in described["markers"][-MAX_MARKERS:]:
+        _check(_is_int(batch) and isinstance(label, str) and isinstance(kind, str) and _is_int(number), "markers")
+        history.markers.append(Marker(batch, label, kind, number))
+    history._marked_batches = _scalar(described["marked_batches"], "int")
+    for key, ok, batch, reason, t in described["answers"]:
+        _check(isinstance(key, str) and isinstance(ok, bool) and _is_int(batch) and isinstance(reason, str)
+               and _number_or_none(t), "answers")
+        history.answers[key] = Answer(ok, batch, reason, t)
+    tensors, sample = described["tensors"], described["sample"]
+    if tensors is not None:
+        _check(all(isinstance(name, str) and all(map(_is_int, shape)) for name, shape in tensors), "tensors")
+        history.tensors = [(name, tuple(shape)) for name, shape in tensors]
+    _check(sample is None or all(map(_is_int, sample)), "sample")
+    history.sample = sample
+    return history
+
+
+def _array(archive, name: str, dtype, shape: tuple) -> np.ndarray:
+    """The archive's array name, checked to be of dtype and shape (None: any length there)."""
+    values = archive[name]
+    _check(values.dtype == dtype and values.ndim == len(shape)
+           and all(want is None or want == got for want, got in zip(shape, values.shape)), name)
+    return values if values.flags.writeable else values.copy()
+
+
+def _scalar(value: Any, kind: str) -> Any:
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    ok = (optional and value is None) or {"int": _is_int, "number": _is_number, "bool": lambda v: isinstance(v, bool)}[kind](value)
+    _check(ok, kind)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or _is_number(value)
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"fold cache: malformed {what}")
