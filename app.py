@@ -1,5 +1,5 @@
-"""nnobs page: `streamlit run app.py`, then open ?run=NAME for a run other than the default."""
+"""nnobs page: `streamlit run app.py`; ?run=NAME opens a run other than the default, /overview lists every run."""
 
-from nnobs.page import main
+from nnobs.navigation import main
 
 main()

@@ -331,22 +331,34 @@ LOG_LABELS = "replace(datum.label, 'e+', 'e')"  # 1e-2, 1e0, 1e3: one style over
 LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
 
 
+TRAINING_COLOUR, TEST_COLOUR = "#1f77b4", "#009E73"  # test loss green: orange and purple are the markers'
+LOSS_LEGEND = ("training loss", "test loss")
+
+
 @_built_once
-def loss_spec(log_scale: bool) -> dict:
-    """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect.
+def loss_spec(log_scale: bool, with_test: bool = False) -> dict:
+    """Raw loss faint, smoothed loss over it, and a labelled rule where each command or generation took effect;
+    with_test, the test loss beside it the same way, in green, and a legend naming the two.
 
     Labels sit right of their rule, or left of it where they would run past the chart's right edge,
     on a white halo that no line or other rule crosses. Their colour says what they mark (orange a
-    command, purple a generation), and their text says it too, so there is no legend.
+    command, purple a generation), and their text says it too, so there is no legend for them.
     """
     raw, smoothed = _raw_and_smoothed("loss", "loss", log_scale)
+    lines = [raw, smoothed]
+    if with_test:
+        test_raw, _ = _raw_and_smoothed("test_loss", "test loss", log_scale, smoothed="test_smoothed",
+                                        colours=("#7fc8b0", TEST_COLOUR), zoom=False)
+        lines = [raw, test_raw, _smoothed_pair(log_scale)]
     markers = alt.Chart().transform_filter("isValid(datum.label)")
     placed = {"align": {"expr": f"{LABEL_AT_RIGHT} ? 'right' : 'left'"},
               "dx": {"expr": f"{LABEL_AT_RIGHT} ? -4 : 4"}, "baseline": "top", "fontSize": 10, "clip": True}
     where = {"x": _batch_axis(), "y": alt.Y("lane:Q", scale=None), "text": "label:N"}
     halos = markers.mark_text(fill="white", stroke="white", strokeWidth=6, strokeJoin="round", **placed).encode(**where)
     labels = markers.mark_text(**placed).encode(color=_MARKER_COLOR, **where)
-    layers = alt.layer(_run_extent(), raw, smoothed, _marker_rules(), halos, labels, title="Loss")
+    layers = alt.layer(_run_extent(), *lines, _marker_rules(), halos, labels, title="Loss")
+    if with_test:  # the markers' colours are a scale of their own, with no legend
+        layers = layers.resolve_scale(color="independent")
     return _spec(layers.properties(height=320))
 
 
@@ -370,16 +382,37 @@ def _marker_rules() -> alt.Chart:
     )
 
 
-def _raw_and_smoothed(field: str, name: str, log_scale: bool) -> tuple[alt.Chart, alt.Chart]:
+def _smoothed_pair(log_scale: bool) -> alt.Chart:
+    """The smoothed training and test loss as one layer of two lines, coloured by which, with a legend naming them."""
+    plotted = "datum.value > 0" if log_scale else "isValid(datum.value)"
+    scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False, nice=True)
+    axis = alt.Axis(format="~e", labelExpr=LOG_LABELS) if log_scale else alt.Axis(format="~g")
+    names = f"datum.label == 'smoothed' ? '{LOSS_LEGEND[0]}' : '{LOSS_LEGEND[1]}'"
+    legend = alt.Legend(orient="top-right", title=None, labelExpr=names, symbolStrokeWidth=3, fillColor="white",
+                        padding=4, labelFontSize=12)
+    return (
+        alt.Chart().transform_fold(["smoothed", "test_smoothed"], as_=["series", "value"]).transform_filter(plotted)
+        .mark_line(clip=True)
+        .encode(x=_batch_axis(),
+                y=alt.Y("value:Q", title="loss" + (" (log)" if log_scale else ""), scale=scale, axis=axis),
+                color=alt.Color("series:N", scale=alt.Scale(domain=["smoothed", "test_smoothed"],
+                                                            range=[TRAINING_COLOUR, TEST_COLOUR]), legend=legend),
+                tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g", title="smoothed")])
+    )
+
+
+def _raw_and_smoothed(field: str, name: str, log_scale: bool, smoothed: str = "smoothed",
+                      colours: tuple[str, str] = ("#8c9bab", TRAINING_COLOUR), zoom: bool = True,
+                      ) -> tuple[alt.Chart, alt.Chart]:
     """A windowed series' two lines: its raw outline (field) faint and zoomable, its smoothed line over it."""
     if log_scale:
         scale = alt.Scale(type="log")
         axis = alt.Axis(format="~e", labelExpr=LOG_LABELS)
     else:
         scale, axis = alt.Scale(zero=False, nice=True), alt.Axis(format="~g")
-    title = name + (" (log)" if log_scale else "")
+    title = ("loss" if field == "test_loss" else name) + (" (log)" if log_scale else "")  # one axis for both
     tip = [alt.Tooltip("batch:Q", format=","), alt.Tooltip(f"{field}:Q", format=".4g", title=name),
-           alt.Tooltip("smoothed:Q", format=".4g")]
+           alt.Tooltip(f"{smoothed}:Q", format=".4g", title="smoothed")]
 
     def line(column: str) -> alt.Chart:
         plotted = f"datum.{column} > 0" if log_scale else f"isValid(datum.{column})"  # a log axis has no zero
@@ -387,8 +420,10 @@ def _raw_and_smoothed(field: str, name: str, log_scale: bool) -> tuple[alt.Chart
             x=_batch_axis(), y=alt.Y(f"{column}:Q", title=title, scale=scale, axis=axis), tooltip=tip
         )
 
-    raw = line(field).mark_line(opacity=0.3, color="#8c9bab", clip=True).add_params(_zoom())
-    return raw, line("smoothed").mark_line(color="#1f77b4", clip=True)
+    raw = line(field).mark_line(opacity=0.3, color=colours[0], clip=True)
+    if zoom:  # one zoom per chart: a second parameter of the same name is an error
+        raw = raw.add_params(_zoom())
+    return raw, line(smoothed).mark_line(color=colours[1], clip=True)
 
 
 @_built_once
@@ -471,7 +506,7 @@ def steps_spec(figure: str) -> dict:
 
 
 @_built_once
-def surface_spec() -> dict:
+def surface_spec(title: str = "Decision surface (latest state)") -> dict:
     """The net's output over the input plane, with the training points on top, both on one diverging scale.
 
     The scale's domain comes from the data: the surface frame's two rows without x1 hold the
@@ -503,7 +538,7 @@ def surface_spec() -> dict:
         .encode(x="x1:Q", y="x2:Q", fill=alt.Fill("target:Q", scale=diverging, legend=None),
                 tooltip=["x1:Q", "x2:Q", "target:Q"])
     )
-    return _spec(alt.layer(*ranges, cells, facts, title="Decision surface (latest state)").properties(height=300))
+    return _spec(alt.layer(*ranges, cells, facts, title=title).properties(height=300))
 
 
 @_built_once
@@ -525,3 +560,54 @@ def sv_heatmap_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         alt.layer(_run_extent(), cells, title=alt.Title("State vector over batches", subtitle=shown))
         .properties(height=max(240, 14 * min(len(names), 80)))
     )
+
+
+@_built_once
+def compare_spec(title: str, axis: str, log_scale: bool, runs: tuple[str, ...], colours: tuple[str, ...],
+                 dashes: tuple[tuple[int, ...], ...]) -> dict:
+    """Several runs' smoothed lines, one colour each (the compare page's palette, fixed by the spec), over batches
+    or the clock. The colours are in the spec, not the data: a run keeps its colour on every chart and refresh."""
+    if log_scale:
+        y = alt.Y("value:Q", title=f"{title} (log)", scale=alt.Scale(type="log"),
+                  axis=alt.Axis(format="~e", labelExpr=LOG_LABELS))
+    else:
+        y = alt.Y("value:Q", title=title, scale=alt.Scale(zero=False, nice=True), axis=alt.Axis(format="~g"))
+    if axis == "time":
+        x = alt.X("t:T", title="wall time", axis=alt.Axis(labelOverlap=True))
+        shown = "isValid(datum.t)"
+    else:
+        x = alt.X("batch:Q", title="batch", scale=alt.Scale(nice=False, zero=False),
+                  axis=alt.Axis(format=",d", tickMinStep=1, labelOverlap=True))
+        shown = "true"
+    legend = alt.Legend(orient="top", title=None, labelLimit=260, symbolStrokeWidth=3, columns=min(len(runs), 4) or 1)
+    lines = (
+        alt.Chart().transform_filter(shown).mark_line(clip=True, strokeWidth=2)
+        .encode(
+            x=x, y=y,
+            color=alt.Color("run:N", scale=alt.Scale(domain=list(runs), range=list(colours)), legend=legend),
+            strokeDash=alt.StrokeDash("run:N", scale=alt.Scale(domain=list(runs), range=[list(d) or [1, 0] for d in dashes]),
+                                      legend=None),
+            tooltip=["run:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("t:T", title="time", format="%H:%M:%S"),
+                     alt.Tooltip("value:Q", format=".4g", title=title)],
+        )
+        .add_params(_zoom())
+    )
+    return _spec(lines.properties(title=title, height=320))
+
+
+TEST_METRIC = "test_loss"  # the metric the built-in worker reports its test-set loss as
+
+
+def with_test_loss(loss: pd.DataFrame, points: pd.DataFrame, means: pd.DataFrame, markers: pd.DataFrame,
+                   smoothing: float, log_scale: bool, batches: tuple[int, int]) -> pd.DataFrame:
+    """The loss chart's frame (loss_chart_frame's) and the test loss's rows beside it: raw (batch, test_loss) and
+    smoothed (batch, test_smoothed), smoothed over the same batches, so the two lines can be read against each other."""
+    test = loss_chart_frame(points.rename(columns={"value": TEST_METRIC}), means, markers, smoothing, log_scale, batches)
+    test = test[test["label"].isna()].drop(columns=["label", "kind", "lane"])  # the markers are the loss frame's
+    if not len(loss):
+        return loss
+    test = test.rename(columns={"smoothed": "test_smoothed"})
+    frame = pd.concat([loss, test], ignore_index=True)
+    for column in ("label", "kind"):  # concat drops a categorical that only one side has to object
+        frame[column] = pd.Categorical(frame[column], categories=loss[column].cat.categories)
+    return frame

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from nnobs import charts, wording
+from nnobs import charts, lab, navigation, wording
 from nnobs.checkpoint import kept_batches
 from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
@@ -31,7 +31,7 @@ from nnobs.runs import (
 )
 from nnobs.schema import FULL_STATE_MAX_PARAMS
 from nnobs.tasks import RunConfig, load_config
-from nnobs.view import RunView, build_view, chart_frames, current_status, never_ran
+from nnobs.view import RunView, SharedViews, never_ran
 
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
@@ -43,6 +43,7 @@ REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so 
 # Sent once per script run, before any fragment: a fragment's rerun would drop and re-add it, and the sizes jump.
 PAGE_STYLE = """<style>
 [data-testid="stMetricValue"] {font-size: 1.45rem;}  /* six figures fit one row */
+[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}  /* under the page links, not a screen's third below */
 .st-key-share_link pre::before {content: ""; float: right; width: 2rem; height: 1.4em;}  /* room for the copy button */
 .st-key-share_link code {font-size: 0.8rem;}  /* most links break once, after their address */
 </style>"""
@@ -73,6 +74,18 @@ def _wrong_guesses() -> WrongGuesses:
 def _watcher(run_file: str) -> RunWatcher:
     """One reader per run file for the whole server: every session sees the same history, read once."""
     return RunWatcher(run_file)
+
+
+@st.cache_resource(show_spinner=False)
+def _shared_views() -> SharedViews:
+    """One view of each run per refresh for the whole server, handed to every session watching it."""
+    return SharedViews()
+
+
+def _view(run: RunDir, config: RunConfig | None) -> RunView:
+    """The run's view as every session shares it: at most half a refresh old."""
+    max_age = min(float(st.session_state.get("refresh_s", 1.0)), 1.0) / 2
+    return _shared_views().view(run, _watcher(str(run.run_file)), config, max_age)
 
 
 def _may_steer() -> bool:
@@ -238,9 +251,11 @@ def _controls(run: RunDir) -> None:
         st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
     if confirmed := st.session_state.pop("confirmed", None):
         _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
-    status = current_status(run, _watcher(str(run.run_file)))
+    status = _view(run, _config(run)).status
     _training_controls(run, status)
     _actions(run, status, drawn_anew=run.config.exists())
+    if run.config.exists():  # a script's run is forked by running the script again
+        _fork_form(run, status)
 
 
 def _training_controls(run: RunDir, status: RunStatus) -> None:
@@ -307,6 +322,54 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
     _refusal("start")
     if ask:
         _confirm(run, status, *ask)
+
+
+def _fork_form(run: RunDir, status: RunStatus) -> None:
+    """Fork: a new run from this one's latest checkpoint (or a kept one), with eta or target changed."""
+    st.subheader("Fork")
+    with st.form("fork_form", border=False, enter_to_submit=False, clear_on_submit=False):
+        name = st.text_input("New run's name", key="fork_name", placeholder=f"{run.name}-fork",
+                             help="The fork is a run of its own, under this name, trained on by a worker of its own.")
+        eta = st.text_input("Its eta", key="fork_eta", placeholder=f"blank: {status.eta:g}" if status.eta else "blank: the same",
+                            help="The learning rate the fork trains with from the start; blank keeps this run's.")
+        target = st.text_input("Its target batches", key="fork_target",
+                               placeholder=f"blank: {status.target:,}" if status.target is not None else "blank: the same",
+                               help="The batch the fork trains to; blank keeps this run's.")
+        at = st.text_input("From the checkpoint kept at or before batch", key="fork_at", placeholder="blank: the latest",
+                           help="Fork from an older kept checkpoint (as a rewind would land) instead of the latest.")
+        if st.form_submit_button("Fork this run"):
+            _new_submit()
+            _fork(run, name or f"{run.name}-fork", eta, target, at)
+        _refusal("fork")
+
+
+def read_fork(name: str, eta: str, target: str, at: str) -> tuple[str, float | None, int | None, int | None]:
+    """The fork form's entries read strictly: (new name, eta, target, batch); blanks are None. Raises NnobsError."""
+    values = []
+    for cmd, text in (("eta", eta), ("target", target), ("rewind", at)):
+        values.append(read_entry(cmd, text) if text.strip() else None)
+    return check_run_name(name.strip()), *values
+
+
+def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
+    """Fork the run as the form says and open the fork; what cannot be done is refused under the form."""
+    if not _may_steer():
+        _refusals()["fork"] = VIEWERS_REFUSED
+        return
+    try:
+        new_name, new_eta, new_target, new_at = read_fork(name, eta, target, at)
+        new = RunDir.named(new_name)
+        if new.exists():
+            raise NnobsError(f"a run named {new_name} exists already: pick another name for the fork")
+        with st.spinner(f"Forking {run.name} into {new_name}…"):
+            lab.fork_run(run, new, eta=new_eta, target=new_target, at=new_at, by="page")
+    except (NnobsError, EntryError) as err:
+        _refusals()["fork"] = str(err)
+        return
+    except OSError as err:
+        _refusals()["fork"] = f"could not fork: {err.strerror or err}"
+        return
+    st.switch_page(navigation.pages()["run"], query_params={"run": new_name})
 
 
 def _entry_action(cmd: str, label: str, button: str, alive: bool, placeholder: str, help_text: str):
@@ -431,6 +494,12 @@ def _header(run: RunDir, view: RunView) -> None:
     st.caption(" · ".join(parts + [str(run.path)]))
     if served := wording.served_by(view.script):
         st.caption(f"Served by {served}")
+    if view.origin:
+        parent = str(view.origin.get("run", "?"))
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.caption(wording.fork_origin(view.origin))
+        right.page_link(navigation.pages()["compare"], label=f"Compare with {parent}", icon=":material/compare_arrows:",
+                        query_params={"runs": [parent, run.name]})
 
 
 def _metrics(view: RunView) -> None:
@@ -531,12 +600,14 @@ def _line(what: str, by: str, outcome: str) -> str:
     return f"- **{what}**{' ' + who if who else ''}: {outcome}"
 
 
-def _charts(view: RunView) -> None:
-    """The charts: their specs never change during a run, so the browser only swaps in the new data."""
+def _charts(run: RunDir, view: RunView) -> None:
+    """The charts: their specs never change during a run, so the browser only swaps in the new data. Their data
+    is the shared view's, as Arrow tables made once for every session with the same settings."""
     log_loss = st.session_state.get("log_loss", True)
-    frames = chart_frames(view, st.session_state.get("smoothing", 0.6), log_loss)
+    frames = _shared_views().tables(run, view, st.session_state.get("smoothing", 0.6), log_loss)
     if len(frames["loss"]):
-        st.vega_lite_chart(frames["loss"], charts.loss_spec(log_loss), width="stretch", height=420)
+        spec = charts.loss_spec(log_loss, view.test is not None)
+        st.vega_lite_chart(frames["loss"], spec, width="stretch", height=420)
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
     _metric_charts(view, frames)
@@ -595,21 +666,20 @@ def _state_vector_charts(view: RunView, frames: dict) -> None:
 def _live(run: RunDir, config: RunConfig | None) -> None:
     """Status, command outcomes and charts, re-read from the run file on every tick."""
     started = time.perf_counter()
-    view = build_view(run, _watcher(str(run.run_file)), config)
+    view = _view(run, config)
     _header(run, view)
     _metrics(view)
     _problems(run, view)
     _commands(run, view)
-    _charts(view)
+    _charts(run, view)
     took = 1000 * (time.perf_counter() - started)
     n = view.status.skipped_lines
     skipped = f" · {n:,} unreadable line{'' if n == 1 else 's'} skipped" if n else ""
     st.caption(f"Updated {time.strftime('%H:%M:%S')} in {took:.0f} ms · {view.n_records:,} records{skipped}")
 
 
-def main() -> None:
-    st.set_page_config(page_title="nnobs", layout="wide")
-    st.html(PAGE_STYLE)
+def run_page() -> None:
+    """The run the URL names (?run=NAME, else the default run): live status and charts, steered from the sidebar."""
     steer = _may_steer()
     run = _open_run(steer)
     config = _config(run)

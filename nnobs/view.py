@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nnobs import charts, wording
 from nnobs.analytics import decision_surface
 from nnobs.control import Command, read_commands
 from nnobs.errors import NnobsError
 from nnobs.history import Answer, Event, RunHistory, RunWatcher
+from nnobs.lab import fork_origin
 from nnobs.runs import RunDir, RunStatus, run_status, script_description
 from nnobs.schema import SUMMARY, parameter_name
-from nnobs.tasks import TASKS, RunConfig
+from nnobs.tasks import RunConfig, dataset
 from nnobs.tasks import tensors as config_tensors
 
 RECENT_COMMANDS = 6
@@ -48,10 +52,12 @@ class RunView:
     surface: pd.DataFrame | None  # the decision surface and training points, for nets with 2 inputs
     starts: list[Event]  # the newest worker starts, oldest first: who started each generation
     metrics: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # a script's metrics by name: (batch, value), (batch, mean)
+    test: tuple[pd.DataFrame, pd.DataFrame] | None  # the test loss, (batch, value), (batch, mean): on the loss chart
     metrics_dropped: bool  # more metrics were logged than the history keeps
     tensors: tuple[str, ...]  # the tensors of a large net's summaries, in state-vector order
     layers: dict[str, pd.DataFrame]  # per charts.LAYER_FIGURES figure: batch, tensor, value; empty without summaries
     script: dict | None  # run.json: which script serves the run, where; None for a run of the built-in worker
+    origin: dict | None  # where the run was forked from ({"run": parent, "batch": N, ...}); None if it was not
 
     @property
     def seconds_to_target(self) -> float | None:
@@ -65,6 +71,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
     """Read what was appended, then copy out what the page draws: bounded however long the run."""
     recent, control_error = _recent_commands(run.control_file)
     script = None if run.config.exists() else script_description(run)
+    origin = fork_origin(run)
     with watcher.lock:
         history = watcher.refresh()
         sv_names: tuple[str, ...] = ()
@@ -80,10 +87,12 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             sv_shown = (wording.parameters_shown(n_lines, total, spread=True),
                         wording.parameters_shown(len(sv_names), total, spread=sampled))
             if config and state.from_config and config.sizes[0] == 2:
-                surface = _surface(config.to_json(), history.sv_latest.tobytes())
+                surface = surface_of(config.to_json(), history.sv_latest.tobytes())
         tensor_names = _tensor_names(history)
         rate, loss_change = history.rate()
         loss_means = charts.loss_means_frame(history)
+        metrics = charts.metric_frames(history)
+        test = metrics.pop(charts.TEST_METRIC, None)  # drawn beside the training loss, not as a chart of its own
         return RunView(
             status=run_status(run, history),
             report_every=history.report_every,
@@ -104,11 +113,13 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             step_cosines=charts.steps_frame(history, 1),
             surface=surface,
             starts=[e for e in history.events if e.kind == "started"][-RECENT_STARTS:],
-            metrics=charts.metric_frames(history),
+            metrics=metrics,
+            test=test,
             metrics_dropped=history.metrics_dropped,
             tensors=tensor_names,
             layers=charts.layer_frames(history, tensor_names),
             script=script,
+            origin=origin,
         )
 
 
@@ -164,11 +175,12 @@ def _tensor_names(history: RunHistory) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=8)
-def _surface(config_json: str, sv: bytes) -> pd.DataFrame:
+def surface_of(config_json: str, sv: bytes) -> pd.DataFrame:
     """The decision surface and the task's training batch on it, computed once per state vector."""
     config = RunConfig.from_json(config_json)
-    facts = TASKS[config.task](config)()
-    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activation)
+    data = dataset(config)
+    facts = (data.train_x, data.train_y)
+    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activations[-1])
 
 
 def never_ran(watcher: RunWatcher) -> bool:
@@ -213,10 +225,13 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
     if not view.sampled:  # steps of a sample would read as the net's: the Layers section has each tensor's change
         over_batches |= {"step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
     over_batches |= {f"layer:{figure}": frame for figure, frame in view.layers.items()}
-    shown = [frame for frame in (view.loss, *(points for points, _ in view.metrics.values()), *over_batches.values())
-             if frame is not None]
+    tests = [view.test[0]] if view.test is not None else []
+    shown = [frame for frame in (view.loss, *tests, *(points for points, _ in view.metrics.values()),
+                                 *over_batches.values()) if frame is not None]
     batches = charts.batch_range(view.status.batch, shown)
     loss = charts.loss_chart_frame(view.loss, view.loss_means, view.markers, smoothing, log_scale, batches)
+    if view.test is not None:
+        loss = charts.with_test_loss(loss, *view.test, view.markers, smoothing, log_scale, batches)
     frames = {"loss": charts.with_batch_range(loss, batches) if len(loss) else loss}
     for name, (points, means) in view.metrics.items():
         metric = charts.loss_chart_frame(points, means, view.markers, smoothing, False, batches)
@@ -227,3 +242,66 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
     if view.surface is not None:
         frames["surface"] = view.surface
     return frames
+
+
+class SharedViews:
+    """Every session's view of a run and its chart data, built once per refresh by the first session to ask.
+
+    Ten people watching one run would otherwise each fold the run file, build the frames and turn
+    them into Arrow tables on every tick. Here the first session past the view's age builds it,
+    the others wait on its lock and take the same objects, so each chart gets the very same table,
+    its message hashes the same when nothing changed, and Streamlit sends a browser that has it a
+    reference instead of the data (its forward-message cache, for messages of 10 kB or more).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[str, _SharedEntry] = {}
+
+    def view(self, run: RunDir, watcher: RunWatcher, config: RunConfig | None, max_age_s: float) -> RunView:
+        """The run's view, built anew only when the one held is older than max_age_s."""
+        entry = self._entry(str(run.path))
+        with entry.lock:
+            now = time.monotonic()
+            if entry.view is None or now - entry.built_at > max_age_s:
+                entry.view, entry.built_at, entry.tables = build_view(run, watcher, config), now, {}
+            return entry.view
+
+    def tables(self, run: RunDir, view: RunView, smoothing: float, log_scale: bool) -> dict[str, pa.Table]:
+        """chart_frames(view, ...) as Arrow tables, made once per view and settings; what the charts are handed."""
+        entry = self._entry(str(run.path))
+        with entry.lock:
+            if entry.view is not view:  # a view built since: this session's is not the one held
+                return _as_tables(chart_frames(view, smoothing, log_scale))
+            key = (smoothing, log_scale)
+            if key not in entry.tables:
+                if len(entry.tables) >= MAX_SETTINGS_HELD:
+                    entry.tables.clear()
+                entry.tables[key] = _as_tables(chart_frames(view, smoothing, log_scale))
+            return entry.tables[key]
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the views of runs not in keep (their paths)."""
+        with self._lock:
+            for path in [p for p in self._entries if p not in keep]:
+                del self._entries[path]
+
+    def _entry(self, path: str) -> _SharedEntry:
+        with self._lock:
+            return self._entries.setdefault(path, _SharedEntry())
+
+
+MAX_SETTINGS_HELD = 8  # (smoothing, log scale) pairs whose tables a view keeps: sessions mostly share one or two
+
+
+@dataclass
+class _SharedEntry:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    view: RunView | None = None
+    built_at: float = 0.0  # time.monotonic() when view was built
+    tables: dict[tuple[float, bool], dict[str, pa.Table]] = field(default_factory=dict)
+
+
+def _as_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pa.Table]:
+    """Frames as the Arrow tables Streamlit would make of them on every call, made here once."""
+    return {name: pa.Table.from_pandas(frame, preserve_index=False) for name, frame in frames.items()}

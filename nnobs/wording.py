@@ -108,3 +108,21 @@ def served_by(description: dict | None) -> str:
     command = " ".join(words).replace("`", "'") or "a script"
     cwd = description.get("cwd")
     return f"script `{command}`" + (f" in `{str(cwd).replace('`', '')}`" if cwd else "")
+
+
+def fork_origin(origin: dict) -> str:
+    """Where a fork came from, as Markdown: "Forked from `base` at batch 12,000, with eta 0.3 (it had 0.1)"."""
+    name = str(origin.get("run", "?")).replace("`", "")
+    batch = origin.get("batch")
+    where = f" at batch {batch:,}" if isinstance(batch, int) and not isinstance(batch, bool) else ""
+    changed = origin.get("changed") if isinstance(origin.get("changed"), dict) else {}
+    before = origin.get("parent") if isinstance(origin.get("parent"), dict) else {}
+    changed = [f"{setting} {_setting(value)}" + (f" (it had {_setting(before[setting])})" if setting in before else "")
+               for setting, value in changed.items()]
+    return f"Forked from `{name}`{where}" + (f", with {' and '.join(changed)}" if changed else "")
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
