@@ -77,7 +77,7 @@ NEW_RUN_FLAGS = (
      "r relu, s sin, g sigmoid, none: identity), e.g. 2x8tx8tx1t"),
     ("--eta", float, "X", "the learning rate at the start, above 0"),
     ("--batch-size", int, "N", "examples per batch"),
-    ("--noise", float, "X", "label noise of the task's points, 0 to 0.5"),
+    ("--noise", float, "X", "how far the task's points stray from their clean places, 0 to 0.5"),
     ("--train-share", float, "X", "the share of the task's points trained on, 0.1 to 0.9; the rest are the test set"),
     ("--seed", int, "S", "seed of the net's first parameters and of the task's points and batches"),
     ("--target", int, "N", "batches to train before idling"),

@@ -17,6 +17,7 @@ from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
 from nnobs.lab import created_at, fork_origin
 from nnobs.runs import RunDir, list_runs, run_status, script_description
+from nnobs.netspec import format_net
 from nnobs.tasks import load_config
 
 HEAD_BYTES = 16 << 10  # the first generation's start: its settings, what the net is
@@ -219,7 +220,4 @@ def _what_it_trains(run: RunDir) -> tuple[str, str]:
 
 
 def _net_of(config) -> str:
-    net = getattr(config, "net", None)
-    if isinstance(net, str):
-        return net
-    return "-".join(map(str, config.sizes))
+    return format_net(config.sizes, config.activations)

@@ -81,7 +81,10 @@ class RunDir:
 
 
 def create_run(run: RunDir, config: RunConfig | None = None) -> None:
-    """Make the run directory and its config.json, unless they exist: an existing run keeps its config."""
+    """Make the run directory and its config.json, unless they exist: an existing run keeps its config.
+
+    A config that cannot be trained is refused before anything is written."""
+    (config or RunConfig()).check()
     try:
         run.path.mkdir(parents=True, exist_ok=True)
         if not run.config.exists():
