@@ -94,11 +94,34 @@ class MinMaxBuckets:
         while pos < len(batches):
             if self.n % self.width == 0 and self.n_buckets == self.max_buckets:
                 self._halve()
-            take = min(self.width - self.n % self.width, len(batches) - pos)
+            left = len(batches) - pos
+            whole = 0 if self.n % self.width else min(self.max_buckets - self.n_buckets, left // self.width)
+            take = whole * self.width if whole else min(self.width - self.n % self.width, left)
             part = slice(pos, pos + take)
-            self._fold(self.n // self.width, batches[part], values[part], weights[part])
+            if whole:  # new buckets filled whole, all at once: a long chunk costs a call per halving, not per bucket
+                self._fold_whole(self.n // self.width, whole, batches[part], values[part], weights[part])
+            else:
+                self._fold(self.n // self.width, batches[part], values[part], weights[part])
             self.n += take
             pos += take
+
+    def _fold_whole(self, b: int, count: int, batches: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        """Fold count * width points into the new buckets b, b + 1, ...: what _fold does to each, bit for bit."""
+        w, k = self.width, self.n_columns
+        values, batches, weights = values.reshape(count, w, k), batches.reshape(count, w), weights.reshape(count, w)
+        lo = np.where(np.isnan(values), np.inf, values).argmin(axis=1)  # (count, k) row of each column's extreme
+        hi = np.where(np.isnan(values), -np.inf, values).argmax(axis=1)
+        at, cols, new = np.arange(count)[:, None], np.arange(k)[None, :], slice(b, b + count)
+        self.first_batch[new] = batches[:, 0]
+        self.min_value[new], self.min_batch[new] = values[at, lo, cols], batches[at, lo]
+        self.max_value[new], self.max_batch[new] = values[at, hi, cols], batches[at, hi]
+        terms = weights[:, :, None] * values
+        terms[:, 0] += 0.0  # as _total starts from 0.0
+        self.sum[new] = np.cumsum(terms, axis=1)[:, -1]
+        self.count[new] = w
+        counted = weights.copy()
+        counted[:, 0] += 0.0
+        self.weight[new] = np.cumsum(counted, axis=1)[:, -1]
 
     def _fold(self, b: int, batches: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
         """Fold consecutive points into bucket b (new when empty)."""

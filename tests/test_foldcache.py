@@ -271,3 +271,19 @@ def test_a_small_run_writes_no_cache(tmp_path):
     out.close()
     folded_after(run_file)
     assert not foldcache.cache_path(run_file).exists()
+
+
+def test_buckets_folded_point_by_point_hold_the_bits_of_buckets_folded_at_once():
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    batches = np.cumsum(rng.integers(1, 5, size=5000))
+    values = rng.normal(size=(5000, 3)) * 10.0 ** rng.integers(-8, 8, size=(5000, 1))
+    values[rng.random(values.shape) < 0.01] = np.nan
+    weights = rng.integers(1, 100, size=5000).astype(float)
+    at_once, in_pieces = MinMaxBuckets(3, 64), MinMaxBuckets(3, 64)
+    at_once.extend(batches, values, weights)
+    cuts = [0, *sorted(rng.choice(np.arange(1, 5000), size=300, replace=False)), 5000]
+    for start, end in zip(cuts, cuts[1:]):
+        in_pieces.extend(batches[start:end], values[start:end], weights[start:end])
+    assert_same(in_pieces, at_once, "buckets")
