@@ -342,6 +342,14 @@ class RunHistory:
         """The newest event other than a control-file warning."""
         return next((e for e in reversed(self.events) if e.kind != "control_error"), None)
 
+    def wall_time_at(self, batches: np.ndarray) -> np.ndarray:
+        """The wall time (unix seconds) when the run was at each of batches (n,), from the loss reports' times in
+        buckets, interpolated between them; NaN for all when no loss report had a time (a notebook's file)."""
+        known, times = self.loss_times.points(0)
+        if not len(known):
+            return np.full(len(batches), np.nan)
+        return np.interp(batches, known, times)
+
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
         """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
         return self.loss_batches.values(), self.loss_values.values()

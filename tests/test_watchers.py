@@ -155,6 +155,8 @@ def test_curves_follow_a_live_run_and_are_the_callers_own(new_run):
     assert later.loss_times.n > 0 and later.last_t is not None
     times = later.loss_times.max_value[: later.loss_times.n_buckets, 0]
     assert (np.diff(times) >= 0).all() and times[-1] <= later.last_t  # wall time rises with the batch
+    at = later.wall_time_at(batches)
+    assert (np.diff(at) >= 0).all() and at[0] >= later.events[0].t - 1 and at[-1] <= later.last_t
     assert first.loss_outline.outline.n < later.loss_outline.outline.n  # the copy handed out did not move
 
 
