@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,6 @@ from nnobs.series import Column, MinMaxBuckets
 FORMAT = 1  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
 PROBE_BYTES = 16384  # hashed at each end of the covered bytes
 _BUCKET_ARRAYS = ("first_batch", "min_value", "min_batch", "max_value", "max_batch", "sum", "count", "weight")
-# What a cache that fails to load may raise: all of it means "fold the run file instead".
-_UNUSABLE = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, EOFError, MemoryError, zipfile.BadZipFile)
 
 
 @dataclass
@@ -86,8 +83,8 @@ def load(run_file: str | os.PathLike, outline_only: bool = False) -> tuple[RunHi
                 if covered is None or (found is not None and covered.offset <= found[1].offset):
                     continue
                 found = (_history_of(archive, meta["history"], outline_only), covered)
-        except _UNUSABLE:
-            continue
+        except Exception:  # noqa: BLE001 - a file anyone may have written fails in ways past listing (a bad zip,
+            continue  # a corrupt deflate stream, a wrong shape, a string for a number): each means "fold the run file"
     return found
 
 
@@ -171,7 +168,7 @@ _SCALARS = {"batch": "int", "loss": "number?", "eta": "number?", "target": "numb
 
 
 def _history_of(archive, described: dict, outline_only: bool) -> RunHistory:
-    """The history the arrays and their description hold; ValueError (or another of _UNUSABLE) when malformed."""
+    """The history the arrays and their description hold; ValueError (or another error) when malformed."""
     max_points = described["max_points"]
     _check(_is_int(max_points) and max_points >= 4 and max_points % 4 == 0, "max_points")
     history = RunHistory(max_points, outline_only=outline_only)

@@ -287,3 +287,42 @@ def test_buckets_folded_point_by_point_hold_the_bits_of_buckets_folded_at_once()
     for start, end in zip(cuts, cuts[1:]):
         in_pieces.extend(batches[start:end], values[start:end], weights[start:end])
     assert_same(in_pieces, at_once, "buckets")
+
+
+def test_a_cache_compressed_and_corrupted_is_ignored(cached_run, long_run_file):
+    path = foldcache.cache_path(cached_run)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = dict(archive)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # inside a deflate stream: not an OSError but zlib's own error
+    path.write_bytes(bytes(data))
+    watcher = folded_after(cached_run)
+    assert_same(watcher.history, whole_fold(long_run_file))
+
+
+def test_a_watched_run_saves_its_cache_again_each_time_enough_was_folded(monkeypatch, new_run):
+    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 20_000)
+    run = new_run("live", target=FOREVER)
+    cache = foldcache.cache_path(run.run_file)
+    watcher = RunWatcher(run.run_file)
+    saved: list[bytes] = []
+
+    def saved_three_times() -> bool:
+        watcher.refresh()
+        if cache.exists() and (data := cache.read_bytes()) not in saved:
+            saved.append(data)
+        return len(saved) >= 3
+
+    start_worker(run)
+    try:
+        wait_for(saved_three_times, what="the live run's fold cache to be saved three times")
+    finally:
+        stop_worker(run)
+    watcher.refresh()
+    reopened = RunWatcher(run.run_file)
+    reopened.refresh()
+    assert 0 < reopened.resumed_at and run.run_file.stat().st_size - reopened.resumed_at < 20_000
+    assert_same(reopened.history, whole_fold(run.run_file.read_bytes()))
