@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Every run under the runs root, in the order they were made.", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    p.add_argument("--sort", choices=LIST_ORDERS, default="created",
+                   help="the order of the rows: when made (the default), name, state, batch, loss, test loss or rate "
+                   "(numbers highest first but the losses, lowest first; runs without one last)")
     action(
         "status",
         "say how the run is doing: its state, batch, loss, learning rate, state-report interval, pace, "
@@ -432,8 +435,20 @@ def _new(run: RunDir, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(root: str | None, as_json: bool) -> int:
-    rows = run_rows(root)
+LIST_ORDERS = ("created", "name", "state", "batch", "loss", "test_loss", "rate")
+
+
+def _sorted_rows(rows: list, by: str) -> list:
+    """Rows in the order asked for; a run without the value asked for goes last, whatever the order."""
+    if by in ("created", "name", "state"):
+        key = {"created": lambda r: (r.created, r.name), "name": lambda r: r.name, "state": lambda r: (r.label, r.name)}[by]
+        return sorted(rows, key=key)
+    sign = 1 if by in ("loss", "test_loss") else -1  # lowest loss first; most batches, fastest first
+    return sorted(rows, key=lambda r: (getattr(r, by) is None, sign * (getattr(r, by) or 0), r.name))
+
+
+def _list(root: str | None, as_json: bool, by: str = "created") -> int:
+    rows = _sorted_rows(run_rows(root), by)
     if as_json:
         print(json.dumps([row.as_dict() for row in rows]))
         return 0
@@ -460,7 +475,7 @@ def _clip(text: str, width: int) -> str:
 
 def run_action(args: argparse.Namespace) -> int:
     if args.action == "list":
-        return _list(args.runs, args.json)
+        return _list(args.runs, args.json, args.sort)
     run = RunDir.named(args.run, args.runs)
     if args.action == "start":
         print(f"{run.name}: worker {start_worker(run, by='cli')} is alive")

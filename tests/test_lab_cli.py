@@ -124,6 +124,12 @@ def test_list_shows_every_run_with_its_state_in_the_order_made(runs_root, new_ru
     assert text[0].split()[:3] == ["RUN", "STATE", "TASK"]
     assert [line.split()[:2] for line in text[1:]] == [["b-first", "idle"], ["a-second", "stopped"], ["c-third", "idle"]]
     assert created_at(RunDir.named("b-first", runs_root)) <= created_at(RunDir.named("c-third", runs_root))
+    by_name = [line.split()[0] for line in nnobs(runs_root, "list", "--sort", "name").stdout.splitlines()[1:]]
+    assert by_name == ["a-second", "b-first", "c-third"]
+    by_state = [line.split()[1] for line in nnobs(runs_root, "list", "--sort", "state").stdout.splitlines()[1:]]
+    assert by_state == ["idle", "idle", "stopped"]
+    done = nnobs(runs_root, "list", "--sort", "los")
+    assert done.returncode == 2 and "invalid choice: 'los'" in done.stderr  # a typo is no order of its own
     for name in ("b-first", "c-third"):
         assert nnobs(runs_root, "stop", name).returncode == 0
 
