@@ -68,7 +68,8 @@ SV_KEPT = 256  # parameters whose trajectories are kept for the charts (all of a
 # vector is kept whole
 MAX_METRICS = 32  # a script's metrics kept, in the order first logged: each costs two sets of buckets
 READ_BYTES = 16 << 20  # a refresh folds the run file this much at a time: parsing a day-long file never holds it all
-SAVE_AFTER_BYTES = 32 << 20  # the fold cache is saved once this much was folded since: a reopened run parses no more
+SAVE_AFTER_BYTES = 16 << 20  # the fold cache is saved once this much was folded since: a reopened run parses no more
+# (a day-long run's cache is ~150 MB: written in about the time these bytes take to parse)
 SAVE_EVERY_S = 10.0  # while a long fold goes on, at most this often, so that an interrupted first open is not lost
 
 
