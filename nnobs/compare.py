@@ -25,12 +25,14 @@ class Curves:
 
 
 def curves_of_history(history: RunHistory) -> Curves:
-    """A run's curves from its folded history (which has no clock per report: no wall time axis for it)."""
-    test = history.metrics.get("test_loss")
+    """A run's curves from its folded history (curves_for's): the loss, the test loss, and the clock by batch."""
+    test = history.metrics.get(charts.TEST_METRIC)
+    batches, times = history.loss_times.points(0)
+    order = np.argsort(batches, kind="stable")
     return Curves(
         loss=charts.means_frame(history.loss_outline),
         test=charts.means_frame(test) if test is not None else pd.DataFrame({"batch": [], "mean": []}),
-        times=None,
+        times=(batches[order], times[order]) if len(batches) else None,
         batch=history.batch,
     )
 

@@ -13,12 +13,13 @@ from nnobs import charts, wording
 from nnobs.checkpoint import load_checkpoint
 from nnobs.compare import AXES, Curves, curve_frame, curves_of_history, differing_settings, settings_of
 from nnobs.errors import NnobsError
-from nnobs.page import REFRESH_CHOICES, _watcher
+from nnobs.page import REFRESH_CHOICES
 from nnobs.palette import assign
 from nnobs.lab import created_at, fork_origin
 from nnobs.runs import RunDir, list_runs, script_description
 from nnobs.tasks import load_config
 from nnobs.view import surface_of
+from nnobs.watchers import curves_for
 
 SHARED_FOR_S = 0.5  # every session's comparison of the same runs is read at most this often
 SURFACES_PER_ROW = 4
@@ -87,9 +88,7 @@ def _shared_frames(ordered: tuple[str, ...], smoothing: float, log_scale: bool, 
 
 
 def _curves(run: RunDir) -> Curves:
-    watcher = _watcher(str(run.run_file))
-    with watcher.lock:
-        return curves_of_history(watcher.refresh())
+    return curves_of_history(curves_for(run.run_file))
 
 
 def _settings_table(ordered: tuple[str, ...], colours: dict) -> None:

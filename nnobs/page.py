@@ -13,6 +13,7 @@ from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
 from nnobs.history import MAX_METRICS, RunWatcher
+from nnobs.watchers import watcher_for
 from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
     DEFAULT_RUN,
@@ -70,10 +71,9 @@ def _wrong_guesses() -> WrongGuesses:
     return WrongGuesses()
 
 
-@st.cache_resource(show_spinner=False)
 def _watcher(run_file: str) -> RunWatcher:
     """One reader per run file for the whole server: every session sees the same history, read once."""
-    return RunWatcher(run_file)
+    return watcher_for(run_file)
 
 
 @st.cache_resource(show_spinner=False)
