@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nnobs.files import replace_atomically
-from nnobs.history import MAX_MARKERS, Answer, Event, Marker, RunHistory, WindowedSeries
+from nnobs.history import MAX_MARKERS, NOT_LEARNING_REPORTS, Answer, Event, Marker, RunHistory, WindowedSeries
 from nnobs.records import HEAD_BYTES
 from nnobs.series import Column, MinMaxBuckets
 
@@ -93,8 +93,8 @@ def load(run_file: str | os.PathLike, outline_only: bool = False) -> tuple[RunHi
                 if covered is None or (found is not None and covered.offset <= found[1].offset):
                     continue
                 found = (_history_of(archive, meta["history"], outline_only), covered)
-        except Exception:  # noqa: BLE001 - a file anyone may have written fails in ways past listing (a bad zip,
-            continue  # a corrupt deflate stream, a wrong shape, a string for a number): each means "fold the run file"
+        except Exception:  # noqa: BLE001 - a file anyone may have written fails in ways past listing (cut short,
+            continue  # a header that is not JSON, a wrong shape, a string for a number): each means "fold the run file"
     return found
 
 
@@ -187,7 +187,7 @@ def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, An
         put_buckets(f"{key}.means", series.means)
         return {"latest": list(series.latest) if series.latest is not None else None}
 
-    recent = slice(-5, None)  # enough for the verdict on learning (NOT_LEARNING_REPORTS)
+    recent = slice(-NOT_LEARNING_REPORTS, None)  # what an outline-only history keeps, for the verdict on learning
     for name in ("loss_batches", "loss_values", "loss_windows"):
         values = getattr(history, name).values()
         arrays[f"recent.{name}"] = values[recent]
