@@ -174,7 +174,8 @@ def test_the_compare_url_opened_in_a_second_browser_shows_the_same_runs_in_the_s
         mine.get_by_role("option", name=name, exact=True).click()
         mine.keyboard.press("Escape")
     expect(mine).to_have_url(re.compile(r"runs=sweep-c&runs=sweep-a&runs=sweep-b"))
-    colours = legend_colours(mine, "Training loss")
+    colours = wait_for(lambda: len(found := legend_colours(mine, "Training loss")) == 3 and found,
+                       what="the chart to show the three runs picked")
     assert [run for run, _ in colours] == ["sweep-a", "sweep-b", "sweep-c"]
     assert len({colour for _, colour in colours}) == 3, "three runs, three colours"
     assert legend_colours(mine, "Test loss") == colours, "the same colours on every chart"
@@ -182,5 +183,5 @@ def test_the_compare_url_opened_in_a_second_browser_shows_the_same_runs_in_the_s
     screenshot(mine, "compare")
 
     theirs = visit(mine.url.removeprefix(mine.url.split("/compare")[0]))
-    assert legend_colours(theirs, "Training loss") == colours
+    wait_for(lambda: legend_colours(theirs, "Training loss") == colours, what="the same runs in the same colours")
     assert legend_colours(theirs, "Test loss") == colours
