@@ -22,7 +22,7 @@ from nnobs.checkpoint import load_checkpoint
 from nnobs.control import Command, forget_applied, send_command
 from nnobs.errors import NnobsError, RunNameError, hold
 from nnobs.files import FILE_MODE, create_once, replace_atomically
-from nnobs.history import RunHistory
+from nnobs.history import RunHistory, RunWatcher
 from nnobs.records import RecordReader
 from nnobs.slot import read_slot
 from nnobs.tasks import RunConfig
@@ -507,10 +507,8 @@ def _silent_since_start(run: RunDir, heartbeat_age: float | None, now: float) ->
 
 
 def read_history(run: RunDir) -> RunHistory:
-    """The whole run file, folded."""
-    history = RunHistory()
-    history.add_lines(RecordReader(run.run_file).read_new_lines())
-    return history
+    """The whole run file, folded: from its fold cache when one is there, in bounded chunks, the cache saved anew."""
+    return RunWatcher(run.run_file).refresh()
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:
