@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nnobs.bulk import parse_lines
 from nnobs.checkpoint import load_checkpoint_meta
 from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
 from nnobs.lab import created_at, fork_origin
-from nnobs.runs import RunDir, list_runs, run_status, script_description
+from nnobs.runs import RunDir, list_runs, run_status, runs_root, script_description
 from nnobs.netspec import format_net
 from nnobs.tasks import load_config
 
@@ -26,6 +27,12 @@ SPARK_POINTS = 40  # sampled chunks across the file, a loss point from each
 SPARK_CHUNK = 4 << 10
 ALIVE_LABELS = ("training", "idle", "stalled", "diverged", "not learning", "cannot write", "low disk")
 SPARK_EVERY_S = 5.0  # a live run's sparkline is sampled anew at most this often: 40 reads of 4 KB each
+LOSS_LINE = b'{"loss":['
+CATCH_UP_BYTES = 1 << 20  # appended since the last look: beyond this, the middle is skipped
+TEST_SCAN_BYTES = 1 << 20  # how far back the last test loss is looked for: hours of an idle run's heartbeats
+NO_TEST_SET = ("xor", "imported")  # tasks that report no test loss
+RATE_SAMPLES = 64
+RATE_WINDOW_S = 10.0
 
 
 @dataclass
@@ -51,83 +58,108 @@ class RunRow:
 
 
 @dataclass
-class _Cached:
-    """A row and the run file's size and mtime it was read at."""
+class _Feed:
+    """What the overview keeps of one run between refreshes: a small history, fed from where it last read."""
 
-    stamp: tuple[int, int]
-    row: RunRow
-    spark_t: float
+    history: RunHistory  # outline only: bounded however long the run
+    inode: int
+    offset: int  # bytes of the run file folded, or skipped over, so far
+    stamp: tuple[int, int]  # the run file's size and mtime when last read
+    what: tuple[str, str, float, str | None]  # task, net, created, forked from: read once
+    beats: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))  # (last_t, batch)
+    rate: float | None = None
+    test_loss: float | None = None  # the newest test loss before the tail, when the tail has none
+    spark: list[tuple[int, float]] = field(default_factory=list)
+    spark_t: float = 0.0
+    row: RunRow | None = None
 
 
-_cache: dict[str, _Cached] = {}
-_cache_lock = threading.Lock()
+_feeds: dict[str, _Feed] = {}
+_feeds_lock = threading.Lock()
 
 
 def run_rows(root: str | os.PathLike | None = None, now: float | None = None) -> list[RunRow]:
-    """A row for every run in the runs root, in the order they were created; rows of unchanged runs are reused."""
+    """A row for every run in the runs root, in the order they were made; unchanged runs are not read again."""
     now = time.time() if now is None else now
-    rows = []
-    names = list_runs(root)
-    for name in names:
-        run = RunDir.named(name, root)
-        rows.append(_row_of(run, now))
-    with _cache_lock:  # forget runs that are gone
-        wanted = {str(RunDir.named(name, root).path) for name in names}
-        for key in [k for k in _cache if k.startswith(str(Path(root or "runs"))) and k not in wanted]:
-            del _cache[key]
+    runs = [RunDir.named(name, root) for name in list_runs(root)]
+    rows = [_row_of(run, now) for run in runs]
+    with _feeds_lock:  # forget runs that are gone from this root
+        wanted = {str(run.path) for run in runs}
+        prefix = str(runs_root(root)) + os.sep
+        for key in [k for k in _feeds if k.startswith(prefix) and k not in wanted]:
+            del _feeds[key]
     return sorted(rows, key=lambda r: (r.created, r.name))
 
 
+def read_row(run: RunDir, now: float | None = None) -> RunRow:
+    """The row of one run, read afresh: its run file's head and tail, its checkpoint's settings, its description."""
+    feed = _new_feed(run)
+    return _row(run, feed, time.time() if now is None else now)
+
+
 def _row_of(run: RunDir, now: float) -> RunRow:
-    try:
-        st = os.stat(run.run_file)
-        stamp = (st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = (0, 0)
     key = str(run.path)
-    with _cache_lock:
-        cached = _cache.get(key)
+    with _feeds_lock:
+        feed = _feeds.get(key)
+    size, mtime, inode = _stat(run.run_file)
     # A run that stopped writing is read once; a live one is asked anew each time: it can die without a word.
-    if cached is not None and cached.stamp == stamp and cached.row.label not in ALIVE_LABELS:
-        return cached.row
-    row = read_row(run, now)
-    spark_t = now
-    if cached is not None and stamp[0] >= cached.stamp[0] and now - cached.spark_t < SPARK_EVERY_S:
-        row.sparkline, spark_t = cached.row.sparkline, cached.spark_t
-    elif row.sparkline == []:
-        row.sparkline = sparkline(run.run_file)
-    with _cache_lock:
-        _cache[key] = _Cached(stamp, row, spark_t)
+    if feed is not None and feed.row is not None and feed.stamp == (size, mtime) and feed.row.label not in ALIVE_LABELS:
+        return feed.row
+    if feed is None or feed.inode != inode or size < feed.offset:
+        feed = _new_feed(run)  # new, replaced or cut short: read its head and tail again
+    elif size > feed.offset:
+        _feed_on(run, feed, size)
+    row = _row(run, feed, now)
+    with _feeds_lock:
+        _feeds[key] = feed
     return row
 
 
-def read_row(run: RunDir, now: float | None = None) -> RunRow:
-    """The row of one run, from the head and tail of its run file, its checkpoint's settings and its description."""
-    history, rate = _head_and_tail(run)
+def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
+    history = feed.history
     status = run_status(run, history, now)
-    task, net = _what_it_trains(run)
+    if history.last_t is not None and (not feed.beats or feed.beats[-1][0] < history.last_t):
+        feed.beats.append((history.last_t, history.batch))
+    rate = _rate_of(feed.beats) or feed.rate
+    size, mtime, _ = _stat(run.run_file)
+    if feed.stamp[0] != size and now - feed.spark_t >= SPARK_EVERY_S:  # a growing run's, at most every few seconds
+        feed.spark, feed.spark_t = sparkline(run.run_file), now
+    feed.stamp = (size, mtime)
+    task, net, created, forked_from = feed.what
     test = history.metrics.get("test_loss")
-    origin = fork_origin(run)
-    return RunRow(
+    test_loss = test.latest[1] if test is not None and test.latest else feed.test_loss
+    feed.row = RunRow(
         name=run.name,
         label=status.label,
         task=task,
         net=net,
         batch=status.batch,
         loss=status.loss,
-        test_loss=test.latest[1] if test is not None and test.latest else None,
+        test_loss=test_loss,
         rate=rate if status.state == "training" else None,
         heartbeat_age_s=status.heartbeat_age_s,
-        created=created_at(run),
-        sparkline=[],
-        forked_from=origin.get("run") if origin else None,
+        created=created,
+        sparkline=feed.spark,
+        forked_from=forked_from,
         error=status.error,
     )
+    return feed.row
 
 
-def _head_and_tail(run: RunDir) -> tuple[RunHistory, float | None]:
-    """The run's first records, then the checkpoint's settings, then its newest records, folded; and the tail's rate."""
-    history = RunHistory(max_points=64)
+def _stat(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, 0, 0
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _new_feed(run: RunDir) -> _Feed:
+    """A feed of the run's first records, then its checkpoint's settings, then its newest records."""
+    history = RunHistory(max_points=64, outline_only=True)
+    size, mtime, inode = _stat(run.run_file)
+    origin = fork_origin(run)
+    feed = _Feed(history, inode, 0, (-1, -1), (*_what_it_trains(run), created_at(run), origin.get("run") if origin else None))
     try:
         with open(run.run_file, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -136,15 +168,68 @@ def _head_and_tail(run: RunDir) -> tuple[RunHistory, float | None]:
             f.seek(tail_from)
             tail = _whole_lines(f.read(size - tail_from), at_start=tail_from == len(head))
     except OSError:
-        return history, None
+        return feed
     history.add_lines(head)
+    history.metrics = {}  # the first metrics are no one's latest: the tail's, or the newest found, are
     meta = load_checkpoint_meta(run.checkpoint)
     if meta is not None and meta.get("batch", 0) >= history.batch:
         for name in ("eta", "target", "report_every", "pace"):
             if name in meta:
                 setattr(history, name, meta[name])
     history.add_lines(tail)
-    return history, _rate(tail)
+    feed.offset = tail_from + len(tail) if tail else len(head)
+    feed.rate = _rate(tail)
+    if "test_loss" not in history.metrics and feed.what[0] not in NO_TEST_SET:
+        # An idle run's tail is heartbeats: its last test loss lies further back.
+        feed.test_loss = _last_test_loss(run.run_file, tail_from)
+    return feed
+
+
+def _feed_on(run: RunDir, feed: _Feed, size: int) -> None:
+    """Fold in what was appended since the feed last read; past CATCH_UP_BYTES of it, only its newest records."""
+    try:
+        with open(run.run_file, "rb") as f:
+            start = max(feed.offset, size - CATCH_UP_BYTES)
+            f.seek(start)
+            chunk = f.read(size - start)
+    except OSError:
+        return
+    lines = _whole_lines(chunk, at_start=start == feed.offset)
+    feed.history.add_lines(lines)
+    feed.offset = start + chunk.rfind(b"\n") + 1  # a torn last line is read again next time, whole
+
+
+def _last_test_loss(path: Path, before: int) -> float | None:
+    """The newest test loss reported before offset `before`, looked for backwards over at most TEST_SCAN_BYTES."""
+    needle = b'"test_loss":['
+    try:
+        with open(path, "rb") as f:
+            end = before
+            while end > 0 and before - end < TEST_SCAN_BYTES:
+                start = max(0, end - TAIL_BYTES)
+                f.seek(start)
+                block = f.read(end - start + len(needle))  # a needle across the boundary is found once
+                at = block.rfind(needle)
+                if at >= 0:
+                    f.seek(start + at + len(needle))
+                    value = f.read(64).split(b"]", 1)[0]
+                    number = float(value)
+                    return number if math.isfinite(number) else None
+                end = start
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _rate_of(beats: deque[tuple[float, int]]) -> float | None:
+    """Batches a second over the newest RATE_WINDOW_S of the beats the feed saw, once they span a second."""
+    if len(beats) < 2:
+        return None
+    t1, b1 = beats[-1]
+    t0, b0 = next(((t, b) for t, b in beats if t >= t1 - RATE_WINDOW_S), beats[-2])
+    if t1 - t0 < 1.0 or b1 < b0:
+        return None
+    return (b1 - b0) / (t1 - t0)
 
 
 def _whole_lines(chunk: bytes, at_start: bool) -> bytes:
@@ -186,20 +271,32 @@ def sparkline(path: Path, points: int = SPARK_POINTS) -> list[tuple[int, float]]
             starts = sorted({int(s) for s in np.linspace(0, max(0, size - SPARK_CHUNK), points)}) if size else []
             for start in starts:
                 f.seek(start)
-                chunk = _whole_lines(f.read(SPARK_CHUNK), at_start=start == 0)
-                try:
-                    parsed = parse_lines(chunk)
-                except (ValueError, TypeError, OverflowError):
-                    continue
-                windows = parsed.loss_window
-                if len(windows):  # the mean of the chunk's last window: what a smoothed curve would show there
-                    mean = windows[-1, 5]
-                    value = mean if np.isfinite(mean) else parsed.loss_value[-1]
-                    if np.isfinite(value):
-                        out[int(parsed.loss_batch[-1])] = float(value)
+                if found := _last_loss(_whole_lines(f.read(SPARK_CHUNK), at_start=start == 0)):
+                    out[found[0]] = found[1]
     except OSError:
         return []
     return sorted(out.items())
+
+
+def _last_loss(lines: bytes) -> tuple[int, float] | None:
+    """The last loss report's batch and its window's mean (what a smoothed curve shows there), else its loss."""
+    at = lines.rfind(LOSS_LINE)  # schema.loss_report's lines begin so; the notebook's have a space after the colon
+    if at < 0:
+        at = lines.rfind(b'{"loss": [')
+    while at >= 0:
+        begin = lines.rfind(b"\n", 0, at) + 1
+        if begin == at:  # at a line's start, not inside a string of some other record
+            try:
+                record = json.loads(lines[begin : lines.index(b"\n", at)])
+                batch, loss = record["loss"]
+                window = record.get("window")
+                value = window[1][5] if isinstance(window, list) and len(window) == 2 else loss
+                if isinstance(batch, int) and isinstance(value, (int, float)) and math.isfinite(value):
+                    return batch, float(value)
+            except (ValueError, KeyError, TypeError, IndexError):
+                pass
+        at = max(lines.rfind(LOSS_LINE, 0, at), lines.rfind(b'{"loss": [', 0, at))
+    return None
 
 
 def _what_it_trains(run: RunDir) -> tuple[str, str]:

@@ -162,3 +162,25 @@ def test_rows_of_runs_that_did_not_change_are_not_read_again(runs_root, new_run)
         f.write(encode_record({"loss": [5000, 0.25], "t": 5001.0, "gen": 1}))
     assert [(r.batch, r.loss) for r in run_rows(runs_root)] == [(5000, 0.25)]
     assert list_runs(runs_root) == ["still"]
+
+
+def test_a_row_shows_the_newest_test_loss_even_when_the_tail_holds_only_heartbeats(runs_root, new_run):
+    run = new_run("idle", task="spiral")
+    first = {"loss": [1, 0.5], "t": 1.0, "gen": 1, "metrics": [1, {"test_loss": [0.6]}]}
+    newest = {"loss": [900, 0.02], "t": 2.0, "gen": 1, "metrics": [900, {"test_loss": [0.03]}]}
+    beats = (encode_record({"loss": [900, 0.02], "t": 3.0 + i, "gen": 1}) for i in range(3000))  # 150 KB, idle
+    run.run_file.write_bytes(encode_record(first) + encode_record(newest) + b"".join(beats))
+    row = read_row(run)
+    assert (row.batch, row.loss, row.test_loss) == (900, 0.02, 0.03)
+
+
+def test_a_live_runs_row_follows_it_from_where_it_last_read(runs_root, new_run):
+    run = new_run("live", target=10**9)
+    assert nnobs(runs_root, "start", "live").returncode == 0
+    first = run_rows(runs_root)[0]
+    later = wait_for(lambda: (r := run_rows(runs_root)[0]).batch > first.batch and r.rate and r,
+                     what="the row to show the run's progress and rate")
+    assert later.label == "training" and later.rate > 100
+    assert nnobs(runs_root, "stop", "live").returncode == 0
+    stopped = wait_for(lambda: (r := run_rows(runs_root)[0]).label == "stopped" and r, what="the row to say stopped")
+    assert stopped.batch == read_history(run).batch and stopped.rate is None
