@@ -71,9 +71,12 @@ def legend_colours(page: Page, title_text: str) -> list[tuple[str, str]]:
     """(run, colour) in the legend of the compare chart titled title_text, in legend order."""
     chart = main_area(page).locator(".vega-embed").filter(has=page.locator(f"[aria-label=\"Title text '{title_text}'\"]"))
     expect(chart.locator(".role-legend-symbol path").first).to_be_attached()
-    return chart.evaluate("""e => [...e.querySelectorAll('.role-legend-entry')].map(entry => [
-        entry.querySelector('.role-legend-label text').textContent,
-        entry.querySelector('.role-legend-symbol path').getAttribute('stroke')])""")
+    # A legend laid out in columns is one entry group holding every label and symbol: pair them in order.
+    return chart.evaluate("""e => {
+        const labels = [...e.querySelectorAll('.role-legend-label text')].map(t => t.textContent);
+        const strokes = [...e.querySelectorAll('.role-legend-symbol path')].map(p => p.getAttribute('stroke'));
+        return labels.map((label, i) => [label, strokes[i]]);
+    }""")
 
 
 def test_the_form_creates_a_spiral_run_that_trains_and_shows_its_test_loss(visit, runs_root):
