@@ -49,7 +49,7 @@ COLUMNS = {
     "state": st.column_config.TextColumn("state", help="The run page's state badge."),
     "net": st.column_config.TextColumn("net or script", help="The net spec, or the command of a script's run.",
                                        width=150),
-    "batch": st.column_config.NumberColumn("batch", format="localized"),
+    "batch": st.column_config.NumberColumn("batch", format="localized", width=90),
     "loss": st.column_config.NumberColumn("loss", format="%.3g", help="The latest batch's training loss."),
     "test loss": st.column_config.NumberColumn("test loss", format="%.3g", help="The latest test-set loss reported."),
     "batches/s": st.column_config.NumberColumn("batches/s", format="%.0f", help="While training, over its newest records."),
@@ -110,10 +110,9 @@ def _feed(root: str) -> RowsFeed:
 
 
 def _styled(frame: pd.DataFrame, labels: list[str]):
-    """The frame with each state in its badge's colour and blanks for what a run does not have."""
+    """The frame with each state in its badge's colour."""
     colours = [STATE_COLOURS.get(label, "#808495") for label in labels]
-    return frame.style.apply(lambda _: [f"color: {c}; font-weight: 600" for c in colours], subset=["state"]).format(
-        na_rep="–")
+    return frame.style.apply(lambda _: [f"color: {c}; font-weight: 600" for c in colours], subset=["state"])
 
 
 def _table() -> None:
@@ -132,7 +131,7 @@ def _table() -> None:
     frame = overview_frame(rows, time.time())
     event = st.dataframe(_styled(frame, [row.label for row in rows]), key="overview_table", on_select="rerun",
                          selection_mode="single-row", hide_index=True, column_config=COLUMNS, width="stretch",
-                         height=min(38 + 35 * len(frame), 800), row_height=35)
+                         height=min(38 + 35 * len(frame), 800), row_height=35, placeholder="–")
     if event.selection.rows:
         name = frame["run"].iloc[event.selection.rows[0]]
         st.switch_page(navigation.pages()["run"], query_params={"run": name})
