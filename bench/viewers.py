@@ -30,12 +30,11 @@ url, count = sys.argv[1], int(sys.argv[2])
 with sync_playwright() as p:
     browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
     pages = []
-    for _ in range(count):
+    for _ in range(count):  # one after the other: ten first loads at once on one core take minutes
         page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-        page.goto(url, wait_until="commit", timeout=180_000)
+        page.goto(url, wait_until="commit", timeout=300_000)
+        page.get_by_text("Batches/s").first.wait_for(timeout=300_000)
         pages.append(page)
-    for page in pages:
-        page.get_by_text("Batches/s").first.wait_for(timeout=180_000)
     print("open", flush=True)
     sys.stdin.read()
     browser.close()
