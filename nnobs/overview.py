@@ -32,6 +32,7 @@ CATCH_UP_BYTES = 1 << 20  # appended since the last look: beyond this, the middl
 TEST_SCAN_BYTES = 1 << 20  # how far back the last test loss is looked for: hours of an idle run's heartbeats
 NO_TEST_SET = ("xor", "imported")  # tasks that report no test loss
 RATE_SAMPLES = 64
+RATE_LINES = 2000  # the tail's lines looked at for its rate, newest first
 RATE_WINDOW_S = 10.0
 
 
@@ -240,13 +241,20 @@ def _whole_lines(chunk: bytes, at_start: bool) -> bytes:
 
 
 def _rate(tail: bytes) -> float | None:
-    """Batches a second between the tail's first and last timed records, when they are a second or more apart."""
-    lines = tail.splitlines()
-    first = next((_time_and_batch(line) for line in lines[:8] if _time_and_batch(line)), None)
-    last = next((_time_and_batch(line) for line in reversed(lines[-8:]) if _time_and_batch(line)), None)
-    if not first or not last or last[0] - first[0] < 1.0:
+    """Batches a second over the tail's newest RATE_WINDOW_S of records of one line of training, spanning 1 s or more."""
+    newest = earliest = None
+    for line in reversed(tail.splitlines()[-RATE_LINES:]):
+        found = _time_and_batch(line)
+        if found is None:
+            continue
+        if newest is None:
+            newest = found
+        elif found[1] > newest[1] or newest[0] - found[0] > RATE_WINDOW_S:
+            break  # a start went back in batches here, or the window is full
+        earliest = found
+    if newest is None or earliest is None or newest[0] - earliest[0] < 1.0:
         return None
-    return max(0.0, (last[1] - first[1]) / (last[0] - first[0]))
+    return (newest[1] - earliest[1]) / (newest[0] - earliest[0])
 
 
 def _time_and_batch(line: bytes) -> tuple[float, int] | None:
