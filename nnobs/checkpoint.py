@@ -71,7 +71,16 @@ def load_checkpoint_meta(path: Path) -> dict | None:
             meta = json.loads(str(saved["meta"]))
     except (OSError, ValueError, KeyError):
         return None
-    return meta if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    # Only what is of the type a checkpoint writes: a file anyone could have put here must not take a reader down.
+    whole = {k: meta[k] for k in ("batch", "target", "report_every") if _is_count(meta.get(k))}
+    numbers = {k: float(meta[k]) for k in ("eta", "pace") if _is_count(meta.get(k)) or isinstance(meta.get(k), float)}
+    return whole | numbers
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches

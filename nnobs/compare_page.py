@@ -114,11 +114,13 @@ def _surface_at(path: str, stamp: int) -> tuple[int, object] | None:
     run = RunDir(Path(path))
     try:
         config = load_config(run.config)
+        if config.sizes[0] != 2:  # asked before the checkpoint is read: a large net's is megabytes
+            return None
         checkpoint = load_checkpoint(run.checkpoint)
     except (NnobsError, OSError):
         return None
     sv = checkpoint.sv if checkpoint is not None else None
-    if sv is None or config.sizes[0] != 2:
+    if sv is None:
         return None
     return checkpoint.batch, surface_of(config.to_json(), sv.tobytes())
 

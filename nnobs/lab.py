@@ -117,7 +117,13 @@ def fork_origin(run: RunDir) -> dict | None:
         origin = json.loads((run.path / FORK_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return origin if isinstance(origin, dict) and isinstance(origin.get("run"), str) else None
+    if not isinstance(origin, dict) or not isinstance(origin.get("run"), str):
+        return None
+    batch = origin.get("batch")
+    # What the page and the CLI format: of the shapes fork_run writes, or left out (anyone may edit the file).
+    return {"run": origin["run"], "batch": batch if isinstance(batch, int) and not isinstance(batch, bool) else 0,
+            **{k: origin[k] for k in ("changed", "parent") if isinstance(origin.get(k), dict)},
+            **({"t": origin["t"]} if isinstance(origin.get("t"), (int, float)) else {})}
 
 
 def created_at(run: RunDir) -> float:

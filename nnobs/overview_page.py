@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -95,8 +96,8 @@ class RowsFeed:
             started = time.monotonic()
             try:
                 self._rows = run_rows(self.root)
-            except OSError:
-                pass  # the root went away for a moment: the rows read last stand
+            except Exception as err:  # noqa: BLE001 - a thread that died would leave every viewer an empty table
+                logging.getLogger(__name__).warning("overview of %s: %s; the rows read last stand", self.root, err)
             took = time.monotonic() - started
             time.sleep(max(ROWS_MAX_AGE_S - took, took))  # reading at most half the time, however slow it is
 

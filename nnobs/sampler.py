@@ -56,8 +56,16 @@ class Sampler:
             raise ValueError(f"the sampler's saved state lacks {err}") from err
         if rows != len(self._x):
             raise ValueError(f"the sampler's saved state is of {rows} training rows, this run has {len(self._x)}")
-        if kind != "PCG64" or not isinstance(at, int) or not 0 <= at <= rows:
+        if (kind != "PCG64" or not _is_count(at) or not at <= rows or not _is_count(epoch)):
             raise ValueError(f"the sampler's saved state is not one this sampler wrote ({kind}, row {at!r})")
+        try:  # on a scratch generator first: a state numpy refuses changes nothing here
+            np.random.PCG64().state = generator
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"the sampler's saved generator state is unreadable ({err})") from err
         self._rng.bit_generator.state = generator
         self._new_epoch()
         self._at, self.epoch = at, epoch
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -280,17 +280,15 @@ class SharedViews:
                 entry.tables[key] = _as_tables(chart_frames(view, smoothing, log_scale))
             return entry.tables[key]
 
-    def forget(self, keep: set[str]) -> None:
-        """Drop the views of runs not in keep (their paths)."""
-        with self._lock:
-            for path in [p for p in self._entries if p not in keep]:
-                del self._entries[path]
-
     def _entry(self, path: str) -> _SharedEntry:
         with self._lock:
+            now = time.monotonic()  # views nobody drew for as long as an idle reader is kept go with it
+            for stale in [p for p, e in self._entries.items() if e.view is not None and now - e.built_at > VIEW_KEPT_S]:
+                del self._entries[stale]
             return self._entries.setdefault(path, _SharedEntry())
 
 
+VIEW_KEPT_S = 120.0  # as watchers.RELEASE_AFTER_S
 MAX_SETTINGS_HELD = 8  # (smoothing, log scale) pairs whose tables a view keeps: sessions mostly share one or two
 
 

@@ -193,3 +193,16 @@ def test_a_rows_rate_counts_only_the_newest_line_of_training():
     after = [encode_record({"loss": [5000 + 1000 * i, 0.1], "t": 1000.0 + i, "gen": 2}) for i in range(1, 6)]
     assert _rate(b"".join(before + restart + after)) == 1000.0  # not the 9 a second from the first line to the last
     assert _rate(b"".join(before[-1:] + restart)) is None  # no second of the new line yet
+
+
+def test_hand_edited_checkpoint_and_fork_files_do_not_take_the_overview_down(runs_root, new_run):
+    import numpy as np
+    run = new_run("edited")
+    run.run_file.write_bytes(encode_record({"loss": [10, 0.5], "t": 1.0, "gen": 1}))
+    np.savez(run.checkpoint, meta=np.array(json.dumps({"batch": "x", "target": "lots", "eta": [1]})))
+    (run.path / "fork.json").write_text(json.dumps({"run": "parent", "batch": "x", "changed": "eta"}))
+    row = read_row(run)
+    assert (row.batch, row.forked_from) == (10, "parent")
+    assert fork_origin(run) == {"run": "parent", "batch": 0}  # only what is of the shape a fork writes
+    (run.path / "fork.json").write_text("[1, 2")
+    assert fork_origin(run) is None

@@ -214,6 +214,18 @@ def test_the_sampler_reads_every_point_once_an_epoch_and_goes_on_exactly_from_a_
         np.testing.assert_array_equal(got[1], expected[1])
     with pytest.raises(ValueError, match="of 10 training rows, this run has 9"):
         Sampler(x[:9], x[:9, :1], 3, [4, 1]).restore(saved)
+    bad = {
+        "no state": {**saved, "generator": {"bit_generator": "PCG64"}},
+        "a state of words": {**saved, "generator": {**saved["generator"], "state": {"state": "x", "inc": 1}}},
+        "a row that is a bool": {**saved, "at": True},
+        "an epoch that is text": {**saved, "epoch": "2"},
+    }
+    for what, state in bad.items():
+        untouched = Sampler(x, x[:, :1], batch_size=3, seed=[4, 1])
+        expected = untouched.state()
+        with pytest.raises(ValueError):
+            untouched.restore(state)
+        assert untouched.state() == expected, f"{what}: a refused state changes nothing"
 
 
 def test_a_checkpoint_keeps_the_sampler_state_without_pickle_and_a_load_goes_on_with_the_same_batches(tmp_path):
