@@ -32,7 +32,7 @@ from nnobs.runs import (
 )
 from nnobs.schema import FULL_STATE_MAX_PARAMS
 from nnobs.tasks import RunConfig, load_config
-from nnobs.view import RunView, SharedViews, never_ran
+from nnobs.view import RunView, SharedViews, current_status, never_ran
 
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
@@ -251,7 +251,9 @@ def _controls(run: RunDir) -> None:
         st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
     if confirmed := st.session_state.pop("confirmed", None):
         _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
-    status = _view(run, _config(run)).status
+    # The status read now, not the shared view's (up to half a refresh old): a field whose value changes is drawn
+    # anew, and a draw from an older status than the one the user typed into would lose what was typed.
+    status = current_status(run, _watcher(str(run.run_file)))
     _training_controls(run, status)
     _actions(run, status, drawn_anew=run.config.exists())
     if run.config.exists():  # a script's run is forked by running the script again
