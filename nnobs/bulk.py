@@ -30,6 +30,7 @@ from nnobs.schema import (
     SETTINGS,
     STATE,
     SUMMARY,
+    SUMMARY_BEFORE_BANDS,
     SV,
     TARGET,
     WINDOW,
@@ -53,7 +54,9 @@ class ParsedLines:
     # What only JSON-parsed lines carry (schema.py describes them):
     metrics: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> batches (m,), latest (m,), windows (m, 6)
     summary_batch: np.ndarray  # (j,) int64
-    summary_rows: np.ndarray  # (j, tensors, 6): per tensor its schema.SUMMARY, NaN where null, as wide as the newest
+    summary_rows: np.ndarray  # (j, tensors, len(SUMMARY)): per tensor its SUMMARY, NaN where null (or not written)
+    updates: tuple[np.ndarray, np.ndarray]  # batches (u,), per tensor the update-to-weight ratio (u, tensors)
+    dead: tuple[np.ndarray, np.ndarray]  # batches (d,), per relu layer its dead units (d, layers)
     params: tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None  # the newest (tensors, sample)
 
 
@@ -132,6 +135,8 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
         metrics=json_only.metric_arrays(),
         summary_batch=summary_batch,
         summary_rows=summary_rows,
+        updates=json_only.updates.arrays(),
+        dead=json_only.dead.arrays(),
         params=json_only.params,
     )
 
@@ -189,6 +194,7 @@ class _Found:
         self.metrics: dict[str, list[tuple[int, float, list[float] | None]]] = {}  # name -> (batch, latest, window)
         self.summaries: list[tuple[int, list]] = []  # (batch, rows)
         self.params: tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None = None
+        self.updates, self.dead = _Rows(), _Rows()
 
     def take(self, record: dict) -> None:
         metrics = pair(record.get("metrics"))
@@ -198,9 +204,14 @@ class _Found:
                     self.metrics.setdefault(str(name), []).append((metrics[0], *taken))
         summary = pair(record.get("summary"))
         if summary and isinstance(summary[1], list) and summary[1] and all(
-            isinstance(row, list) and len(row) == len(SUMMARY) and _numbers_or_nulls(row) for row in summary[1]
+            isinstance(row, list) and len(row) in (SUMMARY_BEFORE_BANDS, len(SUMMARY)) and _numbers_or_nulls(row)
+            for row in summary[1]
         ):
             self.summaries.append(summary)
+        for topic, rows in (("update", self.updates), ("dead", self.dead)):
+            found = pair(record.get(topic))
+            if found and found[1] and _numbers_or_nulls(found[1]):
+                rows.add(found[0], found[1])
         params = pair(record.get("params"))
         if params and (described := _params(params[1])) is not None:
             self.params = described
@@ -223,7 +234,28 @@ class _Found:
             return np.empty(0, np.int64), np.empty((0, 0, len(SUMMARY)))
         width = len(self.summaries[-1][1])
         kept = [(batch, rows) for batch, rows in self.summaries if len(rows) == width]
-        rows = np.array([[[np.nan if v is None else v for v in row] for row in rows] for _, rows in kept], float)
+        rows = np.full((len(kept), width, len(SUMMARY)), np.nan)  # older summaries, without the bands, leave them NaN
+        for k, (_, tensors) in enumerate(kept):
+            for t, row in enumerate(tensors):
+                rows[k, t, : len(row)] = [np.nan if v is None else v for v in row]
+        return np.array([batch for batch, _ in kept], np.int64), rows
+
+
+class _Rows:
+    """Reports of one list of numbers per batch, gathered in line order; arrays of those as wide as the newest."""
+
+    def __init__(self):
+        self.found: list[tuple[int, list]] = []
+
+    def add(self, batch: int, values: list) -> None:
+        self.found.append((batch, values))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.found:
+            return np.empty(0, np.int64), np.empty((0, 0))
+        width = len(self.found[-1][1])
+        kept = [(batch, values) for batch, values in self.found if len(values) == width]
+        rows = np.array([[np.nan if v is None else v for v in values] for _, values in kept], float)
         return np.array([batch for batch, _ in kept], np.int64), rows
 
 

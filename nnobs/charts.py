@@ -12,7 +12,6 @@ import pandas as pd
 
 from nnobs.analytics import EXTENT, GRID
 from nnobs.history import Marker, RunHistory, WindowedSeries
-from nnobs.schema import SUMMARY
 from nnobs.series import MinMaxBuckets
 
 MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
@@ -186,23 +185,6 @@ def metric_pending(name: str, points: pd.DataFrame) -> str:
         return f"**{name}**: logged, but not yet as a number."
     batch, value = finite.iloc[-1]
     return f"**{name}**: {value:.4g} at batch {int(batch):,}, the one batch it was logged at so far."
-
-
-LAYER_FIGURES = {"norm": "Norm per tensor", "std": "Spread (std) per tensor",
-                 "change": "Relative change per state report"}  # of schema.SUMMARY, what the Layers section draws
-
-
-def layer_frames(history: RunHistory, tensors: tuple[str, ...]) -> dict[str, pd.DataFrame]:
-    """Per figure of LAYER_FIGURES, long form (batch, tensor, value): each bucket's min and max per tensor.
-
-    A tensor's relative change is None (NaN here) where there is no report before to compare with: its line
-    breaks there. Names come in tensors, one per tensor the summaries hold.
-    """
-    buckets = history.layers
-    if buckets is None or buckets.n == 0:
-        return {}
-    columns = {figure: [k * len(SUMMARY) + SUMMARY.index(figure) for k in range(len(tensors))] for figure in LAYER_FIGURES}
-    return {figure: _lines_frame(buckets, columns[figure], list(tensors), "tensor") for figure in LAYER_FIGURES}
 
 
 def steps_frame(history: RunHistory, column: int) -> pd.DataFrame:
@@ -426,36 +408,6 @@ def _raw_and_smoothed(field: str, name: str, log_scale: bool, smoothed: str = "s
     return raw, line(smoothed).mark_line(color=colours[1], clip=True)
 
 
-@_built_once
-def layer_spec(figure: str, tensors: tuple[str, ...]) -> dict:
-    """One of LAYER_FIGURES over the run, a line per tensor named in its legend; the relative change on a log axis.
-
-    The change line is not filtered for valid values: it breaks where a tensor has no change (the first
-    report, a rewind), as the step lines do, rather than bridging the gap. A change of 0 has no place on it.
-    """
-    change = figure == "change"
-    if change:
-        y = alt.Y("value:Q", title="relative change", scale=alt.Scale(type="log"),
-                  axis=alt.Axis(format="~e", labelExpr=LOG_LABELS))
-        shown = "isValid(datum.tensor) && (!isValid(datum.value) || datum.value > 0)"
-    else:
-        y = alt.Y("value:Q", title=figure, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
-        shown = "isValid(datum.tensor)"
-    legend = alt.Legend(orient="top", title=None, columns=min(len(tensors), 4), labelLimit=220)
-    lines = (
-        alt.Chart()
-        .transform_filter(shown)
-        .mark_line(clip=True, strokeWidth=1.5, point=alt.OverlayMarkDef(size=10) if change else False)
-        .encode(
-            x=_batch_axis(), y=y,
-            color=alt.Color("tensor:N", sort=list(tensors), legend=legend),
-            tooltip=["tensor:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g", title=figure)],
-        )
-        .add_params(_zoom())
-    )
-    return _spec(alt.layer(_run_extent(), lines, title=LAYER_FIGURES[figure]).properties(height=220))
-
-
 SV_ALL = "every parameter"
 
 
@@ -480,6 +432,13 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         alt.layer(_run_extent(), lines, title=alt.Title("State vector", subtitle=shown))
         .properties(height=max(260, 12 * min(len(names), 80)))
     )
+
+
+def with_batch_mark(spec: dict, batch: int) -> dict:
+    """A chart over batches with a red vertical line at batch on top: the state replayed."""
+    mark = {"mark": {"type": "rule", "color": "#d62728", "strokeWidth": 2},
+            "encoding": {"x": {"datum": batch, "type": "quantitative"}}}
+    return {**spec, "layer": [*spec["layer"], mark]}
 
 
 @_built_once

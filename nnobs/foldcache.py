@@ -30,10 +30,10 @@ import numpy as np
 from nnobs.files import replace_atomically
 from nnobs.history import MAX_MARKERS, NOT_LEARNING_REPORTS, Answer, Event, Marker, RunHistory, WindowedSeries
 from nnobs.records import HEAD_BYTES
-from nnobs.series import Column, MinMaxBuckets
+from nnobs.series import Column, MinMaxBuckets, StateArchive
 
 MAGIC = b"nnobs fold cache\n"
-FORMAT = 1  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
+FORMAT = 2  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
 PROBE_BYTES = 16384  # hashed at each end of the covered bytes
 ALIGN = 64  # each array's bytes start at a multiple of this
 MAX_HEADER_BYTES = 64 << 20  # a longer header is not one this module wrote
@@ -197,8 +197,15 @@ def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, An
     metrics = [[name, put_windowed(f"metric{i}", series)] for i, (name, series) in enumerate(history.metrics.items())]
     put_buckets("loss_times", history.loss_times)
     if not history.outline_only:
-        for key in ("sv_buckets", "step_buckets", "layers"):
+        for key in ("sv_buckets", "step_buckets", "layers", "updates", "dead"):
             put_buckets(key, getattr(history, key))
+        if history.archive is not None:
+            archive = history.archive
+            arrays["archive.batches"], arrays["archive.vectors"] = archive.batches[: archive.n], archive.vectors[: archive.n]
+            if archive.newest is not None:
+                arrays["archive.newest"] = archive.newest[1]
+            buckets["archive"] = {"width": archive.width, "capacity": archive.capacity, "stride": archive.stride,
+                                  "seen": archive.seen, "newest": None if archive.newest is None else archive.newest[0]}
         arrays["sv_batches"] = history.sv_batches.values()
         for key in ("sv_latest", "_sv_tail"):
             if getattr(history, key) is not None:
@@ -273,7 +280,9 @@ def _history_of(archive, described: dict, outline_only: bool) -> RunHistory:
     if not outline_only:
         history.sv_batches = Column.of(_array(archive, "sv_batches", np.int64, (None,)))
         history.sv_buckets, history.step_buckets = get_buckets("sv_buckets"), get_buckets("step_buckets")
-        history.layers = get_buckets("layers")
+        history.layers, history.updates, history.dead = get_buckets("layers"), get_buckets("updates"), get_buckets("dead")
+        if "archive" in buckets:
+            history.archive = _state_archive(archive, buckets["archive"])
         if "sv_latest" in archive.files:
             _check(history.sv_buckets is not None and history.step_buckets is not None, "sv_buckets")
             history.sv_latest = _array(archive, "sv_latest", np.float64, (None,))
@@ -300,6 +309,23 @@ def _history_of(archive, described: dict, outline_only: bool) -> RunHistory:
     _check(sample is None or all(map(_is_int, sample)), "sample")
     history.sample = sample
     return history
+
+
+def _state_archive(archive, told: dict) -> StateArchive:
+    width, capacity, stride, seen, newest = (told[name] for name in ("width", "capacity", "stride", "seen", "newest"))
+    _check(all(map(_is_int, (width, capacity, stride, seen))) and width >= 0 and capacity >= 2 and capacity % 2 == 0
+           and stride >= 1 and seen >= 0 and width * capacity < 2**28 and (newest is None or _is_int(newest)), "archive")
+    states = StateArchive(width)
+    states.capacity, states.stride, states.seen = capacity, stride, seen
+    batches = _array(archive, "archive.batches", np.int64, (None,))
+    _check(len(batches) <= capacity, "archive")
+    states.batches, states.vectors = np.empty(capacity, np.int64), np.empty((capacity, width))
+    states.n = len(batches)
+    states.batches[: states.n] = batches
+    states.vectors[: states.n] = _array(archive, "archive.vectors", np.float64, (len(batches), width))
+    if newest is not None:
+        states.newest = (newest, _array(archive, "archive.newest", np.float64, (width,)))
+    return states
 
 
 def _array(archive, name: str, dtype, shape: tuple) -> np.ndarray:

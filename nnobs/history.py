@@ -13,8 +13,8 @@ import numpy as np
 from nnobs.analytics import steps
 from nnobs.bulk import number, pair, parse_lines
 from nnobs.records import Record, RecordReader, encode_record
-from nnobs.schema import Tensors
-from nnobs.series import Column, MinMaxBuckets
+from nnobs.schema import Tensors, tensor_rows
+from nnobs.series import Column, MinMaxBuckets, StateArchive
 
 
 @dataclass
@@ -99,7 +99,12 @@ class RunHistory:
         self._sv_tail: np.ndarray | None = None  # the last two state vectors, for the next steps
         self.tensors: Tensors | None = None  # what the state vector holds, from the newest params record
         self.sample: list[int] | None = None  # the state-vector indices a large net's state reports carry instead
-        self.layers: MinMaxBuckets | None = None  # per summary report, per tensor its schema.SUMMARY (tensors * 6)
+        # Per state report, per tensor its schema.SUMMARY (tensors * len(SUMMARY)): a large net's worker writes them, a
+        # small net's are made here from its whole state vectors, once its params record says what they hold.
+        self.layers: MinMaxBuckets | None = None
+        self.updates: MinMaxBuckets | None = None  # per update report, per tensor the update-to-weight ratio of a step
+        self.dead: MinMaxBuckets | None = None  # per update report of a built-in net, per relu layer its dead units
+        self.archive: StateArchive | None = None  # whole state vectors at a spread of the reports: replay, the path
         self.events: list[Event] = []
         self.markers: deque[Marker] = deque(maxlen=MAX_MARKERS)
         self._marked_batches = 0
@@ -182,6 +187,9 @@ class RunHistory:
             self._add_state_vectors(parsed.sv_batch, parsed.sv_rows)
         if len(parsed.summary_batch) and not self.outline_only:
             self._add_summaries(parsed.summary_batch, parsed.summary_rows)
+        if not self.outline_only:
+            self.updates = _extended(self.updates, *parsed.updates)
+            self.dead = _extended(self.dead, *parsed.dead)
         for name, reports in parsed.metrics.items():
             self._add_metric(name, *reports)
         for topic, value in parsed.settings.items():
@@ -229,8 +237,9 @@ class RunHistory:
             self.sv_buckets.truncate(batch)
             self.step_buckets.truncate(batch)
             self._sv_tail = None  # the next step starts from the state gone back to, not from one abandoned
-        if self.layers is not None:
-            self.layers.truncate(batch)
+        for per_report in (self.layers, self.updates, self.dead, self.archive):
+            if per_report is not None:
+                per_report.truncate(batch)
         for metric in self.metrics.values():
             metric.truncate(batch)
         while self.markers and self.markers[-1].batch > batch:
@@ -299,7 +308,12 @@ class RunHistory:
             kept = width if self.sample is not None and len(self.sample) == width else min(width, SV_KEPT)
             self.sv_buckets = MinMaxBuckets(kept, SV_BUCKETS)
             self.step_buckets = MinMaxBuckets(2, SV_BUCKETS)
+            self.archive = StateArchive(width)
             self._sv_tail = None
+        if self.tensors and self.sample is None and sum(int(np.prod(shape)) for _, shape in self.tensors) == width:
+            previous = None if self._sv_tail is None else self._sv_tail[-1]
+            self._add_summaries(batches, tensor_rows(vectors, self.tensors, previous))
+        self.archive.extend(batches, vectors)
         self.sv_batches.extend(batches)
         self.sv_buckets.extend(batches, vectors[:, : self.sv_buckets.n_columns])
         lengths, cosines = steps(self._sv_tail, vectors)
@@ -309,7 +323,7 @@ class RunHistory:
         self.sv_latest = vectors[-1].copy()  # copies: views would keep the whole parsed chunk alive
 
     def _add_summaries(self, batches: np.ndarray, rows: np.ndarray) -> None:
-        """Fold in a large net's per-tensor summaries: batches (j,), rows (j, tensors, 6)."""
+        """Fold in per-tensor summaries: batches (j,), rows (j, tensors, len(SUMMARY))."""
         width = rows.shape[1] * rows.shape[2]
         if self.layers is None or self.layers.n_columns != width:  # the first summary, or another net
             self.layers = MinMaxBuckets(width, SV_BUCKETS)
@@ -354,6 +368,16 @@ class RunHistory:
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
         """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
         return self.loss_batches.values(), self.loss_values.values()
+
+
+def _extended(buckets: MinMaxBuckets | None, batches: np.ndarray, rows: np.ndarray) -> MinMaxBuckets | None:
+    """buckets with rows (k, width) appended at batches; begun anew when they are the first, or of another width."""
+    if not len(batches):
+        return buckets
+    if buckets is None or buckets.n_columns != rows.shape[1]:
+        buckets = MinMaxBuckets(rows.shape[1], SV_BUCKETS)
+    buckets.extend(batches, rows)
+    return buckets
 
 
 class WindowedSeries:

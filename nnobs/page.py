@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from nnobs import charts, lab, navigation, wording
+from nnobs import charts, lab, navigation, run_views, wording
 from nnobs.checkpoint import kept_batches
 from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
@@ -30,7 +30,6 @@ from nnobs.runs import (
     start_worker,
     worker_pid,
 )
-from nnobs.schema import FULL_STATE_MAX_PARAMS
 from nnobs.tasks import RunConfig, load_config
 from nnobs.view import RunView, SharedViews, current_status, never_ran
 
@@ -613,9 +612,7 @@ def _charts(run: RunDir, view: RunView) -> None:
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
     _metric_charts(view, frames)
-    _layer_charts(view, frames)
-    if "sv_lines" in frames:
-        _state_vector_charts(view, frames)
+    run_views.draw(view, frames)
 
 
 def _metric_charts(view: RunView, frames: dict) -> None:
@@ -629,40 +626,6 @@ def _metric_charts(view: RunView, frames: dict) -> None:
                 column.caption(charts.metric_pending(name, view.metrics[name][0]))
     if view.metrics_dropped:
         st.caption(f"More metrics are logged than the first {MAX_METRICS} shown here; the run file holds them all.")
-
-
-def _layer_charts(view: RunView, frames: dict) -> None:
-    """A large net's tensors, each a line: how large, how spread, and how far each moved between state reports."""
-    if not view.layers:
-        return
-    st.subheader("Layers")
-    st.caption("Per tensor of the net, at every state report: its norm, its spread (standard deviation) and how far "
-               "it moved since the report before, relative to its norm then (on a log axis).")
-    left, right = st.columns(2)
-    for column, figure in ((left, "norm"), (right, "std"), (left, "change")):
-        column.vega_lite_chart(frames[f"layer:{figure}"], charts.layer_spec(figure, view.tensors), width="stretch",
-                               height=300)
-
-
-def _state_vector_charts(view: RunView, frames: dict) -> None:
-    lines_shown, heat_shown = view.sv_shown
-    if view.sampled:
-        st.subheader("A sample of the parameters")
-        st.caption(f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor and the "
-                   "same at every state report; their names say where each sits (tensor[row,column]).")
-    tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
-    left, right = st.columns(2)
-    lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES], lines_shown)
-    left.vega_lite_chart(frames["sv_lines"], lines, width="stretch", height=tall)
-    heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)
-    right.vega_lite_chart(frames["sv_heat"], heat, width="stretch", height=tall)
-    if "step_lengths" not in frames:
-        return
-    left, right = st.columns(2)
-    left.vega_lite_chart(frames["step_lengths"], charts.steps_spec("length"), width="stretch", height=220)
-    left.vega_lite_chart(frames["step_cosines"], charts.steps_spec("cosine"), width="stretch", height=220)
-    if "surface" in frames:
-        right.vega_lite_chart(frames["surface"], charts.surface_spec(), width="stretch", height=440)
 
 
 def _live(run: RunDir, config: RunConfig | None) -> None:

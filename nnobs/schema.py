@@ -9,6 +9,7 @@ tests/test_records.py parses what these builders write, fast path and JSON path 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any
 
@@ -77,8 +78,11 @@ def _settings(batch: int, target: int, report_every: int, pace: float) -> Record
 Tensors = list[tuple[str, tuple[int, ...]]]  # (name, shape) of each tensor, in state-vector order
 FULL_STATE_MAX_PARAMS = 10_000  # state reports carry the whole vector up to this many parameters (about 200 KB)
 SAMPLE_SIZE = 256  # beyond it, these many parameters, spread over the tensors, stand for the rest in every report
-SUMMARY = ("norm", "mean", "std", "min", "max", "change")  # per tensor; change: the distance moved since the
-# last state report, relative to the norm then
+SUMMARY = ("norm", "mean", "std", "min", "max", "change", "p7", "p16", "p31", "p50", "p69", "p84", "p93")  # per tensor;
+# change: the distance moved since the last state report, relative to the norm then; pN: the Nth percentile of its
+# values, TensorBoard's distribution bands (a normal's median and 0.5, 1 and 1.5 sigmas either side; min and max beside)
+BANDS = (7, 16, 31, 50, 69, 84, 93)
+SUMMARY_BEFORE_BANDS = 6  # the width of summaries written before the bands: read with the bands unknown (NaN)
 
 
 def params_record(batch: int, tensors: Tensors, n_params: int) -> Record:
@@ -100,20 +104,74 @@ def sample_indices(tensors: Tensors, size: int = SAMPLE_SIZE) -> list[int]:
 
 
 def tensor_summary(sv: np.ndarray, tensors: Tensors, previous: np.ndarray | None) -> list[list[float | None]]:
-    """Per tensor its SUMMARY numbers, to seven digits; change is None without a previous vector of the same size."""
-    rows, start = [], 0
+    """Per tensor its SUMMARY numbers, to seven digits, as a large net's state report carries them; change is None
+    without a previous vector of the same size (not NaN: the run file spells NaN null and calls the line diverged)."""
+    rows = tensor_rows(sv[None, :], tensors, previous)[0]
+    return [[None if math.isnan(v) else _short(v) for v in row] for row in rows.tolist()]
+
+
+def tensor_rows(vectors: np.ndarray, tensors: Tensors, previous: np.ndarray | None = None) -> np.ndarray:
+    """(k, tensors, len(SUMMARY)): per state vector (a row of vectors, k of them) and tensor, its SUMMARY numbers.
+
+    A vector's change is measured from the row before it; the first row's from previous, NaN without one of the
+    same width. The readers summarize a small net's whole vectors with this, the worker a large net's.
+    """
+    vectors = np.asarray(vectors, dtype=float)
+    k, width = vectors.shape
+    before = np.full((k, width), np.nan)
+    before[1:] = vectors[:-1]
+    if previous is not None and len(previous) == width:
+        before[0] = previous
+    rows = np.full((k, len(tensors), len(SUMMARY)), np.nan)
+    for t, (start, end) in enumerate(tensor_bounds(tensors)):
+        part = vectors[:, start:end]
+        if end <= start or end > width:
+            continue
+        rows[:, t, 0] = np.linalg.norm(part, axis=1)
+        rows[:, t, 1] = part.mean(axis=1)
+        rows[:, t, 2] = part.std(axis=1)
+        rows[:, t, 3] = part.min(axis=1)
+        rows[:, t, 4] = part.max(axis=1)
+        rows[:, t, 5] = relative_change(part, before[:, start:end])
+        rows[:, t, SUMMARY_BEFORE_BANDS:] = np.percentile(part, BANDS, axis=1).T
+    return rows
+
+
+def relative_change(part: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Per row, how far part moved from before, relative to before's norm: NaN where before is unknown or zero."""
+    norm_before = np.linalg.norm(before, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.linalg.norm(part - before, axis=-1) / norm_before
+    return np.where(norm_before > 0, change, np.nan)
+
+
+def tensor_bounds(tensors: Tensors) -> list[tuple[int, int]]:
+    """(start, end) of each tensor's entries in the state vector."""
+    bounds, start = [], 0
     for _, shape in tensors:
         end = start + int(np.prod(shape))
-        part = sv[start:end]
-        norm = float(np.linalg.norm(part))
-        if previous is not None and len(previous) == len(sv):
-            before = float(np.linalg.norm(previous[start:end]))
-            change = _short(float(np.linalg.norm(part - previous[start:end])) / before) if before else None
-        else:
-            change = None  # not NaN: the run file spells NaN null and calls the line diverged
-        rows.append([_short(v) for v in (norm, part.mean(), part.std(), part.min(), part.max())] + [change])
+        bounds.append((start, end))
         start = end
-    return rows
+    return bounds
+
+
+def update_report(batch: int, ratios: list[float | None], dead: list[int] | None = None) -> Record:
+    """What one step did, reported beside a state report: per tensor the update-to-weight ratio of the batch that
+    led to it, |w(batch) - w(batch - 1)| / |w(batch - 1)| (about 1e-3 is the rule of thumb); and for a built-in
+    net, per layer with relu, its dead units (those whose output is 0 on every training point)."""
+    record: Record = {"update": [batch, ratios]}
+    if dead is not None:
+        record["dead"] = [batch, dead]
+    return record
+
+
+def update_ratios(sv: np.ndarray, before: np.ndarray, tensors: Tensors) -> list[float | None]:
+    """Per tensor, |sv - before| / |before| to seven digits; None where before is zero (nothing to compare with)."""
+    ratios = []
+    for start, end in tensor_bounds(tensors):
+        ratio = float(relative_change(sv[start:end], before[start:end]))
+        ratios.append(None if math.isnan(ratio) else _short(ratio))
+    return ratios
 
 
 def parameter_name(tensors: Tensors, index: int) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from nnobs.control import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.files import replace_atomically
-from nnobs.nn import Fact, Network
+from nnobs.nn import Fact, Network, ReluLayer
 from nnobs.runs import RunDir, worker_pid
 from nnobs.sampler import Sampler
 from nnobs.schema import Tensors
@@ -148,6 +148,16 @@ class NetTrainer(Trainer):
         if self.next_batch is None or self.sampler is not None:
             return None
         return float(self.net.losses([self.next_batch()])[0])
+
+    def dead_units(self) -> list[int] | None:
+        if self.loss_facts is None:
+            return None
+        x, dead = self.loss_facts[0], []
+        for layer in self.net.layers:
+            x = layer(x)
+            if isinstance(layer, ReluLayer):
+                dead.append(int((x.max(axis=0) <= 0).sum()))
+        return dead or None
 
     def test_loss(self) -> float | None:
         """The loss on the test points, when there are any."""

@@ -227,3 +227,56 @@ def _lower(new: np.ndarray, old: np.ndarray) -> np.ndarray:
 def _higher(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Where new replaces old as a maximum: it is higher, or it is a number and old is NaN."""
     return (new > old) | (np.isnan(old) & ~np.isnan(new))
+
+
+class StateArchive:
+    """Whole state vectors at a spread of the reported batches, for replay and the path through parameter space.
+
+    At most `capacity` vectors are kept (fewer the wider they are: memory stays bounded). When it is full,
+    every other one goes and from then on only every other report is taken, so the kept ones stay spread over
+    the run the way the reports were: densely where the net learnt fastest, the first and the newest always
+    among them.
+    """
+
+    def __init__(self, width: int, max_numbers: int = 1_000_000, max_states: int = 1000):
+        self.width = width
+        self.capacity = 2 * max(1, min(max_states, max_numbers // max(1, width)) // 2)
+        self.batches = np.empty(self.capacity, np.int64)
+        self.vectors = np.empty((self.capacity, width))
+        self.n = 0  # vectors kept
+        self.stride = 1  # every stride-th report is kept
+        self.seen = 0  # reports offered since the archive began
+        self.newest: tuple[int, np.ndarray] | None = None  # the newest report, kept or not, so that replay reaches it
+
+    def extend(self, batches: np.ndarray, vectors: np.ndarray) -> None:
+        for batch, vector in zip(batches.tolist(), vectors):
+            if self.seen % self.stride == 0:
+                if self.n == self.capacity:
+                    half = self.n // 2
+                    self.batches[:half], self.vectors[:half] = self.batches[: self.n : 2], self.vectors[: self.n : 2]
+                    self.n, self.stride = half, 2 * self.stride
+                if self.seen % self.stride == 0:
+                    self.batches[self.n], self.vectors[self.n] = batch, vector
+                    self.n += 1
+            self.seen += 1
+        if len(batches):
+            self.newest = (int(batches[-1]), vectors[-1].copy())
+
+    def kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """The batches (n,) and state vectors (n, width) kept, oldest first, the newest report last."""
+        batches, vectors = self.batches[: self.n], self.vectors[: self.n]
+        if self.newest is not None and (not self.n or batches[-1] != self.newest[0]):
+            return np.append(batches, self.newest[0]), np.vstack((vectors, self.newest[1][None, :]))
+        return batches, vectors
+
+    def at(self, batch: int) -> tuple[int, np.ndarray] | None:
+        """The state kept at batch, or at the latest kept batch before it; None before the first."""
+        batches, vectors = self.kept()
+        k = int(np.searchsorted(batches, batch, side="right")) - 1
+        return None if k < 0 else (int(batches[k]), vectors[k])
+
+    def truncate(self, batch: int) -> None:
+        """Forget the states after batch (a run went back to it)."""
+        self.n = int(np.searchsorted(self.batches[: self.n], batch, side="right"))
+        if self.newest is not None and self.newest[0] > batch:
+            self.newest = None

@@ -49,6 +49,8 @@ from nnobs.schema import (
     state_report,
     summary_report,
     tensor_summary,
+    update_ratios,
+    update_report,
 )
 
 PID_WIDTH = 20  # worker.lock holds the pid, space-padded to this many bytes
@@ -107,6 +109,10 @@ class Trainer:
 
     def loss_now(self) -> float | None:
         """The loss of the parameters as they are, when it can be had without a training step; else None."""
+        return None
+
+    def dead_units(self) -> list[int] | None:
+        """Per layer with relu, its units whose output is 0 on every training point; None when the trainer cannot tell."""
         return None
 
 
@@ -215,6 +221,8 @@ class Session:
         self._n_params = len(trainer.state_vector())
         self._sample = sample_indices(trainer.tensors) if self._n_params > FULL_STATE_MAX_PARAMS else None
         self._summarized: np.ndarray | None = None  # the state vector of the last summary report, for its change
+        self._before_report: tuple[int, np.ndarray] | None = None  # (batch, state vector) one batch before a scheduled
+        # state report: what the step into it changed is the update-to-weight ratio reported beside it
         self._schedule_reports()
         self._pace_from = (self.batch, time.monotonic())  # (batch, time) the current pace counts from
         self._last_state_report = 0.0  # monotonic time
@@ -357,6 +365,11 @@ class Session:
         if self._next_loss_at <= self.batch or (self._next_state_at is not None and self._next_state_at <= self.batch):
             self._schedule_reports()  # left behind by a pause at a scheduled batch (a divergence): a run of no batches
         state_at = self._next_state_at or limit
+        if self._next_state_at is not None:
+            if state_at == self.batch + 1:
+                self._before_report = (self.batch, self.trainer.state_vector())
+            else:
+                state_at -= 1  # stop one batch short of a state report, to keep the state the step into it starts from
         return min(limit, self._next_loss_at, state_at, self.batch + self._chunk)
 
     def _chunk_took(self, seconds: float) -> None:
@@ -378,6 +391,7 @@ class Session:
         if batch == self._next_state_at:
             if self._state_budget_allows(now):
                 self.out.write(self.state_report())
+                self._report_update()
             self._next_state_at = next_state_report(batch, self.report_every, self._n_params)
         if batch == self.target:
             self.report_loss(now, {"event": [batch, "target_reached"]})
@@ -496,6 +510,16 @@ class Session:
         summary = tensor_summary(sv, self.trainer.tensors, self._summarized)
         self._summarized = sv
         return summary_report(self.batch, eta, summary, sv[self._sample], self.target, self.report_every, self.pace)
+
+    def _report_update(self) -> None:
+        """Beside a scheduled state report: what its batch's step did to each tensor, and a built-in net's dead units."""
+        before, self._before_report = self._before_report, None
+        if before is None or before[0] != self.batch - 1:
+            return
+        sv = self.trainer.state_vector()
+        if len(before[1]) != len(sv) or not np.isfinite(sv).all():
+            return
+        self.out.write(update_report(self.batch, update_ratios(sv, before[1], self.trainer.tensors), self.trainer.dead_units()))
 
     def _state_budget_allows(self, now: float) -> bool:
         """Whether a scheduled state report fits the byte budget; it is counted against it when it does."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from nnobs.schema import SUMMARY, parameter_name
 from nnobs.tasks import RunConfig, dataset
 from nnobs.tasks import tensors as config_tensors
 
+T = TypeVar("T")
 RECENT_COMMANDS = 6
 RECENT_STARTS = 6
 
@@ -55,9 +58,26 @@ class RunView:
     test: tuple[pd.DataFrame, pd.DataFrame] | None  # the test loss, (batch, value), (batch, mean): on the loss chart
     metrics_dropped: bool  # more metrics were logged than the history keeps
     tensors: tuple[str, ...]  # the tensors of a large net's summaries, in state-vector order
-    layers: dict[str, pd.DataFrame]  # per charts.LAYER_FIGURES figure: batch, tensor, value; empty without summaries
     script: dict | None  # run.json: which script serves the run, where; None for a run of the built-in worker
     origin: dict | None  # where the run was forked from ({"run": parent, "batch": N, ...}); None if it was not
+    state_batches: np.ndarray  # the batches whose whole state vectors the history keeps (replay, the path): sorted
+    config: RunConfig | None  # the built-in net's, for the pictures drawn from a state vector
+    watcher: RunWatcher = field(repr=False)  # for parts made only when drawn (made())
+    _made: dict = field(default_factory=dict, repr=False)
+    _made_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def made(self, name: str, build: Callable[[RunHistory], T]) -> T:
+        """build(history) once per view, when first asked for: the parts of views that are not open cost nothing,
+        and every session sharing this view shares what was made."""
+        with self._made_lock:
+            if name not in self._made:
+                with self.watcher.lock:
+                    self._made[name] = build(self.watcher.history)
+            return self._made[name]
+
+    def state_at(self, batch: int) -> tuple[int, np.ndarray] | None:
+        """The whole state vector kept at batch (or the nearest kept before it), as the history holds it now."""
+        return self.made(f"state:{batch}", lambda history: _copied(history.archive.at(batch) if history.archive else None))
 
     @property
     def seconds_to_target(self) -> float | None:
@@ -117,10 +137,16 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             test=test,
             metrics_dropped=history.metrics_dropped,
             tensors=tensor_names,
-            layers=charts.layer_frames(history, tensor_names),
             script=script,
             origin=origin,
+            state_batches=history.archive.kept()[0].copy() if history.archive is not None else np.empty(0, np.int64),
+            config=config,
+            watcher=watcher,
         )
+
+
+def _copied(state: tuple[int, np.ndarray] | None) -> tuple[int, np.ndarray] | None:
+    return None if state is None else (state[0], state[1].copy())
 
 
 @dataclass
@@ -219,12 +245,11 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
     Every chart over batches also gets two invisible rows at the run's first and latest batch, so
     they all span the same whole run. The loss frame is empty while fewer than two batches have a
     loss to draw: the page shows charts.LOSS_PENDING instead of the chart; a metric's ("metric:NAME")
-    likewise, and the page says what it has (charts.metric_pending). Layer charts are "layer:FIGURE".
+    likewise, and the page says what it has (charts.metric_pending).
     """
     over_batches = {"sv_lines": view.sv_lines, "sv_heat": view.sv_heat}
-    if not view.sampled:  # steps of a sample would read as the net's: the Layers section has each tensor's change
+    if not view.sampled:  # steps of a sample would read as the net's: the Layers view has each tensor's change
         over_batches |= {"step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
-    over_batches |= {f"layer:{figure}": frame for figure, frame in view.layers.items()}
     tests = [view.test[0]] if view.test is not None else []
     shown = [frame for frame in (view.loss, *tests, *(points for points, _ in view.metrics.values()),
                                  *over_batches.values()) if frame is not None]

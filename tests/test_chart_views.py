@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnobs import charts
+from nnobs import charts, layer_charts
 from nnobs.analytics import GRID
 from nnobs.history import RunHistory, RunWatcher
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir, create_run
+from nnobs.schema import SUMMARY
 from nnobs.tasks import RunConfig
 from nnobs.view import build_view, chart_frames
 
@@ -294,21 +295,22 @@ def test_a_metric_logged_once_or_never_as_a_number_says_so_instead_of_a_chart(tm
     assert view.status.loss == 0.4 and not view.status.diverged, "a null metric does not make the loss diverged"
 
 
-def test_summaries_become_per_tensor_series_named_by_the_params_record_and_a_null_change_breaks_the_line(tmp_path):
+def test_summaries_written_before_the_bands_become_per_tensor_series_named_by_the_params_record(tmp_path):
     run = script_run(tmp_path, [started(sample=[0, 7, 14])] + [summary_line(b, None if b == 0 else 1e-3 * (b + 1))
                                                                for b in range(0, 501, 100)])
-    view = build_view(run, RunWatcher(run.run_file), None)
+    watcher = RunWatcher(run.run_file)
+    view = build_view(run, watcher, None)
     assert view.tensors == ("fc1.weight", "fc1.bias") and view.sampled
-    norm = view.layers["norm"]
+    layers = layer_charts.layer_frames(watcher.history, view.tensors, ())
+    norm = layers["norm"]
     assert norm.loc[norm["tensor"] == "fc1.weight", "value"].tolist() == [2.0 + b / 1000 for b in range(0, 501, 100)]
-    change = view.layers["change"]
-    first = change[change["batch"] == 0]
-    assert len(first) == 2 and first["value"].isna().all(), "no change at the first report: no point, a break"
+    assert layers["bands"]["p50"].isna().all(), "summaries without the bands leave them unknown, not zero"
+    assert layers["bands"]["max"].tolist()[:1] == [1.0]
+    assert np.isnan(watcher.history.layers.first[1][SUMMARY.index("change")]), "no change at the first report"
     assert view.sv_names == ("fc1.weight[0,0]", "fc1.weight[1,3]", "fc1.bias[2]"), "the sample's own names"
     assert view.sv_shown[1] == "a sample of 3 of 15 parameters"
     frames = chart_frames(view, 0.6)
-    assert "step_lengths" not in frames and {"layer:norm", "layer:std", "layer:change"} <= set(frames)
-    assert frames["layer:change"]["batch"].max() == 500 and view.surface is None
+    assert "step_lengths" not in frames and view.surface is None
     assert view.script["argv"] == ["python", "train.py"]
 
 
@@ -329,6 +331,6 @@ def test_a_restart_from_an_earlier_checkpoint_truncates_metrics_and_summaries_to
     assert history.layers.last[0] <= 500 and history.metrics["accuracy"].outline.last[0] <= 500
     points, _ = charts.metric_frames(history)["accuracy"]
     assert points["batch"].max() <= 500 and points["value"].max() <= 0.5, "nothing of the line gone back from"
-    assert charts.layer_frames(history, ("a", "b"))["norm"]["batch"].max() <= 500
+    assert layer_charts.layer_frames(history, ("a", "b"), ())["norm"]["batch"].max() <= 500
     history.add([{"loss": [510, 0.4], "metrics": [510, {"accuracy": [0.2]}]}])
     assert history.metrics["accuracy"].latest == (510, 0.2)

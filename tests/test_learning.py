@@ -17,6 +17,7 @@ from nnobs.checkpoint import kept_batches, load_kept
 from nnobs.control import send_command
 from nnobs.history import RunHistory
 from nnobs.runs import read_history, run_status, start_worker
+from nnobs.schema import SUMMARY
 from nnobs.tasks import RunConfig, build, build_network
 
 
@@ -253,7 +254,10 @@ def test_a_large_net_reports_a_summary_and_a_sample_only_every_n_batches(new_run
     assert [r["summary"][0] for r in reports] == [0, 100, 200, 300]
     params = records_with(run, "params")[0]["params"][1]
     assert [name for name, _ in params["tensors"]] == ["L1.W", "L1.b", "L2.W", "L2.b", "L3.W", "L3.b"]
-    assert all(len(r["summary"][1]) == 6 and all(len(row) == 6 for row in r["summary"][1]) for r in reports)
+    assert all(len(r["summary"][1]) == 6 and all(len(row) == len(SUMMARY) for row in r["summary"][1]) for r in reports)
+    updates = records_with(run, "update")
+    assert [r["update"][0] for r in updates] == [100, 200, 300], "a step's update beside each scheduled report after the first"
+    assert all(len(r["update"][1]) == 6 and all(0 < ratio < 1 for ratio in r["update"][1]) for r in updates)
     assert all(len(r["sample"][1]) == len(params["sample"]) for r in reports)
     assert 200 <= len(params["sample"]) <= 300 and params["sample"] == sorted(set(params["sample"]))
     change = [r["summary"][1][0][5] for r in reports]

@@ -1,0 +1,101 @@
+"""The Trajectory view: the path the state vector took, projected onto its two principal directions.
+
+The reported states (the archive's spread of them) are centred on their mean and projected onto the
+two directions along which they vary most (PCA by SVD). A run that moved along one direction draws a
+line; one that turned draws the turn; the share of the variance each direction explains says how much of
+the path the picture holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from nnobs.charts import _built_once, _spec
+
+
+@dataclass
+class Projection:
+    batches: np.ndarray  # (n,) the states' batches
+    coordinates: np.ndarray  # (n, 2) along the first and second principal directions
+    explained: tuple[float, float]  # the share of the states' variance along each
+
+
+def principal_path(batches: np.ndarray, vectors: np.ndarray) -> Projection | None:
+    """The states (n, width) projected onto their first two principal directions; None for fewer than 2 states
+    or states with anything but numbers."""
+    finite = np.isfinite(vectors).all(axis=1)
+    batches, vectors = batches[finite], vectors[finite]
+    if len(vectors) < 2:
+        return None
+    centred = vectors - vectors.mean(axis=0)
+    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    # Each direction's sign is chosen so the path starts on the negative side: the same run draws the same way.
+    top = directions[:2]
+    coordinates = centred @ top.T
+    signs = np.where(coordinates[0] > 0, -1.0, 1.0)
+    coordinates = coordinates * signs
+    if coordinates.shape[1] < 2:
+        coordinates = np.column_stack((coordinates, np.zeros(len(coordinates))))
+    variance = singular**2
+    total = variance.sum()
+    shares = variance[:2] / total if total > 0 else np.zeros(2)
+    return Projection(batches, coordinates, (float(shares[0]), float(shares[1]) if len(shares) > 1 else 0.0))
+
+
+def losses_at(batches: np.ndarray, loss_batches: np.ndarray, loss_values: np.ndarray) -> np.ndarray:
+    """The loss reported at each of batches (the nearest report at or before it); NaN without any."""
+    if not len(loss_batches):
+        return np.full(len(batches), np.nan)
+    at = np.clip(np.searchsorted(loss_batches, batches, side="right") - 1, 0, len(loss_batches) - 1)
+    return loss_values[at].copy()
+
+
+def path_frame(projection: Projection, losses: np.ndarray, marked: int | None) -> pd.DataFrame:
+    """The path's points (batch, pc1, pc2, order, loss), marked true at the state shown: the one replayed at or
+    before marked, else the newest."""
+    batches = projection.batches
+    at = len(batches) - 1 if marked is None else max(0, int(np.searchsorted(batches, marked, side="right")) - 1)
+    return pd.DataFrame({
+        "batch": batches,
+        "pc1": projection.coordinates[:, 0],
+        "pc2": projection.coordinates[:, 1],
+        "order": np.arange(len(batches)),
+        "loss": losses,
+        "marked": np.arange(len(batches)) == at,
+    })
+
+
+@_built_once
+def path_spec(explained: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """The path as a line through the states in order, each point coloured by its batch (log scale: the early,
+    fast part of learning gets its share of colour), its loss in the tooltip, the replayed state ringed."""
+    first, second = (f"{share:.0%}" for share in explained)
+    x = alt.X("pc1:Q", title=f"first principal direction ({first} of the variance)", scale=alt.Scale(zero=False))
+    y = alt.Y("pc2:Q", title=f"second ({second})", scale=alt.Scale(zero=False))
+    path = alt.Chart().mark_line(color="#999", strokeWidth=1).encode(x=x, y=y, order="order:Q")
+    points = alt.Chart().mark_circle(size=28, opacity=0.9).encode(
+        x=x, y=y,
+        color=alt.Color("batch:Q", scale=alt.Scale(type="symlog", scheme="viridis"), title="batch",
+                        legend=alt.Legend(format=",d")),
+        tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
+                 alt.Tooltip("pc1:Q", format=".3g"), alt.Tooltip("pc2:Q", format=".3g")],
+    )
+    marked = (alt.Chart().transform_filter("datum.marked").mark_point(size=220, stroke="#d62728", strokeWidth=2.5)
+              .encode(x=x, y=y))
+    return _spec(alt.layer(path, points, marked).properties(title="Path through parameter space", height=380))
+
+
+@_built_once
+def loss_along_spec() -> dict:
+    """The loss at each state of the path, over its batches: where along the path the loss fell."""
+    chart = alt.Chart().transform_filter("datum.loss > 0").mark_line(point=alt.OverlayMarkDef(size=14), strokeWidth=1.2).encode(
+        x=alt.X("batch:Q", title="batch (symlog)", scale=alt.Scale(type="symlog", nice=False),
+                axis=alt.Axis(format="~s", values=[0] + [10**k for k in range(13)])),  # the decades Vega would not pick
+        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
+        tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
+    )
+    return _spec(chart.properties(title="Loss at each state of the path", height=200))
