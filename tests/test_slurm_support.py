@@ -1,10 +1,11 @@
-"""The Slurm the tests use: a held job waits with its reason, runs once released, and teardown cancels what is left."""
+"""The Slurm the tests use: .ci/slurm-up leaves a running one alone, a held job waits with its reason and runs once
+released, and what is left under a directory is cancelled."""
 
 from __future__ import annotations
 
 import subprocess
 
-from slurm_support import cancel_jobs_under, jobs_under, release, slurm, wait_for_job  # noqa: F401 (fixture)
+from slurm_support import SLURM_UP, cancel_jobs_under, jobs_under, release, slurm, wait_for_job  # noqa: F401 (fixture)
 
 
 def test_a_held_job_waits_then_runs_once_released_and_is_cancelled_with_its_directory(slurm, tmp_path):
@@ -25,3 +26,8 @@ def test_a_held_job_waits_then_runs_once_released_and_is_cancelled_with_its_dire
     cancel_jobs_under(tmp_path)
     assert wait_for_job(job_id, "ENDED").state == "CANCELLED"
     assert f"running in {job_id}" in out.read_text()
+
+
+def test_slurm_up_does_nothing_when_slurm_answers(slurm):
+    done = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
