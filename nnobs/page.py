@@ -696,7 +696,9 @@ def run_page() -> None:
     steer = _may_steer()
     run = _open_run(steer)
     config = _config(run)
-    if never_ran(_watcher(str(run.run_file))):  # a new run starts on an operator's first sight; others wait
+    # A new run starts on an operator's first sight; others wait. One on Slurm is submitted once: a job cancelled
+    # before its worker wrote anything must not be submitted again by the next rerun.
+    if never_ran(_watcher(str(run.run_file))) and not run.job_file.exists():
         if steer:
             try:
                 start_worker(run, by="page")

@@ -1,4 +1,4 @@
-"""Runs on Slurm: real jobs on the real single-node cluster .ci/slurm-up starts, real workers, real files.
+"""Runs on Slurm: real jobs on the real single-node cluster .ci/slurm-up starts, real workers, real files, the page.
 
 One run is taken through its life on Slurm in order (queued, training, steered, cancelled from outside, restarted,
 preempted and requeued, stopped), sharing its jobs between the tests to keep them inside the suite's time budget.
@@ -163,7 +163,7 @@ def test_a_sweep_of_six_runs_trains_as_one_job_array(slurm_runs_root):
     array = {read_job(RunDir(root / name).job_file).job_id.split("_")[0] for name in names}
     assert len(array) == 1  # one job array
     for name in names:
-        wait_for(lambda: run_status(RunDir(root / name), read_history(RunDir(root / name))).state == "idle",
+        wait_for(lambda name=name: run_status(RunDir(root / name), read_history(RunDir(root / name))).state == "idle",
                  timeout=60, what=f"{name} to reach its target on Slurm")
     # What the compare page draws for the URL's runs: each is a run it offers, with its curve to the target.
     assert set(names) <= set(list_runs(root))
@@ -196,3 +196,28 @@ def test_bad_launcher_flags_are_refused_and_nothing_is_made(tmp_path, args, said
     done = nnobs(root, "start", "typo", *args, check=False)
     assert done.returncode == 2 and said in done.stderr, done.stderr
     assert not (root / "typo").exists()
+
+
+def test_the_page_shows_a_queued_job_cancels_it_then_starts_and_steers_the_run(slurm_runs_root, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from test_page import APP, has_button, metrics, rerun_until, say_yes, state, submit
+
+    root = slurm_runs_root
+    before = subprocess.run(["sbatch", "--parsable", "--hold", f"--output={root}/before.out", "--wrap", "true"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    nnobs(root, "new", "default", "--target", "1000", "--on", "slurm", f"--sbatch=--dependency=afterany:{before}")
+    queued = read_job(RunDir(root / "default").job_file).job_id
+    monkeypatch.setenv("NNOBS_RUNS", str(root))
+    page = AppTest.from_file(APP, default_timeout=60)
+    rerun_until(page, lambda at: state(at) == "QUEUED", "the QUEUED badge of a job waiting for another")
+    say_yes(page, "Shut down…", "Yes, shut down")
+    rerun_until(page, lambda at: state(at) == "STOPPED" and has_button(at, "Start"), "STOPPED once the job is cancelled")
+    assert wait_for_job(queued, "ENDED").state == "CANCELLED"
+    cancel(before)  # what the run's jobs wait for is gone: the next one runs at once
+    next(b for b in page.sidebar.button if b.label == "Start").click().run()
+    rerun_until(page, lambda at: state(at) == "IDLE", "the restarted job's worker to train to its target")
+    submit(page, "Target batches", "3,000", "Set target")
+    rerun_until(page, lambda at: metrics(at)["Batch"] == "3,000" and state(at) == "IDLE", "batch 3,000 on Slurm")
+    say_yes(page, "Shut down…", "Yes, shut down")
+    rerun_until(page, lambda at: state(at) == "STOPPED", "STOPPED after a shutdown through the control file")
