@@ -14,7 +14,9 @@ from pathlib import Path
 from nnobs.control import check_command
 from nnobs.errors import NnobsError
 from nnobs.history import RunHistory
+from nnobs import sweep
 from nnobs.lab import fork_origin, fork_run, new_run
+from nnobs.launchers import KINDS, JobRecord, LauncherSettings, sbatch_options
 from nnobs.overview import run_rows
 from nnobs.records import RecordReader
 from nnobs.runs import (
@@ -24,7 +26,9 @@ from nnobs.runs import (
     RunDir,
     RunStatus,
     import_run,
+    active_job,
     is_imported,
+    launcher_settings,
     list_runs,
     queue_command,
     read_history,
@@ -32,6 +36,7 @@ from nnobs.runs import (
     restart_worker,
     run_status,
     runs_root,
+    set_launcher,
     start_worker,
     started_outside,
     stop_worker,
@@ -50,6 +55,7 @@ exit codes: 0 done; 1 the worker rejected a command or did not answer it, or (st
 
 # What each state means, in the words of the page's badges.
 STATE_MEANINGS = {
+    "queued": "its Slurm job waits for the scheduler (see the reason), or its worker is starting",
     "training": "the worker is alive and below its target",
     "idle": "the worker is alive and at its target",
     "stalled": f"the worker is alive but has written nothing for {STALL_AFTER_S:.0f} s or more: stuck; restart ends it",
@@ -96,6 +102,42 @@ def _tail_count(text: str) -> tuple[str, int]:
     return ("from", max(number, 1)) if text.startswith("+") else ("last", number)
 
 
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _launcher_flags(p: argparse.ArgumentParser) -> None:
+    """--on and what a Slurm job asks for; without --on a run keeps the launcher it has (a new run: local)."""
+    p.add_argument("--on", choices=KINDS, help="where the worker runs: local (this machine) or slurm (a job on the "
+                   "cluster, through submitit); default: the launcher the run has, else local")
+    p.add_argument("--partition", metavar="P", help="the Slurm partition (default: the cluster's)")
+    p.add_argument("--time", metavar="LIMIT", help="the job's time limit, as Slurm writes it: 1:00:00, 90, 2-12 "
+                   "(default 1:00:00; at its end the run checkpoints and the job is requeued)")
+    p.add_argument("--cpus", type=_count, metavar="N", help="CPUs for the worker (sbatch --cpus-per-task)")
+    p.add_argument("--gpus", type=_count, metavar="N", help="GPUs for the worker (sbatch --gpus-per-node)")
+    p.add_argument("--sbatch", metavar="OPTIONS", help="more sbatch options in their long form, given after an =: --sbatch=\"--qos=high --account=lab\"")
+    p.add_argument("--no-requeue", action="store_true", help="end the job on preemption or at its time limit, "
+                   "after a checkpoint, instead of requeueing it")
+
+
+def _launcher(args: argparse.Namespace, run: RunDir | None) -> LauncherSettings | None:
+    """The launcher the flags ask for (over the run's own when --on is not given); None when no flag is given."""
+    given = {"partition": args.partition, "time": args.time, "cpus": args.cpus, "gpus": args.gpus}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.sbatch is not None:
+        given["sbatch"] = sbatch_options(args.sbatch)
+    if args.no_requeue:
+        given["requeue"] = False
+    if args.on is None and not given:
+        return None
+    recorded = launcher_settings(run) if run is not None else LauncherSettings()
+    base = recorded if args.on is None or args.on == recorded.kind else LauncherSettings(kind=args.on)
+    return dataclasses.replace(base, **given).check()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnobs",
@@ -112,14 +154,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("run", nargs="?", default=DEFAULT_RUN, metavar="RUN", help=f"the run's name (default: {DEFAULT_RUN})")
         return p
 
-    action("start", "start the run's worker (the process that trains) unless one is alive; a new name creates the run")
+    _launcher_flags(action("start", "start the run's worker (the process that trains) unless one is alive (or its Slurm "
+                           "job is queued); a new name creates the run"))
     p = sub.add_parser("run", help="start your own training script detached, as the run's worker, and record how",
                        description="Start COMMAND (a script using nnobs.Run) detached from this shell, output to the run's "
                        "worker.log, as the run's one worker; its command line and directory are recorded, so the page's "
                        "Start and Restart and `nnobs restart` start it again, resuming from its checkpoint.",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="the run's name (the script's nnobs.Run serves it, whatever name its code gives)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to start, after --")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="[--on slurm ...] -- COMMAND",
+                   help="the command to start, after --; before it, where it runs (--on slurm, --time...: see start)")
     p = sub.add_parser("import", help="make a read-only run of a run file written elsewhere (the notebook's, say)",
                        description="Copy FILE, one JSON record a line, into a new run RUN that the page and the CLI "
                        "read; nothing serves it, so it cannot be started or steered.",
@@ -133,6 +177,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="the new run's name")
     for flag, kind, meta, text in NEW_RUN_FLAGS:
         p.add_argument(flag, type=kind, metavar=meta, help=text)
+    _launcher_flags(p)
+    p = sub.add_parser("sweep", help="create one run per combination of etas and seeds, and train them all",
+                       description="Create NAME-eta<X>-seed<S> for every combination of the etas and seeds given, "
+                       "with the other settings alike, and train them: locally at most --parallel at once (each "
+                       "stopped at its target, the next started), or --on slurm as one job array. Prints the compare "
+                       "page's address for them. Nothing is created when a setting or a name is refused.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="NAME", help="the sweep's name: its runs are named NAME-eta0.1-seed2 and so on")
+    p.add_argument("--eta", metavar="X,Y,...", help="learning rates, separated by commas")
+    p.add_argument("--seed", metavar="S,T,...", help="seeds, separated by commas")
+    for flag, kind, meta, text in NEW_RUN_FLAGS:
+        if flag not in ("--eta", "--seed"):
+            p.add_argument(flag, type=kind, metavar=meta, help=text)
+    p.add_argument("--parallel", type=_count, metavar="K", help="at most K runs train at once (locally default 2; "
+                   "on Slurm, the array's task limit)")
+    p.add_argument("--url", metavar="URL", help=f"the monitor's address, for the compare link (default: $NNOBS_URL, "
+                   f"else {sweep.DEFAULT_URL})")
+    _launcher_flags(p)
     p = sub.add_parser("fork", help="start a new run from another run's checkpoint, with some settings changed",
                        description="Start NEW from FROM's latest checkpoint (or its newest kept one at or before "
                        "--at), with the same task, net and batches to come, and the settings given changed. NEW "
@@ -202,7 +264,9 @@ def _await_answers(run: RunDir, answers: RecordReader, sent: list[dict], timeout
     for command in sent:
         answer = history.answers.get(command["id"])
         if answer is None:
+            queued = None if alive else active_job(run)
             why = (f"no answer from the worker within {timeout:.0f} s" if alive
+                   else f"job {queued.job_id} is queued: its worker applies it when it starts" if queued
                    else "no worker is alive to answer; the next start applies it")
             print(f"{_describe(command)}: pending: {why}")
             code = 1
@@ -264,8 +328,13 @@ def _format_status(run: RunDir, status: RunStatus) -> str:
         f"pace          {pace}",
         f"generation    {num(status.generation, 'd')} (each start of the worker is one)",
     ]
+    if status.job_id is not None:
+        why = f": {status.reason}" if status.reason else ""
+        lines.append(f"slurm job     {status.job_id} ({(status.job_state or 'unknown to the scheduler now').lower()}{why})")
     if status.pid is not None:
         lines += [f"worker pid    {status.pid}", f"heartbeat     {_ago(status.heartbeat_age_s)} (a live worker writes at least once a second)"]
+    elif status.launcher == "slurm" and status.state not in ("queued", "stopped", "crashed"):
+        lines.append(f"heartbeat     {_ago(status.heartbeat_age_s)} (a live worker writes at least once a second)")
     else:
         lines += ["worker pid    - (no worker is alive)", f"last record   {_ago(status.heartbeat_age_s)}"]
     if status.write_error:
@@ -396,7 +465,7 @@ def _tail(run: RunDir, lines: tuple[str, int], follow: bool) -> int:
 
 
 def _stop(run: RunDir) -> int:
-    if worker_pid(run) is None:
+    if worker_pid(run) is None and active_job(run) is None:
         status = run_status(run, read_history(run))
         print(f"{run.name}: no worker is alive ({status.label}, at batch {status.batch:,}); nothing to stop")
         return 0
@@ -414,15 +483,68 @@ def _stop(run: RunDir) -> int:
     return 0
 
 
+def _started(run: RunDir, started: int | JobRecord) -> str:
+    """What a start gave, in words: "worker 1234 is alive", or "job 17 on Slurm is queued (Priority)"."""
+    if not isinstance(started, JobRecord):
+        return f"worker {started} is alive"
+    status = run_status(run, read_history(run))
+    where = f" ({status.reason})" if status.state == "queued" and status.reason else ""
+    return f"job {started.job_id} on Slurm is {status.label}{where}; its output is in {run.worker_log}"
+
+
+def _script_launcher(run: RunDir, command: list[str]) -> tuple[LauncherSettings | None, list[str]]:
+    """nnobs run's launcher flags, given before --, and the command after it."""
+    if "--" not in command:
+        return None, command
+    at = command.index("--")
+    flags = argparse.ArgumentParser(prog=f"nnobs run {run.name}", add_help=False, exit_on_error=False)
+    _launcher_flags(flags)
+    try:
+        args, unknown = flags.parse_known_args(command[:at])
+    except argparse.ArgumentError as err:
+        raise NnobsError(f"nnobs run: {err}") from err
+    if unknown:
+        raise NnobsError(f"nnobs run: {' '.join(unknown)} refused: before -- come only where it runs (--on, --partition, "
+                         "--time, --cpus, --gpus, --sbatch, --no-requeue); the command comes after --")
+    return _launcher(args, run), command[at + 1 :]
+
+
 def _run_script(run: RunDir, command: list[str]) -> int:
     """nnobs run: record how the script starts, then start it as the run's worker."""
-    command = command[1:] if command[:1] == ["--"] else command
+    launcher, command = _script_launcher(run, command)
     pid = worker_pid(run)
-    if pid is not None:
-        raise NnobsError(f"{run.name} already has a live worker (pid {pid}); stop it first: nnobs stop {run.name}")
+    if pid is not None or active_job(run) is not None:
+        raise NnobsError(f"{run.name} already has a live worker{f' (pid {pid})' if pid and pid > 0 else ''}; stop it first: "
+                         f"nnobs stop {run.name}")
+    if launcher is not None:
+        set_launcher(run, launcher)
     recorded = record_launch(run, command, os.getcwd())
-    pid = start_worker(run, by="cli")
-    print(f"{run.name}: worker {pid} is alive: {shlex.join(recorded)} in {os.getcwd()}, output in {run.worker_log}")
+    started = start_worker(run, by="cli")
+    print(f"{run.name}: {_started(run, started)}: {shlex.join(recorded)} in {os.getcwd()}, output in {run.worker_log}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """nnobs sweep: the runs of every combination, made, then trained here or submitted as one job array."""
+    grid = {"eta": sweep.value_list(args.eta, float) if args.eta else None,
+            "seed": sweep.value_list(args.seed, int) if args.seed else None}
+    if not any(grid.values()):
+        raise NnobsError("sweep needs --eta or --seed with values separated by commas, e.g. --eta 0.01,0.1,1")
+    if args.parallel is not None and args.parallel < 1:
+        raise NnobsError("--parallel must be at least 1")
+    launcher = _launcher(args, None) or LauncherSettings()
+    fields = {flag[2:].replace("-", "_") for flag, *_ in NEW_RUN_FLAGS} - set(sweep.SWEPT)
+    base = RunConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    runs = sweep.create(args.runs, sweep.plan(args.run, base, grid), launcher)
+    print(f"{len(runs)} runs: {', '.join(run.name for run in runs)}")
+    url = sweep.compare_url(args.url or os.environ.get("NNOBS_URL") or sweep.DEFAULT_URL, runs)
+    if launcher.kind == "slurm":
+        jobs = sweep.submit(runs, launcher, args.parallel)
+        print(f"submitted to Slurm as job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)")
+        print(f"compare them: {url}")
+        return 0
+    print(f"compare them: {url}")
+    sweep.train_locally(runs, args.parallel or 2, print)
     return 0
 
 
@@ -430,8 +552,8 @@ def _new(run: RunDir, args: argparse.Namespace) -> int:
     """nnobs new: the flags given, over the defaults, checked before anything is created."""
     given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, *_ in NEW_RUN_FLAGS}
     config = RunConfig(**{name: value for name, value in given.items() if value is not None})
-    pid = new_run(run, config, by="cli")
-    print(f"{run.name}: worker {pid} is alive, training {config.task} with {config.net}")
+    started = new_run(run, config, by="cli", launcher=_launcher(args, None))
+    print(f"{run.name}: {_started(run, started)}, training {config.task} with {config.net}")
     return 0
 
 
@@ -476,9 +598,14 @@ def _clip(text: str, width: int) -> str:
 def run_action(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _list(args.runs, args.json, args.sort)
+    if args.action == "sweep":
+        return _sweep(args)
     run = RunDir.named(args.run, args.runs)
     if args.action == "start":
-        print(f"{run.name}: worker {start_worker(run, by='cli')} is alive")
+        launcher = _launcher(args, run)
+        if launcher is not None:
+            set_launcher(run, launcher)
+        print(f"{run.name}: {_started(run, start_worker(run, by='cli'))}")
         return 0
     if args.action == "status":
         return _status(run, args.json)
@@ -516,11 +643,14 @@ def run_action(args: argparse.Namespace) -> int:
         return _stop(run)
     if args.action == "restart":
         said: list[str] = []
-        pid = restart_worker(run, by="cli", said=said)
+        started = restart_worker(run, by="cli", said=said)
         status = run_status(run, read_history(run))
         how = "".join(f" (stopping, {how})" for how in said)
         trouble = f"; it waits: {status.write_error or _low_disk(status)}" if status.state in ("cannot write", "low disk") else ""
-        print(f"{run.name}: worker {pid}, generation {status.generation}, at batch {status.batch:,}{how}{trouble}")
+        if isinstance(started, JobRecord):
+            print(f"{run.name}: {_started(run, started)}; it resumes from the checkpoint at batch {status.batch:,}{how}")
+        else:
+            print(f"{run.name}: worker {started}, generation {status.generation}, at batch {status.batch:,}{how}{trouble}")
         return 0
     return _tail(run, args.lines, args.follow)
 

@@ -10,10 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from nnobs.errors import CommandError, ControlFileError, hold
+from nnobs.errors import CommandError, ControlFileError
 from nnobs.files import replace_atomically
+from nnobs.shared_lock import shared_lock
 
 MAX_TARGET = 10**12  # far beyond any run here; larger is a typo
 MAX_ETA = 1e6
@@ -97,8 +96,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _locked(path: Path):
-    """The control file's lock, held by every writer while it reads, changes and replaces the file."""
-    return hold(FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), "the control file")
+    """The control file's lock, held by every writer while it reads, changes and replaces the file.
+
+    Writers may be on different machines (the page on one login node, `nnobs set` on another or inside a job),
+    so the lock excludes across hosts sharing the runs root; the worker only reads, and never takes it.
+    """
+    return shared_lock(f"{path}.lock", LOCK_TIMEOUT_S, "the control file")
 
 
 def _write(path: Path, content: dict[str, Any]) -> None:

@@ -18,25 +18,33 @@ from nnobs.checkpoint import (
 from nnobs.control import check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.files import create_once
+from nnobs.launchers import JobRecord, LauncherSettings, record_launcher
 from nnobs.runs import RunDir, start_worker
 from nnobs.tasks import RunConfig, load_config
 
 FORK_FILE = "fork.json"  # in a fork's directory: which run, which batch, what changed
 
 
-def new_run(run: RunDir, config: RunConfig, by: str = "") -> int:
-    """Create a run of the built-in worker that trains config, and start it; its pid.
+def new_run(run: RunDir, config: RunConfig, by: str = "", launcher: LauncherSettings | None = None,
+            start: bool = True) -> int | JobRecord | None:
+    """Create a run of the built-in worker that trains config, under launcher (local by default), and start it
+    unless told not to: its pid, or on Slurm its job.
 
-    Refused before anything is written when the name is taken or the config cannot be trained.
+    Refused before anything is written when the name is taken, the config cannot be trained or the launcher's
+    settings cannot be used.
     """
     config.check()
+    if launcher is not None:
+        launcher.check()
     _make_dir(run)
     try:
         create_once(run.config, config.to_json().encode())
+        if launcher is not None:
+            record_launcher(run.launcher_file, launcher)
     except OSError as err:
         _remove(run)
         raise NnobsError(f"cannot create run {run.name} in {run.path.parent}: {err}") from err
-    return start_worker(run, by=by)
+    return start_worker(run, by=by) if start else None
 
 
 def fork_run(parent: RunDir, new: RunDir, eta: float | None = None, target: int | None = None,

@@ -30,13 +30,17 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
     return command, cwd
 
 
-def main() -> None:
-    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+def worker_command(run_dir: Path, by: str) -> tuple[list[str], str | None]:
+    """What serves the run: the command `nnobs run` recorded, in its directory, else the built-in worker."""
     launch = run_dir / "launch.json"
     if launch.exists():
-        command, cwd = recorded_command(launch)
-    else:
-        command, cwd = [sys.executable, "-m", "nnobs.worker", str(run_dir), by], None
+        return recorded_command(launch)
+    return [sys.executable, "-m", "nnobs.worker", str(run_dir), by], None
+
+
+def main() -> None:
+    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    command, cwd = worker_command(run_dir, by)
     # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
     env = {**os.environ, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
     with open(run_dir / "worker.log", "ab") as log:

@@ -16,7 +16,8 @@ from nnobs.runs import runs_root
 
 # The run page's badge colours (page.LABEL_COLORS) as text colours readable on white; grey for the rest.
 STATE_COLOURS = {"training": "#21a366", "idle": "#1c83e1", "stalled": "#e07b00", "diverged": "#e07b00",
-                 "low disk": "#e07b00", "not learning": "#b59a00", "crashed": "#d62728", "cannot write": "#d62728"}
+                 "low disk": "#e07b00", "not learning": "#b59a00", "crashed": "#d62728", "cannot write": "#d62728",
+                 "queued": "#803df5"}
 ROWS_MAX_AGE_S = 1.0  # the overview reads the runs root at most this often, for every session at once
 
 

@@ -20,6 +20,7 @@ from nnobs.runs import (
     STOP_GRACE_S,
     RunDir,
     RunStatus,
+    active_job,
     ask_to_stop,
     check_run_name,
     create_run,
@@ -28,6 +29,7 @@ from nnobs.runs import (
     queue_command,
     restart_worker,
     start_worker,
+    stop_worker,
     worker_pid,
 )
 from nnobs.tasks import RunConfig, load_config
@@ -36,7 +38,7 @@ from nnobs.view import RunView, SharedViews, current_status, never_ran
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 LABEL_COLORS = {"training": "green", "idle": "blue", "stalled": "orange", "stopped": "gray", "crashed": "red",
                 "absent": "gray", "diverged": "orange", "not learning": "yellow", "cannot write": "red",
-                "low disk": "orange", "imported": "gray"}
+                "low disk": "orange", "imported": "gray", "queued": "violet"}
 ALIVE = ("training", "idle", "stalled", "cannot write", "low disk")  # a live worker: it can still be told things
 METRIC_HEIGHT_PX = 96  # label, value and a change under it: a change that comes and goes moves nothing below
 REFRESH_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; a list, so no field shows typing instructions
@@ -286,6 +288,7 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
     drawn anew: the built-in worker's (a script draws its own net, and its session refuses)."""
     st.subheader("Actions")
     alive = status.state in ALIVE
+    queued = status.state == "queued"
     if st.button("Snapshot parameters now", disabled=not alive,
                  help="Ask the worker to write every weight and bias of the net to the run file at once, so the "
                       "state-vector charts show the parameters as they are now."):
@@ -308,7 +311,8 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
     )
     ask = rewind or reinit
 
-    if st.button("Shut down…", disabled=not alive, help="Stop the worker cleanly after a final checkpoint; asks first."):
+    if st.button("Shut down…", disabled=not (alive or queued),
+                 help="Stop the worker cleanly after a final checkpoint (a queued Slurm job is cancelled); asks first."):
         _new_submit()
         ask = ("shutdown", None)
     _refusal("shutdown")
@@ -316,6 +320,8 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
         if st.button("Restart…", help="Stop the worker and start a new generation from its checkpoint; asks first."):
             _new_submit()
             ask = ("restart", None)
+    elif queued:
+        st.caption(f"Slurm job {status.job_id} is queued: {status.reason or 'waiting'}.")
     elif st.button("Start" if status.state == "stopped" else "Restart", type="primary",
                    help="Start a new generation of the worker; it resumes from the last checkpoint."):
         _new_submit()
@@ -445,6 +451,9 @@ def _act(run: RunDir, action: str, value) -> None:
     """Do what a confirmation was said yes to."""
     if action == "restart":
         _start(run)
+    elif action == "shutdown" and worker_pid(run) is None and (job := active_job(run)) is not None:
+        stopped = stop_worker(run, by="page")  # a queued Slurm job has no worker to tell: it is cancelled
+        st.toast(f"Cancelled Slurm job {job.job_id}." if stopped else f"Slurm job {job.job_id} did not end in time.")
     else:
         _send(run, action, value)
 
@@ -490,6 +499,8 @@ def _header(run: RunDir, view: RunView) -> None:
         parts.append("Not started yet")
     serves = "script" if view.script is not None else "worker"
     parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
+    if status.job_id:
+        parts.append(f"Slurm job {status.job_id} ({(status.job_state or 'unknown').lower()})")
     if status.pace:
         parts.append(f"paced at most {status.pace:,g} batches a second")
     st.caption(" · ".join(parts + [str(run.path)]))
@@ -648,7 +659,9 @@ def run_page() -> None:
     steer = _may_steer()
     run = _open_run(steer)
     config = _config(run)
-    if never_ran(_watcher(str(run.run_file))):  # a new run starts on an operator's first sight; others wait
+    # A new run starts on an operator's first sight; others wait. One on Slurm is submitted once: a job cancelled
+    # before its worker wrote anything must not be submitted again by the next rerun.
+    if never_ran(_watcher(str(run.run_file))) and not run.job_file.exists():
         if steer:
             try:
                 start_worker(run, by="page")

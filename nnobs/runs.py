@@ -1,4 +1,4 @@
-"""A run directory: its files, whether its worker lives, starting and stopping it, and its status."""
+"""A run directory: its files, whether its worker lives, starting and stopping it (by the run's launcher), its status."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from nnobs.control import Command, forget_applied, send_command
 from nnobs.errors import NnobsError, RunNameError, hold
 from nnobs.files import FILE_MODE, create_once, replace_atomically
 from nnobs.history import RunHistory, RunWatcher
+from nnobs.launchers import JobRecord, Launcher, LauncherSettings, read_launcher, record_launcher
 from nnobs.records import RecordReader
 from nnobs.slot import read_slot
 from nnobs.tasks import RunConfig
@@ -74,6 +75,8 @@ class RunDir:
     description = property(lambda self: self.path / "run.json")  # a script's run: which script, where
     launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
     status_file = property(lambda self: self.path / "worker.status")  # the live worker's last word when nothing can be written
+    launcher_file = property(lambda self: self.path / "launcher.json")  # which launcher starts its worker; none: local
+    job_file = property(lambda self: self.path / "job.json")  # a run on Slurm: the one job it has
 
     def exists(self) -> bool:
         """A run is a directory with a config, a script's description or launch command, or a run file."""
@@ -109,7 +112,14 @@ def take_worker_lock(run: RunDir) -> int | None:
 
 
 def worker_pid(run: RunDir) -> int | None:
-    """The live worker's pid, or None when no process holds worker.lock (pids and zombies cannot fool this)."""
+    """The live worker's pid; -1 when it is alive but its pid is not to be had here (not yet written, or a Slurm job's
+    on another machine); None when no worker is alive."""
+    launcher = launcher_of(run)
+    return launcher.worker_pid(run) if launcher.kind != "local" else _local_pid(run)
+
+
+def _local_pid(run: RunDir) -> int | None:
+    """The live local worker's pid, or None when no process holds worker.lock (pids and zombies cannot fool this)."""
     try:
         fd = os.open(run.worker_lock, os.O_RDONLY)
     except FileNotFoundError:
@@ -168,14 +178,52 @@ def log_tail(run: RunDir, n_lines: int = 20) -> str:
         return ""
 
 
-def start_worker(run: RunDir, by: str = "") -> int:
-    """Start the run's worker detached unless one is alive; return the live worker's pid.
+def launcher_settings(run: RunDir) -> LauncherSettings:
+    """The run's launcher.json (the local launcher's settings when it has none)."""
+    return read_launcher(run.launcher_file)
+
+
+def launcher_of(run: RunDir) -> Launcher:
+    """The launcher that starts, watches and stops the run's worker: the one its launcher.json names."""
+    settings = launcher_settings(run)
+    if settings.kind == "slurm":
+        from nnobs.slurm import SlurmLauncher  # submitit is imported only where a run is on Slurm
+
+        return SlurmLauncher(settings)
+    return LOCAL
+
+
+def set_launcher(run: RunDir, settings: LauncherSettings) -> None:
+    """Record the launcher the run starts under from now on; refused while a worker of another launcher serves it."""
+    settings.check()
+    if settings == launcher_settings(run):
+        return
+    if worker_pid(run) is not None or (settings.kind != "slurm" and _has_active_job(run)):
+        raise NnobsError(f"{run.name} has a live worker under its {launcher_settings(run).kind} launcher: stop it first "
+                         f"(nnobs stop {run.name}), then start it --on {settings.kind}")
+    run.path.mkdir(parents=True, exist_ok=True)
+    record_launcher(run.launcher_file, settings)
+
+
+def _has_active_job(run: RunDir) -> bool:
+    return active_job(run) is not None
+
+
+def active_job(run: RunDir) -> JobRecord | None:
+    """The run's Slurm job while it is queued or running; None for a local run, or one with no such job."""
+    launcher = launcher_of(run)
+    return launcher.active_job(run) if launcher.kind == "slurm" else None
+
+
+def start_lock(run: RunDir):
+    """The lock that serializes starts of the run's worker (held while one is started or submitted)."""
+    return hold(FileLock(run.start_lock, timeout=START_TIMEOUT_S), f"starting {run.name}")
+
+
+def start_worker(run: RunDir, by: str = "") -> int | JobRecord:
+    """Start the run's worker by its launcher unless one is alive: the live worker's pid, or on Slurm its one job.
 
     by says who asked ("page", "cli"); the worker's started record carries it.
-
-    Starts are serialized by start.lock, and a worker that finds worker.lock held exits at once,
-    so any number of simultaneous starts leave exactly one worker. Returns once the new worker's
-    "started" record is in the run file, so a status read right after shows the new generation.
     """
     if not run.config.exists() and not run.launch.exists() and run.exists():
         pid = _settled_pid(run)
@@ -184,7 +232,17 @@ def start_worker(run: RunDir, by: str = "") -> int:
         raise NnobsError(started_outside(run))
     if not run.launch.exists():
         create_run(run)  # a new name makes a run of the built-in worker
-    with hold(FileLock(run.start_lock, timeout=START_TIMEOUT_S), f"starting {run.name}"):
+    return launcher_of(run).start(run, by)
+
+
+def _start_local(run: RunDir, by: str = "") -> int:
+    """Start the run's worker detached unless one is alive; return the live worker's pid.
+
+    Starts are serialized by start.lock, and a worker that finds worker.lock held exits at once,
+    so any number of simultaneous starts leave exactly one worker. Returns once the new worker's
+    "started" record is in the run file, so a status read right after shows the new generation.
+    """
+    with start_lock(run):
         pid = _settled_pid(run)
         if pid is not None:
             return pid
@@ -192,7 +250,7 @@ def start_worker(run: RunDir, by: str = "") -> int:
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
             [sys.executable, "-m", "nnobs.launch", str(run.path), by],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_parent(), os.environ.get("PYTHONPATH")]))},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")]))},
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT_S,
@@ -286,7 +344,7 @@ def _why_not_started(run: RunDir, said: list[dict]) -> str:
 def _settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:
     """The live worker's pid once it has written it (a moment after it took the lock); None when none lives."""
     deadline = time.monotonic() + timeout
-    while (pid := worker_pid(run)) == -1 and time.monotonic() < deadline:
+    while (pid := _local_pid(run)) == -1 and time.monotonic() < deadline:
         time.sleep(0.01)
     if pid == -1:
         raise NnobsError(f"the worker of {run.name} holds its lock but never said its pid; see {run.worker_log}")
@@ -316,7 +374,7 @@ def _is_start_of(record: dict, pid: int) -> bool:
         return False
 
 
-def _package_parent() -> str:
+def package_parent() -> str:
     """The directory holding the nnobs package, so the worker imports this very copy of it."""
     return str(Path(__file__).resolve().parent.parent)
 
@@ -333,6 +391,12 @@ class Stopped:
 
 
 def stop_worker(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> Stopped:
+    """Stop the run's worker by its launcher: a shutdown, then a kill after grace seconds (on Slurm, a queued job
+    is cancelled)."""
+    return launcher_of(run).stop(run, grace, by)
+
+
+def _stop_local(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> Stopped:
     """Ask the worker to shut down and wait until it has exited; kill it if it has not after grace seconds.
 
     When the control file cannot be written (a full disk, a read-only filesystem), the worker is told
@@ -375,14 +439,14 @@ def _signal(run: RunDir, pid: int, signum: int) -> None:
 def _gone_within(run: RunDir, pid: int, timeout: float) -> bool:
     """Wait until worker pid no longer holds the run: gone, or already followed by a worker someone else started."""
     deadline = time.monotonic() + timeout
-    while worker_pid(run) in (pid, -1):  # -1: its lock not yet dropped as it dies, or a successor's pid not yet written
+    while _local_pid(run) in (pid, -1):  # -1: its lock not yet dropped as it dies, or a successor's pid not yet written
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
-def restart_worker(run: RunDir, by: str = "", said: list[str] | None = None) -> int:
+def restart_worker(run: RunDir, by: str = "", said: list[str] | None = None) -> int | JobRecord:
     """Stop the live worker, if any, and start the next generation from the last checkpoint.
 
     by says who asked ("page", "cli"): the shutdown is sent as "<by> restart", the start as by. A script
@@ -393,7 +457,7 @@ def restart_worker(run: RunDir, by: str = "", said: list[str] | None = None) -> 
         raise NnobsError(started_outside(run))
     stopped = stop_worker(run, by=f"{by} restart".strip())
     if not stopped:
-        raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill -9; see {run.worker_log}")
+        raise NnobsError(f"the worker of {run.name} is still alive after a shutdown and a kill; see {run.worker_log}")
     if stopped.how and said is not None:
         said.append(stopped.how)
     return start_worker(run, by=by)
@@ -421,6 +485,10 @@ class RunStatus:
     write_error: str  # why the live worker cannot write, e.g. "cannot write run.jsonl: no space left on device"
     error: str  # the last error event's message, if the last generation ended in one
     skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
+    launcher: str = "local"  # local or slurm
+    job_id: str | None = None  # on Slurm: the run's job
+    job_state: str | None = None  # on Slurm: the scheduler's state of it (PENDING, RUNNING, CANCELLED...)
+    reason: str = ""  # on Slurm: why the job waits (Slurm's reason), or why it ended
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -436,10 +504,18 @@ class RunStatus:
 
 
 def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> RunStatus:
-    """Combine liveness (the lock) with what the run file says, and what the worker's slot says when it cannot write."""
-    pid = worker_pid(run)
-    last = history.last_lifecycle
+    """The run's state and latest values, with liveness from its launcher (the lock, or the scheduler)."""
     now = time.time() if now is None else now
+    launcher = launcher_of(run)
+    if launcher.kind != "local":
+        return launcher.status(run, history, now)
+    return status_of(run, history, now, _local_pid(run))
+
+
+def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> RunStatus:
+    """Combine liveness (pid: None when no worker lives, -1 alive with no pid to give) with what the run file says,
+    and what the worker's slot says when it cannot write."""
+    last = history.last_lifecycle
     slot = read_slot(run.status_file)
     own_slot = pid is not None and pid > 0 and slot.get("pid") == pid
     last_t = max(history.last_t or 0.0, slot.get("t") or 0.0) if own_slot else history.last_t  # both beat
@@ -517,3 +593,24 @@ def list_runs(root: str | os.PathLike | None = None) -> list[str]:
         return sorted(p.name for p in runs_root(root).iterdir() if RUN_NAME.fullmatch(p.name) and RunDir(p).exists())
     except FileNotFoundError:
         return []
+
+
+class LocalLauncher:
+    """A worker on this machine: a detached process, alive while it holds worker.lock."""
+
+    kind = "local"
+
+    def start(self, run: RunDir, by: str) -> int:
+        return _start_local(run, by)
+
+    def stop(self, run: RunDir, grace: float, by: str) -> Stopped:
+        return _stop_local(run, grace, by)
+
+    def kill(self, run: RunDir) -> None:
+        pid = _settled_pid(run)
+        if pid is not None:
+            _signal(run, pid, signal.SIGKILL)
+            _gone_within(run, pid, KILL_WAIT_S)
+
+
+LOCAL = LocalLauncher()

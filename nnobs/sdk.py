@@ -23,6 +23,7 @@ import numpy as np
 from nnobs.control import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.errors import CommandError, NnobsError
 from nnobs.files import replace_atomically
+from nnobs.launchers import LAUNCHER_ENV, recorded_for_another_job
 from nnobs.nn import Fact, Network, ReluLayer
 from nnobs.runs import RunDir, worker_pid
 from nnobs.sampler import Sampler
@@ -36,6 +37,10 @@ STARTED_BY_ENV = "NNOBS_STARTED_BY"  # who asked for the start ("page", "cli"), 
 
 class RunBusy(NnobsError):
     """The run already has a live worker."""
+
+
+class RunTaken(RunBusy):
+    """The run is recorded for another Slurm job than the one this process runs in."""
 
 
 class HookTrainer(Trainer):
@@ -284,6 +289,8 @@ class Run:
         if not self._builtin and run.config.exists():
             raise NnobsError(f"{run.path} is a run of the built-in worker (it has config.json): give your script's run "
                              "another name")
+        if why := recorded_for_another_job(run):
+            raise RunTaken(f"{why}: this worker exits without writing")
         self._lock_fd = claim(run)
         if self._lock_fd is None:
             raise RunBusy(f"run {run.name} already has a live worker (pid {worker_pid(run)}); stop it first: nnobs stop {run.name}")
@@ -315,16 +322,23 @@ class Run:
             self._lock_fd = None
 
     def _catch_signals(self) -> None:
-        """SIGTERM and a first Ctrl-C end batches() at the next batch; a second Ctrl-C interrupts as usual."""
+        """SIGTERM and a first Ctrl-C end batches() at the next batch; a second Ctrl-C interrupts as usual. SIGUSR2,
+        Slurm's preemption signal (asked for by --signal), ends it after a checkpoint as "preempted"; in a Slurm job
+        SIGTERM is Slurm ending the job (nnobs stops its jobs through the control file), so the run reads crashed."""
         if threading.current_thread() is not threading.main_thread():
             return  # signals reach only the main thread: stopping from the page still works
+        on_slurm = os.environ.get(LAUNCHER_ENV) == "slurm"
 
         def shut_down(signum, frame):
+            if signum == signal.SIGUSR2:
+                self.session.ending = "preempted"
+            elif signum == signal.SIGTERM and on_slurm and self.session.ending == "shutdown":
+                self.session.ending = "terminated"
             self.session.done = True
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             self._old_handlers[signum] = signal.signal(signum, shut_down)
 
 

@@ -35,6 +35,7 @@ from nnobs.control import DEFAULT_MIN_FREE_MB, Command, ControlWatcher, check_co
 from nnobs.errors import CommandError, ControlFileError, NnobsError
 from nnobs.files import cap_file, leftover_temps
 from nnobs.history import RunHistory
+from nnobs.launchers import JOB_ID_ENV, recorded_for_another_job
 from nnobs.records import BackgroundWriter, RecordReader
 from nnobs.runs import RunDir, take_worker_lock
 from nnobs.slot import StatusSlot, tell_log
@@ -174,6 +175,10 @@ class Session:
         self.trainer = trainer
         self.started_t = time.time()
         self.started_by = started_by  # who asked for this start ("page", "cli"), as the launcher was told
+        self.job_id = os.environ.get(JOB_ID_ENV) or None  # on Slurm: the job this generation runs in
+        # How the generation ends when done: "shutdown", "preempted" (Slurm's signal: checkpoint, then requeued) or
+        # "terminated" (Slurm's SIGTERM: cancelled, or out of time; it reads crashed, and resumes from the checkpoint).
+        self.ending = "shutdown"
         self.lock_inode = os.stat(run.worker_lock).st_ino  # the lock file this session holds
         ckpt = load_checkpoint(run.checkpoint)
         self.resumed_from = None if ckpt is None else ckpt.batch
@@ -253,7 +258,8 @@ class Session:
         """Checkpoint, say the worker started (with what its state vector holds), answer what is waiting."""
         now = time.monotonic()
         self.checkpoint(now)
-        started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from, "by": self.started_by}
+        started = {"event": [self.batch, "started"], "pid": os.getpid(), "resumed_from": self.resumed_from, "by": self.started_by,
+                   **({"job": self.job_id} if self.job_id else {})}
         self.report_loss(now, {**started, **params_record(self.batch, self.trainer.tensors, self._n_params),
                                **self.state_report()})
         self.apply_commands()
@@ -490,9 +496,14 @@ class Session:
                 self.slot.say(ended="error", batch=self.batch, error=said)
                 return
             self.checkpoint_shown(time.monotonic())
-            self.report_loss(time.monotonic(), {"event": [self.batch, "shutdown"]})
+            if self.ending == "terminated":
+                said = f"ended by Slurm's SIGTERM (job {self.job_id} cancelled, or at its time limit)"
+                self.report_loss(time.monotonic(), {"event": [self.batch, "error"], "error": said})
+                self.slot.say(ended="error", batch=self.batch, error=said)
+                return
+            self.report_loss(time.monotonic(), {"event": [self.batch, self.ending], **({"job": self.job_id} if self.job_id else {})})
             # Said in the slot too: with a full disk the shutdown record may not land, and the run must not read crashed.
-            self.slot.say(ended="shutdown", batch=self.batch)
+            self.slot.say(ended=self.ending, batch=self.batch)
         except Orphaned:
             self.orphaned = True
         finally:
@@ -743,6 +754,8 @@ class Session:
             same = False
         if not same:
             raise Orphaned(f"{self.run_dir.path} was deleted or replaced")
+        if self.job_id and (why := recorded_for_another_job(self.run_dir)):
+            raise Orphaned(why)  # a new job serves the run: this one must not write beside it
 
 
 def _free_bytes(path: Path) -> int | None:

@@ -16,6 +16,8 @@ SENDERS = {
     "cli stop": "by `nnobs stop`",
     "cli restart": "by `nnobs restart`",
     "stop": "by a stop or restart",  # written before stops and restarts named who asked
+    "sweep": "by `nnobs sweep`",
+    "slurm requeue": "by Slurm, requeued after a preemption or at its time limit",
 }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from nnobs.nn import Fact, Network
 from nnobs.records import RecordWriter
 from nnobs.runs import RunDir
-from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, NetTrainer, Run, RunBusy
+from nnobs.sdk import RUN_DIR_ENV, STARTED_BY_ENV, NetTrainer, Run, RunBusy, RunTaken
 from nnobs.slot import tell_log
 from nnobs.sampler import Sampler
 from nnobs.tasks import RunConfig, batch_source, build_network, dataset, load_config, tensors
@@ -54,6 +54,9 @@ def main(argv: list[str]) -> int:
         trainer = builtin_trainer(config)
         run = Run(trainer=trainer, builtin=True, eta=config.eta, target=config.target, report_every=config.report_every,
                   pace=config.pace, min_free_mb=config.min_free_mb).start()
+    except RunTaken as err:
+        tell_log(f"nnobs worker {os.getpid()}: {err}")
+        return 0
     except RunBusy:
         tell_log(f"nnobs worker {os.getpid()}: another worker holds {run_dir.worker_lock}; exiting")
         return 0
