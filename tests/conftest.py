@@ -35,6 +35,44 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(line)
 
 
+# -- running in parallel (pytest -n 2 --dist loadgroup) -------------------------------------------
+
+# Module- and class-scoped fixtures whose tests may be spread over the workers: each worker makes its own, cheaply.
+SPREAD_FIXTURES = frozenset({"browser"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's --dist loadgroup runs in one worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a module- or class-scoped fixture run in one worker, in file order: the fixture is made once,
+    as in a serial run, and tests that take a run through its life in steps (test_slurm's `life`) see every step."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        for name in fixtures.names_closure if fixtures else ():
+            definitions = fixtures.name2fixturedefs.get(name) or ()
+            shared = [d for d in definitions if d.scope in ("module", "class")]
+            if shared and name not in SPREAD_FIXTURES:
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
+                break
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand the lines for the closing summary to the controller, which prints them."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["summary_lines"] = session.config.stash.get(SUMMARY_LINES, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    for line in getattr(node, "workeroutput", {}).get("summary_lines", []):
+        say_at_the_end(node.config, line)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
     """Poll predicate every 20 ms until it returns something truthy, and return that; fail naming what was awaited."""
     deadline = time.monotonic() + timeout

@@ -81,23 +81,30 @@ class Servers:
         self.processes: dict[str, subprocess.Popen] = {}  # by URL
 
     def start(self, **env: str) -> str:
-        """Start a server with env added to this one's; its URL, once it answers."""
-        port = free_port()
-        log = self.logs / f"streamlit-{port}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
-                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                 "--server.port", str(port), "--server.address", "127.0.0.1"],
-                cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(self.runs_root), **env},
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        self.processes[url] = process
-        wait_for(lambda: process.poll() is not None or _healthy(url), timeout=60, what=f"streamlit to answer at {url}")
-        if process.poll() is not None:
-            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        return url
+        """Start a server with env added to this one's; its URL, once it answers.
+
+        A free port may be taken by another process (a test beside this one) before streamlit binds it: streamlit
+        then exits saying the port is not available, and the server is started again on another free port."""
+        for _ in range(3):
+            port = free_port()
+            log = self.logs / f"streamlit-{port}.log"
+            with open(log, "wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
+                     "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                     "--server.port", str(port), "--server.address", "127.0.0.1"],
+                    cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(self.runs_root), **env},
+                    stdout=out, stderr=subprocess.STDOUT,
+                )
+            url = f"http://127.0.0.1:{port}"
+            self.processes[url] = process
+            wait_for(lambda: process.poll() is not None or _healthy(url), timeout=60, what=f"streamlit to answer at {url}")
+            if process.poll() is None:
+                return url
+            del self.processes[url]
+            if f"Port {port} is not available" not in log.read_text():
+                break
+        pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
 
     def kill(self, url: str) -> None:
         """kill -9 the server at url, as a crash or an OOM killer would, and reap it."""
