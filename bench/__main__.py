@@ -6,7 +6,7 @@ import platform
 import sys
 import time
 
-from bench import cold_open, lab, large_net, latency, log_cost, page_cost, shared_fs, torch_loop, training, viewers
+from bench import cold_open, lab, large_net, latency, log_cost, page_cost, shared_fs, torch_loop, training, viewers, views
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    sections = (training, log_cost, torch_loop, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs)
+    sections = (training, log_cost, torch_loop, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
     chosen = sys.argv[1:]  # `python -m bench training torch_loop`: only those sections
     for section in (s for s in sections if not chosen or s.__name__.split(".")[-1] in chosen):
         print(f"{section.__name__} ...", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nnobs.tasks import TASKS, RunConfig, build_network
 
@@ -96,6 +97,12 @@ def neurons_frame(config_json: str, sv: bytes) -> pd.DataFrame:
         # Clipped into float32's range: a diverged net's outputs and weights overflow it, and draw as full colour.
         "value": np.clip(np.concatenate([values for *_, values in cells] + [weights]), -1e30, 1e30).astype(np.float32),
     })
+
+
+@lru_cache(maxsize=16)
+def neurons_table(config_json: str, sv: bytes) -> pa.Table:
+    """neurons_frame as the Arrow table the chart is sent as, made once per state vector for every session."""
+    return pa.Table.from_pandas(neurons_frame(config_json, sv), preserve_index=False)
 
 
 def _top(units: int) -> float:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from nnobs import charts, layer_charts, neurons, trajectory
 from nnobs.schema import FULL_STATE_MAX_PARAMS
-from nnobs.view import RunView, surface_of
+from nnobs.view import RunView, as_tables, surface_of
 
 LIVE = "live"
 NEWEST = 2**62  # a batch past any run's: the newest state kept
@@ -98,7 +98,7 @@ def _parameters(view: RunView, frames: dict, replay_at: int | None) -> None:
 def _layers(view: RunView, frames: dict, replay_at: int | None) -> None:
     """Per tensor: its norm, its update-to-weight ratio per step, the distribution of its values; dead relu units."""
     relu = layer_charts.relu_layers(view.config)
-    made = view.made("layers", lambda history: layer_charts.layer_frames(history, view.tensors, relu))
+    made = view.made("layers", lambda history: as_tables(layer_charts.layer_frames(history, view.tensors, relu)))
     if not made:
         st.caption("No state report yet: the layers appear with the first one (a run file without its params record, "
                    "written before they were reported, has none).")
@@ -132,8 +132,8 @@ def _neurons(view: RunView, frames: dict, replay_at: int | None) -> None:
     st.caption(f"What each unit computes over the input plane, at batch {state[0]:,} (the {at} state): blue below 0, red "
                "above, white 0; links drawn by weight, wider for larger, red positive, blue negative. Point at a unit to "
                "see its map large (the net's output until then).")
-    frame = neurons.neurons_frame(view.config.to_json(), state[1].tobytes())
-    st.vega_lite_chart(frame, neurons.neurons_spec(view.config), width="content")
+    table = neurons.neurons_table(view.config.to_json(), state[1].tobytes())
+    st.vega_lite_chart(table, neurons.neurons_spec(view.config), width="content")
 
 
 def _trajectory(view: RunView, frames: dict, replay_at: int | None) -> None:
@@ -158,10 +158,13 @@ def _trajectory(view: RunView, frames: dict, replay_at: int | None) -> None:
 
 
 def _path_parts(history) -> tuple[trajectory.Projection, np.ndarray] | None:
-    """The principal path of the kept states and the loss at each, made once per shared view."""
-    if history.archive is None:
+    """The principal path of the kept states and the loss at each: made once per new state, for every session."""
+    archive = history.archive
+    if archive is None:
         return None
-    projection = trajectory.principal_path(*history.archive.kept())
-    if projection is None:
-        return None
-    return projection, trajectory.losses_at(projection.batches, history.loss_batches.values(), history.loss_values.values())
+    if "path" not in archive.derived:
+        projection = trajectory.principal_path(*archive.kept())
+        losses = None if projection is None else trajectory.losses_at(
+            projection.batches, history.loss_batches.values(), history.loss_values.values())
+        archive.derived["path"] = None if projection is None else (projection, losses)
+    return archive.derived["path"]

@@ -247,6 +247,7 @@ class StateArchive:
         self.stride = 1  # every stride-th report is kept
         self.seen = 0  # reports offered since the archive began
         self.newest: tuple[int, np.ndarray] | None = None  # the newest report, kept or not, so that replay reaches it
+        self.derived: dict = {}  # what readers made of the kept states (the page's path through them): gone on change
 
     def extend(self, batches: np.ndarray, vectors: np.ndarray) -> None:
         for batch, vector in zip(batches.tolist(), vectors):
@@ -261,6 +262,7 @@ class StateArchive:
             self.seen += 1
         if len(batches):
             self.newest = (int(batches[-1]), vectors[-1].copy())
+            self.derived = {}
 
     def kept(self) -> tuple[np.ndarray, np.ndarray]:
         """The batches (n,) and state vectors (n, width) kept, oldest first, the newest report last."""
@@ -278,5 +280,6 @@ class StateArchive:
     def truncate(self, batch: int) -> None:
         """Forget the states after batch (a run went back to it)."""
         self.n = int(np.searchsorted(self.batches[: self.n], batch, side="right"))
+        self.derived = {}
         if self.newest is not None and self.newest[0] > batch:
             self.newest = None

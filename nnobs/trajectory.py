@@ -32,17 +32,23 @@ def principal_path(batches: np.ndarray, vectors: np.ndarray) -> Projection | Non
     if len(vectors) < 2:
         return None
     centred = vectors - vectors.mean(axis=0)
-    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    # The principal directions from the smaller of the two Gram matrices (states by states, or parameters by
+    # parameters): an eigendecomposition of that costs far less than an SVD of the states themselves.
+    if centred.shape[0] < centred.shape[1]:
+        variance, mixes = np.linalg.eigh(centred @ centred.T)
+        order = np.argsort(variance)[::-1][:2]
+        coordinates = mixes[:, order] * np.sqrt(np.clip(variance[order], 0, None))
+    else:
+        variance, directions = np.linalg.eigh(centred.T @ centred)
+        order = np.argsort(variance)[::-1][:2]
+        coordinates = centred @ directions[:, order]
     # Each direction's sign is chosen so the path starts on the negative side: the same run draws the same way.
-    top = directions[:2]
-    coordinates = centred @ top.T
-    signs = np.where(coordinates[0] > 0, -1.0, 1.0)
-    coordinates = coordinates * signs
+    coordinates = coordinates * np.where(coordinates[0] > 0, -1.0, 1.0)
     if coordinates.shape[1] < 2:
         coordinates = np.column_stack((coordinates, np.zeros(len(coordinates))))
-    variance = singular**2
+    variance = np.clip(variance, 0, None)
     total = variance.sum()
-    shares = variance[:2] / total if total > 0 else np.zeros(2)
+    shares = np.sort(variance)[::-1][:2] / total if total > 0 else np.zeros(2)
     return Projection(batches, coordinates, (float(shares[0]), float(shares[1]) if len(shares) > 1 else 0.0))
 
 
@@ -69,13 +75,22 @@ def path_frame(projection: Projection, losses: np.ndarray, marked: int | None) -
     })
 
 
-@_built_once
-def path_spec(explained: tuple[float, float] = (0.0, 0.0)) -> dict:
-    """The path as a line through the states in order, each point coloured by its batch (log scale: the early,
-    fast part of learning gets its share of colour), its loss in the tooltip, the replayed state ringed."""
+def path_spec(explained: tuple[float, float]) -> dict:
+    """The path as a line through the states in order, each point coloured by its batch (symlog: the early, fast
+    part of learning gets its share of colour), its loss in the tooltip, the replayed state ringed; the axes say
+    how much of the variance each direction holds."""
+    spec = _path_spec()
     first, second = (f"{share:.0%}" for share in explained)
-    x = alt.X("pc1:Q", title=f"first principal direction ({first} of the variance)", scale=alt.Scale(zero=False))
-    y = alt.Y("pc2:Q", title=f"second ({second})", scale=alt.Scale(zero=False))
+    for layer in spec["layer"]:
+        layer["encoding"]["x"]["title"] = f"first principal direction ({first} of the variance)"
+        layer["encoding"]["y"]["title"] = f"second ({second})"
+    return spec
+
+
+@_built_once
+def _path_spec() -> dict:
+    x = alt.X("pc1:Q", scale=alt.Scale(zero=False))
+    y = alt.Y("pc2:Q", scale=alt.Scale(zero=False))
     path = alt.Chart().mark_line(color="#999", strokeWidth=1).encode(x=x, y=y, order="order:Q")
     points = alt.Chart().mark_circle(size=28, opacity=0.9).encode(
         x=x, y=y,

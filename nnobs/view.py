@@ -297,12 +297,12 @@ class SharedViews:
         entry = self._entry(str(run.path))
         with entry.lock:
             if entry.view is not view:  # a view built since: this session's is not the one held
-                return _as_tables(chart_frames(view, smoothing, log_scale))
+                return as_tables(chart_frames(view, smoothing, log_scale))
             key = (smoothing, log_scale)
             if key not in entry.tables:
                 if len(entry.tables) >= MAX_SETTINGS_HELD:
                     entry.tables.clear()
-                entry.tables[key] = _as_tables(chart_frames(view, smoothing, log_scale))
+                entry.tables[key] = as_tables(chart_frames(view, smoothing, log_scale))
             return entry.tables[key]
 
     def _entry(self, path: str) -> _SharedEntry:
@@ -325,6 +325,6 @@ class _SharedEntry:
     tables: dict[tuple[float, bool], dict[str, pa.Table]] = field(default_factory=dict)
 
 
-def _as_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pa.Table]:
+def as_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pa.Table]:
     """Frames as the Arrow tables Streamlit would make of them on every call, made here once."""
     return {name: pa.Table.from_pandas(frame, preserve_index=False) for name, frame in frames.items()}

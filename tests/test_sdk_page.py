@@ -95,8 +95,11 @@ def charts(at: AppTest) -> dict[str, dict]:
     return found
 
 
-def opened(page: AppTest, run: RunDir) -> AppTest:
+def opened(page: AppTest, run: RunDir, view: str | None = None) -> AppTest:
+    """The run's page, on its tab named view (the first, Parameters, by default)."""
     page.query_params["run"] = run.name
+    if view is not None:
+        page.query_params["view"] = view
     page.run()
     assert not page.exception, page.exception
     return page
@@ -131,17 +134,19 @@ def test_a_pytorch_scripts_page_shows_its_loss_its_accuracy_and_its_parameters_b
 
 def test_a_large_pytorch_nets_page_shows_its_layers_and_a_named_sample(script_run, page):
     run = script_run("wide", hidden=128, target=200, report_every=20)  # 100*128 + 128 + 128*2 + 2 = 13,186
-    at = opened(page, run)
-
-    assert any(h.value == "Layers" for h in at.subheader)
-    shown = charts(at)
-    for title in ("Norm per tensor", "Spread (std) per tensor", "Relative change per state report"):
-        frame = shown[title]["data"]
+    layers = charts(opened(page, run, "Layers"))
+    bands = next(title for title in layers if title.startswith("Distribution of each tensor's values"))
+    for title in ("Weight norm per tensor", "Update-to-weight ratio per tensor", bands):
+        frame = layers[title]["data"]
         assert set(frame["tensor"].dropna()) == {"0.weight", "0.bias", "2.weight", "2.bias"}, title
         assert frame["batch"].max() == 200, title
-    change = shown["Relative change per state report"]["data"].dropna(subset=["tensor"])
-    assert change["value"].isna().any() and (change["value"] > 0).any(), "no change at the first report, then some"
-    assert shown["Relative change per state report"]["spec"]["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
+    update = layers["Update-to-weight ratio per tensor"]
+    assert (update["data"]["value"] > 0).all() and update["spec"]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+    assert update["data"]["batch"].min() == 20, "a step's update from the first scheduled report after the start"
+    assert (layers[bands]["data"]["p16"] <= layers[bands]["data"]["p84"]).all(), "the bands nest"
+    assert "State vector over batches" not in " ".join(layers), "only the open tab is drawn"
+
+    shown = charts(opened(AppTest.from_file(APP, default_timeout=60), run))  # a second visitor, on the first tab
 
     heat_title = "State vector over batches: a sample of 257 of 13,186 parameters"  # of every tensor, the whole sample
     assert heat_title in shown, f"the sample says what it is a sample of: {set(shown)}"

@@ -1,0 +1,132 @@
+"""The run page's views in a real browser: a spiral net's neurons redrawn as it trains, the replay slider moving
+the decision surface back and forth, and the PyTorch example's per-layer views.
+
+Real `streamlit run app.py` servers, real workers and a real PyTorch script, Debian's Chromium (the fixtures of
+test_browser.py). Screenshots go to test-artifacts/, at 1280x800.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, expect
+
+from conftest import FOREVER, REPO, batch_passes, events, wait_for
+from nnobs.lab import new_run
+from nnobs.runs import RunDir
+from nnobs.tasks import RunConfig
+from test_browser import FIRST_LOAD_MS, VIEWPORT, browser, main_area, screenshot, server, servers  # noqa: F401
+
+SPIRAL = {"task": "spiral", "net": "2x8tx8tx1t", "eta": 0.03, "seed": 2}
+TORCH_MLP = REPO / "examples/torch_mlp.py"
+
+
+@pytest.fixture
+def visit(browser, server):  # noqa: F811
+    """visit(path, height): a new person on the server's page at path, once its main area has drawn; a tall window
+    shows the views under the loss chart without scrolling (the main area scrolls inside a container of its own)."""
+    contexts = []
+
+    def open_(path: str, height: int = VIEWPORT["height"]) -> Page:
+        context = browser.new_context(viewport={**VIEWPORT, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(server + path, timeout=FIRST_LOAD_MS)
+        expect(main_area(page).locator("h2").first).to_be_visible(timeout=FIRST_LOAD_MS)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def picture(page: Page, element) -> bytes:
+    """What element shows now, as pixels of the page: an element screenshot would wait for a chart redrawn every
+    second to hold still."""
+    return page.screenshot(clip=element.bounding_box(timeout=5_000))
+
+
+def chart_titled(page: Page, title: str):
+    """The Vega chart whose title text is title."""
+    return main_area(page).locator(".vega-embed").filter(has=page.locator(f"[aria-label=\"Title text '{title}'\"]"))
+
+
+def test_the_neurons_view_of_a_spiral_run_redraws_as_it_trains(runs_root, visit):
+    run = RunDir.named("spiral", runs_root)
+    new_run(run, RunConfig(**SPIRAL, target=FOREVER, report_every=200, pace=400), by="test")
+    batch_passes(run, 200, what="the first regular state report")
+    page = visit("/?run=spiral&view=Neurons", height=1700)
+    caption = main_area(page).get_by_text(re.compile(r"What each unit computes over the input plane, at batch"))
+    expect(caption).to_be_visible()
+    diagram = main_area(page).locator(".vega-embed").last
+    expect(diagram.locator("canvas, svg").first).to_be_visible()
+
+    def shown() -> tuple[int, bytes] | None:
+        """The batch the maps are of and their picture; None while a redraw has the chart between two elements."""
+        try:
+            batch = int(re.search(r"at batch ([\d,]+)", caption.inner_text()).group(1).replace(",", ""))
+            return batch, picture(page, diagram)
+        except PlaywrightError:
+            return None
+
+    first_batch, first_picture = wait_for(shown, what="the neuron maps drawn")
+    screenshot(page, "neurons-training")
+    later = wait_for(lambda: (s := shown()) and s[0] > first_batch and s[1] != first_picture and s, timeout=60,
+                     what="the neuron maps of a later state")
+    assert later[0] >= first_batch + 200, "a later state report's maps"
+
+
+def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
+    run = RunDir.named("spiral", runs_root)
+    new_run(run, RunConfig(**SPIRAL, target=3000, report_every=500), by="test")
+    wait_for(lambda: events(run, "target_reached"), what="the target, so the latest state stays put")
+    page = visit("/?run=spiral", height=2600)
+    live = chart_titled(page, "Decision surface (latest state)")
+    expect(live).to_be_visible()
+    live_picture = picture(page, live)
+    slider = main_area(page).get_by_test_id("stSlider").filter(has_text="Replay").get_by_role("slider")
+    expect(slider).to_be_visible()
+
+    slider.focus()
+    page.keyboard.press("Home")
+    early = chart_titled(page, "Decision surface at batch 0")
+    expect(early).to_be_visible()
+    expect(main_area(page).get_by_text(re.compile(r"Replaying the state reported at batch 0 \(the newest is at batch 3,000\)")))\
+        .to_be_visible()
+    assert picture(page, early) != live_picture, "the untrained net's surface is another picture"
+    screenshot(page, "replay-batch-0")
+
+    page.keyboard.press("ArrowRight")
+    expect(chart_titled(page, "Decision surface at batch 1")).to_be_visible()
+    page.keyboard.press("End")
+    back = chart_titled(page, "Decision surface (latest state)")
+    expect(back).to_be_visible()
+    wait_for(lambda: picture(page, back) == live_picture, timeout=20, what="the latest surface drawn again, as it was")
+    expect(main_area(page).get_by_role("button", name="Live")).to_be_disabled()
+
+
+def test_the_pytorch_examples_run_shows_its_per_layer_views(runs_root, visit):
+    script = subprocess.Popen([sys.executable, str(TORCH_MLP), "mlp", "--runs", str(runs_root), "--target", "600"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = RunDir.named("mlp", runs_root)
+    try:
+        wait_for(lambda: run.run_file.exists() and events(run, "target_reached") or script.poll() is not None,
+                 timeout=120, what="the PyTorch example to reach batch 600")
+        assert script.poll() is None, f"the example exited with {script.returncode}: {script.stderr.read()}"
+        page = visit("/?run=mlp&view=Layers")
+        for title in ("Weight norm per tensor", "Update-to-weight ratio per tensor", "Distribution of each tensor's "
+                      "values: min-max, 7-93 %, 16-84 %, 31-69 % and the median"):
+            expect(chart_titled(page, title)).to_be_visible()
+        update = chart_titled(page, "Update-to-weight ratio per tensor")
+        expect(update).to_contain_text("1e-3, the rule of thumb")
+        for tensor in ("0.weight", "2.weight", "4.bias"):
+            expect(update.locator(".role-legend-label").get_by_text(tensor, exact=True)).to_be_visible()
+        expect(main_area(page).get_by_role("tab", name="Neurons")).to_have_count(0)  # a script's net: no unit maps
+        screenshot(page, "layers-pytorch")
+    finally:
+        script.terminate()
+        script.wait(timeout=60)
