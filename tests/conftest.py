@@ -39,26 +39,49 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 # Module- and class-scoped fixtures whose tests may be spread over the workers: each worker makes its own, cheaply.
 SPREAD_FIXTURES = frozenset({"browser"})
+# Fixtures naming one thing of this machine that tests must not use at once: the group their tests run in. Every test
+# on the one Slurm cluster runs in one worker, as in a serial run: no other test's burst of jobs meets `.ci/slurm-up`'s
+# look at the daemons or a test's wait for a job to start.
+ONE_AT_A_TIME = {"slurm": "slurm"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's --dist loadgroup runs in one worker")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _group_names(item: pytest.Item) -> list[str]:
+    return sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """Tests that share a module- or class-scoped fixture run in one worker, in file order: the fixture is made once,
     as in a serial run, and tests that take a run through its life in steps (test_slurm's `life`) see every step."""
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
         fixtures = getattr(item, "_fixtureinfo", None)
-        for name in fixtures.names_closure if fixtures else ():
+        closure = fixtures.names_closure if fixtures else ()
+        if alone := next((ONE_AT_A_TIME[name] for name in closure if name in ONE_AT_A_TIME), None):
+            item.add_marker(pytest.mark.xdist_group(alone))
+            continue
+        for name in closure:
             definitions = fixtures.name2fixturedefs.get(name) or ()
-            shared = [d for d in definitions if d.scope in ("module", "class")]
-            if shared and name not in SPREAD_FIXTURES:
+            if name not in SPREAD_FIXTURES and any(d.scope in ("module", "class") for d in definitions):
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
                 break
+    yield
+    # An xdist worker under --dist loadgroup names each grouped test "<node id>@<group>", which is what the
+    # controller groups by. pytest-xdist 3.8 sets Item._nodeid for that, which pytest 9.2 no longer reads (its node
+    # ids are Item._id): without this the groups are silently ignored and a group's tests spread over the workers.
+    if getattr(config.option, "loadgroup", False):
+        from _pytest.nodeid import coerce_node_id
+
+        for item in items:
+            names = _group_names(item)
+            if names and not item.nodeid.endswith(suffix := "@" + "_".join(names)):
+                item._id = coerce_node_id(item.nodeid + suffix)
+                assert item.nodeid.endswith(suffix), item.nodeid
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
