@@ -9,6 +9,7 @@ from functools import lru_cache, wraps
 import altair as alt
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nnobs.analytics import EXTENT, GRID
 from nnobs.history import Marker, RunHistory, WindowedSeries
@@ -428,17 +429,25 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
         )
         .add_params(_zoom())
     )
+    # The state replayed, as a red line: a row of the data (see with_replay_mark), so that the spec never changes.
+    replayed = alt.Chart().transform_filter("datum.extent === false && !isValid(datum.parameter)").mark_rule(color="#d62728", strokeWidth=2).encode(
+        x=_batch_axis())
     return _spec(
-        alt.layer(_run_extent(), lines, title=alt.Title("State vector", subtitle=shown))
+        alt.layer(_run_extent(), lines, replayed, title=alt.Title("State vector", subtitle=shown))
         .properties(height=max(260, 12 * min(len(names), 80)))
     )
 
 
-def with_batch_mark(spec: dict, batch: int) -> dict:
-    """A chart over batches with a red vertical line at batch on top: the state replayed."""
-    mark = {"mark": {"type": "rule", "color": "#d62728", "strokeWidth": 2},
-            "encoding": {"x": {"datum": batch, "type": "quantitative"}}}
-    return {**spec, "layer": [*spec["layer"], mark]}
+def with_replay_mark(table: pa.Table, batch: int) -> pa.Table:
+    """The state-vector lines' table with one more row at batch, no parameter and its extent false (as the data's,
+    unlike the extent rows): the chart's red line there.
+
+    A row of data rather than a layer of the spec, and in the table's own columns: the browser draws a chart anew
+    when its spec or its columns change, and under the quick reruns of a moving slider that redraw fails. The shared
+    table is not copied: the row is a chunk of its own."""
+    columns = [pa.array([batch], field.type) if field.name == "batch" else pa.array([False], field.type)
+               if field.name == "extent" else pa.nulls(1, field.type) for field in table.schema]
+    return pa.concat_tables([table, pa.Table.from_arrays(columns, schema=table.schema)])
 
 
 @_built_once

@@ -50,13 +50,16 @@ def _replay_control(view: RunView) -> int | None:
     left.select_slider(
         "Replay", [*batches, LIVE], key="replay", on_change=_replay_moved,
         format_func=lambda b: "live" if b == LIVE else f"batch {b:,}",
-        help="Show the decision surface, the neuron maps and the marks on the parameter charts and the path as they "
+        help="Show the decision surface, the neuron maps and the marks on the parameters' lines and the path as they "
              f"were at a past state report ({len(batches):,} kept, spread over the run); live follows the newest.")
     right.button("Live", on_click=lambda: st.session_state.update(replay_at=LIVE), disabled=at == LIVE, width="stretch")
+    # Said live or not, so that the page keeps its shape while the slider moves: elements that come and go under
+    # quick reruns can leave the browser's page out of step with the server's.
     if at == LIVE:
+        st.caption(f"Live: the views show the newest state, at batch {batches[-1]:,}. Move the slider to see an earlier one.")
         return None
     st.caption(f"Replaying the state reported at batch {at:,} (the newest is at batch {batches[-1]:,}): the surface, the "
-               "neuron maps, the red line on the state-vector charts and the ringed point on the path show it.")
+               "neuron maps, the red line on the state vector's lines and the ringed point on the path show it.")
     return at
 
 
@@ -80,19 +83,23 @@ def _parameters(view: RunView, frames: dict, replay_at: int | None) -> None:
     tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
     lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES], lines_shown)
     heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)
-    if replay_at is not None:
-        lines, heat = charts.with_batch_mark(lines, replay_at), charts.with_batch_mark(heat, replay_at)
+    lines_data = frames["sv_lines"] if replay_at is None else charts.with_replay_mark(frames["sv_lines"], replay_at)
     left, right = st.columns(2)
-    left.vega_lite_chart(frames["sv_lines"], lines, width="stretch", height=tall)
+    left.vega_lite_chart(lines_data, lines, width="stretch", height=tall)
     right.vega_lite_chart(frames["sv_heat"], heat, width="stretch", height=tall)
     if "surface" not in frames:
         return
-    surface, title = frames["surface"], "Decision surface (latest state)"
+    surface, said = frames["surface"], "The net's output over the input plane, at its latest state."
     state = _shown_state(view, replay_at) if replay_at is not None else None
     if state is not None:
-        surface, title = surface_of(view.config.to_json(), state[1].tobytes()), f"Decision surface at batch {state[0]:,}"
+        surface = as_tables({"surface": surface_of(view.config.to_json(), state[1].tobytes())})["surface"]  # as the
+        # latest one is: the same columns, so the browser swaps the data instead of drawing the chart anew
+        said = f"The net's output over the input plane, at batch {state[0]:,} (replayed)."
     left, _ = st.columns(2)
-    left.vega_lite_chart(surface, charts.surface_spec(title), width="stretch", height=440)
+    # One title whatever the state shown: a chart whose spec changes is drawn anew, and a redraw can fail under the
+    # quick reruns of a moving slider.
+    left.vega_lite_chart(surface, charts.surface_spec("Decision surface"), width="stretch", height=440)
+    left.caption(said)
 
 
 def _layers(view: RunView, frames: dict, replay_at: int | None) -> None:

@@ -85,27 +85,27 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     new_run(run, RunConfig(**SPIRAL, target=3000, report_every=500), by="test")
     wait_for(lambda: events(run, "target_reached"), what="the target, so the latest state stays put")
     page = visit("/?run=spiral", height=2600)
-    live = chart_titled(page, "Decision surface (latest state)")
-    expect(live).to_be_visible()
-    live_picture = picture(page, live)
+    surface = chart_titled(page, "Decision surface")
+    said = main_area(page).get_by_text(re.compile(r"^The net's output over the input plane, at "))
+    expect(said).to_have_text("The net's output over the input plane, at its latest state.")
+    expect(surface).to_be_visible()
+    live_picture = picture(page, surface)
     slider = main_area(page).get_by_test_id("stSlider").filter(has_text="Replay").get_by_role("slider")
     expect(slider).to_be_visible()
 
     slider.focus()
     page.keyboard.press("Home")
-    early = chart_titled(page, "Decision surface at batch 0")
-    expect(early).to_be_visible()
+    expect(said).to_have_text("The net's output over the input plane, at batch 0 (replayed).")
     expect(main_area(page).get_by_text(re.compile(r"Replaying the state reported at batch 0 \(the newest is at batch 3,000\)")))\
         .to_be_visible()
-    assert picture(page, early) != live_picture, "the untrained net's surface is another picture"
+    wait_for(lambda: picture(page, surface) != live_picture, timeout=20, what="the untrained net's surface drawn")
     screenshot(page, "replay-batch-0")
 
     page.keyboard.press("ArrowRight")
-    expect(chart_titled(page, "Decision surface at batch 1")).to_be_visible()
+    expect(said).to_have_text("The net's output over the input plane, at batch 1 (replayed).")
     page.keyboard.press("End")
-    back = chart_titled(page, "Decision surface (latest state)")
-    expect(back).to_be_visible()
-    wait_for(lambda: picture(page, back) == live_picture, timeout=20, what="the latest surface drawn again, as it was")
+    expect(said).to_have_text("The net's output over the input plane, at its latest state.")
+    wait_for(lambda: picture(page, surface) == live_picture, timeout=20, what="the latest surface drawn again, as it was")
     expect(main_area(page).get_by_role("button", name="Live")).to_be_disabled()
 
 
