@@ -37,12 +37,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 # -- running in parallel (pytest -n 2 --dist loadgroup) -------------------------------------------
 
-# Module- and class-scoped fixtures whose tests may be spread over the workers: each worker makes its own, cheaply.
-SPREAD_FIXTURES = frozenset({"browser"})
-# Fixtures naming one thing of this machine that tests must not use at once: the group their tests run in. Every test
-# on the one Slurm cluster runs in one worker, as in a serial run: no other test's burst of jobs meets `.ci/slurm-up`'s
-# look at the daemons or a test's wait for a job to start.
-ONE_AT_A_TIME = {"slurm": "slurm"}
+# Fixtures naming one thing of this machine that tests must not use at once: the group their tests run in, one test
+# at a time, as in a serial run. Every test on the one Slurm cluster: no other test's burst of jobs meets
+# `.ci/slurm-up`'s look at the daemons or a test's wait for a job to start. Every test driving Chromium: two pages, two
+# Streamlit servers and their workers at once on two cores left a sidebar a click or a redraw behind its step's wait.
+ONE_AT_A_TIME = {"slurm": "slurm", "browser": "browser"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,7 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         for name in closure:
             definitions = fixtures.name2fixturedefs.get(name) or ()
-            if name not in SPREAD_FIXTURES and any(d.scope in ("module", "class") for d in definitions):
+            if any(d.scope in ("module", "class") for d in definitions):
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
                 break
     yield
