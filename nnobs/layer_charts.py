@@ -134,7 +134,7 @@ def dead_spec(layers: tuple[str, ...], most_units: int) -> dict:
         .mark_line(clip=True, strokeWidth=1.5, interpolate="step-after")
         .encode(
             x=_batch_axis(),
-            y=alt.Y("value:Q", title="dead units", scale=alt.Scale(domain=[0, most_units]),
+            y=alt.Y("value:Q", title="dead units", scale=alt.Scale(domain=[0, most_units * 1.1], nice=False),
                     axis=alt.Axis(format="d", tickMinStep=1)),
             color=alt.Color("layer:N", sort=list(layers), legend=alt.Legend(orient="top", title=None)),
             tooltip=["layer:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format="d", title="dead units")],
