@@ -153,7 +153,7 @@ def test_two_simultaneous_starts_give_one_job(slurm_runs_root):
     assert [j.job_id for j in jobs_under(slurm_runs_root)] == [outputs[0].strip()]
 
 
-def test_a_sweep_of_six_runs_trains_as_one_job_array(slurm_runs_root):
+def test_a_sweep_of_six_runs_trains_as_one_job_array(slurm_runs_root, monkeypatch):
     root = slurm_runs_root
     done = nnobs(root, "sweep", "sw", "--eta", "0.1,0.5,1", "--seed", "1,2", "--target", "2000", "--on", "slurm")
     names = [f"sw-eta{eta}-seed{seed}" for eta in ("0.1", "0.5", "1") for seed in (1, 2)]
@@ -170,6 +170,34 @@ def test_a_sweep_of_six_runs_trains_as_one_job_array(slurm_runs_root):
     for name in names:
         curves = curves_of_history(read_history(RunDir(root / name)))
         assert curves.batch == 2000 and len(curves.loss)
+    monkeypatch.setenv("NNOBS_RUNS", str(root))
+    page = compare_page_at(names)
+    drawn = [set(frame[column].dropna().astype(str)) for frame in chart_frames_of(page) for column in frame.columns
+             if frame[column].dtype == object or str(frame[column].dtype) == "category"]
+    assert any(set(names) <= values for values in drawn), f"the compare page draws the six runs: {drawn}"
+
+
+def compare_page_at(names: list[str]):
+    """The compare page itself, run by Streamlit's AppTest over $NNOBS_RUNS, at the URL the sweep printed."""
+    from streamlit.testing.v1 import AppTest
+
+    def page() -> None:
+        from nnobs.compare_page import compare_page
+
+        compare_page()
+
+    at = AppTest.from_function(page, default_timeout=60)
+    at.query_params["runs"] = names
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def chart_frames_of(at) -> list:
+    import pyarrow as pa
+
+    return [pa.ipc.open_stream(chart.proto.data.data).read_all().to_pandas()
+            for chart in at.get("vega_lite_chart") if chart.proto.data.data]
 
 
 def test_a_worker_of_another_job_exits_without_writing(new_run):
