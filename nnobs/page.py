@@ -500,7 +500,8 @@ def _header(run: RunDir, view: RunView) -> None:
     serves = "script" if view.script is not None else "worker"
     parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
     if status.job_id:
-        parts.append(f"Slurm job {status.job_id} ({(status.job_state or 'unknown').lower()})")
+        reason = f": {status.reason}" if status.reason and status.state == "queued" else ""  # why it waits, as Slurm says
+        parts.append(f"Slurm job {status.job_id} ({(status.job_state or 'unknown').lower()}{reason})")
     if status.pace:
         parts.append(f"paced at most {status.pace:,g} batches a second")
     st.caption(" · ".join(parts + [str(run.path)]))
