@@ -160,6 +160,25 @@ def open_page(open_url, server: str) -> Callable[..., Page]:
     return lambda path="/": open_url(server + path)
 
 
+@pytest.fixture
+def visit(browser: Browser, server: str) -> Iterator[Callable[..., Page]]:
+    """visit(path, height): a new person on the server's page at path, once its main area has drawn; a tall window
+    shows what lies under the loss chart without scrolling (the main area scrolls inside a container of its own)."""
+    contexts = []
+
+    def open_(path: str, height: int = VIEWPORT["height"]) -> Page:
+        context = browser.new_context(viewport={**VIEWPORT, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(server + path, timeout=FIRST_LOAD_MS)
+        expect(main_area(page).locator("h2").first).to_be_visible(timeout=FIRST_LOAD_MS)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
 def default_run(runs_root: Path, target: int) -> RunDir:
     """The run the page opens without ?run=, created with target so its first worker trains to it."""
     run = RunDir.named("default", runs_root)

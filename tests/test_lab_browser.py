@@ -7,9 +7,7 @@ Real `streamlit run app.py` servers over a runs root of their own, real workers,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, batch_passes, events, wait_for
@@ -18,7 +16,6 @@ from nnobs.runs import RunDir, read_history, stop_worker
 from nnobs.tasks import RunConfig, load_config
 from test_browser import (  # noqa: F401  (fixtures)
     FIRST_LOAD_MS,
-    VIEWPORT,
     browser,
     main_area,
     metric,
@@ -29,25 +26,8 @@ from test_browser import (  # noqa: F401  (fixtures)
     sidebar_button,
     state_badge,
     title,
+    visit,
 )
-
-
-@pytest.fixture
-def visit(browser, server) -> Callable[[str], Page]:  # noqa: F811
-    """visit(path): a new person on the server's page at path, once its main area has drawn."""
-    contexts = []
-
-    def open_(path: str) -> Page:
-        context = browser.new_context(viewport=VIEWPORT)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(server + path, timeout=FIRST_LOAD_MS)
-        expect(main_area(page).locator("h2").first).to_be_visible(timeout=FIRST_LOAD_MS)
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
 
 
 def made(runs_root, name: str, **config) -> RunDir:

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
@@ -19,29 +18,10 @@ from conftest import FOREVER, REPO, batch_passes, events, wait_for
 from nnobs.lab import new_run
 from nnobs.runs import RunDir
 from nnobs.tasks import RunConfig
-from test_browser import FIRST_LOAD_MS, VIEWPORT, browser, main_area, screenshot, server, servers  # noqa: F401
+from test_browser import browser, main_area, screenshot, server, servers, visit  # noqa: F401  (fixtures)
 
 SPIRAL = {"task": "spiral", "net": "2x8tx8tx1t", "eta": 0.03, "seed": 2}
 TORCH_MLP = REPO / "examples/torch_mlp.py"
-
-
-@pytest.fixture
-def visit(browser, server):  # noqa: F811
-    """visit(path, height): a new person on the server's page at path, once its main area has drawn; a tall window
-    shows the views under the loss chart without scrolling (the main area scrolls inside a container of its own)."""
-    contexts = []
-
-    def open_(path: str, height: int = VIEWPORT["height"]) -> Page:
-        context = browser.new_context(viewport={**VIEWPORT, "height": height})
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(server + path, timeout=FIRST_LOAD_MS)
-        expect(main_area(page).locator("h2").first).to_be_visible(timeout=FIRST_LOAD_MS)
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
 
 
 def picture(page: Page, element) -> bytes:
