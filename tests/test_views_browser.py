@@ -37,7 +37,8 @@ def chart_titled(page: Page, title: str):
 
 def test_the_neurons_view_of_a_spiral_run_redraws_as_it_trains(runs_root, visit):
     run = RunDir.named("spiral", runs_root)
-    new_run(run, RunConfig(**SPIRAL, target=FOREVER, report_every=200, pace=400), by="test")
+    # Paced, so the page and the browser keep a core; a larger eta, so that each state's maps differ visibly.
+    new_run(run, RunConfig(**{**SPIRAL, "eta": 0.1}, target=FOREVER, report_every=200, pace=500), by="test")
     batch_passes(run, 200, what="the first regular state report")
     page = visit("/?run=spiral&view=Neurons", height=1700)
     caption = main_area(page).get_by_text(re.compile(r"What each unit computes over the input plane, at batch"))
@@ -53,9 +54,9 @@ def test_the_neurons_view_of_a_spiral_run_redraws_as_it_trains(runs_root, visit)
         except PlaywrightError:
             return None
 
-    first_batch, first_picture = wait_for(shown, what="the neuron maps drawn")
+    first_batch, first_picture = wait_for(shown, timeout=60, what="the neuron maps drawn")
     screenshot(page, "neurons-training")
-    later = wait_for(lambda: (s := shown()) and s[0] > first_batch and s[1] != first_picture and s, timeout=60,
+    later = wait_for(lambda: (s := shown()) and s[0] > first_batch and s[1] != first_picture and s, timeout=120,
                      what="the neuron maps of a later state")
     assert later[0] >= first_batch + 200, "a later state report's maps"
 
