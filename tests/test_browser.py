@@ -213,9 +213,11 @@ def generation_caption(page: Page) -> Locator:
 
 
 def metric(page: Page, label: str) -> Locator:
-    """The value of the metric labelled label ("Batch", "Eta", ...)."""
+    """The value of the metric labelled label ("Batch", "Eta", ...), as drawn now: an element Streamlit keeps from
+    the page before while it draws the next (marked stale, and faded) is not it."""
     labelled = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    return main_area(page).get_by_test_id("stMetric").filter(has=labelled).get_by_test_id("stMetricValue")
+    drawn = main_area(page).locator('[data-testid="stElementContainer"]:not([data-stale="true"]) [data-testid="stMetric"]')
+    return drawn.filter(has=labelled).get_by_test_id("stMetricValue")
 
 
 def batch(page: Page) -> int:
