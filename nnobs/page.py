@@ -13,6 +13,7 @@ from nnobs.control import check_command
 from nnobs.entry import EntryError, entry_text, read_entry
 from nnobs.errors import NnobsError
 from nnobs.history import MAX_METRICS, RunWatcher
+from nnobs.launchers import JobRecord
 from nnobs.watchers import watcher_for
 from nnobs.operators import WrongGuesses, configured_password, may_steer
 from nnobs.runs import (
@@ -181,15 +182,17 @@ def _start(run: RunDir) -> None:
     if not _may_steer():
         _refusals()["start"] = VIEWERS_REFUSED
         return
-    with st.spinner("Starting the worker…"):
-        said: list[str] = []
-        try:
-            restart_worker(run, by="page", said=said)
-        except (NnobsError, OSError) as err:
-            _refusals()["start"] = str(err) if isinstance(err, NnobsError) else f"could not start: {err.strerror or err}"
-            return
-        for how in said:
-            st.toast(f"Restarted; stopping the worker before, {how}.")
+    # No spinner: the controls are a fragment on a timer, and a spinner's passing element in one has broken the
+    # browser's copy of the sidebar on a loaded server ("Cannot set a node at a delta path"). The toast says it.
+    said: list[str] = []
+    try:
+        started = restart_worker(run, by="page", said=said)
+    except (NnobsError, OSError) as err:
+        _refusals()["start"] = str(err) if isinstance(err, NnobsError) else f"could not start: {err.strerror or err}"
+        return
+    for how in said:
+        st.toast(f"Restarted; stopping the worker before, {how}.")
+    st.toast(f"Submitted Slurm job {started.job_id}." if isinstance(started, JobRecord) else f"Started the worker, pid {started}.")
 
 
 # -- sidebar -------------------------------------------------------------------------------
@@ -274,13 +277,17 @@ def _training_controls(run: RunDir, status: RunStatus) -> None:
 
 
 def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
-    """A text field showing the run's value, drawn anew when that value changes; what is typed is read on submit.
+    """A text field showing the run's value, set anew when that value changes; what is typed is read on submit.
 
-    The value is part of the field's key: a field kept across a change of the run's value would go on showing
-    the old one, and a browser that never sent the field back would leave it blank.
+    One field under one key, its text set through the session when the run's value changes (or when the field is
+    new to this session, as after a visit to another page): a field keyed by its value would be drawn anew on
+    each change, and the old one lingers beside it for a moment, moving every control below it under the pointer.
     """
+    key, shown = f"entry_{cmd}", f"entry_shown_{cmd}"
     text = entry_text(cmd, value)
-    return st.text_input(label, value=text, key=f"entry_{cmd}:{text}", help=help_text)
+    if st.session_state.get(shown) != text or key not in st.session_state:
+        st.session_state[shown] = st.session_state[key] = text
+    return st.text_input(label, key=key, help=help_text)
 
 
 def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
@@ -328,7 +335,7 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
         _start(run)
     _refusal("start")
     if ask:
-        _confirm(run, status, *ask)
+        _ask(run, *ask)
 
 
 def _fork_form(run: RunDir, status: RunStatus) -> None:
@@ -368,8 +375,7 @@ def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
         new = RunDir.named(new_name)
         if new.exists():
             raise NnobsError(f"a run named {new_name} exists already: pick another name for the fork")
-        with st.spinner(f"Forking {run.name} into {new_name}…"):
-            lab.fork_run(run, new, eta=new_eta, target=new_target, at=new_at, by="page")
+        lab.fork_run(run, new, eta=new_eta, target=new_target, at=new_at, by="page")  # no spinner: see _start
     except (NnobsError, EntryError) as err:
         _refusals()["fork"] = str(err)
         return
@@ -400,8 +406,30 @@ def _confirmed_entry(cmd: str, text: str) -> tuple[str, object] | None:
         return None
 
 
+def _ask(run: RunDir, action: str, value) -> None:
+    """Open the confirmation of an action: asked by the whole page, on a rerun of it.
+
+    The dialog is the page's, not the timed controls'. One opened inside a fragment on a timer is that fragment's
+    child, and on a loaded server two things went wrong: a click in it that arrived with the fragment's next tick
+    was dropped (the parent's run is taken to redraw the child, which it does not), leaving the dialog open and
+    deaf; and the browser's copy of the sidebar could break on the tick after the dialog opened ("'setIn' cannot
+    be called on an ElementNode"), leaving the page disconnected for good.
+    """
+    st.session_state["asking"] = (run.name, action, value)
+    st.rerun()
+
+
+def _asked(run: RunDir) -> None:
+    """The confirmation asked for on this run, if any: drawn on every whole-page run until it is answered."""
+    asking = st.session_state.get("asking")
+    if asking is None or asking[0] != run.name:
+        return
+    _confirm(run, current_status(run, _watcher(str(run.run_file))), *asking[1:])
+
+
 def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
-    """A dialog asking to confirm an action; Yes or Cancel closes it (both rerun the whole page)."""
+    """A dialog asking to confirm an action. Yes, Cancel or a dismissal answers it; Yes and Cancel rerun the whole
+    page, which closes it. Yes is done by the controls on that rerun."""
     pid = f" (pid {status.pid})" if status.pid else ""
     seed = "the run's own seed" if value is None else f"seed {value}"
     title, question, yes = {
@@ -425,12 +453,12 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value) -> None:
     def ask() -> None:
         st.markdown(question)
         left, right = st.columns(2)
-        if left.button(yes, type="primary", on_click=_say_yes, args=(action, value)):
+        if left.button(yes, type="primary", on_click=_answer, args=((action, value),)):
             st.rerun()
-        if right.button("Cancel"):
+        if right.button("Cancel", on_click=_answer):
             st.rerun()
 
-    st.dialog(title)(ask)()
+    st.dialog(title, on_dismiss=_answer)(ask)()
 
 
 def _kept_at_or_before(run: RunDir, batch: int) -> str:
@@ -442,9 +470,12 @@ def _kept_at_or_before(run: RunDir, batch: int) -> str:
     return landing + (f", {batch - kept[-1]:,} batches earlier" if batch - kept[-1] else "")
 
 
-def _say_yes(action: str, value) -> None:
-    """Yes in a confirmation: done by the controls on the rerun that closes the dialog."""
-    st.session_state["confirmed"] = (action, value)
+def _answer(confirmed: tuple[str, object] | None = None) -> None:
+    """The confirmation answered: yes (the action and its value, done by the controls on the rerun that follows),
+    or no. In a callback, so the answer is kept even when the click's own rerun is folded into another."""
+    st.session_state.pop("asking", None)
+    if confirmed is not None:
+        st.session_state["confirmed"] = confirmed
 
 
 def _act(run: RunDir, action: str, value) -> None:
@@ -679,3 +710,5 @@ def run_page() -> None:
     _view_controls()
     _downloads(run)
     st.fragment(run_every=refresh_s)(_live)(run, config)
+    if steer:
+        _asked(run)
