@@ -277,17 +277,15 @@ def _training_controls(run: RunDir, status: RunStatus) -> None:
 
 
 def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
-    """A text field showing the run's value, set anew when that value changes; what is typed is read on submit.
+    """A text field showing the run's value, drawn anew when that value changes; what is typed is read on submit.
 
-    One field under one key, its text set through the session when the run's value changes (or when the field is
-    new to this session, as after a visit to another page): a field keyed by its value would be drawn anew on
-    each change, and the old one lingers beside it for a moment, moving every control below it under the pointer.
+    The value is part of the field's key: a field kept across a change of the run's value would go on showing
+    the old one, and a browser that never sent the field back would leave it blank. (Its text set through the
+    session under one key is not shown by the browser in a form.) For a moment after a change the old field
+    lingers beside the new one, moving the controls below it.
     """
-    key, shown = f"entry_{cmd}", f"entry_shown_{cmd}"
     text = entry_text(cmd, value)
-    if st.session_state.get(shown) != text or key not in st.session_state:
-        st.session_state[shown] = st.session_state[key] = text
-    return st.text_input(label, key=key, help=help_text)
+    return st.text_input(label, value=text, key=f"entry_{cmd}:{text}", help=help_text)
 
 
 def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:

@@ -257,17 +257,34 @@ def worker_log_tail(page: Page) -> Locator:
 
 
 def sidebar_button(page: Page, name: str) -> Locator:
+    """A sidebar button, once the controls above it stand still (see settled_sidebar)."""
+    settled_sidebar(page)
     return sidebar(page).get_by_role("button", name=name, exact=True)
 
 
 def text_field(page: Page, label: str) -> Locator:
-    """A sidebar text field: one, which takes the run's new value in place (tested in test_set_target...)."""
+    """A sidebar text field. For a moment after the run's value changes there are two (see settled_sidebar)."""
     return sidebar(page).locator(f'input[aria-label="{label}"]')
+
+
+def settled_sidebar(page: Page) -> None:
+    """Wait until no sidebar field is there twice.
+
+    When the run's value changes, its field is drawn anew and the old one lingers beside it for a moment, moving
+    every control below it by a field's height: a click then may press the button down and let go elsewhere.
+    """
+    page.wait_for_function("""() => {
+        const labels = [...document.querySelectorAll('[data-testid="stSidebar"] input[aria-label]')]
+            .map(field => field.getAttribute('aria-label'));
+        return new Set(labels).size === labels.length;
+    }""", timeout=STEP_MS)
 
 
 def type_into(page: Page, label: str, text: str) -> None:
     """Type text into a sidebar field and leave it with Tab (its form sends nothing until its button is pressed)."""
+    settled_sidebar(page)
     field = text_field(page, label)
+    expect(field).to_have_count(1)
     field.fill(text)
     field.press("Tab")
 
@@ -356,8 +373,7 @@ def test_set_target_is_listed_as_done_and_the_run_idles_at_the_new_target(open_p
     expect(metric(page, "Batch")).to_have_text("20,000")
     expect(state_badge(page)).to_have_text("IDLE")
     expect(progress_text(page)).to_contain_text("20,000 of 20,000 target batches (100%)")
-    expect(text_field(page, "Target batches")).to_have_value("20,000")  # the field follows the run, in place
-    expect(text_field(page, "Target batches")).to_have_count(1)
+    expect(text_field(page, "Target batches").first).to_have_value("20,000")  # the field follows the run
     screenshot(page, "idle")
 
 
