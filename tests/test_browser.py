@@ -257,9 +257,20 @@ def worker_log_tail(page: Page) -> Locator:
 
 
 def sidebar_button(page: Page, name: str) -> Locator:
-    """A sidebar button, once the controls above it stand still (see settled_sidebar)."""
-    settled_sidebar(page)
     return sidebar(page).get_by_role("button", name=name, exact=True)
+
+
+def press(page: Page, name: str) -> None:
+    """Press a sidebar button: a click event on the button itself, once it takes one.
+
+    Not a click at the button's place on the screen: the controls above it can move by a field's height in the
+    instant the run's values change (see settled_sidebar), and a press would then go down on the button and come
+    up elsewhere, which the browser counts as no click.
+    """
+    settled_sidebar(page)
+    button = sidebar_button(page, name)
+    expect(button).to_be_enabled()
+    button.dispatch_event("click")
 
 
 def text_field(page: Page, label: str) -> Locator:
@@ -295,7 +306,7 @@ def dialog(page: Page) -> Locator:
 
 def confirm(page: Page, action: str, yes: str) -> None:
     """Press a sidebar button that asks first ("Shut down…"), then its dialog's yes ("Yes, shut down")."""
-    sidebar_button(page, action).click()
+    press(page, action)
     dialog(page).get_by_role("button", name=yes, exact=True).click()
 
 
@@ -365,7 +376,7 @@ def test_set_target_is_listed_as_done_and_the_run_idles_at_the_new_target(open_p
     expect(metric(page, "Batch")).to_have_text("0")
 
     type_into(page, "Target batches", "20,000")
-    sidebar_button(page, "Set target").click()
+    press(page, "Set target")
 
     expect(progress_text(page)).to_contain_text("of 20,000 target batches")
     open_commands(page)
@@ -382,14 +393,14 @@ def test_shut_down_asks_in_a_dialog_that_stays_through_refreshes_and_closes_afte
     page = open_page()
     expect(state_badge(page)).to_have_text("IDLE")
 
-    sidebar_button(page, "Shut down…").click()
+    press(page, "Shut down…")
     expect(dialog(page)).to_contain_text("saves a checkpoint and exits")
     page.keyboard.press("Escape")  # dismissed: a no, which the next whole-page run does not ask again
     expect(dialog(page)).to_have_count(0)
     wait_for_refreshes(page, 2)
     expect(dialog(page)).to_have_count(0, timeout=1_000)
 
-    sidebar_button(page, "Shut down…").click()
+    press(page, "Shut down…")
     expect(dialog(page)).to_contain_text("saves a checkpoint and exits")
     wait_for_refreshes(page, 3)  # the sidebar's controls are redrawn on the same timer
     expect(dialog(page)).to_be_visible(timeout=1_000)
@@ -406,7 +417,7 @@ def test_shut_down_asks_in_a_dialog_that_stays_through_refreshes_and_closes_afte
     expect(dialog(page)).to_have_count(0, timeout=1_000)  # it does not come back on the timer
     screenshot(page, "stopped")
     open_commands(page)  # nothing covers the list or the Start button: both take clicks
-    sidebar_button(page, "Start").click()
+    press(page, "Start")
     expect(generation_caption(page)).to_contain_text("Generation 2 (")
 
 
@@ -426,7 +437,7 @@ def test_a_killed_worker_shows_crashed_with_its_log_and_restart_resumes_where_it
     expect(worker_log_tail(page)).to_contain_text("nnobs worker")
     screenshot(page, "crashed")
 
-    sidebar_button(page, "Restart").click()
+    press(page, "Restart")
 
     expect(generation_caption(page)).to_contain_text("Generation 2 (")
     expect(state_badge(page)).to_have_text("IDLE")
@@ -441,7 +452,7 @@ def test_a_teammate_on_the_same_url_sees_the_same_run_and_reads_who_did_what_the
     expect(state_badge(teammate)).to_have_text("IDLE")
 
     type_into(me, "Target batches", "5000")
-    sidebar_button(me, "Set target").click()
+    press(me, "Set target")
 
     for page in (me, teammate):
         open_commands(page)
@@ -457,7 +468,7 @@ def test_a_negative_eta_is_explained_and_nothing_is_sent(open_page, runs_root):
     expect(state_badge(page)).to_have_text("IDLE")
 
     type_into(page, "Learning rate (eta)", "-1")
-    sidebar_button(page, "Set eta").click()
+    press(page, "Set eta")
 
     expect(sidebar(page).get_by_role("alert")).to_contain_text("Eta must be a number above 0")
     assert "eta" not in sent_commands(run), "a refused eta is never written to control.json"
@@ -470,12 +481,12 @@ def test_a_refused_value_shows_a_message_that_stays_readable_until_the_next_subm
     expect(state_badge(page)).to_have_text("IDLE")
 
     type_into(page, "Learning rate (eta)", "-1")
-    sidebar_button(page, "Set eta").click()
+    press(page, "Set eta")
     wait_for_refreshes(page, 3)  # the page redraws while the person reads
 
     expect(sidebar(page).get_by_role("alert")).to_contain_text("Eta must be a number above 0", timeout=5_000)
     type_into(page, "Target batches", "abc")
-    sidebar_button(page, "Set target").click()
+    press(page, "Set target")
     expect(sidebar(page).get_by_role("alert").filter(has_text="The target must be a whole number")).to_be_visible()
     expect(sidebar(page).get_by_role("alert")).to_have_count(1)  # the eta refusal is gone
     assert sent_commands(run) == [], "letters are not target 0"
@@ -503,14 +514,14 @@ def test_metric_values_keep_their_size_and_fit_through_clicks_and_refreshes(open
 
     page.evaluate(SAMPLE_METRICS)
     type_into(page, "Target batches", "1e9")
-    sidebar_button(page, "Set target").click()  # the controls' fragment reruns, and the run trains again
+    press(page, "Set target")  # the controls' fragment reruns, and the run trains again
     expect(state_badge(page)).to_have_text("TRAINING")
     type_into(page, "Learning rate (eta)", "0.09")
-    sidebar_button(page, "Set eta").click()
+    press(page, "Set eta")
     expect(metric(page, "Eta")).to_have_text("0.09")
     sidebar(page).get_by_text("Log-scale loss").click()  # the whole page reruns
     expect(loss_chart(page).get_by_text("loss", exact=True)).to_be_visible()
-    sidebar_button(page, "Snapshot parameters now").click()
+    press(page, "Snapshot parameters now")
     wait_for_refreshes(page, 2)
     samples = page.evaluate(COLLECT_METRICS)
 
@@ -603,7 +614,7 @@ def sign_in(page: Page, password: str) -> None:
     field = sidebar(page).get_by_label("Operator password")
     field.fill(password)
     assert "".join(sidebar(page).get_by_test_id("InputInstructions").all_inner_texts()) == "", "nothing on the dots"
-    sidebar_button(page, "Sign in").click()
+    press(page, "Sign in")
 
 
 def test_with_an_operator_password_a_second_browser_cannot_steer_and_the_first_can_after_signing_in(
@@ -626,7 +637,7 @@ def test_with_an_operator_password_a_second_browser_cannot_steer_and_the_first_c
     sign_in(operator, "correct horse")
     expect(sidebar_button(operator, "Sign out")).to_be_visible()
     type_into(operator, "Target batches", "3000")
-    sidebar_button(operator, "Set target").click()
+    press(operator, "Set target")
     expect(metric(viewer, "Batch")).to_have_text("3,000")  # the viewer watches the operator's change land
     open_commands(viewer)
     expect(command_line(viewer, "Target 3,000 batches")).to_contain_text("from the page: done at batch 0")

@@ -19,11 +19,11 @@ from test_browser import (  # noqa: F401  (fixtures)
     browser,
     main_area,
     metric,
+    press,
     screenshot,
     server,
     servers,
     sidebar,
-    sidebar_button,
     state_badge,
     title,
     visit,
@@ -102,7 +102,7 @@ def test_a_fork_from_the_page_starts_at_its_parents_batch_with_the_new_eta_and_a
     expect(state_badge(page)).to_have_text("TRAINING")
     sidebar(page).get_by_label("New run's name", exact=True).fill("base-hot")
     sidebar(page).get_by_label("Its eta", exact=True).fill("0.3")
-    sidebar_button(page, "Fork this run").click()
+    press(page, "Fork this run")
 
     expect(sidebar(page).get_by_role("alert")).to_have_count(0)  # no refusal
     expect(title(page)).to_contain_text("base-hot", timeout=FIRST_LOAD_MS)
