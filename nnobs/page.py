@@ -192,7 +192,8 @@ def _start(run: RunDir) -> None:
         return
     for how in said:
         st.toast(f"Restarted; stopping the worker before, {how}.")
-    st.toast(f"Submitted Slurm job {started.job_id}." if isinstance(started, JobRecord) else f"Started the worker, pid {started}.")
+    started_as = f"Slurm job {started.job_id} submitted" if isinstance(started, JobRecord) else f"pid {started}"
+    st.toast(f"Started the worker: {started_as}.")
 
 
 # -- sidebar -------------------------------------------------------------------------------
