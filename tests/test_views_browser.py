@@ -82,8 +82,10 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     wait_for(lambda: picture(page, surface) != live_picture, timeout=20, what="the untrained net's surface drawn")
     screenshot(page, "replay-batch-0")
 
+    slider.focus()  # again: the rerun that drew batch 0 may have taken the focus from the slider
     page.keyboard.press("ArrowRight")
     expect(said).to_have_text("The net's output over the input plane, at batch 1 (replayed).")
+    slider.focus()
     page.keyboard.press("End")
     expect(said).to_have_text("The net's output over the input plane, at its latest state.")
     wait_for(lambda: picture(page, surface) == live_picture, timeout=20, what="the latest surface drawn again, as it was")
