@@ -34,25 +34,25 @@ def draw(view: RunView, frames: dict) -> None:
 def _replay_control(view: RunView) -> int | None:
     """A slider over the batches whose states are kept, "live" at its right end; the batch replayed, or None.
 
-    What is replayed lives in its own key, changed only by the user (the slider's callback, the Live button) and
-    given back to the slider on every run: a slider redrawn by a rerun of the page can report its first option for
-    a moment, and that must not move anyone back to the run's first batch.
+    The slider's own value is what is replayed, live by default, so that a slider that lost its value falls back to
+    the newest state and never to the run's first. The server gives it a value only when the user did not: the Live
+    button, or a replayed state thinned away as the run grew. A value pushed on every run would also come from the
+    timer's runs that started before the user's last move, and put the slider back where it had been.
     """
     batches = view.state_batches.tolist()
     if len(batches) < 2:
         return None
-    at = st.session_state.get("replay_at", LIVE)
+    at = st.session_state.get("replay", LIVE)
     if at != LIVE and at not in set(batches):  # thinned away as the run grew: the nearest state before it
         earlier = [b for b in batches if b <= at]
-        at = st.session_state["replay_at"] = earlier[-1] if earlier else batches[0]
-    st.session_state["replay"] = at
+        at = st.session_state["replay"] = earlier[-1] if earlier else batches[0]
     left, right = st.columns([6, 1], vertical_alignment="bottom")
     left.select_slider(
-        "Replay", [*batches, LIVE], key="replay", on_change=_replay_moved,
+        "Replay", [*batches, LIVE], value=LIVE, key="replay",
         format_func=lambda b: "live" if b == LIVE else f"batch {b:,}",
         help="Show the decision surface, the neuron maps and the marks on the parameters' lines and the path as they "
              f"were at a past state report ({len(batches):,} kept, spread over the run); live follows the newest.")
-    right.button("Live", on_click=lambda: st.session_state.update(replay_at=LIVE), disabled=at == LIVE, width="stretch")
+    right.button("Live", on_click=lambda: st.session_state.update(replay=LIVE), disabled=at == LIVE, width="stretch")
     # Said live or not, so that the page keeps its shape while the slider moves: elements that come and go under
     # quick reruns can leave the browser's page out of step with the server's.
     if at == LIVE:
@@ -61,10 +61,6 @@ def _replay_control(view: RunView) -> int | None:
     st.caption(f"Replaying the state reported at batch {at:,} (the newest is at batch {batches[-1]:,}): the surface, the "
                "neuron maps, the red line on the state vector's lines and the ringed point on the path show it.")
     return at
-
-
-def _replay_moved() -> None:
-    st.session_state["replay_at"] = st.session_state["replay"]
 
 
 def _shown_state(view: RunView, replay_at: int | None) -> tuple[int, np.ndarray] | None:

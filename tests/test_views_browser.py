@@ -30,6 +30,13 @@ def picture(page: Page, element) -> bytes:
     return page.screenshot(clip=element.bounding_box(timeout=5_000))
 
 
+def settled_picture(page: Page, element) -> bytes:
+    """What element shows once two pictures in a row agree: a chart just made visible may still be drawing."""
+    pictures = [picture(page, element)]
+    return wait_for(lambda: pictures.append(picture(page, element)) or pictures[-1] == pictures[-2] and pictures[-1],
+                    timeout=20, what="the chart drawn and holding still")
+
+
 def chart_titled(page: Page, title: str):
     """The Vega chart whose title text is title."""
     return main_area(page).locator(".vega-embed").filter(has=page.locator(f"[aria-label=\"Title text '{title}'\"]"))
@@ -70,7 +77,7 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     said = main_area(page).get_by_text(re.compile(r"^The net's output over the input plane, at "))
     expect(said).to_have_text("The net's output over the input plane, at its latest state.")
     expect(surface).to_be_visible()
-    live_picture = picture(page, surface)
+    live_picture = settled_picture(page, surface)
     slider = main_area(page).get_by_test_id("stSlider").filter(has_text="Replay").get_by_role("slider")
     expect(slider).to_be_visible()
 
@@ -89,7 +96,18 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     page.keyboard.press("End")
     expect(said).to_have_text("The net's output over the input plane, at its latest state.")
     wait_for(lambda: picture(page, surface) == live_picture, timeout=20, what="the latest surface drawn again, as it was")
-    expect(main_area(page).get_by_role("button", name="Live")).to_be_disabled()
+    live = main_area(page).get_by_role("button", name="Live")
+    expect(live).to_be_disabled()
+
+    # The Live button also returns to the newest state, and moves the slider there.
+    slider.focus()
+    page.keyboard.press("Home")
+    expect(said).to_have_text("The net's output over the input plane, at batch 0 (replayed).")
+    expect(live).to_be_enabled()
+    live.dispatch_event("click")
+    expect(said).to_have_text("The net's output over the input plane, at its latest state.")
+    expect(slider).to_have_attribute("aria-valuetext", "live")
+    wait_for(lambda: picture(page, surface) == live_picture, timeout=20, what="the latest surface drawn again by Live")
 
 
 def test_the_pytorch_examples_run_shows_its_per_layer_views(runs_root, visit):
