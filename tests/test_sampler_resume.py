@@ -65,8 +65,9 @@ def test_a_run_killed_and_restarted_draws_the_batches_an_uninterrupted_run_would
 
     restart_worker(run)
     assert wait_started(run, 2)["resumed_from"] == resumed_at
-    wait_for(lambda: read_history(run).batch > resumed_at + AFTER_RESTART, timeout=60,
-             what=f"the resumed run to train {AFTER_RESTART:,} batches")
+    # Batches and reports both: late in a run the loss reports come by the clock, so a fast moment gives few.
+    wait_for(lambda: read_history(run).batch > resumed_at + AFTER_RESTART and len(reported(run, 2, resumed_at)) >= 10,
+             timeout=60, what=f"the resumed run to train {AFTER_RESTART:,} batches and report at least 10 losses")
     stop_worker(run)
 
     second = reported(run, 2, resumed_at)
