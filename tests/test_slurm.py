@@ -94,7 +94,8 @@ def test_scancel_from_outside_reads_crashed_and_restart_resumes(life):
     job_id = read_job(run.job_file).job_id
     cancel(job_id)
     wait_for(lambda: (now := status(root, "life"))["state"] == "crashed" and now["error"] == f"job {job_id} was cancelled",
-             timeout=STALL_AFTER_S, what="crashed, with Slurm's reason, within the heartbeat bound")
+             # The bound, and a poll's own time on top: each poll is a CLI process that asks Slurm.
+             timeout=STALL_AFTER_S + 5, what="crashed, with Slurm's reason, within the heartbeat bound")
     saved = load_checkpoint(run.checkpoint).batch
     done = nnobs(root, "restart", "life")
     assert f"resumes from the checkpoint at batch {saved:,}" in done.stdout, done.stdout

@@ -276,7 +276,10 @@ def test_every_task_trains_in_the_worker_and_its_loss_falls(runs_root, task, net
     seed = 1 + TRAINED.index(next(t for t in TRAINED if t[0] == task))
     print(f"task {task}, net {net}, seed {seed}")
     run = RunDir.named(task, root=runs_root)
-    create_run(run, RunConfig(task=task, net=net, seed=seed, eta=eta, target=batches, noise=0.05 * (task != "xor")))
+    # Paced to two seconds: test losses come by the clock (a few a second), and a flat-out run could end before a
+    # second one. The pace changes when batches are trained, not what they are.
+    create_run(run, RunConfig(task=task, net=net, seed=seed, eta=eta, target=batches, noise=0.05 * (task != "xor"),
+                              pace=batches / 2))
     start_worker(run)
     wait_for(lambda: events(run, "target_reached"), timeout=120, what=f"{task} to train {batches:,} batches")
     stop_worker(run)
@@ -302,7 +305,9 @@ def test_every_task_trains_in_the_worker_and_its_loss_falls(runs_root, task, net
 
 def test_the_test_loss_is_the_nets_loss_on_the_test_points_at_its_batch(runs_root):
     run = RunDir.named("gauss", root=runs_root)
-    config = RunConfig(task="gauss", target=3_000, report_every=1)  # a state report at every batch: the net at each
+    # A state report at every batch (the net at each), paced to three seconds so that test losses, which come by
+    # the clock, fall at several of them.
+    config = RunConfig(task="gauss", target=3_000, report_every=1, pace=1_000)
     create_run(run, config)
     start_worker(run)
     wait_for(lambda: events(run, "target_reached"), timeout=60, what="3,000 batches")
