@@ -44,6 +44,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 ONE_AT_A_TIME = {"slurm": "slurm", "browser": "browser"}
 
 
+FAILED = pytest.StashKey[bool]()  # on a test's item: its call failed, so its fixtures say what they saw
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test that requested a fixture failed: asked at the fixture's teardown."""
+    return request.node.stash.get(FAILED, False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist's --dist loadgroup runs in one worker")
 

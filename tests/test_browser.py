@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
-from conftest import FOREVER, REPO, batch_passes, events, process_gone, wait_for, wait_started
+from conftest import FOREVER, REPO, batch_passes, events, failed, process_gone, wait_for, wait_started
 from nnobs.checkpoint import load_checkpoint
 from nnobs.control import read_commands
 from nnobs.runs import RunDir, create_run, queue_command, read_history, start_worker, stop_worker, worker_pid
@@ -112,7 +113,10 @@ class Servers:
         process.kill()
         process.wait(timeout=30)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        if failed:  # what the servers logged tells a lost click from a script that failed
+            for log in sorted(self.logs.glob("streamlit-*.log")):
+                print(f"--- {log.name}, its last 3,000 characters:\n{log.read_text(errors='replace')[-3000:]}")
         for process in self.processes.values():
             process.terminate()
             try:
@@ -123,11 +127,24 @@ class Servers:
 
 
 @pytest.fixture
-def servers(runs_root: Path, tmp_path: Path) -> Iterator[Servers]:
-    """Servers over runs_root, all terminated and waited for at teardown."""
+def servers(runs_root: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Servers]:
+    """Servers over runs_root, all terminated and waited for at teardown (their logs printed if the test failed)."""
     started = Servers(runs_root, tmp_path)
     yield started
-    started.close()
+    started.close(failed(request))
+
+
+def close_contexts(contexts: list, request: pytest.FixtureRequest) -> None:
+    """Close the test's browser contexts; if it failed, print what each page showed and keep a screenshot of it."""
+    for number, context in enumerate(contexts, 1):
+        for page in context.pages if failed(request) else ():
+            try:
+                print(f"--- page {number} at {page.url}\nsidebar: {sidebar(page).inner_text(timeout=2_000)}\n"
+                      f"main area: {main_area(page).inner_text(timeout=2_000)[:3000]}")
+                screenshot(page, f"failed-{request.node.name}-{number}")
+            except PlaywrightError as err:
+                print(f"--- page {number}: could not be read ({err})")
+        context.close()
 
 
 @pytest.fixture
@@ -137,7 +154,7 @@ def server(servers: Servers) -> str:
 
 
 @pytest.fixture
-def open_url(browser: Browser) -> Iterator[Callable[[str], Page]]:
+def open_url(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Page]]:
     """open_url(url): a new browser context (a new person) on url, once the page shows a state badge."""
     contexts = []
 
@@ -150,8 +167,7 @@ def open_url(browser: Browser) -> Iterator[Callable[[str], Page]]:
         return page
 
     yield open_
-    for context in contexts:
-        context.close()
+    close_contexts(contexts, request)
 
 
 @pytest.fixture
@@ -161,7 +177,7 @@ def open_page(open_url, server: str) -> Callable[..., Page]:
 
 
 @pytest.fixture
-def visit(browser: Browser, server: str) -> Iterator[Callable[..., Page]]:
+def visit(browser: Browser, server: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Page]]:
     """visit(path, height): a new person on the server's page at path, once its main area has drawn; a tall window
     shows what lies under the loss chart without scrolling (the main area scrolls inside a container of its own)."""
     contexts = []
@@ -175,8 +191,7 @@ def visit(browser: Browser, server: str) -> Iterator[Callable[..., Page]]:
         return page
 
     yield open_
-    for context in contexts:
-        context.close()
+    close_contexts(contexts, request)
 
 
 def default_run(runs_root: Path, target: int) -> RunDir:
@@ -243,7 +258,7 @@ def open_commands(page: Page) -> None:
     """Open the commands list, collapsed until asked for."""
     summary = commands(page).locator("summary")
     if commands(page).locator("details").get_attribute("open") is None:
-        summary.click()
+        summary.dispatch_event("click")  # not a click at its place: what is above it may move as the page redraws
     expect(commands(page).locator("li").first).to_be_visible()
 
 
@@ -512,7 +527,8 @@ def test_metric_values_keep_their_size_and_fit_through_clicks_and_refreshes(open
     type_into(page, "Learning rate (eta)", "0.09")
     press(page, "Set eta")
     expect(metric(page, "Eta")).to_have_text("0.09")
-    sidebar(page).get_by_text("Log-scale loss").click()  # the whole page reruns
+    settled_sidebar(page)  # the eta field just changed: its old copy may still push the toggle down
+    sidebar(page).get_by_test_id("stCheckbox").filter(has_text="Log-scale loss").locator("input").dispatch_event("click")
     expect(loss_chart(page).get_by_text("loss", exact=True)).to_be_visible()
     press(page, "Snapshot parameters now")
     wait_for_refreshes(page, 2)
