@@ -169,7 +169,6 @@ def _send(run: RunDir, cmd: str, value=None) -> None:
 
 def _submit(run: RunDir, cmd: str, text: str) -> None:
     """Read what was typed for cmd strictly, then send it; what it cannot mean is refused under its field."""
-    _new_submit()
     try:
         value = read_entry(cmd, text)
     except EntryError as err:
@@ -256,6 +255,8 @@ def _controls(run: RunDir) -> None:
         st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
     if confirmed := st.session_state.pop("confirmed", None):
         _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
+    if (pressed := st.session_state.pop("pressed", None)) and pressed[0] == run.name:
+        _do_pressed(run, *pressed[1:])
     # The status read now, not the shared view's (up to half a refresh old): a field whose value changes is drawn
     # anew, and a draw from an older status than the one the user typed into would lose what was typed.
     status = current_status(run, _watcher(str(run.run_file)))
@@ -271,9 +272,8 @@ def _training_controls(run: RunDir, status: RunStatus) -> None:
               "report_every": status.report_every}
     for cmd, label, button, help_text in SETTINGS:
         with st.form(f"{cmd}_form", border=False, enter_to_submit=False):
-            text = _entry_field(cmd, label, help_text, values[cmd])
-            if st.form_submit_button(button):
-                _submit(run, cmd, text)
+            key = _entry_field(cmd, label, help_text, values[cmd])
+            st.form_submit_button(button, on_click=_press, args=(run, "submit", cmd), kwargs={"text_key": key})
             _refusal(cmd)
 
 
@@ -286,7 +286,30 @@ def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
     lingers beside the new one, moving the controls below it.
     """
     text = entry_text(cmd, value)
-    return st.text_input(label, value=text, key=f"entry_{cmd}:{text}", help=help_text)
+    key = f"entry_{cmd}:{text}"
+    st.text_input(label, value=text, key=key, help=help_text)
+    return key
+
+
+def _press(run: RunDir, action: str, cmd: str | None = None, text_key: str | None = None) -> None:
+    """A control's button was pressed: what it asks for (with what its field held) is kept for the controls' next
+    run, which does it. A callback, so that no press is lost: a press whose own rerun is folded into a timer's,
+    or that ran the page without the controls, is done by the run that draws them next."""
+    text = st.session_state.get(text_key, "") if text_key else None
+    st.session_state["pressed"] = (run.name, action, cmd, text)
+
+
+def _do_pressed(run: RunDir, action: str, cmd: str | None, text: str | None) -> None:
+    """Do a press kept by _press: send a setting or a command, ask about an action, or start the worker."""
+    _new_submit()
+    if action == "submit":
+        _submit(run, cmd, text)
+    elif action == "send":
+        _send(run, cmd)
+    elif action == "ask" and (ask := (cmd, None) if text is None else _confirmed_entry(cmd, text)):
+        _ask(run, *ask)
+    elif action == "start":
+        _start(run)
 
 
 def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
@@ -295,46 +318,37 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
     st.subheader("Actions")
     alive = status.state in ALIVE
     queued = status.state == "queued"
-    if st.button("Snapshot parameters now", disabled=not alive,
-                 help="Ask the worker to write every weight and bias of the net to the run file at once, so the "
-                      "state-vector charts show the parameters as they are now."):
-        _new_submit()
-        _send(run, "tell_state")
+    st.button("Snapshot parameters now", disabled=not alive, on_click=_press, args=(run, "send", "tell_state"),
+              help="Ask the worker to write every weight and bias of the net to the run file at once, so the "
+                   "state-vector charts show the parameters as they are now.")
     _refusal("tell_state")
 
-    # The confirmation to open, once out of the forms: a dialog is no form's part. Both forms are drawn.
-    rewind = _entry_action(
-        "rewind", "Rewind to batch", "Rewind…", alive, f"0 to {status.batch:,}",
+    _entry_action(
+        run, "rewind", "Rewind to batch", "Rewind…", alive, f"0 to {status.batch:,}",
         "Go back to the newest kept checkpoint at or before this batch, with the eta it had there, and train on "
         "from there as a new generation of the worker. The charts then show that line of training; the run file "
         "keeps the record of everything.",
     )
-    reinit = drawn_anew and _entry_action(
-        "reinit", "Reinitialize with seed", "Reinitialize…", alive, "blank: the run's own seed",
-        "Start the net afresh from new random parameters drawn with this seed (blank: the run's own), with the "
-        "run's starting eta, as a new generation at the same batch. The history stays: the loss chart shows the "
-        "old line beside the new one.",
-    )
-    ask = rewind or reinit
+    if drawn_anew:
+        _entry_action(
+            run, "reinit", "Reinitialize with seed", "Reinitialize…", alive, "blank: the run's own seed",
+            "Start the net afresh from new random parameters drawn with this seed (blank: the run's own), with the "
+            "run's starting eta, as a new generation at the same batch. The history stays: the loss chart shows the "
+            "old line beside the new one.",
+        )
 
-    if st.button("Shut down…", disabled=not (alive or queued),
-                 help="Stop the worker cleanly after a final checkpoint (a queued Slurm job is cancelled); asks first."):
-        _new_submit()
-        ask = ("shutdown", None)
+    st.button("Shut down…", disabled=not (alive or queued), on_click=_press, args=(run, "ask", "shutdown"),
+              help="Stop the worker cleanly after a final checkpoint (a queued Slurm job is cancelled); asks first.")
     _refusal("shutdown")
     if alive:
-        if st.button("Restart…", help="Stop the worker and start a new generation from its checkpoint; asks first."):
-            _new_submit()
-            ask = ("restart", None)
+        st.button("Restart…", on_click=_press, args=(run, "ask", "restart"),
+                  help="Stop the worker and start a new generation from its checkpoint; asks first.")
     elif queued:
         st.caption(f"Slurm job {status.job_id} is queued: {status.reason or 'waiting'}.")
-    elif st.button("Start" if status.state == "stopped" else "Restart", type="primary",
-                   help="Start a new generation of the worker; it resumes from the last checkpoint."):
-        _new_submit()
-        _start(run)
+    else:
+        st.button("Start" if status.state == "stopped" else "Restart", type="primary", on_click=_press,
+                  args=(run, "start"), help="Start a new generation of the worker; it resumes from the last checkpoint.")
     _refusal("start")
-    if ask:
-        _ask(run, *ask)
 
 
 def _fork_form(run: RunDir, status: RunStatus) -> None:
@@ -384,20 +398,17 @@ def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
     st.switch_page(navigation.pages()["run"], query_params={"run": new_name})
 
 
-def _entry_action(cmd: str, label: str, button: str, alive: bool, placeholder: str, help_text: str):
-    """A field and its button for an action that asks first: (cmd, value) to ask about once pressed, else None."""
-    ask = None
+def _entry_action(run: RunDir, cmd: str, label: str, button: str, alive: bool, placeholder: str, help_text: str) -> None:
+    """A field and its button for an action that asks first, once what was typed reads as a value."""
     with st.form(f"{cmd}_form", border=False, enter_to_submit=False):
-        text = st.text_input(label, key=f"entry_{cmd}", disabled=not alive, placeholder=placeholder, help=help_text)
-        if st.form_submit_button(button, disabled=not alive):
-            ask = _confirmed_entry(cmd, text)
+        st.text_input(label, key=f"entry_{cmd}", disabled=not alive, placeholder=placeholder, help=help_text)
+        st.form_submit_button(button, disabled=not alive, on_click=_press, args=(run, "ask", cmd),
+                              kwargs={"text_key": f"entry_{cmd}"})
         _refusal(cmd)
-    return ask
 
 
 def _confirmed_entry(cmd: str, text: str) -> tuple[str, object] | None:
     """(cmd, value) to ask about, when what was typed reads as one; else its refusal, and nothing to ask."""
-    _new_submit()
     try:
         return cmd, read_entry(cmd, text)
     except EntryError as err:
