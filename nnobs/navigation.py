@@ -28,4 +28,7 @@ def main() -> None:
 
     st.set_page_config(page_title=TITLE, layout="wide")
     st.html(PAGE_STYLE)
-    st.navigation(list(pages().values()), position="top").run()
+    page = st.navigation(list(pages().values()), position="top")
+    if page.url_path:  # not the run page, the default, at the root
+        st.session_state.pop("pressed", None)  # a run's control pressed just before leaving it: not done on return
+    page.run()

@@ -251,12 +251,13 @@ def _sign_in(where=None) -> None:
 
 def _controls(run: RunDir) -> None:
     """Training settings and actions, shown for the run's current state: a fragment of its own, on the timer."""
+    pressed = [press[1:] for press in st.session_state.pop("pressed", []) if press[0] == run.name]
     if not _may_steer():
         st.rerun()  # the operator password changed since: redraw the whole page as a viewer's
     if confirmed := st.session_state.pop("confirmed", None):
         _act(run, *confirmed)  # said yes to in a dialog, which closed with the rerun that brought us here
-    if (pressed := st.session_state.pop("pressed", None)) and pressed[0] == run.name:
-        _do_pressed(run, *pressed[1:])
+    if pressed:
+        _do_pressed(run, pressed)
     # The status read now, not the shared view's (up to half a refresh old): a field whose value changes is drawn
     # anew, and a draw from an older status than the one the user typed into would lose what was typed.
     status = current_status(run, _watcher(str(run.run_file)))
@@ -278,7 +279,8 @@ def _training_controls(run: RunDir, status: RunStatus) -> None:
 
 
 def _entry_field(cmd: str, label: str, help_text: str, value) -> str:
-    """A text field showing the run's value, drawn anew when that value changes; what is typed is read on submit.
+    """A text field showing the run's value, drawn anew when that value changes; its key, under which what is
+    typed is read on submit.
 
     The value is part of the field's key: a field kept across a change of the run's value would go on showing
     the old one, and a browser that never sent the field back would leave it blank. (Its text set through the
@@ -296,20 +298,26 @@ def _press(run: RunDir, action: str, cmd: str | None = None, text_key: str | Non
     run, which does it. A callback, so that no press is lost: a press whose own rerun is folded into a timer's,
     or that ran the page without the controls, is done by the run that draws them next."""
     text = st.session_state.get(text_key, "") if text_key else None
-    st.session_state["pressed"] = (run.name, action, cmd, text)
+    # A list: two presses whose reruns are folded into one both land here before the controls run.
+    st.session_state.setdefault("pressed", []).append((run.name, action, cmd, text))
 
 
-def _do_pressed(run: RunDir, action: str, cmd: str | None, text: str | None) -> None:
-    """Do a press kept by _press: send a setting or a command, ask about an action, or start the worker."""
+def _do_pressed(run: RunDir, pressed: list[tuple]) -> None:
+    """Do the presses kept by _press, in order: send a setting or a command, or start the worker; then ask about
+    an action, last, as asking reruns the page."""
     _new_submit()
-    if action == "submit":
-        _submit(run, cmd, text)
-    elif action == "send":
-        _send(run, cmd)
-    elif action == "ask" and (ask := (cmd, None) if text is None else _confirmed_entry(cmd, text)):
-        _ask(run, *ask)
-    elif action == "start":
-        _start(run)
+    asks = []
+    for action, cmd, text in pressed:
+        if action == "submit":
+            _submit(run, cmd, text)
+        elif action == "send":
+            _send(run, cmd)
+        elif action == "start":
+            _start(run)
+        elif action == "ask" and (ask := (cmd, None) if text is None else _confirmed_entry(cmd, text)):
+            asks.append(ask)
+    if asks:
+        _ask(run, *asks[-1])
 
 
 def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
@@ -722,3 +730,5 @@ def run_page() -> None:
     st.fragment(run_every=refresh_s)(_live)(run, config)
     if steer:
         _asked(run)
+    else:
+        st.session_state.pop("pressed", None)  # pressed before the operator signed out: not to be done at sign-in

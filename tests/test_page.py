@@ -193,6 +193,18 @@ def test_a_new_submit_clears_every_older_refusal(page, new_run):
     assert refusals(page) == [] and commands_sent(run) == [("target", 1000)]
 
 
+def test_presses_folded_into_one_rerun_are_all_done(page, new_run):
+    run = new_run("default", target=0)
+    page.run()
+    # Two presses before the server runs the page once, as when their reruns are folded into one under load.
+    field(page, "Target batches").input("2,000")
+    button(page, "Set target").click()
+    field(page, "Learning rate (eta)").input("0.2")
+    button(page, "Set eta").click().run()
+    assert not page.exception, page.exception
+    assert commands_sent(run) == [("target", 2000), ("eta", 0.2)]
+
+
 def test_pace_is_set_from_the_sidebar_and_shown(page, new_run):
     run = new_run("default", target=10**9)
     page.run()
