@@ -24,9 +24,12 @@ SPIRAL = {"task": "spiral", "net": "2x8tx8tx1t", "eta": 0.03, "seed": 2}
 TORCH_MLP = REPO / "examples/torch_mlp.py"
 
 
-def picture(page: Page, element) -> bytes:
+def picture(page: Page, element) -> bytes | None:
     """What element shows now, as pixels of the page: an element screenshot would wait for a chart redrawn every
-    second to hold still."""
+    second to hold still. None while it is marked stale (a rerun has not redrawn it yet), as the page may fade it."""
+    container = element.locator("xpath=ancestor::*[@data-testid='stElementContainer'][1]")
+    if container.get_attribute("data-stale", timeout=5_000) == "true":
+        return None
     return page.screenshot(clip=element.bounding_box(timeout=5_000))
 
 
@@ -57,7 +60,7 @@ def test_the_neurons_view_of_a_spiral_run_redraws_as_it_trains(runs_root, visit)
         """The batch the maps are of and their picture; None while a redraw has the chart between two elements."""
         try:
             batch = int(re.search(r"at batch ([\d,]+)", caption.inner_text()).group(1).replace(",", ""))
-            return batch, picture(page, diagram)
+            return (batch, now) if (now := picture(page, diagram)) else None
         except PlaywrightError:
             return None
 
@@ -86,7 +89,8 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     expect(said).to_have_text("The net's output over the input plane, at batch 0 (replayed).")
     expect(main_area(page).get_by_text(re.compile(r"Replaying the state reported at batch 0 \(the newest is at batch 3,000\)")))\
         .to_be_visible()
-    wait_for(lambda: picture(page, surface) != live_picture, timeout=20, what="the untrained net's surface drawn")
+    wait_for(lambda: (now := picture(page, surface)) and now != live_picture, timeout=20,
+             what="the untrained net's surface drawn")
     screenshot(page, "replay-batch-0")
 
     slider.focus()  # again: the rerun that drew batch 0 may have taken the focus from the slider
