@@ -19,7 +19,7 @@ from nnobs.runs import RunDir, create_run, start_worker, stop_worker
 from nnobs.tasks import RunConfig
 from nnobs.view import build_view
 
-TRAIN_S = 30.0
+TRAIN_S = 60.0  # the first minute, the fullest: the start's burst of state reports beside the steady budget
 STEADY_FROM_S = 10.0  # the growth after the start's burst of state reports: from here to TRAIN_S
 ROUNDS = 3
 REFRESHES = 20  # a round: this many refreshes, 0.1 s apart, as the page's timer does

@@ -42,6 +42,7 @@ from nnobs.slot import StatusSlot, tell_log
 from nnobs.schedule import DENSE_STATE_MAX_PARAMS, next_loss_report, next_state_report
 from nnobs.schema import (
     FULL_STATE_MAX_PARAMS,
+    SUMMARY,
     Tensors,
     loss_report,
     metric_entry,
@@ -536,7 +537,8 @@ class Session:
         """Whether a scheduled state report fits the byte budget; it is counted against it when it does."""
         allowed, counted = self._state_budget
         allowed = min(STATE_BYTES_BURST, allowed + (now - counted) * STATE_BYTES_PER_S)
-        size = BYTES_PER_NUMBER * (self._n_params if self._sample is None else len(self._sample) + 6 * len(self.trainer.tensors))
+        size = BYTES_PER_NUMBER * (self._n_params if self._sample is None
+                                  else len(self._sample) + len(SUMMARY) * len(self.trainer.tensors))
         fits = allowed > 0
         self._state_budget = (allowed - size if fits else allowed, now)
         return fits

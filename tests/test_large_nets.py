@@ -53,15 +53,17 @@ def test_a_million_parameter_model_writes_state_reports_under_200_kb_and_checkpo
 
 
 def test_the_2_256_256_1_net_grows_its_run_file_by_at_most_2_mb_a_minute(new_run):
+    # A whole minute from the start, the fullest one: it holds the start's burst of state reports beside the
+    # budget's steady rate, so a shorter window scaled up to a minute would overstate it.
     run = new_run(sizes=[2, 256, 256, 1], target=10**9)  # 66,817 parameters, default reporting
-    start_worker(run)
-    wait_for(lambda: read_history(run).batch > 0, what="the worker to train")
+    start_worker(run)  # returns once the started record is in the run file
     start_size, start_t = os.path.getsize(run.run_file), time.monotonic()
-    wait_for(lambda: time.monotonic() - start_t >= 10 and read_history(run).batch > 2_000, timeout=60,
-             what="10 s and 2,000 batches of training")
+    wait_for(lambda: time.monotonic() - start_t >= 60, timeout=90, what="a minute of training")
     grown, seconds = os.path.getsize(run.run_file) - start_size, time.monotonic() - start_t
+    batches = read_history(run).batch
     stop_worker(run)
     per_minute = grown / seconds * 60
-    print(f"2-256-256-1: the run file grew {per_minute / MB:.2f} MB a minute over {seconds:.1f} s")
+    print(f"2-256-256-1: the run file grew {per_minute / MB:.2f} MB in its first minute ({batches:,} batches)")
+    assert batches > 2_000, "the net trained"
     assert per_minute <= 2 * MB
     assert events(run, "shutdown")
