@@ -7,6 +7,15 @@ import numpy as np
 from nnobs.tasks import TASKS, RunConfig, build_network
 
 
+PICTURE_MAX = 1e30  # pictures are sent as float32, whose range ends at 3.4e38
+
+
+def as_picture(values):
+    """Values (an array or a frame) as float32, clipped into its range: a diverged net's outputs and weights
+    overflow it, and are drawn as full colour rather than infinities that break the colour scale. NaN stays NaN."""
+    return values.clip(-PICTURE_MAX, PICTURE_MAX).astype(np.float32)
+
+
 def steps(previous: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Length of each step between successive state vectors, and the cosine between successive steps.
 

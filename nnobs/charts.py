@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from nnobs.analytics import EXTENT, GRID
+from nnobs.analytics import EXTENT, GRID, as_picture
 from nnobs.history import Marker, RunHistory, WindowedSeries
 from nnobs.series import MinMaxBuckets
 
@@ -215,7 +215,7 @@ def surface_frame(x1: np.ndarray, x2: np.ndarray, output: np.ndarray, facts, act
         magnitudes = magnitudes[np.isfinite(magnitudes)]
         bound = float(magnitudes.max()) if len(magnitudes) and magnitudes.max() > 0 else 1.0
     scale = pd.DataFrame({"output": [-bound, bound]})
-    return pd.concat([cells, points, scale], ignore_index=True).astype("float32")  # a picture: 7 digits are plenty
+    return as_picture(pd.concat([cells, points, scale], ignore_index=True))  # a picture: 7 digits are plenty
 
 
 def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from nnobs.analytics import as_picture
 from nnobs.tasks import TASKS, RunConfig, build_network
 
 GRID = 20  # cells across each unit's map
@@ -94,8 +95,7 @@ def neurons_frame(config_json: str, sv: bytes) -> pd.DataFrame:
         "y2": np.concatenate([np.full(n_cells, np.nan), links_to[:, 1]]).astype(np.float32),
         "gx": np.concatenate([np.tile(gx, len(cells)), np.full(n_links, -1)]).astype(np.int8),
         "gy": np.concatenate([np.tile(gy, len(cells)), np.full(n_links, -1)]).astype(np.int8),
-        # Clipped into float32's range: a diverged net's outputs and weights overflow it, and draw as full colour.
-        "value": np.clip(np.concatenate([values for *_, values in cells] + [weights]), -1e30, 1e30).astype(np.float32),
+        "value": as_picture(np.concatenate([values for *_, values in cells] + [weights])),
     })
 
 

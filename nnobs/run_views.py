@@ -76,6 +76,10 @@ def _parameters(view: RunView, frames: dict, replay_at: int | None) -> None:
     if view.sampled:
         st.caption(f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor "
                    "and the same at every state report; their names say where each sits (tensor[row,column]).")
+    reported = view.sv_lines["batch"].unique() if view.sv_lines is not None else []
+    if len(reported) == 1:  # one point per parameter draws no line: the frame alone would read as a broken chart
+        st.caption(f"One state report so far, at batch {int(reported[0]):,}: "
+                   "the parameters' lines start with the second.")
     tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
     lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES], lines_shown)
     heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)

@@ -166,6 +166,10 @@ def test_the_decision_surface_colours_are_anchored_to_the_outputs_range(tmp_path
     assert (identity["output"].min(), identity["output"].max()) == (-3.0, 3.0), "symmetric around zero"
     flat_zero = charts.surface_frame(x1, x2, np.zeros(cells), (facts[0], np.zeros((2, 1))), "relu")
     assert flat_zero["output"].max() > 0, "a net that outputs only zeros still has a scale"
+    with np.errstate(over="raise"):  # no float32 overflow into infinities that would break the colour scale
+        diverged = charts.surface_frame(x1, x2, np.linspace(-1e300, 1e300, cells), facts, "identity")
+    assert not np.isinf(diverged["output"]).any() and diverged["output"].max() == np.float32(1e30), \
+        "a diverged net's output is drawn at the scale's ends"
     assert tanh["x1"].isna().sum() == 2, "only the two range rows have no place on the plane"
 
     spec = charts.surface_spec()

@@ -303,6 +303,14 @@ def test_an_idle_runs_flat_loss_shows_no_change(page, new_run):
         assert metric(page, "Loss").delta == "", "an idle run's loss does not move: no +0.0%"
 
 
+def test_a_run_stopped_at_its_first_state_report_says_its_lines_start_with_the_second(page, new_run):
+    new_run("default", target=0)
+    page.run()
+    rerun_until(page, lambda at: state(at) == "IDLE", "idle at batch 0")
+    said = [c.value for c in page.caption if c.value.startswith("One state report so far")]
+    assert said == ["One state report so far, at batch 0: the parameters' lines start with the second."]
+
+
 def test_controls_and_metrics_say_in_plain_words_what_they_do(page, new_run):
     new_run("default", target=0)
     page.run()
