@@ -191,17 +191,18 @@ def acks_of(run: RunDir, command: dict) -> list[dict]:
     return [r for r in records_with(run, "ack") if r["ack"][1].get("id") == command["id"]]
 
 
-def batch_passes(run: RunDir, batch: int, what: str = "") -> int:
+def batch_passes(run: RunDir, batch: int, what: str = "", timeout: float = 30.0) -> int:
     """Wait until the run file shows training beyond batch; return the batch seen."""
     return wait_for(
         lambda: (b := read_history(run).batch) > batch and b,
-        what=what or f"{run.name} to train beyond batch {batch}",
+        timeout=timeout, what=what or f"{run.name} to train beyond batch {batch}",
     )
 
 
-def wait_started(run: RunDir, count: int = 1) -> dict:
+def wait_started(run: RunDir, count: int = 1, timeout: float = 30.0) -> dict:
     """Wait for the count-th "started" record and return it."""
-    wait_for(lambda: len(events(run, "started")) >= count, what=f"{run.name} to record start number {count}")
+    wait_for(lambda: len(events(run, "started")) >= count, timeout=timeout,
+             what=f"{run.name} to record start number {count}")
     return events(run, "started")[count - 1]
 
 

@@ -11,6 +11,7 @@ import re
 from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, batch_passes, events, wait_for
+from nnobs.checkpoint import load_checkpoint
 from nnobs.lab import fork_origin, new_run
 from nnobs.runs import RunDir, read_history, stop_worker
 from nnobs.tasks import RunConfig, load_config
@@ -97,7 +98,9 @@ def test_a_bad_entry_in_the_form_is_refused_and_nothing_is_created(visit, runs_r
 def test_a_fork_from_the_page_starts_at_its_parents_batch_with_the_new_eta_and_appears_beside_it(visit, runs_root):
     parent = made(runs_root, "base", task="spiral", eta=0.03, target=FOREVER, pace=2000)
     batch_passes(parent, 3000)
-    wait_for(lambda: parent.checkpoint.exists(), what="the parent's first checkpoint")
+    # The worker checkpoints batch 0 as it starts: the fork's origin is asserted beyond 3,000, so that is awaited.
+    wait_for(lambda: (kept := load_checkpoint(parent.checkpoint)) is not None and kept.batch >= 3000,
+             what="the parent's checkpoint at batch 3,000 or later")
     page = visit("/?run=base")
     expect(state_badge(page)).to_have_text("TRAINING")
     sidebar(page).get_by_label("New run's name", exact=True).fill("base-hot")

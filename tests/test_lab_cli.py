@@ -45,7 +45,8 @@ def test_fork_starts_at_its_parents_checkpoint_with_the_new_eta(runs_root, new_r
 def test_a_fork_from_a_kept_checkpoint_starts_at_or_before_the_batch_asked(runs_root, new_run):
     parent = new_run("parent", target=400_000)
     assert nnobs(runs_root, "start", "parent").returncode == 0
-    wait_for(lambda: events(parent, "target_reached"), what="the parent to reach its target")
+    # 400,000 XOR batches: seconds here, the better part of a minute on a loaded machine
+    wait_for(lambda: events(parent, "target_reached"), timeout=120, what="the parent to reach its target")
     done = nnobs(runs_root, "fork", "parent", "early", "--at", "200000")
     assert done.returncode == 0, done.stderr
     batch = fork_origin(RunDir.named("early", runs_root))["batch"]

@@ -130,7 +130,7 @@ def test_rewind_after_eta_50_brings_back_the_kept_checkpoints_loss_and_training_
     run = new_run(target=FOREVER)
     start_worker(run)
     wait_for(lambda: (h := read_history(run)).loss is not None and h.batch > 200_000 and h.loss < 1e-20,
-             what="XOR to converge")
+             timeout=120, what="XOR to converge")  # as long as test_page gives it: a loaded machine trains slowly
     ruin = send_command(run.control_file, "eta", 50)
     ruined_at = answered(run, ruin).batch
     status = wait_for(lambda: (s := run_status(run, read_history(run))).label == "not learning" and s,

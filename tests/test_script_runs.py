@@ -93,7 +93,8 @@ def test_nnobs_run_starts_a_script_detached_and_restart_runs_its_recorded_comman
 
     stopped = nnobs_cli(runs_root, "stop", "mlp")
     assert stopped.returncode == 0, stopped.stderr
-    assert "the code after the loop ran" in run.worker_log.read_text()
+    # The script prints it after its run let go of the worker lock, which is what stop waits for.
+    wait_for(lambda: "the code after the loop ran" in run.worker_log.read_text(), what="the code after the loop")
     assert events(run, "shutdown")
 
 
@@ -105,7 +106,9 @@ def test_a_script_that_raises_shows_crashed_with_its_error_and_the_traceback_in_
     status = run_status(run, read_history(run))
     assert status.state == "crashed"
     assert status.error == "RuntimeError: the data ran out at batch 300"
-    assert "Traceback" in log_tail(run) and "the data ran out at batch 300" in log_tail(run)
+    # Python prints the traceback after the run let go of the worker lock: it is awaited, not assumed.
+    wait_for(lambda: "Traceback" in log_tail(run) and "the data ran out at batch 300" in log_tail(run),
+             what="the traceback in the worker's log")
 
 
 def test_a_script_started_outside_nnobs_is_steered_but_restart_says_where_to_start_it(runs_root, script):

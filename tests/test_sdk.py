@@ -47,6 +47,7 @@ MLP_TENSORS = [["0.weight", [32, 2]], ["0.bias", [32]], ["2.weight", [32, 32]], 
                ["4.weight", [2, 32]], ["4.bias", [2]]]  # the example's default: 2 -> 32 -> 32 -> 2
 PACE = 200  # batches a second for runs that train on and on: they leave the cores to the CLI and other scripts
 SCRIPT_TIMEOUT_S = 60.0  # a script's exit after it was told to end; importing torch alone takes seconds here
+STARTS_WITHIN_S = 120.0  # a PyTorch script's first batches: Python and torch imported cold, at times two at once
 
 # A PyTorch loop that goes wrong at a batch of its choosing: argv is run name, runs root, fault ("raise" or
 # "nan") and the batch. The batch's input gets a NaN, as a corrupt sample would bring, so the loss, the gradients
@@ -230,7 +231,7 @@ def live_mlp(tmp_path_factory):
     script = started.start(TORCH_MLP, "mlp", "--runs", folder / "runs", "--target", FOREVER, "--pace", PACE)
     run = RunDir.named("mlp", folder / "runs")
     try:
-        batch_passes(run, 0, what="the PyTorch example to train")
+        batch_passes(run, 0, what="the PyTorch example to train", timeout=STARTS_WITHIN_S)
         yield LiveRun(run, script)
     finally:
         started.kill_all()
@@ -327,7 +328,7 @@ class TestALiveRun:
 def test_nnobs_stop_ends_the_loop_at_a_batch_with_a_final_checkpoint_and_the_script_exits_0(root, scripts):
     script = scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE)
     run = RunDir.named("mlp", root)
-    batch_passes(run, 20)
+    batch_passes(run, 20, timeout=STARTS_WITHIN_S)
 
     result = cli(root, "stop", "mlp")
 
@@ -342,7 +343,7 @@ def test_sigterm_and_sigint_each_end_the_loop_as_a_shutdown_does(root, scripts):
     signals = {"term": signal.SIGTERM, "int": signal.SIGINT}
     started = {name: scripts.start(TORCH_MLP, name, "--runs", root, "--target", FOREVER, "--pace", PACE) for name in signals}
     for name in signals:
-        batch_passes(RunDir.named(name, root), 20)
+        batch_passes(RunDir.named(name, root), 20, timeout=STARTS_WITHIN_S)
 
     for name, signum in signals.items():
         started[name].proc.send_signal(signum)
@@ -355,7 +356,7 @@ def test_sigterm_and_sigint_each_end_the_loop_as_a_shutdown_does(root, scripts):
 def test_kill_9_reads_crashed_at_once_and_a_second_start_resumes_with_the_learning_rate_set_before(root, scripts, request):
     first = scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE)
     run = RunDir.named("mlp", root)
-    batch_passes(run, 20)
+    batch_passes(run, 20, timeout=STARTS_WITHIN_S)
     answered(run, send_command(run.control_file, "eta", 0.002, by="test"))
     wait_for(lambda: (c := load_checkpoint(run.checkpoint)) is not None and c.eta == 0.002,
              what="a checkpoint that holds the new eta")
@@ -372,7 +373,7 @@ def test_kill_9_reads_crashed_at_once_and_a_second_start_resumes_with_the_learni
 
     scripts.start(TORCH_MLP, "mlp", "--runs", root, "--target", FOREVER, "--pace", PACE, "--lr", 0.01)  # the code's lr, not the run's
 
-    started = wait_started(run, 2)
+    started = wait_started(run, 2, timeout=STARTS_WITHIN_S)
     assert (started["resumed_from"], started["event"][0], started["gen"]) == (ckpt.batch, ckpt.batch, ckpt.gen + 1)
     resumed = wait_for(lambda: [value for gen, _, value in logged(run, "lr") if gen == started["gen"]][:3],
                        what="the resumed script to log its learning rate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+from conftest import wait_for
 from slurm_support import SLURM_UP, cancel_jobs_under, jobs_under, release, slurm, wait_for_job  # noqa: F401 (fixture)
 
 
@@ -21,11 +22,12 @@ def test_a_held_job_waits_then_runs_once_released_and_is_cancelled_with_its_dire
     assert held.reason == "JobHeldUser"
     release(job_id)
     wait_for_job(job_id, "RUNNING")
+    # Slurm says RUNNING before the batch script has run its first line: what it printed is awaited, not assumed.
+    wait_for(lambda: out.exists() and f"running in {job_id}" in out.read_text(), what="the job's script to run")
     assert [j.job_id for j in jobs_under(tmp_path)] == [job_id]
 
     cancel_jobs_under(tmp_path)
     assert wait_for_job(job_id, "ENDED").state == "CANCELLED"
-    assert f"running in {job_id}" in out.read_text()
 
 
 def test_slurm_up_does_nothing_when_slurm_answers(slurm):
