@@ -97,15 +97,17 @@ def _significant(values: np.ndarray, digits: int) -> np.ndarray:
 
 
 def loss_means_frame(history: RunHistory) -> pd.DataFrame:
-    """Each loss bucket's mean at its middle batch: of every report's window mean, weighted by the batches it covers."""
+    """Each loss bucket's mean where it belongs (means_frame): of every report's window mean, weighted by the
+    batches it covers."""
     return means_frame(history.loss_outline)
 
 
 def means_frame(series: WindowedSeries) -> pd.DataFrame:
-    """Each bucket's mean (batch, mean) at its middle batch, weighted by the batches each report's window covers."""
+    """Each bucket's mean (batch, mean), weighted by the batches each report's window covers, where it belongs
+    (MinMaxBuckets.mean_batches: a test loss at its batch, a report's window at its middle)."""
     buckets = series.means
-    starts, ends, means = buckets.means(buckets.max_buckets)
-    return pd.DataFrame({"batch": (starts + ends - 1) // 2, "mean": means[:, 0]})
+    _, _, means = buckets.means(buckets.max_buckets)
+    return pd.DataFrame({"batch": buckets.mean_batches(), "mean": means[:, 0]})
 
 
 LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."

@@ -190,6 +190,21 @@ class MinMaxBuckets:
         with np.errstate(invalid="ignore", divide="ignore"):
             return begin, end, sums / weights[:, None]
 
+    def mean_batches(self) -> np.ndarray:
+        """Where each bucket's mean (means(max_buckets)) belongs on the batch axis, (buckets,).
+
+        A bucket of one point stands for the batches its weight counts up to its own (a loss report's
+        window), so it goes at their middle; a value logged alone (weight 1), such as a test loss, at
+        its very batch, not halfway to the next. A bucket of many points, at the middle of the batches
+        from its first point to the next bucket's. Never before the point ahead of it: in batch order.
+        """
+        nb = self.n_buckets
+        begin = self.first_batch[:nb]
+        if self.width > 1:
+            return (begin + np.append(begin[1:], self.last[0] + 1) - 1) // 2
+        middle = begin - (np.maximum(self.weight[:nb], 1).astype(np.int64) - 1) // 2
+        return np.maximum(middle, np.append(begin[:1], begin[:-1]))
+
     def truncate(self, batch: int) -> None:
         """Forget the points after batch (a run went back to it), bucket by bucket.
 

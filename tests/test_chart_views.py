@@ -76,7 +76,9 @@ def test_the_smoothed_loss_follows_a_drop_of_30_decades_and_never_lags_far_behin
     later = at >= 0.05 * end
     assert later.sum() >= 19
     lag = np.log10(smoothed[later]) - np.log10(1e-30)  # decades above the raw line
-    assert np.abs(lag).max() < 0.05, f"smoothed line up to {lag.max():.1f} decades above the flat loss"
+    # A tenth of a decade, a factor of 1.26: a hair on a 30-decade axis. The first flat report, at batch 5,000, is
+    # drawn there and weighs the 4,600 batches since the drop (drawn halfway to the next, it once weighed 7,100).
+    assert np.abs(lag).max() < 0.1, f"smoothed line up to {lag.max():.2f} decades above the flat loss"
 
 
 def test_the_smoothing_weighs_batches_not_points():

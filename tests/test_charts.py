@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import SEED_RUN
 from nnobs import charts
-from nnobs.history import RunHistory, RunWatcher
+from nnobs.history import RunHistory, RunWatcher, WindowedSeries
 from nnobs.records import RecordReader, RecordWriter, read_all
 from nnobs.schema import loss_report, state_report
 from nnobs.series import MinMaxBuckets
@@ -200,6 +200,20 @@ def test_smoothing_follows_the_mean_not_the_spikes_of_a_long_run():
     smoothed = frame["smoothed"].dropna().to_numpy()
     assert frame["loss"].max() == 10.0, "the raw outline keeps the spikes"
     assert abs(smoothed[-100:].mean() - losses.mean()) < 0.05, "the smoothed line sits at the mean"
+
+
+def test_a_mean_is_drawn_at_the_batches_it_stands_for_and_a_lone_value_at_its_own():
+    def series(batches, windows):
+        windows = np.array(windows, dtype=float)
+        made = WindowedSeries(1000)
+        made.extend(np.array(batches), windows[:, 5], windows)
+        return charts.means_frame(made)["batch"].tolist()
+
+    # A test loss, logged alone at batches 1 and 3,000: not halfway to the next one.
+    assert series([1, 3000], [[1, 0.65, 1, 0.65, 1, 0.65], [1, 0.1, 3000, 0.1, 3000, 0.1]]) == [1, 3000]
+    # Loss reports whose windows cover batches 1-100 and 101-200: at their middles.
+    assert series([0, 100, 200], [[1, 1.0, 0, 1.0, 0, 1.0], [100, 0.5, 7, 0.9, 1, 0.7], [100, 0.2, 200, 0.4, 101, 0.3]]) \
+        == [0, 51, 151]
 
 
 def test_odd_but_valid_json_lines_are_skipped_and_the_rest_kept():
