@@ -313,6 +313,8 @@ def _run_extent() -> alt.Chart:
 
 
 LOG_LABELS = "replace(datum.label, 'e+', 'e')"  # 1e-2, 1e0, 1e3: one style over any number of decades
+# A colour legend's labels: as Vega makes them (0.5, 10), but a diverged net's 1e129 as that, not 130 digits.
+HUGE_SHORT = "abs(datum.value) >= 1e6 ? replace(format(datum.value, '.2~e'), 'e+', 'e') : datum.label"
 LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
 
 
@@ -425,7 +427,8 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
             x=_batch_axis(),
             y=alt.Y("value:Q", title="value", axis=alt.Axis(format="~g")),
             # In state-vector order (the frame's), not alphabetical: a layer's weights before its biases.
-            color=alt.Color("layer:N", title="layer", sort=None, legend=alt.Legend(orient="top")),
+            color=alt.Color("layer:N", title="layer", sort=None, legend=alt.Legend(orient="top", columns=4)),  # in
+            # rows of four (a layer's weights and biases, two layers a row): the last is not cut off at the edge
             detail="parameter:N",
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
@@ -487,7 +490,7 @@ def surface_spec(title: str = "Decision surface (latest state)") -> dict:
     half = EXTENT / (GRID - 1)  # half a cell: the grid is GRID points across [-EXTENT, EXTENT], 2 * EXTENT wide
     overlap = 1.05 * half  # cells overlap a little: no seams between neighbours
     diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True, nice=False, zero=False)
-    colour = alt.Color("output:Q", scale=diverging, title="output")
+    colour = alt.Color("output:Q", scale=diverging, title="output", legend=alt.Legend(labelExpr=HUGE_SHORT))
     axis = alt.Scale(domain=[-EXTENT - half, EXTENT + half], nice=False)
     output_range = alt.Chart().transform_filter("!isValid(datum.x1)").mark_rect(opacity=0)  # under the cells
     ranges = [output_range.encode(color=colour),
@@ -500,7 +503,7 @@ def surface_spec(title: str = "Decision surface (latest state)") -> dict:
         .encode(x=alt.X("left:Q", title="input 1", scale=axis), x2="right:Q",
                 y=alt.Y("bottom:Q", title="input 2", scale=axis), y2="top:Q", color=colour,
                 tooltip=[alt.Tooltip("x1:Q", format=".2f"), alt.Tooltip("x2:Q", format=".2f"),
-                         alt.Tooltip("output:Q", format=".3f")])
+                         alt.Tooltip("output:Q", format=".3~g")])
     )
     facts = (
         alt.Chart().transform_filter("isValid(datum.target)")
@@ -522,7 +525,8 @@ def sv_heatmap_spec(names: tuple[str, ...], shown: str = SV_ALL) -> dict:
             x=_batch_axis(),
             x2="batch_end:Q",
             y=alt.Y("parameter:N", sort=None, title=None),  # data order is state-vector order
-            color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True), title="value"),
+            color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True), title="value",
+                            legend=alt.Legend(labelExpr=HUGE_SHORT)),
             tooltip=["parameter:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
         )
     )

@@ -96,9 +96,11 @@ def update_spec(tensors: tuple[str, ...]) -> dict:
         .add_params(_zoom())
     )
     rule = alt.Chart().mark_rule(strokeDash=[5, 4], color="#555").encode(y=alt.datum(UPDATE_RULE))
-    label = (alt.Chart().mark_text(align="right", dx=-4, dy=-7, color="#555", fontSize=11)
-             .encode(x=alt.value(alt.expr("width")), y=alt.datum(UPDATE_RULE), text=alt.datum("1e-3, the rule of thumb")))
-    return _spec(alt.layer(lines, rule, label).properties(title="Update-to-weight ratio per tensor"))
+    placed = {"x": alt.value(alt.expr("width")), "y": alt.datum(UPDATE_RULE), "text": alt.datum("1e-3, the rule of thumb")}
+    text = {"align": "right", "dx": -4, "dy": -7, "fontSize": 11}
+    halo = alt.Chart().mark_text(fill="white", stroke="white", strokeWidth=5, strokeJoin="round", **text).encode(**placed)
+    label = alt.Chart().mark_text(color="#555", **text).encode(**placed)  # on its halo: readable over the lines
+    return _spec(alt.layer(lines, rule, halo, label).properties(title="Update-to-weight ratio per tensor"))
 
 
 @_built_once
@@ -109,7 +111,7 @@ def bands_spec(tensors: tuple[str, ...]) -> dict:
                                       axis=alt.Axis(format="~s", tickCount=4)))
     bands = [
         base.mark_area(opacity=opacity, color="#1f77b4", clip=True).encode(
-            y=alt.Y(f"{low}:Q", title=None, scale=alt.Scale(zero=False)), y2=f"{high}:Q")
+            y=alt.Y(f"{low}:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")), y2=f"{high}:Q")
         for low, high, opacity in (("min", "max", 0.15), ("p7", "p93", 0.25), ("p16", "p84", 0.35), ("p31", "p69", 0.5))
     ]
     median = base.mark_line(color="#0b3c61", strokeWidth=1.2, clip=True).encode(

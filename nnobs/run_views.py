@@ -35,24 +35,26 @@ def _replay_control(view: RunView) -> int | None:
     """A slider over the batches whose states are kept, "live" at its right end; the batch replayed, or None.
 
     The slider's own value is what is replayed, live by default, so that a slider that lost its value falls back to
-    the newest state and never to the run's first. The server gives it a value only when the user did not: the Live
-    button, or a replayed state thinned away as the run grew. A value pushed on every run would also come from the
-    timer's runs that started before the user's last move, and put the slider back where it had been.
+    the newest state and never to the run's first. The server never pushes a value into it: the browser's runs
+    (the timer's among them) that started before the push would carry the old value back. When the server must
+    move it (the Live button, a replayed state thinned away as the run grew) it makes a fresh slider under a new
+    key (_reset_replay), and whatever the browser still holds for the old one is dropped.
     """
     batches = view.state_batches.tolist()
     if len(batches) < 2:
         return None
-    at = st.session_state.get("replay", LIVE)
+    at = st.session_state.get(_replay_key(), LIVE)
     if at != LIVE and at not in set(batches):  # thinned away as the run grew: the nearest state before it
         earlier = [b for b in batches if b <= at]
-        at = st.session_state["replay"] = earlier[-1] if earlier else batches[0]
+        at = earlier[-1] if earlier else batches[0]
+        _reset_replay(at)
     left, right = st.columns([6, 1], vertical_alignment="bottom")
     left.select_slider(
-        "Replay", [*batches, LIVE], value=LIVE, key="replay",
+        "Replay", [*batches, LIVE], value=LIVE, key=_replay_key(),
         format_func=lambda b: "live" if b == LIVE else f"batch {b:,}",
         help="Show the decision surface, the neuron maps and the marks on the parameters' lines and the path as they "
              f"were at a past state report ({len(batches):,} kept, spread over the run); live follows the newest.")
-    right.button("Live", on_click=lambda: st.session_state.update(replay=LIVE), disabled=at == LIVE, width="stretch")
+    right.button("Live", on_click=_reset_replay, disabled=at == LIVE, width="stretch")
     # Said live or not, so that the page keeps its shape while the slider moves: elements that come and go under
     # quick reruns can leave the browser's page out of step with the server's.
     if at == LIVE:
@@ -61,6 +63,17 @@ def _replay_control(view: RunView) -> int | None:
     st.caption(f"Replaying the state reported at batch {at:,} (the newest is at batch {batches[-1]:,}): the surface, the "
                "neuron maps, the red line on the state vector's lines and the ringed point on the path show it.")
     return at
+
+
+def _replay_key() -> str:
+    return f"replay-{st.session_state.get('replay_resets', 0)}"
+
+
+def _reset_replay(at: int | None = None) -> None:
+    """A fresh replay slider from this run on: live, or at the batch given."""
+    st.session_state["replay_resets"] = st.session_state.get("replay_resets", 0) + 1
+    if at is not None:
+        st.session_state[_replay_key()] = at
 
 
 def _shown_state(view: RunView, replay_at: int | None) -> tuple[int, np.ndarray] | None:
@@ -156,7 +169,8 @@ def _trajectory(view: RunView, frames: dict, replay_at: int | None) -> None:
                    "which they vary most (PCA); coloured by batch, the ringed point is the state shown.")
         frame = trajectory.path_frame(projection, losses, replay_at)
         left, right = st.columns([3, 2])
-        left.vega_lite_chart(frame, trajectory.path_spec(projection.explained), width="stretch", height=420)
+        spans = int(projection.batches[0]), int(projection.batches[-1])
+        left.vega_lite_chart(frame, trajectory.path_spec(projection.explained, spans), width="stretch", height=420)
         right.vega_lite_chart(frame, trajectory.loss_along_spec(), width="stretch", height=200)
     if "step_lengths" in frames:
         left, right = st.columns(2)

@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from nnobs.charts import _built_once, _spec
+from nnobs.charts import LOG_LABELS, _built_once, _spec
 
 
 @dataclass
@@ -75,27 +75,37 @@ def path_frame(projection: Projection, losses: np.ndarray, marked: int | None) -
     })
 
 
-def path_spec(explained: tuple[float, float]) -> dict:
+def path_spec(explained: tuple[float, float], batches: tuple[int, int]) -> dict:
     """The path as a line through the states in order, each point coloured by its batch (symlog: the early, fast
     part of learning gets its share of colour), its loss in the tooltip, the replayed state ringed; the axes say
-    how much of the variance each direction holds."""
+    how much of the variance each direction holds, the colour legend the decades within the path's batches
+    (first, last): Vega draws a legend's values beyond its scale's domain too."""
     spec = _path_spec()
     first, second = (f"{share:.0%}" for share in explained)
     for layer in spec["layer"]:
         layer["encoding"]["x"]["title"] = f"first principal direction ({first} of the variance)"
         layer["encoding"]["y"]["title"] = f"second ({second})"
+        if "color" in layer["encoding"]:
+            layer["encoding"]["color"]["legend"]["values"] = [d for d in DECADES if batches[0] <= d <= batches[1]]
     return spec
+
+
+DECADES = [0] + [10**k for k in range(13)]
+# 1, 10, 100, 1k, 10k, 1M: each decade by itself (a "~s" format gives every label the largest one's prefix: 0M)
+DECADE_LABELS = ("datum.value >= 1e6 ? format(datum.value / 1e6, '~g') + 'M' : "
+                 "datum.value >= 1e3 ? format(datum.value / 1e3, '~g') + 'k' : format(datum.value, '~g')")
 
 
 @_built_once
 def _path_spec() -> dict:
-    x = alt.X("pc1:Q", scale=alt.Scale(zero=False))
-    y = alt.Y("pc2:Q", scale=alt.Scale(zero=False))
+    x = alt.X("pc1:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
+    y = alt.Y("pc2:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
     path = alt.Chart().mark_line(color="#999", strokeWidth=1).encode(x=x, y=y, order="order:Q")
     points = alt.Chart().mark_circle(size=28, opacity=0.9).encode(
         x=x, y=y,
         color=alt.Color("batch:Q", scale=alt.Scale(type="symlog", scheme="viridis"), title="batch",
-                        legend=alt.Legend(format=",d")),
+                        legend=alt.Legend(labelExpr=DECADE_LABELS)),  # the decades as values (path_spec): on
+        # a symlog scale Vega's own picks (500,000, 1,500,000) bunch up at its top
         tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
                  alt.Tooltip("pc1:Q", format=".3g"), alt.Tooltip("pc2:Q", format=".3g")],
     )
@@ -109,8 +119,10 @@ def loss_along_spec() -> dict:
     """The loss at each state of the path, over its batches: where along the path the loss fell."""
     chart = alt.Chart().transform_filter("datum.loss > 0").mark_line(point=alt.OverlayMarkDef(size=14), strokeWidth=1.2).encode(
         x=alt.X("batch:Q", title="batch (symlog)", scale=alt.Scale(type="symlog", nice=False),
-                axis=alt.Axis(format="~s", values=[0] + [10**k for k in range(13)])),  # the decades Vega would not pick
-        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
+                axis=alt.Axis(values=DECADES, labelExpr=DECADE_LABELS)),  # the decades
+        # Vega would not pick; tickCount: a grid line a decade, not the nine of each that band together
+        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(type="log"),
+                axis=alt.Axis(format="~e", labelExpr=LOG_LABELS, tickCount=3)),
         tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
     )
     return _spec(chart.properties(title="Loss at each state of the path", height=200))

@@ -104,7 +104,8 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             sv_lines, sv_heat = charts.sv_frames(history, list(sv_names))
             total = state.total or len(history.sv_latest)
             n_lines = len(charts.line_columns(len(sv_names)))
-            sv_shown = (wording.parameters_shown(n_lines, total, spread=True),
+            # The lines are spread over the kept parameters: over the whole vector for a sampled net, else its start.
+            sv_shown = (wording.parameters_shown(n_lines, total, spread=True, among=None if sampled else len(sv_names)),
                         wording.parameters_shown(len(sv_names), total, spread=sampled))
             if config and state.from_config and config.sizes[0] == 2:
                 surface = surface_of(config.to_json(), history.sv_latest.tobytes())

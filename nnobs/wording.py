@@ -93,11 +93,14 @@ def ago(seconds: float) -> str:
     return f"{duration(max(0.0, seconds))} ago"
 
 
-def parameters_shown(shown: int, total: int, spread: bool) -> str:
-    """Which parameters a state-vector chart draws: "every parameter", "a sample of 64 of 14,090 parameters", or
-    "the first 256 of 9,000 parameters" (spread: taken across the whole vector, not from its start)."""
+def parameters_shown(shown: int, total: int, spread: bool, among: int | None = None) -> str:
+    """Which parameters a state-vector chart draws: "every parameter", "a sample of 64 of 14,090 parameters",
+    "the first 256 of 9,000 parameters" (spread: taken across the whole vector, not from its start), or, taken
+    across the first `among` of them, "a sample of 64 of the first 256 of 9,000 parameters"."""
     if shown >= total:
         return "every parameter"
+    if among is not None and among < total:
+        return f"a sample of {shown:,} of the first {among:,} of {total:,} parameters"
     return f"a sample of {shown:,} of {total:,} parameters" if spread else f"the first {shown:,} of {total:,} parameters"
 
 

@@ -122,6 +122,20 @@ def state_report(batch: int, sv) -> dict:
     return {"eta": [batch, 0.1], "sv": [batch, list(sv)], "target": [batch, 10**6], "report_every": [batch, 2_000]}
 
 
+def test_the_lines_of_a_net_beyond_the_heatmaps_rows_say_which_parameters_they_are_taken_from(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = RunConfig(task="spiral", sizes=[2, 32, 32, 1])  # 1,185 parameters: whole in every report, not sampled
+    create_run(run, config)
+    out = RecordWriter(run.run_file, gen=1)
+    for batch in (0, 100):
+        out.write(state_report(batch, np.full(1185, batch / 100)))
+    view = build_view(run, RunWatcher(run.run_file), config)
+    assert not view.sampled and len(view.sv_names) < 1185
+    lines, heat = view.sv_shown
+    assert heat == f"the first {len(view.sv_names)} of 1,185 parameters"
+    assert lines == f"a sample of {charts.MAX_SV_LINES} of the first {len(view.sv_names)} of 1,185 parameters"
+
+
 def test_every_chart_over_batches_spans_the_whole_run(tmp_path):
     """State reports only between batches 4,000 and 8,000 of a run at 100,000: their charts still span the run."""
     rng = np.random.default_rng(1)
