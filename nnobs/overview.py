@@ -319,8 +319,8 @@ def _what_it_trains(run: RunDir) -> tuple[str, str]:
     if description.get("kind") == "imported":
         return "imported", str(description.get("from", ""))
     argv = description.get("argv")
-    if isinstance(argv, list):
-        return "script", " ".join(map(str, argv))
+    if isinstance(argv, list) and argv:  # the program by its name: a venv's long path would fill the column
+        return "script", " ".join([Path(str(argv[0])).name, *map(str, argv[1:])])
     return "script", ""
 
 

@@ -54,6 +54,15 @@ def test_a_fork_from_a_kept_checkpoint_starts_at_or_before_the_batch_asked(runs_
     assert wait_started(RunDir.named("early", runs_root))["resumed_from"] == batch
 
 
+def test_a_script_run_is_listed_by_its_program_name_not_its_interpreters_path(runs_root):
+    script = RunDir.named("script", runs_root)
+    script.path.mkdir()
+    script.description.write_text(json.dumps({"argv": ["/home/me/project/.venv/bin/python", "train.py", "--lr", "0.1"],
+                                              "cwd": "/home/me/project"}))
+    row = read_row(script)
+    assert (row.task, row.net) == ("script", "python train.py --lr 0.1")
+
+
 def test_forks_that_cannot_be_made_are_refused_and_create_nothing(runs_root, new_run):
     new_run("fresh")  # never started: no checkpoint
     script = RunDir.named("script", runs_root)
