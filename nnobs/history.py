@@ -401,7 +401,12 @@ class WindowedSeries:
         distinct = np.ones(at.shape, dtype=bool)
         distinct[:, 1:] = at[:, 1:] != at[:, :-1]
         self.outline.extend(at[distinct], value[distinct][:, None])
-        self.means.extend(batches, windows[:, 5:6], weights=windows[:, 0])
+        # A report at a batch no later than the one before (a shutdown repeating the last loss) covers no batch the
+        # means lack: drawn in the outline, left out of the means, where it would pull the smoothed line's end
+        # to one minibatch's loss.
+        before = np.append(self.latest[0] if self.latest is not None else -1, batches[:-1])
+        new = batches > before
+        self.means.extend(batches[new], windows[new, 5:6], weights=windows[new, 0])
         self.latest = (int(batches[-1]), float(values[-1]))
 
     def truncate(self, batch: int) -> None:

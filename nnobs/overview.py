@@ -287,7 +287,12 @@ def sparkline(path: Path, points: int = SPARK_POINTS) -> list[tuple[int, float]]
 
 
 def _last_loss(lines: bytes) -> tuple[int, float] | None:
-    """The last loss report's batch and its window's mean (what a smoothed curve shows there), else its loss."""
+    """The last loss report's batch and its window's mean (what a smoothed curve shows there), else its loss.
+
+    A report without a window that repeats the batch of the one before (a shutdown's, with its last loss) gives
+    way to that one's mean: a single minibatch's loss would bend the line's end.
+    """
+    repeat: tuple[int, float] | None = None  # a report without a window, standing in unless one at its batch has one
     at = lines.rfind(LOSS_LINE)  # schema.loss_report's lines begin so; the notebook's have a space after the colon
     if at < 0:
         at = lines.rfind(b'{"loss": [')
@@ -298,13 +303,18 @@ def _last_loss(lines: bytes) -> tuple[int, float] | None:
                 record = json.loads(lines[begin : lines.index(b"\n", at)])
                 batch, loss = record["loss"]
                 window = record.get("window")
-                value = window[1][5] if isinstance(window, list) and len(window) == 2 else loss
+                windowed = isinstance(window, list) and len(window) == 2
+                value = window[1][5] if windowed else loss
                 if isinstance(batch, int) and isinstance(value, (int, float)) and math.isfinite(value):
-                    return batch, float(value)
+                    if repeat is not None and batch != repeat[0]:
+                        return repeat
+                    if windowed or repeat is not None:
+                        return batch, float(value)
+                    repeat = batch, float(value)
             except (ValueError, KeyError, TypeError, IndexError):
                 pass
         at = max(lines.rfind(LOSS_LINE, 0, at), lines.rfind(b'{"loss": [', 0, at))
-    return None
+    return repeat
 
 
 def _what_it_trains(run: RunDir) -> tuple[str, str]:

@@ -7,6 +7,7 @@ import json
 from conftest import events, wait_for, wait_started
 from test_cli import bytes_read_by_this_process, nnobs
 
+from nnobs import charts
 from nnobs.checkpoint import load_checkpoint
 from nnobs.lab import created_at, fork_origin
 from nnobs.overview import read_row, run_rows, sparkline
@@ -159,6 +160,18 @@ def test_a_row_reads_a_bounded_part_of_a_long_run_file(runs_root, new_run):
     batches = [b for b, _ in line]
     assert batches == sorted(batches) and batches[0] < 1000 and batches[-1] > 390_000 and len(batches) >= 30
     assert all(abs(loss - 1.0 / b) < 1e-6 for b, loss in line)  # each point is the loss at its batch
+
+
+def test_the_sparklines_end_is_the_last_windows_mean_not_a_shutdowns_repeat_of_one_minibatch(runs_root, new_run):
+    run = new_run("ended")
+    run.run_file.write_bytes(b"".join(encode_record(r) for r in [
+        {"loss": [100, 0.5], "window": [100, [100, 0.1, 3, 0.9, 7, 0.5]], "t": 1.0, "gen": 1},
+        {"loss": [200, 0.002], "window": [200, [100, 0.001, 150, 0.1, 120, 0.03]], "t": 2.0, "gen": 1},
+        {"loss": [200, 0.002], "event": [200, "shutdown"], "t": 3.0, "gen": 1},  # no window: the last loss again
+    ]))
+    assert sparkline(run.run_file)[-1] == (200, 0.03)
+    history = read_history(run)
+    assert charts.loss_means_frame(history)["mean"].tolist()[-1] == 0.03, "the smoothed line's end, likewise"
 
 
 def test_rows_of_runs_that_did_not_change_are_not_read_again(runs_root, new_run):
