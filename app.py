@@ -1,5 +1,5 @@
 """nnobs page: `streamlit run app.py`; ?run=NAME opens a run other than the default, /overview lists every run."""
 
-from nnobs.navigation import main
+from nnobs.app.frame import main
 
 main()

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.page_cost import write_run
-from nnobs import foldcache, history
-from nnobs.records import encode_record
-from nnobs.runs import RunDir
-from nnobs.schema import loss_report, state_report
+from nnobs.reading import foldcache
+from nnobs.reading import history
+from nnobs.protocol.records import encode_record
+from nnobs.protocol.rundir import RunDir
+from nnobs.protocol.schema import loss_report, state_report
 
 # The default XOR run once its target is raised: about 50 state reports a second (one every 2,000 of
 # its ~100,000 batches a second) and a loss report about every 0.05 s of the clock: in a day,
@@ -26,7 +27,7 @@ T0 = 1.8e9  # wall time of the first record
 OPEN_PROBE = """
 import sys, time
 import pandas  # the monitor has it loaded already (Streamlit, the charts): the bulk parser's number reader
-from nnobs.history import RunWatcher
+from nnobs.reading.watcher import RunWatcher
 
 def rss_mb():
     for line in open("/proc/self/status"):

@@ -14,13 +14,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from bench.page_cost import refresh, write_run
-from nnobs.compare import curve_frame, curves_of_history
-from nnobs.history import RunWatcher
-from nnobs.overview import run_rows
-from nnobs.overview_page import overview_frame
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.tasks import RunConfig
-from nnobs.watchers import curves_for
+from nnobs.views.compare import curve_frame, curves_of_history
+from nnobs.reading.watcher import RunWatcher
+from nnobs.views.overview import run_rows
+from nnobs.app.overview_page import overview_frame
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.tasks import RunConfig
+from nnobs.reading.shared_readers import curves_for
 
 N_RUNS = 100
 N_BIG = 10
@@ -84,9 +85,9 @@ MEMORY_PROBE = """
 import sys, json
 from pathlib import Path
 from bench.lab import compare_refresh, overview_refresh, rss_mb
-from nnobs.runs import RunDir
-from nnobs.view import build_view
-from nnobs.watchers import watcher_for
+from nnobs.protocol.rundir import RunDir
+from nnobs.views.view import build_view
+from nnobs.reading.shared_readers import watcher_for
 
 root, what = sys.argv[1], sys.argv[2]
 before = rss_mb()

@@ -14,10 +14,11 @@ import tempfile
 import time
 
 from bench.page_cost import chart_bytes
-from nnobs.history import RunWatcher
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.tasks import RunConfig
-from nnobs.view import build_view
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.tasks import RunConfig
+from nnobs.views.view import build_view
 
 TRAIN_S = 60.0  # the first minute, the fullest: the start's burst of state reports beside the steady budget
 STEADY_FROM_S = 10.0  # the growth after the start's burst of state reports: from here to TRAIN_S

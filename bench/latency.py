@@ -7,10 +7,11 @@ import statistics
 import tempfile
 import time
 
-from nnobs.control import send_command
-from nnobs.history import RunWatcher
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.tasks import RunConfig
+from nnobs.protocol.control import send_command
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.tasks import RunConfig
 
 COMMANDS = 60
 

@@ -11,12 +11,13 @@ import time
 import numpy as np
 from streamlit import dataframe_util
 
-from nnobs.history import RunWatcher
-from nnobs.records import RecordWriter
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.schema import loss_report, state_report
-from nnobs.tasks import RunConfig, parameter_names
-from nnobs.view import RunView, build_view, chart_frames
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordWriter
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.protocol.schema import loss_report, state_report
+from nnobs.training.builtin.tasks import RunConfig, parameter_names
+from nnobs.views.view import RunView, build_view, chart_frames
 
 STATE_EVERY = 20  # one state report per 20 lines: a long run's mix of loss and state reports
 CONFIG = RunConfig(target=10**12)
@@ -78,9 +79,9 @@ def steady_refresh(run: RunDir, refreshes: int = 30) -> tuple[float, float, int]
 MEMORY_PROBE = """
 import sys
 from pathlib import Path
-from nnobs.view import build_view
-from nnobs.history import RunWatcher
-from nnobs.runs import RunDir
+from nnobs.views.view import build_view
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.rundir import RunDir
 
 def rss_mb():
     for line in open("/proc/self/status"):

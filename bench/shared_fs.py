@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.lab import overview_refresh
 from bench.page_cost import write_run
-from nnobs.runs import RunDir
+from nnobs.protocol.rundir import RunDir
 
 N_RUNS = 1000
 RECORDS = 2000  # each run's file: a short finished run's worth of reports and states

@@ -8,12 +8,13 @@ import time
 
 import numpy as np
 
-from nnobs.control import send_command
-from nnobs.history import RunWatcher
-from nnobs.nn import AffineLayer, MapLayer, Network
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.tasks import RunConfig, build, build_network
-from nnobs.view import build_view
+from nnobs.protocol.control import send_command
+from nnobs.reading.watcher import RunWatcher
+from nnobs.training.builtin.nn import AffineLayer, MapLayer, Network
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.tasks import RunConfig, build, build_network
+from nnobs.views.view import build_view
 
 ROUNDS = 5  # each pair is measured this many times, alternating, and the best of each kept: the machine is noisy
 
@@ -98,7 +99,7 @@ def torch_rate(sizes: list[int], rows: int) -> float | None:
     def learn(x, ideal):
         opt.zero_grad(set_to_none=True)
         err = net(x) - ideal
-        loss = (err * err).sum() / (2 * len(x))  # the same loss as nnobs.nn
+        loss = (err * err).sum() / (2 * len(x))  # the same loss as nnobs.training.builtin.nn
         loss.backward()
         opt.step()
 

@@ -11,9 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from nnobs.overview import read_row
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.tasks import RunConfig
+from nnobs.views.overview import read_row
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.tasks import RunConfig
 
 REPO = Path(__file__).parent.parent
 VIEWERS = 10

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from nnobs import run_views
-from nnobs.lab import new_run
-from nnobs.runs import RunDir, stop_worker
-from nnobs.tasks import RunConfig
+from nnobs.views import run_views
+from nnobs.lab.create import new_run
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import stop_worker
+from nnobs.training.builtin.tasks import RunConfig
 
 REFRESHES = 15
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

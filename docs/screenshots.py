@@ -18,8 +18,11 @@ from playwright.sync_api import expect, sync_playwright
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnobs.runs import RunDir, create_run, queue_command, read_history, start_worker, worker_pid  # noqa: E402
-from nnobs.tasks import RunConfig  # noqa: E402
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, worker_pid
+from nnobs.protocol.control import queue_command
+from nnobs.reading.watcher import read_history  # noqa: E402
+from nnobs.training.builtin.tasks import RunConfig  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

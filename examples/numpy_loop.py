@@ -1,4 +1,4 @@
-"""A numpy net of nnobs.nn fits a sine wave in a loop of your own, watched and steered live by nnobs.
+"""A numpy net of nnobs.training.builtin.nn fits a sine wave in a loop of your own, watched and steered live by nnobs.
 
 Run it directly (the run lives in ./runs/numpy-sine, or under --runs / $NNOBS_RUNS):
 
@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 
 import nnobs
-from nnobs.nn import AffineLayer, Network, TanhLayer
+from nnobs.training.builtin.nn import AffineLayer, Network, TanhLayer
 
 BATCH_SIZE = 32
 TEST_EVERY = 1000  # batches between two measurements of the loss on the whole interval

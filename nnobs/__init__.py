@@ -7,7 +7,7 @@ __all__ = ["Run", "RunBusy", "attach"]
 def __getattr__(name: str):
     # Imported on first use: the CLI's launcher imports this package and must stay cheap.
     if name in __all__:
-        from nnobs import sdk
+        from nnobs.training import sdk
 
         return getattr(sdk, name)
     raise AttributeError(f"module 'nnobs' has no attribute {name!r}")

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from nnobs.history import Answer
-from nnobs.records import read_all
-from nnobs.runs import RunDir, create_run, read_history, worker_pid
-from nnobs.tasks import RunConfig
+from nnobs.reading.history import Answer
+from nnobs.protocol.records import read_all
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, worker_pid
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_RUN = Path(__file__).parent / "fixtures/seed-notebook-run.jsons"  # written by the original notebook
@@ -206,7 +208,7 @@ def wait_started(run: RunDir, count: int = 1, timeout: float = 30.0) -> dict:
     return events(run, "started")[count - 1]
 
 
-def _settled_pid(run: RunDir) -> list[int | None] | None:
+def settled_pid(run: RunDir) -> list[int | None] | None:
     """[pid] or [None] for no worker; None while a worker holds the lock but has not written its pid (-1)."""
     pid = worker_pid(run)
     return None if pid == -1 else [pid]
@@ -214,7 +216,7 @@ def _settled_pid(run: RunDir) -> list[int | None] | None:
 
 def kill_worker(run: RunDir) -> None:
     """kill -9 the run's worker, if any, and wait until the kernel has dropped its lock."""
-    pid = wait_for(lambda: _settled_pid(run), what=f"{run.name}'s worker to write its pid")[0]
+    pid = wait_for(lambda: settled_pid(run), what=f"{run.name}'s worker to write its pid")[0]
     if pid is None:
         return
     try:

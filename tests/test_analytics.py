@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnobs.analytics import GRID, decision_surface, steps
-from nnobs.history import RunHistory
-from nnobs.tasks import RunConfig, build
+from nnobs.views.surface import GRID, decision_surface
+from nnobs.reading.steps import steps
+from nnobs.reading.history import RunHistory
+from nnobs.training.builtin.tasks import RunConfig, build
 
 
 def test_steps_read_in_pieces_equal_steps_read_whole():

@@ -22,13 +22,15 @@ import pytest
 from filelock import FileLock
 
 from conftest import FOREVER, REPO, answered, batch_passes, events, kill_worker, wait_for
-from nnobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from nnobs.control import ControlWatcher, read_commands, send_command
-from nnobs.files import replace_atomically
-from nnobs.history import RunWatcher
-from nnobs.records import RecordReader, RecordWriter, read_all
-from nnobs.runs import RunDir, create_run, read_history, run_status, start_worker, worker_pid
-from nnobs.tasks import RunConfig, load_config
+from nnobs.protocol.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nnobs.protocol.control import ControlWatcher, read_commands, send_command
+from nnobs.protocol.files import replace_atomically
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordReader, RecordWriter, read_all
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, run_status, start_worker, worker_pid
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig, load_config
 
 NAMING_RULE = "refused: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 ETA_RULE = "eta must be a number above 0 and at most 1e+06, not "
@@ -377,7 +379,7 @@ def read_only_run_directory(*args: str) -> Callable[[Bench], str]:
 @on_live_run()
 def second_worker_started_by_hand(run: RunDir) -> str:
     starts = len(events(run, "started"))
-    done = run_module("nnobs.worker", str(run.path))
+    done = run_module("nnobs.training.worker", str(run.path))
     assert done.returncode == 0, said(done)
     assert len(events(run, "started")) == starts, "the second worker wrote nothing"
     return said(done)
@@ -626,7 +628,7 @@ def test_the_trap_in_the_pickled_checkpoints_springs_when_unpickled(tmp_path):
 
 
 def test_nothing_read_from_disk_is_ever_executed():
-    sources = sorted((REPO / "nnobs").glob("*.py"))
+    sources = sorted((REPO / "nnobs").rglob("*.py"))
     assert len(sources) > 10
     found = [
         f"{source.name}: {what}"

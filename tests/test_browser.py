@@ -27,10 +27,13 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from conftest import FOREVER, REPO, batch_passes, events, failed, process_gone, wait_for, wait_started
-from nnobs.checkpoint import load_checkpoint
-from nnobs.control import read_commands
-from nnobs.runs import RunDir, create_run, queue_command, read_history, start_worker, stop_worker, worker_pid
-from nnobs.tasks import RunConfig
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.control import read_commands
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker, worker_pid
+from nnobs.protocol.control import queue_command
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -593,7 +596,7 @@ def worker_processes(run: RunDir) -> list[int]:
         except OSError:  # exited while we looked
             continue
         pid = int(cmdline.parent.name)
-        if b"nnobs.worker" in args and str(run.path).encode() in args and not process_gone(pid):
+        if b"nnobs.training.worker" in args and str(run.path).encode() in args and not process_gone(pid):
             found.append(pid)
     return found
 

@@ -9,14 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnobs import charts, layer_charts
-from nnobs.analytics import GRID
-from nnobs.history import RunHistory, RunWatcher
-from nnobs.records import RecordWriter
-from nnobs.runs import RunDir, create_run
-from nnobs.schema import SUMMARY
-from nnobs.tasks import RunConfig
-from nnobs.view import build_view, chart_frames
+from nnobs.views import charts
+from nnobs.views import layer_charts
+from nnobs.views.surface import GRID
+from nnobs.reading.history import RunHistory
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordWriter
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run
+from nnobs.protocol.schema import SUMMARY
+from nnobs.training.builtin.tasks import RunConfig
+from nnobs.views.view import build_view, chart_frames
 
 BATCH_CHARTS = ("loss", "sv_lines", "sv_heat", "step_lengths", "step_cosines")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import SEED_RUN
-from nnobs import charts
-from nnobs.history import RunHistory, RunWatcher, WindowedSeries
-from nnobs.records import RecordReader, RecordWriter, read_all
-from nnobs.schema import loss_report, state_report
-from nnobs.series import MinMaxBuckets
-from nnobs.tasks import RunConfig, parameter_names
+from nnobs.views import charts
+from nnobs.reading.history import RunHistory, WindowedSeries
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordReader, RecordWriter, read_all
+from nnobs.protocol.schema import loss_report, state_report
+from nnobs.reading.series import MinMaxBuckets
+from nnobs.training.builtin.tasks import RunConfig, parameter_names
 
 
 def fed(values: np.ndarray, max_buckets: int = 1000, chunk: int = 997) -> MinMaxBuckets:

@@ -12,10 +12,11 @@ import threading
 
 from conftest import FOREVER, REPO, events, kill_worker, wait_for
 from nnobs import cli
-from nnobs.checkpoint import load_checkpoint
-from nnobs.records import encode_record
-from nnobs.runs import worker_pid
-from nnobs.tasks import RunConfig, build
+from nnobs.views import wording
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.records import encode_record
+from nnobs.launching.lifecycle import worker_pid
+from nnobs.training.builtin.tasks import RunConfig, build
 
 STATUS_KEYS = {
     "run", "state", "batch", "target", "eta", "report_every", "loss", "generation", "pid",
@@ -143,7 +144,7 @@ def test_cli_status_of_a_dead_worker_shows_its_last_record_and_no_heartbeat(runs
 
 
 def test_cli_ages_are_said_in_plain_words():
-    assert [cli._ago(s) for s in (None, 0.42, 37.2, 190, 4 * 3600, 3 * 86400)] == [
+    assert [wording.ago(s) for s in (None, 0.42, 37.2, 190, 4 * 3600, 3 * 86400)] == [
         "-", "0.4 s ago", "37 s ago", "3 min ago", "4 h ago", "3 days ago",
     ]
 

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnobs.compare import Curves, curve_frame, differing_settings, settings_of
-from nnobs.errors import NnobsError
-from nnobs.newrun import read_form
-from nnobs.overview import RunRow
-from nnobs.overview_page import overview_frame
-from nnobs.page import read_fork
-from nnobs.palette import OKABE_ITO, assign
-from nnobs.runs import list_runs
-from nnobs.wording import fork_origin
+from nnobs.views.compare import Curves, curve_frame, differing_settings, settings_of
+from nnobs.protocol.errors import NnobsError
+from nnobs.app.new_run_form import read_form
+from nnobs.views.overview import RunRow
+from nnobs.app.overview_page import overview_frame
+from nnobs.app.run_page import read_fork
+from nnobs.views.palette import OKABE_ITO, assign
+from nnobs.protocol.rundir import list_runs
+from nnobs.views.wording import fork_origin
 
 
 def test_runs_created_one_after_another_get_neighbouring_and_different_colours():

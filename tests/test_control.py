@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import python, run_together
-from nnobs.control import ControlWatcher, check_command, read_commands, send_command
-from nnobs.errors import CommandError, ControlFileError
+from nnobs.protocol.control import ControlWatcher, read_commands, send_command
+from nnobs.protocol.commands import check_command
+from nnobs.protocol.errors import CommandError, ControlFileError
 
 SENDER = """
 import json, sys
-from nnobs.control import send_command
+from nnobs.protocol.control import send_command
 path, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -161,8 +162,9 @@ def test_watcher_reports_a_malformed_version_once_then_reads_the_repaired_file(c
 def test_many_processes_creating_one_run_at_once_all_succeed(tmp_path):
     code = """
 import sys
-from nnobs.runs import RunDir, create_run
-from nnobs.tasks import RunConfig
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run
+from nnobs.training.builtin.tasks import RunConfig
 run = RunDir.named("shared", sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, process_gone, python, run_together, wait_for
-from nnobs.control import read_commands, send_command
-from nnobs.errors import LockTimeout
-from nnobs.shared_lock import STALE_CLAIM_S, claims_path, host_claim
+from nnobs.protocol.control import read_commands, send_command
+from nnobs.protocol.errors import LockTimeout
+from nnobs.protocol.locks import STALE_CLAIM_S, claims_path, host_claim
 
 COUNTER = """
 import sys
 from pathlib import Path
-from nnobs.shared_lock import host_claim
+from nnobs.protocol.locks import host_claim
 lock, counter, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -35,7 +35,7 @@ for _ in range(rounds):
 
 HOLDER = """
 import sys
-from nnobs.shared_lock import {take}
+from nnobs.protocol.locks import {take}
 with {take}(sys.argv[1], 30, "the control file"):
     print("held", flush=True)
     sys.stdin.readline()

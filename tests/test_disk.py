@@ -17,11 +17,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import FOREVER, REPO, kill_worker, wait_for
-from nnobs.checkpoint import load_checkpoint
-from nnobs.files import leftover_temps
-from nnobs.records import RecordReader
-from nnobs.runs import RunDir, create_run, read_history, start_worker
-from nnobs.tasks import RunConfig
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.files import leftover_temps
+from nnobs.protocol.records import RecordReader
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig
 
 MB = 1024 * 1024
 
@@ -179,7 +181,7 @@ def test_a_read_only_remount_waits_for_the_worker_and_a_read_only_root_refuses_a
 
 
 def test_worker_log_is_cut_back_when_it_grows_past_its_bound(tmp_path):
-    from nnobs.files import cap_file
+    from nnobs.protocol.files import cap_file
 
     log = tmp_path / "worker.log"
     log.write_bytes(b"".join(b"line %08d\n" % i for i in range(1_000_000)))  # 14 MB

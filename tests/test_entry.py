@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnobs.entry import EntryError, entry_text, parse_number, read_entry
+from nnobs.app.entry import EntryError, entry_text, parse_number, read_entry
 
 
 @pytest.mark.parametrize("typed, meant", [

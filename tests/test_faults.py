@@ -24,14 +24,17 @@ from dataclasses import asdict, dataclass
 import pytest
 
 from conftest import FOREVER, REPO, kill_worker, python, run_together, say_at_the_end, wait_for
-from nnobs.bulk import pair
-from nnobs.checkpoint import Checkpoint, load_checkpoint
-from nnobs.control import check_command, read_commands, send_command
-from nnobs.errors import CommandError, ControlFileError
-from nnobs.files import leftover_temps
-from nnobs.history import RunHistory
-from nnobs.records import Record, RecordReader, read_all
-from nnobs.runs import RunDir, read_history, restart_worker, run_status, start_worker, worker_pid
+from nnobs.reading.bulk import pair
+from nnobs.protocol.checkpoint import Checkpoint, load_checkpoint
+from nnobs.protocol.control import read_commands, send_command
+from nnobs.protocol.commands import check_command
+from nnobs.protocol.errors import CommandError, ControlFileError
+from nnobs.protocol.files import leftover_temps
+from nnobs.reading.history import RunHistory
+from nnobs.protocol.records import Record, RecordReader, read_all
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import restart_worker, run_status, start_worker, worker_pid
 
 SEED = int(os.environ.get("NNOBS_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
 KILLS_PER_KIND = 5
@@ -377,7 +380,7 @@ def test_a_checkpoint_never_holds_a_batch_the_run_file_has_not_shown(new_run):
 
 SEND_A_MIX = """
 import json, sys
-from nnobs.control import send_command
+from nnobs.protocol.control import send_command
 path, who, count, first = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 mix = [("target", 10**9 - 1), ("eta", 0.05), ("report_every", 0), ("tell_state", None), ("eta", -1), ("warp", 9)]
 print("ready", flush=True)

@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 
 from conftest import FOREVER, answered, batch_passes, kill_worker, wait_for, wait_started
-from nnobs import foldcache
-from nnobs import history as history_module
-from nnobs.checkpoint import kept_batches
-from nnobs.control import send_command
-from nnobs.history import RunHistory, RunWatcher, WindowedSeries
-from nnobs.records import RecordWriter
-from nnobs.runs import RunDir, start_worker, stop_worker
-from nnobs.schema import loss_report, metric_entry, params_record, summary_report, tensor_summary
-from nnobs.series import Column, MinMaxBuckets, StateArchive
+from nnobs.reading import foldcache
+from nnobs.reading import history as history_module
+from nnobs.reading import watcher as watcher_module
+from nnobs.protocol.checkpoint import kept_batches
+from nnobs.protocol.control import send_command
+from nnobs.reading.history import RunHistory, WindowedSeries
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordWriter
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import start_worker, stop_worker
+from nnobs.protocol.schema import loss_report, metric_entry, params_record, summary_report, tensor_summary
+from nnobs.reading.series import Column, MinMaxBuckets, StateArchive
 
 
 def assert_same(a, b, where: str = "history") -> None:
@@ -64,8 +67,8 @@ def long_run_file(tmp_path_factory) -> bytes:
     summaries, a script's metrics and a torn line, written by the real record builders."""
     root = tmp_path_factory.mktemp("runs")
     run = RunDir.named("long", root)
-    from nnobs.runs import create_run
-    from nnobs.tasks import RunConfig
+    from nnobs.launching.lifecycle import create_run
+    from nnobs.training.builtin.tasks import RunConfig
 
     create_run(run, RunConfig(target=FOREVER, report_every=100))
     try:
@@ -130,9 +133,9 @@ def test_a_run_reopened_from_its_cache_is_exactly_the_whole_fold(long_run_file, 
     if not outline_only:
         assert whole.layers is not None and whole.sv_latest is not None and whole.skipped_lines >= 1
     assert {e.kind for e in whole.events} >= {"started", "rewound", "reinit"}
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 1)  # a cache at every refresh
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 1)  # a cache at every refresh
     for cut in cuts_of(content, 8, seed):
-        monkeypatch.setattr(history_module, "READ_BYTES", 50_000)  # chunks cut inside buckets, over and over
+        monkeypatch.setattr(watcher_module, "READ_BYTES", 50_000)  # chunks cut inside buckets, over and over
         run_file = tmp_path / f"cut{cut}" / "run.jsonl"
         run_file.parent.mkdir()
         run_file.write_bytes(content[:cut])
@@ -142,16 +145,16 @@ def test_a_run_reopened_from_its_cache_is_exactly_the_whole_fold(long_run_file, 
         assert foldcache.cache_path(run_file, outline_only).exists() == (covered > 0)
         with open(run_file, "ab") as f:
             f.write(content[cut:])
-        monkeypatch.setattr(history_module, "READ_BYTES", cut % 2 and 50_000 or 10**9)  # cut in chunks, or read whole
+        monkeypatch.setattr(watcher_module, "READ_BYTES", cut % 2 and 50_000 or 10**9)  # cut in chunks, or read whole
         reopened = RunWatcher(run_file, outline_only=outline_only)
         assert_same(reopened.refresh(), whole, f"history reopened at {cut} of {len(content)} bytes")
         assert reopened.resumed_at == covered
-        if history_module.READ_BYTES > len(content):
+        if watcher_module.READ_BYTES > len(content):
             assert reopened.reader.bytes_read == len(content) - covered  # only what came since was read
 
 
 def test_a_full_cache_gives_an_outline_reader_its_curves(long_run_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 1)
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 1)
     run_file = tmp_path / "run.jsonl"
     run_file.write_bytes(long_run_file)
     full = RunWatcher(run_file).refresh()
@@ -173,7 +176,7 @@ def folded_after(run_file: Path) -> RunWatcher:
 @pytest.fixture
 def cached_run(long_run_file, tmp_path, monkeypatch) -> Path:
     """A run file with a fold cache that covers all of it."""
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 1)
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 1)
     run_file = tmp_path / "run.jsonl"
     run_file.write_bytes(long_run_file)
     folded_after(run_file)
@@ -271,7 +274,7 @@ def test_a_cache_holding_a_pickle_is_never_unpickled(cached_run, long_run_file, 
 
 
 def test_a_cache_that_cannot_be_written_leaves_reading_as_it_was(long_run_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 1)
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 1)
     run_file = tmp_path / "run.jsonl"
     run_file.write_bytes(long_run_file)
     foldcache.cache_path(run_file).mkdir()  # where the cache would go, something no file can replace
@@ -307,7 +310,7 @@ def test_buckets_folded_point_by_point_hold_the_bits_of_buckets_folded_at_once()
 
 
 def test_a_watched_run_saves_its_cache_again_each_time_enough_was_folded(monkeypatch, new_run):
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 20_000)
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 20_000)
     run = new_run("live", target=FOREVER)
     cache = foldcache.cache_path(run.run_file)
     watcher = RunWatcher(run.run_file)

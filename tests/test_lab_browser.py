@@ -11,10 +11,13 @@ import re
 from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, batch_passes, events, wait_for
-from nnobs.checkpoint import load_checkpoint
-from nnobs.lab import fork_origin, new_run
-from nnobs.runs import RunDir, read_history, stop_worker
-from nnobs.tasks import RunConfig, load_config
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.reading.origin import fork_origin
+from nnobs.lab.create import new_run
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import stop_worker
+from nnobs.training.builtin.tasks import RunConfig, load_config
 from test_browser import (  # noqa: F401  (fixtures)
     FIRST_LOAD_MS,
     browser,

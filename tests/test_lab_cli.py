@@ -7,12 +7,13 @@ import json
 from conftest import events, wait_for, wait_started
 from test_cli import bytes_read_by_this_process, nnobs
 
-from nnobs import charts
-from nnobs.checkpoint import load_checkpoint
-from nnobs.lab import created_at, fork_origin
-from nnobs.overview import read_row, run_rows, sparkline
-from nnobs.records import encode_record
-from nnobs.runs import RunDir, list_runs, read_history
+from nnobs.views import charts
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.reading.origin import created_at, fork_origin
+from nnobs.views.overview import read_row, run_rows, sparkline
+from nnobs.protocol.records import encode_record
+from nnobs.protocol.rundir import RunDir, list_runs
+from nnobs.reading.watcher import read_history
 
 
 def checkpointed(run: RunDir, beyond: int = 0) -> int:
@@ -210,7 +211,7 @@ def test_a_live_runs_row_follows_it_from_where_it_last_read(runs_root, new_run):
 
 
 def test_a_rows_rate_counts_only_the_newest_line_of_training():
-    from nnobs.overview import _rate
+    from nnobs.views.overview import _rate
     before = [encode_record({"loss": [100 * i, 0.1], "t": float(i), "gen": 1}) for i in range(100)]  # 100 a second
     restart = [encode_record({"loss": [5000, 0.1], "event": [5000, "started"], "t": 1000.0, "gen": 2})]
     after = [encode_record({"loss": [5000 + 1000 * i, 0.1], "t": 1000.0 + i, "gen": 2}) for i in range(1, 6)]

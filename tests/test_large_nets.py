@@ -7,8 +7,10 @@ import textwrap
 import time
 
 from conftest import events, python, records_with, wait_for
-from nnobs.checkpoint import load_checkpoint
-from nnobs.runs import RunDir, read_history, start_worker, stop_worker
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import start_worker, stop_worker
 
 MB = 1024 * 1024
 

@@ -12,13 +12,14 @@ import textwrap
 import numpy as np
 
 from conftest import FOREVER, answered, events, python, records_with, wait_for, wait_started
-from nnobs import charts
-from nnobs.checkpoint import kept_batches, load_kept
-from nnobs.control import send_command
-from nnobs.history import RunHistory
-from nnobs.runs import read_history, run_status, start_worker
-from nnobs.schema import SUMMARY
-from nnobs.tasks import RunConfig, build, build_network
+from nnobs.views import charts
+from nnobs.protocol.checkpoint import kept_batches, load_kept
+from nnobs.protocol.control import send_command
+from nnobs.reading.history import RunHistory
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import run_status, start_worker
+from nnobs.protocol.schema import SUMMARY
+from nnobs.training.builtin.tasks import RunConfig, build, build_network
 
 
 def loss_points(history: RunHistory) -> set[tuple[int, float]]:
@@ -52,10 +53,10 @@ SPIKING_WORKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from nnobs.runs import RunDir
-    from nnobs.sdk import Run
-    from nnobs.tasks import load_config
-    from nnobs.worker import builtin_trainer, train
+    from nnobs.protocol.rundir import RunDir
+    from nnobs.training.sdk import Run
+    from nnobs.training.builtin.tasks import load_config
+    from nnobs.training.worker import builtin_trainer, train
 
     run = RunDir(Path(sys.argv[1]))
     config = load_config(run.config)

@@ -1,4 +1,4 @@
-"""nnobs.nn against finite differences, and the default XOR net against the seed notebook's own run."""
+"""nnobs.training.builtin.nn against finite differences, and the default XOR net against the seed notebook's own run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import seed_sv_at
-from nnobs.nn import (
+from nnobs.training.builtin.nn import (
     AffineLayer,
     IdentityLayer,
     MapLayer,
@@ -19,7 +19,7 @@ from nnobs.nn import (
     TanhLayer,
     elementwise,
 )
-from nnobs.tasks import RunConfig, build, build_network
+from nnobs.training.builtin.tasks import RunConfig, build, build_network
 
 H = 1e-6  # central-difference step
 

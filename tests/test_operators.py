@@ -6,8 +6,8 @@ import pytest
 from streamlit import config
 from streamlit.runtime.secrets import Secrets
 
-from nnobs.errors import NnobsError
-from nnobs.operators import PASSWORD_ENV, WrongGuesses, configured_password, may_steer
+from nnobs.protocol.errors import NnobsError
+from nnobs.app.operators import PASSWORD_ENV, WrongGuesses, configured_password, may_steer
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import events, kill_worker, wait_for
-from nnobs.control import read_commands
-from nnobs.page import _watcher, _wrong_guesses
-from nnobs.runs import RunDir, read_history, worker_pid
+from nnobs.protocol.control import read_commands
+from nnobs.app.run_page import _watcher
+from nnobs.app.widgets import wrong_guesses
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import worker_pid
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -19,7 +22,7 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 def page(runs_root, monkeypatch):
     """The page on runs_root, as a freshly started server shows it; the caller runs it."""
     monkeypatch.setenv("NNOBS_RUNS", str(runs_root))
-    _wrong_guesses.clear()  # the server's count of wrong passwords, kept across sessions in this process
+    wrong_guesses.clear()  # the server's count of wrong passwords, kept across sessions in this process
     return AppTest.from_file(APP, default_timeout=60)
 
 
@@ -383,8 +386,8 @@ def _act_as_signed_in_with(entered: str) -> None:
 
     import streamlit as st
 
-    from nnobs import page
-    from nnobs.runs import RunDir
+    from nnobs.app import run_page as page
+    from nnobs.protocol.rundir import RunDir
 
     run = RunDir(Path(st.query_params["run_dir"]))
     st.session_state["operator_entered"] = entered

@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import SEED_RUN
-from nnobs.history import RunHistory
-from nnobs.records import RecordReader, RecordWriter, read_all
-from nnobs.schema import (
-    LINE,
-    LOSS,
-    loss_report,
-    metric_entry,
-    params_record,
-    summary_report,
-    tensor_summary,
-)
+from nnobs.reading.history import RunHistory
+from nnobs.protocol.records import RecordReader, RecordWriter, read_all
+from nnobs.protocol.schema import LINE, LOSS, loss_report, metric_entry, params_record, summary_report, tensor_summary
 
 
 @pytest.fixture

@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import FOREVER, records_with, wait_for, wait_started
-from nnobs.checkpoint import load_checkpoint
-from nnobs.runs import RunDir, create_run, read_history, restart_worker, start_worker, stop_worker, worker_pid
-from nnobs.tasks import RunConfig
-from nnobs.worker import builtin_trainer
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, restart_worker, start_worker, stop_worker, worker_pid
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig
+from nnobs.training.worker import builtin_trainer
 
 CONFIG = RunConfig(task="spiral", net="2x8tx8tx1t", seed=3, noise=0.1, batch_size=7, target=FOREVER, report_every=0)
 AFTER_RESTART = 20_000  # batches the resumed run trains before it is compared

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SEED_RUN, events, kill_worker, records_with, wait_for
-from nnobs.checkpoint import load_checkpoint
-from nnobs.errors import NnobsError
-from nnobs.runs import RunDir, log_tail, read_history, restart_worker, run_status, start_worker, worker_pid
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.rundir import RunDir, log_tail
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import restart_worker, run_status, start_worker, worker_pid
 
 TORCH_SCRIPT = textwrap.dedent(
     """

@@ -33,13 +33,15 @@ from conftest import (
     wait_started,
 )
 
-from nnobs.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.cli import main as cli_main
-from nnobs.control import send_command
-from nnobs.errors import NnobsError
-from nnobs.records import read_all
-from nnobs.runs import RunDir, read_history, run_status
-from nnobs.sdk import Run
+from nnobs.protocol.control import send_command
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.records import read_all
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import run_status
+from nnobs.training.sdk import Run
 
 TORCH_MLP = REPO / "examples/torch_mlp.py"
 NUMPY_LOOP = REPO / "examples/numpy_loop.py"
@@ -453,7 +455,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor_that_differs
     assert "0.weight" in str(refused.value), str(refused.value)
 
 
-# -- a numpy net of nnobs.nn --------------------------------------------------------------------------------------
+# -- a numpy net of nnobs.training.builtin.nn --------------------------------------------------------------------------------------
 
 
 def test_eta_from_the_control_file_sets_the_numpy_nets_eta(root, scripts):

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO, events, wait_for
-from nnobs.runs import RunDir
+from nnobs.protocol.rundir import RunDir
 
 pytest.importorskip("torch")
 

@@ -14,11 +14,14 @@ import sys
 import pytest
 
 from conftest import REPO, FOREVER, events, python, run_together, wait_for
-from nnobs.checkpoint import load_checkpoint
-from nnobs.compare import curves_of_history
-from nnobs.launchers import LauncherSettings, read_job, record_launcher
-from nnobs.runs import STALL_AFTER_S, RunDir, create_run, list_runs, read_history, run_status
-from nnobs.tasks import RunConfig
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.views.compare import curves_of_history
+from nnobs.protocol.jobs import LauncherSettings, read_job, record_launcher
+from nnobs.protocol.states import STALL_AFTER_S
+from nnobs.protocol.rundir import RunDir, list_runs
+from nnobs.launching.lifecycle import create_run, run_status
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import RunConfig
 from slurm_support import cancel, cancel_jobs_under, job, jobs_under, send_signal, slurm, slurm_runs_root, wait_for_job  # noqa: F401
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -146,7 +149,7 @@ def test_two_simultaneous_starts_give_one_job(slurm_runs_root):
     run = RunDir(slurm_runs_root / "once")
     create_run(run, RunConfig(target=1000))
     record_launcher(run.launcher_file, LauncherSettings(kind="slurm"))
-    code = ("import sys; from pathlib import Path; from nnobs.runs import RunDir, start_worker\n"
+    code = ("import sys; from pathlib import Path; from nnobs.protocol.rundir import RunDir; from nnobs.launching.lifecycle import start_worker\n"
             "print('ready', flush=True); sys.stdin.readline()\n"
             "print(start_worker(RunDir(Path(sys.argv[1]))).job_id)")
     outputs = run_together([python(code, str(run.path)) for _ in range(4)])
@@ -183,7 +186,7 @@ def compare_page_at(names: list[str]):
     from streamlit.testing.v1 import AppTest
 
     def page() -> None:
-        from nnobs.compare_page import compare_page
+        from nnobs.app.compare_page import compare_page
 
         compare_page()
 
@@ -205,7 +208,7 @@ def test_a_worker_of_another_job_exits_without_writing(new_run):
     run = new_run("taken")
     (run.path / "job.json").write_text(json.dumps({"job_id": "456", "submitted_at": 0}))
     env = {**ENV, "NNOBS_JOB_ID": "123"}
-    done = subprocess.run([sys.executable, "-m", "nnobs.worker", str(run.path)], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "nnobs.training.worker", str(run.path)], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0
     assert not run.run_file.exists() and not run.checkpoint.exists()

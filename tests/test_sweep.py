@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 from conftest import REPO, events
-from nnobs.runs import RunDir, read_history, run_status
-from nnobs.tasks import load_config
+from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import run_status
+from nnobs.training.builtin.tasks import load_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 

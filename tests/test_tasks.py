@@ -13,13 +13,22 @@ import numpy as np
 import pytest
 
 from conftest import events, records_with, wait_for, wait_started
-from nnobs.checkpoint import load_checkpoint, save_checkpoint
-from nnobs.errors import NnobsError
-from nnobs.netspec import ACTIVATION_NAMES, NetSpecError, format_net, parse_net
-from nnobs.runs import RunDir, create_run, start_worker, stop_worker
-from nnobs.sampler import Sampler
-from nnobs.tasks import ACTIVATIONS, TASKS, RunConfig, dataset, describe_task, task_names, training_rows
-from nnobs.worker import builtin_trainer
+from nnobs.protocol.checkpoint import load_checkpoint, save_checkpoint
+from nnobs.protocol.errors import NnobsError
+from nnobs.training.builtin.netspec import ACTIVATION_NAMES, NetSpecError, format_net, parse_net
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import create_run, start_worker, stop_worker
+from nnobs.training.builtin.sampler import Sampler
+from nnobs.training.builtin.tasks import (
+    ACTIVATIONS,
+    TASKS,
+    RunConfig,
+    dataset,
+    describe_task,
+    task_names,
+    training_rows,
+)
+from nnobs.training.worker import builtin_trainer
 
 # -- net specs ------------------------------------------------------------------------------------
 
@@ -229,7 +238,7 @@ def test_the_sampler_reads_every_point_once_an_epoch_and_goes_on_exactly_from_a_
 
 
 def test_a_checkpoint_keeps_the_sampler_state_without_pickle_and_a_load_goes_on_with_the_same_batches(tmp_path):
-    from nnobs.checkpoint import Checkpoint
+    from nnobs.protocol.checkpoint import Checkpoint
 
     config = RunConfig(task="spiral", seed=2, batch_size=7)
     trainer = builtin_trainer(config)

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 
 from conftest import events, records_with, wait_for
-from nnobs import layer_charts, neurons, trajectory
-from nnobs.history import RunHistory, RunWatcher
-from nnobs.runs import start_worker
-from nnobs.schema import BANDS, SUMMARY, tensor_bounds, tensor_summary
-from nnobs.series import StateArchive
-from nnobs.tasks import RunConfig, dataset, tensors
-from nnobs.view import build_view
+from nnobs.views import layer_charts
+from nnobs.views import neurons
+from nnobs.views import trajectory
+from nnobs.reading.history import RunHistory
+from nnobs.reading.watcher import RunWatcher
+from nnobs.launching.lifecycle import start_worker
+from nnobs.protocol.schema import BANDS, SUMMARY, tensor_bounds, tensor_summary
+from nnobs.reading.series import StateArchive
+from nnobs.training.builtin.tasks import RunConfig, dataset, tensors
+from nnobs.views.view import build_view
 
 SMALL = {"task": "spiral", "net": "2x8rx8tx1t", "eta": 0.03, "seed": 3}  # relu first: dead units to count
 

@@ -15,9 +15,9 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, REPO, batch_passes, events, wait_for
-from nnobs.lab import new_run
-from nnobs.runs import RunDir
-from nnobs.tasks import RunConfig
+from nnobs.lab.create import new_run
+from nnobs.protocol.rundir import RunDir
+from nnobs.training.builtin.tasks import RunConfig
 from test_browser import browser, main_area, screenshot, server, servers, visit  # noqa: F401  (fixtures)
 
 SPIRAL = {"task": "spiral", "net": "2x8tx8tx1t", "eta": 0.03, "seed": 2}

@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from conftest import FOREVER, batch_passes, wait_for
-from nnobs import foldcache
-from nnobs import history as history_module
-from nnobs import watchers
-from nnobs.history import RunWatcher
-from nnobs.records import RecordWriter
-from nnobs.runs import read_history, start_worker, stop_worker
-from nnobs.schema import loss_report, metric_entry, state_report
-from nnobs.watchers import Readers, curves_for, watcher_for
+from nnobs.reading import foldcache
+from nnobs.reading import history as history_module
+from nnobs.reading import watcher as watcher_module
+from nnobs.reading import shared_readers as watchers
+from nnobs.reading.watcher import RunWatcher
+from nnobs.protocol.records import RecordWriter
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import start_worker, stop_worker
+from nnobs.protocol.schema import loss_report, metric_entry, state_report
+from nnobs.reading.shared_readers import Readers, curves_for, watcher_for
 
 
 class Clock:
@@ -193,7 +195,7 @@ def test_curves_cost_the_same_memory_whatever_the_length_of_the_run(tmp_path):
 
 
 def test_curves_start_from_the_run_pages_fold_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(history_module, "SAVE_AFTER_BYTES", 1)
+    monkeypatch.setattr(watcher_module, "SAVE_AFTER_BYTES", 1)
     run_file = tmp_path / "run.jsonl"
     write_run(run_file, 5_000)
     RunWatcher(run_file).refresh()  # the run page's reader, which saves run.fold.npz

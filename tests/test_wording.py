@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from nnobs import wording
+from nnobs.protocol.commands import command_words
+from nnobs.views import wording
 
 
 @pytest.mark.parametrize("relative, words", [
@@ -58,7 +59,7 @@ def test_senders_are_named_in_words_everyone_reads_the_same_way(by, words):
     ("target", "abc", "target 'abc'"), ("dance", None, "dance"),
 ])
 def test_commands_are_listed_in_words(cmd, value, words):
-    assert wording.command(cmd, value) == words
+    assert command_words(cmd, value) == words
 
 
 def test_durations():

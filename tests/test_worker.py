@@ -24,33 +24,29 @@ from conftest import (
     wait_for,
     wait_started,
 )
-from nnobs.checkpoint import load_checkpoint
-from nnobs import runs
-from nnobs.control import read_commands, send_command
-from nnobs.records import read_all
-from nnobs.runs import (
-    STALL_AFTER_S,
-    queue_command,
-    read_history,
-    restart_worker,
-    run_status,
-    start_worker,
-    stop_worker,
-    worker_pid,
-)
-from nnobs.tasks import RunConfig, build
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.launching import lifecycle as runs
+from nnobs.protocol.control import read_commands, send_command
+from nnobs.protocol.records import read_all
+from nnobs.protocol.states import STALL_AFTER_S
+from nnobs.protocol.control import queue_command
+from nnobs.reading.watcher import read_history
+from nnobs.launching.lifecycle import restart_worker, run_status, start_worker, stop_worker, worker_pid
+from nnobs.training.builtin.tasks import RunConfig, build
 
 START_AND_EXIT = """
 import sys
 from pathlib import Path
-from nnobs.runs import RunDir, start_worker
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import start_worker
 print(start_worker(RunDir(Path(sys.argv[1]))))
 """
 
 START_WHEN_TOLD = """
 import sys
 from pathlib import Path
-from nnobs.runs import RunDir, start_worker
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import start_worker
 run = RunDir(Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.readline()
@@ -345,7 +341,8 @@ def test_a_worker_whose_run_directory_is_replaced_exits_without_writing(new_run)
 START_STOP_AND_LOOK_FOR_CHILDREN = """
 import os, sys, time
 from pathlib import Path
-from nnobs.runs import RunDir, start_worker, stop_worker
+from nnobs.protocol.rundir import RunDir
+from nnobs.launching.lifecycle import start_worker, stop_worker
 run = RunDir(Path(sys.argv[1]))
 for _ in range(3):
     start_worker(run)

@@ -1,0 +1,147 @@
+"""The compare page: runs picked in the URL (?runs=a&runs=b), their curves overlaid in fixed colours, what differs."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import streamlit as st
+
+from nnobs.app import widgets
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.rundir import RunDir, list_runs, script_description
+from nnobs.reading.origin import created_at, fork_origin
+from nnobs.reading.shared_readers import curves_for
+from nnobs.training.builtin.tasks import load_config
+from nnobs.views import charts, wording
+from nnobs.views.compare import AXES, Curves, curve_frame, curves_of_history, differing_settings, settings_of
+from nnobs.views.palette import assign
+from nnobs.views.view import surface_of
+
+SHARED_FOR_S = 0.5  # every session's comparison of the same runs is read at most this often
+SURFACES_PER_ROW = 4
+
+
+def compare_page() -> None:
+    st.markdown("## nnobs · compare runs")
+    names = list_runs()
+    picked = st.multiselect(
+        "Runs", names, key="runs", bind="query-params", placeholder="Pick two or more runs",
+        help="The page's address names the runs picked: share it and a teammate sees the same comparison.",
+    )
+    left, middle, right = st.columns([2, 3, 2])
+    axis = left.segmented_control("x axis", list(AXES), format_func=AXES.get, default="batch", key="compare_x",
+                                  bind="query-params", required=True)
+    smoothing = middle.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing",
+                              help="Exponential moving average, as on the run page; 0 is off.")
+    log_scale = right.toggle("Log-scale loss", value=True, key="compare_log")
+    if len(picked) < 1:
+        st.info("Pick runs above to compare their loss and test loss; the runs' page has a link for a fork and its parent.")
+        return
+    refresh_s = st.session_state.get("refresh_s", 1.0)
+    if refresh_s not in widgets.REFRESH_CHOICES:
+        refresh_s = 1.0
+    st.fragment(run_every=refresh_s)(_live)(tuple(picked), axis or "batch", smoothing, log_scale)
+
+
+def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool) -> None:
+    colours = assign(picked, lambda name: created_at(RunDir.named(name)))
+    ordered = tuple(colours)  # in the order the runs were created: the legend's and the table's order
+    tick = int(time.monotonic() / SHARED_FOR_S)
+    curves = _shared_curves(ordered, tick)
+    spec_colours = tuple(colours[name][0] for name in ordered)
+    dashes = tuple(colours[name][1] for name in ordered)
+    if axis == "time" and any(c.times is None for c in curves.values()):
+        st.caption("Wall time is not known for " + ", ".join(f"`{n}`" for n, c in curves.items() if c.times is None)
+                   + ": they are left out of the time axis.")
+    frames = _shared_frames(ordered, smoothing, log_scale, tick)
+    left, right = st.columns(2)
+    for column, series, title in ((left, "loss", "Training loss"), (right, "test", "Test loss")):
+        frame = frames[series]
+        if not len(frame):
+            column.caption(f"**{title}**: none of these runs has reported one yet.")
+            continue
+        missing = [name for name in ordered if not len(getattr(curves[name], series))]
+        column.vega_lite_chart(frame, charts.compare_spec(title, axis, log_scale, ordered, spec_colours, dashes),
+                               width="stretch", height=380)
+        if missing:
+            column.caption(f"No {title.lower()} yet from " + ", ".join(f"`{n}`" for n in missing) + ".")
+    _settings_table(ordered, colours)
+    _surfaces(ordered, colours)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _shared_curves(ordered: tuple[str, ...], tick: int) -> dict[str, Curves]:
+    """The runs' curves, read once per tick for every session comparing the same runs."""
+    return {name: _curves(RunDir.named(name)) for name in ordered}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _shared_frames(ordered: tuple[str, ...], smoothing: float, log_scale: bool, tick: int) -> dict[str, pa.Table]:
+    """Both charts' data as Arrow tables, made once per tick for every session with the same runs and settings."""
+    curves = _shared_curves(ordered, tick)
+    return {series: pa.Table.from_pandas(curve_frame(curves, series, smoothing, log_scale), preserve_index=False)
+            for series in ("loss", "test")}
+
+
+def _curves(run: RunDir) -> Curves:
+    return curves_of_history(curves_for(run.run_file))
+
+
+def _settings_table(ordered: tuple[str, ...], colours: dict) -> None:
+    settings = {}
+    for name in ordered:
+        run = RunDir.named(name)
+        config = run.config.read_text() if run.config.exists() else None
+        script = wording.served_by(script_description(run)) if config is None else None
+        settings[name] = settings_of(config, fork_origin(run), script)
+    table = differing_settings(settings)
+    st.subheader("Settings that differ")
+    if not len(table.columns):
+        st.caption("These runs were started with the same settings.")
+        return
+    table.insert(0, "colour", ["■"] * len(table))
+    styled = table.style.apply(lambda _: [f"color: {colours[name][0]}" for name in table.index], subset=["colour"])
+    st.dataframe(styled, width="stretch", column_config={"colour": st.column_config.TextColumn("", width=30)})
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _surface_at(path: str, stamp: int) -> tuple[int, object] | None:
+    """(batch, surface frame) of a run's checkpoint as it was at stamp (its mtime), for nets with 2 inputs."""
+    run = RunDir(Path(path))
+    try:
+        config = load_config(run.config)
+        if config.sizes[0] != 2:  # asked before the checkpoint is read: a large net's is megabytes
+            return None
+        checkpoint = load_checkpoint(run.checkpoint)
+    except (NnobsError, OSError):
+        return None
+    sv = checkpoint.sv if checkpoint is not None else None
+    if sv is None:
+        return None
+    return checkpoint.batch, surface_of(config.to_json(), sv.tobytes())
+
+
+def _surfaces(ordered: tuple[str, ...], colours: dict) -> None:
+    """The decision surfaces of the runs with 2 inputs, side by side, from each one's latest checkpoint."""
+    shown = []
+    for name in ordered:
+        run = RunDir.named(name)
+        try:
+            stamp = run.checkpoint.stat().st_mtime_ns
+        except OSError:
+            continue  # no checkpoint yet, or a script's run
+        if surface := _surface_at(str(run.path), stamp):
+            shown.append((name, *surface))
+    if not shown:
+        return
+    st.subheader("Decision surfaces")
+    st.caption("Each net's output over the input plane at its latest checkpoint, with the task's points on top.")
+    for row in range(0, len(shown), SURFACES_PER_ROW):
+        for column, (name, batch, surface) in zip(st.columns(SURFACES_PER_ROW), shown[row : row + SURFACES_PER_ROW]):
+            colour = colours[name][0]
+            column.html(f'<span style="color:{colour}">■</span> <b>{html.escape(name)}</b> at batch {batch:,}')
+            column.vega_lite_chart(surface, charts.surface_spec(""), width="stretch", height=260)

@@ -1,0 +1,56 @@
+"""The new-run form's entries read strictly into a run's name and config, or a refusal naming what is allowed."""
+
+from __future__ import annotations
+
+from nnobs.app.entry import EntryError, parse_number, read_entry
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.rundir import RunDir, check_run_name
+from nnobs.training.builtin.tasks import RunConfig
+
+# Fields of the form beside the task, in the order shown: (config field, label, whole numbers only).
+NUMBERS = (("eta", "Learning rate (eta)", False), ("batch_size", "Batch size", True), ("noise", "Noise", False),
+           ("seed", "Seed", True), ("target", "Target batches", True))
+
+
+def defaults(task: str) -> RunConfig:
+    """What a blank field means for this task: RunConfig's own defaults for it."""
+    return RunConfig(task=task)
+
+
+def read_form(name: str, task: str, net: str, numbers: dict[str, str], root=None) -> tuple[RunDir, RunConfig]:
+    """The run to create and its config, from what was typed (a blank keeps the task's default).
+
+    Raises NnobsError naming the field and what it takes, before anything is created: a malformed
+    number, a config the checker refuses (its message), a bad or taken name.
+    """
+    values: dict[str, object] = {"task": task}
+    if net.strip():
+        values["net"] = net.strip()
+    for field, label, whole in NUMBERS:
+        typed = numbers.get(field, "").strip()
+        if not typed:
+            continue
+        if field in ("eta", "target"):
+            values[field] = read_entry(field, typed)
+            continue
+        try:
+            values[field] = parse_number(typed, whole)
+        except ValueError:
+            kind = "a whole number" if whole else "a number"
+            raise EntryError(f"{label} must be {kind}, not “{typed[:40]}”.") from None
+    config = RunConfig(**values)
+    config.check()
+    if not name.strip():
+        raise NnobsError("The run needs a name: letters, digits, '.', '_' and '-', starting with a letter or digit.")
+    run = RunDir.named(check_run_name(name.strip()), root)
+    if run.exists():
+        raise NnobsError(f"A run named {run.name} exists already: pick another name, or open it from the overview.")
+    return run, config
+
+
+def free_name(task: str, taken: set[str]) -> str:
+    """A name for a new run of task that no run has: spiral-1, spiral-2, ..."""
+    n = 1
+    while f"{task}-{n}" in taken:
+        n += 1
+    return f"{task}-{n}"

@@ -1,0 +1,1 @@
+"""The lab: new runs, forks and sweeps."""

@@ -1,0 +1,61 @@
+"""Starts a run's worker detached from whoever asked, prints its pid, and exits.
+
+The worker is the built-in one (python -m nnobs.training.worker), or the command `nnobs run` recorded in
+launch.json, run in its recorded directory. The asker waits for this short-lived process, so the
+worker is nobody's child: it is not left a zombie under a long-lived server, and Ctrl-C on the
+asker's terminal never reaches it. Only the standard library is imported here, to keep the hop cheap.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def recorded_command(launch: Path) -> tuple[list[str], str]:
+    """The command and directory `nnobs run` recorded. It is run only from a file of the user who starts it, that no one
+    else may write: a run directory shared with others must not let them choose what this user runs."""
+    stat = launch.stat()
+    if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
+        sys.exit(f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command is not "
+                 "run; record it again with `nnobs run`")
+    try:
+        recorded = json.loads(launch.read_text())
+        command, cwd = recorded["command"], recorded["cwd"]
+    except (ValueError, KeyError, TypeError) as err:
+        sys.exit(f"{launch} is unreadable ({err}): record the command again with `nnobs run`")
+    if not (isinstance(command, list) and command and all(isinstance(a, str) for a in command) and isinstance(cwd, str)):
+        sys.exit(f"{launch} holds no command line: record it again with `nnobs run`")
+    return command, cwd
+
+
+def worker_command(run_dir: Path, by: str) -> tuple[list[str], str | None]:
+    """What serves the run: the command `nnobs run` recorded, in its directory, else the built-in worker."""
+    launch = run_dir / "launch.json"
+    if launch.exists():
+        return recorded_command(launch)
+    return [sys.executable, "-m", "nnobs.training.worker", str(run_dir), by], None
+
+
+def main() -> None:
+    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    command, cwd = worker_command(run_dir, by)
+    # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
+    env = {**os.environ, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
+    with open(run_dir / "worker.log", "ab") as log:
+        worker = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own session and process group: no signals from our terminal
+            close_fds=True,
+        )
+    print(worker.pid)
+
+
+if __name__ == "__main__":
+    main()

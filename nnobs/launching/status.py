@@ -1,0 +1,121 @@
+"""A run's status: whether its worker lives (its launcher's word), joined with what its run file and status slot say."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from nnobs.protocol.rundir import RunDir, is_imported
+from nnobs.protocol.slot import read_slot
+from nnobs.protocol.states import STALL_AFTER_S
+from nnobs.reading.history import RunHistory
+
+
+@dataclass
+class RunStatus:
+    """What `status` reports: the run's state and latest values."""
+
+    run: str
+    state: str  # training, idle, stalled (alive but silent), stopped, crashed, imported (read-only) or absent
+    batch: int
+    target: int | None
+    eta: float | None
+    report_every: int | None
+    pace: float | None  # at most this many batches a second; 0 or None: flat out
+    loss: float | None
+    best_loss: float | None  # the lowest loss of the run's current line of training
+    generation: int | None
+    pid: int | None
+    heartbeat_age_s: float | None
+    diverged: bool
+    not_learning: bool  # training, but the loss stopped moving far above its best
+    free_bytes: int | None  # free space on the run's filesystem, when the worker paused for it (low disk)
+    write_error: str  # why the live worker cannot write, e.g. "cannot write run.jsonl: no space left on device"
+    error: str  # the last error event's message, if the last generation ended in one
+    skipped_lines: int  # lines of the run file that were not records (torn by a crash, or garbage)
+    launcher: str = "local"  # local or slurm
+    job_id: str | None = None  # on Slurm: the run's job
+    job_state: str | None = None  # on Slurm: the scheduler's state of it (PENDING, RUNNING, CANCELLED...)
+    reason: str = ""  # on Slurm: why the job waits (Slurm's reason), or why it ended
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """The state in the words the page's badge and the CLI both use: a diverged or stuck run says so."""
+        if self.state in ("training", "idle") and self.diverged:
+            return "diverged"
+        if self.state == "training" and self.not_learning:
+            return "not learning"
+        return self.state
+
+
+def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> RunStatus:
+    """Combine liveness (pid: None when no worker lives, -1 alive with no pid to give) with what the run file says,
+    and what the worker's slot says when it cannot write."""
+    last = history.last_lifecycle
+    slot = read_slot(run.status_file)
+    own_slot = pid is not None and pid > 0 and slot.get("pid") == pid
+    last_t = max(history.last_t or 0.0, slot.get("t") or 0.0) if own_slot else history.last_t  # both beat
+    age = None if not last_t else max(0.0, now - last_t)
+    low_disk = slot.get("low_disk") if own_slot and isinstance(slot.get("low_disk"), dict) else None
+    write_error = str(slot.get("write_error", "")) if own_slot else ""
+    error = last.detail if last is not None and last.kind == "error" else ""
+    if pid is not None and _silent_since_start(run, age, now):
+        state = "stalled"
+    elif write_error:
+        state = "cannot write"
+    elif low_disk:
+        state = "low disk"
+    elif pid is not None:
+        # A diverged worker waits for a new eta: it is not training, whatever its target.
+        at_rest = history.diverged or (history.target is not None and history.batch >= history.target)
+        state = "idle" if at_rest else "training"
+    elif not run.path.is_dir():
+        state = "absent"
+    elif is_imported(run):
+        state = "imported"
+    elif last is None or last.kind == "shutdown":
+        state = "stopped"
+    elif slot.get("ended") == "shutdown" and slot.get("gen") == history.gen:
+        state = "stopped"  # shut down cleanly, but the disk took no shutdown record
+        error = "shut down cleanly, but its shutdown record could not be written"
+    else:
+        state = "crashed"
+        if slot.get("ended") == "error" and slot.get("gen") == history.gen and not error:
+            error = str(slot.get("error", ""))
+    return RunStatus(
+        run=run.name,
+        state=state,
+        batch=history.batch,
+        target=history.target,
+        eta=history.eta,
+        report_every=history.report_every,
+        pace=history.pace,
+        loss=history.loss,
+        best_loss=history.best_loss,
+        generation=history.gen,
+        pid=pid if pid and pid > 0 else None,
+        heartbeat_age_s=None if age is None else round(age, 3),
+        diverged=history.diverged,
+        not_learning=state == "training" and history.not_learning,
+        free_bytes=low_disk.get("free") if low_disk else None,
+        write_error=write_error,
+        error=error,
+        skipped_lines=history.skipped_lines,
+    )
+
+
+def _silent_since_start(run: RunDir, heartbeat_age: float | None, now: float) -> bool:
+    """True when the live worker has written nothing for STALL_AFTER_S, and started longer ago than that.
+
+    The worker writes its pid into worker.lock as it starts, so the file's mtime dates the start:
+    the last generation's old heartbeat does not count against a worker that is still starting.
+    """
+    if heartbeat_age is None or heartbeat_age <= STALL_AFTER_S:
+        return False
+    try:
+        return now - os.stat(run.worker_lock).st_mtime > STALL_AFTER_S
+    except FileNotFoundError:
+        return False

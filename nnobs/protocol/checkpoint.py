@@ -1,0 +1,137 @@
+"""Checkpoints: a run's whole state in one .npz file, replaced atomically, loaded without pickle.
+
+The file holds the session's settings as JSON (meta) and, beside them, whatever arrays the
+trainer saves of its net: the built-in worker its state vector (sv), a script its own bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.numbers import is_count
+
+
+@dataclass
+class Checkpoint:
+    """Everything a new worker generation needs to go on where the last one stopped."""
+
+    batch: int  # batches trained
+    eta: float
+    target: int
+    report_every: int
+    gen: int  # generation of the worker that wrote it
+    last_seq: int  # highest control command applied
+    run_offset: int  # size of the run file when written: answers after it may need repeating
+    state: dict[str, np.ndarray] = field(repr=False)  # the trainer's own: {"sv": state vector} for the built-in net
+    control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
+    pace: float = 0.0  # at most this many batches a second; 0: flat out (absent from older checkpoints)
+    loss: float | None = None  # the latest loss when written (absent from older checkpoints)
+    min_free_mb: float = 100.0  # training pauses while the run's filesystem has less free (absent from older ones)
+
+    @property
+    def sv(self) -> np.ndarray | None:
+        """The built-in net's state vector, when this checkpoint holds one."""
+        return self.state.get("sv")
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
+    meta = {f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"}  # not asdict: it copies the arrays
+    if "meta" in ckpt.state:
+        raise ValueError("a trainer's checkpoint arrays cannot be called meta")
+    replace_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **ckpt.state))
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    """The saved checkpoint, or None when there is none yet."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            state = {name: saved[name].copy() for name in saved.files if name != "meta"}
+        return Checkpoint(state=state, **meta)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:  # TypeError: meta that is not Checkpoint's fields
+        # numpy's own words for pickled content suggest loading it unsafely: never, for a file anyone could have put here.
+        reason = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else str(err)
+        raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err
+
+
+def load_checkpoint_meta(path: Path) -> dict | None:
+    """The checkpoint's settings alone (batch, eta, target, ...), without reading its arrays; None when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:  # an .npz member is read only when asked for
+            meta = json.loads(str(saved["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    # Only what is of the type a checkpoint writes: a file anyone could have put here must not take a reader down.
+    whole = {k: meta[k] for k in ("batch", "target", "report_every") if is_count(meta.get(k))}
+    numbers = {k: float(meta[k]) for k in ("eta", "pace") if is_count(meta.get(k)) or isinstance(meta.get(k), float)}
+    return whole | numbers
+
+
+
+KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches
+KEPT_NEWEST = 4  # of them the newest, a few seconds apart; the rest thin out as the run goes on
+
+
+def kept_dir(path: Path) -> Path:
+    """The directory of the kept checkpoints beside checkpoint path."""
+    return Path(path).parent / "checkpoints"
+
+
+def kept_batches(path: Path) -> list[int]:
+    """Batches of the kept checkpoints beside path, oldest first."""
+    try:
+        names = [p.stem for p in kept_dir(path).glob("*.npz")]
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def keep_checkpoint(path: Path, batch: int) -> None:
+    """Keep the checkpoint just saved at path (its batch given) for rewinding, and thin out the older ones.
+
+    A hard link costs no space until checkpoint.npz is replaced by its successor; the kept set
+    stays KEPT strong, the newest KEPT_NEWEST as they come and the rest ever further apart in
+    batches (the one that leaves the smallest gap, as a ratio of batches, goes first).
+    """
+    folder = kept_dir(path)
+    folder.mkdir(exist_ok=True)
+    kept = folder / f"{batch:015d}.npz"
+    tmp = folder / f".{kept.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)
+    batches = kept_batches(path)
+    while len(batches) > KEPT:
+        interior = range(1, len(batches) - KEPT_NEWEST)
+        gone = min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1))
+        (folder / f"{batches.pop(gone):015d}.npz").unlink(missing_ok=True)
+
+
+def forget_kept_after(path: Path, batch: int) -> None:
+    """Drop the kept checkpoints past batch: they belong to a line of training the run went back from."""
+    for later in (b for b in kept_batches(path) if b > batch):
+        (kept_dir(path) / f"{later:015d}.npz").unlink(missing_ok=True)
+
+
+def load_kept(path: Path, batch: int) -> Checkpoint | None:
+    """The newest kept checkpoint at or before batch, or None when none is kept there."""
+    at_or_before = [b for b in kept_batches(path) if b <= batch]
+    if not at_or_before:
+        return None
+    return load_checkpoint(kept_dir(path) / f"{at_or_before[-1]:015d}.npz")

@@ -1,0 +1,149 @@
+"""Every command a run takes, declared once: its check, its wording, its chart marker and how a text field reads it.
+
+Adding a command is one entry here and one handler in the worker's command table (nnobs.training.commands).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nnobs.protocol.errors import CommandError
+from nnobs.protocol.numbers import is_int, is_number
+
+MAX_TARGET = 10**12  # far beyond any run here; larger is a typo
+MAX_ETA = 1e6
+MAX_PACE = 1e6  # batches a second; more is no slow motion at all
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds up to this
+DEFAULT_MIN_FREE_MB = 100.0  # a run pauses while its filesystem has less free: it must never be what fills a disk
+MAX_MIN_FREE_MB = 1e9
+
+
+@dataclass(frozen=True)
+class Field:
+    """How a text field on the page reads the command's value: strictly, naming what is allowed."""
+
+    sets: str  # what the field sets: "The target"
+    takes: str  # what it takes: "a whole number of batches from 0 to 1,000,000,000,000"
+    whole: bool  # whole numbers only ("1e6" is one, "1.5" is not)
+    blank_is_none: bool = False  # a blank field means no value (reinit: the run's own seed)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: what it may carry, how it reads to a person and on a chart, and how a field spells it."""
+
+    name: str  # as control.json and the run file spell it
+    check: Callable[[Any], Any]  # the value the worker applies, or CommandError saying what is allowed
+    words: Callable[[Any], str]  # as the page lists it: "Target 5,000 batches"
+    marker: Callable[[Any, dict], str] | None  # a chart's label where it took effect (value, ack record); None: none
+    field: Field | None = None  # None: no text field sets it
+    action: bool = False  # an action is done once; a setting is applied again when a generation resumes before it
+
+
+def _whole_in_range(what: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not is_int(value) or not 0 <= value <= MAX_TARGET:
+            raise CommandError(f"{what} from 0 to {MAX_TARGET:,}, not {value!r}")
+        return value
+
+    return check
+
+
+def _number_in(low: float, high: float, low_open: bool, message: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if not is_number(value) or not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+            raise CommandError(f"{message}, not {value!r}")
+        return float(value)
+
+    return check
+
+
+def _seed_or_none(value: Any) -> int | None:
+    if value is not None and (not is_int(value) or not 0 <= value <= MAX_SEED):
+        raise CommandError(f"reinit takes no seed (the run's own) or a seed from 0 to {MAX_SEED:,}, not {value!r}")
+    return value
+
+
+def _nothing(value: Any) -> None:
+    return None
+
+
+def _label(form: str) -> Callable[[Any, dict], str]:
+    return lambda value, record: form.format(value) if value is not None else form
+
+
+def _rewind_marker(value: Any, record: dict) -> str:
+    went_from = record.get("rewound_from")
+    return f"rewind from {went_from:,}" if is_int(went_from) else "rewind"
+
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command("target", _whole_in_range("target must be a whole number of batches"),
+                lambda v: f"Target {v:,} batches", _label("target {:,}"),
+                Field("The target", f"a whole number of batches from 0 to {MAX_TARGET:,}", True)),
+        Command("eta", _number_in(0, MAX_ETA, True, f"eta must be a number above 0 and at most {MAX_ETA:g}"),
+                lambda v: f"Eta {v:g}", _label("eta {:g}"),
+                Field("Eta", f"a number above 0 and at most {MAX_ETA:,.0f}", False)),
+        Command("report_every",
+                _whole_in_range("report_every must be a whole number of batches (0 reports only on request)"),
+                lambda v: "Snapshots only when asked" if v == 0 else f"Snapshot every {v:,} batches",
+                _label("snapshot every {:,}"),
+                Field("The snapshot interval", f"a whole number of batches from 0 (only when asked) to {MAX_TARGET:,}",
+                      True)),
+        Command("pace", _number_in(0, MAX_PACE, False,
+                                   f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}"),
+                lambda v: "Pace: flat out" if v == 0 else f"Pace {v:,g} batches a second",
+                lambda v, record: "pace: flat out" if v == 0 else _label("pace {:g}/s")(v, record),
+                Field("The pace", f"a number of batches a second from 0 (flat out) to {MAX_PACE:,.0f}", False)),
+        Command("min_free", _number_in(0, MAX_MIN_FREE_MB, False,
+                                       f"min_free must be megabytes from 0 (never pause) to {MAX_MIN_FREE_MB:,.0f}"),
+                lambda v: f"Pause below {v:,g} MB free", None),
+        Command("tell_state", _nothing, lambda v: "Snapshot now", _label("snapshot"), action=True),
+        Command("rewind", _whole_in_range("rewind needs the whole number of the batch to go back to"),
+                lambda v: f"Rewind to batch {v:,}", _rewind_marker,
+                Field("The batch to rewind to", f"a whole number from 0 to {MAX_TARGET:,}", True), action=True),
+        Command("reinit", _seed_or_none,
+                lambda v: "Reinitialize with the run's own seed" if v is None else f"Reinitialize with seed {v}",
+                lambda v, record: "reinit" if v is None else f"reinit, seed {v}",
+                Field("The seed", f"blank (the run's own seed) or a whole number from 0 to {MAX_SEED:,}", True,
+                      blank_is_none=True), action=True),
+        Command("shutdown", _nothing, lambda v: "Shut down", None, action=True),
+    )
+}
+NAMES = tuple(COMMANDS)
+
+
+def check_command(cmd: Any, value: Any) -> Any:
+    """The value the worker will apply for cmd, or CommandError saying why it would be refused."""
+    command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
+    if command is None:
+        raise CommandError(f"unknown command {cmd!r}: expected {', '.join(NAMES[:-1])} or {NAMES[-1]}")
+    return command.check(value)
+
+
+def command_words(cmd: Any, value: Any) -> str:
+    """A command as the page lists it: "Target 5,000 batches", "Pace: flat out", "Shut down"; a value of the wrong
+    type, written by hand, is shown as it is (the worker rejects it)."""
+    command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
+    if command is not None:
+        try:
+            return command.words(value)
+        except (TypeError, ValueError):
+            pass
+    return f"{cmd} {value!r}" if value is not None else str(cmd)
+
+
+def marker_label(cmd: Any, value: Any, record: dict) -> str:
+    """What a chart's marker says of an acknowledged command, or "" for commands not marked (shutdown)."""
+    command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
+    if command is None or command.marker is None:
+        return ""
+    try:
+        return command.marker(value, record)
+    except (ValueError, TypeError):  # a value of the wrong type, written by hand: the command's name will do
+        return str(cmd)

@@ -1,0 +1,241 @@
+"""The run file: one JSON object per line, appended by the worker, read incrementally by everyone else."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.slot import tell_log
+
+Record = dict[str, Any]
+
+
+def _as_list(value: Any) -> Any:
+    """numpy arrays (a state vector) are written as JSON lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Replace every NaN or infinity inside value by None: JSON has no spelling for them."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """One complete line of strict JSON; a record holding NaN or infinity is written with nulls and "diverged": true."""
+    try:
+        text = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_as_list)
+    except ValueError:
+        text = json.dumps({**_finite_or_none(record), "diverged": True}, allow_nan=False, separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
+class RecordWriter:
+    """Appends records stamped with wall time and worker generation; a failed write is reported, never raised."""
+
+    def __init__(self, path: Path, gen: int | None):
+        self.path = Path(path)
+        self.gen = gen
+        self.failed_writes = 0
+        self.error: OSError | None = None  # why the latest write failed; None once one succeeds again
+        self._torn = False  # the file ends in part of a line, left by a short write: the next write ends it first
+        # O_APPEND makes each single write land whole at the end, even beside another writer.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """End a line left unfinished by a killed writer, so that only it is lost, not our first record."""
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            self._torn = True  # ended by the first write, which a full disk may refuse now
+
+    def write(self, record: Record) -> bool:
+        return self._append(encode_record(self._stamped(record)))
+
+    def _stamped(self, record: Record) -> Record:
+        return {**record, "t": round(time.time(), 3), "gen": self.gen}
+
+    def _append(self, line: bytes) -> bool:
+        if self._torn:
+            line = b"\n" + line  # the torn line is ended, and so skipped by readers, once; this record lands whole
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                self._torn = self._torn or written > 0
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes")
+            self._torn = False
+            self.error = None
+            return True
+        except OSError as err:
+            # Observing must never take training down: count it, say it once in worker.log, go on.
+            self.failed_writes += 1
+            self.error = err
+            if self.failed_writes == 1:
+                tell_log(f"nnobs: cannot write to {self.path}: {err}")
+            return False
+
+    def flush(self) -> None:
+        """Every record written so far is in the file (it is, once write returns)."""
+
+    def size(self) -> int:
+        """Bytes in the file now."""
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class BackgroundWriter(RecordWriter):
+    """A RecordWriter that encodes and writes on a thread of its own, so training never waits for either.
+
+    Records are stamped when handed over and land in order; flush() and close() wait until all have.
+    """
+
+    def __init__(self, path: Path, gen: int | None):
+        super().__init__(path, gen)
+        # SimpleQueue: its put takes no Python-level lock, so handing a record over never waits on the writer thread.
+        self._queue: queue.SimpleQueue[Record | threading.Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
+        self._thread.start()
+
+    def write(self, record: Record) -> bool:
+        self._queue.put(self._stamped(record))
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            if isinstance(record, threading.Event):  # a flush: everything handed over before it is written
+                record.set()
+                continue
+            try:
+                self._append(encode_record(record))
+            except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
+                self.failed_writes += 1
+                tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
+
+    def flush(self) -> None:
+        """Wait until every record handed over so far is in the file."""
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        super().close()
+
+
+HEAD_BYTES = 256  # the file's first bytes, kept to tell a file refilled past our offset from the one we read
+
+
+class RecordReader:
+    """Reads the records appended since the last call; a torn last line waits for the next call."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0  # bytes of the file consumed so far: always at a line boundary
+        self.skipped_lines = 0  # lines that were not a JSON object, since the last restart
+        self.restarts = 0  # times the file shrank or was replaced and was read again from the start
+        self.bytes_read = 0  # bytes read from the file in all, torn line tails included
+        self._inode: int | None = None
+        self._head = b""  # the file's first bytes as read: a new file starts with another worker's pid, or other text
+
+    @property
+    def inode(self) -> int | None:
+        """The inode of the file read so far (None before the first read)."""
+        return self._inode
+
+    def resume(self, offset: int, inode: int, head: bytes) -> None:
+        """Go on from offset of the file with this inode and first bytes, as if this reader had read up to there."""
+        self.offset, self._inode, self._head = offset, inode, head[:HEAD_BYTES]
+
+    def read_new_lines(self, max_bytes: int | None = None) -> bytes:
+        """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again.
+
+        With max_bytes, about that much at most (more only for a longer line): call again for the rest.
+        """
+        try:
+            with open(self.path, "rb") as f:
+                fd = f.fileno()
+                stat = os.fstat(fd)
+                if self._inode is not None and (
+                    stat.st_ino != self._inode
+                    or stat.st_size < self.offset
+                    or os.pread(fd, len(self._head), 0) != self._head  # emptied, then written past our offset
+                ):
+                    self.offset, self.skipped_lines, self._head = 0, 0, b""
+                    self.restarts += 1
+                self._inode = stat.st_ino
+                if stat.st_size == self.offset:
+                    return b""
+                f.seek(self.offset)
+                available = stat.st_size - self.offset
+                chunk = f.read(available if max_bytes is None else min(available, max_bytes))
+                end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
+                if not end and len(chunk) < available:  # one line longer than max_bytes: read it whole
+                    chunk += f.read(available - len(chunk))
+                    end = chunk.rfind(b"\n") + 1
+                self.bytes_read += len(chunk)
+                self.offset += end
+                if len(self._head) < HEAD_BYTES and self.offset > len(self._head):
+                    self._head = os.pread(fd, min(self.offset, HEAD_BYTES), 0)
+        except FileNotFoundError:
+            return b""
+        return chunk[:end]
+
+    def read_new(self) -> list[Record]:
+        """The records appended since the last call, each line parsed as JSON; bad lines are counted and skipped."""
+        records = []
+        for line in self.read_new_lines().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # garbage, a line torn by a crash, or not UTF-8
+                self.skipped_lines += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                self.skipped_lines += 1
+        return records
+
+
+def read_all(path: Path) -> list[Record]:
+    """Every complete record in the file."""
+    return RecordReader(path).read_new()
+
+
+def pair(value: Any) -> tuple[int, Any] | None:
+    """A topic's [batch, value], or None when the value does not have that shape."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and 0 <= value[0] < 2**63  # a batch count fits an int64 column
+    ):
+        return value[0], value[1]
+    return None

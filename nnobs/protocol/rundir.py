@@ -1,0 +1,144 @@
+"""A run's directory: its name, the paths of its files, whether a worker holds it, and what it says of itself."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnobs.protocol.errors import RunNameError
+from nnobs.protocol.files import FILE_MODE
+
+DEFAULT_RUN = "default"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
+
+
+def runs_root(explicit: str | os.PathLike | None = None) -> Path:
+    """--runs if given, else $NNOBS_RUNS, else ./runs."""
+    return Path(explicit or os.environ.get("NNOBS_RUNS") or "runs")
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise RunNameError(
+            f"run name {name!r} refused: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run's directory."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, name: str, root: str | os.PathLike | None = None) -> RunDir:
+        return cls(runs_root(root) / check_run_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    run_file = property(lambda self: self.path / "run.jsonl")
+    control_file = property(lambda self: self.path / "control.json")
+    worker_lock = property(lambda self: self.path / "worker.lock")
+    start_lock = property(lambda self: self.path / "start.lock")
+    worker_log = property(lambda self: self.path / "worker.log")
+    checkpoint = property(lambda self: self.path / "checkpoint.npz")
+    config = property(lambda self: self.path / "config.json")  # a run of the built-in worker: what it trains
+    description = property(lambda self: self.path / "run.json")  # a script's run: which script, where
+    launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
+    status_file = property(lambda self: self.path / "worker.status")  # the live worker's last word when nothing can be written
+    launcher_file = property(lambda self: self.path / "launcher.json")  # which launcher starts its worker; none: local
+    job_file = property(lambda self: self.path / "job.json")  # a run on Slurm: the one job it has
+
+    def exists(self) -> bool:
+        """A run is a directory with a config, a script's description or launch command, or a run file."""
+        return any(p.is_file() for p in (self.config, self.description, self.launch, self.run_file))
+
+
+def take_worker_lock(run: RunDir) -> int | None:
+    """An fd holding worker.lock exclusively, or None when a live worker holds it. The kernel drops it at exit."""
+    fd = os.open(run.worker_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+
+
+def local_pid(run: RunDir) -> int | None:
+    """The live local worker's pid, or None when no process holds worker.lock (pids and zombies cannot fool this)."""
+    try:
+        fd = os.open(run.worker_lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if not text.isdigit() or process_gone(int(text)):
+            return -1  # alive, but its pid not yet written over a dead predecessor's
+        return int(text)
+    else:
+        return None
+    finally:
+        os.close(fd)  # closing drops our shared lock, if we got it
+
+
+def process_gone(pid: int) -> bool:
+    """True when pid has exited (a zombie, exited but not yet reaped, counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # Linux tells zombies apart; elsewhere we take kill's word
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return os.path.isdir("/proc")  # with /proc, a missing entry means it just exited
+
+
+def log_tail(run: RunDir, n_lines: int = 20) -> str:
+    try:
+        with open(run.worker_log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            return b"\n".join(f.read().splitlines()[-n_lines:]).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def script_description(run: RunDir) -> dict | None:
+    """What run.json says of what serves the run (a script: argv, cwd, pid; an import: where from), or None."""
+    try:
+        description = json.loads(run.description.read_text())
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) else None
+
+
+def is_imported(run: RunDir) -> bool:
+    """True for a run file imported by `nnobs import`: read-only, nothing serves it."""
+    description = script_description(run)
+    return bool(description) and description.get("kind") == "imported" and not run.launch.exists()
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[str]:
+    """The names of the runs under the runs root, sorted."""
+    try:
+        return sorted(p.name for p in runs_root(root).iterdir() if RUN_NAME.fullmatch(p.name) and RunDir(p).exists())
+    except FileNotFoundError:
+        return []

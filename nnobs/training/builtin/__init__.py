@@ -1,0 +1,1 @@
+"""The built-in worker's own nets, tasks, net shorthand and sampler, in numpy."""

@@ -1,0 +1,1 @@
+"""Adapters that attach a framework's model and optimizer to nnobs.Run."""
