@@ -32,6 +32,23 @@ def say_at_the_end(config: pytest.Config, line: str) -> None:
     config.stash.setdefault(SUMMARY_LINES, []).append(line)
 
 
+
+# The slow families, each a marker: `pytest -m "not slow"` answers in about a minute; the README's test command runs all.
+SLOW_FAMILIES = {
+    "browser": ("test_browser.py", "test_lab_browser.py", "test_views_browser.py", "test_sdk_page.py"),
+    "slurm": ("test_slurm.py",),
+    "faults": ("test_faults.py", "test_bad_input.py"),
+    "disk": ("test_disk.py",),
+}
+
+
+def mark_slow_families(items: list[pytest.Item]) -> None:
+    for item in items:
+        for family, files in SLOW_FAMILIES.items():
+            if item.path.name in files:
+                item.add_marker(family)
+                item.add_marker("slow")
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     for line in config.stash.get(SUMMARY_LINES, []):
         terminalreporter.write_line(line)
@@ -74,6 +91,7 @@ def _group_names(item: pytest.Item) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """Tests that share a module- or class-scoped fixture run in one worker, in file order: the fixture is made once,
     as in a serial run, and tests that take a run through its life in steps (test_slurm's `life`) see every step."""
+    mark_slow_families(items)
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue

@@ -9,16 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnobs.views import charts
-from nnobs.views import layer_charts
-from nnobs.views.surface import GRID
-from nnobs.reading.history import RunHistory
-from nnobs.reading.watcher import RunWatcher
+from nnobs.launching.lifecycle import create_run
 from nnobs.protocol.records import RecordWriter
 from nnobs.protocol.rundir import RunDir
-from nnobs.launching.lifecycle import create_run
 from nnobs.protocol.schema import SUMMARY
+from nnobs.reading.history import RunHistory
+from nnobs.reading.watcher import RunWatcher
 from nnobs.training.builtin.tasks import RunConfig
+from nnobs.views import charts, layer_charts
+from nnobs.views.frames import (
+    MAX_SV_LINES,
+    loss_chart_frame,
+    loss_frame,
+    loss_means_frame,
+    markers_frame,
+    metric_frames,
+    smooth,
+    surface_frame,
+)
+from nnobs.views.surface import GRID
 from nnobs.views.view import build_view, chart_frames
 
 BATCH_CHARTS = ("loss", "sv_lines", "sv_heat", "step_lengths", "step_cosines")
@@ -31,9 +40,9 @@ def history_of(batches, losses) -> RunHistory:
 
 
 def loss_chart(history: RunHistory, smoothing: float, log_scale: bool = True) -> pd.DataFrame:
-    means = charts.loss_means_frame(history)
+    means = loss_means_frame(history)
     batches = (int(history.loss_batches.values()[0]), history.batch)
-    return charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), smoothing,
+    return loss_chart_frame(loss_frame(history), means, markers_frame(history), smoothing,
                                    log_scale, batches)
 
 
@@ -96,11 +105,11 @@ def test_the_smoothing_weighs_batches_not_points():
 def test_smoothing_zero_is_off_and_diverged_points_pass_through():
     batches = np.arange(0, 1_000, 10)
     values = np.linspace(1.0, 0.1, len(batches))
-    assert np.array_equal(charts.smooth(batches, values, 0.0, 1.0), values)
+    assert np.array_equal(smooth(batches, values, 0.0, 1.0), values)
     values[40] = np.nan
-    smoothed = charts.smooth(batches, values, 0.9, 1.0)
+    smoothed = smooth(batches, values, 0.9, 1.0)
     assert np.isnan(smoothed[40]) and np.isfinite(np.delete(smoothed, 40)).all()
-    np.testing.assert_array_equal(smoothed[:40], charts.smooth(batches[:40], values[:40], 0.9, 1.0))
+    np.testing.assert_array_equal(smoothed[:40], smooth(batches[:40], values[:40], 0.9, 1.0))
 
 
 def test_no_loss_chart_until_two_batches_have_a_loss():
@@ -136,7 +145,7 @@ def test_the_lines_of_a_net_beyond_the_heatmaps_rows_say_which_parameters_they_a
     assert not view.sampled and len(view.sv_names) < 1185
     lines, heat = view.sv_shown
     assert heat == f"the first {len(view.sv_names)} of 1,185 parameters"
-    assert lines == f"a sample of {charts.MAX_SV_LINES} of the first {len(view.sv_names)} of 1,185 parameters"
+    assert lines == f"a sample of {MAX_SV_LINES} of the first {len(view.sv_names)} of 1,185 parameters"
 
 
 def test_every_chart_over_batches_spans_the_whole_run(tmp_path):
@@ -179,14 +188,14 @@ def test_the_decision_surface_colours_are_anchored_to_the_outputs_range(tmp_path
     cells = GRID * GRID
     x1 = x2 = np.zeros(cells)
     facts = (np.array([[-0.5, -0.5], [0.5, 0.5]]), np.array([[-0.5], [0.5]]))
-    tanh = charts.surface_frame(x1, x2, np.full(cells, -0.99), facts, "tanh")
+    tanh = surface_frame(x1, x2, np.full(cells, -0.99), facts, "tanh")
     assert (tanh["output"].min(), tanh["output"].max()) == (-1.0, 1.0)
-    identity = charts.surface_frame(x1, x2, np.linspace(-3.0, 0.25, cells), facts, "identity")
+    identity = surface_frame(x1, x2, np.linspace(-3.0, 0.25, cells), facts, "identity")
     assert (identity["output"].min(), identity["output"].max()) == (-3.0, 3.0), "symmetric around zero"
-    flat_zero = charts.surface_frame(x1, x2, np.zeros(cells), (facts[0], np.zeros((2, 1))), "relu")
+    flat_zero = surface_frame(x1, x2, np.zeros(cells), (facts[0], np.zeros((2, 1))), "relu")
     assert flat_zero["output"].max() > 0, "a net that outputs only zeros still has a scale"
     with np.errstate(over="raise"):  # no float32 overflow into infinities that would break the colour scale
-        diverged = charts.surface_frame(x1, x2, np.linspace(-1e300, 1e300, cells), facts, "identity")
+        diverged = surface_frame(x1, x2, np.linspace(-1e300, 1e300, cells), facts, "identity")
     assert not np.isinf(diverged["output"]).any() and diverged["output"].max() == np.float32(1e30), \
         "a diverged net's output is drawn at the scale's ends"
     assert tanh["x1"].isna().sum() == 2, "only the two range rows have no place on the plane"
@@ -248,13 +257,13 @@ def test_the_smoothed_loss_starts_afresh_where_a_reinitialized_net_begins():
                "loss": [10_000, 0.25], "t": 2.0, "gen": 2}]
     new = [{"loss": [b, 0.25 * 0.999 ** (b - 10_000)], "t": 3.0, "gen": 2} for b in range(10_010, 12_000, 10)]
     history.add(old + reinit + new)
-    frame = charts.loss_chart_frame(charts.loss_frame(history), charts.loss_means_frame(history),
-                                    charts.markers_frame(history), 0.9, log_scale=True)
+    frame = loss_chart_frame(loss_frame(history), loss_means_frame(history),
+                                    markers_frame(history), 0.9, log_scale=True)
     smoothed = frame.dropna(subset=["smoothed"])
     after = smoothed[smoothed["batch"] > 10_000]
     assert after["smoothed"].iloc[0] > 0.1, "the new net's first losses, not the old net's 1e-30"
     assert np.all(np.diff(after["smoothed"].to_numpy()) <= 0), "a falling loss smooths to a falling line"
-    assert set(charts.markers_frame(history)["kind"]) == {"generation"}, "the reinit reads as a generation"
+    assert set(markers_frame(history)["kind"]) == {"generation"}, "the reinit reads as a generation"
 
 
 def test_the_step_lines_break_where_there_is_no_step_instead_of_bridging_the_gap():
@@ -300,7 +309,7 @@ def test_a_metric_keeps_its_latest_value_and_every_windows_extremes():
     ] + [{"loss": [105, 0.01], "metrics": [105, {"accuracy": [0.75]}]}])
     accuracy = history.metrics["accuracy"]
     assert accuracy.latest == (105, 0.75)
-    points, means = charts.metric_frames(history)["accuracy"]
+    points, means = metric_frames(history)["accuracy"]
     assert {0.01, 0.99, 0.75} <= set(points["value"]), "the window's min and max and the latest value"
     assert points["batch"].is_monotonic_increasing and 93 in set(points["batch"]), "each extreme where it was"
     assert np.isclose(means["mean"].iloc[0], 0.6)
@@ -352,7 +361,7 @@ def test_a_restart_from_an_earlier_checkpoint_truncates_metrics_and_summaries_to
                 + [{"loss": [b, 0.5], "metrics": [b, {"accuracy": [b / 1000]}]} for b in range(10, 1001, 10)]
                 + [started(500, sample=[0, 7, 14], resumed_from=500)])
     assert history.layers.last[0] <= 500 and history.metrics["accuracy"].outline.last[0] <= 500
-    points, _ = charts.metric_frames(history)["accuracy"]
+    points, _ = metric_frames(history)["accuracy"]
     assert points["batch"].max() <= 500 and points["value"].max() <= 0.5, "nothing of the line gone back from"
     assert layer_charts.layer_frames(history, ("a", "b"), ())["norm"]["batch"].max() <= 500
     history.add([{"loss": [510, 0.4], "metrics": [510, {"accuracy": [0.2]}]}])

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import SEED_RUN
-from nnobs.views import charts
-from nnobs.reading.history import RunHistory, WindowedSeries
-from nnobs.reading.watcher import RunWatcher
+
 from nnobs.protocol.records import RecordReader, RecordWriter, read_all
 from nnobs.protocol.schema import loss_report, state_report
+from nnobs.reading.history import RunHistory, WindowedSeries
 from nnobs.reading.series import MinMaxBuckets
+from nnobs.reading.watcher import RunWatcher
 from nnobs.training.builtin.tasks import RunConfig, parameter_names
+from nnobs.views import charts
+from nnobs.views.frames import (
+    HEATMAP_COLUMNS,
+    loss_chart_frame,
+    loss_frame,
+    loss_means_frame,
+    markers_frame,
+    means_frame,
+    sv_frames,
+)
 
 
 def fed(values: np.ndarray, max_buckets: int = 1000, chunk: int = 997) -> MinMaxBuckets:
@@ -73,12 +82,12 @@ def test_seed_notebook_run_file_plots_loss_and_state_vector():
     history.add(read_all(SEED_RUN))
     names = parameter_names(RunConfig())
 
-    loss = charts.loss_frame(history)
-    lines, heat = charts.sv_frames(history, names)
+    loss = loss_frame(history)
+    lines, heat = sv_frames(history, names)
 
     assert len(loss) == 19 and loss["batch"].iloc[-1] == 20_000
     assert set(lines["parameter"]) == set(names) and lines["batch"].max() == 20_000
-    assert len(heat) <= charts.HEATMAP_COLUMNS * len(names) and set(heat["parameter"]) == set(names)
+    assert len(heat) <= HEATMAP_COLUMNS * len(names) and set(heat["parameter"]) == set(names)
     for spec in (charts.loss_spec(True), charts.sv_lines_spec(tuple(names)), charts.sv_heatmap_spec(tuple(names))):
         assert "data" not in spec and "datasets" not in spec, "data travels beside the spec"
 
@@ -196,8 +205,8 @@ def test_smoothing_follows_the_mean_not_the_spikes_of_a_long_run():
     losses = np.where(rng.random(200_000) < 0.01, 10.0, 1.0)  # spikes on 1% of batches: mean 1.09
     history = RunHistory()
     history.add_lines(b"".join(b'{"loss":[%d,%r],"t":1.0,"gen":1}\n' % (i, float(v)) for i, v in enumerate(losses)))
-    means = charts.loss_means_frame(history)
-    frame = charts.loss_chart_frame(charts.loss_frame(history), means, charts.markers_frame(history), 0.9, False)
+    means = loss_means_frame(history)
+    frame = loss_chart_frame(loss_frame(history), means, markers_frame(history), 0.9, False)
     smoothed = frame["smoothed"].dropna().to_numpy()
     assert frame["loss"].max() == 10.0, "the raw outline keeps the spikes"
     assert abs(smoothed[-100:].mean() - losses.mean()) < 0.05, "the smoothed line sits at the mean"
@@ -208,7 +217,7 @@ def test_a_mean_is_drawn_at_the_batches_it_stands_for_and_a_lone_value_at_its_ow
         windows = np.array(windows, dtype=float)
         made = WindowedSeries(1000)
         made.extend(np.array(batches), windows[:, 5], windows)
-        return charts.means_frame(made)["batch"].tolist()
+        return means_frame(made)["batch"].tolist()
 
     # A test loss, logged alone at batches 1 and 3,000: not halfway to the next one.
     assert series([1, 3000], [[1, 0.65, 1, 0.65, 1, 0.65], [1, 0.1, 3000, 0.1, 3000, 0.1]]) == [1, 3000]
@@ -235,7 +244,7 @@ def test_markers_at_one_batch_share_one_label_so_none_is_written_over():
         {"event": [500, "started"], "pid": 7, "resumed_from": 500, "gen": 2},
         {"ack": [900, {**ack, "id": "c", "value": 9000}], "gen": 2},
     ])
-    frame = charts.markers_frame(history)
+    frame = markers_frame(history)
     assert frame["batch"].tolist() == [500, 900]
     assert frame["label"].tolist() == ["target 0 · eta 0.05 · gen 2", "target 9,000"]
     assert frame["lane"].nunique() == 2, "neighbouring labels step down"

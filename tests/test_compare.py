@@ -11,7 +11,7 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.app.new_run_form import read_form
 from nnobs.views.overview import RunRow
 from nnobs.app.overview_page import overview_frame
-from nnobs.app.run_page import read_fork
+from nnobs.app.run_fork import read_fork
 from nnobs.views.palette import OKABE_ITO, assign
 from nnobs.protocol.rundir import list_runs
 from nnobs.views.wording import fork_origin

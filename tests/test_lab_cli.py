@@ -7,13 +7,13 @@ import json
 from conftest import events, wait_for, wait_started
 from test_cli import bytes_read_by_this_process, nnobs
 
-from nnobs.views import charts
 from nnobs.protocol.checkpoint import load_checkpoint
-from nnobs.reading.origin import created_at, fork_origin
-from nnobs.views.overview import read_row, run_rows, sparkline
 from nnobs.protocol.records import encode_record
 from nnobs.protocol.rundir import RunDir, list_runs
+from nnobs.reading.origin import created_at, fork_origin
 from nnobs.reading.watcher import read_history
+from nnobs.views.frames import loss_means_frame
+from nnobs.views.overview import read_row, run_rows, sparkline
 
 
 def checkpointed(run: RunDir, beyond: int = 0) -> int:
@@ -172,7 +172,7 @@ def test_the_sparklines_end_is_the_last_windows_mean_not_a_shutdowns_repeat_of_o
     ]))
     assert sparkline(run.run_file)[-1] == (200, 0.03)
     history = read_history(run)
-    assert charts.loss_means_frame(history)["mean"].tolist()[-1] == 0.03, "the smoothed line's end, likewise"
+    assert loss_means_frame(history)["mean"].tolist()[-1] == 0.03, "the smoothed line's end, likewise"
 
 
 def test_rows_of_runs_that_did_not_change_are_not_read_again(runs_root, new_run):

@@ -10,21 +10,21 @@ import statistics
 import textwrap
 
 import numpy as np
-
 from conftest import FOREVER, answered, events, python, records_with, wait_for, wait_started
-from nnobs.views import charts
+
+from nnobs.launching.lifecycle import run_status, start_worker
 from nnobs.protocol.checkpoint import kept_batches, load_kept
 from nnobs.protocol.control import send_command
+from nnobs.protocol.schema import SUMMARY
 from nnobs.reading.history import RunHistory
 from nnobs.reading.watcher import read_history
-from nnobs.launching.lifecycle import run_status, start_worker
-from nnobs.protocol.schema import SUMMARY
 from nnobs.training.builtin.tasks import RunConfig, build, build_network
+from nnobs.views.frames import loss_frame
 
 
 def loss_points(history: RunHistory) -> set[tuple[int, float]]:
     """(batch, loss) of every point the loss chart draws."""
-    frame = charts.loss_frame(history)
+    frame = loss_frame(history)
     return set(zip(frame["batch"].tolist(), frame["loss"].tolist()))
 
 
@@ -221,7 +221,7 @@ def test_a_restart_from_a_checkpoint_replaces_what_the_dead_worker_trained_after
         batches, losses = seen.loss_series()
         assert batches.tolist() == [0, 10, 20, 30, 40, 50, 60, 60, 70, 80, 90, 100, 110, 120]
         assert losses[-6:].tolist() == [2.0 / (b + 1) for b in range(70, 130, 10)]
-        assert set(charts.loss_frame(seen)["batch"]) == set(batches.tolist())
+        assert set(loss_frame(seen)["batch"]) == set(batches.tolist())
         assert [m.label for m in seen.markers] == ["gen 2"]
 
 

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import events, kill_worker, wait_for
 from nnobs.protocol.control import read_commands
-from nnobs.app.run_page import _watcher
+from nnobs.reading.shared_readers import watcher_for as _watcher
 from nnobs.app.widgets import wrong_guesses
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.watcher import read_history
@@ -386,7 +386,7 @@ def _act_as_signed_in_with(entered: str) -> None:
 
     import streamlit as st
 
-    from nnobs.app import run_page as page
+    from nnobs.app import run_controls as page
     from nnobs.protocol.rundir import RunDir
 
     run = RunDir(Path(st.query_params["run_dir"]))

@@ -25,7 +25,7 @@ from conftest import (
     wait_started,
 )
 from nnobs.protocol.checkpoint import load_checkpoint
-from nnobs.launching import lifecycle as runs
+from nnobs.protocol import control as control_module
 from nnobs.protocol.control import read_commands, send_command
 from nnobs.protocol.records import read_all
 from nnobs.protocol.states import STALL_AFTER_S
@@ -476,7 +476,7 @@ def test_a_control_file_made_anew_while_no_worker_runs_is_obeyed_by_the_next_one
 def test_control_file_forgets_only_what_a_checkpoint_says_was_applied_and_nothing_is_answered_twice(
     new_run, monkeypatch
 ):
-    monkeypatch.setattr(runs, "COMMANDS_KEPT", 5)  # the bound, small enough to cross a few times here
+    monkeypatch.setattr(control_module, "COMMANDS_KEPT", 5)  # the bound, small enough to cross a few times here
     run = new_run(target=0)
     start_worker(run)
     applied = [queue_command(run, "target", 100 + k) for k in range(23)]

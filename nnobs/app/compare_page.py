@@ -29,17 +29,37 @@ def compare_page() -> None:
     st.markdown("## nnobs · compare runs")
     names = list_runs()
     picked = st.multiselect(
-        "Runs", names, key="runs", bind="query-params", placeholder="Pick two or more runs",
+        "Runs",
+        names,
+        key="runs",
+        bind="query-params",
+        placeholder="Pick two or more runs",
         help="The page's address names the runs picked: share it and a teammate sees the same comparison.",
     )
     left, middle, right = st.columns([2, 3, 2])
-    axis = left.segmented_control("x axis", list(AXES), format_func=AXES.get, default="batch", key="compare_x",
-                                  bind="query-params", required=True)
-    smoothing = middle.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="compare_smoothing",
-                              help="Exponential moving average, as on the run page; 0 is off.")
+    axis = left.segmented_control(
+        "x axis",
+        list(AXES),
+        format_func=lambda axis: AXES[axis],
+        default="batch",
+        key="compare_x",
+        bind="query-params",
+        required=True,
+    )
+    smoothing = middle.slider(
+        "Smoothing",
+        0.0,
+        0.99,
+        0.6,
+        0.01,
+        key="compare_smoothing",
+        help="Exponential moving average, as on the run page; 0 is off.",
+    )
     log_scale = right.toggle("Log-scale loss", value=True, key="compare_log")
     if len(picked) < 1:
-        st.info("Pick runs above to compare their loss and test loss; the runs' page has a link for a fork and its parent.")
+        st.info(
+            "Pick runs above to compare their loss and test loss; the runs' page has a link for a fork and its parent."
+        )
         return
     refresh_s = st.session_state.get("refresh_s", 1.0)
     if refresh_s not in widgets.REFRESH_CHOICES:
@@ -55,8 +75,11 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
     spec_colours = tuple(colours[name][0] for name in ordered)
     dashes = tuple(colours[name][1] for name in ordered)
     if axis == "time" and any(c.times is None for c in curves.values()):
-        st.caption("Wall time is not known for " + ", ".join(f"`{n}`" for n, c in curves.items() if c.times is None)
-                   + ": they are left out of the time axis.")
+        st.caption(
+            "Wall time is not known for "
+            + ", ".join(f"`{n}`" for n, c in curves.items() if c.times is None)
+            + ": they are left out of the time axis."
+        )
     frames = _shared_frames(ordered, smoothing, log_scale, tick)
     left, right = st.columns(2)
     for column, series, title in ((left, "loss", "Training loss"), (right, "test", "Test loss")):
@@ -65,8 +88,12 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
             column.caption(f"**{title}**: none of these runs has reported one yet.")
             continue
         missing = [name for name in ordered if not len(getattr(curves[name], series))]
-        column.vega_lite_chart(frame, charts.compare_spec(title, axis, log_scale, ordered, spec_colours, dashes),
-                               width="stretch", height=380)
+        column.vega_lite_chart(
+            frame,
+            charts.compare_spec(title, axis, log_scale, ordered, spec_colours, dashes),
+            width="stretch",
+            height=380,
+        )
         if missing:
             column.caption(f"No {title.lower()} yet from " + ", ".join(f"`{n}`" for n in missing) + ".")
     _settings_table(ordered, colours)
@@ -83,8 +110,10 @@ def _shared_curves(ordered: tuple[str, ...], tick: int) -> dict[str, Curves]:
 def _shared_frames(ordered: tuple[str, ...], smoothing: float, log_scale: bool, tick: int) -> dict[str, pa.Table]:
     """Both charts' data as Arrow tables, made once per tick for every session with the same runs and settings."""
     curves = _shared_curves(ordered, tick)
-    return {series: pa.Table.from_pandas(curve_frame(curves, series, smoothing, log_scale), preserve_index=False)
-            for series in ("loss", "test")}
+    return {
+        series: pa.Table.from_pandas(curve_frame(curves, series, smoothing, log_scale), preserve_index=False)
+        for series in ("loss", "test")
+    }
 
 
 def _curves(run: RunDir) -> Curves:
@@ -119,10 +148,9 @@ def _surface_at(path: str, stamp: int) -> tuple[int, object] | None:
         checkpoint = load_checkpoint(run.checkpoint)
     except (NnobsError, OSError):
         return None
-    sv = checkpoint.sv if checkpoint is not None else None
-    if sv is None:
+    if checkpoint is None or checkpoint.sv is None:
         return None
-    return checkpoint.batch, surface_of(config.to_json(), sv.tobytes())
+    return checkpoint.batch, surface_of(config.to_json(), checkpoint.sv.tobytes())
 
 
 def _surfaces(ordered: tuple[str, ...], colours: dict) -> None:
@@ -134,8 +162,8 @@ def _surfaces(ordered: tuple[str, ...], colours: dict) -> None:
             stamp = run.checkpoint.stat().st_mtime_ns
         except OSError:
             continue  # no checkpoint yet, or a script's run
-        if surface := _surface_at(str(run.path), stamp):
-            shown.append((name, *surface))
+        if batch_and_surface := _surface_at(str(run.path), stamp):
+            shown.append((name, *batch_and_surface))
     if not shown:
         return
     st.subheader("Decision surfaces")

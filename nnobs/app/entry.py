@@ -11,6 +11,7 @@ from nnobs.protocol.errors import CommandError
 # "5000", "5,000" (commas only between groups of three), "1e6", "0.05", ".5"; ASCII digits only.
 _NUMBER = re.compile(r"[+-]?(?P<whole>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<fraction>\d*))?(?:[eE][+-]?\d{1,4})?", re.ASCII)
 
+
 class EntryError(CommandError):
     """What was typed into a field is not a value it takes."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from nnobs.app import widgets
+from nnobs.app import run_controls, widgets
 from nnobs.app.compare_page import compare_page
 from nnobs.app.new_run_page import new_run_page
 from nnobs.app.overview_page import overview_page
@@ -39,5 +39,5 @@ def main() -> None:
     widgets.register_pages(registered)
     page = st.navigation(list(registered.values()), position="top")
     if page.url_path:  # not the run page, the default, at the root
-        st.session_state.pop("pressed", None)  # a run's control pressed just before leaving it: not done on return
+        run_controls.drop_presses()  # a run's control pressed just before leaving it: not done on return
     page.run()

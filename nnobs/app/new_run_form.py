@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nnobs.app.entry import EntryError, parse_number, read_entry
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import RunDir, check_run_name
 from nnobs.training.builtin.tasks import RunConfig
 
 # Fields of the form beside the task, in the order shown: (config field, label, whole numbers only).
-NUMBERS = (("eta", "Learning rate (eta)", False), ("batch_size", "Batch size", True), ("noise", "Noise", False),
-           ("seed", "Seed", True), ("target", "Target batches", True))
+NUMBERS = (
+    ("eta", "Learning rate (eta)", False),
+    ("batch_size", "Batch size", True),
+    ("noise", "Noise", False),
+    ("seed", "Seed", True),
+    ("target", "Target batches", True),
+)
 
 
 def defaults(task: str) -> RunConfig:
@@ -23,7 +30,7 @@ def read_form(name: str, task: str, net: str, numbers: dict[str, str], root=None
     Raises NnobsError naming the field and what it takes, before anything is created: a malformed
     number, a config the checker refuses (its message), a bad or taken name.
     """
-    values: dict[str, object] = {"task": task}
+    values: dict[str, Any] = {"task": task}  # typed per field below; RunConfig.check() refuses what does not fit
     if net.strip():
         values["net"] = net.strip()
     for field, label, whole in NUMBERS:

@@ -13,7 +13,7 @@ from nnobs.training.builtin.tasks import describe_task, task_names
 
 HELP = {
     "net": "Layer widths from the input, each but the first with its activation: t tanh, r relu, s sin, g sigmoid, "
-           "no letter identity. 2x8tx8tx1t is 2 inputs, two hidden layers of 8 with tanh, 1 tanh output.",
+    "no letter identity. 2x8tx8tx1t is 2 inputs, two hidden layers of 8 with tanh, 1 tanh output.",
     "eta": "The step gradient descent takes on each batch; above 0.",
     "batch_size": "Training examples in each batch.",
     "noise": "How far the task's points are scattered, from 0 to 0.5.",
@@ -30,14 +30,23 @@ def new_run_page() -> None:
         return
     widgets.sign_in()
     names = task_names()
-    task = st.selectbox("Task", names, index=names.index("spiral") if "spiral" in names else 0, key="new_task",
-                        format_func=lambda name: f"{name}: {describe_task(name)}",
-                        help="What the net learns: the notebook's XOR, a 2-D classification or a regression.")
+    task = st.selectbox(
+        "Task",
+        names,
+        index=names.index("spiral") if "spiral" in names else 0,
+        key="new_task",
+        format_func=lambda name: f"{name}: {describe_task(name)}",
+        help="What the net learns: the notebook's XOR, a 2-D classification or a regression.",
+    )
     default = defaults(task)
     with st.form("new_run", border=True, enter_to_submit=False):
         left, right = st.columns(2)
-        name = left.text_input("Name", value=free_name(task, set(list_runs())), key=f"new_name:{task}",
-                               help="The run's directory under the runs root, and its page's address (?run=NAME).")
+        name = left.text_input(
+            "Name",
+            value=free_name(task, set(list_runs())),
+            key=f"new_name:{task}",
+            help="The run's directory under the runs root, and its page's address (?run=NAME).",
+        )
         net = right.text_input("Net", key="new_net", placeholder=f"blank: {default.net}", help=HELP["net"])
         typed: dict[str, str] = {}
         columns = st.columns(len(NUMBERS))

@@ -20,23 +20,26 @@ ROWS_MAX_AGE_S = 1.0  # the overview reads the runs root at most this often, for
 
 def overview_frame(rows: list[RunRow], now: float) -> pd.DataFrame:
     """The table, one row per run in the order given: what the page's dataframe shows, in plain columns."""
+
     def when(age: float | None) -> pd.Timestamp:
         return pd.NaT if age is None else pd.Timestamp(now - age, unit="s")
 
-    return pd.DataFrame({
-        "run": [row.name for row in rows],
-        "state": [row.label for row in rows],
-        "task": [row.task for row in rows],
-        "net": [row.net for row in rows],
-        "batch": [row.batch for row in rows],
-        "loss": [_number(row.loss) for row in rows],
-        "test loss": [_number(row.test_loss) for row in rows],
-        "batches/s": [_number(row.rate) for row in rows],
-        "last record": [when(row.heartbeat_age_s) for row in rows],
-        # log10: a loss falls by decades, and a linear sparkline would show a corner and a flat line
-        "loss curve": [[math.log10(loss) for _, loss in row.sparkline if loss > 0] for row in rows],
-        "forked from": [row.forked_from or "" for row in rows],
-    })
+    return pd.DataFrame(
+        {
+            "run": [row.name for row in rows],
+            "state": [row.label for row in rows],
+            "task": [row.task for row in rows],
+            "net": [row.net for row in rows],
+            "batch": [row.batch for row in rows],
+            "loss": [_number(row.loss) for row in rows],
+            "test loss": [_number(row.test_loss) for row in rows],
+            "batches/s": [_number(row.rate) for row in rows],
+            "last record": [when(row.heartbeat_age_s) for row in rows],
+            # log10: a loss falls by decades, and a linear sparkline would show a corner and a flat line
+            "loss curve": [[math.log10(loss) for _, loss in row.sparkline if loss > 0] for row in rows],
+            "forked from": [row.forked_from or "" for row in rows],
+        }
+    )
 
 
 def _number(value: float | None) -> float:
@@ -46,16 +49,21 @@ def _number(value: float | None) -> float:
 COLUMNS = {
     "run": st.column_config.TextColumn("run", help="Click a row to open its run page.", pinned=True),
     "state": st.column_config.TextColumn("state", help="The run page's state badge."),
-    "net": st.column_config.TextColumn("net or script", help="The net spec, or the command of a script's run.",
-                                       width=150),
+    "net": st.column_config.TextColumn(
+        "net or script", help="The net spec, or the command of a script's run.", width=150
+    ),
     "batch": st.column_config.NumberColumn("batch", format="localized", width=90),
     "loss": st.column_config.NumberColumn("loss", format="%.3g", help="The latest batch's training loss."),
     "test loss": st.column_config.NumberColumn("test loss", format="%.3g", help="The latest test-set loss reported."),
-    "batches/s": st.column_config.NumberColumn("batches/s", format="%.0f", help="While training, over its newest records."),
-    "last record": st.column_config.DatetimeColumn("last record", format="distance",
-                                                   help="When the worker last wrote to the run file."),
-    "loss curve": st.column_config.LineChartColumn("loss (log) over the run", width=170,
-                                                   help="The loss across the whole run, on a log scale, each row to its own."),
+    "batches/s": st.column_config.NumberColumn(
+        "batches/s", format="%.0f", help="While training, over its newest records."
+    ),
+    "last record": st.column_config.DatetimeColumn(
+        "last record", format="distance", help="When the worker last wrote to the run file."
+    ),
+    "loss curve": st.column_config.LineChartColumn(
+        "loss (log) over the run", width=170, help="The loss across the whole run, on a log scale, each row to its own."
+    ),
 }
 
 
@@ -124,13 +132,24 @@ def _table() -> None:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.label] = counts.get(row.label, 0) + 1
-    st.caption(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in `{root}`: "
-               + ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda c: -c[1]))
-               + ". Click a row to open its run; click a column's name to sort by it.")
+    st.caption(
+        f"{len(rows)} run{'s' if len(rows) != 1 else ''} in `{root}`: "
+        + ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda c: -c[1]))
+        + ". Click a row to open its run; click a column's name to sort by it."
+    )
     frame = overview_frame(rows, time.time())
-    event = st.dataframe(_styled(frame, [row.label for row in rows]), key="overview_table", on_select="rerun",
-                         selection_mode="single-row", hide_index=True, column_config=COLUMNS, width="stretch",
-                         height=min(38 + 35 * len(frame), 800), row_height=35, placeholder="–")
+    event = st.dataframe(
+        _styled(frame, [row.label for row in rows]),
+        key="overview_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        column_config=COLUMNS,
+        width="stretch",
+        height=min(38 + 35 * len(frame), 800),
+        row_height=35,
+        placeholder="–",
+    )
     if event.selection.rows:
         name = frame["run"].iloc[event.selection.rows[0]]
         st.switch_page(widgets.page_named("run"), query_params={"run": name})

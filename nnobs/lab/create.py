@@ -41,7 +41,7 @@ def new_run(run: RunDir, config: RunConfig, by: str = "", launcher: LauncherSett
 
 
 def fork_run(parent: RunDir, new: RunDir, eta: float | None = None, target: int | None = None,
-             at: int | None = None, by: str = "") -> int:
+             at: int | None = None, by: str = "") -> int | JobRecord:
     """Start new from parent's latest checkpoint (or its newest kept one at or before batch at) with eta and target
     changed; the pid of its worker. Nothing is created when the fork cannot be made."""
     if new.exists():  # said first: the name is what the user can fix at once

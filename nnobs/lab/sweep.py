@@ -14,7 +14,7 @@ from nnobs.launching.lifecycle import run_status, start_worker, stop_worker
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord, LauncherSettings
 from nnobs.protocol.rundir import RunDir
-from nnobs.protocol.states import State
+from nnobs.protocol.states import State, state_of
 from nnobs.reading.watcher import read_history
 from nnobs.training.builtin.tasks import RunConfig
 
@@ -80,7 +80,7 @@ def submit(runs: list[RunDir], launcher: LauncherSettings, parallel: int | None)
 
 def train_locally(runs: list[RunDir], parallel: int, say: Callable[[str], None]) -> None:
     """Train the runs as local workers, at most parallel at once: each stopped at its target, the next started then."""
-    waiting, training = list(runs), []
+    waiting, training = list(runs), list[RunDir]()
     while waiting or training:
         while waiting and len(training) < parallel:
             run = waiting.pop(0)
@@ -88,7 +88,7 @@ def train_locally(runs: list[RunDir], parallel: int, say: Callable[[str], None])
             training.append(run)
         for run in list(training):
             status = run_status(run, read_history(run))
-            if State(status.state).alive and status.state != State.IDLE:  # still at it, or waiting to go on
+            if (state := state_of(status.state)) is not None and state.alive and state != State.IDLE:  # still at it, or waiting to go on
                 continue
             if status.state == "idle":
                 stop_worker(run, by="sweep")

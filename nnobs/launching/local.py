@@ -98,7 +98,7 @@ def _is_start_of(record: dict, pid: int) -> bool:
 
 def package_parent() -> str:
     """The directory holding the nnobs package, so the worker imports this very copy of it."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # nnobs/launching/local.py: three levels under it
 
 
 def _stop_local(run: RunDir, grace: float = STOP_GRACE_S, by: str = "stop") -> Stopped:

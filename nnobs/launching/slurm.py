@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
@@ -130,7 +131,7 @@ class SlurmWorker(Checkpointable):
         return {"run_path": self.run_path, "by": self.by}  # a live child is this job's alone
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["run_path"], state["by"])
+        SlurmWorker.__init__(self, state["run_path"], state["by"])
 
     def __call__(self) -> int:
         run = RunDir(Path(self.run_path))
@@ -152,7 +153,7 @@ class SlurmWorker(Checkpointable):
             raise NnobsError(f"the worker of {run.name} exited with code {code}; see {run.worker_log}")
         return code
 
-    def checkpoint(self) -> DelayedSubmission | None:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:  # type: ignore[override]  # None: no requeue, as submitit allows
         """On the preemption signal: the worker checkpoints and exits (it got the signal too; told again here in
         case it did not); then the job is requeued if the run says so."""
         settings = read_launcher(RunDir(Path(self.run_path)).launcher_file)
@@ -234,7 +235,7 @@ class SlurmLauncher:
             raise NnobsError("Slurm's srun is not on this machine's PATH: runs on Slurm are started from a machine of "
                              "the cluster (its login node)") from err
         settings = self.settings
-        extra = {"hold": True}  # released once job.json names the job
+        extra: dict[str, str | bool] = {"hold": True}  # released once job.json names the job
         if settings.requeue:
             extra["requeue"] = True
         for option in settings.sbatch:
@@ -273,20 +274,22 @@ class SlurmLauncher:
         shutdown."""
         job = read_job(run.job_file)
         state = None if job is None else job_state(job.job_id)
-        job_fields = {"launcher": "slurm", "job_id": job.job_id if job else None, "job_state": state.state if state else None}
+        job_id, job_state_now = (job.job_id if job else None), (state.state if state else None)
         phase = _worker_phase(history, job)
         started = phase == "started"
         if state is not None and (state.queued or (state.running and phase in ("", "preempted"))):
             reason = state.reason if state.queued else f"starting on {state.node}"
             reason = {"JobHeldUser": "held while it is being submitted", "None": "waiting to be scheduled"}.get(reason, reason)
             status = status_of(run, history, now, pid=None)
-            return replace(status, state="queued", **job_fields, reason=reason or state.state.lower())
+            return replace(status, state="queued", launcher="slurm", job_id=job_id, job_state=job_state_now,
+                           reason=reason or state.state.lower())
         if state is None:
             # The scheduler cannot say (down, or it forgot the job): a heartbeat within the bound says alive.
             alive = started and history.last_t is not None and now - history.last_t <= STALL_AFTER_S
         else:
             alive = state.running and started
-        status = replace(status_of(run, history, now, pid=-1 if alive else None), **job_fields)
+        status = replace(status_of(run, history, now, pid=-1 if alive else None), launcher="slurm", job_id=job_id,
+                         job_state=job_state_now)
         if status.state == "crashed" and job is not None and state is not None and not state.active:
             if job.cancelled_by:
                 return replace(status, state="stopped", error="", reason=f"job {job.job_id} was cancelled by nnobs")

@@ -47,7 +47,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     meta = {f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"}  # not asdict: it copies the arrays
     if "meta" in ckpt.state:
         raise ValueError("a trainer's checkpoint arrays cannot be called meta")
-    replace_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **ckpt.state))
+    arrays = {"meta": np.array(json.dumps(meta)), **ckpt.state}
+    replace_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:

@@ -16,7 +16,7 @@ def leftover_temps(path: Path) -> list[Path]:
     return list(path.parent.glob(f".{path.name}.*.tmp"))
 
 
-def _written_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def _written_temp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """A synced temporary file beside path holding what write() wrote; its name."""
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # the shape leftover_temps looks for
@@ -36,7 +36,7 @@ def _written_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return tmp
 
 
-def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Replace path with what write() writes to a file object."""
     path = Path(path)
     tmp = _written_temp(path, write)

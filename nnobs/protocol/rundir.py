@@ -133,7 +133,7 @@ def script_description(run: RunDir) -> dict | None:
 def is_imported(run: RunDir) -> bool:
     """True for a run file imported by `nnobs import`: read-only, nothing serves it."""
     description = script_description(run)
-    return bool(description) and description.get("kind") == "imported" and not run.launch.exists()
+    return description is not None and description.get("kind") == "imported" and not run.launch.exists()
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:

@@ -19,6 +19,7 @@ Record = dict[str, Any]
 # A loss report's window, when it covers more than its own batch: every batch since the report before.
 Window = tuple[int, float, int, float, int, float]  # (batches, min, batch of min, max, batch of max, mean)
 SETTINGS = ("eta", "target", "report_every", "pace")  # what a state report carries beside the state vector
+TEST_LOSS = "test_loss"  # the metric the built-in worker reports its test-set loss as
 
 
 def loss_report(batch: int, loss: float, window: Window | None = None) -> Record:

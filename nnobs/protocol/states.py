@@ -43,9 +43,9 @@ class State(StrEnum):
     meaning: str  # one line, in the words of the page's badges
 
 
+_BY_WORD: dict[str, State] = {state.value: state for state in State}
+
+
 def state_of(word: str) -> State | None:
     """The state a word names ("not learning"), or None for one no state has."""
-    try:
-        return State(word)
-    except ValueError:
-        return None
+    return _BY_WORD.get(word)

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from nnobs.protocol.numbers import is_int
+from nnobs.protocol.schema import TEST_LOSS
 from nnobs.reading.history import RunHistory
-from nnobs.views import charts
+from nnobs.views.frames import SMOOTHING_SPANS, means_frame, smooth
 
 AXES = {"batch": "Batch", "time": "Wall time"}  # the x axis choices: the frame's column, and the label the page shows
 
@@ -27,12 +28,12 @@ class Curves:
 
 def curves_of_history(history: RunHistory) -> Curves:
     """A run's curves from its folded history (curves_for's): the loss, the test loss, and the clock by batch."""
-    test = history.metrics.get(charts.TEST_METRIC)
+    test = history.metrics.get(TEST_LOSS)
     batches, times = history.loss_times.points(0)
     order = np.argsort(batches, kind="stable")
     return Curves(
-        loss=charts.means_frame(history.loss_outline),
-        test=charts.means_frame(test) if test is not None else pd.DataFrame({"batch": [], "mean": []}),
+        loss=means_frame(history.loss_outline),
+        test=means_frame(test) if test is not None else pd.DataFrame({"batch": [], "mean": []}),
         times=(batches[order], times[order]) if len(batches) else None,
         batch=history.batch,
     )
@@ -49,22 +50,25 @@ def curve_frame(curves: dict[str, Curves], series: str, smoothing: float, log_sc
     shown = [f["batch"] for f in frames.values() if len(f)]
     first = min(float(b.min()) for b in shown) if shown else 0.0
     latest = max([float(b.max()) for b in shown] + [float(c.batch) for c in curves.values()]) if shown else 1.0
-    span = (latest - first) / charts.SMOOTHING_SPANS
+    span = (latest - first) / SMOOTHING_SPANS
     parts = []
     for name, frame in frames.items():
         at = frame["batch"].to_numpy(dtype=float)
         values = frame["mean"].to_numpy(dtype=float)
         if log_scale:
             with np.errstate(divide="ignore", invalid="ignore"):
-                smoothed = np.exp(charts.smooth(at, np.where(values > 0, np.log(values), np.nan), smoothing, span))
+                smoothed = np.exp(smooth(at, np.where(values > 0, np.log(values), np.nan), smoothing, span))
         else:
-            smoothed = charts.smooth(at, values, smoothing, span)
+            smoothed = smooth(at, values, smoothing, span)
         drawn = np.isfinite(smoothed) & (smoothed > 0 if log_scale else True)
         times = curves[name].times
         t = np.interp(at, *times) * 1000 if times is not None and len(times[0]) else np.full(len(at), np.nan)
-        parts.append(pd.DataFrame({"run": name, "batch": at[drawn].astype(np.int64), "t": t[drawn],
-                                   "value": smoothed[drawn]}))
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"run": [], "batch": [], "t": [], "value": []})
+        parts.append(
+            pd.DataFrame({"run": name, "batch": at[drawn].astype(np.int64), "t": t[drawn], "value": smoothed[drawn]})
+        )
+    frame = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"run": [], "batch": [], "t": [], "value": []})
+    )
     return frame.astype({"run": pd.CategoricalDtype(list(curves))})  # each name sent once, not once a point
 
 
@@ -97,5 +101,7 @@ def differing_settings(settings: dict[str, dict[str, str]]) -> pd.DataFrame:
     none); an empty frame (no columns) when nothing differs."""
     keys = list(dict.fromkeys(key for one in settings.values() for key in one))
     differ = [key for key in keys if len({one.get(key, "-") for one in settings.values()}) > 1]
-    return pd.DataFrame({key: [one.get(key, "-") for one in settings.values()] for key in differ},
-                        index=pd.Index(list(settings), name="run"))
+    return pd.DataFrame(
+        {key: [one.get(key, "-") for one in settings.values()] for key in differ},
+        index=pd.Index(list(settings), name="run"),
+    )

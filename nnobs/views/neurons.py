@@ -26,14 +26,18 @@ NEGATIVE, POSITIVE = "#2166ac", "#b2182b"  # the ends of the decision surface's 
 
 
 def drawable(config: RunConfig | None) -> str:
-    """"" when the Neurons view can draw this run's net, else why not, in words."""
+    """ "" when the Neurons view can draw this run's net, else why not, in words."""
     if config is None:
         return "The Neurons view draws nets of the built-in worker; this run's net is its script's own."
     if config.sizes[0] != 2:
-        return f"The Neurons view draws nets with 2 inputs (the plane's two coordinates); this one has {config.sizes[0]}."
+        return (
+            f"The Neurons view draws nets with 2 inputs (the plane's two coordinates); this one has {config.sizes[0]}."
+        )
     if len(config.sizes) - 2 > MAX_LAYERS or max(config.sizes[1:]) > MAX_UNITS:
-        return (f"The Neurons view draws nets of at most {MAX_LAYERS} hidden layers of at most {MAX_UNITS} units, "
-                f"small enough to read each unit's map; this one is {config.net}.")
+        return (
+            f"The Neurons view draws nets of at most {MAX_LAYERS} hidden layers of at most {MAX_UNITS} units, "
+            f"small enough to read each unit's map; this one is {config.net}."
+        )
     return ""
 
 
@@ -78,25 +82,29 @@ def neurons_frame(config_json: str, sv: bytes) -> pd.DataFrame:
     gx, gy = k % GRID, k // GRID
     cells = [
         (layer, unit, layer * LAYER_STEP + gx * cell, tops[layer] - unit * UNIT_STEP - 1 + gy * cell, values)
-        for layer, layer_maps in enumerate(maps) for unit, values in enumerate(layer_maps)
+        for layer, layer_maps in enumerate(maps)
+        for unit, values in enumerate(layer_maps)
     ]
     links_from, links_to, weights = _links(config, vector, tops)
     all_names = [name for layer in names for name in layer]
     first_of_layer = np.cumsum([0] + [len(layer) for layer in names])
     n_cells, n_links = len(cells) * GRID * GRID, len(weights)
-    unit_codes = np.concatenate([np.full(GRID * GRID, first_of_layer[layer] + unit) for layer, unit, *_ in cells]
-                                + [np.full(n_links, -1)])
-    return pd.DataFrame({
-        "kind": pd.Categorical.from_codes(np.repeat([0, 1], [n_cells, n_links]), categories=["cell", "link"]),
-        "unit": pd.Categorical.from_codes(unit_codes, categories=pd.Index(all_names, dtype=object)),
-        "x": np.concatenate([x for _, _, x, _, _ in cells] + [links_from[:, 0]]).astype(np.float32),
-        "y": np.concatenate([y for _, _, _, y, _ in cells] + [links_from[:, 1]]).astype(np.float32),
-        "x2": np.concatenate([np.full(n_cells, np.nan), links_to[:, 0]]).astype(np.float32),
-        "y2": np.concatenate([np.full(n_cells, np.nan), links_to[:, 1]]).astype(np.float32),
-        "gx": np.concatenate([np.tile(gx, len(cells)), np.full(n_links, -1)]).astype(np.int8),
-        "gy": np.concatenate([np.tile(gy, len(cells)), np.full(n_links, -1)]).astype(np.int8),
-        "value": as_picture(np.concatenate([values for *_, values in cells] + [weights])),
-    })
+    unit_codes = np.concatenate(
+        [np.full(GRID * GRID, first_of_layer[layer] + unit) for layer, unit, *_ in cells] + [np.full(n_links, -1)]
+    )
+    return pd.DataFrame(
+        {
+            "kind": pd.Categorical.from_codes(np.repeat([0, 1], [n_cells, n_links]), categories=["cell", "link"]),
+            "unit": pd.Categorical.from_codes(unit_codes, categories=pd.Index(all_names, dtype=object)),
+            "x": np.concatenate([x for _, _, x, _, _ in cells] + [links_from[:, 0]]).astype(np.float32),
+            "y": np.concatenate([y for _, _, _, y, _ in cells] + [links_from[:, 1]]).astype(np.float32),
+            "x2": np.concatenate([np.full(n_cells, np.nan), links_to[:, 0]]).astype(np.float32),
+            "y2": np.concatenate([np.full(n_cells, np.nan), links_to[:, 1]]).astype(np.float32),
+            "gx": np.concatenate([np.tile(gx, len(cells)), np.full(n_links, -1)]).astype(np.int8),
+            "gy": np.concatenate([np.tile(gy, len(cells)), np.full(n_links, -1)]).astype(np.int8),
+            "value": as_picture(np.concatenate([values for *_, values in cells] + [weights])),
+        }
+    )
 
 
 @lru_cache(maxsize=16)
@@ -118,8 +126,12 @@ def _links(config: RunConfig, sv: np.ndarray, tops: list[float]) -> tuple[np.nda
         w = sv[offset : offset + n_in * n_out].reshape(n_in, n_out)
         offset += (n_in + 1) * n_out  # the weights, then the biases
         i, j = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
-        starts.append(np.column_stack((np.full(i.size, layer * LAYER_STEP + 1), tops[layer] - i.ravel() * UNIT_STEP - 0.5)))
-        ends.append(np.column_stack((np.full(j.size, (layer + 1) * LAYER_STEP), tops[layer + 1] - j.ravel() * UNIT_STEP - 0.5)))
+        starts.append(
+            np.column_stack((np.full(i.size, layer * LAYER_STEP + 1), tops[layer] - i.ravel() * UNIT_STEP - 0.5))
+        )
+        ends.append(
+            np.column_stack((np.full(j.size, (layer + 1) * LAYER_STEP), tops[layer + 1] - j.ravel() * UNIT_STEP - 0.5))
+        )
         weights.append(w.ravel())
     return np.vstack(starts), np.vstack(ends), np.concatenate(weights)
 
@@ -136,8 +148,12 @@ def neurons_spec(config: RunConfig) -> dict:
     height = max(220, int(46 * tallest * UNIT_STEP))
     x_domain = [-0.3, (len(sizes) - 1) * LAYER_STEP + 1.3]
     y_domain = [-_top(tallest) - 0.3, _top(tallest) + 0.3]
-    colour = {"field": "value", "type": "quantitative", "legend": None,
-              "scale": {"scheme": "redblue", "reverse": True, "domain": [-1, 1], "clamp": True}}
+    colour = {
+        "field": "value",
+        "type": "quantitative",
+        "legend": None,
+        "scale": {"scheme": "redblue", "reverse": True, "domain": [-1, 1], "clamp": True},
+    }
     quiet = {"axis": None}
     cell = 1.0 / GRID
     links = {
@@ -146,19 +162,31 @@ def neurons_spec(config: RunConfig) -> dict:
         "encoding": {
             "x": {"field": "x", "type": "quantitative", "scale": {"domain": x_domain}, **quiet},
             "y": {"field": "y", "type": "quantitative", "scale": {"domain": y_domain}, **quiet},
-            "x2": {"field": "x2"}, "y2": {"field": "y2"},
-            "strokeWidth": {"field": "magnitude", "type": "quantitative", "legend": None,
-                            "scale": {"range": [0.3, 6], "zero": True}},
+            "x2": {"field": "x2"},
+            "y2": {"field": "y2"},
+            "strokeWidth": {
+                "field": "magnitude",
+                "type": "quantitative",
+                "legend": None,
+                "scale": {"range": [0.3, 6], "zero": True},
+            },
             "color": {"condition": {"test": "datum.value < 0", "value": NEGATIVE}, "value": POSITIVE},
             "tooltip": [{"field": "value", "type": "quantitative", "format": ".3f", "title": "weight"}],
         },
     }
     maps = {
-        "transform": [{"filter": "datum.kind === 'cell'"},
-                      {"calculate": f"datum.x + {cell * 1.02}", "as": "right"},
-                      {"calculate": f"datum.y + {cell * 1.02}", "as": "top"}],
-        "params": [{"name": "unit", "value": [{"unit": output_unit(config)}],
-                    "select": {"type": "point", "fields": ["unit"], "on": "pointerover", "clear": False}}],
+        "transform": [
+            {"filter": "datum.kind === 'cell'"},
+            {"calculate": f"datum.x + {cell * 1.02}", "as": "right"},
+            {"calculate": f"datum.y + {cell * 1.02}", "as": "top"},
+        ],
+        "params": [
+            {
+                "name": "unit",
+                "value": [{"unit": output_unit(config)}],
+                "select": {"type": "point", "fields": ["unit"], "on": "pointerover", "clear": False},
+            }
+        ],
         "mark": {"type": "rect"},
         "encoding": {
             "x": {"field": "x", "type": "quantitative", "scale": {"domain": x_domain}, **quiet},
@@ -166,33 +194,57 @@ def neurons_spec(config: RunConfig) -> dict:
             "y": {"field": "y", "type": "quantitative", "scale": {"domain": y_domain}, **quiet},
             "y2": {"field": "top"},
             "color": colour,
-            "tooltip": [{"field": "unit", "type": "nominal"},
-                        {"field": "value", "type": "quantitative", "format": ".3f", "title": "output"}],
+            "tooltip": [
+                {"field": "unit", "type": "nominal"},
+                {"field": "value", "type": "quantitative", "format": ".3f", "title": "output"},
+            ],
         },
     }
     labels = {
         "transform": [{"filter": "datum.kind === 'cell' && datum.gx === 0 && datum.gy === 0"}],
         "mark": {"type": "text", "align": "left", "baseline": "top", "dy": 3, "fontSize": 10, "color": "#444"},
-        "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"},
-                     "text": {"field": "unit", "type": "nominal"}},
+        "encoding": {
+            "x": {"field": "x", "type": "quantitative"},
+            "y": {"field": "y", "type": "quantitative"},
+            "text": {"field": "unit", "type": "nominal"},
+        },
     }
     large = {
-        "width": 260, "height": 260,
-        "transform": [{"filter": "datum.kind === 'cell'"}, {"filter": {"param": "unit"}},
-                      {"calculate": "datum.gx + 1.02", "as": "right"}, {"calculate": "datum.gy + 1.02", "as": "top"}],
+        "width": 260,
+        "height": 260,
+        "transform": [
+            {"filter": "datum.kind === 'cell'"},
+            {"filter": {"param": "unit"}},
+            {"calculate": "datum.gx + 1.02", "as": "right"},
+            {"calculate": "datum.gy + 1.02", "as": "top"},
+        ],
         "layer": [
-            {"mark": {"type": "rect"},
-             "encoding": {
-                 "x": {"field": "gx", "type": "quantitative", "scale": {"domain": [0, GRID]}, **quiet},
-                 "x2": {"field": "right"},
-                 "y": {"field": "gy", "type": "quantitative", "scale": {"domain": [0, GRID]}, **quiet},
-                 "y2": {"field": "top"},
-                 "color": colour,
-                 "tooltip": [{"field": "unit", "type": "nominal"},
-                             {"field": "value", "type": "quantitative", "format": ".3f", "title": "output"}]}},
-            {"transform": [{"filter": "datum.gx === 0 && datum.gy === 0"}],
-             "mark": {"type": "text", "align": "left", "baseline": "bottom", "dy": -6, "fontSize": 13, "fontWeight": "bold"},
-             "encoding": {"x": {"value": 0}, "y": {"value": 0}, "text": {"field": "unit", "type": "nominal"}}},
+            {
+                "mark": {"type": "rect"},
+                "encoding": {
+                    "x": {"field": "gx", "type": "quantitative", "scale": {"domain": [0, GRID]}, **quiet},
+                    "x2": {"field": "right"},
+                    "y": {"field": "gy", "type": "quantitative", "scale": {"domain": [0, GRID]}, **quiet},
+                    "y2": {"field": "top"},
+                    "color": colour,
+                    "tooltip": [
+                        {"field": "unit", "type": "nominal"},
+                        {"field": "value", "type": "quantitative", "format": ".3f", "title": "output"},
+                    ],
+                },
+            },
+            {
+                "transform": [{"filter": "datum.gx === 0 && datum.gy === 0"}],
+                "mark": {
+                    "type": "text",
+                    "align": "left",
+                    "baseline": "bottom",
+                    "dy": -6,
+                    "fontSize": 13,
+                    "fontWeight": "bold",
+                },
+                "encoding": {"x": {"value": 0}, "y": {"value": 0}, "text": {"field": "unit", "type": "nominal"}},
+            },
         ],
     }
     return {

@@ -18,6 +18,7 @@ from nnobs.protocol.checkpoint import load_checkpoint_meta
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir, list_runs, runs_root, script_description
+from nnobs.protocol.schema import TEST_LOSS
 from nnobs.protocol.states import State
 from nnobs.reading.history import RunHistory
 from nnobs.reading.origin import created_at, fork_origin
@@ -130,7 +131,7 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
         feed.spark, feed.spark_t = sparkline(run.run_file), now
     feed.stamp = (size, mtime)
     task, net, created, forked_from = feed.what
-    test = history.metrics.get("test_loss")
+    test = history.metrics.get(TEST_LOSS)
     test_loss = test.latest[1] if test is not None and test.latest else feed.test_loss
     feed.row = RunRow(
         name=run.name,
@@ -163,7 +164,9 @@ def _new_feed(run: RunDir) -> _Feed:
     history = RunHistory(max_points=64, outline_only=True)
     size, mtime, inode = _stat(run.run_file)
     origin = fork_origin(run)
-    feed = _Feed(history, inode, 0, (-1, -1), (*_what_it_trains(run), created_at(run), origin.get("run") if origin else None))
+    feed = _Feed(
+        history, inode, 0, (-1, -1), (*_what_it_trains(run), created_at(run), origin.get("run") if origin else None)
+    )
     try:
         with open(run.run_file, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -183,7 +186,7 @@ def _new_feed(run: RunDir) -> _Feed:
     history.add_lines(tail)
     feed.offset = tail_from + len(tail) if tail else len(head)
     feed.rate = _rate(tail)
-    if "test_loss" not in history.metrics and feed.what[0] not in NO_TEST_SET:
+    if TEST_LOSS not in history.metrics and feed.what[0] not in NO_TEST_SET:
         # An idle run's tail is heartbeats: its last test loss lies further back.
         feed.test_loss = _last_test_loss(run.run_file, tail_from)
     return feed
@@ -205,7 +208,7 @@ def _feed_on(run: RunDir, feed: _Feed, size: int) -> None:
 
 def _last_test_loss(path: Path, before: int) -> float | None:
     """The newest test loss reported before offset `before`, looked for backwards over at most TEST_SCAN_BYTES."""
-    needle = b'"test_loss":['
+    needle = f'"{TEST_LOSS}":['.encode()
     try:
         with open(path, "rb") as f:
             end = before

@@ -18,5 +18,7 @@ def assign(runs: Sequence[str], created: Callable[[str], float]) -> dict[str, tu
     browser, on every chart and every refresh, whatever order they were picked in.
     """
     ordered = sorted(dict.fromkeys(runs), key=lambda name: (created(name), name))
-    return {name: (OKABE_ITO[i % len(OKABE_ITO)], DASHES[(i // len(OKABE_ITO)) % len(DASHES)])
-            for i, name in enumerate(ordered)}
+    return {
+        name: (OKABE_ITO[i % len(OKABE_ITO)], DASHES[(i // len(OKABE_ITO)) % len(DASHES)])
+        for i, name in enumerate(ordered)
+    }

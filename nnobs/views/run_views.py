@@ -13,6 +13,7 @@ import streamlit as st
 
 from nnobs.protocol.schema import FULL_STATE_MAX_PARAMS
 from nnobs.views import charts, layer_charts, neurons, trajectory
+from nnobs.views.frames import MAX_SV_LINES, with_replay_mark
 from nnobs.views.view import RunView, as_tables, surface_of
 
 LIVE = "live"
@@ -50,18 +51,26 @@ def _replay_control(view: RunView) -> int | None:
         _reset_replay(at)
     left, right = st.columns([6, 1], vertical_alignment="bottom")
     left.select_slider(
-        "Replay", [*batches, LIVE], value=LIVE, key=_replay_key(),
+        "Replay",
+        [*batches, LIVE],
+        value=LIVE,
+        key=_replay_key(),
         format_func=lambda b: "live" if b == LIVE else f"batch {b:,}",
         help="Show the decision surface, the neuron maps and the marks on the parameters' lines and the path as they "
-             f"were at a past state report ({len(batches):,} kept, spread over the run); live follows the newest.")
+        f"were at a past state report ({len(batches):,} kept, spread over the run); live follows the newest.",
+    )
     right.button("Live", on_click=_reset_replay, disabled=at == LIVE, width="stretch")
     # Said live or not, so that the page keeps its shape while the slider moves: elements that come and go under
     # quick reruns can leave the browser's page out of step with the server's.
     if at == LIVE:
-        st.caption(f"Live: the views show the newest state, at batch {batches[-1]:,}. Move the slider to see an earlier one.")
+        st.caption(
+            f"Live: the views show the newest state, at batch {batches[-1]:,}. Move the slider to see an earlier one."
+        )
         return None
-    st.caption(f"Replaying the state reported at batch {at:,} (the newest is at batch {batches[-1]:,}): the surface, the "
-               "neuron maps, the red line on the state vector's lines and the ringed point on the path show it.")
+    st.caption(
+        f"Replaying the state reported at batch {at:,} (the newest is at batch {batches[-1]:,}): the surface, the "
+        "neuron maps, the red line on the state vector's lines and the ringed point on the path show it."
+    )
     return at
 
 
@@ -87,16 +96,19 @@ def _parameters(view: RunView, frames: dict, replay_at: int | None) -> None:
         return
     lines_shown, heat_shown = view.sv_shown
     if view.sampled:
-        st.caption(f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor "
-                   "and the same at every state report; their names say where each sits (tensor[row,column]).")
+        st.caption(
+            f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor "
+            "and the same at every state report; their names say where each sits (tensor[row,column])."
+        )
     reported = view.sv_lines["batch"].unique() if view.sv_lines is not None else []
     if len(reported) == 1:  # one point per parameter draws no line: the frame alone would read as a broken chart
-        st.caption(f"One state report so far, at batch {int(reported[0]):,}: "
-                   "the parameters' lines start with the second.")
+        st.caption(
+            f"One state report so far, at batch {int(reported[0]):,}: the parameters' lines start with the second."
+        )
     tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
-    lines = charts.sv_lines_spec(view.sv_names[: charts.MAX_SV_LINES], lines_shown)
+    lines = charts.sv_lines_spec(view.sv_names[:MAX_SV_LINES], lines_shown)
     heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)
-    lines_data = frames["sv_lines"] if replay_at is None else charts.with_replay_mark(frames["sv_lines"], replay_at)
+    lines_data = frames["sv_lines"] if replay_at is None else with_replay_mark(frames["sv_lines"], replay_at)
     left, right = st.columns(2)
     left.vega_lite_chart(lines_data, lines, width="stretch", height=tall)
     right.vega_lite_chart(frames["sv_heat"], heat, width="stretch", height=tall)
@@ -104,7 +116,7 @@ def _parameters(view: RunView, frames: dict, replay_at: int | None) -> None:
         return
     surface, said = frames["surface"], "The net's output over the input plane, at its latest state."
     state = _shown_state(view, replay_at) if replay_at is not None else None
-    if state is not None:
+    if state is not None and view.config is not None:  # a surface is drawn of a built-in net's config alone
         surface = as_tables({"surface": surface_of(view.config.to_json(), state[1].tobytes())})["surface"]  # as the
         # latest one is: the same columns, so the browser swaps the data instead of drawing the chart anew
         said = f"The net's output over the input plane, at batch {state[0]:,} (replayed)."
@@ -120,11 +132,15 @@ def _layers(view: RunView, frames: dict, replay_at: int | None) -> None:
     relu = layer_charts.relu_layers(view.config)
     made = view.made("layers", lambda history: as_tables(layer_charts.layer_frames(history, view.tensors, relu)))
     if not made:
-        st.caption("No state report yet: the layers appear with the first one (a run file without its params record, "
-                   "written before they were reported, has none).")
+        st.caption(
+            "No state report yet: the layers appear with the first one (a run file without its params record, "
+            "written before they were reported, has none)."
+        )
         return
-    st.caption("Each tensor of the net at every state report. A step that moves a tensor by far more than a thousandth "
-               "of its norm is large (the rule of thumb: about 1e-3), far less and that tensor barely learns.")
+    st.caption(
+        "Each tensor of the net at every state report. A step that moves a tensor by far more than a thousandth "
+        "of its norm is large (the rule of thumb: about 1e-3), far less and that tensor barely learns."
+    )
     left, right = st.columns(2)
     if "norm" in made:
         left.vega_lite_chart(made["norm"], layer_charts.norm_spec(view.tensors), width="stretch", height=340)
@@ -132,7 +148,7 @@ def _layers(view: RunView, frames: dict, replay_at: int | None) -> None:
         right.vega_lite_chart(made["update"], layer_charts.update_spec(view.tensors), width="stretch", height=340)
     else:
         right.caption("The update-to-weight ratio comes with the next state report the batch schedule asks for.")
-    if "dead" in made:
+    if "dead" in made and view.config is not None:  # dead units are counted in a built-in net's relu layers alone
         widest = max(view.config.sizes[1:])
         st.vega_lite_chart(made["dead"], layer_charts.dead_spec(relu, widest), width="stretch", height=240)
     if "bands" in made:
@@ -144,16 +160,18 @@ def _layers(view: RunView, frames: dict, replay_at: int | None) -> None:
 
 def _neurons(view: RunView, frames: dict, replay_at: int | None) -> None:
     """Each unit's output over the input plane, as the net's diagram; the unit under the pointer drawn large."""
-    state = _shown_state(view, replay_at)
-    if state is None:
+    state, config = _shown_state(view, replay_at), view.config
+    if state is None or config is None:  # no config, no Neurons tab (draw): only a built-in net has unit maps
         st.caption("No state report yet: the neurons appear with the first one.")
         return
     at = "replayed" if replay_at is not None else "latest"
-    st.caption(f"What each unit computes over the input plane, at batch {state[0]:,} (the {at} state): blue below 0, red "
-               "above, white 0; links drawn by weight, wider for larger, red positive, blue negative. Point at a unit to "
-               "see its map large (the net's output until then).")
-    table = neurons.neurons_table(view.config.to_json(), state[1].tobytes())
-    st.vega_lite_chart(table, neurons.neurons_spec(view.config), width="content")
+    st.caption(
+        f"What each unit computes over the input plane, at batch {state[0]:,} (the {at} state): blue below 0, red "
+        "above, white 0; links drawn by weight, wider for larger, red positive, blue negative. Point at a unit to "
+        "see its map large (the net's output until then)."
+    )
+    table = neurons.neurons_table(config.to_json(), state[1].tobytes())
+    st.vega_lite_chart(table, neurons.neurons_spec(config), width="content")
 
 
 def _trajectory(view: RunView, frames: dict, replay_at: int | None) -> None:
@@ -163,10 +181,15 @@ def _trajectory(view: RunView, frames: dict, replay_at: int | None) -> None:
         st.caption("The path needs two state reports or more.")
     else:
         projection, losses = path
-        which = f"the {view.sv_shown[1].split(' of ')[0].removeprefix('a sample of ')} sampled parameters" if view.sampled \
+        which = (
+            f"the {view.sv_shown[1].split(' of ')[0].removeprefix('a sample of ')} sampled parameters"
+            if view.sampled
             else "every parameter"
-        st.caption(f"The {len(projection.batches):,} kept states of {which}, projected onto the two directions along "
-                   "which they vary most (PCA); coloured by batch, the ringed point is the state shown.")
+        )
+        st.caption(
+            f"The {len(projection.batches):,} kept states of {which}, projected onto the two directions along "
+            "which they vary most (PCA); coloured by batch, the ringed point is the state shown."
+        )
         frame = trajectory.path_frame(projection, losses, replay_at)
         left, right = st.columns([3, 2])
         spans = int(projection.batches[0]), int(projection.batches[-1])
@@ -185,7 +208,10 @@ def _path_parts(history) -> tuple[trajectory.Projection, np.ndarray] | None:
         return None
     if "path" not in archive.derived:
         projection = trajectory.principal_path(*archive.kept())
-        losses = None if projection is None else trajectory.losses_at(
-            projection.batches, history.loss_batches.values(), history.loss_values.values())
+        losses = (
+            None
+            if projection is None
+            else trajectory.losses_at(projection.batches, history.loss_batches.values(), history.loss_values.values())
+        )
         archive.derived["path"] = None if projection is None else (projection, losses)
     return archive.derived["path"]

@@ -19,7 +19,9 @@ GRID = 41  # points along each input axis of the decision surface
 EXTENT = 1.0  # the square every built-in task's points lie in, [-EXTENT, EXTENT] on both inputs: the charts' axes
 
 
-def decision_surface(config: RunConfig, sv: np.ndarray, extent: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decision_surface(
+    config: RunConfig, sv: np.ndarray, extent: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The net's output over the input square [-extent, extent]^2 (by default the task's: where its points lie), for
     nets with 2 inputs (and the first output).
 

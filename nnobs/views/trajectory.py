@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from nnobs.views.charts import LOG_LABELS, _built_once, _spec
+from nnobs.views.vegalite import LOG_LABELS, Spec, built_once, spec_of
 
 
 @dataclass
@@ -65,17 +65,19 @@ def path_frame(projection: Projection, losses: np.ndarray, marked: int | None) -
     before marked, else the newest."""
     batches = projection.batches
     at = len(batches) - 1 if marked is None else max(0, int(np.searchsorted(batches, marked, side="right")) - 1)
-    return pd.DataFrame({
-        "batch": batches,
-        "pc1": projection.coordinates[:, 0],
-        "pc2": projection.coordinates[:, 1],
-        "order": np.arange(len(batches)),
-        "loss": losses,
-        "marked": np.arange(len(batches)) == at,
-    })
+    return pd.DataFrame(
+        {
+            "batch": batches,
+            "pc1": projection.coordinates[:, 0],
+            "pc2": projection.coordinates[:, 1],
+            "order": np.arange(len(batches)),
+            "loss": losses,
+            "marked": np.arange(len(batches)) == at,
+        }
+    )
 
 
-def path_spec(explained: tuple[float, float], batches: tuple[int, int]) -> dict:
+def path_spec(explained: tuple[float, float], batches: tuple[int, int]) -> Spec:
     """The path as a line through the states in order, each point coloured by its batch (symlog: the early, fast
     part of learning gets its share of colour), its loss in the tooltip, the replayed state ringed; the axes say
     how much of the variance each direction holds, the colour legend the decades within the path's batches
@@ -92,37 +94,69 @@ def path_spec(explained: tuple[float, float], batches: tuple[int, int]) -> dict:
 
 DECADES = [0] + [10**k for k in range(13)]
 # 1, 10, 100, 1k, 10k, 1M: each decade by itself (a "~s" format gives every label the largest one's prefix: 0M)
-DECADE_LABELS = ("datum.value >= 1e6 ? format(datum.value / 1e6, '~g') + 'M' : "
-                 "datum.value >= 1e3 ? format(datum.value / 1e3, '~g') + 'k' : format(datum.value, '~g')")
+DECADE_LABELS = (
+    "datum.value >= 1e6 ? format(datum.value / 1e6, '~g') + 'M' : "
+    "datum.value >= 1e3 ? format(datum.value / 1e3, '~g') + 'k' : format(datum.value, '~g')"
+)
 
 
-@_built_once
-def _path_spec() -> dict:
+@built_once
+def _path_spec() -> Spec:
     x = alt.X("pc1:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
     y = alt.Y("pc2:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
     path = alt.Chart().mark_line(color="#999", strokeWidth=1).encode(x=x, y=y, order="order:Q")
-    points = alt.Chart().mark_circle(size=28, opacity=0.9).encode(
-        x=x, y=y,
-        color=alt.Color("batch:Q", scale=alt.Scale(type="symlog", scheme="viridis"), title="batch",
-                        legend=alt.Legend(labelExpr=DECADE_LABELS)),  # the decades as values (path_spec): on
-        # a symlog scale Vega's own picks (500,000, 1,500,000) bunch up at its top
-        tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g"),
-                 alt.Tooltip("pc1:Q", format=".3g"), alt.Tooltip("pc2:Q", format=".3g")],
+    points = (
+        alt.Chart()
+        .mark_circle(size=28, opacity=0.9)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "batch:Q",
+                scale=alt.Scale(type="symlog", scheme="viridis"),
+                title="batch",
+                legend=alt.Legend(labelExpr=DECADE_LABELS),
+            ),  # the decades as values (path_spec): on
+            # a symlog scale Vega's own picks (500,000, 1,500,000) bunch up at its top
+            tooltip=[
+                alt.Tooltip("batch:Q", format=","),
+                alt.Tooltip("loss:Q", format=".4g"),
+                alt.Tooltip("pc1:Q", format=".3g"),
+                alt.Tooltip("pc2:Q", format=".3g"),
+            ],
+        )
     )
-    marked = (alt.Chart().transform_filter("datum.marked").mark_point(size=220, stroke="#d62728", strokeWidth=2.5)
-              .encode(x=x, y=y))
-    return _spec(alt.layer(path, points, marked).properties(title="Path through parameter space", height=380))
+    marked = (
+        alt.Chart()
+        .transform_filter("datum.marked")
+        .mark_point(size=220, stroke="#d62728", strokeWidth=2.5)
+        .encode(x=x, y=y)
+    )
+    return spec_of(alt.layer(path, points, marked).properties(title="Path through parameter space", height=380))
 
 
-@_built_once
-def loss_along_spec() -> dict:
+@built_once
+def loss_along_spec() -> Spec:
     """The loss at each state of the path, over its batches: where along the path the loss fell."""
-    chart = alt.Chart().transform_filter("datum.loss > 0").mark_line(point=alt.OverlayMarkDef(size=14), strokeWidth=1.2).encode(
-        x=alt.X("batch:Q", title="batch (symlog)", scale=alt.Scale(type="symlog", nice=False),
-                axis=alt.Axis(values=DECADES, labelExpr=DECADE_LABELS)),  # the decades
-        # Vega would not pick; tickCount: a grid line a decade, not the nine of each that band together
-        y=alt.Y("loss:Q", title="loss", scale=alt.Scale(type="log"),
-                axis=alt.Axis(format="~e", labelExpr=LOG_LABELS, tickCount=3)),
-        tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
+    chart = (
+        alt.Chart()
+        .transform_filter("datum.loss > 0")
+        .mark_line(point=alt.OverlayMarkDef(size=14), strokeWidth=1.2)
+        .encode(
+            x=alt.X(
+                "batch:Q",
+                title="batch (symlog)",
+                scale=alt.Scale(type="symlog", nice=False),
+                axis=alt.Axis(values=DECADES, labelExpr=DECADE_LABELS),
+            ),  # the decades
+            # Vega would not pick; tickCount: a grid line a decade, not the nine of each that band together
+            y=alt.Y(
+                "loss:Q",
+                title="loss",
+                scale=alt.Scale(type="log"),
+                axis=alt.Axis(format="~e", labelExpr=LOG_LABELS, tickCount=3),
+            ),
+            tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
+        )
     )
-    return _spec(chart.properties(title="Loss at each state of the path", height=200))
+    return spec_of(chart.properties(title="Loss at each state of the path", height=200))

@@ -20,13 +20,27 @@ from nnobs.launching.status import RunStatus
 from nnobs.protocol.control import Command, read_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import RunDir, script_description
-from nnobs.protocol.schema import SUMMARY, parameter_name
+from nnobs.protocol.schema import SUMMARY, TEST_LOSS, parameter_name
 from nnobs.reading.history import Answer, Event, RunHistory
 from nnobs.reading.origin import fork_origin
 from nnobs.reading.watcher import RunWatcher
 from nnobs.training.builtin.tasks import RunConfig, dataset
 from nnobs.training.builtin.tasks import tensors as config_tensors
-from nnobs.views import charts, wording
+from nnobs.views import wording
+from nnobs.views.frames import (
+    batch_range,
+    line_columns,
+    loss_chart_frame,
+    loss_frame,
+    loss_means_frame,
+    markers_frame,
+    metric_frames,
+    steps_frame,
+    surface_frame,
+    sv_frames,
+    with_batch_range,
+    with_test_loss,
+)
 from nnobs.views.surface import decision_surface
 
 T = TypeVar("T")
@@ -80,7 +94,9 @@ class RunView:
 
     def state_at(self, batch: int) -> tuple[int, np.ndarray] | None:
         """The whole state vector kept at batch (or the nearest kept before it), as the history holds it now."""
-        return self.made(f"state:{batch}", lambda history: _copied(history.archive.at(batch) if history.archive else None))
+        return self.made(
+            f"state:{batch}", lambda history: _copied(history.archive.at(batch) if history.archive else None)
+        )
 
     @property
     def seconds_to_target(self) -> float | None:
@@ -100,23 +116,26 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
         sv_names: tuple[str, ...] = ()
         sv_lines = sv_heat = surface = None
         sv_shown, sampled = ("", ""), False
-        if history.sv_latest is not None:
-            state = _state_parts(history, config)
+        latest, buckets = history.sv_latest, history.sv_buckets  # set together, by the first state report
+        if latest is not None and buckets is not None:
+            state = _state_parts(history, config, len(latest))
             sampled = state.sample is not None
-            sv_names = _kept_names(state.tensors, state.sample, history.sv_buckets.n_columns)
-            sv_lines, sv_heat = charts.sv_frames(history, list(sv_names))
-            total = state.total or len(history.sv_latest)
-            n_lines = len(charts.line_columns(len(sv_names)))
+            sv_names = _kept_names(state.tensors, state.sample, buckets.n_columns)
+            sv_lines, sv_heat = sv_frames(history, list(sv_names))
+            total = state.total or len(latest)
+            n_lines = len(line_columns(len(sv_names)))
             # The lines are spread over the kept parameters: over the whole vector for a sampled net, else its start.
-            sv_shown = (wording.parameters_shown(n_lines, total, spread=True, among=None if sampled else len(sv_names)),
-                        wording.parameters_shown(len(sv_names), total, spread=sampled))
+            sv_shown = (
+                wording.parameters_shown(n_lines, total, spread=True, among=None if sampled else len(sv_names)),
+                wording.parameters_shown(len(sv_names), total, spread=sampled),
+            )
             if config and state.from_config and config.sizes[0] == 2:
-                surface = surface_of(config.to_json(), history.sv_latest.tobytes())
+                surface = surface_of(config.to_json(), latest.tobytes())
         tensor_names = _tensor_names(history)
         rate, loss_change = history.rate()
-        loss_means = charts.loss_means_frame(history)
-        metrics = charts.metric_frames(history)
-        test = metrics.pop(charts.TEST_METRIC, None)  # drawn beside the training loss, not as a chart of its own
+        loss_means = loss_means_frame(history)
+        metrics = metric_frames(history)
+        test = metrics.pop(TEST_LOSS, None)  # drawn beside the training loss, not as a chart of its own
         return RunView(
             status=run_status(run, history),
             report_every=history.report_every,
@@ -125,16 +144,16 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             control_error=control_error,
             rate=rate,
             loss_change=loss_change,
-            loss=charts.loss_frame(history),
+            loss=loss_frame(history),
             loss_means=loss_means,
-            markers=charts.markers_frame(history),
+            markers=markers_frame(history),
             sv_names=sv_names,
             sv_lines=sv_lines,
             sv_heat=sv_heat,
             sv_shown=sv_shown,
             sampled=sampled,
-            step_lengths=charts.steps_frame(history, 0),
-            step_cosines=charts.steps_frame(history, 1),
+            step_lengths=steps_frame(history, 0),
+            step_cosines=steps_frame(history, 1),
             surface=surface,
             starts=[e for e in history.events if e.kind == "started"][-RECENT_STARTS:],
             metrics=metrics,
@@ -163,10 +182,9 @@ class _StateParts:
     from_config: bool  # the built-in net config.json describes, whole
 
 
-def _state_parts(history: RunHistory, config: RunConfig | None) -> _StateParts:
-    """The run file's params record, when it describes the state vectors reported; else the config's net (files
-    written before params existed); else nothing."""
-    width = len(history.sv_latest)
+def _state_parts(history: RunHistory, config: RunConfig | None, width: int) -> _StateParts:
+    """The run file's params record, when it describes the state vectors reported (width parameters each); else
+    the config's net (files written before params existed); else nothing."""
     if history.tensors:
         tensors = tuple((name, tuple(shape)) for name, shape in history.tensors)
         total = _count(tensors)
@@ -210,7 +228,7 @@ def surface_of(config_json: str, sv: bytes) -> pd.DataFrame:
     config = RunConfig.from_json(config_json)
     data = dataset(config)
     facts = (data.train_x, data.train_y)
-    return charts.surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activations[-1])
+    return surface_frame(*decision_surface(config, np.frombuffer(sv)), facts, config.activations[-1])
 
 
 def never_ran(watcher: RunWatcher) -> bool:
@@ -255,19 +273,22 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
     if not view.sampled:  # steps of a sample would read as the net's: the Layers view has each tensor's change
         over_batches |= {"step_lengths": view.step_lengths, "step_cosines": view.step_cosines}
     tests = [view.test[0]] if view.test is not None else []
-    shown = [frame for frame in (view.loss, *tests, *(points for points, _ in view.metrics.values()),
-                                 *over_batches.values()) if frame is not None]
-    batches = charts.batch_range(view.status.batch, shown)
-    loss = charts.loss_chart_frame(view.loss, view.loss_means, view.markers, smoothing, log_scale, batches)
+    shown = [
+        frame
+        for frame in (view.loss, *tests, *(points for points, _ in view.metrics.values()), *over_batches.values())
+        if frame is not None
+    ]
+    batches = batch_range(view.status.batch, shown)
+    loss = loss_chart_frame(view.loss, view.loss_means, view.markers, smoothing, log_scale, batches)
     if view.test is not None:
-        loss = charts.with_test_loss(loss, *view.test, view.markers, smoothing, log_scale, batches)
-    frames = {"loss": charts.with_batch_range(loss, batches) if len(loss) else loss}
+        loss = with_test_loss(loss, *view.test, view.markers, smoothing, log_scale, batches)
+    frames = {"loss": with_batch_range(loss, batches) if len(loss) else loss}
     for name, (points, means) in view.metrics.items():
-        metric = charts.loss_chart_frame(points, means, view.markers, smoothing, False, batches)
-        frames[f"metric:{name}"] = charts.with_batch_range(metric, batches) if len(metric) else metric
+        metric = loss_chart_frame(points, means, view.markers, smoothing, False, batches)
+        frames[f"metric:{name}"] = with_batch_range(metric, batches) if len(metric) else metric
     for name, frame in over_batches.items():
         if frame is not None:
-            frames[name] = charts.with_batch_range(frame, batches)
+            frames[name] = with_batch_range(frame, batches)
     if view.surface is not None:
         frames["surface"] = view.surface
     return frames
@@ -283,7 +304,7 @@ class SharedViews:
     reference instead of the data (its forward-message cache, for messages of 10 kB or more).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, _SharedEntry] = {}
 

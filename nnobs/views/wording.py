@@ -39,7 +39,10 @@ def progress(batch: int, target: int) -> tuple[float, str]:
     if target <= 0 and batch <= 0:
         return 0.0, "The target is 0 batches: raise it to train"
     if batch > target:
-        return 1.0, f"Batch {batch:,} is past the target of {target:,}, lowered since: it waits until the target is raised"
+        return (
+            1.0,
+            f"Batch {batch:,} is past the target of {target:,}, lowered since: it waits until the target is raised",
+        )
     done = batch / target
     percent = math.floor(100 * done)  # 99.9% is not yet 100%
     return done, f"{batch:,} of {target:,} target batches ({percent}%)"
@@ -83,7 +86,9 @@ def parameters_shown(shown: int, total: int, spread: bool, among: int | None = N
         return "every parameter"
     if among is not None and among < total:
         return f"a sample of {shown:,} of the first {among:,} of {total:,} parameters"
-    return f"a sample of {shown:,} of {total:,} parameters" if spread else f"the first {shown:,} of {total:,} parameters"
+    return (
+        f"a sample of {shown:,} of {total:,} parameters" if spread else f"the first {shown:,} of {total:,} parameters"
+    )
 
 
 def served_by(description: dict | None) -> str:
@@ -102,11 +107,15 @@ def fork_origin(origin: dict) -> str:
     name = str(origin.get("run", "?")).replace("`", "")
     batch = origin.get("batch")
     where = f" at batch {batch:,}" if is_int(batch) else ""
-    changed = origin.get("changed") if isinstance(origin.get("changed"), dict) else {}
-    before = origin.get("parent") if isinstance(origin.get("parent"), dict) else {}
-    changed = [f"{setting} {_setting(value)}" + (f" (it had {_setting(before[setting])})" if setting in before else "")
-               for setting, value in changed.items()]
-    return f"Forked from `{name}`{where}" + (f", with {' and '.join(changed)}" if changed else "")
+    changed = origin.get("changed")
+    before = origin.get("parent")
+    settings = changed if isinstance(changed, dict) else {}
+    had = before if isinstance(before, dict) else {}
+    described = [
+        f"{setting} {_setting(value)}" + (f" (it had {_setting(had[setting])})" if setting in had else "")
+        for setting, value in settings.items()
+    ]
+    return f"Forked from `{name}`{where}" + (f", with {' and '.join(described)}" if described else "")
 
 
 def _setting(value: Any) -> str:

@@ -1,0 +1,81 @@
+"""The run page's fork form: a new run from this one's checkpoint, with eta, target or the batch changed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from nnobs.app import widgets
+from nnobs.app.entry import EntryError, read_entry
+from nnobs.app.run_refusals import VIEWERS_REFUSED, new_submit, refusals, show_refusal
+from nnobs.lab import create as lab
+from nnobs.launching.status import RunStatus
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.rundir import RunDir, check_run_name
+
+
+def fork_form(run: RunDir, status: RunStatus) -> None:
+    """Fork: a new run from this one's latest checkpoint (or a kept one), with eta or target changed."""
+    st.subheader("Fork")
+    with st.form("fork_form", border=False, enter_to_submit=False, clear_on_submit=False):
+        name = st.text_input(
+            "New run's name",
+            key="fork_name",
+            placeholder=f"{run.name}-fork",
+            help="The fork is a run of its own, under this name, trained on by a worker of its own.",
+        )
+        eta = st.text_input(
+            "Its eta",
+            key="fork_eta",
+            placeholder=f"blank: {status.eta:g}" if status.eta else "blank: the same",
+            help="The learning rate the fork trains with from the start; blank keeps this run's.",
+        )
+        target = st.text_input(
+            "Its target batches",
+            key="fork_target",
+            placeholder=f"blank: {status.target:,}" if status.target is not None else "blank: the same",
+            help="The batch the fork trains to; blank keeps this run's.",
+        )
+        at = st.text_input(
+            "From the checkpoint kept at or before batch",
+            key="fork_at",
+            placeholder="blank: the latest",
+            help="Fork from an older kept checkpoint (as a rewind would land) instead of the latest.",
+        )
+        if st.form_submit_button("Fork this run"):
+            new_submit()
+            _fork(run, name or f"{run.name}-fork", eta, target, at)
+        show_refusal("fork")
+
+
+def read_fork(name: str, eta: str, target: str, at: str) -> tuple[str, float | None, int | None, int | None]:
+    """The fork form's entries read strictly: (new name, eta, target, batch); blanks are None. Raises NnobsError."""
+    new_eta = read_entry("eta", eta) if eta.strip() else None
+    new_target = read_entry("target", target) if target.strip() else None
+    new_at = read_entry("rewind", at) if at.strip() else None
+    # The registry's checks make these: eta a float, target and the batch whole numbers.
+    return (
+        check_run_name(name.strip()),
+        None if new_eta is None else float(new_eta),
+        None if new_target is None else int(new_target),
+        None if new_at is None else int(new_at),
+    )
+
+
+def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
+    """Fork the run as the form says and open the fork; what cannot be done is refused under the form."""
+    if not widgets.may_steer_here():
+        refusals()["fork"] = VIEWERS_REFUSED
+        return
+    try:
+        new_name, new_eta, new_target, new_at = read_fork(name, eta, target, at)
+        new = RunDir.named(new_name)
+        if new.exists():
+            raise NnobsError(f"a run named {new_name} exists already: pick another name for the fork")
+        lab.fork_run(run, new, eta=new_eta, target=new_target, at=new_at, by="page")  # no spinner: see run_controls
+    except (NnobsError, EntryError) as err:
+        refusals()["fork"] = str(err)
+        return
+    except OSError as err:
+        refusals()["fork"] = f"could not fork: {err.strerror or err}"
+        return
+    st.switch_page(widgets.page_named("run"), query_params={"run": new_name})

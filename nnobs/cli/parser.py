@@ -1,0 +1,253 @@
+"""The `nnobs` command's argparse parser: every verb, its options and their help."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nnobs.cli.arg_types import tail_lines, whole_number
+from nnobs.cli.launcher_flags import add_launcher_flags
+from nnobs.lab import sweep
+from nnobs.launching.base import STOP_GRACE_S
+from nnobs.protocol.commands import COMMANDS
+from nnobs.protocol.rundir import DEFAULT_RUN
+
+TAIL_LINES = 10  # records tail prints when not told how many
+
+EXIT_CODES = """\
+exit codes: 0 done; 1 the worker rejected a command or did not answer it, or (status) no such run;
+2 bad input, refused before anything is sent: a value the worker would refuse, a run name, a missing run"""
+
+LIST_ORDERS = ("created", "name", "state", "batch", "loss", "test_loss", "rate")
+
+# `nnobs new`'s settings: flag, type, metavar, help; each lands in the RunConfig field of its name.
+NEW_RUN_FLAGS = (
+    ("--task", str, "TASK", "what to learn: xor (the default), circle, noisy-xor, gauss, spiral, plane or sine"),
+    (
+        "--net",
+        str,
+        "SPEC",
+        "the net: input width, then x<width> per layer with its activation's letter (t tanh, "
+        "r relu, s sin, g sigmoid, none: identity), e.g. 2x8tx8tx1t",
+    ),
+    ("--eta", float, "X", "the learning rate at the start, above 0"),
+    ("--batch-size", int, "N", "examples per batch"),
+    ("--noise", float, "X", "how far the task's points stray from their clean places, 0 to 0.5"),
+    ("--train-share", float, "X", "the share of the task's points trained on, 0.1 to 0.9; the rest are the test set"),
+    ("--seed", int, "S", "seed of the net's first parameters and of the task's points and batches"),
+    ("--target", int, "N", "batches to train before idling"),
+    ("--report-every", int, "N", "a parameter snapshot every N batches (0: only when asked)"),
+)
+
+# The settings `nnobs set` changes: every command of the registry that is not a one-off action, in its order.
+SETTINGS = tuple(name for name, command in COMMANDS.items() if not command.action)
+
+# `nnobs set`'s flag for each setting: the type argparse reads it as, metavar and help.
+SETTING_FLAGS: dict[str, tuple[type[int] | type[float], str, str]] = {
+    "target": (int, "N", "train until batch N, then idle"),
+    "eta": (float, "X", "the learning rate, above 0"),
+    "report_every": (int, "N", "report the full parameter vector every N batches (0: only when asked, by tell-state)"),
+    "pace": (float, "N", "train at most N batches a second, to watch it slowly (0: flat out)"),
+    "min_free": (
+        float,
+        "MB",
+        "pause (LOW DISK) while the run's filesystem has less than MB megabytes free (default 100; 0: never)",
+    ),
+}
+
+
+def setting_flag(setting: str) -> str:
+    """The flag that spells a setting: report_every's is --report-every."""
+    return "--" + setting.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command: --runs, then one sub-parser per verb, in the order `nnobs --help` lists them."""
+    parser = argparse.ArgumentParser(
+        prog="nnobs",
+        description="Start, watch and steer nnobs training runs: the page's twin, over the same files.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--runs", metavar="DIR", help="the runs root, where each run is a directory (default: $NNOBS_RUNS, else ./runs)"
+    )
+    verbs = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add_launcher_flags(
+        _verb_on_run(
+            verbs,
+            "start",
+            "start the run's worker (the process that trains) unless one is alive (or its Slurm "
+            "job is queued); a new name creates the run",
+        )
+    )
+    _add_lab_verbs(verbs)
+    _add_steering_verbs(verbs)
+    return parser
+
+
+def _verb(verbs: argparse._SubParsersAction, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A verb's sub-parser, with the exit codes after its help."""
+    return verbs.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _verb_on_run(verbs: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A verb on one run, named by an optional RUN (default: the default run)."""
+    p = _verb(verbs, name, help_text, help_text)
+    p.add_argument(
+        "run", nargs="?", default=DEFAULT_RUN, metavar="RUN", help=f"the run's name (default: {DEFAULT_RUN})"
+    )
+    return p
+
+
+def _add_lab_verbs(verbs: argparse._SubParsersAction) -> None:
+    """run, import, new, sweep, fork and list: the verbs that make runs, or list them."""
+    p = _verb(
+        verbs,
+        "run",
+        "start your own training script detached, as the run's worker, and record how",
+        "Start COMMAND (a script using nnobs.Run) detached from this shell, output to the run's "
+        "worker.log, as the run's one worker; its command line and directory are recorded, so the page's "
+        "Start and Restart and `nnobs restart` start it again, resuming from its checkpoint.",
+    )
+    p.add_argument(
+        "run", metavar="RUN", help="the run's name (the script's nnobs.Run serves it, whatever name its code gives)"
+    )
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="[--on slurm ...] -- COMMAND",
+        help="the command to start, after --; before it, where it runs (--on slurm, --time...: see start)",
+    )
+    p = _verb(
+        verbs,
+        "import",
+        "make a read-only run of a run file written elsewhere (the notebook's, say)",
+        "Copy FILE, one JSON record a line, into a new run RUN that the page and the CLI "
+        "read; nothing serves it, so it cannot be started or steered.",
+    )
+    p.add_argument("run", metavar="RUN", help="the new run's name")
+    p.add_argument("file", metavar="FILE", type=Path, help="the run file to import")
+    p = _verb(
+        verbs,
+        "new",
+        "create a run of a built-in task and net, and start it",
+        "Create RUN training TASK with the net NET (e.g. 2x8tx8tx1t: 2 inputs, two hidden "
+        "layers of 8 with tanh, one tanh output), and start its worker. Nothing is created when a "
+        "setting is refused.",
+    )
+    p.add_argument("run", metavar="RUN", help="the new run's name")
+    for flag, kind, meta, text in NEW_RUN_FLAGS:
+        p.add_argument(flag, type=kind, metavar=meta, help=text)
+    add_launcher_flags(p)
+    _add_sweep(verbs)
+    p = _verb(
+        verbs,
+        "fork",
+        "start a new run from another run's checkpoint, with some settings changed",
+        "Start NEW from FROM's latest checkpoint (or its newest kept one at or before "
+        "--at), with the same task, net and batches to come, and the settings given changed. NEW "
+        "records where it came from.",
+    )
+    p.add_argument("parent", metavar="FROM", help="the run to fork")
+    p.add_argument("run", metavar="NEW", help="the new run's name")
+    p.add_argument("--eta", type=float, metavar="X", help="the fork's learning rate (default: the parent's)")
+    p.add_argument("--target", type=int, metavar="N", help="the fork's target batch (default: the parent's)")
+    p.add_argument("--at", type=int, metavar="BATCH", help="fork from the newest kept checkpoint at or before BATCH")
+    p = _verb(
+        verbs,
+        "list",
+        "one line per run: state, task and net, batch, loss, test loss, rate, heartbeat",
+        "Every run under the runs root, in the order they were made.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    p.add_argument(
+        "--sort",
+        choices=LIST_ORDERS,
+        default="created",
+        help="the order of the rows: when made (the default), name, state, batch, loss, test loss or rate "
+        "(numbers highest first but the losses, lowest first; runs without one last)",
+    )
+
+
+def _add_sweep(verbs: argparse._SubParsersAction) -> None:
+    p = _verb(
+        verbs,
+        "sweep",
+        "create one run per combination of etas and seeds, and train them all",
+        "Create NAME-eta<X>-seed<S> for every combination of the etas and seeds given, "
+        "with the other settings alike, and train them: locally at most --parallel at once (each "
+        "stopped at its target, the next started), or --on slurm as one job array. Prints the compare "
+        "page's address for them. Nothing is created when a setting or a name is refused.",
+    )
+    p.add_argument("run", metavar="NAME", help="the sweep's name: its runs are named NAME-eta0.1-seed2 and so on")
+    p.add_argument("--eta", metavar="X,Y,...", help="learning rates, separated by commas")
+    p.add_argument("--seed", metavar="S,T,...", help="seeds, separated by commas")
+    for flag, kind, meta, text in NEW_RUN_FLAGS:
+        if flag not in ("--eta", "--seed"):
+            p.add_argument(flag, type=kind, metavar=meta, help=text)
+    p.add_argument(
+        "--parallel",
+        type=whole_number,
+        metavar="K",
+        help="at most K runs train at once (locally default 2; on Slurm, the array's task limit)",
+    )
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"the monitor's address, for the compare link (default: $NNOBS_URL, else {sweep.DEFAULT_URL})",
+    )
+    add_launcher_flags(p)
+
+
+def _add_steering_verbs(verbs: argparse._SubParsersAction) -> None:
+    """status, set, tell-state, rewind, reinit, stop, restart and tail: the verbs on one existing run."""
+    _verb_on_run(
+        verbs,
+        "status",
+        "say how the run is doing: its state, batch, loss, learning rate, state-report interval, pace, "
+        "worker generation and pid, and when the worker last wrote",
+    ).add_argument("--json", action="store_true", help="print one JSON object instead")
+    p = _verb_on_run(verbs, "set", "change the target, the learning rate, the state-report interval or the pace")
+    for setting in SETTINGS:
+        kind, meta, text = SETTING_FLAGS[setting]
+        p.add_argument(setting_flag(setting), dest=setting, type=kind, metavar=meta, help=text)
+    p.add_argument(
+        "--no-wait", action="store_true", help="send and return at once, without waiting for the worker's answer"
+    )
+    _verb_on_run(verbs, "tell-state", "report the full parameter vector (the state vector) now")
+    p = _verb_on_run(verbs, "rewind", "go back to the newest kept checkpoint at or before a batch, as a new generation")
+    p.add_argument(
+        "--to",
+        type=int,
+        required=True,
+        metavar="BATCH",
+        help="go back to the newest kept checkpoint at or before this batch",
+    )
+    p = _verb_on_run(verbs, "reinit", "start the net afresh from new parameters; the run's history so far is kept")
+    p.add_argument(
+        "--seed", type=int, metavar="S", help="draw the parameters with seed S (default: the run's own seed)"
+    )
+    _verb_on_run(verbs, "stop", f"shut the worker down and wait for its final record (kill -9 after {STOP_GRACE_S:.0f} s)")
+    _verb_on_run(verbs, "restart", "stop the worker if it is alive, then start a new generation from the last checkpoint")
+    p = _verb_on_run(verbs, "tail", "print the run's last records, one JSON object a line")
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=tail_lines,
+        default=("last", TAIL_LINES),
+        metavar="N",
+        help=f"print the last N records (default: {TAIL_LINES}); +K: from the K-th record on, so +1 prints every one",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then keep printing new records as the worker writes them (Ctrl-C ends)",
+    )

@@ -1,0 +1,35 @@
+"""The run a verb names: looked up by name, and, for a verb on an existing run, refused when it is not there."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from nnobs.launching.lifecycle import started_outside
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.rundir import RunDir, is_imported, list_runs
+
+
+def named_run(args: argparse.Namespace) -> RunDir:
+    """The run named by RUN under --runs; a name that cannot be a run's is refused."""
+    return RunDir.named(args.run, args.runs)
+
+
+def existing_run(args: argparse.Namespace, steered: bool = True) -> RunDir:
+    """The run named by RUN, refused when it does not exist or, for a verb that steers it, when it was imported."""
+    run = named_run(args)
+    if not run.exists():
+        raise NnobsError(no_such_run(run))
+    if steered and is_imported(run):
+        raise NnobsError(started_outside(run))
+    return run
+
+
+def no_such_run(run: RunDir) -> str:
+    """Why a run is not there, naming where it was looked for and what is there instead."""
+    root = os.path.abspath(run.path.parent)
+    if not os.path.isdir(root):
+        return f"no run named {run.name!r}: the runs root {root} does not exist (choose it with --runs DIR or $NNOBS_RUNS)"
+    there = list_runs(root)
+    others = f"runs there: {', '.join(there)}" if there else "no runs there"
+    return f"no run named {run.name!r} in {root} ({others}); `nnobs start {run.name}` creates it"

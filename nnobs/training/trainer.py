@@ -1,0 +1,44 @@
+"""What a session needs of what it trains: the Trainer interface, with the defaults of one that can do little."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnobs.protocol.errors import CommandError
+from nnobs.protocol.schema import Tensors
+
+
+class Trainer:
+    """What a session needs of what it trains; the defaults are those of a trainer that can do little.
+
+    tensors names the state vector's parts in order (name, shape); eta is the learning rate.
+    """
+
+    tensors: Tensors = []
+    eta: float = 0.1
+
+    def state_vector(self) -> np.ndarray:
+        """Every parameter, flat, as float64: a copy of its own (it is encoded on another thread)."""
+        return np.empty(0)
+
+    def save(self) -> dict[str, np.ndarray]:
+        """What a checkpoint holds of the net (and its optimizer), as named arrays; {} when nothing can be."""
+        return {}
+
+    def load(self, saved: dict[str, np.ndarray]) -> None:
+        """Take back what save() returned; ValueError when it does not fit this net."""
+        raise ValueError("this trainer cannot load a checkpoint")
+
+    can_load = False  # whether load() works: rewinding and going back from a diverged loss need it
+
+    def reinit(self, seed: int | None) -> int:
+        """Draw the net afresh from seed (None: the run's own); the seed used. CommandError when it cannot."""
+        raise CommandError("this run's net is drawn by its own script: reinitialize it there")
+
+    def loss_now(self) -> float | None:
+        """The loss of the parameters as they are, when it can be had without a training step; else None."""
+        return None
+
+    def dead_units(self) -> list[int] | None:
+        """Per layer with relu, its units whose output is 0 on every training point; None when the trainer cannot tell."""
+        return None
