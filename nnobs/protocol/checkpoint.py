@@ -44,7 +44,9 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
-    meta = {f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"}  # not asdict: it copies the arrays
+    meta = {
+        f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"
+    }  # not asdict: it copies the arrays
     if "meta" in ckpt.state:
         raise ValueError("a trainer's checkpoint arrays cannot be called meta")
     arrays = {"meta": np.array(json.dumps(meta)), **ckpt.state}
@@ -79,7 +81,6 @@ def load_checkpoint_meta(path: Path) -> dict | None:
     whole = {k: meta[k] for k in ("batch", "target", "report_every") if is_count(meta.get(k))}
     numbers = {k: float(meta[k]) for k in ("eta", "pace") if is_count(meta.get(k)) or isinstance(meta.get(k), float)}
     return whole | numbers
-
 
 
 KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches

@@ -54,7 +54,12 @@ def _whole_in_range(what: str) -> Callable[[Any], int]:
 
 def _number_in(low: float, high: float, low_open: bool, message: str) -> Callable[[Any], float]:
     def check(value: Any) -> float:
-        if not is_number(value) or not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+        if (
+            not is_number(value)
+            or not math.isfinite(value)
+            or not (low < value if low_open else low <= value)
+            or value > high
+        ):
             raise CommandError(f"{message}, not {value!r}")
         return float(value)
 
@@ -83,35 +88,66 @@ def _rewind_marker(value: Any, record: dict) -> str:
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
-        Command("target", _whole_in_range("target must be a whole number of batches"),
-                lambda v: f"Target {v:,} batches", _label("target {:,}"),
-                Field("The target", f"a whole number of batches from 0 to {MAX_TARGET:,}", True)),
-        Command("eta", _number_in(0, MAX_ETA, True, f"eta must be a number above 0 and at most {MAX_ETA:g}"),
-                lambda v: f"Eta {v:g}", _label("eta {:g}"),
-                Field("Eta", f"a number above 0 and at most {MAX_ETA:,.0f}", False)),
-        Command("report_every",
-                _whole_in_range("report_every must be a whole number of batches (0 reports only on request)"),
-                lambda v: "Snapshots only when asked" if v == 0 else f"Snapshot every {v:,} batches",
-                _label("snapshot every {:,}"),
-                Field("The snapshot interval", f"a whole number of batches from 0 (only when asked) to {MAX_TARGET:,}",
-                      True)),
-        Command("pace", _number_in(0, MAX_PACE, False,
-                                   f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}"),
-                lambda v: "Pace: flat out" if v == 0 else f"Pace {v:,g} batches a second",
-                lambda v, record: "pace: flat out" if v == 0 else _label("pace {:g}/s")(v, record),
-                Field("The pace", f"a number of batches a second from 0 (flat out) to {MAX_PACE:,.0f}", False)),
-        Command("min_free", _number_in(0, MAX_MIN_FREE_MB, False,
-                                       f"min_free must be megabytes from 0 (never pause) to {MAX_MIN_FREE_MB:,.0f}"),
-                lambda v: f"Pause below {v:,g} MB free", None),
+        Command(
+            "target",
+            _whole_in_range("target must be a whole number of batches"),
+            lambda v: f"Target {v:,} batches",
+            _label("target {:,}"),
+            Field("The target", f"a whole number of batches from 0 to {MAX_TARGET:,}", True),
+        ),
+        Command(
+            "eta",
+            _number_in(0, MAX_ETA, True, f"eta must be a number above 0 and at most {MAX_ETA:g}"),
+            lambda v: f"Eta {v:g}",
+            _label("eta {:g}"),
+            Field("Eta", f"a number above 0 and at most {MAX_ETA:,.0f}", False),
+        ),
+        Command(
+            "report_every",
+            _whole_in_range("report_every must be a whole number of batches (0 reports only on request)"),
+            lambda v: "Snapshots only when asked" if v == 0 else f"Snapshot every {v:,} batches",
+            _label("snapshot every {:,}"),
+            Field(
+                "The snapshot interval", f"a whole number of batches from 0 (only when asked) to {MAX_TARGET:,}", True
+            ),
+        ),
+        Command(
+            "pace",
+            _number_in(0, MAX_PACE, False, f"pace must be batches a second from 0 (flat out) to {MAX_PACE:,.0f}"),
+            lambda v: "Pace: flat out" if v == 0 else f"Pace {v:,g} batches a second",
+            lambda v, record: "pace: flat out" if v == 0 else _label("pace {:g}/s")(v, record),
+            Field("The pace", f"a number of batches a second from 0 (flat out) to {MAX_PACE:,.0f}", False),
+        ),
+        Command(
+            "min_free",
+            _number_in(
+                0, MAX_MIN_FREE_MB, False, f"min_free must be megabytes from 0 (never pause) to {MAX_MIN_FREE_MB:,.0f}"
+            ),
+            lambda v: f"Pause below {v:,g} MB free",
+            None,
+        ),
         Command("tell_state", _nothing, lambda v: "Snapshot now", _label("snapshot"), action=True),
-        Command("rewind", _whole_in_range("rewind needs the whole number of the batch to go back to"),
-                lambda v: f"Rewind to batch {v:,}", _rewind_marker,
-                Field("The batch to rewind to", f"a whole number from 0 to {MAX_TARGET:,}", True), action=True),
-        Command("reinit", _seed_or_none,
-                lambda v: "Reinitialize with the run's own seed" if v is None else f"Reinitialize with seed {v}",
-                lambda v, record: "reinit" if v is None else f"reinit, seed {v}",
-                Field("The seed", f"blank (the run's own seed) or a whole number from 0 to {MAX_SEED:,}", True,
-                      blank_is_none=True), action=True),
+        Command(
+            "rewind",
+            _whole_in_range("rewind needs the whole number of the batch to go back to"),
+            lambda v: f"Rewind to batch {v:,}",
+            _rewind_marker,
+            Field("The batch to rewind to", f"a whole number from 0 to {MAX_TARGET:,}", True),
+            action=True,
+        ),
+        Command(
+            "reinit",
+            _seed_or_none,
+            lambda v: "Reinitialize with the run's own seed" if v is None else f"Reinitialize with seed {v}",
+            lambda v, record: "reinit" if v is None else f"reinit, seed {v}",
+            Field(
+                "The seed",
+                f"blank (the run's own seed) or a whole number from 0 to {MAX_SEED:,}",
+                True,
+                blank_is_none=True,
+            ),
+            action=True,
+        ),
         Command("shutdown", _nothing, lambda v: "Shut down", None, action=True),
     )
 }

@@ -21,8 +21,6 @@ LOCK_TIMEOUT_S = 10.0
 Command = dict[str, Any]  # {"seq": int, "id": str, "cmd": str, "value": ..., "t": float, "by": str}
 
 
-
-
 def _new_content() -> dict[str, Any]:
     """A control file's content before its first command; file_id tells this file from any made before or after it."""
     return {"file_id": uuid.uuid4().hex[:12], "next_seq": 1, "commands": []}
@@ -69,7 +67,9 @@ def read_commands(path: Path) -> list[Command]:
 
 
 def _commands(content: dict[str, Any]) -> list[Command]:
-    return sorted((c for c in content["commands"] if isinstance(c, dict) and is_int(c.get("seq"))), key=lambda c: c["seq"])
+    return sorted(
+        (c for c in content["commands"] if isinstance(c, dict) and is_int(c.get("seq"))), key=lambda c: c["seq"]
+    )
 
 
 def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Command:
@@ -106,7 +106,9 @@ def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int)
         if file_id is None or content.get("file_id") != file_id or len(seqs) <= keep:
             return 0
         cutoff = min(through_seq, seqs[-keep - 1])
-        kept = [c for c in content["commands"] if not (isinstance(c, dict) and is_int(c.get("seq")) and c["seq"] <= cutoff)]
+        kept = [
+            c for c in content["commands"] if not (isinstance(c, dict) and is_int(c.get("seq")) and c["seq"] <= cutoff)
+        ]
         dropped = len(content["commands"]) - len(kept)
         if dropped:
             content["commands"] = kept
@@ -146,6 +148,8 @@ class ControlWatcher:
         if new:
             self.last_seq = new[-1]["seq"]
         return new
+
+
 COMMANDS_KEPT = 1000  # applied commands control.json keeps; older ones live on as answers in the run file
 
 

@@ -28,6 +28,10 @@ class LockTimeout(NnobsError, TimeoutError):
     """Another process held a lock for longer than we wait."""
 
 
+class MetricError(NnobsError, ValueError, TypeError):
+    """What run.log refuses: a metric name it cannot take, or a loss or metric that is no number."""
+
+
 @contextmanager
 def hold(lock: BaseFileLock, what: str) -> Iterator[None]:
     """Hold a filelock lock; a timeout becomes a LockTimeout naming what was locked."""
@@ -35,4 +39,6 @@ def hold(lock: BaseFileLock, what: str) -> Iterator[None]:
         with lock:
             yield
     except Timeout as err:
-        raise LockTimeout(f"{what} is locked by another process (waited {lock.timeout:g} s for {lock.lock_file})") from err
+        raise LockTimeout(
+            f"{what} is locked by another process (waited {lock.timeout:g} s for {lock.lock_file})"
+        ) from err

@@ -29,14 +29,28 @@ LAUNCHER_ENV = "NNOBS_LAUNCHER"  # "slurm" in a job: SIGTERM then means Slurm is
 DEFAULT_TIME = "1:00:00"  # submitit would ask for 5 minutes; an hour, then a checkpoint and a requeue
 DEFAULT_SIGNAL_DELAY_S = 90  # Slurm signals at most once a minute: 90 s leaves one full chance to checkpoint
 # Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
-TIME_FORMATS = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?)"
-                          r"|(?P<h>\d+):(?P<hm>\d+):(?P<hs>\d+)|(?P<m>\d+)(?::(?P<ms>\d+))?")
+TIME_FORMATS = re.compile(
+    r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?)"
+    r"|(?P<h>\d+):(?P<hm>\d+):(?P<hs>\d+)|(?P<m>\d+)(?::(?P<ms>\d+))?"
+)
 SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=.+)?")
 # What nnobs sets itself, or what would break how it watches its job: refused in --sbatch, with the way instead.
 SBATCH_OWN = {
-    "partition": "--partition", "time": "--time", "cpus-per-task": "--cpus", "gpus-per-node": "--gpus",
-    "gpus": "--gpus", "job-name": "", "output": "", "error": "", "open-mode": "", "signal": "", "hold": "",
-    "array": "", "wrap": "", "requeue": "", "no-requeue": "",
+    "partition": "--partition",
+    "time": "--time",
+    "cpus-per-task": "--cpus",
+    "gpus-per-node": "--gpus",
+    "gpus": "--gpus",
+    "job-name": "",
+    "output": "",
+    "error": "",
+    "open-mode": "",
+    "signal": "",
+    "hold": "",
+    "array": "",
+    "wrap": "",
+    "requeue": "",
+    "no-requeue": "",
 }
 
 
@@ -48,11 +62,19 @@ def slurm_minutes(limit: str) -> int:
     """A Slurm time limit ("1:00:00", "90", "2-12") in whole minutes, rounded up; LauncherError for any other text."""
     match = TIME_FORMATS.fullmatch(limit.strip()) if isinstance(limit, str) else None
     if match is None:
-        raise LauncherError(f"time limit {limit!r} refused: use minutes (90), minutes:seconds (5:30), "
-                            "hours:minutes:seconds (1:00:00) or days-hours[:minutes[:seconds]] (2-12, 1-00:30:00)")
+        raise LauncherError(
+            f"time limit {limit!r} refused: use minutes (90), minutes:seconds (5:30), "
+            "hours:minutes:seconds (1:00:00) or days-hours[:minutes[:seconds]] (2-12, 1-00:30:00)"
+        )
     g = {k: int(v) for k, v in match.groupdict().items() if v is not None}
-    seconds = (g.get("d", 0) * 86400 + (g.get("dh", 0) + g.get("h", 0)) * 3600
-               + (g.get("dm", 0) + g.get("hm", 0) + g.get("m", 0)) * 60 + g.get("ds", 0) + g.get("hs", 0) + g.get("ms", 0))
+    seconds = (
+        g.get("d", 0) * 86400
+        + (g.get("dh", 0) + g.get("h", 0)) * 3600
+        + (g.get("dm", 0) + g.get("hm", 0) + g.get("m", 0)) * 60
+        + g.get("ds", 0)
+        + g.get("hs", 0)
+        + g.get("ms", 0)
+    )
     if seconds <= 0:
         raise LauncherError(f"time limit {limit!r} refused: a job needs at least a minute")
     return math.ceil(seconds / 60)
@@ -66,8 +88,10 @@ def sbatch_options(text: str) -> tuple[str, ...]:
         raise LauncherError(f"--sbatch {text!r} refused: {err}") from err
     for option in options:
         if not SBATCH_OPTION.fullmatch(option):
-            raise LauncherError(f"sbatch option {option!r} refused: write each in its long form, --name=value or --flag "
-                                "(e.g. --sbatch=\"--qos=high --constraint=a100\")")
+            raise LauncherError(
+                f"sbatch option {option!r} refused: write each in its long form, --name=value or --flag "
+                '(e.g. --sbatch="--qos=high --constraint=a100")'
+            )
         name = option[2:].split("=", 1)[0]
         if name in SBATCH_OWN:
             instead = f": use nnobs's {SBATCH_OWN[name]} instead" if SBATCH_OWN[name] else ": nnobs sets it itself"
@@ -97,7 +121,9 @@ class LauncherSettings:
             flags = ", ".join(f"--{name}" for name in slurm_only + ["sbatch"] * bool(self.sbatch))
             raise LauncherError(f"{flags} are for runs on Slurm: add --on slurm, or leave them out")
         if self.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.partition):
-            raise LauncherError(f"partition {self.partition!r} refused: a partition is named by letters, digits, '_', '.', '-'")
+            raise LauncherError(
+                f"partition {self.partition!r} refused: a partition is named by letters, digits, '_', '.', '-'"
+            )
         if self.time is not None:
             slurm_minutes(self.time)
         for name in ("cpus", "gpus"):
@@ -206,5 +232,3 @@ def recorded_for_another_job(run: Any) -> str:
     if job.job_id != ours:
         return f"{run.name} is recorded for job {job.job_id}, and this is job {ours}"
     return ""
-
-

@@ -58,7 +58,9 @@ def host_claim(path: Path | str, timeout: float, what: str) -> Iterator[None]:
         except Timeout:
             standing = break_stale_claims(lock)
             if time.monotonic() >= deadline:
-                owners = dict.fromkeys(f"process {c.pid} on {c.hostname}" for c in standing)  # intent and held: one owner
+                owners = dict.fromkeys(
+                    f"process {c.pid} on {c.hostname}" for c in standing
+                )  # intent and held: one owner
                 holders = ", ".join(owners) or "a writer that has just let go"
                 raise LockTimeout(
                     f"{what} is locked by {holders} (waited {timeout:.2g} s for {lock.lock_file}; "

@@ -54,7 +54,9 @@ class RunDir:
     config = property(lambda self: self.path / "config.json")  # a run of the built-in worker: what it trains
     description = property(lambda self: self.path / "run.json")  # a script's run: which script, where
     launch = property(lambda self: self.path / "launch.json")  # how nnobs starts it again (written by `nnobs run`)
-    status_file = property(lambda self: self.path / "worker.status")  # the live worker's last word when nothing can be written
+    status_file = property(
+        lambda self: self.path / "worker.status"
+    )  # the live worker's last word when nothing can be written
     launcher_file = property(lambda self: self.path / "launcher.json")  # which launcher starts its worker; none: local
     job_file = property(lambda self: self.path / "job.json")  # a run on Slurm: the one job it has
 

@@ -59,8 +59,9 @@ def state_report(batch: int, eta: float, sv: np.ndarray, target: int, report_eve
     }
 
 
-def summary_report(batch: int, eta: float, summary: list[list[float]], sample: np.ndarray, target: int, report_every: int,
-                   pace: float) -> Record:
+def summary_report(
+    batch: int, eta: float, summary: list[list[float]], sample: np.ndarray, target: int, report_every: int, pace: float
+) -> Record:
     """A large net's state report: per tensor its SUMMARY, and the sampled parameters' values (see params_record)."""
     return {
         "eta": [batch, eta],
@@ -196,9 +197,16 @@ _TIMED_STAMP = rb',"t":([.0-9]+),"gen":[0-9]+\}'  # a loss report's time is kept
 # state report's "batch,eta" (4), state vector (5), target (6), report interval (7) and pace (8, empty
 # in files written before pace existed); any other line whole (9).
 LINE = re.compile(
-    rb'^(?:\{"loss":\[([0-9]+,' + _NUM + rb')\](?:,"window":\[[0-9]+,\[([-+.eE0-9,]+)\]\])?' + _TIMED_STAMP
-    + rb'|\{"eta":\[([0-9]+,' + _NUM + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
-    + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\](?:,"pace":\[[0-9]+,(' + _NUM + rb')\])?'
+    rb'^(?:\{"loss":\[([0-9]+,'
+    + _NUM
+    + rb')\](?:,"window":\[[0-9]+,\[([-+.eE0-9,]+)\]\])?'
+    + _TIMED_STAMP
+    + rb'|\{"eta":\[([0-9]+,'
+    + _NUM
+    + rb')\],"sv":\[[0-9]+,\[([-+.eE0-9,]+)\]\],'
+    + rb'"target":\[[0-9]+,([0-9]+)\],"report_every":\[[0-9]+,([0-9]+)\](?:,"pace":\[[0-9]+,('
+    + _NUM
+    + rb")\])?"
     + _STAMP
     + rb"|(.+))$",
     re.MULTILINE,

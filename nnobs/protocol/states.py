@@ -11,24 +11,65 @@ class State(StrEnum):
     """A run's state as its badge, the overview, `nnobs status` and sweeps name it; equal to its word ("training")."""
 
     # word, Streamlit badge colour, text colour on white, a live worker serves it, meaning
-    QUEUED = ("queued", "violet", "#803df5", False,
-              "its Slurm job waits for the scheduler (see the reason), or its worker is starting")
+    QUEUED = (
+        "queued",
+        "violet",
+        "#803df5",
+        False,
+        "its Slurm job waits for the scheduler (see the reason), or its worker is starting",
+    )
     TRAINING = ("training", "green", "#21a366", True, "the worker is alive and below its target")
     IDLE = ("idle", "blue", "#1c83e1", True, "the worker is alive and at its target")
-    STALLED = ("stalled", "orange", "#e07b00", True,
-               f"the worker is alive but has written nothing for {STALL_AFTER_S:.0f} s or more: stuck; restart ends it")
+    STALLED = (
+        "stalled",
+        "orange",
+        "#e07b00",
+        True,
+        f"the worker is alive but has written nothing for {STALL_AFTER_S:.0f} s or more: stuck; restart ends it",
+    )
     STOPPED = ("stopped", "gray", "#808495", False, "shut down cleanly; start resumes from its last checkpoint")
-    CRASHED = ("crashed", "red", "#d62728", False,
-               "the worker died without a shutdown record; start resumes from its last checkpoint")
-    DIVERGED = ("diverged", "orange", "#e07b00", True,
-                "the loss is no longer a number; training is paused until eta is lowered (set --eta)")
-    NOT_LEARNING = ("not learning", "yellow", "#b59a00", True, "training, but the loss stopped moving far above its best")
-    CANNOT_WRITE = ("cannot write", "red", "#d62728", True,
-                    "the worker is alive but cannot write its run file (see below); training waits until it can")
-    LOW_DISK = ("low disk", "orange", "#e07b00", True,
-                "the worker is alive and waits: its filesystem has less free space than the run's floor")
-    IMPORTED = ("imported", "gray", "#808495", False,
-                "a run file imported from elsewhere: read-only, nothing to start or steer")
+    CRASHED = (
+        "crashed",
+        "red",
+        "#d62728",
+        False,
+        "the worker died without a shutdown record; start resumes from its last checkpoint",
+    )
+    DIVERGED = (
+        "diverged",
+        "orange",
+        "#e07b00",
+        True,
+        "the loss is no longer a number; training is paused until eta is lowered (set --eta)",
+    )
+    NOT_LEARNING = (
+        "not learning",
+        "yellow",
+        "#b59a00",
+        True,
+        "training, but the loss stopped moving far above its best",
+    )
+    CANNOT_WRITE = (
+        "cannot write",
+        "red",
+        "#d62728",
+        True,
+        "the worker is alive but cannot write its run file (see below); training waits until it can",
+    )
+    LOW_DISK = (
+        "low disk",
+        "orange",
+        "#e07b00",
+        True,
+        "the worker is alive and waits: its filesystem has less free space than the run's floor",
+    )
+    IMPORTED = (
+        "imported",
+        "gray",
+        "#808495",
+        False,
+        "a run file imported from elsewhere: read-only, nothing to start or steer",
+    )
     ABSENT = ("absent", "gray", "#808495", False, "no such run")
 
     def __new__(cls, word: str, badge: str, colour: str, alive: bool, meaning: str) -> State:
