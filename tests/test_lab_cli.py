@@ -211,12 +211,12 @@ def test_a_live_runs_row_follows_it_from_where_it_last_read(runs_root, new_run):
 
 
 def test_a_rows_rate_counts_only_the_newest_line_of_training():
-    from nnobs.views.overview import _rate
+    from nnobs.views.overview import tail_rate
     before = [encode_record({"loss": [100 * i, 0.1], "t": float(i), "gen": 1}) for i in range(100)]  # 100 a second
     restart = [encode_record({"loss": [5000, 0.1], "event": [5000, "started"], "t": 1000.0, "gen": 2})]
     after = [encode_record({"loss": [5000 + 1000 * i, 0.1], "t": 1000.0 + i, "gen": 2}) for i in range(1, 6)]
-    assert _rate(b"".join(before + restart + after)) == 1000.0  # not the 9 a second from the first line to the last
-    assert _rate(b"".join(before[-1:] + restart)) is None  # no second of the new line yet
+    assert tail_rate(b"".join(before + restart + after)) == 1000.0  # not the 9 a second from the first line to the last
+    assert tail_rate(b"".join(before[-1:] + restart)) is None  # no second of the new line yet
 
 
 def test_hand_edited_checkpoint_and_fork_files_do_not_take_the_overview_down(runs_root, new_run):

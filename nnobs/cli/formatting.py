@@ -80,7 +80,10 @@ def _worker_lines(status: RunStatus) -> list[str]:
         job_state = (status.job_state or "unknown to the scheduler now").lower()
         lines.append(f"slurm job     {status.job_id} ({job_state}{why})")
     if status.pid is not None:
-        lines += [f"worker pid    {status.pid}", f"heartbeat     {wording.ago(status.heartbeat_age_s)} {HEARTBEAT_NOTE}"]
+        lines += [
+            f"worker pid    {status.pid}",
+            f"heartbeat     {wording.ago(status.heartbeat_age_s)} {HEARTBEAT_NOTE}",
+        ]
     elif status.launcher == "slurm" and status.state not in ("queued", "stopped", "crashed"):
         lines.append(f"heartbeat     {wording.ago(status.heartbeat_age_s)} {HEARTBEAT_NOTE}")
     else:

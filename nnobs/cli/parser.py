@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeAlias
 
 from nnobs.cli.arg_types import tail_lines, whole_number
 from nnobs.cli.launcher_flags import add_launcher_flags
@@ -11,6 +12,8 @@ from nnobs.lab import sweep
 from nnobs.launching.base import STOP_GRACE_S
 from nnobs.protocol.commands import COMMANDS
 from nnobs.protocol.rundir import DEFAULT_RUN
+
+Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # where each verb's sub-parser is added
 
 TAIL_LINES = 10  # records tail prints when not told how many
 
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _verb(verbs: argparse._SubParsersAction, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+def _verb(verbs: Verbs, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
     """A verb's sub-parser, with the exit codes after its help."""
     return verbs.add_parser(
         name,
@@ -97,7 +100,7 @@ def _verb(verbs: argparse._SubParsersAction, name: str, help_text: str, descript
     )
 
 
-def _verb_on_run(verbs: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+def _verb_on_run(verbs: Verbs, name: str, help_text: str) -> argparse.ArgumentParser:
     """A verb on one run, named by an optional RUN (default: the default run)."""
     p = _verb(verbs, name, help_text, help_text)
     p.add_argument(
@@ -106,7 +109,7 @@ def _verb_on_run(verbs: argparse._SubParsersAction, name: str, help_text: str) -
     return p
 
 
-def _add_lab_verbs(verbs: argparse._SubParsersAction) -> None:
+def _add_lab_verbs(verbs: Verbs) -> None:
     """run, import, new, sweep, fork and list: the verbs that make runs, or list them."""
     p = _verb(
         verbs,
@@ -176,7 +179,7 @@ def _add_lab_verbs(verbs: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_sweep(verbs: argparse._SubParsersAction) -> None:
+def _add_sweep(verbs: Verbs) -> None:
     p = _verb(
         verbs,
         "sweep",
@@ -206,7 +209,7 @@ def _add_sweep(verbs: argparse._SubParsersAction) -> None:
     add_launcher_flags(p)
 
 
-def _add_steering_verbs(verbs: argparse._SubParsersAction) -> None:
+def _add_steering_verbs(verbs: Verbs) -> None:
     """status, set, tell-state, rewind, reinit, stop, restart and tail: the verbs on one existing run."""
     _verb_on_run(
         verbs,
@@ -234,8 +237,12 @@ def _add_steering_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, metavar="S", help="draw the parameters with seed S (default: the run's own seed)"
     )
-    _verb_on_run(verbs, "stop", f"shut the worker down and wait for its final record (kill -9 after {STOP_GRACE_S:.0f} s)")
-    _verb_on_run(verbs, "restart", "stop the worker if it is alive, then start a new generation from the last checkpoint")
+    _verb_on_run(
+        verbs, "stop", f"shut the worker down and wait for its final record (kill -9 after {STOP_GRACE_S:.0f} s)"
+    )
+    _verb_on_run(
+        verbs, "restart", "stop the worker if it is alive, then start a new generation from the last checkpoint"
+    )
     p = _verb_on_run(verbs, "tail", "print the run's last records, one JSON object a line")
     p.add_argument(
         "-n",

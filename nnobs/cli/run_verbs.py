@@ -111,7 +111,9 @@ def restart(args: argparse.Namespace) -> int:
     waits = found.state in ("cannot write", "low disk")
     trouble = f"; it waits: {found.write_error or low_disk(found)}" if waits else ""
     if isinstance(started, JobRecord):
-        print(f"{run.name}: {started_words(run, started)}; it resumes from the checkpoint at batch {found.batch:,}{how}")
+        print(
+            f"{run.name}: {started_words(run, started)}; it resumes from the checkpoint at batch {found.batch:,}{how}"
+        )
     else:
         print(f"{run.name}: worker {started}, generation {found.generation}, at batch {found.batch:,}{how}{trouble}")
     return 0

@@ -29,7 +29,9 @@ def no_such_run(run: RunDir) -> str:
     """Why a run is not there, naming where it was looked for and what is there instead."""
     root = os.path.abspath(run.path.parent)
     if not os.path.isdir(root):
-        return f"no run named {run.name!r}: the runs root {root} does not exist (choose it with --runs DIR or $NNOBS_RUNS)"
+        return (
+            f"no run named {run.name!r}: the runs root {root} does not exist (choose it with --runs DIR or $NNOBS_RUNS)"
+        )
     there = list_runs(root)
     others = f"runs there: {', '.join(there)}" if there else "no runs there"
     return f"no run named {run.name!r} in {root} ({others}); `nnobs start {run.name}` creates it"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def curve_frame(curves: dict[str, Curves], series: str, smoothing: float, log_sc
     return frame.astype({"run": pd.CategoricalDtype(list(curves))})  # each name sent once, not once a point
 
 
-def settings_of(config_text: str | None, origin: dict | None, script: str | None) -> dict[str, str]:
+def settings_of(config_text: str | None, origin: dict[str, Any] | None, script: str | None) -> dict[str, str]:
     """A run's settings as the table shows them: config.json's fields, where it was forked from, or its script."""
     settings: dict[str, str] = {}
     if config_text is not None:

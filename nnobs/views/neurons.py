@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from nnobs.training.builtin.tasks import TASKS, RunConfig, build_network
 from nnobs.views.surface import as_picture
+from nnobs.views.vegalite import Spec
 
 GRID = 20  # cells across each unit's map
 MAX_UNITS = 16  # per layer: wider nets are not drawn (their maps would be too small to read)
@@ -136,7 +137,7 @@ def _links(config: RunConfig, sv: np.ndarray, tops: list[float]) -> tuple[np.nda
     return np.vstack(starts), np.vstack(ends), np.concatenate(weights)
 
 
-def neurons_spec(config: RunConfig) -> dict:
+def neurons_spec(config: RunConfig) -> Spec:
     """The diagram (links under the maps) and, beside it, the map of the unit last pointed at, drawn large.
 
     Written as Vega-Lite directly: the pointer selection drives a second view, which Altair's layer-and-concat

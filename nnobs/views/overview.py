@@ -185,7 +185,7 @@ def _new_feed(run: RunDir) -> _Feed:
                 setattr(history, name, meta[name])
     history.add_lines(tail)
     feed.offset = tail_from + len(tail) if tail else len(head)
-    feed.rate = _rate(tail)
+    feed.rate = tail_rate(tail)
     if TEST_LOSS not in history.metrics and feed.what[0] not in NO_TEST_SET:
         # An idle run's tail is heartbeats: its last test loss lies further back.
         feed.test_loss = _last_test_loss(run.run_file, tail_from)
@@ -246,7 +246,7 @@ def _whole_lines(chunk: bytes, at_start: bool) -> bytes:
     return chunk[: chunk.rfind(b"\n") + 1]
 
 
-def _rate(tail: bytes) -> float | None:
+def tail_rate(tail: bytes) -> float | None:
     """Batches a second over the tail's newest RATE_WINDOW_S of records of one line of training, spanning 1 s or more."""
     newest = earliest = None
     for line in reversed(tail.splitlines()[-RATE_LINES:]):

@@ -1,15 +1,21 @@
-"""What a run's state vectors say: how far each step moved, whether it turned, and what the net now computes."""
+"""The decision surface: what a 2-input built-in net computes over its task's input square, drawn as a picture."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import pandas as pd
 
 from nnobs.training.builtin.tasks import TASKS, RunConfig, build_network
 
 PICTURE_MAX = 1e30  # pictures are sent as float32, whose range ends at 3.4e38
 
 
-def as_picture(values):
+Picture = TypeVar("Picture", np.ndarray, pd.DataFrame)
+
+
+def as_picture(values: Picture) -> Picture:
     """Values (an array or a frame) as float32, clipped into its range: a diverged net's outputs and weights
     overflow it, and are drawn as full colour rather than infinities that break the colour scale. NaN stays NaN."""
     return values.clip(-PICTURE_MAX, PICTURE_MAX).astype(np.float32)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -75,12 +75,14 @@ class RunView:
     test: tuple[pd.DataFrame, pd.DataFrame] | None  # the test loss, (batch, value), (batch, mean): on the loss chart
     metrics_dropped: bool  # more metrics were logged than the history keeps
     tensors: tuple[str, ...]  # the tensors of a large net's summaries, in state-vector order
-    script: dict | None  # run.json: which script serves the run, where; None for a run of the built-in worker
-    origin: dict | None  # where the run was forked from ({"run": parent, "batch": N, ...}); None if it was not
+    script: dict[str, Any] | None  # run.json: which script serves the run, where; None for a run of the built-in worker
+    origin: (
+        dict[str, Any] | None
+    )  # where the run was forked from ({"run": parent, "batch": N, ...}); None if it was not
     state_batches: np.ndarray  # the batches whose whole state vectors the history keeps (replay, the path): sorted
     config: RunConfig | None  # the built-in net's, for the pictures drawn from a state vector
     watcher: RunWatcher = field(repr=False)  # for parts made only when drawn (made())
-    _made: dict = field(default_factory=dict, repr=False)
+    _made: dict[str, Any] = field(default_factory=dict, repr=False)
     _made_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def made(self, name: str, build: Callable[[RunHistory], T]) -> T:

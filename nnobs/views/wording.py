@@ -91,7 +91,7 @@ def parameters_shown(shown: int, total: int, spread: bool, among: int | None = N
     )
 
 
-def served_by(description: dict | None) -> str:
+def served_by(description: dict[str, Any] | None) -> str:
     """What serves a script's run, from its run.json, as Markdown: "script `/usr/bin/python3 train.py` in `/home/me`"."""
     if not description:
         return ""
@@ -102,7 +102,7 @@ def served_by(description: dict | None) -> str:
     return f"script `{command}`" + (f" in `{str(cwd).replace('`', '')}`" if cwd else "")
 
 
-def fork_origin(origin: dict) -> str:
+def fork_origin(origin: dict[str, Any]) -> str:
     """Where a fork came from, as Markdown: "Forked from `base` at batch 12,000, with eta 0.3 (it had 0.1)"."""
     name = str(origin.get("run", "?")).replace("`", "")
     batch = origin.get("batch")

@@ -1,0 +1,137 @@
+"""The verbs that make runs, or list them: new, fork, sweep, import, run (a script of your own) and list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+
+from nnobs.cli.formatting import runs_table, sorted_rows, started_words
+from nnobs.cli.launcher_flags import add_launcher_flags, launcher_from_flags
+from nnobs.cli.parser import NEW_RUN_FLAGS
+from nnobs.cli.runs import named_run
+from nnobs.lab import sweep as sweeps
+from nnobs.lab.create import fork_run, new_run
+from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.jobs import LauncherSettings
+from nnobs.protocol.rundir import RunDir, runs_root
+from nnobs.reading.origin import fork_origin
+from nnobs.training.builtin.tasks import RunConfig
+from nnobs.views.overview import run_rows
+
+LOCAL_PARALLEL = 2  # runs a local sweep trains at once unless told
+
+
+def _config_field(flag: str) -> str:
+    """The RunConfig field a `nnobs new` flag sets: --batch-size sets batch_size."""
+    return flag[2:].replace("-", "_")
+
+
+def new(args: argparse.Namespace) -> int:
+    """nnobs new: the flags given, over the defaults, checked before anything is created."""
+    run = named_run(args)
+    given = {_config_field(flag): getattr(args, _config_field(flag)) for flag, *_ in NEW_RUN_FLAGS}
+    config = RunConfig(**{name: value for name, value in given.items() if value is not None})
+    started = new_run(run, config, by="cli", launcher=launcher_from_flags(args, None))
+    assert started is not None, "new_run starts the run it makes unless told not to"
+    print(f"{run.name}: {started_words(run, started)}, training {config.task} with {config.net}")
+    return 0
+
+
+def fork(args: argparse.Namespace) -> int:
+    """nnobs fork: a new run from another's checkpoint, with the settings given changed."""
+    run = named_run(args)
+    parent = RunDir.named(args.parent, args.runs)
+    pid = fork_run(parent, run, eta=args.eta, target=args.target, at=args.at, by="cli")
+    origin = fork_origin(run) or {}
+    print(f"{run.name}: forked from {parent.name} at batch {origin.get('batch', 0):,}; worker {pid} is alive")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """nnobs sweep: the runs of every combination, made, then trained here or submitted as one job array."""
+    grid: dict[str, list] = {}
+    if args.eta:
+        grid["eta"] = sweeps.value_list(args.eta, float)
+    if args.seed:
+        grid["seed"] = sweeps.value_list(args.seed, int)
+    if not any(grid.values()):
+        raise NnobsError("sweep needs --eta or --seed with values separated by commas, e.g. --eta 0.01,0.1,1")
+    if args.parallel is not None and args.parallel < 1:
+        raise NnobsError("--parallel must be at least 1")
+    launcher = launcher_from_flags(args, None) or LauncherSettings()
+    fields = {_config_field(flag) for flag, *_ in NEW_RUN_FLAGS} - set(sweeps.SWEPT)
+    base = RunConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    runs = sweeps.create(args.runs, sweeps.plan(args.run, base, grid), launcher)
+    print(f"{len(runs)} runs: {', '.join(run.name for run in runs)}")
+    url = sweeps.compare_url(args.url or os.environ.get("NNOBS_URL") or sweeps.DEFAULT_URL, runs)
+    if launcher.kind == "slurm":
+        jobs = sweeps.submit(runs, launcher, args.parallel)
+        print(f"submitted to Slurm as job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)")
+        print(f"compare them: {url}")
+        return 0
+    print(f"compare them: {url}")
+    sweeps.train_locally(runs, args.parallel or LOCAL_PARALLEL, print)
+    return 0
+
+
+def import_file(args: argparse.Namespace) -> int:
+    """nnobs import: a read-only run of a run file written elsewhere."""
+    run = named_run(args)
+    print(f"{run.name}: {import_run(run, args.file):,} records imported from {args.file}, read-only")
+    return 0
+
+
+def run_script(args: argparse.Namespace) -> int:
+    """nnobs run: record how the script starts, then start it as the run's worker."""
+    run = named_run(args)
+    launcher, command = _script_launcher(run, args.command)
+    pid = worker_pid(run)
+    if pid is not None or active_job(run) is not None:
+        raise NnobsError(
+            f"{run.name} already has a live worker{f' (pid {pid})' if pid and pid > 0 else ''}; stop it first: "
+            f"nnobs stop {run.name}"
+        )
+    if launcher is not None:
+        set_launcher(run, launcher)
+    recorded = record_launch(run, command, os.getcwd())
+    started = start_worker(run, by="cli")
+    print(
+        f"{run.name}: {started_words(run, started)}: {shlex.join(recorded)} in {os.getcwd()}, output in {run.worker_log}"
+    )
+    return 0
+
+
+def _script_launcher(run: RunDir, command: list[str]) -> tuple[LauncherSettings | None, list[str]]:
+    """nnobs run's launcher flags, given before --, and the command after it."""
+    if "--" not in command:
+        return None, command
+    at = command.index("--")
+    flags = argparse.ArgumentParser(prog=f"nnobs run {run.name}", add_help=False, exit_on_error=False)
+    add_launcher_flags(flags)
+    try:
+        args, unknown = flags.parse_known_args(command[:at])
+    except argparse.ArgumentError as err:
+        raise NnobsError(f"nnobs run: {err}") from err
+    if unknown:
+        raise NnobsError(
+            f"nnobs run: {' '.join(unknown)} refused: before -- come only where it runs (--on, --partition, "
+            "--time, --cpus, --gpus, --sbatch, --no-requeue); the command comes after --"
+        )
+    return launcher_from_flags(args, run), command[at + 1 :]
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    """nnobs list: every run under the runs root, as a table or a JSON list, in the order asked for."""
+    rows = sorted_rows(run_rows(args.runs), args.sort)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows]))
+        return 0
+    if not rows:
+        print(f"no runs in {runs_root(args.runs)}")
+        return 0
+    for line in runs_table(rows):
+        print(line)
+    return 0
