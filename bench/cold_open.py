@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.page_cost import write_run
 from nnobs.reading import foldcache
-from nnobs.reading import history
+from nnobs.reading import watcher as reading_watcher
 from nnobs.protocol.records import encode_record
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.schema import loss_report, state_report
@@ -107,7 +107,7 @@ def figures(say, scale: float = 1.0) -> None:
         write_day(day, int(DAY_STATE_REPORTS * scale), int(DAY_LOSS_REPORTS * scale))
         size = day.stat().st_size
         # The cache at its oldest: a reader saves it every SAVE_AFTER_BYTES, so at most that much is parsed again.
-        behind = min(history.SAVE_AFTER_BYTES, size // 2)
+        behind = min(reading_watcher.SAVE_AFTER_BYTES, size // 2)
         with open(day, "r+b") as f:
             f.seek(size - behind - 2**16)
             before = f.read(2**16)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.errors import CommandError, ControlFileError, NnobsError
-from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.files import Signature, file_signature, replace_atomically
 from nnobs.protocol.locks import shared_lock
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir
@@ -123,15 +122,13 @@ class ControlWatcher:
         self.path = Path(path)
         self.last_seq = last_seq  # highest seq handed out so far
         self.file_id = file_id  # the file_id of the control file those seqs number (None: not known yet)
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: Signature | None = None
 
     def poll(self) -> list[Command]:
         """New commands, oldest first; [] when the file has not changed. Raises ControlFileError once per bad version."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
+        signature = file_signature(self.path)
+        if signature is None:
             return []
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if signature == self._signature:
             return []
         self._signature = signature

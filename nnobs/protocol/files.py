@@ -11,6 +11,22 @@ from typing import BinaryIO
 FILE_MODE = 0o644  # before the umask, as for every file of a run: readable by everyone who may watch it
 
 
+Signature = tuple[int, int, int]  # (inode, mtime in ns, size): a file replaced, rewritten or grown changes it
+
+
+def signature_of(stat: os.stat_result) -> Signature:
+    """What says whether a file changed since it was last read: replaced (inode), rewritten (mtime) or grown (size)."""
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def file_signature(path: Path) -> Signature | None:
+    """The file's signature, or None when it cannot be stat()ed (not there, or not ours to see)."""
+    try:
+        return signature_of(os.stat(path))
+    except OSError:
+        return None
+
+
 def leftover_temps(path: Path) -> list[Path]:
     """Temporary files of path that a killed writer never renamed into place."""
     return list(path.parent.glob(f".{path.name}.*.tmp"))

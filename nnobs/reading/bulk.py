@@ -74,7 +74,9 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
     rows = line_shapes.findall(chunk)  # one tuple of schema.GROUPS texts per non-empty line, in order
     # Column by column (a text per line, empty where the line has no such group): loops in C, not per line here.
     columns = {group: list(map(itemgetter(group), rows)) for group in (LOSS, WINDOW, LOSS_T, STATE, OTHER)}
-    present = {group: np.fromiter(map(bool, columns[group]), dtype=bool, count=len(rows)) for group in (LOSS, STATE, OTHER)}
+    present = {
+        group: np.fromiter(map(bool, columns[group]), dtype=bool, count=len(rows)) for group in (LOSS, STATE, OTHER)
+    }
     loss_at, state_at = np.flatnonzero(present[LOSS]), np.flatnonzero(present[STATE]).tolist()
     records, skipped = [], 0
     json_loss: list[tuple[int, int, float, list | None, float]] = []  # (line, batch, value, window, time)
@@ -94,8 +96,12 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
         json_only.take(record)
     if state_at:  # only the newest state report's settings can matter
         newest = rows[state_at[-1]]
-        values = (float(newest[STATE].split(b",")[1]), int(newest[TARGET]), int(newest[REPORT_EVERY]),
-                  float(newest[PACE]) if newest[PACE] else None)
+        values = (
+            float(newest[STATE].split(b",")[1]),
+            int(newest[TARGET]),
+            int(newest[REPORT_EVERY]),
+            float(newest[PACE]) if newest[PACE] else None,
+        )
         for topic, value in zip(SETTINGS, values):
             if value is not None and settings.get(topic, (-1,))[0] < state_at[-1]:
                 settings[topic] = (state_at[-1], value)
@@ -118,10 +124,14 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
         if found is not None:
             slow_window[k] = found
     loss_batch, loss_value, loss_window, loss_t = _in_line_order(
-        loss_at, (loss_batch, loss_value, window, loss_t), [at for at, _, _, _, _ in json_loss],
+        loss_at,
+        (loss_batch, loss_value, window, loss_t),
+        [at for at, _, _, _, _ in json_loss],
         (slow_batch, slow_value, slow_window, slow_t),
     )
-    sv_batch, sv_rows = _state_vectors(rows, state_at, json_sv) if state_vectors else (np.empty(0, np.int64), np.empty((0, 0)))
+    sv_batch, sv_rows = (
+        _state_vectors(rows, state_at, json_sv) if state_vectors else (np.empty(0, np.int64), np.empty((0, 0)))
+    )
     summary_batch, summary_rows = json_only.summary_arrays()
     return ParsedLines(
         loss_batch=loss_batch,
@@ -173,8 +183,15 @@ def _take_series(record: dict, at: int, json_loss: list, json_sv: list, settings
         value = np.nan if loss[1] is None or record.get("diverged") is True else float(loss[1])
         window = pair(record.get("window"))
         t = number(record.get("t"))
-        json_loss.append((at, loss[0], value, _window(window[1]) if window and window[0] == loss[0] else None,
-                          np.nan if t is None else float(t)))
+        json_loss.append(
+            (
+                at,
+                loss[0],
+                value,
+                _window(window[1]) if window and window[0] == loss[0] else None,
+                np.nan if t is None else float(t),
+            )
+        )
     for topic in ("sv", "sample"):  # a large net's sample stands for its state vector
         sv = pair(record.get(topic))
         if sv and _numbers_or_nulls(sv[1]):
@@ -192,7 +209,7 @@ def _numbers_or_nulls(values: Any) -> bool:
 class _Found:
     """Metrics, tensor summaries and the params record, gathered from JSON-parsed records in line order."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.metrics: dict[str, list[tuple[int, float, list[float] | None]]] = {}  # name -> (batch, latest, window)
         self.summaries: list[tuple[int, list]] = []  # (batch, rows)
         self.params: tuple[list[tuple[str, tuple[int, ...]]], list[int] | None] | None = None
@@ -205,9 +222,14 @@ class _Found:
                 if (taken := _metric_entry(entry)) is not None:
                     self.metrics.setdefault(str(name), []).append((metrics[0], *taken))
         summary = pair(record.get("summary"))
-        if summary and isinstance(summary[1], list) and summary[1] and all(
-            isinstance(row, list) and len(row) in (SUMMARY_BEFORE_BANDS, len(SUMMARY)) and _numbers_or_nulls(row)
-            for row in summary[1]
+        if (
+            summary
+            and isinstance(summary[1], list)
+            and summary[1]
+            and all(
+                isinstance(row, list) and len(row) in (SUMMARY_BEFORE_BANDS, len(SUMMARY)) and _numbers_or_nulls(row)
+                for row in summary[1]
+            )
         ):
             self.summaries.append(summary)
         for topic, rows in (("update", self.updates), ("dead", self.dead)):
@@ -246,7 +268,7 @@ class _Found:
 class _Rows:
     """Reports of one list of numbers per batch, gathered in line order; arrays of those as wide as the newest."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.found: list[tuple[int, list]] = []
 
     def add(self, batch: int, values: list) -> None:
@@ -263,7 +285,11 @@ class _Rows:
 
 def _metric_entry(entry: Any) -> tuple[float, list[float] | None] | None:
     """A metric's [latest] or [latest, n, min, min_at, max, max_at, mean] as (latest, window), NaN for null."""
-    if not isinstance(entry, list) or len(entry) not in (1, 7) or not (entry[0] is None or number(entry[0]) is not None):
+    if (
+        not isinstance(entry, list)
+        or len(entry) not in (1, 7)
+        or not (entry[0] is None or number(entry[0]) is not None)
+    ):
         return None
     latest = np.nan if entry[0] is None else float(entry[0])
     return latest, _window(entry[1:]) if len(entry) == 7 else None
@@ -275,18 +301,22 @@ def _params(value: Any) -> tuple[list[tuple[str, tuple[int, ...]]], list[int] | 
         return None
     tensors = []
     for tensor in value["tensors"]:
-        if not (isinstance(tensor, list) and len(tensor) == 2 and isinstance(tensor[0], str) and isinstance(tensor[1], list)
-                and all(is_int(n) and 0 <= n < 2**40 for n in tensor[1])):
+        if not (
+            isinstance(tensor, list)
+            and len(tensor) == 2
+            and isinstance(tensor[0], str)
+            and isinstance(tensor[1], list)
+            and all(is_int(n) and 0 <= n < 2**40 for n in tensor[1])
+        ):
             return None
         tensors.append((tensor[0], tuple(tensor[1])))
     sample = value.get("sample")
-    if sample is not None and not (isinstance(sample, list) and all(
-            is_int(i) and 0 <= i < 2**62 for i in sample)):
+    if sample is not None and not (isinstance(sample, list) and all(is_int(i) and 0 <= i < 2**62 for i in sample)):
         return None
     return tensors, sample
 
 
-def _in_line_order(fast_at: list[int], fast: tuple, slow_at: list[int], slow: tuple) -> tuple:
+def _in_line_order(fast_at: list[int] | np.ndarray, fast: tuple, slow_at: list[int], slow: tuple) -> tuple:
     """Merge parallel arrays found by regex with the few found by JSON, each with its lines, into line order."""
     if not slow_at:
         return fast
@@ -328,10 +358,9 @@ def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
     # A row per text, as a table of n_columns (2.5 times faster than one number per line): a text with more
     # fields is refused by the reader, one with fewer or with an empty field shows as NaN.
     table = io.BytesIO(text)
-    values = pd.read_csv(table, header=None, names=range(n_columns), dtype=float, engine="c",
-                         skip_blank_lines=False).to_numpy()
+    values = pd.read_csv(
+        table, header=None, names=range(n_columns), dtype=float, engine="c", skip_blank_lines=False
+    ).to_numpy()
     if len(values) != len(texts) or np.isnan(values).any():
         raise ValueError("a field that is not a number")
     return values
-
-

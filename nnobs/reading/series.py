@@ -1,4 +1,4 @@
-"""Series kept compact: growable numpy columns, and min/max buckets that bound what a chart needs."""
+"""Series kept compact: growable numpy columns, min/max buckets that bound what a chart needs, and series of windows."""
 
 from __future__ import annotations
 
@@ -134,7 +134,11 @@ class MinMaxBuckets:
             self.first_batch[b] = batches[0]
             self.min_value[b], self.min_batch[b] = lo_value, batches[lo]
             self.max_value[b], self.max_batch[b] = hi_value, batches[hi]
-            self.sum[b], self.count[b], self.weight[b] = _total(0.0, weights[:, None] * values), len(values), _total(0.0, weights)
+            self.sum[b], self.count[b], self.weight[b] = (
+                _total(0.0, weights[:, None] * values),
+                len(values),
+                _total(0.0, weights),
+            )
             return
         lower = _lower(lo_value, self.min_value[b])
         self.min_value[b] = np.where(lower, lo_value, self.min_value[b])
@@ -298,3 +302,40 @@ class StateArchive:
         self.derived = {}
         if self.newest is not None and self.newest[0] > batch:
             self.newest = None
+
+
+class WindowedSeries:
+    """A series reported with windows (the loss, a metric), for its chart: the outline of every window's extremes
+    and latest values, and the windows' means weighted by the batches each covers, both in bounded buckets."""
+
+    def __init__(self, max_buckets: int):
+        self.outline = MinMaxBuckets(1, max_buckets)
+        self.means = MinMaxBuckets(1, max_buckets)
+        self.latest: tuple[int, float] | None = None  # (batch, value) of the newest report
+
+    def extend(self, batches: np.ndarray, values: np.ndarray, windows: np.ndarray) -> None:
+        """Fold in reports: batches (n,), latest values (n,), windows (n, 6) as in a loss report."""
+        if not len(batches):
+            return
+        # Each report is up to three points in batch order: its window's min and max where they were, and its last.
+        at = np.column_stack((windows[:, 2], windows[:, 4], batches)).astype(np.int64)  # (n, 3)
+        value = np.column_stack((windows[:, 1], windows[:, 3], values))
+        order = np.argsort(at, axis=1, kind="stable")
+        at, value = np.take_along_axis(at, order, axis=1), np.take_along_axis(value, order, axis=1)
+        distinct = np.ones(at.shape, dtype=bool)
+        distinct[:, 1:] = at[:, 1:] != at[:, :-1]
+        self.outline.extend(at[distinct], value[distinct][:, None])
+        # A report at a batch no later than the one before (a shutdown repeating the last loss) covers no batch the
+        # means lack: drawn in the outline, left out of the means, where it would pull the smoothed line's end
+        # to one minibatch's loss.
+        before = np.append(self.latest[0] if self.latest is not None else -1, batches[:-1])
+        new = batches > before
+        self.means.extend(batches[new], windows[new, 5:6], weights=windows[new, 0])
+        self.latest = (int(batches[-1]), float(values[-1]))
+
+    def truncate(self, batch: int) -> None:
+        """Forget the reports after batch (a run went back to it)."""
+        self.outline.truncate(batch)
+        self.means.truncate(batch)
+        if self.latest is not None and self.latest[0] > batch:
+            self.latest = None  # the next report says it again

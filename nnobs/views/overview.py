@@ -16,6 +16,7 @@ import numpy as np
 from nnobs.launching.lifecycle import run_status
 from nnobs.protocol.checkpoint import load_checkpoint_meta
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import Signature, file_signature
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir, list_runs, runs_root, script_description
 from nnobs.protocol.schema import TEST_LOSS
@@ -106,7 +107,7 @@ def _row_of(run: RunDir, now: float) -> RunRow:
     key = str(run.path)
     with _feeds_lock:
         feed = _feeds.get(key)
-    size, mtime, inode = _stat(run.run_file)
+    inode, mtime, size = _stat(run.run_file)
     # A run that stopped writing is read once; a live one is asked anew each time: it can die without a word.
     if feed is not None and feed.row is not None and feed.stamp == (size, mtime) and feed.row.label not in ALIVE_LABELS:
         return feed.row
@@ -126,7 +127,7 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
     if history.last_t is not None and (not feed.beats or feed.beats[-1][0] < history.last_t):
         feed.beats.append((history.last_t, history.batch))
     rate = _rate_of(feed.beats) or feed.rate
-    size, mtime, _ = _stat(run.run_file)
+    _, mtime, size = _stat(run.run_file)
     if feed.stamp[0] != size and now - feed.spark_t >= SPARK_EVERY_S:  # a growing run's, at most every few seconds
         feed.spark, feed.spark_t = sparkline(run.run_file), now
     feed.stamp = (size, mtime)
@@ -151,18 +152,15 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
     return feed.row
 
 
-def _stat(path: Path) -> tuple[int, int, int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0, 0, 0
-    return st.st_size, st.st_mtime_ns, st.st_ino
+def _stat(path: Path) -> Signature:
+    """The file's (inode, mtime, size); zeros when it is not there."""
+    return file_signature(path) or (0, 0, 0)
 
 
 def _new_feed(run: RunDir) -> _Feed:
     """A feed of the run's first records, then its checkpoint's settings, then its newest records."""
     history = RunHistory(max_points=64, outline_only=True)
-    size, mtime, inode = _stat(run.run_file)
+    inode, mtime, size = _stat(run.run_file)
     origin = fork_origin(run)
     feed = _Feed(
         history, inode, 0, (-1, -1), (*_what_it_trains(run), created_at(run), origin.get("run") if origin else None)

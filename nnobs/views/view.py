@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from nnobs.launching.lifecycle import run_status
 from nnobs.launching.status import RunStatus
 from nnobs.protocol.control import Command, read_commands
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import Signature, file_signature
 from nnobs.protocol.rundir import RunDir, script_description
 from nnobs.protocol.schema import SUMMARY, TEST_LOSS, parameter_name
 from nnobs.reading.history import Answer, Event, RunHistory
@@ -248,15 +248,14 @@ def current_status(run: RunDir, watcher: RunWatcher) -> RunStatus:
 
 def _recent_commands(path: Path) -> tuple[list[Command], str]:
     """The newest commands, re-read only when the control file changed."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
+    signature = file_signature(path)
+    if signature is None:
         return [], ""
-    return _commands_of_version(str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return _commands_of_version(str(path), signature)
 
 
 @lru_cache(maxsize=32)
-def _commands_of_version(path: str, signature: tuple[int, int, int]) -> tuple[list[Command], str]:
+def _commands_of_version(path: str, signature: Signature) -> tuple[list[Command], str]:
     try:
         return read_commands(Path(path))[-RECENT_COMMANDS:], ""
     except NnobsError as err:
