@@ -18,8 +18,9 @@ from nnobs.reading.origin import FORK_FILE
 from nnobs.training.builtin.tasks import RunConfig, load_config
 
 
-def new_run(run: RunDir, config: RunConfig, by: str = "", launcher: LauncherSettings | None = None,
-            start: bool = True) -> int | JobRecord | None:
+def new_run(
+    run: RunDir, config: RunConfig, by: str = "", launcher: LauncherSettings | None = None, start: bool = True
+) -> int | JobRecord | None:
     """Create a run of the built-in worker that trains config, under launcher (local by default), and start it
     unless told not to: its pid, or on Slurm its job.
 
@@ -40,8 +41,14 @@ def new_run(run: RunDir, config: RunConfig, by: str = "", launcher: LauncherSett
     return start_worker(run, by=by) if start else None
 
 
-def fork_run(parent: RunDir, new: RunDir, eta: float | None = None, target: int | None = None,
-             at: int | None = None, by: str = "") -> int | JobRecord:
+def fork_run(
+    parent: RunDir,
+    new: RunDir,
+    eta: float | None = None,
+    target: int | None = None,
+    at: int | None = None,
+    by: str = "",
+) -> int | JobRecord:
     """Start new from parent's latest checkpoint (or its newest kept one at or before batch at) with eta and target
     changed; the pid of its worker. Nothing is created when the fork cannot be made."""
     if new.exists():  # said first: the name is what the user can fix at once
@@ -53,10 +60,22 @@ def fork_run(parent: RunDir, new: RunDir, eta: float | None = None, target: int 
     # The new run's first worker resumes from this checkpoint as from its own: a fresh generation count, a fresh
     # control file, a run file that starts empty, and the changed settings in place of the parent's.
     ckpt_before = ckpt
-    ckpt = dataclasses.replace(ckpt, gen=0, last_seq=0, control_id=None, run_offset=0,
-                               eta=changed.get("eta", ckpt.eta), target=changed.get("target", ckpt.target))
-    origin = {"run": parent.name, "batch": ckpt.batch, "t": time.time(), "changed": changed,
-              "parent": {"eta": ckpt_before.eta, "target": ckpt_before.target}}
+    ckpt = dataclasses.replace(
+        ckpt,
+        gen=0,
+        last_seq=0,
+        control_id=None,
+        run_offset=0,
+        eta=changed.get("eta", ckpt.eta),
+        target=changed.get("target", ckpt.target),
+    )
+    origin = {
+        "run": parent.name,
+        "batch": ckpt.batch,
+        "t": time.time(),
+        "changed": changed,
+        "parent": {"eta": ckpt_before.eta, "target": ckpt_before.target},
+    }
     config = dataclasses.replace(config, eta=ckpt.eta, target=ckpt.target)
     _make_dir(new)
     try:
@@ -74,8 +93,10 @@ def _fork_point(parent: RunDir, at: int | None) -> tuple[RunConfig, Checkpoint]:
     if not parent.exists():
         raise NnobsError(f"there is no run named {parent.name} in {parent.path.parent} to fork")
     if not parent.config.exists():
-        raise NnobsError(f"{parent.name} is served by a script: only runs of the built-in worker can be forked, "
-                         "since nnobs cannot start a copy of the script")
+        raise NnobsError(
+            f"{parent.name} is served by a script: only runs of the built-in worker can be forked, "
+            "since nnobs cannot start a copy of the script"
+        )
     config = load_config(parent.config)
     if at is None:
         ckpt = load_checkpoint(parent.checkpoint)
@@ -110,5 +131,3 @@ def _make_dir(run: RunDir) -> None:
 
 def _remove(run: RunDir) -> None:
     shutil.rmtree(run.path, ignore_errors=True)
-
-

@@ -59,13 +59,16 @@ def plan(name: str, base: RunConfig, grid: dict[str, list]) -> list[tuple[str, R
     return planned
 
 
-def create(root: str | os.PathLike | None, planned: list[tuple[str, RunConfig]],
-           launcher: LauncherSettings) -> list[RunDir]:
+def create(
+    root: str | os.PathLike | None, planned: list[tuple[str, RunConfig]], launcher: LauncherSettings
+) -> list[RunDir]:
     """Create every run of the plan, unstarted; nothing is created when a name is refused or taken."""
     runs = [RunDir.named(name, root) for name, _ in planned]  # a refused name refuses them all, before any is made
     taken = [run.name for run in runs if run.path.exists()]
     if taken:
-        raise NnobsError(f"the sweep's runs {', '.join(taken)} exist already in {runs[0].path.parent}: pick another name")
+        raise NnobsError(
+            f"the sweep's runs {', '.join(taken)} exist already in {runs[0].path.parent}: pick another name"
+        )
     for run, (_, config) in zip(runs, planned):
         new_run(run, config, launcher=launcher, start=False)
     return runs
@@ -88,12 +91,16 @@ def train_locally(runs: list[RunDir], parallel: int, say: Callable[[str], None])
             training.append(run)
         for run in list(training):
             status = run_status(run, read_history(run))
-            if (state := state_of(status.state)) is not None and state.alive and state != State.IDLE:  # still at it, or waiting to go on
+            if (
+                (state := state_of(status.state)) is not None and state.alive and state != State.IDLE
+            ):  # still at it, or waiting to go on
                 continue
             if status.state == "idle":
                 stop_worker(run, by="sweep")
             loss = "-" if status.loss is None else f"{status.loss:.4g}"
-            say(f"{run.name}: {'done' if status.state == 'idle' else status.label} at batch {status.batch:,}, loss {loss}")
+            say(
+                f"{run.name}: {'done' if status.state == 'idle' else status.label} at batch {status.batch:,}, loss {loss}"
+            )
             training.remove(run)
         time.sleep(WATCH_EVERY_S)
 

@@ -61,8 +61,10 @@ def set_launcher(run: RunDir, settings: LauncherSettings) -> None:
         return
     # A queued job may take new Slurm settings; a local worker and a Slurm job never serve the run together.
     if worker_pid(run) is not None or (settings.kind != "slurm" and active_job(run) is not None):
-        raise NnobsError(f"{run.name} has a live worker under its {launcher_settings(run).kind} launcher: stop it first "
-                         f"(nnobs stop {run.name}), then start it --on {settings.kind}")
+        raise NnobsError(
+            f"{run.name} has a live worker under its {launcher_settings(run).kind} launcher: stop it first "
+            f"(nnobs stop {run.name}), then start it --on {settings.kind}"
+        )
     run.path.mkdir(parents=True, exist_ok=True)
     record_launcher(run.launcher_file, settings)
 
@@ -91,12 +93,16 @@ def started_outside(run: RunDir) -> str:
     """Why nnobs cannot start a script's run, and where it must be started instead."""
     description = script_description(run)
     if description and description.get("kind") == "imported":
-        return f"{run.name} was imported from {description.get('from')}: a record to read, with nothing to start or steer"
+        return (
+            f"{run.name} was imported from {description.get('from')}: a record to read, with nothing to start or steer"
+        )
     where = ""
     if description and isinstance(description.get("argv"), list) and isinstance(description.get("cwd"), str):
         where = f" (`{shlex.join(map(str, description['argv']))}` in {description['cwd']})"
-    return (f"{run.name} is served by a script started outside nnobs{where}: start it again there, or once with "
-            f"`nnobs run {run.name} -- COMMAND`, which records the command so that Start and Restart can")
+    return (
+        f"{run.name} is served by a script started outside nnobs{where}: start it again there, or once with "
+        f"`nnobs run {run.name} -- COMMAND`, which records the command so that Start and Restart can"
+    )
 
 
 def import_run(run: RunDir, source: Path) -> int:
@@ -127,7 +133,9 @@ def record_launch(run: RunDir, command: list[str], cwd: str) -> list[str]:
     if program is None or not os.access(os.path.join(cwd, program), os.X_OK):
         raise NnobsError(f"no such program: {command[0]!r} (not on PATH, or not executable)")
     if run.config.exists():
-        raise NnobsError(f"{run.name} is a run of the built-in worker (it has config.json): give the script's run another name")
+        raise NnobsError(
+            f"{run.name} is a run of the built-in worker (it has config.json): give the script's run another name"
+        )
     recorded = [os.path.abspath(os.path.join(cwd, program)), *command[1:]]
     run.path.mkdir(parents=True, exist_ok=True)
     content = json.dumps({"command": recorded, "cwd": os.path.abspath(cwd)}, indent=1).encode()
@@ -162,5 +170,3 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
     """The run's state and latest values, with liveness from its launcher (the lock, or the scheduler)."""
     now = time.time() if now is None else now
     return launcher_of(run).status(run, history, now)
-
-

@@ -35,7 +35,10 @@ def _start_local(run: RunDir, by: str = "") -> int:
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
         launched = subprocess.run(
             [sys.executable, "-m", "nnobs.launching.spawn", str(run.path), by],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")]))},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")])),
+            },
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT_S,
@@ -128,7 +131,9 @@ def ask_to_stop(run: RunDir, pid: int, by: str) -> str:
     except (OSError, NnobsError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         _signal(run, pid, signal.SIGTERM)
-        return f"the control file could not be written ({reason[:1].lower() + reason[1:]}): the worker was told by SIGTERM"
+        return (
+            f"the control file could not be written ({reason[:1].lower() + reason[1:]}): the worker was told by SIGTERM"
+        )
 
 
 def _signal(run: RunDir, pid: int, signum: int) -> None:

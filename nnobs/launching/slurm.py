@@ -47,9 +47,17 @@ PREEMPT_SIGNAL = signal.SIGUSR2  # submitit's (SUBMITIT_PREEMPT_SIGNAL): asked f
 QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
 # Why a job that nnobs did not end is over, in words, after "job 17 ".
-ENDINGS = {"CANCELLED": "was cancelled", "TIMEOUT": "reached its time limit", "FAILED": "failed",
-           "NODE_FAIL": "lost its node", "OUT_OF_MEMORY": "ran out of memory", "PREEMPTED": "was preempted",
-           "BOOT_FAIL": "could not boot its node", "DEADLINE": "passed its deadline", "COMPLETED": "ended"}
+ENDINGS = {
+    "CANCELLED": "was cancelled",
+    "TIMEOUT": "reached its time limit",
+    "FAILED": "failed",
+    "NODE_FAIL": "lost its node",
+    "OUT_OF_MEMORY": "ran out of memory",
+    "PREEMPTED": "was preempted",
+    "BOOT_FAIL": "could not boot its node",
+    "DEADLINE": "passed its deadline",
+    "COMPLETED": "ended",
+}
 STATE_TTL_S = 0.5  # the page, the CLI's waits and the overview ask often: squeue answers once per job this often
 SQUEUE_TIMEOUT_S = 10.0
 STARTED_SKEW_S = 5.0  # clocks of login and compute nodes differ a little: a start this much before submission counts
@@ -93,8 +101,10 @@ def job_state(job_id: str, fresh: bool = False) -> JobState | None:
 
 def _squeue(job_id: str) -> JobState | None:
     """squeue's line for the job (it keeps ended jobs for the cluster's MinJobAge), else sacct's, else None."""
-    for command in (["squeue", "-h", "-r", "--states=all", "-j", job_id, "-o", "%T|%r|%N"],
-                    ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,Reason,NodeList"]):
+    for command in (
+        ["squeue", "-h", "-r", "--states=all", "-j", job_id, "-o", "%T|%r|%N"],
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,Reason,NodeList"],
+    ):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired):
@@ -141,13 +151,25 @@ class SlurmWorker(Checkpointable):
             print(f"nnobs: {why}: this job exits without writing", flush=True)
             return 0
         command, cwd = worker_command(run.path, self.by)
-        env = {**os.environ, "NNOBS_RUN_DIR": str(run.path.resolve()), "NNOBS_STARTED_BY": self.by,
-               JOB_ID_ENV: job_id, LAUNCHER_ENV: "slurm"}
+        env = {
+            **os.environ,
+            "NNOBS_RUN_DIR": str(run.path.resolve()),
+            "NNOBS_STARTED_BY": self.by,
+            JOB_ID_ENV: job_id,
+            LAUNCHER_ENV: "slurm",
+        }
         with open(run.worker_log, "ab") as log:
             # Not a session of its own, unlike a local worker: Slurm tracks the job's processes by process group,
             # and its signals and its kill must reach the worker.
-            self._child = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, close_fds=True)
+            self._child = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+            )
         code = self._child.wait()
         if code != 0:
             raise NnobsError(f"the worker of {run.name} exited with code {code}; see {run.worker_log}")
@@ -204,9 +226,12 @@ class SlurmLauncher:
     def submit(self, runs: list[RunDir], by: str, parallel: int | None = None) -> list[JobRecord]:
         """Submit one job per run (several: one job array, at most parallel tasks at once), held until each run's
         job.json names its job."""
-        folder = runs[0].path.parent / ".slurm"  # one folder for an array's script and logs; no run name starts with "."
-        executor = self._executor(folder, f"nnobs-{runs[0].name}" if len(runs) == 1 else f"nnobs-sweep-{len(runs)}",
-                                  parallel)
+        folder = (
+            runs[0].path.parent / ".slurm"
+        )  # one folder for an array's script and logs; no run name starts with "."
+        executor = self._executor(
+            folder, f"nnobs-{runs[0].name}" if len(runs) == 1 else f"nnobs-sweep-{len(runs)}", parallel
+        )
         workers = [SlurmWorker(str(run.path.resolve()), by) for run in runs]
         try:
             if len(runs) == 1:
@@ -232,8 +257,10 @@ class SlurmLauncher:
         try:
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
         except RuntimeError as err:  # no srun here
-            raise NnobsError("Slurm's srun is not on this machine's PATH: runs on Slurm are started from a machine of "
-                             "the cluster (its login node)") from err
+            raise NnobsError(
+                "Slurm's srun is not on this machine's PATH: runs on Slurm are started from a machine of "
+                "the cluster (its login node)"
+            ) from err
         settings = self.settings
         extra: dict[str, str | bool] = {"hold": True}  # released once job.json names the job
         if settings.requeue:
@@ -242,12 +269,19 @@ class SlurmLauncher:
             key, _, value = option[2:].partition("=")
             extra[key] = value if value else True
         parameters = dict(
-            job_name=name, time=settings.minutes, signal_delay_s=settings.signal_delay_s, stderr_to_stdout=True,
+            job_name=name,
+            time=settings.minutes,
+            signal_delay_s=settings.signal_delay_s,
+            stderr_to_stdout=True,
             setup=[f"export PYTHONPATH={shlex.quote(package_parent())}${{PYTHONPATH:+:$PYTHONPATH}}"],
             additional_parameters=extra,
         )
-        optional = {"partition": settings.partition, "cpus_per_task": settings.cpus, "gpus_per_node": settings.gpus,
-                    "array_parallelism": parallel}
+        optional = {
+            "partition": settings.partition,
+            "cpus_per_task": settings.cpus,
+            "gpus_per_node": settings.gpus,
+            "array_parallelism": parallel,
+        }
         parameters.update({k: v for k, v in optional.items() if v is not None})
         executor.update_parameters(**parameters)
         return executor
@@ -279,23 +313,36 @@ class SlurmLauncher:
         started = phase == "started"
         if state is not None and (state.queued or (state.running and phase in ("", "preempted"))):
             reason = state.reason if state.queued else f"starting on {state.node}"
-            reason = {"JobHeldUser": "held while it is being submitted", "None": "waiting to be scheduled"}.get(reason, reason)
+            reason = {"JobHeldUser": "held while it is being submitted", "None": "waiting to be scheduled"}.get(
+                reason, reason
+            )
             status = status_of(run, history, now, pid=None)
-            return replace(status, state="queued", launcher="slurm", job_id=job_id, job_state=job_state_now,
-                           reason=reason or state.state.lower())
+            return replace(
+                status,
+                state="queued",
+                launcher="slurm",
+                job_id=job_id,
+                job_state=job_state_now,
+                reason=reason or state.state.lower(),
+            )
         if state is None:
             # The scheduler cannot say (down, or it forgot the job): a heartbeat within the bound says alive.
             alive = started and history.last_t is not None and now - history.last_t <= STALL_AFTER_S
         else:
             alive = state.running and started
-        status = replace(status_of(run, history, now, pid=-1 if alive else None), launcher="slurm", job_id=job_id,
-                         job_state=job_state_now)
+        status = replace(
+            status_of(run, history, now, pid=-1 if alive else None),
+            launcher="slurm",
+            job_id=job_id,
+            job_state=job_state_now,
+        )
         if status.state == "crashed" and job is not None and state is not None and not state.active:
             if job.cancelled_by:
                 return replace(status, state="stopped", error="", reason=f"job {job.job_id} was cancelled by nnobs")
             ending = f"job {job.job_id} {ENDINGS.get(state.state, state.state.lower())}"
-            return replace(status, error=ending if not status.error or "SIGTERM" in status.error else status.error,
-                           reason=ending)
+            return replace(
+                status, error=ending if not status.error or "SIGTERM" in status.error else status.error, reason=ending
+            )
         if status.state == "stopped" and job is not None and job.cancelled_by:
             return replace(status, reason=f"job {job.job_id} was cancelled by nnobs")
         return status
@@ -353,5 +400,3 @@ def _ended_within(job_id: str, timeout: float) -> bool:
 def _said(err: BaseException) -> str:
     text = getattr(err, "stderr", None) or getattr(err, "output", None) or str(err)
     return (text.decode(errors="replace") if isinstance(text, bytes) else str(text)).strip()[-500:]
-
-

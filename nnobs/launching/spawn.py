@@ -18,14 +18,18 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
     else may write: a run directory shared with others must not let them choose what this user runs."""
     stat = launch.stat()
     if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
-        sys.exit(f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command is not "
-                 "run; record it again with `nnobs run`")
+        sys.exit(
+            f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command is not "
+            "run; record it again with `nnobs run`"
+        )
     try:
         recorded = json.loads(launch.read_text())
         command, cwd = recorded["command"], recorded["cwd"]
     except (ValueError, KeyError, TypeError) as err:
         sys.exit(f"{launch} is unreadable ({err}): record the command again with `nnobs run`")
-    if not (isinstance(command, list) and command and all(isinstance(a, str) for a in command) and isinstance(cwd, str)):
+    if not (
+        isinstance(command, list) and command and all(isinstance(a, str) for a in command) and isinstance(cwd, str)
+    ):
         sys.exit(f"{launch} holds no command line: record it again with `nnobs run`")
     return command, cwd
 
