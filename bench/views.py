@@ -20,10 +20,10 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from nnobs.views import run_views
+from nnobs.app import run_views
 from nnobs.lab.create import new_run
-from nnobs.protocol.rundir import RunDir
 from nnobs.launching.lifecycle import stop_worker
+from nnobs.protocol.rundir import RunDir
 from nnobs.training.builtin.tasks import RunConfig
 
 REFRESHES = 15
@@ -48,9 +48,9 @@ with nnobs.Run("million", root=sys.argv[1], trainer=nnobs.torch.attach(model, op
 
 def every_view(view, frames) -> None:
     """All the views in one refresh, as if every tab were open at once."""
-    replay_at = run_views._replay_control(view)
-    for draw in (run_views._parameters, run_views._layers, run_views._neurons, run_views._trajectory):
-        if draw is not run_views._neurons or not run_views.neurons.drawable(view.config):
+    replay_at = run_views.replay_control(view)
+    for draw in (run_views.draw_parameters, run_views.draw_layers, run_views.draw_neurons, run_views.draw_trajectory):
+        if draw is not run_views.draw_neurons or not run_views.neurons.drawable(view.config):
             draw(view, frames, replay_at)
 
 

@@ -6,12 +6,12 @@ import time
 
 import streamlit as st
 
-from nnobs.app import run_status
+from nnobs.app import run_status, run_views
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.history import MAX_METRICS
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.training.builtin.tasks import RunConfig
-from nnobs.views import charts, run_views
+from nnobs.views import charts
 from nnobs.views.view import RunView, SharedViews
 
 

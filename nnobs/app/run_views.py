@@ -23,8 +23,8 @@ NEWEST = 2**62  # a batch past any run's: the newest state kept
 
 def draw(view: RunView, frames: dict[str, pa.Table]) -> None:
     """The replay control, then the tabs, each drawn only while open."""
-    replay_at = _replay_control(view)
-    shown = {"Parameters": _parameters, "Layers": _layers, "Neurons": _neurons, "Trajectory": _trajectory}
+    replay_at = replay_control(view)
+    shown = {"Parameters": draw_parameters, "Layers": draw_layers, "Neurons": draw_neurons, "Trajectory": draw_trajectory}
     if neurons.drawable(view.config):
         del shown["Neurons"]  # only a small built-in net with 2 inputs has unit maps to draw
     for tab, draw_tab in zip(st.tabs(list(shown), key="view", bind="query-params"), shown.values()):
@@ -33,7 +33,7 @@ def draw(view: RunView, frames: dict[str, pa.Table]) -> None:
                 draw_tab(view, frames, replay_at)
 
 
-def _replay_control(view: RunView) -> int | None:
+def replay_control(view: RunView) -> int | None:
     """A slider over the batches whose states are kept, "live" at its right end; the batch replayed, or None.
 
     The slider's own value is what is replayed, live by default, so that a slider that lost its value falls back to
@@ -90,7 +90,7 @@ def _shown_state(view: RunView, replay_at: int | None) -> tuple[int, np.ndarray]
     return view.state_at(NEWEST if replay_at is None else replay_at)
 
 
-def _parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
+def draw_parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
     """Every parameter's trajectory (lines and a heatmap), and the decision surface of a 2-input net."""
     if "sv_lines" not in frames:
         st.caption("No state report yet: the parameters appear with the first one.")
@@ -128,7 +128,7 @@ def _parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int | Non
     left.caption(said)
 
 
-def _layers(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
+def draw_layers(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
     """Per tensor: its norm, its update-to-weight ratio per step, the distribution of its values; dead relu units."""
     relu = layer_charts.relu_layers(view.config)
     made = view.made("layers", lambda history: as_tables(layer_charts.layer_frames(history, view.tensors, relu)))
@@ -159,7 +159,7 @@ def _layers(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -
         st.vega_lite_chart(made["bands"], layer_charts.bands_spec(drawn), width="content")
 
 
-def _neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
+def draw_neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
     """Each unit's output over the input plane, as the net's diagram; the unit under the pointer drawn large."""
     state, config = _shown_state(view, replay_at), view.config
     if state is None or config is None:  # no config, no Neurons tab (draw): only a built-in net has unit maps
@@ -175,7 +175,7 @@ def _neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) 
     st.vega_lite_chart(table, neurons.neurons_spec(config), width="content")
 
 
-def _trajectory(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
+def draw_trajectory(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
     """The states projected onto their two principal directions, the loss along them, and the steps between reports."""
     path = view.made("path", _path_parts)
     if path is None:
