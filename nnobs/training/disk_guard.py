@@ -50,8 +50,13 @@ class DiskGuard:
                 low = "low_disk" in self.trouble
                 said = f"{free / MB:.1f} MB free, below {self.min_free_mb:g} MB" if free is not None else ""
                 # EventKind has no member for write_error: the word is written as the run file has always spelt it
-                run.out.write({"event": [run.batch, EventKind.LOW_DISK if low else "write_error"],
-                               "error": self.trouble.get("write_error", said), **self.trouble})
+                run.out.write(
+                    {
+                        "event": [run.batch, EventKind.LOW_DISK if low else "write_error"],
+                        "error": self.trouble.get("write_error", said),
+                        **self.trouble,
+                    }
+                )
             if "write_error" in self.trouble:
                 self.reporter.report_loss(now)  # a heartbeat that tells, when it lands, that writing works again
         elif was:

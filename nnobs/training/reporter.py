@@ -81,7 +81,9 @@ class Reporter:
         then start new windows. Before any loss is known, a bare heartbeat says the worker lives."""
         run = self.run
         record: dict[str, Any] = (
-            {"heartbeat": [run.batch, None]} if run.loss is None else loss_report(run.batch, run.loss, run.window.summary())
+            {"heartbeat": [run.batch, None]}
+            if run.loss is None
+            else loss_report(run.batch, run.loss, run.window.summary())
         )
         if self.extra_metrics is not None and now >= self.extra_due and run.batch != self.extra_batch:
             self.measure_extra_metrics(self.extra_metrics, now)
@@ -116,8 +118,10 @@ class Reporter:
             window = self.metrics.get(name)
             if window is None:
                 if not METRIC_NAME.fullmatch(name) or name == "loss":
-                    raise ValueError(f"metric name {name!r} refused: use 1 to 64 letters, digits, '_', '.' or '-', "
-                                     "starting with a letter or '_' (the loss is log's first argument)")
+                    raise ValueError(
+                        f"metric name {name!r} refused: use 1 to 64 letters, digits, '_', '.' or '-', "
+                        "starting with a letter or '_' (the loss is log's first argument)"
+                    )
                 window = self.metrics[name] = Window()
             try:
                 value = float(value)
@@ -149,19 +153,36 @@ class Reporter:
         sv = run.trainer.state_vector()
         if len(before[1]) != len(sv) or not np.isfinite(sv).all():
             return
-        run.out.write(update_report(run.batch, update_ratios(sv, before[1], run.trainer.tensors), run.trainer.dead_units()))
+        run.out.write(
+            update_report(run.batch, update_ratios(sv, before[1], run.trainer.tensors), run.trainer.dead_units())
+        )
 
     def state_budget_allows(self, now: float) -> bool:
         """Whether a scheduled state report fits the byte budget; it is counted against it when it does."""
         allowed, counted = self.state_budget
         allowed = min(STATE_BYTES_BURST, allowed + (now - counted) * STATE_BYTES_PER_S)
-        size = BYTES_PER_NUMBER * (self.n_params if self.sample is None
-                                   else len(self.sample) + len(SUMMARY) * len(self.run.trainer.tensors))
+        size = BYTES_PER_NUMBER * (
+            self.n_params if self.sample is None else len(self.sample) + len(SUMMARY) * len(self.run.trainer.tensors)
+        )
         fits = allowed > 0
         self.state_budget = (allowed - size if fits else allowed, now)
         return fits
 
     # -- when they are due -----------------------------------------------------------------
+
+    def stop_before(self, limit: int) -> int:
+        """The batch the loop may train up to (limit at most) before the next scheduled report; one short of a
+        state report, keeping the state the step into it starts from (taken here when that step is next)."""
+        batch = self.run.batch
+        if self.next_loss_at <= batch or (self.next_state_at is not None and self.next_state_at <= batch):
+            self.schedule()  # left behind by a pause at a scheduled batch (a divergence): a run of no batches
+        state_at = self.next_state_at or limit
+        if self.next_state_at is not None:
+            if state_at == batch + 1:
+                self.before_report = (batch, self.run.trainer.state_vector())
+            else:
+                state_at -= 1  # stop one batch short of a state report, to keep the state the step into it starts from
+        return min(limit, self.next_loss_at, state_at)
 
     def at_stop(self, now: float) -> None:
         """After a run of batches: the loss and state reports the batch schedule asks for at this batch."""
@@ -180,7 +201,11 @@ class Reporter:
         since_report = now - self.last_loss_report
         if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
             self.report_loss(now)
-        if (run.pacer.pace and now - self.last_state_report >= PACED_STATE_EVERY_S
-                and self.n_params <= DENSE_STATE_MAX_PARAMS and run.batch != self.paced_state_batch):
+        if (
+            run.pacer.pace
+            and now - self.last_state_report >= PACED_STATE_EVERY_S
+            and self.n_params <= DENSE_STATE_MAX_PARAMS
+            and run.batch != self.paced_state_batch
+        ):
             self.paced_state_batch = run.batch
             run.out.write(self.state_report())

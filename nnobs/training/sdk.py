@@ -1,10 +1,10 @@
 """nnobs.Run: any training loop, watched and steered through its run directory as the built-in worker is.
 
-    import nnobs
-    with nnobs.Run("my-run", state=lambda: params, on_eta=set_lr) as run:
-        for batch in run.batches():
-            loss = train_one_batch(lr=run.eta)
-            run.log(loss, accuracy=acc)
+import nnobs
+with nnobs.Run("my-run", state=lambda: params, on_eta=set_lr) as run:
+    for batch in run.batches():
+        loss = train_one_batch(lr=run.eta)
+        run.log(loss, accuracy=acc)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from nnobs.protocol.schema import Tensors
 from nnobs.protocol.slot import tell_log
 from nnobs.training.builtin.nn import Fact, Network, ReluLayer
 from nnobs.training.builtin.sampler import Sampler
-from nnobs.training.session import Session, Settings, Trainer, claim
+from nnobs.training.ownership import claim
+from nnobs.training.session import Session, Settings
+from nnobs.training.trainer import Trainer
 
 RUN_DIR_ENV = "NNOBS_RUN_DIR"  # set by the launcher: the run a script started by nnobs serves, whatever its code names
 STARTED_BY_ENV = "NNOBS_STARTED_BY"  # who asked for the start ("page", "cli"), as the launcher was told
@@ -47,8 +49,15 @@ class HookTrainer(Trainer):
     """A trainer made of a script's functions: state() gives the parameters, on_eta takes a new learning rate,
     save(path) and load(path) write and read the script's own checkpoint file."""
 
-    def __init__(self, state: Callable[[], np.ndarray] | None, on_eta: Callable[[float], None] | None,
-                 save: Callable[[str], None] | None, load: Callable[[str], None] | None, tensors: Tensors | None, eta: float):
+    def __init__(
+        self,
+        state: Callable[[], np.ndarray] | None,
+        on_eta: Callable[[float], None] | None,
+        save: Callable[[str], None] | None,
+        load: Callable[[str], None] | None,
+        tensors: Tensors | None,
+        eta: float,
+    ):
         self._state, self._on_eta, self._save, self._load = state, on_eta, save, load
         self._eta = float(eta)
         self.can_load = load is not None
@@ -78,6 +87,8 @@ class HookTrainer(Trainer):
     def load(self, saved: dict[str, np.ndarray]) -> None:
         if "script" not in saved:
             raise ValueError("the checkpoint holds no state saved by a script")
+        if self._load is None:
+            raise ValueError("this run's script gives no load function")
         _through_file(self._load, saved["script"].tobytes())
 
 
@@ -92,9 +103,17 @@ class NetTrainer(Trainer):
 
     can_load = True
 
-    def __init__(self, net: Network, next_batch: Callable[[], Fact] | None = None, tensors_: list | None = None,
-                 reinit: Callable[[int | None], tuple[Network, int]] | None = None, *, sampler: Sampler | None = None,
-                 loss_facts: Fact | None = None, test_facts: Fact | None = None):
+    def __init__(
+        self,
+        net: Network,
+        next_batch: Callable[[], Fact] | None = None,
+        tensors_: list | None = None,
+        reinit: Callable[[int | None], tuple[Network, int]] | None = None,
+        *,
+        sampler: Sampler | None = None,
+        loss_facts: Fact | None = None,
+        test_facts: Fact | None = None,
+    ):
         self.net, self.next_batch, self._reinit = net, next_batch, reinit
         self.tensors = tensors_ or _layer_tensors(net)
         self.sampler, self.loss_facts, self.test_facts = sampler, loss_facts, test_facts
@@ -119,25 +138,27 @@ class NetTrainer(Trainer):
     def load(self, saved: dict[str, np.ndarray]) -> None:
         if "sv" not in saved:
             raise ValueError("the checkpoint holds no state vector")
-        sampler_state = None
-        if self.sampler is not None and "sampler" in saved:
+        sampler, sampler_state = self.sampler, None
+        if sampler is not None and "sampler" in saved:
             try:
                 sampler_state = json.loads(str(saved["sampler"]))
             except ValueError as err:
                 raise ValueError(f"the checkpoint's sampler state is not JSON ({err})") from err
-        if sampler_state is not None:
-            before = self.sampler.state()
-            self.sampler.restore(sampler_state)  # refuses, changing nothing, a state of another training set
+        if sampler is not None and sampler_state is not None:
+            before = sampler.state()
+            sampler.restore(sampler_state)  # refuses, changing nothing, a state of another training set
             try:
                 self.net.set_state_from_vector(saved["sv"])
             except ValueError:
-                self.sampler.restore(before)  # a load that fails leaves the trainer as it was
+                sampler.restore(before)  # a load that fails leaves the trainer as it was
                 raise
             return
         self.net.set_state_from_vector(saved["sv"])
         if self.sampler is not None:
-            tell_log("nnobs: the checkpoint holds no sampler state (it is older than the sampler): batches are drawn "
-                     "afresh from the run's seed")
+            tell_log(
+                "nnobs: the checkpoint holds no sampler state (it is older than the sampler): batches are drawn "
+                "afresh from the run's seed"
+            )
 
     def reinit(self, seed: int | None) -> int:
         if self._reinit is None:
@@ -213,11 +234,24 @@ class Run:
     pauses (LOW DISK) while the run's filesystem has less than min_free_mb free.
     """
 
-    def __init__(self, name: str | None = None, *, trainer: Trainer | None = None, state: Callable[[], np.ndarray] | None = None,
-                 on_eta: Callable[[float], None] | None = None, save: Callable[[str], None] | None = None,
-                 load: Callable[[str], None] | None = None, tensors: Tensors | None = None, eta: float | None = None,
-                 target: int = 2_000_000, report_every: int = 2_000, pace: float = 0.0,
-                 min_free_mb: float = DEFAULT_MIN_FREE_MB, root: str | os.PathLike | None = None, builtin: bool = False):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        trainer: Trainer | None = None,
+        state: Callable[[], np.ndarray] | None = None,
+        on_eta: Callable[[float], None] | None = None,
+        save: Callable[[str], None] | None = None,
+        load: Callable[[str], None] | None = None,
+        tensors: Tensors | None = None,
+        eta: float | None = None,
+        target: int = 2_000_000,
+        report_every: int = 2_000,
+        pace: float = 0.0,
+        min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        root: str | os.PathLike | None = None,
+        builtin: bool = False,
+    ):
         launched = os.environ.get(RUN_DIR_ENV)
         if launched:
             self.run_dir = RunDir(Path(launched))
@@ -287,13 +321,16 @@ class Run:
         """Take the run (one live worker a run), resume from its checkpoint if any, and say so in the run file."""
         run = self.run_dir
         if not self._builtin and run.config.exists():
-            raise NnobsError(f"{run.path} is a run of the built-in worker (it has config.json): give your script's run "
-                             "another name")
+            raise NnobsError(
+                f"{run.path} is a run of the built-in worker (it has config.json): give your script's run another name"
+            )
         if why := recorded_for_another_job(run):
             raise RunTaken(f"{why}: this worker exits without writing")
         self._lock_fd = claim(run)
         if self._lock_fd is None:
-            raise RunBusy(f"run {run.name} already has a live worker (pid {local_pid(run)}); stop it first: nnobs stop {run.name}")
+            raise RunBusy(
+                f"run {run.name} already has a live worker (pid {local_pid(run)}); stop it first: nnobs stop {run.name}"
+            )
         try:
             if not self._builtin:
                 describe_script(run)

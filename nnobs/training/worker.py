@@ -33,14 +33,21 @@ def builtin_trainer(config: RunConfig, next_batch: Callable[[], Fact] | None = N
 
     sampler = task_batches if isinstance(task_batches, Sampler) else None
     # A sampled task's loss now is that of all its training points; xor's, that of its one batch (as ever).
-    return NetTrainer(build_network(config), next_batch or task_batches, tensors(config), reinit, sampler=sampler,
-                      loss_facts=None if sampler is None else (data.train_x, data.train_y),
-                      test_facts=(data.test_x, data.test_y) if len(data.test_x) else None)
+    return NetTrainer(
+        build_network(config),
+        next_batch or task_batches,
+        tensors(config),
+        reinit,
+        sampler=sampler,
+        loss_facts=None if sampler is None else (data.train_x, data.train_y),
+        test_facts=(data.test_x, data.test_y) if len(data.test_x) else None,
+    )
 
 
 def train(run: Run, trainer: NetTrainer) -> None:
     """The built-in loop: every batch the task's, learnt by the net, its loss logged; the test loss beside it."""
     test_loss = None if trainer.test_facts is None else (lambda: {"test_loss": trainer.test_loss()})
+    assert trainer.next_batch is not None, "the built-in trainer is made with its task's batches"
     run.session.train(trainer.net.learn_one, trainer.next_batch, extra_metrics=test_loss)
 
 
@@ -52,8 +59,15 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(run_dir.config)
         trainer = builtin_trainer(config)
-        run = Run(trainer=trainer, builtin=True, eta=config.eta, target=config.target, report_every=config.report_every,
-                  pace=config.pace, min_free_mb=config.min_free_mb).start()
+        run = Run(
+            trainer=trainer,
+            builtin=True,
+            eta=config.eta,
+            target=config.target,
+            report_every=config.report_every,
+            pace=config.pace,
+            min_free_mb=config.min_free_mb,
+        ).start()
     except RunTaken as err:
         tell_log(f"nnobs worker {os.getpid()}: {err}")
         return 0

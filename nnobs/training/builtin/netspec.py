@@ -12,9 +12,12 @@ LETTERS = {"t": "tanh", "r": "relu", "s": "sin", "g": "sigmoid", "": "identity"}
 ACTIVATION_NAMES = tuple(LETTERS.values())
 _LETTER_OF = {name: letter for letter, name in LETTERS.items()}
 _INPUT = re.compile(r"\d+")
-_LAYER = re.compile(r"x(\d+)([A-Za-wyz]?)")  # looser than the grammar (any letter but x, which starts the next layer): a wrong one is named
-FORMS = ('a shorthand like 2x8tx8tx1t (the input width, then x<width> per layer, each followed by t tanh, r relu, '
-         's sin, g sigmoid or no letter for identity) or a list like [2, [8, "tanh"], [1, "tanh"]]')
+# Looser than the grammar (any letter but x, which starts the next layer): a wrong one is named.
+_LAYER = re.compile(r"x(\d+)([A-Za-wyz]?)")
+FORMS = (
+    "a shorthand like 2x8tx8tx1t (the input width, then x<width> per layer, each followed by t tanh, r relu, "
+    's sin, g sigmoid or no letter for identity) or a list like [2, [8, "tanh"], [1, "tanh"]]'
+)
 
 
 class NetSpecError(NnobsError, ValueError):
@@ -55,8 +58,10 @@ def _parse_shorthand(spec: str) -> tuple[list[int], list[str]]:
             raise NetSpecError(f"net {spec!r}: cannot read {spec[at:]!r}; write {FORMS}")
         width, letter = int(layer.group(1)), layer.group(2)
         if letter not in LETTERS:
-            raise NetSpecError(f"net {spec!r}: {letter!r} is not an activation letter; use t tanh, r relu, s sin, "
-                               "g sigmoid or no letter for identity")
+            raise NetSpecError(
+                f"net {spec!r}: {letter!r} is not an activation letter; use t tanh, r relu, s sin, "
+                "g sigmoid or no letter for identity"
+            )
         sizes.append(width)
         activations.append(LETTERS[letter])
         at = layer.end()
@@ -69,7 +74,9 @@ def _parse_shorthand(spec: str) -> tuple[list[int], list[str]]:
 
 def _parse_list(spec: list) -> tuple[list[int], list[str]]:
     if len(spec) < 2:
-        raise NetSpecError(f"net {spec!r} needs the input width and at least one [width, activation] layer; write {FORMS}")
+        raise NetSpecError(
+            f"net {spec!r} needs the input width and at least one [width, activation] layer; write {FORMS}"
+        )
     _check_width(spec[0], spec)
     sizes, activations = [spec[0]], []
     for layer in spec[1:]:

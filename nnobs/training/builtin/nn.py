@@ -57,10 +57,10 @@ class AffineLayer(Layer):
         self.W = self._wb[:n]  # (n, m) view
         self.b = self._wb[n]  # (m,) view
         self.n_params = (n + 1) * m
-        self._x1: Array | None = None  # (rows, n + 1): the last input, then ones; reused while rows holds
+        self._x1: Array = np.ones((0, n + 1))  # (rows, n + 1): the last input, then ones; reused while rows holds
 
     def __call__(self, x: Array) -> Array:
-        if self._x1 is None or len(self._x1) != len(x):
+        if len(self._x1) != len(x):
             self._x1 = np.ones((len(x), len(self._wb)))
         self._x1[:, :-1] = x
         return self._x1.dot(self._wb)  # .dot, not @: a third of the call overhead on small arrays
@@ -101,7 +101,7 @@ class MapLayer(Layer):
     def __init__(self, fun: Callable, dfun: Callable):
         self.fun = elementwise(fun)
         self.dfun = elementwise(dfun)
-        self._x: Array | None = None
+        self._x: Array = np.empty(0)  # the last input; none before a forward pass
 
     def __call__(self, x: Array) -> Array:
         self._x = x
@@ -114,8 +114,8 @@ class MapLayer(Layer):
 class TanhLayer(Layer):
     """tanh, whose derivative 1 - tanh(x)**2 reuses the forward output instead of recomputing it."""
 
-    def __init__(self):
-        self._y: Array | None = None
+    def __init__(self) -> None:
+        self._y: Array = np.empty(0)  # the last output; none before a forward pass
 
     def __call__(self, x: Array) -> Array:
         self._y = np.tanh(x)
@@ -129,8 +129,8 @@ class TanhLayer(Layer):
 class ReluLayer(Layer):
     """max(x, 0), whose derivative is read off the forward output: 1 where it is positive, else 0."""
 
-    def __init__(self):
-        self._y: Array | None = None
+    def __init__(self) -> None:
+        self._y: Array = np.empty(0)  # the last output; none before a forward pass
 
     def __call__(self, x: Array) -> Array:
         self._y = np.maximum(x, 0.0)
@@ -143,8 +143,8 @@ class ReluLayer(Layer):
 class SigmoidLayer(Layer):
     """1 / (1 + exp(-x)), whose derivative y * (1 - y) reuses the forward output."""
 
-    def __init__(self):
-        self._y: Array | None = None
+    def __init__(self) -> None:
+        self._y: Array = np.empty(0)  # the last output; none before a forward pass
 
     def __call__(self, x: Array) -> Array:
         self._y = 0.5 + 0.5 * np.tanh(0.5 * x)  # the same function, without exp's overflow for large -x
@@ -158,8 +158,8 @@ class SigmoidLayer(Layer):
 class SinLayer(Layer):
     """sin, whose derivative cos cannot be had from the output alone (its sign is lost): the input is kept."""
 
-    def __init__(self):
-        self._x: Array | None = None
+    def __init__(self) -> None:
+        self._x: Array = np.empty(0)  # the last input; none before a forward pass
 
     def __call__(self, x: Array) -> Array:
         self._x = x

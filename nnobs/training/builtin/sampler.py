@@ -24,6 +24,7 @@ class Sampler:
         self.batch_size = batch_size
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self.epoch = 0  # epochs begun
+        self._at = 0  # the next row of this epoch's order
         self._new_epoch()
 
     def __call__(self) -> Fact:
@@ -34,8 +35,10 @@ class Sampler:
         tail_x, tail_ideal = self._epoch_x[start:], self._epoch_ideal[start:]
         self._new_epoch()
         self._at = self.batch_size - len(tail_x)
-        return (np.concatenate((tail_x, self._epoch_x[: self._at])),
-                np.concatenate((tail_ideal, self._epoch_ideal[: self._at])))
+        return (
+            np.concatenate((tail_x, self._epoch_x[: self._at])),
+            np.concatenate((tail_ideal, self._epoch_ideal[: self._at])),
+        )
 
     def _new_epoch(self) -> None:
         self._epoch_from = self._rng.bit_generator.state  # a fresh dict: the generator's own moves on
@@ -57,7 +60,7 @@ class Sampler:
             raise ValueError(f"the sampler's saved state lacks {err}") from err
         if rows != len(self._x):
             raise ValueError(f"the sampler's saved state is of {rows} training rows, this run has {len(self._x)}")
-        if (kind != "PCG64" or not is_count(at) or not at <= rows or not is_count(epoch)):
+        if kind != "PCG64" or not is_count(at) or not at <= rows or not is_count(epoch):
             raise ValueError(f"the sampler's saved state is not one this sampler wrote ({kind}, row {at!r})")
         try:  # on a scratch generator first: a state numpy refuses changes nothing here
             np.random.PCG64().state = generator
@@ -66,5 +69,3 @@ class Sampler:
         self._rng.bit_generator.state = generator
         self._new_epoch()
         self._at, self.epoch = at, epoch
-
-

@@ -30,8 +30,23 @@ from nnobs.training.builtin.nn import (
 )
 from nnobs.training.builtin.sampler import Sampler
 
-__all__ = ["ACTIVATIONS", "MAX_WIDTH", "TASKS", "Dataset", "RunConfig", "Task", "build", "build_network", "dataset",
-           "describe_task", "load_config", "parameter_names", "task_names", "tensors", "training_rows"]
+__all__ = [
+    "ACTIVATIONS",
+    "MAX_WIDTH",
+    "TASKS",
+    "Dataset",
+    "RunConfig",
+    "Task",
+    "build",
+    "build_network",
+    "dataset",
+    "describe_task",
+    "load_config",
+    "parameter_names",
+    "task_names",
+    "tensors",
+    "training_rows",
+]
 
 # Activations are named from this table; nothing read from disk is ever evaluated.
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
@@ -51,6 +66,7 @@ DATA_STREAM, SAMPLER_STREAM = 0, 1  # the seed's two random streams besides the 
 
 # -- the tasks' points ------------------------------------------------------------------------
 # Each draws (x (n, n_in), ideal (n, 1)) from rng, as TensorFlow Playground's dataset.ts does, scaled by SCALE.
+
 
 def _circle(rng: np.random.Generator, n: int, noise: float) -> Fact:
     radius = 5 * SCALE
@@ -110,20 +126,29 @@ class Task:
     net: str = "2x8tx8tx1t"  # the net a run of it gets unless told: one that learns it
     batch_size: int = 10  # Playground's default
     points: int = 500  # Playground's number for its classifications
-    extent: float = 1.0  # the points lie in [-extent, extent] on each input (up to noise): the decision surface's square
+    extent: float = (
+        1.0  # the points lie in [-extent, extent] on each input (up to noise): the decision surface's square
+    )
 
 
 TASKS: dict[str, Task] = {
-    "xor": Task("the notebook's XOR: the four corners of the ±0.5 square, all four in every batch", None,
-                net="2x2tx1t", batch_size=4, points=4),
+    "xor": Task(
+        "the notebook's XOR: the four corners of the ±0.5 square, all four in every batch",
+        None,
+        net="2x2tx1t",
+        batch_size=4,
+        points=4,
+    ),
     "circle": Task("a disc (+0.5) inside a ring (-0.5); noise blurs the border", _circle, net="2x4tx2tx1t"),
-    "noisy-xor": Task("XOR of points in the four quadrants: -0.5 where the signs agree, +0.5 elsewhere", _noisy_xor,
-                      net="2x4tx2tx1t"),
+    "noisy-xor": Task(
+        "XOR of points in the four quadrants: -0.5 where the signs agree, +0.5 elsewhere", _noisy_xor, net="2x4tx2tx1t"
+    ),
     "gauss": Task("two gaussian blobs, +0.5 up right and -0.5 down left; noise widens them", _gauss, net="2x2tx1t"),
     "spiral": Task("two interleaved spirals, +0.5 and -0.5; noise scatters their points", _spiral, net="2x8tx8tx1t"),
     "plane": Task("regression: (x1 + x2) / 4 over the square; noise jitters the inputs", _plane, net="2x4tx1"),
-    "sine": Task("regression of one input: 0.5 sin(pi x) over [-1, 1]; noise jitters the input", _sine, n_in=1,
-                 net="1x8tx1"),
+    "sine": Task(
+        "regression of one input: 0.5 sin(pi x) over [-1, 1]; noise jitters the input", _sine, n_in=1, net="1x8tx1"
+    ),
 }
 _XOR_X = ((-0.5, -0.5), (-0.5, 0.5), (0.5, 0.5), (0.5, -0.5))
 _XOR_IDEAL = ((-0.5,), (0.5,), (-0.5,), (0.5,))  # -0.5 where the signs agree
@@ -142,6 +167,7 @@ def describe_task(name: str) -> str:
 
 
 # -- a run's configuration --------------------------------------------------------------------
+
 
 @dataclass
 class RunConfig:
@@ -169,19 +195,25 @@ class RunConfig:
 
     def _canonical_net(self) -> None:
         try:
-            self.net = format_net(*parse_net(self.net))  # one spelling in config.json: the shorthand
+            self.net = format_net(*parse_net(self.net_spec()))  # one spelling in config.json: the shorthand
         except NetSpecError:
             pass  # check() says what is wrong with it
+
+    def net_spec(self) -> str | list:
+        """The net as given (a shorthand or a list); never None once made: None becomes the task's own."""
+        if self.net is None:
+            raise NetSpecError("no net given")
+        return self.net
 
     @property
     def sizes(self) -> list[int]:
         """Units per layer, input first."""
-        return parse_net(self.net)[0]
+        return parse_net(self.net_spec())[0]
 
     @property
     def activations(self) -> list[str]:
         """One activation name per affine layer."""
-        return parse_net(self.net)[1]
+        return parse_net(self.net_spec())[1]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -210,36 +242,54 @@ class RunConfig:
             raise NnobsError(f"config: unknown task {self.task!r}; built in: {task_names()}")
         task = TASKS[self.task]
         try:
-            sizes, _ = parse_net(self.net)
+            sizes, _ = parse_net(self.net_spec())
         except NetSpecError as err:
             raise NetSpecError(f"config: {err}") from err
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise NnobsError(f"config: seed must be a whole number from 0 to {MAX_SEED:,}, not {self.seed!r}")
-        for name, command in (("eta", "eta"), ("target", "target"), ("report_every", "report_every"), ("pace", "pace"),
-                              ("min_free_mb", "min_free")):
+        for name, command in (
+            ("eta", "eta"),
+            ("target", "target"),
+            ("report_every", "report_every"),
+            ("pace", "pace"),
+            ("min_free_mb", "min_free"),
+        ):
             try:
                 check_command(command, getattr(self, name))  # the same rules as for the commands that change them
             except CommandError as err:
                 raise NnobsError(f"config: {err}") from err
         if not is_finite(self.noise) or not 0 <= self.noise <= MAX_NOISE:
-            raise NnobsError(f"config: noise must be a number from 0 to {MAX_NOISE} (0.1 is Playground's 10 %), "
-                             f"not {self.noise!r}")
+            raise NnobsError(
+                f"config: noise must be a number from 0 to {MAX_NOISE} (0.1 is Playground's 10 %), not {self.noise!r}"
+            )
         low, high = TRAIN_SHARE
         if not is_finite(self.train_share) or not low <= self.train_share <= high:
-            raise NnobsError(f"config: train_share must be a number from {low} to {high} (the share of the task's "
-                             f"points trained on; the rest are its test set), not {self.train_share!r}")
+            raise NnobsError(
+                f"config: train_share must be a number from {low} to {high} (the share of the task's "
+                f"points trained on; the rest are its test set), not {self.train_share!r}"
+            )
         if task.draw is None:
             if (self.noise, self.batch_size, self.train_share) != (0, task.batch_size, 0.5):
-                raise NnobsError(f"config: the xor task is the notebook's four corners, every batch all four: noise 0, "
-                                 f"batch_size {task.batch_size} and train_share 0.5 only (noisy points: task noisy-xor)")
+                raise NnobsError(
+                    f"config: the xor task is the notebook's four corners, every batch all four: noise 0, "
+                    f"batch_size {task.batch_size} and train_share 0.5 only (noisy points: task noisy-xor)"
+                )
         else:
             rows = training_rows(self)
-            if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= rows:
-                raise NnobsError(f"config: batch_size must be a whole number from 1 to {rows} (the {self.task} task's "
-                                 f"training points at train_share {self.train_share:g}), not {self.batch_size!r}")
+            if (
+                not isinstance(self.batch_size, int)
+                or isinstance(self.batch_size, bool)
+                or not 1 <= self.batch_size <= rows
+            ):
+                raise NnobsError(
+                    f"config: batch_size must be a whole number from 1 to {rows} (the {self.task} task's "
+                    f"training points at train_share {self.train_share:g}), not {self.batch_size!r}"
+                )
         if sizes[0] != task.n_in or sizes[-1] != 1:
-            raise NnobsError(f"config: the {self.task} task needs a net of {task.n_in} input{'s' * (task.n_in > 1)} "
-                             f"and 1 output (such as {task.net}), not {self.net} ({sizes[0]} in, {sizes[-1]} out)")
+            raise NnobsError(
+                f"config: the {self.task} task needs a net of {task.n_in} input{'s' * (task.n_in > 1)} "
+                f"and 1 output (such as {task.net}), not {self.net} ({sizes[0]} in, {sizes[-1]} out)"
+            )
 
 
 def _taking_old_fields(init: Callable) -> Callable:
@@ -256,7 +306,8 @@ def _taking_old_fields(init: Callable) -> Callable:
     return __init__
 
 
-RunConfig.__init__ = _taking_old_fields(RunConfig.__init__)
+# mypy refuses assigning to a method; wrapping the dataclass's generated __init__ is the point here.
+RunConfig.__init__ = _taking_old_fields(RunConfig.__init__)  # type: ignore[method-assign]
 _OLD_FIELDS = ("sizes", "activation")
 
 
@@ -273,7 +324,6 @@ def _net_of_old_fields(net, sizes, activation) -> list | object:
     return [sizes[0], *([width, name] for width in sizes[1:])]
 
 
-
 def training_rows(config: RunConfig) -> int:
     """How many of the task's points the run trains on."""
     task = TASKS[config.task]
@@ -285,6 +335,7 @@ def load_config(path: Path) -> RunConfig:
 
 
 # -- what a configuration trains ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -315,13 +366,14 @@ def batch_source(config: RunConfig, data: Dataset) -> Callable[[], Fact]:
     if TASKS[config.task].draw is None:
         x, ideal = data.train_x, data.train_y
         return lambda: (x, ideal)
+    assert config.batch_size is not None, "a sampled task's config has its batch size from __post_init__"
     return Sampler(data.train_x, data.train_y, config.batch_size, [config.seed, SAMPLER_STREAM])
 
 
 def build_network(config: RunConfig) -> Network:
     """Affine layers of the configured widths, each followed by its activation, drawn from the seed."""
     rng = np.random.RandomState(config.seed)  # RandomState, not default_rng: it reproduces the notebook's draws
-    sizes, activations = parse_net(config.net)
+    sizes, activations = parse_net(config.net_spec())
     net = Network(eta=config.eta)
     for n_in, n_out, activation in zip(sizes, sizes[1:], activations):
         net.extend(AffineLayer(n_in, n_out, rng)).extend(ACTIVATIONS[activation]())

@@ -18,7 +18,7 @@ import io
 import numpy as np
 import torch
 
-from nnobs.training.session import Trainer
+from nnobs.training.trainer import Trainer
 
 
 class TorchTrainer(Trainer):

@@ -1,0 +1,195 @@
+"""Checkpoints and going back: saving the state, resuming from it, rewinding, reinitializing, surviving a divergence."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import numpy as np
+
+from nnobs.protocol.checkpoint import (
+    Checkpoint,
+    forget_kept_after,
+    keep_checkpoint,
+    kept_batches,
+    load_kept,
+    save_checkpoint,
+)
+from nnobs.protocol.control import ControlWatcher
+from nnobs.protocol.errors import CommandError, NnobsError
+from nnobs.protocol.events import EventKind
+from nnobs.protocol.schema import loss_report
+from nnobs.protocol.slot import tell_log
+from nnobs.training.disk_guard import DiskGuard
+from nnobs.training.ownership import Ownership
+from nnobs.training.reporter import Reporter
+from nnobs.training.state import RunState
+from nnobs.training.trainer import Trainer
+from nnobs.training.window import Window
+
+CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
+FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
+
+
+class Recovery:
+    """A run's checkpoints, and the finite parameters of the latest ones, to go back to."""
+
+    def __init__(
+        self,
+        run: RunState,
+        reporter: Reporter,
+        disk: DiskGuard,
+        ownership: Ownership,
+        control: ControlWatcher,
+        answers_from: int | None,
+    ):
+        self.run = run
+        self.reporter = reporter
+        self.disk = disk
+        self.ownership = ownership
+        self.control = control
+        # Until this generation has looked at the control file once, its checkpoints keep the last one's
+        # run offset: answers given after it must still be known to a successor if we die now. None: the run file's end.
+        self.answers_from = answers_from
+        # (loss, batch, saved state) of the latest checkpoints with finite numbers, to go back to on divergence
+        self.finite_states: deque[tuple[float, int, dict[str, np.ndarray]]] = deque(maxlen=FINITE_STATES_KEPT)
+        self.last_checkpoint = 0.0  # monotonic time
+        self.checkpointed_batch = -1
+
+    def checkpoint_when_due(self, now: float) -> None:
+        """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on."""
+        if now - self.last_checkpoint >= CHECKPOINT_EVERY_S and self.run.batch != self.checkpointed_batch:
+            self.checkpoint_shown(now)
+
+    def checkpoint_shown(self, now: float) -> None:
+        """Checkpoint a batch the run file already shows: a successor never resumes past what readers saw."""
+        if self.run.batch != self.reporter.last_reported_batch:
+            self.reporter.report_loss(now)
+        self.checkpoint(now)
+
+    def checkpoint(self, now: float) -> None:
+        """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
+        run = self.run
+        self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
+        self.last_checkpoint = now
+        if not np.isfinite(run.trainer.state_vector()).all():
+            return  # parameters no one can go on from: the checkpoint before them stays
+        if not self.disk.room_for_checkpoint():
+            self.disk.check(now)  # pauses, and says so: a checkpoint would take the disk below its floor
+            return
+        saved = run.trainer.save()
+        run.out.flush()  # every answer given so far is on disk before the checkpoint says so
+        known = run.loss is not None and math.isfinite(run.loss)
+        ckpt = Checkpoint(
+            batch=run.batch,
+            eta=run.trainer.eta,
+            target=run.target,
+            report_every=run.report_every,
+            pace=run.pacer.pace,
+            gen=run.gen,
+            last_seq=self.control.last_seq,
+            control_id=self.control.file_id,
+            run_offset=self.answers_from if self.answers_from is not None else run.out.size(),
+            min_free_mb=self.disk.min_free_mb,
+            state=saved,
+            loss=run.loss if known else None,
+        )
+        try:
+            save_checkpoint(run.run_dir.checkpoint, ckpt)
+            keep_checkpoint(run.run_dir.checkpoint, run.batch)  # to rewind to, later
+        except OSError as err:
+            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
+            return
+        self.checkpointed_batch = run.batch
+        if saved:  # finite parameters; one saved before any loss was logged ranks last, but is there to go back to
+            self.finite_states.append((run.loss if run.loss is not None and known else math.inf, run.batch, saved))
+
+    def on_divergence(self, now: float) -> None:
+        """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""
+        run = self.run
+        run.paused = True
+        detail = "the loss is no longer a number; training paused until eta changes"
+        if self.finite_states and run.trainer.can_load:
+            # The lowest loss, not the latest: a checkpoint can catch the blow-up while it is still finite.
+            _, finite_batch, saved = min(self.finite_states, key=lambda kept: kept[0])
+            run.trainer.load(saved)
+            detail += f"; parameters back to those of batch {finite_batch:,}"
+        elif run.trainer.can_load:
+            detail += "; no finite parameters to go back to: move checkpoint.npz away to start afresh"
+        self.reporter.report_loss(now, {"event": [run.batch, EventKind.DIVERGED], "error": detail})
+
+    def rewind(self, batch: int) -> dict:
+        """Go back to the newest kept checkpoint at or before batch, as a new generation; the records saying so."""
+        run = self.run
+        if not run.trainer.can_load:
+            raise CommandError(
+                "cannot rewind: this run's script gives no way to load a checkpoint (see nnobs.Run's load)"
+            )
+        try:
+            kept = load_kept(run.run_dir.checkpoint, batch)
+        except NnobsError as err:
+            raise CommandError(f"cannot rewind: {err}") from err
+        if kept is None:
+            batches = ", ".join(f"{b:,}" for b in kept_batches(run.run_dir.checkpoint)) or "none"
+            raise CommandError(f"no checkpoint is kept at or before batch {batch:,} (kept: {batches})")
+        went_from = run.batch
+        try:
+            run.trainer.load(kept.state)
+        except ValueError as err:
+            raise CommandError(
+                f"cannot rewind: the checkpoint at batch {kept.batch:,} does not fit this net ({err})"
+            ) from err
+        run.trainer.eta = kept.eta  # the step size it had there: the one that ruined it may be why we rewind
+        forget_kept_after(run.run_dir.checkpoint, kept.batch)
+        self.finite_states = deque((s for s in self.finite_states if s[1] <= kept.batch), maxlen=FINITE_STATES_KEPT)
+        self.went_on_from(kept.batch, or_else(run.trainer.loss_now(), kept.loss))
+        return {"event": [run.batch, EventKind.REWOUND], "rewound_from": went_from, **self.fresh_reports()}
+
+    def reinit(self, seed: int | None) -> dict:
+        """Start the net afresh from a seed (the run's own by default), keeping the batch count and history."""
+        run = self.run
+        used = run.trainer.reinit(seed)
+        self.finite_states.clear()
+        self.went_on_from(run.batch, run.trainer.loss_now())
+        return {"event": [run.batch, EventKind.REINIT], "seed": used, **self.fresh_reports()}
+
+    def went_on_from(self, batch: int, loss: float | None) -> None:
+        """The run goes on from batch with new parameters, as a new generation."""
+        run = self.run
+        run.gen += 1
+        run.out.gen = run.gen  # stamped on every record written from here on
+        run.batch = batch
+        run.paused = False
+        run.loss = loss
+        run.window = Window()
+        self.reporter.summarized = None
+        self.reporter.schedule()
+        run.pacer.restart(batch, time.monotonic())
+
+    def fresh_reports(self) -> dict:
+        """A loss report and a state report of the parameters just set, for the line that says what happened."""
+        run = self.run
+        loss = {} if run.loss is None else loss_report(run.batch, run.loss)
+        return {**loss, **self.reporter.state_report()}
+
+
+def resume_trainer(trainer: Trainer, ckpt: Checkpoint) -> None:
+    """Give the trainer back what the checkpoint holds of it, and the step size it had."""
+    if ckpt.state and trainer.can_load:
+        try:
+            trainer.load(ckpt.state)
+        except ValueError as err:
+            raise NnobsError(
+                f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh"
+            ) from err
+    elif ckpt.state:
+        tell_log(
+            "nnobs: this run's net cannot load a checkpoint: the batch count and settings go on, the net starts afresh"
+        )
+    trainer.eta = ckpt.eta
+
+
+def or_else(value: float | None, fallback: float | None) -> float | None:
+    """value, or fallback when value is None."""
+    return fallback if value is None else value
