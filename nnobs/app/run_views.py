@@ -24,7 +24,12 @@ NEWEST = 2**62  # a batch past any run's: the newest state kept
 def draw(view: RunView, frames: dict[str, pa.Table]) -> None:
     """The replay control, then the tabs, each drawn only while open."""
     replay_at = replay_control(view)
-    shown = {"Parameters": draw_parameters, "Layers": draw_layers, "Neurons": draw_neurons, "Trajectory": draw_trajectory}
+    shown = {
+        "Parameters": draw_parameters,
+        "Layers": draw_layers,
+        "Neurons": draw_neurons,
+        "Trajectory": draw_trajectory,
+    }
     if neurons.drawable(view.config):
         del shown["Neurons"]  # only a small built-in net with 2 inputs has unit maps to draw
     for tab, draw_tab in zip(st.tabs(list(shown), key="view", bind="query-params"), shown.values()):

@@ -17,6 +17,7 @@ class EventKind(StrEnum):
     CHECKPOINT_ERROR = "checkpoint_error"
     DIVERGED = "diverged"  # the loss is no longer a number: training paused
     LOW_DISK = "low_disk"  # paused for free space
+    WRITE_ERROR = "write_error"  # paused: the run file cannot be written (error: why)
     DISK_OK = "disk_ok"  # free space is back: training goes on
     REWOUND = "rewound"  # a new line of training from an older checkpoint
     REINIT = "reinit"  # a new line of training from fresh parameters

@@ -60,7 +60,13 @@ def state_report(batch: int, eta: float, sv: np.ndarray, target: int, report_eve
 
 
 def summary_report(
-    batch: int, eta: float, summary: list[list[float]], sample: np.ndarray, target: int, report_every: int, pace: float
+    batch: int,
+    eta: float,
+    summary: list[list[float | None]],
+    sample: np.ndarray,
+    target: int,
+    report_every: int,
+    pace: float,
 ) -> Record:
     """A large net's state report: per tensor its SUMMARY, and the sampled parameters' values (see params_record)."""
     return {

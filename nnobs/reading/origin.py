@@ -21,9 +21,12 @@ def fork_origin(run: RunDir) -> dict | None:
         return None
     batch = origin.get("batch")
     # What the page and the CLI format: of the shapes fork_run writes, or left out (anyone may edit the file).
-    return {"run": origin["run"], "batch": batch if is_int(batch) else 0,
-            **{k: origin[k] for k in ("changed", "parent") if isinstance(origin.get(k), dict)},
-            **({"t": origin["t"]} if isinstance(origin.get("t"), (int, float)) else {})}
+    return {
+        "run": origin["run"],
+        "batch": batch if is_int(batch) else 0,
+        **{k: origin[k] for k in ("changed", "parent") if isinstance(origin.get(k), dict)},
+        **({"t": origin["t"]} if isinstance(origin.get("t"), (int, float)) else {}),
+    }
 
 
 def created_at(run: RunDir) -> float:

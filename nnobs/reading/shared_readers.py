@@ -27,8 +27,13 @@ RunCurves = RunHistory  # an outline-only history: loss_outline, metrics, loss_t
 class Readers:
     """Shared RunWatchers by run file, all full or all outline-only; the clock can be a test's."""
 
-    def __init__(self, outline_only: bool = False, clock: Callable[[], float] = time.monotonic,
-                 release_after_s: float = RELEASE_AFTER_S, max_kept: int = MAX_KEPT):
+    def __init__(
+        self,
+        outline_only: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        release_after_s: float = RELEASE_AFTER_S,
+        max_kept: int = MAX_KEPT,
+    ):
         self.outline_only = outline_only
         self.clock = clock
         self.release_after_s = release_after_s

@@ -49,10 +49,9 @@ class DiskGuard:
             if not was:
                 low = "low_disk" in self.trouble
                 said = f"{free / MB:.1f} MB free, below {self.min_free_mb:g} MB" if free is not None else ""
-                # EventKind has no member for write_error: the word is written as the run file has always spelt it
                 run.out.write(
                     {
-                        "event": [run.batch, EventKind.LOW_DISK if low else "write_error"],
+                        "event": [run.batch, EventKind.LOW_DISK if low else EventKind.WRITE_ERROR],
                         "error": self.trouble.get("write_error", said),
                         **self.trouble,
                     }

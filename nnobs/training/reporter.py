@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.protocol.errors import MetricError
 from nnobs.protocol.schema import (
     FULL_STATE_MAX_PARAMS,
     SUMMARY,
@@ -118,7 +119,7 @@ class Reporter:
             window = self.metrics.get(name)
             if window is None:
                 if not METRIC_NAME.fullmatch(name) or name == "loss":
-                    raise ValueError(
+                    raise MetricError(
                         f"metric name {name!r} refused: use 1 to 64 letters, digits, '_', '.' or '-', "
                         "starting with a letter or '_' (the loss is log's first argument)"
                     )
@@ -126,7 +127,7 @@ class Reporter:
             try:
                 value = float(value)
             except (TypeError, ValueError) as err:
-                raise TypeError(f"metric {name} must be a number, not {value!r}") from err
+                raise MetricError(f"metric {name} must be a number, not {value!r}") from err
             if math.isfinite(value):
                 window.add(value, at)
 
@@ -140,7 +141,7 @@ class Reporter:
         if self.sample is None:
             return state_report(run.batch, eta, sv, run.target, run.report_every, run.pacer.pace)
         # A tensor's change is None without a previous vector of the same size: written null, read as no change.
-        summary: Any = tensor_summary(sv, run.trainer.tensors, self.summarized)
+        summary = tensor_summary(sv, run.trainer.tensors, self.summarized)
         self.summarized = sv
         return summary_report(run.batch, eta, summary, sv[self.sample], run.target, run.report_every, run.pacer.pace)
 

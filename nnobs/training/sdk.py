@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command
-from nnobs.protocol.errors import CommandError, NnobsError
+from nnobs.protocol.errors import CommandError, MetricError, NnobsError
 from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.jobs import LAUNCHER_ENV, recorded_for_another_job
 from nnobs.protocol.rundir import RunDir, local_pid
@@ -299,7 +299,7 @@ class Run:
         try:
             loss = float(loss)  # also a one-element tensor or array
         except (TypeError, ValueError) as err:
-            raise TypeError(f"run.log: the loss must be a number, not {loss!r}") from err
+            raise MetricError(f"run.log: the loss must be a number, not {loss!r}") from err
         self.session.log(loss, metrics)
 
     @property
