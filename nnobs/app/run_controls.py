@@ -35,43 +35,19 @@ class Setting:
     help: str
 
 
-# What the sidebar says of each setting, by command name, in the order shown: field label, button, what it does.
-SETTING_WORDS: dict[str, tuple[str, str, str]] = {
-    "target": (
-        "Target batches",
-        "Set target",
-        "Train until the batch count reaches this, then wait. Raise it to train on, lower it to stop early. "
-        "A whole number: 5000, 5,000 and 1e6 all work.",
-    ),
-    "eta": (
-        "Learning rate (eta)",
-        "Set eta",
-        "How large a step gradient descent takes on each batch; above 0. Too high and the loss blows up "
-        "(diverges): lower it to recover.",
-    ),
-    "pace": (
-        "Pace (batches a second)",
-        "Set pace",
-        "At most this many batches a second, to watch training in slow motion; 0 = flat out.",
-    ),
-    "report_every": (
-        "Parameter snapshot every N batches",
-        "Set interval",
-        "How often the worker writes every weight and bias of the net to the run file, for the "
-        "state-vector charts; 0 writes them only when asked (Snapshot parameters now). Large nets write "
-        "a lot: raise it for long runs.",
-    ),
-}
+def _setting(command: Command) -> Setting:
+    sidebar = command.sidebar
+    if sidebar is None or command.field is None:
+        raise KeyError(f"{command.name} has no sidebar field")
+    return Setting(command, sidebar.label, sidebar.button, sidebar.help)
 
 
-def _setting(name: str, label: str, button: str, help_text: str) -> Setting:
-    command = COMMANDS[name]
-    if command.field is None:
-        raise KeyError(f"no text field sets {name}: it cannot be a setting of the sidebar")
-    return Setting(command, label, button, help_text)
-
-
-SETTINGS = tuple(_setting(name, *words) for name, words in SETTING_WORDS.items())
+# The settings the sidebar offers: every command of the registry with sidebar words, in their places.
+SETTINGS = tuple(
+    _setting(command)
+    for command in sorted(COMMANDS.values(), key=lambda c: c.sidebar.place if c.sidebar else 0)
+    if command.sidebar is not None
+)
 
 
 def drop_presses() -> None:

@@ -42,21 +42,8 @@ NEW_RUN_FLAGS = (
     ("--report-every", int, "N", "a parameter snapshot every N batches (0: only when asked)"),
 )
 
-# The settings `nnobs set` changes: every command of the registry that is not a one-off action, in its order.
-SETTINGS = tuple(name for name, command in COMMANDS.items() if not command.action)
-
-# `nnobs set`'s flag for each setting: the type argparse reads it as, metavar and help.
-SETTING_FLAGS: dict[str, tuple[type[int] | type[float], str, str]] = {
-    "target": (int, "N", "train until batch N, then idle"),
-    "eta": (float, "X", "the learning rate, above 0"),
-    "report_every": (int, "N", "report the full parameter vector every N batches (0: only when asked, by tell-state)"),
-    "pace": (float, "N", "train at most N batches a second, to watch it slowly (0: flat out)"),
-    "min_free": (
-        float,
-        "MB",
-        "pause (LOW DISK) while the run's filesystem has less than MB megabytes free (default 100; 0: never)",
-    ),
-}
+# The settings `nnobs set` changes: every command of the registry with a flag, in its order.
+SETTINGS = tuple(name for name, command in COMMANDS.items() if command.flag is not None)
 
 
 def setting_flag(setting: str) -> str:
@@ -219,8 +206,9 @@ def _add_steering_verbs(verbs: Verbs) -> None:
     ).add_argument("--json", action="store_true", help="print one JSON object instead")
     p = _verb_on_run(verbs, "set", "change the target, the learning rate, the state-report interval or the pace")
     for setting in SETTINGS:
-        kind, meta, text = SETTING_FLAGS[setting]
-        p.add_argument(setting_flag(setting), dest=setting, type=kind, metavar=meta, help=text)
+        flag = COMMANDS[setting].flag
+        assert flag is not None, f"{setting} is listed in SETTINGS for its flag"
+        p.add_argument(setting_flag(setting), dest=setting, type=flag.kind, metavar=flag.metavar, help=flag.help)
     p.add_argument(
         "--no-wait", action="store_true", help="send and return at once, without waiting for the worker's answer"
     )

@@ -1,4 +1,4 @@
-"""Making runs: a new one from a config, a fork of another run's checkpoint, and when each was made."""
+"""Making runs: a new one from a config, and a fork of another run's checkpoint with settings changed."""
 
 from __future__ import annotations
 

@@ -32,6 +32,25 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How `nnobs set` takes the setting: --NAME (report_every's is --report-every) with this type and help."""
+
+    kind: type[int] | type[float]
+    metavar: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Sidebar:
+    """How the run page's sidebar offers the setting: a field with this label, a button, and what it does."""
+
+    place: int  # its place among the sidebar's settings, from the top
+    label: str
+    button: str
+    help: str
+
+
+@dataclass(frozen=True)
 class Command:
     """One command: what it may carry, how it reads to a person and on a chart, and how a field spells it."""
 
@@ -41,6 +60,8 @@ class Command:
     marker: Callable[[Any, dict], str] | None  # a chart's label where it took effect (value, ack record); None: none
     field: Field | None = None  # None: no text field sets it
     action: bool = False  # an action is done once; a setting is applied again when a generation resumes before it
+    flag: Flag | None = None  # a setting `nnobs set` changes
+    sidebar: Sidebar | None = None  # a setting the run page's sidebar changes (it needs a field)
 
 
 def _whole_in_range(what: str) -> Callable[[Any], int]:
@@ -94,6 +115,14 @@ COMMANDS: dict[str, Command] = {
             lambda v: f"Target {v:,} batches",
             _label("target {:,}"),
             Field("The target", f"a whole number of batches from 0 to {MAX_TARGET:,}", True),
+            flag=Flag(int, "N", "train until batch N, then idle"),
+            sidebar=Sidebar(
+                0,
+                "Target batches",
+                "Set target",
+                "Train until the batch count reaches this, then wait. Raise it to train on, lower it to stop early. "
+                "A whole number: 5000, 5,000 and 1e6 all work.",
+            ),
         ),
         Command(
             "eta",
@@ -101,6 +130,14 @@ COMMANDS: dict[str, Command] = {
             lambda v: f"Eta {v:g}",
             _label("eta {:g}"),
             Field("Eta", f"a number above 0 and at most {MAX_ETA:,.0f}", False),
+            flag=Flag(float, "X", "the learning rate, above 0"),
+            sidebar=Sidebar(
+                1,
+                "Learning rate (eta)",
+                "Set eta",
+                "How large a step gradient descent takes on each batch; above 0. Too high and the loss blows up "
+                "(diverges): lower it to recover.",
+            ),
         ),
         Command(
             "report_every",
@@ -110,6 +147,15 @@ COMMANDS: dict[str, Command] = {
             Field(
                 "The snapshot interval", f"a whole number of batches from 0 (only when asked) to {MAX_TARGET:,}", True
             ),
+            flag=Flag(int, "N", "report the full parameter vector every N batches (0: only when asked, by tell-state)"),
+            sidebar=Sidebar(
+                3,
+                "Parameter snapshot every N batches",
+                "Set interval",
+                "How often the worker writes every weight and bias of the net to the run file, for the "
+                "state-vector charts; 0 writes them only when asked (Snapshot parameters now). Large nets write "
+                "a lot: raise it for long runs.",
+            ),
         ),
         Command(
             "pace",
@@ -117,6 +163,13 @@ COMMANDS: dict[str, Command] = {
             lambda v: "Pace: flat out" if v == 0 else f"Pace {v:,g} batches a second",
             lambda v, record: "pace: flat out" if v == 0 else _label("pace {:g}/s")(v, record),
             Field("The pace", f"a number of batches a second from 0 (flat out) to {MAX_PACE:,.0f}", False),
+            flag=Flag(float, "N", "train at most N batches a second, to watch it slowly (0: flat out)"),
+            sidebar=Sidebar(
+                2,
+                "Pace (batches a second)",
+                "Set pace",
+                "At most this many batches a second, to watch training in slow motion; 0 = flat out.",
+            ),
         ),
         Command(
             "min_free",
@@ -125,6 +178,11 @@ COMMANDS: dict[str, Command] = {
             ),
             lambda v: f"Pause below {v:,g} MB free",
             None,
+            flag=Flag(
+                float,
+                "MB",
+                "pause (LOW DISK) while the run's filesystem has less than MB megabytes free (default 100; 0: never)",
+            ),
         ),
         Command("tell_state", _nothing, lambda v: "Snapshot now", _label("snapshot"), action=True),
         Command(

@@ -1,4 +1,4 @@
-"""How the page puts a run's numbers, commands and senders into words a newcomer reads the same way."""
+"""How the page puts a run's numbers, progress, origin and senders into words a newcomer reads the same way."""
 
 from __future__ import annotations
 
