@@ -39,6 +39,7 @@ SLOW_FAMILIES = {
     "slurm": ("test_slurm.py",),
     "faults": ("test_faults.py", "test_bad_input.py"),
     "disk": ("test_disk.py",),
+    "large": ("test_large_nets.py",),
 }
 
 
