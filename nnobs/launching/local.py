@@ -13,6 +13,7 @@ from nnobs.launching.base import KILL_WAIT_S, START_TIMEOUT_S, STOP_GRACE_S, Sto
 from nnobs.launching.status import RunStatus, status_of
 from nnobs.protocol.control import queue_command
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.jobs import JobRecord
 from nnobs.protocol.records import RecordReader, pair
 from nnobs.protocol.rundir import RunDir, local_pid, log_tail, process_gone
@@ -82,14 +83,14 @@ def _slot_start(run: RunDir) -> dict:
     slot = read_slot(run.status_file)
     if not (slot.get("write_error") or slot.get("low_disk")):
         return {}
-    return {"event": [0, "started"], "pid": slot.get("pid")}
+    return {"event": [0, EventKind.STARTED], "pid": slot.get("pid")}
 
 
 def _is_start_of(record: dict, pid: int) -> bool:
     """True for the started record of the process launched as pid, or of one it started (a script run through a
     shell wrapper): the launcher gives it a session of its own, numbered by its pid."""
     event = pair(record.get("event"))
-    if not event or event[1] != "started" or not isinstance(record.get("pid"), int):
+    if not event or event[1] != EventKind.STARTED or not isinstance(record.get("pid"), int):
         return False
     if record["pid"] == pid:
         return True

@@ -26,8 +26,10 @@ from nnobs.launching.base import Stopped, start_lock
 from nnobs.launching.local import package_parent
 from nnobs.launching.spawn import worker_command
 from nnobs.launching.status import RunStatus, status_of
+from nnobs.protocol import events
 from nnobs.protocol.control import queue_command
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.jobs import (
     JOB_ID_ENV,
     LAUNCHER_ENV,
@@ -310,8 +312,8 @@ class SlurmLauncher:
         state = None if job is None else job_state(job.job_id)
         job_id, job_state_now = (job.job_id if job else None), (state.state if state else None)
         phase = _worker_phase(history, job)
-        started = phase == "started"
-        if state is not None and (state.queued or (state.running and phase in ("", "preempted"))):
+        started = phase == EventKind.STARTED
+        if state is not None and (state.queued or (state.running and phase in ("", EventKind.PREEMPTED))):
             reason = state.reason if state.queued else f"starting on {state.node}"
             reason = {"JobHeldUser": "held while it is being submitted", "None": "waiting to be scheduled"}.get(
                 reason, reason
@@ -356,7 +358,7 @@ class SlurmLauncher:
         state = None if job is None else job_state(job.job_id, fresh=True)
         if job is None or state is None or not state.active:
             return Stopped(True)
-        if state.queued or _worker_phase(read_history(run), job) != "started":
+        if state.queued or _worker_phase(read_history(run), job) != EventKind.STARTED:
             record_job(run.job_file, replace(job, cancelled_by=by or "stop"))
             cancel(job.job_id)
             return Stopped(_ended_within(job.job_id, grace), "the queued job was cancelled")
@@ -383,7 +385,7 @@ def _worker_phase(history, job: JobRecord | None) -> str:
     or "" when its worker has written neither yet."""
     if job is None:
         return ""
-    ends = ("started", "shutdown", "preempted", "error")
+    ends = (EventKind.STARTED, *events.ENDINGS)
     last = next((e for e in reversed(history.events) if e.kind in ends), None)
     return last.kind if last is not None and (last.t or 0) >= job.submitted_at - STARTED_SKEW_S else ""
 

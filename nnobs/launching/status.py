@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.rundir import RunDir, is_imported
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
@@ -61,7 +62,7 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
     age = None if not last_t else max(0.0, now - last_t)
     low_disk = slot.get("low_disk") if own_slot and isinstance(slot.get("low_disk"), dict) else None
     write_error = str(slot.get("write_error", "")) if own_slot else ""
-    error = last.detail if last is not None and last.kind == "error" else ""
+    error = last.detail if last is not None and last.kind == EventKind.ERROR else ""
     if pid is not None and _silent_since_start(run, age, now):
         state = "stalled"
     elif write_error:
@@ -76,14 +77,14 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         state = "absent"
     elif is_imported(run):
         state = "imported"
-    elif last is None or last.kind == "shutdown":
+    elif last is None or last.kind == EventKind.SHUTDOWN:
         state = "stopped"
-    elif slot.get("ended") == "shutdown" and slot.get("gen") == history.gen:
+    elif slot.get("ended") == EventKind.SHUTDOWN and slot.get("gen") == history.gen:
         state = "stopped"  # shut down cleanly, but the disk took no shutdown record
         error = "shut down cleanly, but its shutdown record could not be written"
     else:
         state = "crashed"
-        if slot.get("ended") == "error" and slot.get("gen") == history.gen and not error:
+        if slot.get("ended") == EventKind.ERROR and slot.get("gen") == history.gen and not error:
             error = str(slot.get("error", ""))
     return RunStatus(
         run=run.name,

@@ -9,6 +9,7 @@ from typing import Generic, TypeVar, overload
 import numpy as np
 
 from nnobs.protocol import events
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.numbers import is_int, number
 from nnobs.protocol.records import Record, encode_record, pair
 from nnobs.protocol.schema import Tensors
@@ -167,7 +168,7 @@ class RunHistory:
         for piece, begins in _pieces(chunk):
             if begins is not None:
                 kind, batch = begins
-                if kind == "reinit":
+                if kind == EventKind.REINIT:
                     self.loss_track.best = None
                 else:
                     self._go_back(batch)
@@ -288,9 +289,9 @@ def _new_line_of(line: bytes) -> tuple[str, int] | None:
     event = pair(record.get("event")) if isinstance(record, dict) else None
     if not event:
         return None
-    if event[1] in ("rewound", "reinit"):
+    if event[1] in (EventKind.REWOUND, EventKind.REINIT):
         return event[1], event[0]
-    if event[1] == "started":
+    if event[1] == EventKind.STARTED:
         resumed = record.get("resumed_from")
-        return "started", resumed if is_int(resumed) else 0
+        return EventKind.STARTED, resumed if is_int(resumed) else 0
     return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from nnobs.protocol import events
 from nnobs.protocol.commands import marker_label
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.numbers import number
 from nnobs.protocol.records import Record, pair
 
@@ -88,9 +90,9 @@ class Journal:
 
     def _add_event(self, batch: int, kind: str, record: Record, t: float | None) -> None:
         detail = str(record.get("error", ""))
-        if kind in ("started", "rewound", "reinit"):
+        if kind in events.NEW_LINE:
             self.mark(batch, f"gen {self.gen}", "generation")
-        if kind == "started" and isinstance(record.get("resumed_from"), int):
+        if kind == EventKind.STARTED and isinstance(record.get("resumed_from"), int):
             detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail, str(record.get("by") or "")))
 
@@ -103,4 +105,4 @@ class Journal:
     @property
     def last_lifecycle(self) -> Event | None:
         """The newest event other than a control-file warning."""
-        return next((e for e in reversed(self.events) if e.kind != "control_error"), None)
+        return next((e for e in reversed(self.events) if e.kind != EventKind.CONTROL_ERROR), None)
