@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 
-from nnobs.launching.lifecycle import start_worker
+from nnobs.launching.lifecycle import launcher_for, start_worker
 from nnobs.protocol.checkpoint import Checkpoint, kept_batches, load_checkpoint, load_kept, save_checkpoint
 from nnobs.protocol.commands import check_command
 from nnobs.protocol.errors import CommandError, NnobsError
@@ -30,6 +30,7 @@ def new_run(
     config.check()
     if launcher is not None:
         launcher.check()
+        launcher_for(launcher)  # loadable here (its extra installed), before anything is written
     _make_dir(run)
     try:
         create_once(run.config, config.to_json().encode())

@@ -7,14 +7,15 @@ import os
 import shlex
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nnobs.launching.base import STOP_GRACE_S, Launcher, Stopped
 from nnobs.launching.local import LOCAL, settled_pid
-from nnobs.launching.status import RunStatus
+from nnobs.launching.status import RunStatus, status_of
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import create_once, replace_atomically
-from nnobs.protocol.jobs import JobRecord, LauncherSettings, read_launcher, record_launcher
+from nnobs.protocol.jobs import JobRecord, LauncherMissing, LauncherSettings, read_launcher, record_launcher
 from nnobs.protocol.rundir import RunDir, script_description
 from nnobs.reading.history import RunHistory
 from nnobs.training.builtin.tasks import RunConfig
@@ -46,10 +47,18 @@ def launcher_settings(run: RunDir) -> LauncherSettings:
 
 def launcher_of(run: RunDir) -> Launcher:
     """The launcher that starts, watches and stops the run's worker: the one its launcher.json names."""
-    settings = launcher_settings(run)
-    if settings.kind == "slurm":
-        from nnobs.launching.slurm import SlurmLauncher  # submitit is imported only where a run is on Slurm
+    return launcher_for(launcher_settings(run))
 
+
+def launcher_for(settings: LauncherSettings) -> Launcher:
+    """The launcher these settings name; LauncherMissing, saying which extra to install, when it cannot be loaded."""
+    if settings.kind == "slurm":
+        try:
+            from nnobs.launching.slurm import SlurmLauncher  # submitit is imported only where a run is on Slurm
+        except ImportError as err:
+            raise LauncherMissing(
+                f"runs on Slurm need submitit, which is not installed ({err}): pip install 'nnobs[slurm]'"
+            ) from err
         return SlurmLauncher(settings)
     return LOCAL
 
@@ -57,6 +66,7 @@ def launcher_of(run: RunDir) -> Launcher:
 def set_launcher(run: RunDir, settings: LauncherSettings) -> None:
     """Record the launcher the run starts under from now on; refused while a worker of another launcher serves it."""
     settings.check()
+    launcher_for(settings)  # loadable, before anything is recorded
     if settings == launcher_settings(run):
         return
     # A queued job may take new Slurm settings; a local worker and a Slurm job never serve the run together.
@@ -169,4 +179,9 @@ def restart_worker(run: RunDir, by: str = "", said: list[str] | None = None) -> 
 def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> RunStatus:
     """The run's state and latest values, with liveness from its launcher (the lock, or the scheduler)."""
     now = time.time() if now is None else now
-    return launcher_of(run).status(run, history, now)
+    try:
+        launcher = launcher_of(run)
+    except LauncherMissing as err:  # a run recorded for a launcher this machine cannot load: its status says so
+        status = status_of(run, history, now, None)
+        return replace(status, launcher=launcher_settings(run).kind, error=str(err))
+    return launcher.status(run, history, now)

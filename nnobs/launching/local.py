@@ -34,8 +34,10 @@ def _start_local(run: RunDir, by: str = "") -> int:
             return pid
         announcements = RecordReader(run.run_file)
         announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
+        where = os.path.abspath(run.path)
         launched = subprocess.run(
-            [sys.executable, "-m", "nnobs.launching.spawn", str(run.path), by],
+            [sys.executable, "-P", "-m", "nnobs.launching.spawn", where, by],  # -P, and cwd: see worker_command
+            cwd=where,
             env={
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")])),

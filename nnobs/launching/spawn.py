@@ -34,12 +34,15 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
     return command, cwd
 
 
-def worker_command(run_dir: Path, by: str) -> tuple[list[str], str | None]:
-    """What serves the run: the command `nnobs run` recorded, in its directory, else the built-in worker."""
+def worker_command(run_dir: Path, by: str) -> tuple[list[str], str]:
+    """What serves the run: the command `nnobs run` recorded, in its directory, else the built-in worker, in the run
+    directory. nnobs's own processes run with -P: the directory they start in never goes first on sys.path, so no
+    package planted there (a shared folder's nnobs/) runs in place of this one."""
     launch = run_dir / "launch.json"
     if launch.exists():
         return recorded_command(launch)
-    return [sys.executable, "-m", "nnobs.training.worker", str(run_dir), by], None
+    where = os.path.abspath(run_dir)
+    return [sys.executable, "-P", "-m", "nnobs.training.worker", where, by], where
 
 
 def main() -> None:

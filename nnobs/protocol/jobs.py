@@ -58,6 +58,10 @@ class LauncherError(NnobsError, ValueError):
     """Launcher settings that cannot be used: a kind, a time limit or an sbatch option refused."""
 
 
+class LauncherMissing(NnobsError):
+    """A launcher this machine cannot load: the optional package it needs is not installed."""
+
+
 def slurm_minutes(limit: str) -> int:
     """A Slurm time limit ("1:00:00", "90", "2-12") in whole minutes, rounded up; LauncherError for any other text."""
     match = TIME_FORMATS.fullmatch(limit.strip()) if isinstance(limit, str) else None

@@ -1,0 +1,68 @@
+"""A shared runs root and shared folders, as an adversary would use them: nothing planted there runs as the starter;
+a missing optional part is said plainly before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import REPO
+from nnobs.launching.lifecycle import stop_worker
+from nnobs.protocol.jobs import LauncherSettings, record_launcher
+from nnobs.protocol.rundir import RunDir
+
+NNOBS = Path(sys.executable).parent / "nnobs"  # the console script, as a user types `nnobs`
+# A teammate's package, planted in a shared folder under the names nnobs runs as its own processes.
+PLANTED = {
+    "nnobs/__init__.py": "",
+    "nnobs/launching/__init__.py": "",
+    "nnobs/training/__init__.py": "",
+    "nnobs/launching/spawn.py": "open({marker!r}, 'w').write('spawn'); raise SystemExit(1)",
+    "nnobs/training/worker.py": "open({marker!r}, 'w').write('worker'); raise SystemExit(1)",
+}
+# The CLI with submitit hidden, as on a machine without the slurm extra.
+WITHOUT_SUBMITIT = "import sys; sys.modules['submitit'] = None; from nnobs.cli.main import main; sys.exit(main())"
+
+
+def test_a_package_planted_in_the_current_directory_never_runs_when_a_run_is_started_there(tmp_path: Path):
+    shared, marker, root = tmp_path / "shared", tmp_path / "planted-code-ran", tmp_path / "runs"
+    for name, code in PLANTED.items():
+        (shared / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / name).write_text(code.format(marker=str(marker)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = subprocess.run([str(NNOBS), "--runs", str(root), "start", "demo"], cwd=shared, env=env,
+                             capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert not marker.exists(), f"the planted {marker.read_text()} ran as the starter"
+    finally:
+        stop_worker(RunDir(root / "demo"))
+
+
+def test_a_run_on_slurm_without_submitit_is_refused_with_the_extra_to_install_and_nothing_is_written(tmp_path: Path):
+    root = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SUBMITIT, "--runs", str(root), "new", "s1", "--task", "spiral",
+                           "--on", "slurm"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0
+    assert "pip install 'nnobs[slurm]'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not (root / "s1").exists()
+
+
+def test_a_run_recorded_for_slurm_still_has_a_status_that_says_submitit_is_missing(tmp_path: Path):
+    root = tmp_path / "runs"
+    run = RunDir(root / "s1")
+    run.path.mkdir(parents=True)
+    (run.path / "config.json").write_text(json.dumps({"task": "spiral"}))
+    record_launcher(run.launcher_file, LauncherSettings(kind="slurm"))
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SUBMITIT, "--runs", str(root), "status", "s1", "--json"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "Traceback" not in done.stderr, done.stderr
+    status = json.loads(done.stdout)
+    assert status["launcher"] == "slurm"
+    assert "pip install 'nnobs[slurm]'" in status["error"], textwrap.shorten(done.stdout, 300)
