@@ -18,6 +18,7 @@ __all__ = [
     "LauncherError",
     "LockTimeout",
     "MetricError",
+    "MissingExtra",
     "NetSpecError",
     "NnobsError",
     "Run",

@@ -66,3 +66,12 @@ def test_a_run_recorded_for_slurm_still_has_a_status_that_says_submitit_is_missi
     status = json.loads(done.stdout)
     assert status["launcher"] == "slurm"
     assert "pip install 'nnobs[slurm]'" in status["error"], textwrap.shorten(done.stdout, 300)
+
+
+def test_nnobs_torch_without_pytorch_says_which_extra_to_install():
+    code = ("import sys; sys.modules['torch'] = None\nimport nnobs\ntry:\n    import nnobs.torch\n"
+            "except nnobs.MissingExtra as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'nnobs[torch]'" in done.stdout

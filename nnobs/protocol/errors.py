@@ -28,6 +28,10 @@ class LockTimeout(NnobsError, TimeoutError):
     """Another process held a lock for longer than we wait."""
 
 
+class MissingExtra(NnobsError, ImportError):
+    """An optional part this needs is not installed: the message names the extra to install."""
+
+
 class MetricError(NnobsError, ValueError, TypeError):
     """What run.log refuses: a metric name it cannot take, or a loss or metric that is no number."""
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.errors import MissingExtra, NnobsError
 from nnobs.protocol.files import replace_atomically
 
 KINDS = ("local", "slurm")
@@ -58,7 +58,7 @@ class LauncherError(NnobsError, ValueError):
     """Launcher settings that cannot be used: a kind, a time limit or an sbatch option refused."""
 
 
-class LauncherMissing(NnobsError):
+class LauncherMissing(MissingExtra):
     """A launcher this machine cannot load: the optional package it needs is not installed."""
 
 

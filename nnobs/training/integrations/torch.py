@@ -16,7 +16,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
+
+from nnobs.protocol.errors import MissingExtra
+
+try:
+    import torch
+except ImportError as err:
+    raise MissingExtra(
+        f"nnobs.torch needs PyTorch, which is not installed ({err}): pip install 'nnobs[torch]'"
+    ) from err
 
 from nnobs.training.trainer import Trainer
 
