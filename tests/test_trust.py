@@ -75,3 +75,23 @@ def test_nnobs_torch_without_pytorch_says_which_extra_to_install():
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert "pip install 'nnobs[torch]'" in done.stdout
+
+
+def test_a_run_file_line_nested_100000_deep_is_a_skipped_line_for_status_tail_and_stop(tmp_path: Path):
+    root = tmp_path / "runs"
+    run = RunDir(root / "nested")
+    run.path.mkdir(parents=True)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    run.run_file.write_bytes(b'{"loss":[1,0.5],"t":1.0,"gen":1}\n' + b'{"x":' + deep + b"}\n" + deep + b"\n"
+                             + b'{"loss":[2,0.25],"t":2.0,"gen":1}\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for verb in (["status", "nested", "--json"], ["tail", "nested", "-n", "5"], ["stop", "nested"]):
+        done = subprocess.run([str(NNOBS), "--runs", str(root), *verb], capture_output=True, text=True, timeout=120,
+                              env=env)
+        assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr, (verb, done.stderr[-2000:])
+        assert done.returncode == 0, (verb, done.stderr[-2000:])
+        if verb[0] == "status":
+            status = json.loads(done.stdout)
+            assert (status["batch"], status["loss"], status["skipped_lines"]) == (2, 0.25, 2)
+        if verb[0] == "tail":
+            assert '"loss":[2,0.25]' in done.stdout.replace(" ", "")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import BinaryIO
 
 from nnobs.cli.arg_types import TailLines
 from nnobs.cli.runs import existing_run
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.records import RecordReader
 from nnobs.protocol.rundir import RunDir
 
@@ -53,7 +53,7 @@ def print_tail(run: RunDir, lines: TailLines, follow: bool) -> int:
 def is_record(line: bytes) -> bool:
     """True for a line holding a JSON object; torn lines and garbage are left out, as every reader does."""
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(parse_json(line), dict)
     except ValueError:
         return False
 

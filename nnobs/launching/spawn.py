@@ -3,14 +3,16 @@
 The worker is the built-in one (python -m nnobs.training.worker), or the command `nnobs run` recorded in
 launch.json, run in its recorded directory. The asker waits for this short-lived process, so the
 worker is nobody's child: it is not left a zombie under a long-lived server, and Ctrl-C on the
-asker's terminal never reaches it. Only the standard library is imported here, to keep the hop cheap.
+asker's terminal never reaches it. Only the standard library (and the stdlib-only jsontext) is imported here, to keep
+the hop cheap.
 """
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from nnobs.protocol.jsontext import parse_json
 
 
 def recorded_command(launch: Path) -> tuple[list[str], str]:
@@ -23,7 +25,7 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
             "run; record it again with `nnobs run`"
         )
     try:
-        recorded = json.loads(launch.read_text())
+        recorded = parse_json(launch.read_text())
         command, cwd = recorded["command"], recorded["cwd"]
     except (ValueError, KeyError, TypeError) as err:
         sys.exit(f"{launch} is unreadable ({err}): record the command again with `nnobs run`")

@@ -16,6 +16,7 @@ import numpy as np
 
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
 
 
@@ -57,7 +58,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     """The saved checkpoint, or None when there is none yet."""
     try:
         with np.load(path, allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
+            meta = parse_json(str(saved["meta"]))
             state = {name: saved[name].copy() for name in saved.files if name != "meta"}
         return Checkpoint(state=state, **meta)
     except FileNotFoundError:
@@ -72,7 +73,7 @@ def load_checkpoint_meta(path: Path) -> dict | None:
     """The checkpoint's settings alone (batch, eta, target, ...), without reading its arrays; None when unreadable."""
     try:
         with np.load(path, allow_pickle=False) as saved:  # an .npz member is read only when asked for
-            meta = json.loads(str(saved["meta"]))
+            meta = parse_json(str(saved["meta"]))
     except (OSError, ValueError, KeyError):
         return None
     if not isinstance(meta, dict):

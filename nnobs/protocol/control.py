@@ -11,6 +11,7 @@ from typing import Any
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.errors import CommandError, ControlFileError, NnobsError
 from nnobs.protocol.files import Signature, file_signature, replace_atomically
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.locks import shared_lock
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir
@@ -35,7 +36,7 @@ def _read(path: Path) -> dict[str, Any]:
     if not text.strip():
         return _new_content()  # emptied by hand: no commands yet, as if it were missing
     try:
-        content = json.loads(text)
+        content = parse_json(text)
     except ValueError as err:
         raise ControlFileError(f"{path} is not valid JSON ({err})") from err
     if (

@@ -22,6 +22,7 @@ from typing import Any
 
 from nnobs.protocol.errors import MissingExtra, NnobsError
 from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.jsontext import parse_json
 
 KINDS = ("local", "slurm")
 JOB_ID_ENV = "NNOBS_JOB_ID"  # in a job: the id job.json must name for its worker to write anything
@@ -153,7 +154,7 @@ class LauncherSettings:
     def from_json(cls, text: str) -> LauncherSettings:
         """Settings as written by to_json; LauncherError for a file of any other shape (it may be edited by hand)."""
         try:
-            raw = json.loads(text)
+            raw = parse_json(text)
         except ValueError as err:
             raise LauncherError(f"launcher.json is not JSON ({err})") from err
         known = {f.name for f in fields(cls)}
@@ -207,7 +208,7 @@ class JobRecord:
 def read_job(path: Path) -> JobRecord | None:
     """The job job.json names, or None when there is none (or a file no one could have written whole)."""
     try:
-        raw = json.loads(path.read_text())
+        raw = parse_json(path.read_text())
         return JobRecord(**{k: raw[k] for k in raw if k in JobRecord.__dataclass_fields__})
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.slot import tell_log
 
 Record = dict[str, Any]
@@ -212,7 +213,7 @@ class RecordReader:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = parse_json(line)
             except ValueError:  # garbage, a line torn by a crash, or not UTF-8
                 self.skipped_lines += 1
                 continue

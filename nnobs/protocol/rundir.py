@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from nnobs.protocol.errors import RunNameError
 from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.jsontext import parse_json
 
 DEFAULT_RUN = "default"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -126,7 +126,7 @@ def log_tail(run: RunDir, n_lines: int = 20) -> str:
 def script_description(run: RunDir) -> dict | None:
     """What run.json says of what serves the run (a script: argv, cwd, pid; an import: where from), or None."""
     try:
-        description = json.loads(run.description.read_text())
+        description = parse_json(run.description.read_text())
     except (OSError, ValueError):
         return None
     return description if isinstance(description, dict) else None

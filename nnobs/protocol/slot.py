@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.jsontext import parse_json
 
 SLOT_BYTES = 4096
 
@@ -48,7 +49,7 @@ class StatusSlot:
 def read_slot(path: Path) -> dict:
     """What a worker's status slot says; {} when there is none or it is unreadable."""
     try:
-        said = json.loads(Path(path).read_bytes().rstrip(b" \0") or b"{}")
+        said = parse_json(Path(path).read_bytes().rstrip(b" \0") or b"{}")
     except (OSError, ValueError):
         return {}
     return said if isinstance(said, dict) else {}

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 
 MAGIC = b"nnobs fold cache\n"
@@ -50,7 +51,7 @@ class ArrayFile:
         (length,) = struct.unpack("<Q", f.read(8))
         if length > MAX_HEADER_BYTES:
             raise ValueError("fold cache: header too long")
-        header = json.loads(f.read(length))
+        header = parse_json(f.read(length))
         self.meta, self._table = header["meta"], header["arrays"]
         check(isinstance(self._table, dict), "arrays")
         start = len(MAGIC) + 8 + length

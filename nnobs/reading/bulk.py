@@ -10,7 +10,6 @@ net's summary and sample) goes through `json.loads`.
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int, number
 from nnobs.protocol.records import pair
 from nnobs.protocol.schema import (
@@ -85,7 +85,7 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
     json_only = _Found()  # what only JSON lines carry, in line order
     for at in np.flatnonzero(present[OTHER]).tolist():
         try:
-            record = json.loads(rows[at][OTHER])
+            record = parse_json(rows[at][OTHER])
         except ValueError:  # garbage, a line torn by a crash, or not UTF-8
             record = None
         if not isinstance(record, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from typing import Generic, TypeVar, overload
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from nnobs.protocol import events
 from nnobs.protocol.events import EventKind
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int, number
 from nnobs.protocol.records import Record, encode_record, pair
 from nnobs.protocol.schema import Tensors
@@ -209,7 +209,7 @@ class RunHistory:
         if self.journal.extend(parsed.records):
             self.progress.clear()  # the rate counts from the new pace: the old one's says nothing of it
         try:
-            newest = json.loads(parsed.last_line) if parsed.last_line else {}
+            newest = parse_json(parsed.last_line) if parsed.last_line else {}
         except ValueError:
             newest = {}
         if isinstance(newest, dict):
@@ -283,7 +283,7 @@ def _new_line_of(line: bytes) -> tuple[str, int] | None:
     """(event, batch) of a record where a new line of training begins: a start goes on from its checkpoint's
     batch (0 for a fresh start), a rewind and a reinit from their own."""
     try:
-        record = json.loads(line)
+        record = parse_json(line)
     except ValueError:
         return None
     event = pair(record.get("event")) if isinstance(record, dict) else None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir
 
@@ -14,7 +14,7 @@ FORK_FILE = "fork.json"  # in a fork's directory: which run, which batch, what c
 def fork_origin(run: RunDir) -> dict | None:
     """Where a fork came from: {"run": parent, "batch": N, "changed": {...}, "t": ...}; None for a run made afresh."""
     try:
-        origin = json.loads((run.path / FORK_FILE).read_text())
+        origin = parse_json((run.path / FORK_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(origin, dict) or not isinstance(origin.get("run"), str):
@@ -34,7 +34,7 @@ def created_at(run: RunDir) -> float:
     try:
         with open(run.run_file, "rb") as f:
             first = f.readline(1 << 16)
-        t = json.loads(first).get("t")
+        t = parse_json(first).get("t")
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             return float(t)
     except (OSError, ValueError, AttributeError):

@@ -24,6 +24,7 @@ from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.protocol.errors import CommandError, MetricError, NnobsError
 from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.jobs import LAUNCHER_ENV, recorded_for_another_job
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.rundir import RunDir, local_pid
 from nnobs.protocol.schema import Tensors
 from nnobs.protocol.slot import tell_log
@@ -141,7 +142,7 @@ class NetTrainer(Trainer):
         sampler, sampler_state = self.sampler, None
         if sampler is not None and "sampler" in saved:
             try:
-                sampler_state = json.loads(str(saved["sampler"]))
+                sampler_state = parse_json(str(saved["sampler"]))
             except ValueError as err:
                 raise ValueError(f"the checkpoint's sampler state is not JSON ({err})") from err
         if sampler is not None and sampler_state is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.schema import TEST_LOSS
 from nnobs.reading.history import RunHistory
@@ -78,7 +79,7 @@ def settings_of(config_text: str | None, origin: dict[str, Any] | None, script: 
     settings: dict[str, str] = {}
     if config_text is not None:
         try:
-            raw = json.loads(config_text)
+            raw = parse_json(config_text)
         except ValueError:
             raw = {"config.json": "unreadable"}
         if isinstance(raw, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -17,6 +16,7 @@ from nnobs.launching.lifecycle import run_status
 from nnobs.protocol.checkpoint import load_checkpoint_meta
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import Signature, file_signature
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir, list_runs, runs_root, script_description
 from nnobs.protocol.schema import TEST_LOSS
@@ -263,7 +263,7 @@ def tail_rate(tail: bytes) -> float | None:
 
 def _time_and_batch(line: bytes) -> tuple[float, int] | None:
     try:
-        record = json.loads(line)
+        record = parse_json(line)
     except ValueError:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("t"), (int, float)):
@@ -304,7 +304,7 @@ def _last_loss(lines: bytes) -> tuple[int, float] | None:
         begin = lines.rfind(b"\n", 0, at) + 1
         if begin == at:  # at a line's start, not inside a string of some other record
             try:
-                record = json.loads(lines[begin : lines.index(b"\n", at)])
+                record = parse_json(lines[begin : lines.index(b"\n", at)])
                 batch, loss = record["loss"]
                 window = record.get("window")
                 windowed = isinstance(window, list) and len(window) == 2

@@ -13,6 +13,7 @@ import numpy as np
 
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command
 from nnobs.protocol.errors import CommandError, NnobsError
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite
 from nnobs.protocol.schema import Tensors, all_parameter_names
 from nnobs.training.builtin.netspec import MAX_WIDTH, NetSpecError, format_net, parse_net
@@ -222,7 +223,7 @@ class RunConfig:
     def from_json(cls, text: str) -> RunConfig:
         known = {f.name for f in fields(cls)}
         try:
-            raw = json.loads(text)
+            raw = parse_json(text)
         except ValueError as err:
             raise NnobsError(f"config.json is not valid JSON: {err}") from err
         if not isinstance(raw, dict):
