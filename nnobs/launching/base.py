@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from filelock import FileLock
 
+from nnobs.launching.status import RunStatus
 from nnobs.protocol.errors import hold
 from nnobs.protocol.jobs import JobRecord
 from nnobs.protocol.rundir import RunDir
-
-if TYPE_CHECKING:  # for annotations only: the status module builds on this one
-    from nnobs.launching.status import RunStatus
-    from nnobs.reading.history import RunHistory
+from nnobs.reading.history import RunHistory
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0  # a worker that has not obeyed a shutdown by then (stuck, or stopped) is killed
