@@ -24,7 +24,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from nnobs.launching.base import Stopped, start_lock
 from nnobs.launching.local import package_parent
-from nnobs.launching.spawn import worker_command
+from nnobs.launching.spawn import start_worker_process
 from nnobs.launching.status import RunStatus, status_of
 from nnobs.protocol import events
 from nnobs.protocol.control import queue_command
@@ -152,26 +152,10 @@ class SlurmWorker(Checkpointable):
         if why := recorded_for_another_job(run):
             print(f"nnobs: {why}: this job exits without writing", flush=True)
             return 0
-        command, cwd = worker_command(run.path, self.by)
-        env = {
-            **os.environ,
-            "NNOBS_RUN_DIR": str(run.path.resolve()),
-            "NNOBS_STARTED_BY": self.by,
-            JOB_ID_ENV: job_id,
-            LAUNCHER_ENV: "slurm",
-        }
-        with open(run.worker_log, "ab") as log:
-            # Not a session of its own, unlike a local worker: Slurm tracks the job's processes by process group,
-            # and its signals and its kill must reach the worker.
-            self._child = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-            )
+        env = {**os.environ, JOB_ID_ENV: job_id, LAUNCHER_ENV: "slurm"}
+        # Not a session of its own, unlike a local worker: Slurm tracks the job's processes by process group, and its
+        # signals and its kill must reach the worker.
+        self._child = start_worker_process(run.path, self.by, env, own_session=False)
         code = self._child.wait()
         if code != 0:
             raise NnobsError(f"the worker of {run.name} exited with code {code}; see {run.worker_log}")

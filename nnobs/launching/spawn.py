@@ -47,23 +47,28 @@ def worker_command(run_dir: Path, by: str) -> tuple[list[str], str]:
     return [sys.executable, "-P", "-m", "nnobs.training.worker", where, by], where
 
 
-def main() -> None:
-    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_session: bool) -> subprocess.Popen:
+    """Start what serves the run, its output appended to worker.log: on its own session (a local worker, out of reach
+    of the asker's terminal) or in this process group (in a Slurm job, whose signals and kill must reach it)."""
     command, cwd = worker_command(run_dir, by)
     # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
-    env = {**os.environ, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
+    env = {**env, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
     with open(run_dir / "worker.log", "ab") as log:
-        worker = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own session and process group: no signals from our terminal
+            start_new_session=own_session,
             close_fds=True,
         )
-    print(worker.pid)
+
+
+def main() -> None:
+    run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    print(start_worker_process(run_dir, by, dict(os.environ), own_session=True).pid)
 
 
 if __name__ == "__main__":
