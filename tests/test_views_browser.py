@@ -110,6 +110,8 @@ def test_the_replay_slider_moves_the_surface_back_and_forth(runs_root, visit):
     expect(live).to_be_enabled()
     live.dispatch_event("click")
     expect(said).to_have_text("The net's output over the input plane, at its latest state.")
+    # The Live button makes a fresh slider; on a loaded machine the old one stays on the page until the rerun ends.
+    expect(main_area(page).get_by_test_id("stSlider").filter(has_text="Replay")).to_have_count(1, timeout=30_000)
     expect(slider).to_have_attribute("aria-valuetext", "live")
     wait_for(lambda: picture(page, surface) == live_picture, timeout=20, what="the latest surface drawn again by Live")
 
