@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import tracemalloc
+import zipfile
 from pathlib import Path
 
-from conftest import REPO
+import numpy as np
+import pytest
+
+from conftest import REPO, wait_for
 from nnobs.launching.lifecycle import stop_worker
+from nnobs.launching.spawn import recorded_command
+from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.control import CONTROL_MOST_BYTES
+from nnobs.protocol.errors import NnobsError, UnsafeFile
+from nnobs.protocol.files import read_bytes
 from nnobs.protocol.jobs import LauncherSettings, record_launcher
-from nnobs.protocol.rundir import RunDir
+from nnobs.protocol.rundir import RunDir, local_pid, log_tail
+from nnobs.reading.watcher import read_history
+from nnobs.training.builtin.tasks import load_config
 
 NNOBS = Path(sys.executable).parent / "nnobs"  # the console script, as a user types `nnobs`
 # A teammate's package, planted in a shared folder under the names nnobs runs as its own processes.
@@ -95,3 +109,161 @@ def test_a_run_file_line_nested_100000_deep_is_a_skipped_line_for_status_tail_an
             assert (status["batch"], status["loss"], status["skipped_lines"]) == (2, 0.25, 2)
         if verb[0] == "tail":
             assert '"loss":[2,0.25]' in done.stdout.replace(" ", "")
+
+
+# -- a teammate's links and files planted in a shared runs root ---------------------------------------------------
+
+SECRET = b'{"loss":[777,0.123],"t":1.0,"gen":1}\nthe secret itself\n'  # reads as a record, were it followed
+
+
+def nnobs(root: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(NNOBS), "--runs", str(root), *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def planted_run(root: Path, name: str, secret: Path) -> RunDir:
+    """A stopped run of the built-in worker, made and trained a little by nnobs itself."""
+    made = nnobs(root, "new", name, "--task", "xor", "--target", "200")
+    assert made.returncode == 0, made.stderr
+    run = RunDir(root / name)
+    assert nnobs(root, "stop", name).returncode == 0
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    return run
+
+
+def test_a_run_file_linked_to_a_secret_is_named_and_never_read_by_status_tail_the_reader_or_a_download(tmp_path):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = RunDir(root / "leak")
+    run.path.mkdir(parents=True)
+    secret.write_bytes(SECRET)
+    run.run_file.symlink_to(secret)
+    status = nnobs(root, "status", "leak")
+    assert "run.jsonl is a symbolic link" in status.stdout, status.stdout + status.stderr
+    assert "777" not in status.stdout and "secret" not in status.stdout.replace(str(secret), "")
+    tail = nnobs(root, "tail", "leak")
+    assert "secret itself" not in tail.stdout + tail.stderr and "777" not in tail.stdout
+    assert "symbolic link" in tail.stderr, tail.stderr
+    assert read_history(run).batch == 0
+    with pytest.raises(UnsafeFile, match="symbolic link"):
+        read_bytes(run.run_file)  # what the page's download button serves
+
+
+def test_a_crashed_runs_log_linked_to_a_secret_shows_the_link_and_not_the_secret(tmp_path: Path):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = planted_run(root, "crashed", secret)
+    run.worker_log.unlink()
+    run.worker_log.symlink_to(secret)
+    assert "secret itself" not in log_tail(run)
+    assert "worker.log is a symbolic link" in log_tail(run)
+
+
+def test_a_linked_run_directory_is_listed_with_the_link_named_and_nothing_is_read_through_it(tmp_path: Path):
+    root, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "run.jsonl").write_bytes(SECRET)
+    root.mkdir()
+    (root / "leak").symlink_to(elsewhere)
+    status = nnobs(root, "status", "leak")
+    assert "is a symbolic link" in status.stdout and "777" not in status.stdout, status.stdout + status.stderr
+    assert read_history(RunDir(root / "leak")).batch == 0
+
+
+@pytest.mark.parametrize("name", ["worker.log", "worker.lock", "worker.status", "run.jsonl"])
+def test_starting_a_run_never_writes_through_a_link_planted_in_its_directory(tmp_path: Path, name: str):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = planted_run(root, "demo", secret)
+    (run.path / name).unlink()
+    (run.path / name).symlink_to(secret)
+    started = nnobs(root, "start", "demo")
+    assert started.returncode != 0 and f"{name} is a symbolic link" in started.stderr, started.stderr
+    assert "Traceback" not in started.stderr
+    # The processes nnobs starts check again on the descriptors they open: a link swapped in after the check above.
+    for module in ["nnobs.launching.spawn"] if name == "worker.log" else ["nnobs.training.worker"]:
+        subprocess.run([sys.executable, "-P", "-m", module, str(run.path), "cli"], capture_output=True, timeout=120,
+                       cwd=run.path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert secret.read_bytes() == SECRET
+    assert local_pid(run) is None
+
+
+def test_a_launch_file_of_another_user_or_flipped_by_one_between_a_check_and_a_read_never_runs(
+    request: pytest.FixtureRequest,
+):
+    if os.getuid() != 0:
+        pytest.skip("playing a second user needs root to drop to it")
+    nobody = 65534
+    shared = Path(tempfile.mkdtemp(prefix="nnobs-shared-"))  # not under tmp_path, which only its owner may enter
+    shared.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    run_dir = shared / "runs" / "scripted"
+    run_dir.mkdir(parents=True)
+    run_dir.chmod(0o777)  # a group-writable shared runs root, at its widest
+    (shared / "runs").chmod(0o755)
+    own = shared / "own-launch.json"
+    own.write_text(json.dumps({"command": ["python", "mine.py"], "cwd": str(shared)}))
+    own.chmod(0o600)
+    theirs = run_dir / "theirs.json"
+    theirs.write_text(json.dumps({"command": ["python", "planted.py"], "cwd": str(shared)}))
+    os.chown(theirs, nobody, nobody)
+    launch = run_dir / "launch.json"
+    # The teammate, as another uid, flips launch.json between a link to the owner's file and their own file.
+    flipper = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, sys
+            os.setgid({nobody}); os.setuid({nobody})
+            link, theirs, own = {str(launch)!r}, {str(theirs)!r}, {str(own)!r}
+            tmp = link + ".flip"
+            while True:
+                try:
+                    os.symlink(own, tmp); os.replace(tmp, link)
+                    os.link(theirs, tmp); os.replace(tmp, link)
+                except FileExistsError:
+                    os.unlink(tmp)
+        """)])
+    try:
+        wait_for(lambda: os.path.lexists(launch), what="the teammate's first flip")
+        outcomes = set()
+        for _ in range(3000):
+            try:
+                command, _ = recorded_command(launch)
+                outcomes.add(command[-1])
+            except SystemExit as refused:
+                outcomes.add("refused" if "not yours alone" in str(refused) or "symbolic link" in str(refused)
+                             else str(refused))
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert outcomes <= {"refused"}, outcomes  # the planted command never, and the owner's only through no link
+
+
+def test_a_checkpoint_declaring_more_numbers_than_the_net_has_is_refused_before_anything_is_loaded(tmp_path: Path):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = planted_run(root, "big", secret)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (125_000_000,)  # a gigabyte of floats, declared in a file of a few hundred bytes
+    with zipfile.ZipFile(run.checkpoint, "w") as archive:
+        with archive.open("sv.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            member.write(b"\0" * 64)
+        with archive.open("meta.npy", "w") as member:
+            np.lib.format.write_array(member, np.array(json.dumps({"batch": 5})))
+    config = load_config(run.config)
+    tracemalloc.start()
+    try:
+        with pytest.raises(NnobsError, match="declare"):
+            load_checkpoint(run.checkpoint, most_state_bytes=config.n_params * 8)
+        assert tracemalloc.get_traced_memory()[1] < 50e6
+    finally:
+        tracemalloc.stop()
+    forked = nnobs(root, "fork", "big", "big-2")
+    assert forked.returncode != 0 and "declare" in forked.stderr, forked.stderr
+
+
+def test_a_control_file_beyond_its_bound_is_refused_with_a_message_and_left_as_it_is(tmp_path: Path):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = planted_run(root, "flood", secret)
+    flood = b'{"next_seq": 1, "commands": [' + b'{"cmd": "eta"},' * (CONTROL_MOST_BYTES // 15) + b"]}"
+    run.control_file.write_bytes(flood)
+    sent = nnobs(root, "set", "flood", "--eta", "0.1", "--no-wait")
+    assert sent.returncode != 0 and "larger than" in sent.stderr and "Traceback" not in sent.stderr, sent.stderr
+    assert run.control_file.read_bytes() == flood

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 import time
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import streamlit as st
 from nnobs.app import widgets
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import read_text
 from nnobs.protocol.rundir import RunDir, list_runs, script_description
 from nnobs.reading.origin import created_at, fork_origin
 from nnobs.reading.shared_readers import curves_for
-from nnobs.training.builtin.tasks import load_config
+from nnobs.training.builtin.tasks import CONFIG_MOST_BYTES, load_config
 from nnobs.views import charts, wording
 from nnobs.views.compare import AXES, Curves, curve_frame, curves_of_history, differing_settings, settings_of
 from nnobs.views.palette import assign
@@ -120,11 +122,19 @@ def _curves(run: RunDir) -> Curves:
     return curves_of_history(curves_for(run.run_file))
 
 
+def _config_text(run: RunDir) -> str | None:
+    """The run's config.json; None for a script's run, or a file that is not one (its status names it)."""
+    try:
+        return read_text(run.config, CONFIG_MOST_BYTES)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _settings_table(ordered: tuple[str, ...], colours: dict) -> None:
     settings = {}
     for name in ordered:
         run = RunDir.named(name)
-        config = run.config.read_text() if run.config.exists() else None
+        config = _config_text(run)
         script = wording.served_by(script_description(run)) if config is None else None
         settings[name] = settings_of(config, fork_origin(run), script)
     table = differing_settings(settings)
@@ -145,7 +155,7 @@ def _surface_at(path: str, stamp: int) -> tuple[int, object] | None:
         config = load_config(run.config)
         if config.sizes[0] != 2:  # asked before the checkpoint is read: a large net's is megabytes
             return None
-        checkpoint = load_checkpoint(run.checkpoint)
+        checkpoint = load_checkpoint(run.checkpoint, most_state_bytes=config.n_params * 8)  # float64s
     except (NnobsError, OSError):
         return None
     if checkpoint is None or checkpoint.sv is None:
@@ -159,7 +169,7 @@ def _surfaces(ordered: tuple[str, ...], colours: dict) -> None:
     for name in ordered:
         run = RunDir.named(name)
         try:
-            stamp = run.checkpoint.stat().st_mtime_ns
+            stamp = os.lstat(run.checkpoint).st_mtime_ns
         except OSError:
             continue  # no checkpoint yet, or a script's run
         if batch_and_surface := _surface_at(str(run.path), stamp):

@@ -9,6 +9,7 @@ import streamlit as st
 from nnobs.app import run_confirm, run_controls, run_live, widgets
 from nnobs.launching.lifecycle import create_run, start_worker
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import is_regular, read_bytes
 from nnobs.protocol.rundir import DEFAULT_RUN, RunDir, check_run_name, list_runs
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.training.builtin.tasks import RunConfig, load_config
@@ -129,10 +130,11 @@ def _downloads(run: RunDir) -> None:
     bar.subheader("Downloads")
     bar.download_button(
         "Run file (JSON lines)",
-        data=lambda: run.run_file.read_bytes(),
+        data=lambda: read_bytes(run.run_file),
         file_name=f"{run.name}.jsonl",
         mime="application/x-ndjson",
         on_click="ignore",
+        disabled=not is_regular(run.run_file),  # none yet, or a link: never followed
     )
     bar.download_button(
         "Loss (CSV)", data=lambda: _loss_csv(run), file_name=f"{run.name}-loss.csv", mime="text/csv", on_click="ignore"

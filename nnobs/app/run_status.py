@@ -102,6 +102,11 @@ def metrics(view: RunView) -> None:
 
 def problems(run: RunDir, view: RunView) -> None:
     status = view.status
+    if status.unsafe:
+        st.error(
+            f"Not followed: {status.unsafe}. nnobs neither reads nor writes through them, so this run shows and does "
+            "only what its other files allow. Whoever keeps the runs root should move them away."
+        )
     if status.state == "crashed":
         reason = f": {status.error}" if status.error else " without a shutdown record"
         st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")

@@ -36,8 +36,7 @@ def send_commands(run: RunDir, commands: list[tuple[str, object]], wait: bool = 
     """
     for cmd, value in commands:
         check_command(cmd, value)  # refuse here, with the worker's own words, before anything is written
-    answers = RecordReader(run.run_file)
-    answers.offset = run.run_file.stat().st_size if run.run_file.exists() else 0  # answers come after this
+    answers = RecordReader.from_end(run.run_file)  # answers come after this
     sent = [queue_command(run, cmd, value, by="cli") for cmd, value in commands]
     for command in sent:
         print(f"sent {describe(command)} (command {command['id']})")

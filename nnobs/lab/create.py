@@ -99,13 +99,14 @@ def _fork_point(parent: RunDir, at: int | None) -> tuple[RunConfig, Checkpoint]:
             "since nnobs cannot start a copy of the script"
         )
     config = load_config(parent.config)
+    most_state_bytes = config.n_params * 8  # float64s: a checkpoint declaring more is none of this run's
     if at is None:
-        ckpt = load_checkpoint(parent.checkpoint)
+        ckpt = load_checkpoint(parent.checkpoint, most_state_bytes)
         if ckpt is None:
             raise NnobsError(f"{parent.name} has no checkpoint yet: start it, and fork once it has trained a little")
         return config, ckpt
     at = _checked("rewind", at)
-    ckpt = load_kept(parent.checkpoint, at)
+    ckpt = load_kept(parent.checkpoint, at, most_state_bytes)
     if ckpt is None:
         kept = kept_batches(parent.checkpoint)
         where = f"the oldest kept is at batch {kept[0]:,}" if kept else "none are kept yet"

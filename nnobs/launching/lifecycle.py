@@ -15,8 +15,15 @@ from nnobs.launching.local import LOCAL, settled_pid
 from nnobs.launching.status import RunStatus, status_of
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import create_once, replace_atomically
-from nnobs.protocol.jobs import JobRecord, LauncherMissing, LauncherSettings, read_launcher, record_launcher
-from nnobs.protocol.rundir import RunDir, script_description
+from nnobs.protocol.jobs import (
+    JobRecord,
+    LauncherError,
+    LauncherMissing,
+    LauncherSettings,
+    read_launcher,
+    record_launcher,
+)
+from nnobs.protocol.rundir import RunDir, local_pid, script_description, unsafe_files
 from nnobs.reading.history import RunHistory
 from nnobs.training.builtin.tasks import RunConfig
 
@@ -87,8 +94,11 @@ def active_job(run: RunDir) -> JobRecord | None:
 def start_worker(run: RunDir, by: str = "") -> int | JobRecord:
     """Start the run's worker by its launcher unless one is alive: the live worker's pid, or on Slurm its one job.
 
-    by says who asked ("page", "cli"); the worker's started record carries it.
+    by says who asked ("page", "cli"); the worker's started record carries it. A run whose directory holds a link
+    or other non-file where a run file should be is not started: said before anything is written or launched.
     """
+    if unsafe := unsafe_files(run):
+        raise NnobsError(f"{run.name} is not started: {'; '.join(unsafe)}, which nnobs never follows; move it away")
     if not run.config.exists() and not run.launch.exists() and run.exists():
         pid = settled_pid(run)
         if pid is not None:
@@ -184,4 +194,6 @@ def run_status(run: RunDir, history: RunHistory, now: float | None = None) -> Ru
     except LauncherMissing as err:  # a run recorded for a launcher this machine cannot load: its status says so
         status = status_of(run, history, now, None)
         return replace(status, launcher=launcher_settings(run).kind, error=str(err))
+    except LauncherError as err:  # launcher.json unreadable, or not a file: the run's status says so all the same
+        return replace(status_of(run, history, now, local_pid(run)), error=str(err))
     return launcher.status(run, history, now)

@@ -32,8 +32,7 @@ def _start_local(run: RunDir, by: str = "") -> int:
         pid = settled_pid(run)
         if pid is not None:
             return pid
-        announcements = RecordReader(run.run_file)
-        announcements.offset = run.run_file.stat().st_size if run.run_file.exists() else 0
+        announcements = RecordReader.from_end(run.run_file)
         where = os.path.abspath(run.path)
         launched = subprocess.run(
             [sys.executable, "-P", "-m", "nnobs.launching.spawn", where, by],  # -P, and cwd: see worker_command

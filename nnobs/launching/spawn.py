@@ -3,8 +3,8 @@
 The worker is the built-in one (python -m nnobs.training.worker), or the command `nnobs run` recorded in
 launch.json, run in its recorded directory. The asker waits for this short-lived process, so the
 worker is nobody's child: it is not left a zombie under a long-lived server, and Ctrl-C on the
-asker's terminal never reaches it. Only the standard library (and the stdlib-only jsontext) is imported here, to keep
-the hop cheap.
+asker's terminal never reaches it. Only the standard library and nnobs's small file helpers are imported here, to
+keep the hop cheap.
 """
 
 import os
@@ -12,20 +12,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nnobs.protocol.files import open_file
 from nnobs.protocol.jsontext import parse_json
+
+LAUNCH_MOST_BYTES = 1 << 20  # a command line and a directory: a larger launch.json is no file `nnobs run` wrote
 
 
 def recorded_command(launch: Path) -> tuple[list[str], str]:
     """The command and directory `nnobs run` recorded. It is run only from a file of the user who starts it, that no one
-    else may write: a run directory shared with others must not let them choose what this user runs."""
-    stat = launch.stat()
-    if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
-        sys.exit(
-            f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command is not "
-            "run; record it again with `nnobs run`"
-        )
+    else may write: a run directory shared with others must not let them choose what this user runs. The file is
+    checked on the descriptor it is then read from: a link swapped in after a check by name would pass it."""
     try:
-        recorded = parse_json(launch.read_text())
+        with open_file(launch) as f:
+            stat = os.fstat(f.fileno())
+            if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
+                sys.exit(
+                    f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command "
+                    "is not run; record it again with `nnobs run`"
+                )
+            text = f.read(LAUNCH_MOST_BYTES + 1)
+    except OSError as err:  # a link or no regular file (UnsafeFile), or unreadable
+        sys.exit(f"{launch}: {err}; its command is not run")
+    try:
+        if len(text) > LAUNCH_MOST_BYTES:
+            raise ValueError(f"more than {LAUNCH_MOST_BYTES:,} bytes")
+        recorded = parse_json(text)
         command, cwd = recorded["command"], recorded["cwd"]
     except (ValueError, KeyError, TypeError) as err:
         sys.exit(f"{launch} is unreadable ({err}): record the command again with `nnobs run`")
@@ -41,7 +52,7 @@ def worker_command(run_dir: Path, by: str) -> tuple[list[str], str]:
     directory. nnobs's own processes run with -P: the directory they start in never goes first on sys.path, so no
     package planted there (a shared folder's nnobs/) runs in place of this one."""
     launch = run_dir / "launch.json"
-    if launch.exists():
+    if os.path.lexists(launch):  # a link there is refused by name, never taken for "no command recorded"
         return recorded_command(launch)
     where = os.path.abspath(run_dir)
     return [sys.executable, "-P", "-m", "nnobs.training.worker", where, by], where
@@ -53,13 +64,13 @@ def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_sessio
     command, cwd = worker_command(run_dir, by)
     # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
     env = {**env, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
-    with open(run_dir / "worker.log", "ab") as log:
+    with open_file(run_dir / "worker.log", "ab") as log:
         return subprocess.Popen(
             command,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=log.fileno(),
             stderr=subprocess.STDOUT,
             start_new_session=own_session,
             close_fds=True,
@@ -68,7 +79,10 @@ def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_sessio
 
 def main() -> None:
     run_dir, by = Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
-    print(start_worker_process(run_dir, by, dict(os.environ), own_session=True).pid)
+    try:
+        print(start_worker_process(run_dir, by, dict(os.environ), own_session=True).pid)
+    except OSError as err:  # worker.log a link (UnsafeFile), a full disk: said in a line, not a traceback
+        sys.exit(f"cannot start the worker: {err}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from nnobs.protocol.events import EventKind
-from nnobs.protocol.rundir import RunDir, is_imported
+from nnobs.protocol.rundir import RunDir, is_imported, unsafe_files
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
 from nnobs.reading.history import RunHistory
@@ -38,6 +38,7 @@ class RunStatus:
     job_id: str | None = None  # on Slurm: the run's job
     job_state: str | None = None  # on Slurm: the scheduler's state of it (PENDING, RUNNING, CANCELLED...)
     reason: str = ""  # on Slurm: why the job waits (Slurm's reason), or why it ended
+    unsafe: str = ""  # links or other non-files where run files should be: named, never followed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +106,7 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         write_error=write_error,
         error=error,
         skipped_lines=history.skipped_lines,
+        unsafe="; ".join(unsafe_files(run)),
     )
 
 

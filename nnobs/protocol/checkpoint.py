@@ -7,15 +7,16 @@ trainer saves of its net: the built-in worker its state vector (sv), a script it
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.files import open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
 
@@ -54,16 +55,58 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     replace_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
 
 
-def load_checkpoint(path: Path) -> Checkpoint | None:
-    """The saved checkpoint, or None when there is none yet."""
+META_MOST_BYTES = 1 << 20  # a checkpoint's settings as JSON: a few hundred bytes; more is no checkpoint nnobs wrote
+
+
+def _declared_bytes(f) -> dict[str, int]:
+    """The bytes each array of an .npz says it holds, read from the arrays' headers alone (nothing else is loaded).
+
+    A file of a few hundred bytes may declare an array of 10^9 floats, which loading would then allocate: the sizes
+    are checked before any array is read.
+    """
+    declared = {}
+    with zipfile.ZipFile(f) as archive:
+        for member in archive.namelist():
+            with archive.open(member) as array:
+                version = np.lib.format.read_magic(array)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(array)
+            declared[member.removesuffix(".npy")] = math.prod(shape) * dtype.itemsize
+    return declared
+
+
+def _check_sizes(f, most_state_bytes: int | None) -> None:
+    """ValueError when the arrays declare more than a checkpoint of the run could hold."""
+    declared = _declared_bytes(f)
+    if declared.get("meta", 0) > META_MOST_BYTES:
+        raise ValueError(f"its settings declare {declared['meta']:,} bytes")
+    state_bytes = sum(size for name, size in declared.items() if name != "meta")
+    if most_state_bytes is not None and state_bytes > most_state_bytes:
+        raise ValueError(f"its arrays declare {state_bytes:,} bytes, where the run's net has {most_state_bytes:,}")
+    f.seek(0)
+
+
+def load_checkpoint(path: Path, most_state_bytes: int | None = None) -> Checkpoint | None:
+    """The saved checkpoint, or None when there is none yet. With most_state_bytes (what the run's net holds), one whose
+    arrays declare more is refused before any is loaded; a checkpoint's settings are always bounded so."""
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            meta = parse_json(str(saved["meta"]))
-            state = {name: saved[name].copy() for name in saved.files if name != "meta"}
+        with open_file(path) as f:
+            _check_sizes(f, most_state_bytes)
+            with np.load(f, allow_pickle=False) as saved:
+                meta = parse_json(str(saved["meta"]))
+                state = {name: saved[name].copy() for name in saved.files if name != "meta"}
         return Checkpoint(state=state, **meta)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as err:  # TypeError: meta that is not Checkpoint's fields
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zipfile.BadZipFile,
+    ) as err:  # TypeError: meta that is not Checkpoint's fields
         # numpy's own words for pickled content suggest loading it unsafely: never, for a file anyone could have put here.
         reason = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else str(err)
         raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err
@@ -72,16 +115,19 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
 def load_checkpoint_meta(path: Path) -> dict | None:
     """The checkpoint's settings alone (batch, eta, target, ...), without reading its arrays; None when unreadable."""
     try:
-        with np.load(path, allow_pickle=False) as saved:  # an .npz member is read only when asked for
-            meta = parse_json(str(saved["meta"]))
-    except (OSError, ValueError, KeyError):
+        with open_file(path) as f:
+            _check_sizes(f, None)
+            with np.load(f, allow_pickle=False) as saved:  # an .npz member is read only when asked for
+                meta = parse_json(str(saved["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
     if not isinstance(meta, dict):
         return None
     # Only what is of the type a checkpoint writes: a file anyone could have put here must not take a reader down.
-    whole = {k: meta[k] for k in ("batch", "target", "report_every") if is_count(meta.get(k))}
+    whole = {k: meta[k] for k in ("batch", "target", "report_every", "last_seq") if is_count(meta.get(k))}
     numbers = {k: float(meta[k]) for k in ("eta", "pace") if is_count(meta.get(k)) or isinstance(meta.get(k), float)}
-    return whole | numbers
+    control_id = {"control_id": meta["control_id"]} if isinstance(meta.get("control_id"), str) else {}
+    return whole | numbers | control_id
 
 
 KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches
@@ -115,9 +161,10 @@ def keep_checkpoint(path: Path, batch: int) -> None:
     tmp = folder / f".{kept.name}.tmp"
     tmp.unlink(missing_ok=True)
     try:
-        os.link(path, tmp)
+        os.link(path, tmp, follow_symlinks=False)  # a link planted there stays a link, which no load follows
     except OSError:  # a filesystem without hard links
-        shutil.copyfile(path, tmp)
+        with open_file(path) as saved:
+            replace_atomically(tmp, lambda out: out.write(saved.read()))
     os.replace(tmp, kept)
     batches = kept_batches(path)
     while len(batches) > KEPT:
@@ -132,9 +179,9 @@ def forget_kept_after(path: Path, batch: int) -> None:
         (kept_dir(path) / f"{later:015d}.npz").unlink(missing_ok=True)
 
 
-def load_kept(path: Path, batch: int) -> Checkpoint | None:
+def load_kept(path: Path, batch: int, most_state_bytes: int | None = None) -> Checkpoint | None:
     """The newest kept checkpoint at or before batch, or None when none is kept there."""
     at_or_before = [b for b in kept_batches(path) if b <= batch]
     if not at_or_before:
         return None
-    return load_checkpoint(kept_dir(path) / f"{at_or_before[-1]:015d}.npz")
+    return load_checkpoint(kept_dir(path) / f"{at_or_before[-1]:015d}.npz", most_state_bytes)

@@ -8,15 +8,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from nnobs.protocol.checkpoint import load_checkpoint
-from nnobs.protocol.errors import CommandError, ControlFileError, NnobsError
-from nnobs.protocol.files import Signature, file_signature, replace_atomically
+from nnobs.protocol.checkpoint import load_checkpoint_meta
+from nnobs.protocol.errors import CommandError, ControlFileError
+from nnobs.protocol.files import Signature, file_signature, read_text, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.locks import shared_lock
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir
 
 LOCK_TIMEOUT_S = 10.0
+# A command is about 150 bytes and applied ones are forgotten past COMMANDS_KEPT: a control file of megabytes holds
+# no commands nnobs queued. Larger, it is refused unread, so that no one can make every reader parse gigabytes.
+CONTROL_MOST_BYTES = 8 << 20
 
 Command = dict[str, Any]  # {"seq": int, "id": str, "cmd": str, "value": ..., "t": float, "by": str}
 
@@ -28,11 +31,11 @@ def _new_content() -> dict[str, Any]:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = read_text(path, CONTROL_MOST_BYTES)
     except FileNotFoundError:
         return _new_content()
     except (OSError, UnicodeDecodeError) as err:
-        raise ControlFileError(f"cannot read {path}: {err}") from err
+        raise ControlFileError(f"cannot read {path.name}: {err}; move it away to steer the run again") from err
     if not text.strip():
         return _new_content()  # emptied by hand: no commands yet, as if it were missing
     try:
@@ -159,10 +162,7 @@ def queue_command(run: RunDir, cmd: str, value=None, by: str = "") -> Command:
     """
     command = send_command(run.control_file, cmd, value, by=by)
     if command["seq"] % COMMANDS_KEPT == 0:
-        try:
-            ckpt = load_checkpoint(run.checkpoint)
-        except NnobsError:
-            ckpt = None  # an unreadable checkpoint says nothing of what was applied: keep everything
-        if ckpt is not None:
-            forget_applied(run.control_file, ckpt.control_id, ckpt.last_seq, keep=COMMANDS_KEPT)
+        applied = load_checkpoint_meta(run.checkpoint)  # its settings alone: the arrays may be gigabytes
+        if applied is not None and "last_seq" in applied:  # an unreadable one says nothing: keep everything
+            forget_applied(run.control_file, applied.get("control_id"), applied["last_seq"], keep=COMMANDS_KEPT)
     return command

@@ -24,6 +24,11 @@ class ControlFileError(NnobsError):
     """The control file exists but cannot be read as commands."""
 
 
+class UnsafeFile(NnobsError, OSError):
+    """Where a run file should be lies something nnobs does not open: a symbolic link, no regular file, or a file
+    beyond the size it can hold. It is named, never followed or read."""
+
+
 class LockTimeout(NnobsError, TimeoutError):
     """Another process held a lock for longer than we wait."""
 

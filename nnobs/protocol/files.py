@@ -1,12 +1,19 @@
-"""Writing files so that readers and crashes only ever see the old content or the new, whole."""
+"""Run files opened as what they must be (regular files, no link followed), and written so that readers and crashes
+only ever see the old content or the new, whole."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
+
+from nnobs.protocol.errors import UnsafeFile
 
 FILE_MODE = 0o644  # before the umask, as for every file of a run: readable by everyone who may watch it
 
@@ -22,9 +29,92 @@ def signature_of(stat: os.stat_result) -> Signature:
 def file_signature(path: Path) -> Signature | None:
     """The file's signature, or None when it cannot be stat()ed (not there, or not ours to see)."""
     try:
-        return signature_of(os.stat(path))
+        return signature_of(os.lstat(path))  # a link's own: a link's target is never read
     except OSError:
         return None
+
+
+# Never follow a link at the file (a teammate's run.jsonl pointing at a secret, or worker.log at someone's file);
+# never wait on a pipe planted in its place (opening a FIFO for reading blocks until a writer comes).
+_SAFE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_MODE_FLAGS = {
+    "rb": os.O_RDONLY,
+    "r+b": os.O_RDWR,
+    "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+}
+
+
+def _what_is_at(path: Path) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "not a regular file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _refused(path: Path, what: str) -> UnsafeFile:
+    return UnsafeFile(f"{path} is {what}: nnobs does not follow it or read it")
+
+
+def open_fd(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
+    """A descriptor of the regular file at path. A symbolic link at the file or at its directory (the run's directory)
+    is refused, never followed, and the file is checked on the descriptor itself, so that nothing can be swapped in
+    between a check and the read. Raises UnsafeFile, or the OSError of the open (FileNotFoundError...)."""
+    path = Path(path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise _refused(path.parent, _what_is_at(path.parent)) from None
+        raise
+    try:
+        fd = os.open(path.name, flags | _SAFE_FLAGS, mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _refused(path, "a symbolic link") from None
+        if err.errno == errno.EISDIR:
+            raise _refused(path, "a directory") from None
+        raise
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refused(path, "not a regular file")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # what children inherit
+    return fd
+
+
+def open_file(path: str | os.PathLike, mode: str = "rb") -> io.BufferedIOBase:
+    """open(path, mode) for a run file ("rb", "r+b", "ab" or "wb"), through open_fd: no link followed."""
+    return cast(io.BufferedIOBase, os.fdopen(open_fd(path, _MODE_FLAGS[mode]), mode))
+
+
+def read_bytes(path: str | os.PathLike, most: int | None = None) -> bytes:
+    """The whole regular file at path; UnsafeFile for a link, no regular file, or one larger than most bytes (which is
+    then not read at all)."""
+    with open_file(path) as f:
+        if most is None:
+            return f.read()
+        content = f.read(most + 1) if os.fstat(f.fileno()).st_size <= most else None
+    if content is None or len(content) > most:  # grown past it since, too
+        raise _refused(Path(path), f"larger than the {most:,} bytes it may hold")
+    return content
+
+
+def read_text(path: str | os.PathLike, most: int | None = None) -> str:
+    """read_bytes as UTF-8 text (UnicodeDecodeError, a ValueError, for other bytes)."""
+    return read_bytes(path, most).decode()
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether a regular file lies at path itself (a link to one is not)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def leftover_temps(path: Path) -> list[Path]:
@@ -81,9 +171,9 @@ def cap_file(path: Path, most: int, keep: int) -> bool:
 
     In place, so that writers holding it open with O_APPEND (a worker's stdout) go on writing at its end.
     """
-    if os.stat(path).st_size <= most:
+    if os.lstat(path).st_size <= most:
         return False  # the usual case, told by one stat: the worker asks every second
-    with open(path, "r+b") as f:
+    with open_file(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         f.seek(size - keep)
         tail = f.read()

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from nnobs.protocol.errors import MissingExtra, NnobsError
-from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.files import read_text, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 
 KINDS = ("local", "slurm")
 JOB_ID_ENV = "NNOBS_JOB_ID"  # in a job: the id job.json must name for its worker to write anything
 LAUNCHER_ENV = "NNOBS_LAUNCHER"  # "slurm" in a job: SIGTERM then means Slurm is ending it, not a request to stop
+SETTINGS_MOST_BYTES = 1 << 20  # launcher.json and job.json hold a few lines: larger ones are refused unread
 DEFAULT_TIME = "1:00:00"  # submitit would ask for 5 minutes; an hour, then a checkpoint and a requeue
 DEFAULT_SIGNAL_DELAY_S = 90  # Slurm signals at most once a minute: 90 s leaves one full chance to checkpoint
 # Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
@@ -168,7 +169,7 @@ class LauncherSettings:
 def read_launcher(path: Path) -> LauncherSettings:
     """The settings in the launcher.json at path; the local launcher's when there is none."""
     try:
-        text = path.read_text()
+        text = read_text(path, SETTINGS_MOST_BYTES)
     except FileNotFoundError:
         return LauncherSettings()
     except OSError as err:
@@ -208,7 +209,7 @@ class JobRecord:
 def read_job(path: Path) -> JobRecord | None:
     """The job job.json names, or None when there is none (or a file no one could have written whole)."""
     try:
-        raw = parse_json(path.read_text())
+        raw = parse_json(read_text(path, SETTINGS_MOST_BYTES))
         return JobRecord(**{k: raw[k] for k in raw if k in JobRecord.__dataclass_fields__})
     except (OSError, ValueError, TypeError, KeyError):
         return None

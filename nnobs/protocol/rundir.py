@@ -5,16 +5,19 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnobs.protocol.errors import RunNameError
-from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.errors import RunNameError, UnsafeFile
+from nnobs.protocol.files import FILE_MODE, open_fd, open_file, read_text
 from nnobs.protocol.jsontext import parse_json
 
 DEFAULT_RUN = "default"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DESCRIPTION_MOST_BYTES = 1 << 20  # run.json: a script's argv and directory, far less than this
+LOG_TAIL_BYTES = 8192  # a crash's last lines: a traceback, not the whole log
 LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
 
 
@@ -61,13 +64,40 @@ class RunDir:
     job_file = property(lambda self: self.path / "job.json")  # a run on Slurm: the one job it has
 
     def exists(self) -> bool:
-        """A run is a directory with a config, a script's description or launch command, or a run file."""
-        return any(p.is_file() for p in (self.config, self.description, self.launch, self.run_file))
+        """A run is a directory with a config, a script's description or launch command, or a run file. A link in
+        place of one counts (so that the run is listed and the link named wherever it is read), but is never followed."""
+        return any(os.path.lexists(p) for p in (self.config, self.description, self.launch, self.run_file))
+
+
+# Every file nnobs keeps in a run's directory (the kept checkpoints live in checkpoints/).
+RUN_FILE_NAMES = (
+    "run.jsonl", "control.json", "worker.lock", "start.lock", "worker.log", "checkpoint.npz", "config.json",
+    "run.json", "launch.json", "worker.status", "launcher.json", "job.json", "fork.json", "run.fold", "run.curves",
+)  # fmt: skip
+
+
+def unsafe_files(run: RunDir) -> list[str]:
+    """What lies where the run's directory or one of its files should be and is not one: each named, for status and
+    the page to say, as nothing follows or reads it (a teammate's link to a secret, a pipe, a directory)."""
+    try:
+        if stat.S_ISLNK(os.lstat(run.path).st_mode):
+            return [f"the run directory {run.path} is a symbolic link"]
+    except OSError:
+        return []
+    found = []
+    for name in RUN_FILE_NAMES:
+        try:
+            mode = os.lstat(run.path / name).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            found.append(f"{name} is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a regular file'}")
+    return found
 
 
 def take_worker_lock(run: RunDir) -> int | None:
     """An fd holding worker.lock exclusively, or None when a live worker holds it. The kernel drops it at exit."""
-    fd = os.open(run.worker_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = open_fd(run.worker_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
     deadline = time.monotonic() + LOCK_RETRY_S
     while True:
         try:
@@ -83,8 +113,8 @@ def take_worker_lock(run: RunDir) -> int | None:
 def local_pid(run: RunDir) -> int | None:
     """The live local worker's pid, or None when no process holds worker.lock (pids and zombies cannot fool this)."""
     try:
-        fd = os.open(run.worker_lock, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = open_fd(run.worker_lock)
+    except (FileNotFoundError, UnsafeFile):  # none, or a link no worker of ours holds (status names it)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -116,17 +146,19 @@ def process_gone(pid: int) -> bool:
 
 def log_tail(run: RunDir, n_lines: int = 20) -> str:
     try:
-        with open(run.worker_log, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
-            return b"\n".join(f.read().splitlines()[-n_lines:]).decode(errors="replace")
+        with open_file(run.worker_log) as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
+            return b"\n".join(f.read(LOG_TAIL_BYTES).splitlines()[-n_lines:]).decode(errors="replace")
     except FileNotFoundError:
         return ""
+    except UnsafeFile as err:  # named in place of the lines, never followed
+        return str(err)
 
 
 def script_description(run: RunDir) -> dict | None:
     """What run.json says of what serves the run (a script: argv, cwd, pid; an import: where from), or None."""
     try:
-        description = parse_json(run.description.read_text())
+        description = parse_json(read_text(run.description, DESCRIPTION_MOST_BYTES))
     except (OSError, ValueError):
         return None
     return description if isinstance(description, dict) else None
@@ -135,7 +167,7 @@ def script_description(run: RunDir) -> dict | None:
 def is_imported(run: RunDir) -> bool:
     """True for a run file imported by `nnobs import`: read-only, nothing serves it."""
     description = script_description(run)
-    return description is not None and description.get("kind") == "imported" and not run.launch.exists()
+    return description is not None and description.get("kind") == "imported" and not os.path.lexists(run.launch)
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:

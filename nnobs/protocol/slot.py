@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.files import FILE_MODE, open_fd, read_bytes
 from nnobs.protocol.jsontext import parse_json
 
 SLOT_BYTES = 4096
@@ -24,7 +24,7 @@ class StatusSlot:
 
     def __init__(self, path: Path, pid: int, gen: int):
         self.pid, self.gen = pid, gen
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        self._fd = open_fd(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             os.posix_fallocate(self._fd, 0, SLOT_BYTES)
         except OSError:  # a filesystem without fallocate (or no space even for this): written whole below, if it can be
@@ -49,7 +49,7 @@ class StatusSlot:
 def read_slot(path: Path) -> dict:
     """What a worker's status slot says; {} when there is none or it is unreadable."""
     try:
-        said = parse_json(Path(path).read_bytes().rstrip(b" \0") or b"{}")
+        said = parse_json(read_bytes(path, SLOT_BYTES).rstrip(b" \0") or b"{}")
     except (OSError, ValueError):
         return {}
     return said if isinstance(said, dict) else {}

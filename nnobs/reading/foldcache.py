@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.files import open_file, replace_atomically
 from nnobs.protocol.numbers import is_int, is_number
 from nnobs.protocol.records import HEAD_BYTES
 from nnobs.reading.arrayfile import ArrayFile, check, write_arrays
@@ -57,7 +57,7 @@ def save(run_file: str | os.PathLike, history: RunHistory, offset: int, inode: i
     if inode is None or offset <= 0:
         return False
     try:
-        with open(run_file, "rb") as f:
+        with open_file(run_file) as f:
             if os.fstat(f.fileno()).st_ino != inode:  # replaced since it was read: what was folded is not in it
                 return False
             covers = _fingerprint(f.fileno(), offset)
@@ -84,7 +84,7 @@ def load(run_file: str | os.PathLike, outline_only: bool = False) -> tuple[RunHi
     found = None
     for path in [cache_path(run_file)] + ([cache_path(run_file, True)] if outline_only else []):
         try:
-            with open(path, "rb") as f:
+            with open_file(path) as f:
                 archive = ArrayFile(f)
                 meta = archive.meta
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -112,7 +112,7 @@ def _still_there(run_file: str | os.PathLike, covers: dict) -> Covered | None:
     offset, inode = covers["offset"], covers["inode"]
     if not (is_int(offset) and is_int(inode) and offset > 0):
         return None
-    with open(run_file, "rb") as f:
+    with open_file(run_file) as f:
         fd = f.fileno()
         said = {k: covers.get(k) for k in ("offset", "head", "tail")}
         if os.fstat(fd).st_ino != inode or _fingerprint(fd, offset) != said:

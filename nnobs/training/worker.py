@@ -76,7 +76,10 @@ def main(argv: list[str]) -> int:
         return 0
     except Exception as err:  # a bad config or checkpoint: say so where the page and CLI look, then stop
         tell_log(traceback.format_exc().rstrip())
-        RecordWriter(run_dir.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
+        try:
+            RecordWriter(run_dir.run_file, gen=None).write({"event": [0, "error"], "error": f"cannot start: {err}"})
+        except OSError:  # the run file itself is what cannot be opened (a link in its place): the log says it
+            pass
         return 1
     tell_log(f"nnobs worker {os.getpid()} started {stamp} for {run_dir.path}")
     code = 0

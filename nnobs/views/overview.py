@@ -15,7 +15,7 @@ import numpy as np
 from nnobs.launching.lifecycle import run_status
 from nnobs.protocol.checkpoint import load_checkpoint_meta
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import Signature, file_signature
+from nnobs.protocol.files import Signature, file_signature, open_file
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir, list_runs, runs_root, script_description
@@ -166,7 +166,7 @@ def _new_feed(run: RunDir) -> _Feed:
         history, inode, 0, (-1, -1), (*_what_it_trains(run), created_at(run), origin.get("run") if origin else None)
     )
     try:
-        with open(run.run_file, "rb") as f:
+        with open_file(run.run_file) as f:
             size = os.fstat(f.fileno()).st_size
             head = _whole_lines(f.read(min(size, HEAD_BYTES)), at_start=True)
             tail_from = max(len(head), size - TAIL_BYTES)
@@ -193,7 +193,7 @@ def _new_feed(run: RunDir) -> _Feed:
 def _feed_on(run: RunDir, feed: _Feed, size: int) -> None:
     """Fold in what was appended since the feed last read; past CATCH_UP_BYTES of it, only its newest records."""
     try:
-        with open(run.run_file, "rb") as f:
+        with open_file(run.run_file) as f:
             start = max(feed.offset, size - CATCH_UP_BYTES)
             f.seek(start)
             chunk = f.read(size - start)
@@ -208,7 +208,7 @@ def _last_test_loss(path: Path, before: int) -> float | None:
     """The newest test loss reported before offset `before`, looked for backwards over at most TEST_SCAN_BYTES."""
     needle = f'"{TEST_LOSS}":['.encode()
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             end = before
             while end > 0 and before - end < TEST_SCAN_BYTES:
                 start = max(0, end - TAIL_BYTES)
@@ -278,7 +278,7 @@ def sparkline(path: Path, points: int = SPARK_POINTS) -> list[tuple[int, float]]
     """(batch, loss) from chunks sampled evenly across the run file: the whole run's shape for a bounded read."""
     out: dict[int, float] = {}
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             starts = sorted({int(s) for s in np.linspace(0, max(0, size - SPARK_CHUNK), points)}) if size else []
             for start in starts:

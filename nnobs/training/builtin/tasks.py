@@ -13,6 +13,7 @@ import numpy as np
 
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command
 from nnobs.protocol.errors import CommandError, NnobsError
+from nnobs.protocol.files import read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite
 from nnobs.protocol.schema import Tensors, all_parameter_names
@@ -212,6 +213,11 @@ class RunConfig:
         return parse_net(self.net_spec())[0]
 
     @property
+    def n_params(self) -> int:
+        """How many numbers the net's state vector holds: each layer's weights and biases."""
+        return sum((n_in + 1) * n_out for n_in, n_out in zip(self.sizes, self.sizes[1:]))
+
+    @property
     def activations(self) -> list[str]:
         """One activation name per affine layer."""
         return parse_net(self.net_spec())[1]
@@ -331,8 +337,11 @@ def training_rows(config: RunConfig) -> int:
     return task.points if task.draw is None else round(config.train_share * task.points)
 
 
+CONFIG_MOST_BYTES = 1 << 20  # far beyond any configuration: a larger config.json is refused unread
+
+
 def load_config(path: Path) -> RunConfig:
-    return RunConfig.from_json(Path(path).read_text())
+    return RunConfig.from_json(read_text(path, CONFIG_MOST_BYTES))
 
 
 # -- what a configuration trains ----------------------------------------------------------------
