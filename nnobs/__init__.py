@@ -26,6 +26,7 @@ __all__ = [
     "RunNameError",
     "RunTaken",
     "Trainer",
+    "UnsafeFile",
     "attach",
 ]
 

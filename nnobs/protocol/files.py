@@ -100,7 +100,7 @@ def read_bytes(path: str | os.PathLike, most: int | None = None) -> bytes:
             return f.read()
         content = f.read(most + 1) if os.fstat(f.fileno()).st_size <= most else None
     if content is None or len(content) > most:  # grown past it since, too
-        raise _refused(Path(path), f"larger than the {most:,} bytes it may hold")
+        raise UnsafeFile(f"{path} is larger than the {most:,} bytes it may hold: nnobs does not read it")
     return content
 
 
