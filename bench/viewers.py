@@ -71,7 +71,7 @@ def figures(say) -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
              "--browser.gatherUsageStats", "false", "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=REPO, env={**os.environ, "NNOBS_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=REPO, env={**os.environ, "NNOBS_RUNS": root, "NNOBS_OPERATOR_PASSWORD": "none"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_healthy(f"http://127.0.0.1:{port}")
             start_worker(run)

@@ -86,6 +86,7 @@ def figures(say) -> None:
     original = run_views.draw
     with tempfile.TemporaryDirectory() as root:
         os.environ["NNOBS_RUNS"] = root
+        os.environ["NNOBS_OPERATOR_PASSWORD"] = "none"  # the page steers without signing in
         spiral = RunDir.named("spiral", root)
         new_run(spiral, SPIRAL, by="bench")
         script = subprocess.Popen([sys.executable, "-c", MILLION, root], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

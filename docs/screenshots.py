@@ -43,7 +43,7 @@ def serve(root: Path, port: int, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(root), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(root), "NNOBS_OPERATOR_PASSWORD": "none", **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 

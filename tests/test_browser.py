@@ -78,14 +78,20 @@ def _healthy(url: str) -> bool:
 
 
 class Servers:
-    """`streamlit run app.py` processes on free loopback ports over one runs root."""
+    """`streamlit run app.py` processes on free loopback ports over one runs root.
+
+    Open to everyone unless a test passes its own NNOBS_OPERATOR_PASSWORD: most tests steer without signing in."""
+
+    OPEN_TO_EVERYONE = {"NNOBS_OPERATOR_PASSWORD": "none"}  # nnobs.app.operators.OPEN_WORD: no operator credential
 
     def __init__(self, runs_root: Path, logs: Path):
         self.runs_root, self.logs = runs_root, logs
         self.processes: dict[str, subprocess.Popen] = {}  # by URL
+        self.consoles: dict[str, Path] = {}  # by URL: the file its stdout and stderr go to
 
     def start(self, **env: str) -> str:
-        """Start a server with env added to this one's; its URL, once it answers.
+        """Start a server with env added to this one's (open to everyone unless env says otherwise); its URL, once it
+        answers.
 
         A free port may be taken by another process (a test beside this one) before streamlit binds it: streamlit
         then exits saying the port is not available, and the server is started again on another free port."""
@@ -97,11 +103,11 @@ class Servers:
                     [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
                      "--server.headless", "true", "--browser.gatherUsageStats", "false",
                      "--server.port", str(port), "--server.address", "127.0.0.1"],
-                    cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(self.runs_root), **env},
+                    cwd=REPO, env={**os.environ, "NNOBS_RUNS": str(self.runs_root), **self.OPEN_TO_EVERYONE, **env},
                     stdout=out, stderr=subprocess.STDOUT,
                 )
             url = f"http://127.0.0.1:{port}"
-            self.processes[url] = process
+            self.processes[url], self.consoles[url] = process, log
             wait_for(lambda: process.poll() is not None or _healthy(url), timeout=60, what=f"streamlit to answer at {url}")
             if process.poll() is None:
                 return url
@@ -109,6 +115,10 @@ class Servers:
             if f"Port {port} is not available" not in log.read_text():
                 break
         pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+
+    def console(self, url: str) -> str:
+        """What the server at url has printed so far."""
+        return self.consoles[url].read_text(errors="replace")
 
     def kill(self, url: str) -> None:
         """kill -9 the server at url, as a crash or an OOM killer would, and reap it."""

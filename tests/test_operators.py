@@ -1,4 +1,5 @@
-"""Where the operator password comes from, read through Streamlit's own secrets from real files."""
+"""Where the operator password comes from, read through Streamlit's own secrets from real files, and how wrong
+guesses are counted, client by client."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from streamlit import config
 from streamlit.runtime.secrets import Secrets
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.app.operators import PASSWORD_ENV, WrongGuesses, configured_password, may_steer
+from nnobs.app.operators import (
+    CREDENTIAL_FILE,
+    OPEN_WORD,
+    PASSWORD_ENV,
+    WrongGuesses,
+    client_key,
+    configured_password,
+    may_steer,
+    operator_access,
+)
 
 
 @pytest.fixture
@@ -27,9 +37,21 @@ def secrets_at(tmp_path, monkeypatch):
     config.set_option("secrets.files", original)
 
 
-def test_without_a_password_everyone_steers(secrets_at):
+def test_without_a_password_none_is_configured(secrets_at):
     assert configured_password(secrets_at(None)) is None
-    assert may_steer(None, None)
+
+
+def test_the_open_word_lets_everyone_steer_and_makes_no_credential(secrets_at, monkeypatch, tmp_path):
+    monkeypatch.setenv(PASSWORD_ENV, OPEN_WORD)
+    access = operator_access(secrets_at(None), tmp_path)
+    assert access.password is None and may_steer(None, access.password)
+    assert not (tmp_path / CREDENTIAL_FILE).exists()
+
+
+def test_a_configured_password_is_what_steers_and_makes_no_credential(secrets_at, tmp_path):
+    access = operator_access(secrets_at('operator_password = "s3cret"'), tmp_path)
+    assert access.password == "s3cret" and access.kept_in is None
+    assert not (tmp_path / CREDENTIAL_FILE).exists()
 
 
 def test_the_secret_is_the_password_and_wins_over_the_environment(secrets_at, monkeypatch):
@@ -49,12 +71,32 @@ def test_a_broken_secrets_file_locks_steering_instead_of_switching_the_password_
         configured_password(broken)
 
 
-def test_wrong_guesses_past_the_limit_pause_every_sign_in_for_the_rest_of_the_minute():
+def test_wrong_guesses_past_the_limit_pause_the_clients_sign_ins_for_the_rest_of_the_minute():
     guesses = WrongGuesses(per_minute=3)
     for second in (0.0, 1.0, 2.0):
-        assert guesses.wait_s(second) == 0
-        guesses.add(second)
-    assert guesses.wait_s(3.0) == 57.0, "the fourth waits until the first is a minute old"
-    assert guesses.wait_s(60.0) == 0, "then one more may be checked"
-    guesses.add(60.0)
-    assert guesses.wait_s(60.5) == 0.5
+        assert guesses.wait_s("stranger", second) == 0
+        guesses.add("stranger", second)
+    assert guesses.wait_s("stranger", 3.0) == 57.0, "the fourth waits until the first is a minute old"
+    assert guesses.wait_s("stranger", 60.0) == 0, "then one more may be checked"
+    guesses.add("stranger", 60.0)
+    assert guesses.wait_s("stranger", 60.5) == 0.5
+
+
+def test_one_clients_wrong_guesses_never_make_another_wait():
+    guesses = WrongGuesses(per_minute=3)
+    stranger, operator = client_key("203.0.113.7", session="a"), client_key("198.51.100.2", session="b")
+    for second in range(20):
+        guesses.add(stranger, float(second))
+    assert guesses.wait_s(stranger, 20.0) > 0
+    assert guesses.wait_s(operator, 20.0) == 0, "the operator's password is checked at once"
+
+
+def test_a_client_is_its_address_or_where_none_is_known_its_session():
+    assert client_key("203.0.113.7", session="a") == client_key("203.0.113.7", session="b"), "new sessions buy nothing"
+    assert client_key(None, session="a") != client_key(None, session="b"), "no address: each session counts alone"
+    assert client_key("::ffff:203.0.113.7", session="a") == client_key("203.0.113.7", session="b"), "IPv4 over IPv6"
+
+
+def test_an_ipv6_client_is_its_slash_64_which_one_host_holds_whole():
+    assert client_key("2001:db8:1:2::7", session="a") == client_key("2001:db8:1:2:ffff::1", session="b")
+    assert client_key("2001:db8:1:2::7", session="a") != client_key("2001:db8:1:3::7", session="a")

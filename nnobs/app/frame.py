@@ -1,5 +1,5 @@
-"""The frame of `streamlit run app.py`: page style and navigation around the run page (?run=NAME), the overview,
-compare and new run pages, which never import each other."""
+"""The frame of `streamlit run app.py`: page style, sign-in and navigation around the run page (?run=NAME), the
+overview, compare and new run pages, which never import each other."""
 
 from __future__ import annotations
 
@@ -32,9 +32,13 @@ def pages() -> dict[str, st.Page]:
 
 
 def main() -> None:
-    """The entry point of `streamlit run app.py`: the page style, the navigation, then the page asked for."""
+    """The entry point of `streamlit run app.py`: the page style, who may steer, the navigation, then the page asked
+    for."""
     st.set_page_config(page_title=TITLE, layout="wide")
     st.html(PAGE_STYLE)
+    widgets.announce_access()  # on the server's first page load the credential is made, and the console says so
+    widgets.sign_in_from_link()
+    widgets.warn_if_open()
     registered = pages()
     widgets.register_pages(registered)
     page = st.navigation(list(registered.values()), position="top")
