@@ -10,6 +10,7 @@ from nnobs.lab.create import new_run
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import list_runs
 from nnobs.training.builtin.tasks import describe_task, task_names
+from nnobs.views.wording import as_text
 
 HELP = {
     "net": "Layer widths from the input, each but the first with its activation: t tanh, r relu, s sin, g sigmoid, "
@@ -58,7 +59,7 @@ def new_run_page() -> None:
     if submitted:
         _create(name, task, net, typed)
     if refused := st.session_state.get("new_run_refused"):
-        st.error(refused)
+        st.error(as_text(refused))  # it quotes what was typed
 
 
 def _create(name: str, task: str, net: str, typed: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import state_of
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.views.view import current_status
+from nnobs.views.wording import as_text
 
 PRESSED_KEY = "pressed"  # session state: presses not yet done, as (run name, action, command, text)
 
@@ -90,7 +91,7 @@ def _send(run: RunDir, cmd: str, value: object = None) -> None:
     except OSError as err:  # a full disk, a read-only filesystem: a shutdown still gets through, by a signal
         pid = worker_pid(run) if cmd == "shutdown" else None
         if pid and pid > 0:
-            st.toast(f"Shutting down: {ask_to_stop(run, pid, by='page')}.")
+            st.toast(f"Shutting down: {as_text(ask_to_stop(run, pid, by='page'))}.")
         else:
             refusals()[cmd] = f"not sent: the control file could not be written ({err.strerror or err})"
         return
@@ -170,7 +171,8 @@ def _act(run: RunDir, action: str, value: object) -> None:
         _start(run)
     elif action == "shutdown" and worker_pid(run) is None and (job := active_job(run)) is not None:
         stopped = stop_worker(run, by="page")  # a queued Slurm job has no worker to tell: it is cancelled
-        st.toast(f"Cancelled Slurm job {job.job_id}." if stopped else f"Slurm job {job.job_id} did not end in time.")
+        job_id = as_text(job.job_id)  # job.json's, which anyone who may write the run's directory may have written
+        st.toast(f"Cancelled Slurm job {job_id}." if stopped else f"Slurm job {job_id} did not end in time.")
     else:
         _send(run, action, value)
 
@@ -265,7 +267,7 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
             help="Stop the worker and start a new generation from its checkpoint; asks first.",
         )
     elif queued:
-        st.caption(f"Slurm job {status.job_id} is queued: {status.reason or 'waiting'}.")
+        st.caption(f"Slurm job {as_text(status.job_id)} is queued: {as_text(status.reason or 'waiting')}.")
     else:
         st.button(
             "Start" if status.state == "stopped" else "Restart",

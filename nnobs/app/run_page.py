@@ -13,6 +13,7 @@ from nnobs.protocol.files import is_regular, read_bytes
 from nnobs.protocol.rundir import DEFAULT_RUN, RunDir, check_run_name, list_runs
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.training.builtin.tasks import RunConfig, load_config
+from nnobs.views import wording
 from nnobs.views.view import never_ran
 
 
@@ -28,7 +29,7 @@ def run_page() -> None:
             try:
                 start_worker(run, by="page")
             except NnobsError as err:
-                st.error(str(err))
+                st.error(wording.as_text(err, one_line=False))
         else:
             st.info("This run has not started yet: it starts when an operator opens it.")
     _run_picker(run, steer)
@@ -54,7 +55,7 @@ def _open_run(steer: bool) -> RunDir:
         if steer and not run.exists():  # never a config.json in a script's run: that would make it the built-in's
             create_run(run)
     except NnobsError as err:
-        st.error(str(err))
+        st.error(wording.as_text(err))  # it quotes the name in the address, which anyone may have written
         st.stop()
     if not run.exists():
         st.info(
@@ -73,7 +74,7 @@ def _config(run: RunDir) -> RunConfig | None:
     try:
         return load_config(run.config)
     except (NnobsError, OSError) as err:
-        st.error(f"{run.config}: {err}")
+        st.error(wording.as_text(f"{run.config}: {err}", one_line=False))  # it may quote config.json
         return None
 
 
@@ -94,7 +95,7 @@ def _run_picker(run: RunDir, steer: bool) -> None:
             st.query_params["run"] = check_run_name(choice)
             st.rerun()
         except NnobsError as err:
-            bar.error(str(err))
+            bar.error(wording.as_text(err))
     base = urlsplit(st.context.url or "")
     if base.netloc:
         with bar.container(key="share_link"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from nnobs.views.wording import as_text
+
 VIEWERS_REFUSED = "Only operators steer this run: sign in with the operator password first."
 REFUSALS_KEY = "refusals"  # session state: refusals by the control they are under
 
@@ -19,6 +21,7 @@ def new_submit() -> None:
 
 
 def show_refusal(place: str) -> None:
-    """The refusal kept for the control at place, if any, as an error under it."""
+    """The refusal kept for the control at place, if any, as an error under it: as text, since a refusal may quote
+    a run's files (a start refused names the command and folder run.json gives)."""
     if refused := refusals().get(place):
-        st.error(refused)
+        st.error(as_text(refused))

@@ -30,20 +30,21 @@ def header(run: RunDir, view: RunView) -> None:
     parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
     if status.job_id:
         # Why it waits, as Slurm says.
-        reason = f": {status.reason}" if status.reason and status.state == "queued" else ""
-        parts.append(f"Slurm job {status.job_id} ({(status.job_state or 'unknown').lower()}{reason})")
+        reason = f": {wording.as_text(status.reason)}" if status.reason and status.state == "queued" else ""
+        job, job_state = wording.as_text(status.job_id), wording.as_text((status.job_state or "unknown").lower())
+        parts.append(f"Slurm job {job} ({job_state}{reason})")
     if status.pace:
         parts.append(f"paced at most {status.pace:,g} batches a second")
-    st.caption(" · ".join(parts + [str(run.path)]))
+    st.caption(" · ".join(parts + [wording.as_text(run.path)]))
     if served := wording.served_by(view.script):
-        st.caption(f"Served by {served}")
+        st.caption(f"Served by {wording.as_text(served)}")
     if view.origin:
         parent = str(view.origin.get("run", "?"))
         left, right = st.columns([3, 1], vertical_alignment="center")
         left.caption(wording.fork_origin(view.origin))
         right.page_link(
             widgets.page_named("compare"),
-            label=f"Compare with {parent}",
+            label=f"Compare with {wording.as_text(parent)}",
             icon=":material/compare_arrows:",
             query_params={"runs": [parent, run.name]},
         )
@@ -104,11 +105,11 @@ def problems(run: RunDir, view: RunView) -> None:
     status = view.status
     if status.unsafe:
         st.error(
-            f"Not followed: {status.unsafe}. nnobs neither reads nor writes through them, so this run shows and does "
-            "only what its other files allow. Whoever keeps the runs root should move them away."
+            f"Not followed: {wording.as_text(status.unsafe)}. nnobs neither reads nor writes through them, so this "
+            "run shows and does only what its other files allow. Whoever keeps the runs root should move them away."
         )
     if status.state == "crashed":
-        reason = f": {status.error}" if status.error else " without a shutdown record"
+        reason = f": {wording.as_text(status.error)}" if status.error else " without a shutdown record"
         st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")
         st.code(log_tail(run) or "(worker.log is empty)", language=None)
     if status.state == "stalled":
@@ -119,8 +120,8 @@ def problems(run: RunDir, view: RunView) -> None:
         )
     if status.write_error:
         st.error(
-            f"The worker lives but {status.write_error}: nothing it does reaches the run file. Free some space; "
-            "it goes on by itself once it can write."
+            f"The worker lives but {wording.as_text(status.write_error)}: nothing it does reaches the run file. "
+            "Free some space; it goes on by itself once it can write."
         )
     elif status.state == "low disk":
         free = "" if status.free_bytes is None else f" ({status.free_bytes / 1e6:,.0f} MB free)"
@@ -138,7 +139,7 @@ def problems(run: RunDir, view: RunView) -> None:
             "settle, or **rewind** to a batch before it went wrong (the loss chart shows where)."
         )
     if view.control_error:
-        st.warning(view.control_error)
+        st.warning(wording.as_text(view.control_error))
 
 
 def commands(view: RunView) -> None:
@@ -153,11 +154,11 @@ def commands(view: RunView) -> None:
         elif answer.ok:
             outcome = f":green[done at batch {answer.batch:,}]"
         else:
-            outcome = f":red[rejected: {answer.reason}]"
-        what = command_words(command.get("cmd"), command.get("value"))
+            outcome = f":red[rejected: {wording.as_text(answer.reason)}]"
+        what = wording.as_text(command_words(command.get("cmd"), command.get("value")))
         entries.append((_when(command.get("t")), _line(what, str(command.get("by") or ""), outcome)))
     for event in view.starts:
-        where = event.detail or f"at batch {event.batch:,}"
+        where = wording.as_text(event.detail) if event.detail else f"at batch {event.batch:,}"
         entries.append((_when(event.t), _line(f"Worker started (generation {event.gen or '-'})", event.by, where)))
     if not entries:
         return

@@ -11,6 +11,7 @@ import pandas as pd
 from nnobs.protocol.schema import TEST_LOSS
 from nnobs.views.surface import EXTENT, GRID
 from nnobs.views.vegalite import HUGE_SHORT, LOG_LABELS, Spec, batch_axis, built_once, run_extent, spec_of, zoom
+from nnobs.views.wording import as_text
 
 LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."
 
@@ -18,15 +19,17 @@ LOSS_PENDING = "The loss chart appears once the run has reported a loss at two b
 def metric_pending(name: str, points: pd.DataFrame) -> str:
     """What stands in for a metric's chart while fewer than two batches have a value to draw."""
     finite = points[np.isfinite(points["value"].to_numpy(dtype=float))]
+    shown = as_text(name)  # a script names its metrics
     if not len(finite):
-        return f"**{name}**: logged, but not yet as a number."
+        return f"**{shown}**: logged, but not yet as a number."
     batch, value = finite.iloc[-1]
-    return f"**{name}**: {value:.4g} at batch {int(batch):,}, the one batch it was logged at so far."
+    return f"**{shown}**: {value:.4g} at batch {int(batch):,}, the one batch it was logged at so far."
 
 
 LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
 
 
+AXIS_TITLE_PX = 180  # the longest a loss or metric chart's y axis title is drawn: a metric's axis is about 200 px
 TRAINING_COLOUR, TEST_COLOUR = "#1f77b4", "#009E73"  # test loss green: orange and purple are the markers'
 LOSS_LEGEND = ("training loss", "test loss")
 
@@ -73,8 +76,9 @@ def loss_spec(log_scale: bool, with_test: bool = False) -> Spec:
 def metric_spec(name: str) -> Spec:
     """A metric drawn as the loss is, raw faint and smoothed over it, on a linear axis; the markers' rules without
     their labels, which the loss chart above already shows (a rule's tooltip says what it marks)."""
-    raw, smoothed = _raw_and_smoothed("value", name, log_scale=False)
-    return spec_of(alt.layer(run_extent(), raw, smoothed, _marker_rules(), title=name).properties(height=200))
+    title = " ".join(name.splitlines())  # a script names its metrics, and Vega draws no chart titled in two lines
+    raw, smoothed = _raw_and_smoothed("value", title, log_scale=False)
+    return spec_of(alt.layer(run_extent(), raw, smoothed, _marker_rules(), title=title).properties(height=200))
 
 
 _MARKER_COLOR = alt.Color(
@@ -134,11 +138,12 @@ def _raw_and_smoothed(
     zoomable: bool = True,
 ) -> tuple[alt.Chart, alt.Chart]:
     """A windowed series' two lines: its raw outline (field) faint and zoomable, its smoothed line over it."""
+    # A title cut short, with an ellipsis, where it would run past the axis: a script may name a metric at length.
     if log_scale:
         scale = alt.Scale(type="log")
-        axis = alt.Axis(format="~e", labelExpr=LOG_LABELS)
+        axis = alt.Axis(format="~e", labelExpr=LOG_LABELS, titleLimit=AXIS_TITLE_PX)
     else:
-        scale, axis = alt.Scale(zero=False, nice=True), alt.Axis(format="~g")
+        scale, axis = alt.Scale(zero=False, nice=True), alt.Axis(format="~g", titleLimit=AXIS_TITLE_PX)
     title = ("loss" if field == TEST_LOSS else name) + (" (log)" if log_scale else "")  # one axis for both
     tip = [
         alt.Tooltip("batch:Q", format=","),

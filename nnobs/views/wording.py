@@ -1,8 +1,10 @@
-"""How the page puts a run's numbers, progress, origin and senders into words a newcomer reads the same way."""
+"""How the page puts a run's numbers, progress, origin and senders into words a newcomer reads the same way, and any
+text a run holds into Markdown that shows it as typed."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from nnobs.protocol.numbers import is_int
@@ -53,7 +55,7 @@ def sender(by: str) -> str:
     if not by:
         return ""
     known = SENDERS.get(by)
-    return known if known else f"by `{by.replace('`', '')}`"
+    return known if known else f"by {_as_name(by)}"
 
 
 def duration(seconds: float) -> str:
@@ -92,19 +94,19 @@ def parameters_shown(shown: int, total: int, spread: bool, among: int | None = N
 
 
 def served_by(description: dict[str, Any] | None) -> str:
-    """What serves a script's run, from its run.json, as Markdown: "script `/usr/bin/python3 train.py` in `/home/me`"."""
+    """What serves a script's run, from its run.json, as plain text (as_text makes it Markdown):
+    "script “/usr/bin/python3 train.py” in /home/me"."""
     if not description:
         return ""
     argv = description.get("argv")
     words = [str(word) for word in argv] if isinstance(argv, list) else []
-    command = " ".join(words).replace("`", "'") or "a script"
     cwd = description.get("cwd")
-    return f"script `{command}`" + (f" in `{str(cwd).replace('`', '')}`" if cwd else "")
+    return (f"script “{' '.join(words)}”" if words else "a script") + (f" in {cwd}" if cwd else "")
 
 
 def fork_origin(origin: dict[str, Any]) -> str:
     """Where a fork came from, as Markdown: "Forked from `base` at batch 12,000, with eta 0.3 (it had 0.1)"."""
-    name = str(origin.get("run", "?")).replace("`", "")
+    name = _as_name(str(origin.get("run", "?")))
     batch = origin.get("batch")
     where = f" at batch {batch:,}" if is_int(batch) else ""
     changed = origin.get("changed")
@@ -112,13 +114,65 @@ def fork_origin(origin: dict[str, Any]) -> str:
     settings = changed if isinstance(changed, dict) else {}
     had = before if isinstance(before, dict) else {}
     described = [
-        f"{setting} {_setting(value)}" + (f" (it had {_setting(had[setting])})" if setting in had else "")
+        f"{as_text(setting)} {_setting(value)}" + (f" (it had {_setting(had[setting])})" if setting in had else "")
         for setting, value in settings.items()
     ]
-    return f"Forked from `{name}`{where}" + (f", with {' and '.join(described)}" if described else "")
+    return f"Forked from {name}{where}" + (f", with {' and '.join(described)}" if described else "")
 
 
 def _setting(value: Any) -> str:
+    """A setting's value from fork.json, as Markdown."""
     if isinstance(value, float):
         return f"{value:g}"
-    return f"{value:,}" if is_int(value) else str(value)
+    return f"{value:,}" if is_int(value) else as_text(value)
+
+
+# -- text from a run, as Markdown that shows it as typed ----------------------------------------------------------
+
+WORD_JOINER = "\u2060"  # no width and no line break: unseen, yet what it stands in is no longer one pattern
+NO_BREAK_SPACE = "\u00a0"  # a space Markdown keeps where a line starts, and never reads as indentation
+
+# What Markdown reads as syntax wherever it stands: a backslash, code, emphasis, links and images, HTML, entities,
+# strikethrough, tables, LaTeX. An underscore between two letters or digits starts nothing: a file name keeps its own.
+_SYNTAX = re.compile(r"[\\`*\[\]<&~|$]|(?<![^\W_])_|_(?![^\W_])")
+# What starts a block where a line starts: a heading, a quote, a list item, a rule or a heading's underline.
+_BLOCK_START = re.compile(r"^(?=[#>+=-])|^\d{1,9}(?=[.)](?:\s|$))")
+# What Streamlit looks for in the text itself, after Markdown has undone its escapes, so that no backslash stops it:
+# a directive, icon or emoji after a colon (:red[...], :material/bolt:, :smile:, and so http://), an e-mail address,
+# www., and the arrows and signs it draws for -> <- <-> -- >= <= ~= standing alone. A word joiner splits each.
+_FOUND_IN_TEXT = re.compile(
+    r"(?<=:)(?=\S)"  # after a colon
+    r"|(?<=@)(?=[-\w])"  # after an e-mail address's @
+    r"|(?<=[Ww]{3})(?=\.)"  # between www and its dot
+    r"|(?<=(?<!\S)[-<>~])(?=(?:->|[->=])(?!\S))"  # after an arrow's or a sign's first character
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")  # run names and senders as nnobs writes them
+
+
+def as_text(value: object, one_line: bool = True) -> str:
+    """Any text read from a run's files or sent by a script, as Markdown that Streamlit shows as exactly its
+    characters: no image fetched, no link, no HTML, colour, icon, formula or heading. One line (line breaks folded
+    into spaces) unless one_line is False, when each line shows as one."""
+    lines = str(value).splitlines()
+    if one_line:
+        return _literal(" ".join(lines).strip())
+    return "  \n".join(_literal_line(line) for line in lines)  # two spaces: a line break Markdown keeps
+
+
+def _literal_line(line: str) -> str:
+    """One line of several, its indentation kept: Markdown would drop it, or read four spaces as code."""
+    text = line.lstrip(" \t")
+    return NO_BREAK_SPACE * (len(line) - len(text)) + _literal(text) if line.strip() else NO_BREAK_SPACE
+
+
+def _literal(text: str) -> str:
+    """One line of text as Markdown that shows it as typed."""
+    split = _FOUND_IN_TEXT.sub(WORD_JOINER, text)
+    escaped = _SYNTAX.sub(r"\\\g<0>", split)
+    return _BLOCK_START.sub(lambda start: start.group() + "\\", escaped, count=1)
+
+
+def _as_name(name: str) -> str:
+    """A run's or a sender's name as Markdown: in a code span when it is made as nnobs makes names, where nothing
+    acts; else as_text, as a backtick or a blank line would end a code span."""
+    return f"`{name}`" if _PLAIN_NAME.fullmatch(name) else as_text(name)
