@@ -26,8 +26,10 @@ from nnobs.protocol.errors import NnobsError, UnsafeFile
 from nnobs.protocol.files import read_bytes
 from nnobs.protocol.jobs import LauncherSettings, record_launcher
 from nnobs.protocol.rundir import RunDir, local_pid, log_tail
+from nnobs.reading.shared_readers import curves_for, watcher_for
 from nnobs.reading.watcher import read_history
 from nnobs.training.builtin.tasks import load_config
+from nnobs.views.overview import read_row, sparkline
 
 NNOBS = Path(sys.executable).parent / "nnobs"  # the console script, as a user types `nnobs`
 # A teammate's package, planted in a shared folder under the names nnobs runs as its own processes.
@@ -147,6 +149,21 @@ def test_a_run_file_linked_to_a_secret_is_named_and_never_read_by_status_tail_th
     assert read_history(run).batch == 0
     with pytest.raises(UnsafeFile, match="symbolic link"):
         read_bytes(run.run_file)  # what the page's download button serves
+
+
+def test_the_pages_readers_never_read_a_run_file_through_a_link(tmp_path: Path):
+    root, secret = tmp_path / "runs", tmp_path / "secret"
+    run = RunDir(root / "leak")
+    run.path.mkdir(parents=True)
+    secret.write_bytes(SECRET)
+    run.run_file.symlink_to(secret)
+    watcher = watcher_for(run.run_file)  # what the run page draws from
+    with watcher.lock:
+        assert watcher.refresh().batch == 0
+    assert curves_for(run.run_file).batch == 0  # the compare page's
+    row = read_row(run)  # the overview's
+    assert row.batch == 0 and row.loss is None
+    assert sparkline(run.run_file) == []
 
 
 def test_a_crashed_runs_log_linked_to_a_secret_shows_the_link_and_not_the_secret(tmp_path: Path):

@@ -218,7 +218,7 @@ class SlurmLauncher:
         executor = self._executor(
             folder, f"nnobs-{runs[0].name}" if len(runs) == 1 else f"nnobs-sweep-{len(runs)}", parallel
         )
-        workers = [SlurmWorker(str(run.path.resolve()), by) for run in runs]
+        workers = [SlurmWorker(os.path.abspath(run.path), by) for run in runs]
         try:
             if len(runs) == 1:
                 jobs = [executor.submit(workers[0])]

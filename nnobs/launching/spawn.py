@@ -63,7 +63,7 @@ def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_sessio
     of the asker's terminal) or in this process group (in a Slurm job, whose signals and kill must reach it)."""
     command, cwd = worker_command(run_dir, by)
     # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
-    env = {**env, "NNOBS_RUN_DIR": str(run_dir.resolve()), "NNOBS_STARTED_BY": by}
+    env = {**env, "NNOBS_RUN_DIR": os.path.abspath(run_dir), "NNOBS_STARTED_BY": by}
     with open_file(run_dir / "worker.log", "ab") as log:
         return subprocess.Popen(
             command,

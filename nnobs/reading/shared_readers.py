@@ -43,7 +43,7 @@ class Readers:
 
     def get(self, run_file: str | os.PathLike) -> RunWatcher:
         """The reader of run_file (however its path is spelt), made on the first ask."""
-        key = os.path.realpath(run_file)
+        key = os.path.abspath(run_file)  # not realpath: a link in a run's directory is never followed, not even here
         with self._lock:
             now = self.clock()
             self._release_idle(now)
