@@ -105,8 +105,9 @@ def problems(run: RunDir, view: RunView) -> None:
     status = view.status
     if status.unsafe:
         st.error(
-            f"Not followed: {wording.as_text(status.unsafe)}. nnobs neither reads nor writes through them, so this "
-            "run shows and does only what its other files allow. Whoever keeps the runs root should move them away."
+            f"Not followed: {wording.as_text(status.unsafe)}. nnobs never reads or writes a run's files through a link, "
+            "nor a file of another kind, so this run shows only what its other files hold, and does not start. "
+            "Whoever keeps the runs root should look at it and move it away."
         )
     if status.state == "crashed":
         reason = f": {wording.as_text(status.error)}" if status.error else " without a shutdown record"

@@ -95,7 +95,9 @@ def _trouble_lines(status: RunStatus) -> list[str]:
     """What stands in the run's way: a failed write, a full disk, an error, unreadable lines."""
     lines = []
     if status.unsafe:
-        lines.append(f"not followed  {status.unsafe}: nnobs neither reads nor writes through them; move them away")
+        lines.append(
+            f"not followed  {status.unsafe}: never read or written through; the run does not start until moved"
+        )
     if status.write_error:
         lines.append(f"cannot write  {status.write_error}")
     if status.state == "low disk":
