@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
+import subprocess
+import sys
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import SEED_RUN
-from nnobs.reading.history import RunHistory
-from nnobs.protocol.records import RecordReader, RecordWriter, read_all
+from conftest import REPO, SEED_RUN
+from nnobs.cli.tail import last_records, write_records_from
+from nnobs.protocol.records import MAX_LINE_BYTES, RecordReader, RecordWriter, read_all
+from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.schema import LINE, LOSS, loss_report, metric_entry, params_record, summary_report, tensor_summary
+from nnobs.reading import foldcache
+from nnobs.reading.arrayfile import ALIGN, MAGIC, ArrayFile
+from nnobs.reading.bulk import parse_lines
+from nnobs.reading.history import RunHistory
+from nnobs.reading.watcher import RunWatcher
+from nnobs.views.overview import read_row
+
+MB = 1 << 20
 
 
 @pytest.fixture
@@ -236,3 +252,190 @@ def test_the_sessions_new_lines_take_the_json_path_and_fold_as_they_do_one_at_a_
     assert at_once.layers.n == sum("summary" in r for r in records)
     np.testing.assert_array_equal(at_once.sv_batches.values(), one_by_one.sv_batches.values())
     np.testing.assert_array_equal(at_once.loss_series()[1], one_by_one.loss_series()[1])
+
+
+# -- bounded for whatever a teammate writes into a shared runs root ------------------------------------------------
+
+
+def valid_json_line(length: int) -> bytes:
+    """A line of valid JSON, length bytes with its newline: only its length can make it no record."""
+    return b'{"x":"' + b"a" * (length - 9) + b'"}\n'
+
+
+def peak_memory(read: Callable[[], Any]) -> tuple[Any, int]:
+    """What read returns, and the most memory Python held at once while it ran."""
+    tracemalloc.start()
+    try:
+        return read(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def losses(records: list[dict]) -> list[Any]:
+    return [r.get("loss") for r in records]
+
+
+@pytest.mark.parametrize("length, is_record", [(MAX_LINE_BYTES, True), (MAX_LINE_BYTES + 1, False)], ids=["at", "past"])
+def test_a_line_up_to_the_bound_is_read_and_one_past_it_is_skipped_and_counted(run_file, length, is_record):
+    write_records(run_file, {"loss": [1, 0.5]})
+    append_raw(run_file, valid_json_line(length))
+    write_records(run_file, {"loss": [2, 0.4]})
+
+    reader = RecordReader(run_file)
+
+    assert losses(reader.read_new()) == [[1, 0.5], *([None] if is_record else []), [2, 0.4]]
+    assert reader.skipped_lines == (0 if is_record else 1)
+
+
+def test_a_100_mb_line_is_skipped_and_counted_without_ever_being_held_whole(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    append_raw(run_file, valid_json_line(100 * MB))
+    write_records(run_file, {"loss": [2, 0.4]})
+    reader = RecordReader(run_file)
+
+    records, peak = peak_memory(reader.read_new)
+
+    assert losses(records) == [[1, 0.5], [2, 0.4]]
+    assert reader.skipped_lines == 1
+    assert peak < MAX_LINE_BYTES + 4 * MB, f"{peak:,} bytes held at once to read past a 100 MB line"
+
+
+def test_a_long_line_arriving_in_pieces_is_stepped_over_across_reads_each_byte_read_about_once(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    reader = RecordReader(run_file)
+    assert losses(reader.read_new()) == [[1, 0.5]]
+    line, piece = valid_json_line(3 * MAX_LINE_BYTES), MAX_LINE_BYTES // 2
+
+    for start in range(0, len(line) - 1, piece):  # all of it but its newline: the writer is not done
+        append_raw(run_file, line[start : min(start + piece, len(line) - 1)])
+        before = reader.bytes_read
+        records, peak = peak_memory(reader.read_new)
+        assert records == []
+        assert reader.bytes_read - before <= MAX_LINE_BYTES + piece, "each read goes on from where the last stopped"
+        assert peak < MAX_LINE_BYTES + 4 * MB
+    append_raw(run_file, b"\n")
+    write_records(run_file, {"loss": [2, 0.4]})
+
+    assert losses(reader.read_new()) == [[2, 0.4]]
+    assert reader.skipped_lines == 1
+
+
+def test_the_page_counts_a_long_line_arriving_across_refreshes_as_one_skipped_line(run_file):
+    write_records(run_file, {"loss": [1, 0.5]})
+    watcher = RunWatcher(run_file, use_cache=False)
+    line, piece = valid_json_line(3 * MAX_LINE_BYTES), MAX_LINE_BYTES // 2
+    for start in range(0, len(line), piece):
+        append_raw(run_file, line[start : start + piece])
+        assert watcher.refresh().loss_series()[0].tolist() == [1]
+    write_records(run_file, {"loss": [2, 0.4]})
+
+    history = watcher.refresh()
+
+    assert history.loss_series()[0].tolist() == [1, 2]
+    assert history.skipped_lines == 1
+    assert history.n_records == 2
+
+
+@pytest.fixture(scope="module")
+def run_with_huge_lines(tmp_path_factory) -> RunDir:
+    """Records 1 to 5, a complete line of 100 MB, records 6 to 8, and 50 MB of a line still being written."""
+    run = RunDir(tmp_path_factory.mktemp("runs") / "huge")
+    run.path.mkdir()
+    write_records(run.run_file, *({"loss": [batch, 1 / batch]} for batch in range(1, 6)))
+    append_raw(run.run_file, valid_json_line(100 * MB))
+    write_records(run.run_file, *({"loss": [batch, 1 / batch]} for batch in range(6, 9)))
+    append_raw(run.run_file, b'{"x":"' + b"a" * (50 * MB))
+    return run
+
+
+def batches_of(lines: list[bytes]) -> list[int]:
+    return [json.loads(line)["loss"][0] for line in lines]
+
+
+def test_tail_reads_past_huge_lines_in_bounded_memory_keeping_the_records_around_them(run_with_huge_lines):
+    run_file = run_with_huge_lines.run_file
+
+    (found, offset), peak = peak_memory(lambda: last_records(run_file, 5))
+
+    assert batches_of(found) == [4, 5, 6, 7, 8]
+    assert offset == run_file.read_bytes().rfind(b"\n") + 1
+    assert peak < MAX_LINE_BYTES + 4 * MB, f"{peak:,} bytes held at once"
+    out = io.BytesIO()
+    assert write_records_from(run_file, 1, out) == offset
+    assert batches_of(out.getvalue().splitlines()) == list(range(1, 9))
+
+
+def test_nnobs_tail_of_a_file_with_a_huge_last_line_finishes_promptly(run_with_huge_lines):
+    root = run_with_huge_lines.path.parent
+    for lines, shown in (("5", [4, 5, 6, 7, 8]), ("+4", [4, 5, 6, 7, 8])):
+        done = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(root), "tail", "huge", "-n", lines],
+                              capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert batches_of(done.stdout.splitlines()) == shown
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.fixture
+def deeply_nested_run(tmp_path: Path) -> RunDir:
+    """Two records around lines nested 100,000 deep, each shaped to reach a reader's own parser: a plain one, a
+    loss report (the overview's search for the last loss), a start (the history's search for new lines of
+    training) and a state report in the worker's shape but for its vector (bulk parsing's regex)."""
+    run = RunDir(tmp_path / "runs" / "deep")
+    run.path.mkdir(parents=True)
+    write_records(run.run_file, {"loss": [1, 0.5]})
+    append_raw(run.run_file, b"\n".join([
+        b'{"x":' + DEEP + b"}",
+        b'{"loss":[1,' + DEEP + b'],"t":1.0,"gen":1}',
+        b'{"event":[0,"started"],"resumed_from":' + DEEP + b"}",
+        b'{"eta":[1,0.1],"sv":[1,' + DEEP + b'],"target":[1,5],"report_every":[1,5],"t":1.0,"gen":1}',
+    ]) + b"\n")
+    write_records(run.run_file, {"loss": [2, 0.25]})
+    return run
+
+
+READERS_OF_RECORDS = {
+    "read_new": lambda run: [r["loss"][0] for r in RecordReader(run.run_file).read_new()],
+    "bulk": lambda run: parse_lines(RecordReader(run.run_file).read_new_lines()).loss_batch.tolist(),
+    "the page": lambda run: RunWatcher(run.run_file, use_cache=False).refresh().loss_series()[0].tolist(),
+    "tail": lambda run: batches_of(last_records(run.run_file, 10)[0]),
+    "tail +1": lambda run: batches_of(_written_from(run.run_file).splitlines()),
+}
+
+
+def _written_from(run_file: Path) -> bytes:
+    out = io.BytesIO()
+    write_records_from(run_file, 1, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("reader", list(READERS_OF_RECORDS))
+def test_json_nested_past_the_stack_is_a_skipped_line_for_every_reader(deeply_nested_run, reader):
+    assert READERS_OF_RECORDS[reader](deeply_nested_run) == [1, 2]
+
+
+def test_json_nested_past_the_stack_is_a_skipped_line_for_the_overview_and_the_history(deeply_nested_run):
+    row = read_row(deeply_nested_run)
+    assert (row.batch, row.loss, row.error) == (2, 0.375, ""), "the loss is the mean of its two batches' losses"
+    history = RunHistory()
+    history.add_lines(deeply_nested_run.run_file.read_bytes())
+    assert history.skipped_lines == 4 and history.loss_series()[0].tolist() == [1, 2]
+
+
+def test_a_planted_fold_cache_nested_past_the_stack_is_ignored(deeply_nested_run):
+    header = b'{"meta":' + DEEP + b',"arrays":{}}'
+    foldcache.cache_path(deeply_nested_run.run_file).write_bytes(MAGIC + struct.pack("<Q", len(header)) + header)
+    assert foldcache.load(deeply_nested_run.run_file) is None
+    assert READERS_OF_RECORDS["the page"](deeply_nested_run) == [1, 2]
+
+
+def test_a_planted_array_file_whose_arrays_add_up_to_more_than_it_holds_is_refused_before_any_is_read(tmp_path):
+    # A megabyte of bytes, named by a thousand arrays of a megabyte each: reading them all would take a gigabyte.
+    header = json.dumps({"meta": {}, "arrays": {f"a{i}": ["<f8", [MB // 8], 0] for i in range(1000)}}).encode()
+    start = len(MAGIC) + 8 + len(header)
+    path = tmp_path / "run.fold"
+    path.write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + bytes(-start % ALIGN) + bytes(MB))
+
+    with open(path, "rb") as f, pytest.raises(ValueError, match="malformed arrays"):
+        ArrayFile(f)

@@ -6,13 +6,15 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from nnobs.cli.arg_types import TailLines
 from nnobs.cli.runs import existing_run
+from nnobs.protocol.files import open_file
 from nnobs.protocol.jsontext import parse_json
-from nnobs.protocol.records import RecordReader
+from nnobs.protocol.records import MAX_LINE_BYTES, RecordReader
 from nnobs.protocol.rundir import RunDir
 
 TAIL_BLOCK = 64 * 1024  # tail reads a long file backwards from its end in blocks of this many bytes
@@ -41,7 +43,7 @@ def print_tail(run: RunDir, lines: TailLines, follow: bool) -> int:
     reader.offset = offset
     try:
         while True:
-            new = [line + b"\n" for line in reader.read_new_lines().splitlines() if line.strip() and is_record(line)]
+            new = [line + b"\n" for line in reader.read_new_lines().split(b"\n") if line.strip() and is_record(line)]
             if new:
                 out.writelines(new)
                 out.flush()
@@ -65,31 +67,61 @@ def last_records(path: Path, count: int) -> tuple[list[bytes], int]:
     after the last newline is still being written (or was torn by a kill): it is left for a follower.
     """
     try:
-        f = open(path, "rb")
+        f = open_file(path)
     except FileNotFoundError:
         return [], 0
     with f:
-        pos = os.fstat(f.fileno()).st_size
-        complete_end: int | None = None  # where the last complete line ends, once seen
-        carry = b""  # bytes from pos on not yet cut into lines: the end of a line whose start lies before pos
+        complete_end = end_of_last_line(f.fileno(), os.fstat(f.fileno()).st_size)
         found: list[bytes] = []  # newest first
-        while pos > 0 and (complete_end is None or len(found) < count):
-            step = min(TAIL_BLOCK, pos)
-            pos -= step
-            carry = os.pread(f.fileno(), step, pos) + carry
-            if complete_end is None:
-                newline = carry.rfind(b"\n")
-                if newline < 0:
-                    continue
-                complete_end, carry = pos + newline + 1, carry[:newline]
-            lines = carry.split(b"\n")
-            carry = lines.pop(0) if pos > 0 else b""  # at the file's start the first line is whole
-            for line in reversed(lines):
-                if len(found) == count:
-                    break
-                if line.strip() and is_record(line):
-                    found.append(line)
-    return found[::-1], complete_end or 0
+        for line in lines_backwards(f.fileno(), complete_end):
+            if len(found) == count:
+                break
+            if line is not None and line.strip() and is_record(line):
+                found.append(line)
+    return found[::-1], complete_end
+
+
+def end_of_last_line(fd: int, size: int) -> int:
+    """The offset just past the file's last newline (0 without one), found reading backwards, keeping nothing."""
+    pos = size
+    while pos > 0:
+        step = min(TAIL_BLOCK, pos)
+        pos -= step
+        newline = os.pread(fd, step, pos).rfind(b"\n")
+        if newline >= 0:
+            return pos + newline + 1
+    return 0
+
+
+def lines_backwards(fd: int, end: int) -> Iterator[bytes | None]:
+    """The lines before end (just past a newline), newest first, without their newlines; None for a line longer
+    than MAX_LINE_BYTES. Each block is read once and each line joined once: the cost is linear in what is read,
+    and a line past the bound is passed over without being kept."""
+    later_parts: list[bytes] = []  # of the line being cut, the parts after the block read now, newest first
+    later_length = 0  # their length, counted on once they are dropped for a line past the bound
+    pos = end - 1  # the newline ending the newest line is not part of it
+    while pos > 0:
+        step = min(TAIL_BLOCK, pos)
+        pos -= step
+        block = os.pread(fd, step, pos)
+        cut = len(block)
+        while (newline := block.rfind(b"\n", 0, cut)) >= 0:
+            yield _joined(block[newline + 1 : cut], later_parts, later_length)
+            later_parts, later_length, cut = [], 0, newline
+        later_length += cut
+        if later_length < MAX_LINE_BYTES:
+            later_parts.append(block[:cut])
+        else:
+            later_parts = []
+    if end > 0:
+        yield _joined(b"", later_parts, later_length)  # the file's first line, whole at its start
+
+
+def _joined(start: bytes, later_parts: list[bytes], later_length: int) -> bytes | None:
+    """A line from its start and the parts after it, newest first; None when it is longer than MAX_LINE_BYTES."""
+    if len(start) + later_length >= MAX_LINE_BYTES:  # with its newline, past the bound
+        return None
+    return start + b"".join(reversed(later_parts))
 
 
 def write_records_from(path: Path, first: int, out: BinaryIO) -> int:

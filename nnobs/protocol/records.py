@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from nnobs.protocol.files import FILE_MODE
+from nnobs.protocol.errors import UnsafeFile
+from nnobs.protocol.files import FILE_MODE, open_fd, open_file
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.slot import tell_log
 
@@ -60,7 +61,7 @@ class RecordWriter:
         self.error: OSError | None = None  # why the latest write failed; None once one succeeds again
         self._torn = False  # the file ends in part of a line, left by a short write: the next write ends it first
         # O_APPEND makes each single write land whole at the end, even beside another writer.
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._fd = open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._end_torn_line()
 
     def _end_torn_line(self) -> None:
@@ -149,19 +150,41 @@ class BackgroundWriter(RecordWriter):
 
 
 HEAD_BYTES = 256  # the file's first bytes, kept to tell a file refilled past our offset from the one we read
+# The longest line every reader reads, its newline included. The longest nnobs writes is a state report of a net
+# of FULL_STATE_MAX_PARAMS (about 200 KB); a larger net's summary takes about 200 bytes a tensor, so even 10,000
+# tensors stay under 2 MB. Anything longer was written by someone else into a shared runs root: it is skipped
+# and counted like a torn line, and never held in memory whole.
+MAX_LINE_BYTES = 16 << 20
+LONG_LINE_BLOCK = 1 << 20  # a line past MAX_LINE_BYTES is searched for its end this much at a time
+# What a reader is handed in place of a line past the bound: no JSON, so every reader skips and counts it.
+LONG_LINE_STAND_IN = b"# a line longer than MAX_LINE_BYTES, skipped unread\n"
 
 
 class RecordReader:
     """Reads the records appended since the last call; a torn last line waits for the next call."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_line_bytes: int = MAX_LINE_BYTES):
         self.path = Path(path)
+        self.max_line_bytes = max_line_bytes  # a longer line, its newline included, is skipped unread
         self.offset = 0  # bytes of the file consumed so far: always at a line boundary
         self.skipped_lines = 0  # lines that were not a JSON object, since the last restart
         self.restarts = 0  # times the file shrank or was replaced and was read again from the start
         self.bytes_read = 0  # bytes read from the file in all, torn line tails included
+        self.refused = ""  # why the file was not read at the last call: a link or no regular file in its place
         self._inode: int | None = None
         self._head = b""  # the file's first bytes as read: a new file starts with another worker's pid, or other text
+        # Set while the line at offset is longer than max_line_bytes: how far it was searched for its newline.
+        self._long_line_searched: int | None = None
+
+    @classmethod
+    def from_end(cls, path: Path) -> RecordReader:
+        """A reader of what is appended from now on (a command's answers, a new worker's start)."""
+        reader = cls(path)
+        try:
+            reader.offset = os.lstat(path).st_size  # a link's own size: what it points at is never read
+        except FileNotFoundError:
+            pass
+        return reader
 
     @property
     def inode(self) -> int | None:
@@ -171,45 +194,98 @@ class RecordReader:
     def resume(self, offset: int, inode: int, head: bytes) -> None:
         """Go on from offset of the file with this inode and first bytes, as if this reader had read up to there."""
         self.offset, self._inode, self._head = offset, inode, head[:HEAD_BYTES]
+        self._long_line_searched = None
 
     def read_new_lines(self, max_bytes: int | None = None) -> bytes:
         """The complete lines appended since the last call. After a restart (see `restarts`), the whole file again.
 
-        With max_bytes, about that much at most (more only for a longer line): call again for the rest.
+        With max_bytes, about that much at most (more only for a longer line): call again for the rest. A line
+        longer than max_line_bytes comes as LONG_LINE_STAND_IN once its newline is written, and is never read whole.
         """
         try:
-            with open(self.path, "rb") as f:
+            with open_file(self.path) as f:
                 fd = f.fileno()
                 stat = os.fstat(fd)
                 if self._inode is not None and (
                     stat.st_ino != self._inode
-                    or stat.st_size < self.offset
+                    or stat.st_size < self._bytes_known()
                     or os.pread(fd, len(self._head), 0) != self._head  # emptied, then written past our offset
                 ):
                     self.offset, self.skipped_lines, self._head = 0, 0, b""
+                    self._long_line_searched = None
                     self.restarts += 1
                 self._inode = stat.st_ino
-                if stat.st_size == self.offset:
-                    return b""
-                f.seek(self.offset)
-                available = stat.st_size - self.offset
-                chunk = f.read(available if max_bytes is None else min(available, max_bytes))
-                end = chunk.rfind(b"\n") + 1  # a line after the last newline is still being written
-                if not end and len(chunk) < available:  # one line longer than max_bytes: read it whole
-                    chunk += f.read(available - len(chunk))
-                    end = chunk.rfind(b"\n") + 1
-                self.bytes_read += len(chunk)
-                self.offset += end
+                chunk = self._complete_lines(fd, stat.st_size, max_bytes)
                 if len(self._head) < HEAD_BYTES and self.offset > len(self._head):
                     self._head = os.pread(fd, min(self.offset, HEAD_BYTES), 0)
         except FileNotFoundError:
             return b""
-        return chunk[:end]
+        except UnsafeFile as err:  # a link or no file where the run file should be: nothing is read through it
+            self.refused = str(err)
+            return b""
+        self.refused = ""
+        return chunk
+
+    def _bytes_known(self) -> int:
+        """How much of the file this reader has seen: up to offset, or further through a long line searched."""
+        return self.offset if self._long_line_searched is None else self._long_line_searched
+
+    def _complete_lines(self, fd: int, size: int, max_bytes: int | None) -> bytes:
+        """The complete lines from offset on, about max_bytes of them, read in pieces of at most max_line_bytes."""
+        lines: list[bytes] = []
+        budget = size if max_bytes is None else max_bytes
+        while budget > 0:
+            if self._long_line_searched is not None:
+                if not self._step_over_long_line(fd, size, self._long_line_searched):
+                    break  # its newline is not written yet: the next call searches on from where this one stopped
+                lines.append(LONG_LINE_STAND_IN)
+            available = size - self.offset
+            if not available:
+                break
+            taken, more = self._lines_of_piece(fd, available, budget)
+            lines.append(taken)
+            budget -= len(taken)
+            if not more:
+                break
+        return b"".join(lines)
+
+    def _lines_of_piece(self, fd: int, available: int, budget: int) -> tuple[bytes, bool]:
+        """The complete lines of the next piece, offset moved past them, and whether more may follow this call.
+
+        A piece is budget bytes, or up to max_line_bytes when those hold no newline; max_line_bytes without a
+        newline are the start of a line past the bound, passed over from then on.
+        """
+        cut_at_the_bound = min(available, budget) > self.max_line_bytes
+        piece = os.pread(fd, min(available, budget, self.max_line_bytes), self.offset)
+        if b"\n" not in piece and len(piece) < min(available, self.max_line_bytes):  # a line longer than budget
+            piece = os.pread(fd, min(available, self.max_line_bytes), self.offset)
+        self.bytes_read += len(piece)
+        end = piece.rfind(b"\n") + 1  # a line after the last newline is still being written
+        self.offset += end
+        if not end and len(piece) == self.max_line_bytes:
+            self._long_line_searched = self.offset + len(piece)
+            return b"", True
+        return piece[:end], bool(end) and cut_at_the_bound
+
+    def _step_over_long_line(self, fd: int, size: int, searched: int) -> bool:
+        """Search on from searched for the newline ending the long line at offset; True once offset is past it."""
+        while searched < size:
+            block = os.pread(fd, min(LONG_LINE_BLOCK, size - searched), searched)
+            if not block:  # cut short since the stat: the next call sees it shrunk, and starts over
+                break
+            self.bytes_read += len(block)
+            newline = block.find(b"\n")
+            if newline >= 0:
+                self.offset, self._long_line_searched = searched + newline + 1, None
+                return True
+            searched += len(block)
+        self._long_line_searched = searched
+        return False
 
     def read_new(self) -> list[Record]:
         """The records appended since the last call, each line parsed as JSON; bad lines are counted and skipped."""
         records = []
-        for line in self.read_new_lines().splitlines():
+        for line in self.read_new_lines().split(b"\n"):  # lines end in a newline only, as JSON strings hold no \r
             if not line.strip():
                 continue
             try:

@@ -52,17 +52,24 @@ class ArrayFile:
         if length > MAX_HEADER_BYTES:
             raise ValueError("fold cache: header too long")
         header = parse_json(f.read(length))
+        check(isinstance(header, dict), "header")
         self.meta, self._table = header["meta"], header["arrays"]
         check(isinstance(self._table, dict), "arrays")
         start = len(MAGIC) + 8 + length
         self._data_at = start + -start % ALIGN
         self._size = os.fstat(f.fileno()).st_size
+        # Arrays this module wrote lie side by side, so their sizes add up to no more than the file: a header that
+        # points many arrays at the same bytes is refused here, before reading them all could allocate more.
+        declared = sum(8 * math.prod(self._entry(name)[1]) for name in self._table)
+        check(declared <= self._size - self._data_at, "arrays")
         self.files = list(self._table)
 
-    def __getitem__(self, name: str) -> np.ndarray:
+    def _entry(self, name: str) -> tuple[str, list[int], int]:
+        """The dtype, shape and offset the header gives the array name, checked to lie within the file."""
         dtype, shape, offset = self._table[name]
         check(
-            dtype in DTYPES
+            isinstance(dtype, str)
+            and dtype in DTYPES
             and isinstance(shape, list)
             and all(is_int(n) and n >= 0 for n in shape)
             and is_int(offset)
@@ -70,6 +77,10 @@ class ArrayFile:
             name,
         )
         check(self._data_at + offset + 8 * math.prod(shape) <= self._size, name)  # before allocating what it says
+        return dtype, shape, offset
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype, shape, offset = self._entry(name)
         values = np.empty(shape, DTYPES[dtype])
         if values.nbytes:
             self._f.seek(self._data_at + offset)

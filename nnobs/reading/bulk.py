@@ -107,7 +107,7 @@ def _parse(chunk: bytes, line_shapes: re.Pattern, state_vectors: bool) -> Parsed
                 settings[topic] = (state_at[-1], value)
     is_loss = present[LOSS].tolist()
     loss = _numbers(list(compress(columns[LOSS], is_loss)), 2)  # (n, 2): batch, loss
-    loss_batch, loss_value = loss[:, 0].astype(np.int64), loss[:, 1]
+    loss_batch, loss_value = _batches(loss[:, 0]), loss[:, 1]
     window_texts = list(compress(columns[WINDOW], is_loss))  # one per loss report, empty without a window
     windowed = np.fromiter(map(bool, window_texts), dtype=bool, count=len(window_texts))
     window = _single_batch_windows(loss_batch, loss_value)
@@ -335,12 +335,22 @@ def _state_vectors(rows: list[tuple], state_at: list[int], json_sv: list) -> tup
     as_wide = (commas == width - 1).tolist()
     fast_at = list(compress(state_at, as_wide))
     state_texts = list(map(itemgetter(STATE), map(rows.__getitem__, fast_at)))
-    fast_batch = _numbers(state_texts, 2)[:, 0].astype(np.int64)
+    fast_batch = _batches(_numbers(state_texts, 2)[:, 0])
     fast_rows = _numbers(list(compress(sv_texts, as_wide)), width)  # (len(fast_at), width)
     slow = [(at, batch, values) for at, batch, values in json_sv if len(values) == width]
     slow_rows = np.array([[np.nan if v is None else v for v in values] for _, _, values in slow], dtype=float)
     slow_batch = np.array([batch for _, batch, _ in slow], np.int64)
     return _in_line_order(fast_at, (fast_batch, fast_rows), [at for at, _, _ in slow], (slow_batch, slow_rows))
+
+
+def _batches(parsed: np.ndarray) -> np.ndarray:
+    """Batches the regex found, parsed as floats, as int64; ValueError for one a float does not hold exactly.
+
+    No run gets near 2**53 batches: such a number was planted, and JSON, which reads it whole, says what it is.
+    """
+    if not (parsed < 2**53).all():
+        raise ValueError("a batch past 2**53")
+    return parsed.astype(np.int64)
 
 
 def _numbers(texts: list[bytes], n_columns: int) -> np.ndarray:
