@@ -16,9 +16,13 @@ from nnobs.protocol.schema import SUMMARY
 from nnobs.reading.history import RunHistory
 from nnobs.reading.watcher import RunWatcher
 from nnobs.training.builtin.tasks import RunConfig
+from nnobs.app.run_views import parameters_shown
 from nnobs.views import charts, layer_charts
+from nnobs.views import neurons, trajectory
+from nnobs.views.vegalite import LOG_BATCH_TITLE, LOG_LABELS, PLAIN_LABELS, log_batches_by_default, on_log_batches
 from nnobs.views.frames import (
     MAX_SV_LINES,
+    layer_of,
     loss_chart_frame,
     loss_frame,
     loss_means_frame,
@@ -28,7 +32,7 @@ from nnobs.views.frames import (
     surface_frame,
 )
 from nnobs.views.surface import GRID
-from nnobs.views.view import build_view, chart_frames
+from nnobs.views.view import as_tables, build_view, chart_frames
 
 BATCH_CHARTS = ("loss", "sv_lines", "sv_heat", "step_lengths", "step_cosines")
 
@@ -146,6 +150,30 @@ def test_the_lines_of_a_net_beyond_the_heatmaps_rows_say_which_parameters_they_a
     lines, heat = view.sv_shown
     assert heat == f"the first {len(view.sv_names)} of 1,185 parameters"
     assert lines == f"a sample of {MAX_SV_LINES} of the first {len(view.sv_names)} of 1,185 parameters"
+    shown = parameters_shown(view, as_tables(chart_frames(view, 0.6)))
+    every_tensor = {"L1.W", "L1.b", "L2.W", "L2.b", "L3.W", "L3.b"}
+    assert {layer_of(name) for name in shown.names} == every_tensor, "the charts draw every layer, the output's too"
+    lines = shown.lines.to_pandas()
+    assert set(lines["layer"].dropna()) == every_tensor and lines["parameter"].nunique() == MAX_SV_LINES
+    assert set(shown.heat.to_pandas()["parameter"].dropna()) == set(shown.names) and 250 <= len(shown.names) <= 262
+    assert shown.lines_said == f"{MAX_SV_LINES} of 1,185 parameters, spread over every tensor"
+    assert shown.caption.startswith(f"This net has 1,185 parameters: the charts draw {len(shown.names)} of them, "
+                                    "spread over every tensor")
+    extent = lines[lines["extent"].fillna(False).astype(bool)]
+    assert extent["batch"].tolist() == [0, 100], "they span the run as every chart over batches does"
+
+
+def test_a_small_net_shows_every_parameter_as_a_line_and_in_the_heatmap(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = RunConfig(task="spiral", net="2x8tx8tx1t")  # 105 parameters, the spiral example's net
+    create_run(run, config)
+    out = RecordWriter(run.run_file, gen=1)
+    for batch in (0, 100):
+        out.write(state_report(batch, np.full(105, batch / 100)))
+    view = build_view(run, RunWatcher(run.run_file), config)
+    assert view.sv_shown == ("every parameter", "every parameter")
+    assert parameters_shown(view, as_tables(chart_frames(view, 0.6))).caption == ""
+    assert view.sv_lines["parameter"].nunique() == 105
 
 
 def test_every_chart_over_batches_spans_the_whole_run(tmp_path):
@@ -207,7 +235,8 @@ def test_the_decision_surface_colours_are_anchored_to_the_outputs_range(tmp_path
     for layer in spec["layer"]:
         for channel in set(layer["encoding"]) & {"color", "fill"}:
             scale = layer["encoding"][channel]["scale"]
-            assert "domain" not in scale and scale["domainMid"] == 0, "the domain comes from the data, centred on 0"
+            assert scale["domain"] == {"unionWith": [-1e-30, 1e-30]} and scale["domainMid"] == 0, \
+                "the domain comes from the data, centred on 0"
 
 
 def test_the_surface_cells_tile_the_plane_without_gaps():
@@ -235,7 +264,7 @@ def test_loss_axes_use_one_number_style():
     log_axis = charts.loss_spec(True)["layer"][1]["encoding"]["y"]["axis"]
     linear_axis = charts.loss_spec(False)["layer"][1]["encoding"]["y"]["axis"]
     assert log_axis["format"] == "~e" and "'e+', 'e'" in log_axis["labelExpr"], "1e-2, 1e-6, 1e-10: never 0.000001"
-    assert linear_axis["format"] == "~g"
+    assert linear_axis["format"] == "~r" and linear_axis["labelExpr"] == PLAIN_LABELS, "60, 40, 0.5: never 6e+1"
     batch_axis = charts.loss_spec(True)["layer"][1]["encoding"]["x"]["axis"]
     assert batch_axis["format"] == ",d" and batch_axis["tickMinStep"] == 1, "whole batches, never 0.000000"
 
@@ -366,3 +395,99 @@ def test_a_restart_from_an_earlier_checkpoint_truncates_metrics_and_summaries_to
     assert layer_charts.layer_frames(history, ("a", "b"), ())["norm"]["batch"].max() <= 500
     history.add([{"loss": [510, 0.4], "metrics": [510, {"accuracy": [0.2]}]}])
     assert history.metrics["accuracy"].latest == (510, 0.2)
+
+
+def charts_over_batches() -> dict[str, dict]:
+    names = ("L1.W[0,0]", "L1.b[0]")
+    return {"loss": charts.loss_spec(True), "metric": charts.metric_spec("accuracy"),
+            "lines": charts.sv_lines_spec(names), "heatmap": charts.sv_heatmap_spec(names),
+            "steps": charts.steps_spec("length"), "norm": layer_charts.norm_spec(("L1.W",)),
+            "update": layer_charts.update_spec(("L1.W",)), "dead": layer_charts.dead_spec(("L1 (8 units)",), 8),
+            "bands": layer_charts.bands_spec(("L1.W",))}
+
+
+def views_over_batches(spec: dict) -> list[dict]:
+    parts = [*spec.get("layer", []), *([spec["spec"]] if "spec" in spec else [])]
+    own = [spec] if spec.get("encoding", {}).get("x", {}).get("title", "").startswith("batch") else []
+    return own + [view for part in parts for view in views_over_batches(part)]
+
+
+def test_a_run_that_spans_decades_of_batches_opens_on_a_log_batch_axis():
+    fast = np.array([0, 1, 2, 3, 5_000, 478_000])  # the default XOR run six seconds in
+    assert log_batches_by_default(fast, 478_000)
+    assert not log_batches_by_default(np.array([0, 1, 2, 900]), 900), "a run under three decades stays linear"
+    assert not log_batches_by_default(np.array([10_000, 20_000, 400_000]), 400_000), "a fork from batch 10,000 too"
+    assert not log_batches_by_default(np.array([0]), 0) and not log_batches_by_default(np.array([], int), 5)
+
+
+def test_every_chart_over_batches_goes_log_from_batch_1_and_keeps_its_marks_at_their_batches():
+    for name, spec in charts_over_batches().items():
+        views = views_over_batches(on_log_batches(spec))
+        assert views, name
+        for view in views:
+            x, transforms = view["encoding"]["x"], view.get("transform", [])
+            assert x["scale"]["type"] == "log" and x["title"] == LOG_BATCH_TITLE, name
+            assert x["axis"]["labelExpr"] and 1000 in x["axis"]["values"], f"{name}: labelled at the decades alone"
+            if transforms[:1] == [{"filter": "datum.extent === true"}] or "x2" in view["encoding"]:
+                # the run's extent and a heatmap's bins start at batch 1 where they began at 0
+                assert x["field"].endswith("_from_1"), name
+                assert {"calculate": f"max(datum.{x['field'].removesuffix('_from_1')}, 1)",
+                        "as": x["field"]} in transforms, name
+            else:
+                assert transforms[0] == {"filter": "datum.batch >= 1"} and x["field"] == "batch", \
+                    f"{name}: every mark at its own batch, those at 0 left out"
+    labels = [view for view in on_log_batches(charts.loss_spec(True))["layer"] if view["mark"]["type"] == "text"]
+    assert all("scale('x', datum.batch)" in view["mark"]["align"]["expr"] for view in labels), \
+        "the markers' labels placed by their own batch"
+    assert charts.loss_spec(True)["layer"][1]["encoding"]["x"]["scale"] == {"nice": False, "zero": False}, \
+        "the specs handed out are not changed"
+
+
+def test_diverging_colour_scales_keep_their_middle_inside_their_domain_with_no_data_yet():
+    """Vega's legend reads a diverging scale whose middle (0) lies outside its domain at NaN and throws
+    "TypeError: a[t] is not a function": so it does for a chart drawn before its data arrive."""
+    for spec in (charts.surface_spec(), charts.sv_heatmap_spec(("a",))):
+        for layer in spec["layer"]:
+            for channel in {"color", "fill"} & set(layer.get("encoding", {})):
+                scale = layer["encoding"][channel]["scale"]
+                if "domainMid" in scale:
+                    low, high = scale["domain"]["unionWith"]
+                    assert low < scale["domainMid"] < high
+
+
+def axes_of(spec) -> list[dict]:
+    """Every axis a spec sets, wherever it is layered or faceted."""
+    if isinstance(spec, dict):
+        found = [spec["axis"]] if isinstance(spec.get("axis"), dict) else []
+        return found + [axis for value in spec.values() for axis in axes_of(value)]
+    if isinstance(spec, list):
+        return [axis for value in spec for axis in axes_of(value)]
+    return []
+
+
+def test_numbers_on_axes_read_plain_and_log_axes_only_at_their_decades():
+    specs = [*charts_over_batches().values(), charts.loss_spec(False), charts.loss_spec(True, with_test=True),
+             trajectory.path_spec((0.9, 0.1), (0, 1000)), trajectory.loss_along_spec(),
+             charts.compare_spec("loss", "batch", True, ("a",), ("#000",), ((),)),
+             charts.compare_spec("loss", "batch", False, ("a",), ("#000",), ((),))]
+    axes = [axis for spec in specs for axis in axes_of(spec)]
+    assert not [axis for axis in axes if axis.get("format") == "~g"], "Vega's ~g writes 60 as 6e+1 on a 20-step axis"
+    numbers = [axis for axis in axes if axis.get("format") in ("~r", "~e")]
+    assert numbers and all(axis["labelExpr"] in (PLAIN_LABELS, LOG_LABELS) for axis in numbers)
+    decade, between = LOG_LABELS.split(" : ", 1)
+    assert "'.0e'" in decade and "round(" in decade, "a decade written 1e-3"
+    assert between.endswith(": ''") and "< 1.5" in between, "between decades nothing, unless the axis spans no decade"
+
+
+def test_the_rule_of_thumbs_label_is_drawn_once_above_the_loss_legend_markers_and_neuron_labels_clear_of_links():
+    update = layer_charts.update_spec(("L1.W",))
+    texts = [layer for layer in update["layer"] if layer["mark"]["type"] == "text"]
+    assert len(texts) == 2 and all(layer["transform"] == [{"aggregate": [{"op": "count", "as": "rows"}]}]
+                                   for layer in texts), "a halo and a label, each over one row, not one per point"
+    legends = [layer["encoding"]["color"]["legend"] for layer in charts.loss_spec(True, with_test=True)["layer"]
+               if layer.get("encoding", {}).get("color", {}).get("legend")]
+    assert [legend["orient"] for legend in legends] == ["top"], "the legend above the plot, not over its labels"
+    diagram = neurons.neurons_spec(RunConfig(task="spiral", net="2x8tx8tx1t"))["hconcat"][0]["layer"]
+    marks = [(layer["mark"]["type"], layer["mark"].get("stroke")) for layer in diagram]
+    assert marks == [("rule", None), ("rect", None), ("text", "white"), ("text", None)], \
+        "links under the maps, and each label on a white halo over them"

@@ -10,15 +10,21 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, REPO, batch_passes, events, wait_for
 from nnobs.lab.create import new_run
 from nnobs.protocol.rundir import RunDir
 from nnobs.training.builtin.tasks import RunConfig
-from test_browser import browser, main_area, screenshot, server, servers, visit  # noqa: F401  (fixtures)
+from nnobs.views.vegalite import LOG_BATCH_TITLE
+from test_browser import (  # noqa: F401  (fixtures)
+    FIRST_LOAD_MS, VIEWPORT, browser, default_run, loss_chart, main_area, screenshot, server, servers, visit,
+    wait_for_refreshes,
+)
 
 SPIRAL = {"task": "spiral", "net": "2x8tx8tx1t", "eta": 0.03, "seed": 2}
 TORCH_MLP = REPO / "examples/torch_mlp.py"
@@ -137,3 +143,59 @@ def test_the_pytorch_examples_run_shows_its_per_layer_views(runs_root, visit):
     finally:
         script.terminate()
         script.wait(timeout=60)
+
+
+@contextmanager
+def watched_page(browser: Browser, url: str, height: int) -> Iterator[tuple[Page, list[str]]]:
+    """A new person on url, and the errors its browser console reports from the first moment (Vega logs a chart
+    that fails there, not on the page); the page once its main area has drawn."""
+    context = browser.new_context(viewport={**VIEWPORT, "height": height})
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        # Loads of web fonts fail without a network; they are not the page's errors.
+        page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
+                and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url, timeout=FIRST_LOAD_MS)
+        expect(main_area(page).locator("h2").first).to_be_visible(timeout=FIRST_LOAD_MS)
+        yield page, errors
+    finally:
+        context.close()
+
+
+def batch_axis_title(page: Page, chart) -> str:
+    """The title of a chart's batch axis, as Vega says it to a screen reader ("X-axis titled 'batch' for a ...")."""
+    said = chart.locator("[aria-label^='X-axis titled']").first.get_attribute("aria-label", timeout=30_000)
+    return re.search(r"X-axis titled '([^']*)'", said).group(1)
+
+
+def test_a_fast_run_opens_on_a_log_batch_axis_that_one_control_switches_for_every_chart(runs_root, browser, server):
+    run = default_run(runs_root, FOREVER)  # XOR, unpaced: tens of thousands of batches a second
+    with watched_page(browser, server + "/", height=2400) as (page, errors):
+        batch_passes(run, 20_000, what="the run past four decades of batches", timeout=120)
+        expect(loss_chart(page)).to_be_visible()
+        wait_for(lambda: batch_axis_title(page, loss_chart(page)) == LOG_BATCH_TITLE, timeout=30,
+                 what="the loss chart on a log batch axis")
+        lines = chart_titled(page, "State vector")
+        wait_for(lambda: batch_axis_title(page, lines) == LOG_BATCH_TITLE, what="the parameters on it too")
+        screenshot(page, "log-batch-axis")
+        main_area(page).get_by_test_id("stRadio").get_by_text("linear", exact=True).click()
+        wait_for(lambda: batch_axis_title(page, loss_chart(page)) == "batch", what="the loss chart on a linear axis")
+        wait_for(lambda: batch_axis_title(page, chart_titled(page, "State vector")) == "batch",
+                 what="the parameters on a linear axis")
+        assert not errors, errors
+
+
+def test_every_view_of_a_run_draws_without_an_error_in_the_browser_console(runs_root, browser, server):
+    run = RunDir.named("spiral", runs_root)
+    new_run(run, RunConfig(**SPIRAL, target=FOREVER, report_every=500, pace=2000), by="test")
+    batch_passes(run, 1000, what="a few state reports", timeout=60)
+    with watched_page(browser, server + "/?run=spiral", height=2400) as (page, errors):
+        for view, title in (("Parameters", "Decision surface"), ("Layers", "Weight norm per tensor"),
+                            ("Neurons", None), ("Trajectory", "Path through parameter space")):
+            main_area(page).get_by_role("tab", name=view).click()
+            drawn = chart_titled(page, title) if title else main_area(page).locator(".vega-embed").last
+            expect(drawn.locator("canvas, svg").first).to_be_visible()
+            wait_for_refreshes(page, 2)  # each chart drawn first without its data, then with it
+        assert not errors, "\n".join(errors)

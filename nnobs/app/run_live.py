@@ -12,6 +12,7 @@ from nnobs.reading.history import MAX_METRICS
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.training.builtin.tasks import RunConfig
 from nnobs.views import charts
+from nnobs.views.vegalite import with_batch_scale
 from nnobs.views.view import RunView, SharedViews
 
 
@@ -47,22 +48,24 @@ def _charts(run: RunDir, view: RunView) -> None:
     is the shared view's, as Arrow tables made once for every session with the same settings."""
     log_loss = st.session_state.get("log_loss", True)
     frames = _shared_views().tables(run, view, st.session_state.get("smoothing", 0.6), log_loss)
+    log_batches = run_views.batch_axis_control(view)
     if len(frames["loss"]):
-        spec = charts.loss_spec(log_loss, view.test is not None)
+        spec = with_batch_scale(charts.loss_spec(log_loss, view.test is not None), log_batches)
         st.vega_lite_chart(frames["loss"], spec, width="stretch", height=420)
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
-    _metric_charts(view, frames)
+    _metric_charts(view, frames, log_batches)
     run_views.draw(view, frames)
 
 
-def _metric_charts(view: RunView, frames: dict) -> None:
+def _metric_charts(view: RunView, frames: dict, log_batches: bool) -> None:
     """Each metric the script logs, its own chart, two to a row; one logged at a single batch says its value."""
     for row in range(0, len(view.metrics), 2):
         for column, name in zip(st.columns(2), list(view.metrics)[row : row + 2]):
             frame = frames[f"metric:{name}"]
             if len(frame):
-                column.vega_lite_chart(frame, charts.metric_spec(name), width="stretch", height=260)
+                spec = with_batch_scale(charts.metric_spec(name), log_batches)
+                column.vega_lite_chart(frame, spec, width="stretch", height=260)
             else:
                 column.caption(charts.metric_pending(name, view.metrics[name][0]))
     if view.metrics_dropped:

@@ -8,14 +8,20 @@ vector (lru caches), for every session alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import streamlit as st
 
 from nnobs.protocol.schema import FULL_STATE_MAX_PARAMS
+from nnobs.training.builtin.tasks import tensors as config_tensors
 from nnobs.views import charts, layer_charts, neurons, trajectory
-from nnobs.views.frames import MAX_SV_LINES, with_replay_mark
+from nnobs.views.frames import MAX_SV_LINES, layer_of, spread_sv_frames, with_batch_range, with_replay_mark
+from nnobs.views.vegalite import LOG_BATCHES_SPAN, log_batches_by_default, with_batch_scale
 from nnobs.views.view import RunView, as_tables, surface_of
+from nnobs.views.wording import as_text
 
 LIVE = "live"
 NEWEST = 2**62  # a batch past any run's: the newest state kept
@@ -36,6 +42,32 @@ def draw(view: RunView, frames: dict[str, pa.Table]) -> None:
         if tab.open:
             with tab:
                 draw_tab(view, frames, replay_at)
+
+
+BATCH_AXES = ("auto", "log", "linear")
+
+
+def batch_axis_control(view: RunView) -> bool:
+    """The one control of the batch axis of every chart over batches: auto, log or linear; whether it is log now."""
+    st.radio(
+        "Batch axis (every chart over batches)",
+        BATCH_AXES,
+        horizontal=True,
+        key="batch_axis",
+        help=f"auto: log once the latest batch is over {LOG_BATCHES_SPAN:,} times the first plotted after 0, else "
+        "linear. A log axis has no batch 0: it starts at batch 1.",
+    )
+    return log_batches(view)
+
+
+def log_batches(view: RunView) -> bool:
+    """Whether the charts over batches are on a log batch axis, as batch_axis_control sets it. Auto is log once the
+    run spans decades of batches, so that a fast run's first seconds, where it learns, are not a vertical line at
+    the axis's left edge."""
+    chosen = st.session_state.get("batch_axis", "auto")
+    if chosen == "auto":
+        return log_batches_by_default(view.loss["batch"].to_numpy(), view.status.batch)
+    return chosen == "log"
 
 
 def replay_control(view: RunView) -> int | None:
@@ -100,24 +132,21 @@ def draw_parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int |
     if "sv_lines" not in frames:
         st.caption("No state report yet: the parameters appear with the first one.")
         return
-    lines_shown, heat_shown = view.sv_shown
-    if view.sampled:
-        st.caption(
-            f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {heat_shown}, spread over every tensor "
-            "and the same at every state report; their names say where each sits (tensor[row,column])."
-        )
+    shown = parameters_shown(view, frames)
+    if shown.caption:
+        st.caption(shown.caption)
     reported = view.sv_lines["batch"].unique() if view.sv_lines is not None else []
     if len(reported) == 1:  # one point per parameter draws no line: the frame alone would read as a broken chart
         st.caption(
             f"One state report so far, at batch {int(reported[0]):,}: the parameters' lines start with the second."
         )
-    tall = max(380, 120 + 14 * min(len(view.sv_names), 80))  # a heatmap row per parameter, readable
-    lines = charts.sv_lines_spec(view.sv_names[:MAX_SV_LINES], lines_shown)
-    heat = charts.sv_heatmap_spec(view.sv_names, heat_shown)
-    lines_data = frames["sv_lines"] if replay_at is None else with_replay_mark(frames["sv_lines"], replay_at)
+    tall = max(380, 120 + 14 * min(len(shown.names), 80))  # a heatmap row per parameter, readable
+    lines = with_batch_scale(charts.sv_lines_spec(shown.names[:MAX_SV_LINES], shown.lines_said), log_batches(view))
+    heat = with_batch_scale(charts.sv_heatmap_spec(shown.names, shown.heat_said), log_batches(view))
+    lines_data = shown.lines if replay_at is None else with_replay_mark(shown.lines, replay_at)
     left, right = st.columns(2)
     left.vega_lite_chart(lines_data, lines, width="stretch", height=tall)
-    right.vega_lite_chart(frames["sv_heat"], heat, width="stretch", height=tall)
+    right.vega_lite_chart(shown.heat, heat, width="stretch", height=tall)
     if "surface" not in frames:
         return
     surface, said = frames["surface"], "The net's output over the input plane, at its latest state."
@@ -131,6 +160,74 @@ def draw_parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int |
     # quick reruns of a moving slider.
     left.vega_lite_chart(surface, charts.surface_spec("Decision surface"), width="stretch", height=440)
     left.caption(said)
+
+
+@dataclass
+class ParametersShown:
+    """What the parameter charts draw: their tables, the parameters, and what the charts and a caption say of them."""
+
+    lines: pa.Table  # batch, layer, parameter, value: MAX_SV_LINES parameters at most
+    heat: pa.Table  # batch, batch_end, parameter, value
+    names: tuple[str, ...]  # the heatmap's parameters, in state-vector order
+    lines_said: str  # which parameters the lines are, in words: the lines chart's subtitle
+    heat_said: str  # the heatmap's
+    caption: str  # what the charts leave out or how they chose, in words; "" when they show every parameter
+
+
+def parameters_shown(view: RunView, frames: dict[str, pa.Table]) -> ParametersShown:
+    """The history's parameter trajectories; or, for a net whose trajectories kept leave layers out (its first
+    SV_KEPT parameters), as many parameters spread over every tensor, drawn from the states kept for replay."""
+    as_kept = ParametersShown(frames["sv_lines"], frames["sv_heat"], view.sv_names, *view.sv_shown, "")
+    if view.sampled:
+        as_kept.caption = (
+            f"Nets of more than {FULL_STATE_MAX_PARAMS:,} parameters report {view.sv_shown[1]}, spread over every "
+            "tensor and the same at every state report; their names say where each sits (tensor[row,column])."
+        )
+        return as_kept
+    drawn, left_out = _tensors_drawn(view)
+    if not left_out:
+        return as_kept
+    spread = view.made("sv_spread", lambda history: _spread_parameters(history, view, frames["sv_lines"]))
+    if spread is None:  # no whole states kept: say what is left out
+        as_kept.caption = (
+            f"The charts draw the first {len(view.sv_names):,} parameters in the net's order, tensors "
+            f"{as_text(', '.join(drawn))}; not {as_text(', '.join(left_out))}. The Layers view shows every tensor."
+        )
+        return as_kept
+    return spread
+
+
+def _tensors_drawn(view: RunView) -> tuple[list[str], list[str]]:
+    """The net's tensors the history's trajectories draw (its first SV_KEPT parameters) and those they leave out."""
+    drawn = list(dict.fromkeys(layer_of(name) for name in view.sv_names))
+    known = config_tensors(view.config) if view.config is not None else []  # a run file without summaries yet
+    tensors = view.tensors or tuple(name for name, _ in known)
+    return drawn, [tensor for tensor in tensors if tensor not in drawn]
+
+
+def _spread_parameters(history, view: RunView, kept_lines: pa.Table) -> ParametersShown | None:
+    """Parameters spread over every tensor, from the states kept for replay (spread_sv_frames); None without them.
+    Made once per view, for every session."""
+    tensors = history.tensors or (config_tensors(view.config) if view.config is not None else None)
+    if history.archive is None or not tensors:
+        return None
+    batches, vectors = history.archive.kept()
+    if vectors.shape[1] != sum(int(np.prod(shape)) for _, shape in tensors):
+        return None
+    lines, heat, names = spread_sv_frames(batches, vectors, [(name, tuple(shape)) for name, shape in tensors])
+    low, high = (int(v.as_py()) for v in pc.min_max(kept_lines["batch"]).values())  # the run's, its extent rows
+    tables = as_tables({"lines": with_batch_range(lines, (low, high)), "heat": with_batch_range(heat, (low, high))})
+    total, n_lines = vectors.shape[1], len(lines["parameter"].cat.categories)
+    return ParametersShown(
+        tables["lines"],
+        tables["heat"],
+        tuple(names),
+        f"{n_lines} of {total:,} parameters, spread over every tensor",
+        f"{len(names)} of {total:,} parameters, spread over every tensor",
+        f"This net has {total:,} parameters: the charts draw {len(names)} of them, spread over every tensor (the "
+        f"lines {n_lines} of those), at the states kept for replay; their names say where each sits "
+        "(tensor[row,column]).",
+    )
 
 
 def draw_layers(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
@@ -149,19 +246,24 @@ def draw_layers(view: RunView, frames: dict[str, pa.Table], replay_at: int | Non
     )
     left, right = st.columns(2)
     if "norm" in made:
-        left.vega_lite_chart(made["norm"], layer_charts.norm_spec(view.tensors), width="stretch", height=340)
+        norm = with_batch_scale(layer_charts.norm_spec(view.tensors), log_batches(view))
+        left.vega_lite_chart(made["norm"], norm, width="stretch", height=340)
     if "update" in made:
-        right.vega_lite_chart(made["update"], layer_charts.update_spec(view.tensors), width="stretch", height=340)
+        update = with_batch_scale(layer_charts.update_spec(view.tensors), log_batches(view))
+        right.vega_lite_chart(made["update"], update, width="stretch", height=340)
     else:
         right.caption("The update-to-weight ratio comes with the next state report the batch schedule asks for.")
     if "dead" in made and view.config is not None:  # dead units are counted in a built-in net's relu layers alone
         widest = max(view.config.sizes[1:])
-        st.vega_lite_chart(made["dead"], layer_charts.dead_spec(relu, widest), width="stretch", height=240)
+        dead = with_batch_scale(layer_charts.dead_spec(relu, widest), log_batches(view))
+        st.vega_lite_chart(made["dead"], dead, width="stretch", height=240)
     if "bands" in made:
         drawn = view.tensors[: layer_charts.MAX_BAND_TENSORS]
         if len(drawn) < len(view.tensors):
             st.caption(f"The distributions of the first {len(drawn)} of {len(view.tensors)} tensors.")
-        st.vega_lite_chart(made["bands"], layer_charts.bands_spec(drawn), width="content")
+        st.vega_lite_chart(
+            made["bands"], with_batch_scale(layer_charts.bands_spec(drawn), log_batches(view)), width="content"
+        )
 
 
 def draw_neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
@@ -203,8 +305,11 @@ def draw_trajectory(view: RunView, frames: dict[str, pa.Table], replay_at: int |
         right.vega_lite_chart(frame, trajectory.loss_along_spec(), width="stretch", height=200)
     if "step_lengths" in frames:
         left, right = st.columns(2)
-        left.vega_lite_chart(frames["step_lengths"], charts.steps_spec("length"), width="stretch", height=220)
-        right.vega_lite_chart(frames["step_cosines"], charts.steps_spec("cosine"), width="stretch", height=220)
+        lengths, cosines = (
+            with_batch_scale(charts.steps_spec(figure), log_batches(view)) for figure in ("length", "cosine")
+        )
+        left.vega_lite_chart(frames["step_lengths"], lengths, width="stretch", height=220)
+        right.vega_lite_chart(frames["step_cosines"], cosines, width="stretch", height=220)
 
 
 def _path_parts(history) -> tuple[trajectory.Projection, np.ndarray] | None:

@@ -10,7 +10,17 @@ import pandas as pd
 
 from nnobs.protocol.schema import TEST_LOSS
 from nnobs.views.surface import EXTENT, GRID
-from nnobs.views.vegalite import HUGE_SHORT, LOG_LABELS, Spec, batch_axis, built_once, run_extent, spec_of, zoom
+from nnobs.views.vegalite import (
+    HUGE_SHORT,
+    Spec,
+    batch_axis,
+    built_once,
+    log_axis,
+    plain_axis,
+    run_extent,
+    spec_of,
+    zoom,
+)
 from nnobs.views.wording import as_text
 
 LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."
@@ -25,6 +35,12 @@ def metric_pending(name: str, points: pd.DataFrame) -> str:
     batch, value = finite.iloc[-1]
     return f"**{shown}**: {value:.4g} at batch {int(batch):,}, the one batch it was logged at so far."
 
+
+# A diverging colour scale's domain: the data's, and a hair either side of its middle, 0. Without it a scale whose
+# data do not reach past 0 on both sides (none yet, as the browser first draws a chart; a heatmap of positive
+# weights) has its middle outside its domain, and Vega's legend gradient then reads its colour scheme at NaN and
+# throws "TypeError: a[t] is not a function" in the browser.
+AROUND_ZERO = alt.DomainUnionWith(unionWith=[-1e-30, 1e-30])
 
 LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
 
@@ -100,10 +116,10 @@ def _smoothed_pair(log_scale: bool) -> alt.Chart:
     """The smoothed training and test loss as one layer of two lines, coloured by which, with a legend naming them."""
     plotted = "datum.value > 0" if log_scale else "isValid(datum.value)"
     scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False, nice=True)
-    axis = alt.Axis(format="~e", labelExpr=LOG_LABELS) if log_scale else alt.Axis(format="~g")
+    axis = log_axis() if log_scale else plain_axis()
     names = f"datum.label == 'smoothed' ? '{LOSS_LEGEND[0]}' : '{LOSS_LEGEND[1]}'"
     legend = alt.Legend(
-        orient="top-right",
+        orient="top",  # above the plot: inside it, the markers' labels at its top would run under it
         title=None,
         labelExpr=names,
         symbolStrokeWidth=3,
@@ -141,9 +157,9 @@ def _raw_and_smoothed(
     # A title cut short, with an ellipsis, where it would run past the axis: a script may name a metric at length.
     if log_scale:
         scale = alt.Scale(type="log")
-        axis = alt.Axis(format="~e", labelExpr=LOG_LABELS, titleLimit=AXIS_TITLE_PX)
+        axis = log_axis(titleLimit=AXIS_TITLE_PX)
     else:
-        scale, axis = alt.Scale(zero=False, nice=True), alt.Axis(format="~g", titleLimit=AXIS_TITLE_PX)
+        scale, axis = alt.Scale(zero=False, nice=True), plain_axis(titleLimit=AXIS_TITLE_PX)
     title = ("loss" if field == TEST_LOSS else name) + (" (log)" if log_scale else "")  # one axis for both
     tip = [
         alt.Tooltip("batch:Q", format=","),
@@ -177,7 +193,7 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> Spec:
         .mark_line(strokeWidth=1.5, clip=True)
         .encode(
             x=batch_axis(),
-            y=alt.Y("value:Q", title="value", axis=alt.Axis(format="~g")),
+            y=alt.Y("value:Q", title="value", axis=plain_axis()),
             # In state-vector order (the frame's), not alphabetical: a layer's weights before its biases.
             color=alt.Color("layer:N", title="layer", sort=None, legend=alt.Legend(orient="top", columns=4)),  # in
             # rows of four (a layer's weights and biases, two layers a row): the last is not cut off at the edge
@@ -216,7 +232,7 @@ def steps_spec(figure: str) -> Spec:
             y=alt.Y(
                 "value:Q",
                 title="cosine" if cosine else "length",
-                axis=alt.Axis(format="~g"),
+                axis=plain_axis(),
                 scale=alt.Scale(domain=[-1, 1]) if cosine else alt.Scale(type="symlog"),
             ),
             tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g")],
@@ -238,7 +254,7 @@ def surface_spec(title: str = "Decision surface (latest state)") -> Spec:
     """
     half = EXTENT / (GRID - 1)  # half a cell: the grid is GRID points across [-EXTENT, EXTENT], 2 * EXTENT wide
     overlap = 1.05 * half  # cells overlap a little: no seams between neighbours
-    diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True, nice=False, zero=False)
+    diverging = alt.Scale(scheme="redblue", domainMid=0, reverse=True, nice=False, zero=False, domain=AROUND_ZERO)
     colour = alt.Color("output:Q", scale=diverging, title="output", legend=alt.Legend(labelExpr=HUGE_SHORT))
     axis = alt.Scale(domain=[-EXTENT - half, EXTENT + half], nice=False)
     output_range = alt.Chart().transform_filter("!isValid(datum.x1)").mark_rect(opacity=0)  # under the cells
@@ -296,7 +312,7 @@ def sv_heatmap_spec(names: tuple[str, ...], shown: str = SV_ALL) -> Spec:
             y=alt.Y("parameter:N", sort=None, title=None),  # data order is state-vector order
             color=alt.Color(
                 "value:Q",
-                scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
+                scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True, domain=AROUND_ZERO),
                 title="value",
                 legend=alt.Legend(labelExpr=HUGE_SHORT),
             ),
@@ -326,10 +342,10 @@ def compare_spec(
             "value:Q",
             title=f"{title} (log)",
             scale=alt.Scale(type="log"),
-            axis=alt.Axis(format="~e", labelExpr=LOG_LABELS),
+            axis=log_axis(),
         )
     else:
-        y = alt.Y("value:Q", title=title, scale=alt.Scale(zero=False, nice=True), axis=alt.Axis(format="~g"))
+        y = alt.Y("value:Q", title=title, scale=alt.Scale(zero=False, nice=True), axis=plain_axis())
     if axis == "time":
         x = alt.X("t:T", title="wall time", axis=alt.Axis(labelOverlap=True))
         shown = "isValid(datum.t)"

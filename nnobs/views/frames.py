@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from nnobs.protocol.schema import TEST_LOSS
-from nnobs.reading.history import Marker, RunHistory, WindowedSeries
+from nnobs.protocol.schema import TEST_LOSS, Tensors, parameter_name, sample_indices
+from nnobs.reading.history import SV_KEPT, Marker, RunHistory, WindowedSeries
 from nnobs.reading.series import MinMaxBuckets
 from nnobs.views.surface import as_picture
 
-MAX_SV_LINES = 64  # parameters drawn as lines; the heatmap shows up to history.SV_KEPT
+MAX_SV_LINES = 128  # parameters drawn as lines: every one of a small net (the 105 of a 2-8-8-1 spiral net, the
+# page's examples); the heatmap shows up to history.SV_KEPT (256)
 HEATMAP_COLUMNS = 100  # batch bins across the heatmap
 SMOOTHING_SPANS = 1000  # the smoothing weight applies per 1/1000 of the run's batches
 
@@ -228,15 +229,7 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
             columns=["batch", "batch_end", "parameter", "value"]
         )
     drawn = line_columns(buckets.n_columns)
-    lines = lines_frame(buckets, drawn, [names[j] for j in drawn], "parameter")
-    layers = [layer_of(name) for name in lines["parameter"].cat.categories]
-    lines.insert(
-        1,
-        "layer",
-        pd.Categorical(
-            np.array(layers, dtype=object)[lines["parameter"].cat.codes], categories=list(dict.fromkeys(layers))
-        ),
-    )
+    lines = _with_layers(lines_frame(buckets, drawn, [names[j] for j in drawn], "parameter"))
     starts, ends, means = buckets.means(HEATMAP_COLUMNS)  # (bins,), (bins,), (bins, kept)
     n_bins, kept = means.shape
     heat = pd.DataFrame(
@@ -248,6 +241,58 @@ def sv_frames(history: RunHistory, names: list[str]) -> tuple[pd.DataFrame, pd.D
         }
     )
     return lines, heat.astype({"parameter": "category"})
+
+
+def _with_layers(lines: pd.DataFrame) -> pd.DataFrame:
+    """The parameter lines' frame with the layer each belongs to (layer_of its name) as its second column."""
+    layers = [layer_of(name) for name in lines["parameter"].cat.categories]
+    codes = lines["parameter"].cat.codes
+    lines.insert(
+        1, "layer", pd.Categorical(np.array(layers, dtype=object)[codes], categories=list(dict.fromkeys(layers)))
+    )
+    return lines
+
+
+SPREAD_STATES = 400  # kept states drawn on the lines of spread_sv_frames: as many points as a bucketed line's
+
+
+def spread_sv_frames(
+    batches: np.ndarray, vectors: np.ndarray, tensors: Tensors
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The parameter charts' frames (sv_frames') made from whole state vectors, batches (n,) and vectors (n, width)
+    as the replay archive keeps them, over SV_KEPT parameters spread over every tensor of the net; and their names.
+
+    For a net whose whole vector is reported but wider than the SV_KEPT trajectories the history keeps (those
+    are its first parameters, so its last layers, the output among them, would never be drawn). Points at the
+    kept states rather than every report's extremes: the archive keeps them densest where the net learnt fastest.
+    """
+    columns = np.array(sample_indices(tensors, SV_KEPT))
+    names = [parameter_name(tensors, int(index)) for index in columns]
+    states = np.unique(np.linspace(0, len(batches) - 1, min(len(batches), SPREAD_STATES)).round().astype(int))
+    drawn = line_columns(len(columns))
+    at, values = batches[states], vectors[np.ix_(states, columns[drawn])]  # (s,), (s, lines)
+    lines = pd.DataFrame(
+        {
+            "batch": np.tile(at, len(drawn)),
+            "parameter": pd.Categorical.from_codes(
+                np.repeat(np.arange(len(drawn)), len(at)), categories=pd.Index([names[j] for j in drawn], dtype=object)
+            ),
+            "value": values.T.ravel(),
+        }
+    )
+    bins = np.array_split(np.arange(len(batches)), min(HEATMAP_COLUMNS, len(batches)))
+    starts = batches[[b[0] for b in bins]]
+    ends = np.append(starts[1:], batches[-1] + 1)
+    means = np.stack([vectors[np.ix_(b, columns)].mean(axis=0) for b in bins])  # (bins, kept)
+    heat = pd.DataFrame(
+        {
+            "batch": np.repeat(starts, len(columns)),
+            "batch_end": np.repeat(ends, len(columns)),
+            "parameter": np.tile(np.array(names, dtype=object), len(bins)),
+            "value": means.ravel(),
+        }
+    )
+    return _with_layers(lines), heat.astype({"parameter": "category"}), names
 
 
 def lines_frame(buckets: MinMaxBuckets, columns: list[int], names: list[str], named: str) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from nnobs.reading.history import RunHistory
 from nnobs.reading.series import MinMaxBuckets
 from nnobs.training.builtin.tasks import RunConfig
 from nnobs.views.frames import lines_frame
-from nnobs.views.vegalite import LOG_LABELS, Spec, batch_axis, built_once, spec_of, zoom
+from nnobs.views.vegalite import Spec, batch_axis, built_once, log_axis, plain_axis, spec_of, zoom
 
 UPDATE_RULE = 1e-3  # the rule of thumb: a step moves a tensor by about a thousandth of its norm
 BAND_BINS = 120  # points per tensor in the distribution charts
@@ -80,7 +80,7 @@ def norm_spec(tensors: tuple[str, ...]) -> Spec:
         .mark_line(clip=True, strokeWidth=1.5)
         .encode(
             x=batch_axis(),
-            y=alt.Y("value:Q", title="norm", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
+            y=alt.Y("value:Q", title="norm", scale=alt.Scale(zero=False), axis=plain_axis()),
             color=alt.Color("tensor:N", sort=list(tensors), legend=_tensor_legend(tensors)),
             tooltip=[
                 "tensor:N",
@@ -106,7 +106,7 @@ def update_spec(tensors: tuple[str, ...]) -> Spec:
                 "value:Q",
                 title="|Δw| / |w| in one step",
                 scale=alt.Scale(type="log"),
-                axis=alt.Axis(format="~e", labelExpr=LOG_LABELS),
+                axis=log_axis(),
             ),
             color=alt.Color("tensor:N", sort=list(tensors), legend=_tensor_legend(tensors)),
             tooltip=[
@@ -124,10 +124,9 @@ def update_spec(tensors: tuple[str, ...]) -> Spec:
         "text": alt.datum("1e-3, the rule of thumb"),
     }
     text: dict[str, Any] = {"align": "right", "dx": -4, "dy": -7, "fontSize": 11}
-    halo = (
-        alt.Chart().mark_text(fill="white", stroke="white", strokeWidth=5, strokeJoin="round", **text).encode(**placed)
-    )
-    label = alt.Chart().mark_text(color="#555", **text).encode(**placed)  # on its halo: readable over the lines
+    once = alt.Chart().transform_aggregate(rows="count()")  # one row: a text mark draws once per row of its data
+    halo = once.mark_text(fill="white", stroke="white", strokeWidth=5, strokeJoin="round", **text).encode(**placed)
+    label = once.mark_text(color="#555", **text).encode(**placed)  # on its halo: readable over the lines
     return spec_of(alt.layer(lines, rule, halo, label).properties(title="Update-to-weight ratio per tensor"))
 
 
@@ -142,7 +141,7 @@ def bands_spec(tensors: tuple[str, ...]) -> Spec:
     )
     bands = [
         base.mark_area(opacity=opacity, color="#1f77b4", clip=True).encode(
-            y=alt.Y(f"{low}:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")), y2=f"{high}:Q"
+            y=alt.Y(f"{low}:Q", title=None, scale=alt.Scale(zero=False), axis=plain_axis()), y2=f"{high}:Q"
         )
         for low, high, opacity in (("min", "max", 0.15), ("p7", "p93", 0.25), ("p16", "p84", 0.35), ("p31", "p69", 0.5))
     ]

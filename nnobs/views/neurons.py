@@ -9,6 +9,7 @@ at). Computed from one state vector: the latest, or the one being replayed.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,15 +202,18 @@ def neurons_spec(config: RunConfig) -> Spec:
             ],
         },
     }
-    labels = {
+    label_mark: dict[str, Any] = {"type": "text", "align": "left", "baseline": "top", "dy": 3, "fontSize": 10}
+    labels: dict[str, Any] = {
         "transform": [{"filter": "datum.kind === 'cell' && datum.gx === 0 && datum.gy === 0"}],
-        "mark": {"type": "text", "align": "left", "baseline": "top", "dy": 3, "fontSize": 10, "color": "#444"},
+        "mark": {**label_mark, "color": "#444"},
         "encoding": {
             "x": {"field": "x", "type": "quantitative"},
             "y": {"field": "y", "type": "quantitative"},
             "text": {"field": "unit", "type": "nominal"},
         },
     }
+    # Under each label, its text in thick white: the links that pass between the maps run behind it, not through it.
+    halos = {**labels, "mark": {**label_mark, "stroke": "white", "strokeWidth": 4, "strokeJoin": "round"}}
     large = {
         "width": 260,
         "height": 260,
@@ -249,6 +253,6 @@ def neurons_spec(config: RunConfig) -> Spec:
         ],
     }
     return {
-        "hconcat": [{"width": 130 * len(sizes), "height": height, "layer": [links, maps, labels]}, large],
+        "hconcat": [{"width": 130 * len(sizes), "height": height, "layer": [links, maps, halos, labels]}, large],
         "config": {"view": {"stroke": None}},
     }

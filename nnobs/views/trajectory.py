@@ -14,7 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from nnobs.views.vegalite import LOG_LABELS, Spec, built_once, spec_of
+from nnobs.views.vegalite import DECADE_LABELS, DECADES, Spec, built_once, log_axis, plain_axis, spec_of
 
 
 @dataclass
@@ -92,18 +92,10 @@ def path_spec(explained: tuple[float, float], batches: tuple[int, int]) -> Spec:
     return spec
 
 
-DECADES = [0] + [10**k for k in range(13)]
-# 1, 10, 100, 1k, 10k, 1M: each decade by itself (a "~s" format gives every label the largest one's prefix: 0M)
-DECADE_LABELS = (
-    "datum.value >= 1e6 ? format(datum.value / 1e6, '~g') + 'M' : "
-    "datum.value >= 1e3 ? format(datum.value / 1e3, '~g') + 'k' : format(datum.value, '~g')"
-)
-
-
 @built_once
 def _path_spec() -> Spec:
-    x = alt.X("pc1:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
-    y = alt.Y("pc2:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="~g"))
+    x = alt.X("pc1:Q", scale=alt.Scale(zero=False), axis=plain_axis())
+    y = alt.Y("pc2:Q", scale=alt.Scale(zero=False), axis=plain_axis())
     path = alt.Chart().mark_line(color="#999", strokeWidth=1).encode(x=x, y=y, order="order:Q")
     points = (
         alt.Chart()
@@ -147,14 +139,14 @@ def loss_along_spec() -> Spec:
                 "batch:Q",
                 title="batch (symlog)",
                 scale=alt.Scale(type="symlog", nice=False),
-                axis=alt.Axis(values=DECADES, labelExpr=DECADE_LABELS),
+                axis=alt.Axis(values=[0, *DECADES[2:]], labelExpr=DECADE_LABELS),  # not 1: beside 0 on symlog
             ),  # the decades
             # Vega would not pick; tickCount: a grid line a decade, not the nine of each that band together
             y=alt.Y(
                 "loss:Q",
                 title="loss",
                 scale=alt.Scale(type="log"),
-                axis=alt.Axis(format="~e", labelExpr=LOG_LABELS, tickCount=3),
+                axis=log_axis(tickCount=3),
             ),
             tooltip=[alt.Tooltip("batch:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
         )
