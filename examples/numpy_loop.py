@@ -24,7 +24,6 @@ import nnobs
 from nnobs.training.builtin.nn import AffineLayer, Network, TanhLayer
 
 BATCH_SIZE = 32
-TEST_EVERY = 1000  # batches between two measurements of the loss on the whole interval
 
 
 def sine_batch(rng: np.random.RandomState, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +53,7 @@ def main() -> None:
         for batch in run.batches():
             loss = net.learn_one(*sine_batch(rng, BATCH_SIZE))
             metrics = {"lr": net.eta}
-            if batch % TEST_EVERY == 0:
+            if run.evaluation_due():  # at batches spread evenly in log batches, and at the target
                 metrics["interval_loss"] = net.losses([whole])[0]
             run.log(loss, **metrics)
 

@@ -27,7 +27,6 @@ import nnobs
 import nnobs.torch
 
 BATCH_SIZE = 64
-TEST_EVERY = 100  # batches between two test-accuracy measurements
 TURNS = 1.75  # of each spiral arm: enough that the net sits on a plateau for a while before it finds them
 
 
@@ -82,9 +81,11 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             metrics = {"accuracy": accuracy(logits, y[rows]), "lr": optimizer.param_groups[0]["lr"]}
-            if batch % TEST_EVERY == 0:
+            if run.evaluation_due():  # held-out metrics at batches spread evenly in log batches, and at the target
                 with torch.no_grad():
-                    metrics["test_accuracy"] = accuracy(model(x[test]), y[test])
+                    logits_test = model(x[test])
+                    metrics["test_loss"] = loss_fn(logits_test, y[test]).item()
+                    metrics["test_accuracy"] = accuracy(logits_test, y[test])
             run.log(loss.item(), **metrics)
 
     with torch.no_grad():

@@ -13,7 +13,7 @@ import threading
 from conftest import FOREVER, REPO, events, kill_worker, wait_for
 from nnobs import cli
 from nnobs.views import wording
-from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import landing, load_checkpoint
 from nnobs.protocol.records import encode_record
 from nnobs.launching.lifecycle import worker_pid
 from nnobs.training.builtin.tasks import RunConfig, build
@@ -290,12 +290,16 @@ def test_cli_rewind_goes_back_to_a_kept_checkpoint_as_a_new_generation(runs_root
     wait_for(lambda: status(runs_root)["batch"] == 3000, what="the run to reach its target 3000")
     generation = status(runs_root)["generation"]
 
-    done = nnobs(runs_root, "rewind", "--to", "1500")
+    landed = landing(run.checkpoint, 1500)
+    refused = nnobs(runs_root, "rewind", "--to", "1500")  # back from 3,000 to under 1,500: more than half the run
+    assert refused.returncode == 2 and "throws away more than half of the run; add --yes" in refused.stderr
+    done = nnobs(runs_root, "rewind", "--to", "1500", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"rewinding to batch 1,500 lands on the checkpoint kept at batch {landed:,}" in done.stdout
     assert "sent rewind 1500" in done.stdout
-    assert "rewind 1500: acknowledged at batch 1,000 (the kept checkpoint it went back to" in done.stdout
+    assert f"rewind 1500: acknowledged at batch {landed:,} (the kept checkpoint it went back to" in done.stdout
     rewound = events(run, "rewound")[-1]
-    assert rewound["event"][0] == 1000 and rewound["gen"] == generation + 1
+    assert rewound["event"][0] == landed >= 1500 / 1.25 and rewound["gen"] == generation + 1
 
     for kept in (run.path / "checkpoints").glob("*.npz"):  # nothing left to go back to
         kept.unlink()

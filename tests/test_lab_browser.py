@@ -11,7 +11,7 @@ import re
 from playwright.sync_api import Page, expect
 
 from conftest import FOREVER, batch_passes, events, wait_for
-from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import landing, load_checkpoint
 from nnobs.reading.origin import fork_origin
 from nnobs.lab.create import new_run
 from nnobs.protocol.rundir import RunDir
@@ -98,6 +98,22 @@ def test_a_bad_entry_in_the_form_is_refused_and_nothing_is_created(visit, runs_r
     assert not RunDir.named("refused", runs_root).path.exists()
 
 
+def test_a_fork_from_a_batch_says_where_it_lands_and_forks_on_the_second_press(visit, runs_root):
+    parent = made(runs_root, "older", target=50_000)
+    wait_for(lambda: events(parent, "target_reached"), what="the parent to reach batch 50,000")
+    landed = landing(parent.checkpoint, 20_000)
+    page = visit("/?run=older")
+    sidebar(page).get_by_label("New run's name", exact=True).fill("older-20k")
+    sidebar(page).get_by_label("From the checkpoint kept at or before batch", exact=True).fill("20000")
+    press(page, "Fork this run")
+    expect(sidebar(page).get_by_role("alert")).to_contain_text(
+        f"batch 20,000 lands on the checkpoint kept at batch {landed:,}")
+    assert not RunDir.named("older-20k", runs_root).path.exists(), "said before it is done"
+    press(page, "Fork this run")
+    expect(title(page)).to_contain_text("older-20k", timeout=FIRST_LOAD_MS)
+    assert fork_origin(RunDir.named("older-20k", runs_root))["batch"] == landed >= 20_000 / 1.25
+
+
 def test_a_fork_from_the_page_starts_at_its_parents_batch_with_the_new_eta_and_appears_beside_it(visit, runs_root):
     parent = made(runs_root, "base", task="spiral", eta=0.03, target=FOREVER, pace=2000)
     batch_passes(parent, 3000)
@@ -119,6 +135,8 @@ def test_a_fork_from_the_page_starts_at_its_parents_batch_with_the_new_eta_and_a
     assert started["resumed_from"] == origin["batch"], "the fork goes on from its parent's batch"
     expect(metric(page, "Eta")).to_have_text("0.3")
     expect(main_area(page)).to_contain_text(f"Forked from base at batch {origin['batch']:,}")
+    expect(sidebar(page).get_by_label("New run's name", exact=True)).to_have_value("")  # not the old fork's values
+    expect(sidebar(page).get_by_label("Its eta", exact=True)).to_have_value("")
     screenshot(page, "fork")
 
     main_area(page).get_by_role("link", name=re.compile("Compare with base")).click()

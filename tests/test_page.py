@@ -423,7 +423,9 @@ def test_a_viewer_cannot_create_a_run_by_naming_it_in_the_url_and_is_shown_the_s
     assert any(t.label == "Operator password" for t in page.main.text_input), "the sign-in is right there"
 
     sign_in(page, "s3cret", where=page.main)
-    assert (runs_root / "brand-new" / "config.json").exists(), "signed in, the address creates the run"
+    assert not (runs_root / "brand-new").exists(), "signed in, the address alone still creates nothing"
+    next(b for b in page.main.button if b.label == "Create and start brand-new").click().run()
+    assert (runs_root / "brand-new" / "config.json").exists(), "the operator's button creates the run"
     wait_for(lambda: events(RunDir(runs_root / "brand-new"), "started"), what="the new run's start")
 
 

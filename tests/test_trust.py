@@ -108,7 +108,7 @@ def test_a_run_file_line_nested_100000_deep_is_a_skipped_line_for_status_tail_an
         assert done.returncode == 0, (verb, done.stderr[-2000:])
         if verb[0] == "status":
             status = json.loads(done.stdout)
-            assert (status["batch"], status["loss"], status["skipped_lines"]) == (2, 0.25, 2)
+            assert (status["batch"], status["batch_loss"], status["skipped_lines"]) == (2, 0.25, 2)
         if verb[0] == "tail":
             assert '"loss":[2,0.25]' in done.stdout.replace(" ", "")
 

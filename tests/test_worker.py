@@ -259,7 +259,10 @@ def test_state_reports_come_densely_at_first_then_every_n_and_match_training_her
     wait_for(lambda: events(run, "target_reached"), what="the target 200 to be reached")
 
     reports = {r["sv"][0]: r["sv"][1] for r in records_with(run, "sv")}
-    assert sorted(reports) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 17, 22, 28, 36, 46, 58, 74, 94, 100, 200]
+    # Each batch of the first decade, then 28 a decade, and every 100th batch as well.
+    assert sorted(reports) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 22, 24, 27, 30, 33, 36,
+                               40, 44, 48, 53, 58, 63, 69, 75, 82, 90, 98, 100, 109, 119, 130, 142, 155, 169,
+                               184, 200]
     net, next_batch = build(RunConfig())  # the worker's default net, trained here step by step
     for batch in range(201):
         if batch in reports:
@@ -282,7 +285,8 @@ def test_tell_state_and_a_new_report_every_produce_state_vectors(new_run):
     target = send_command(run.control_file, "target", 300)
     wait_for(lambda: len(events(run, "target_reached")) == 2, what="the target 300 to be reached")
     assert answered(run, every).ok and answered(run, target).ok
-    assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 200, 250, 300]
+    # From batch 200, 28 a decade and every 50th batch as well.
+    assert [r["sv"][0] for r in records_with(run, "sv")] == [0, 200, 218, 237, 250, 272, 296, 300]
 
 
 def test_commands_sent_before_the_worker_starts_are_applied_at_start(new_run):

@@ -16,10 +16,19 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import read_text
 from nnobs.protocol.rundir import RunDir, list_runs, script_description
 from nnobs.reading.origin import created_at, fork_origin
+from nnobs.reading.series import RECENT_BATCHES
 from nnobs.reading.shared_readers import curves_for
 from nnobs.training.builtin.tasks import CONFIG_MOST_BYTES, load_config
 from nnobs.views import charts, wording
-from nnobs.views.compare import AXES, Curves, curve_frame, curves_of_history, differing_settings, settings_of
+from nnobs.views.compare import (
+    AXES,
+    Curves,
+    curve_frame,
+    curves_of_history,
+    differing_settings,
+    figures_frame,
+    settings_of,
+)
 from nnobs.views.palette import assign
 from nnobs.views.view import surface_of
 
@@ -98,6 +107,7 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
         )
         if missing:
             column.caption(f"No {title.lower()} yet from " + ", ".join(f"`{n}`" for n in missing) + ".")
+    _figures_table(curves, colours)
     _settings_table(ordered, colours)
     _surfaces(ordered, colours)
 
@@ -128,6 +138,31 @@ def _config_text(run: RunDir) -> str | None:
         return read_text(run.config, CONFIG_MOST_BYTES)
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _figures_table(curves: dict[str, Curves], colours: dict) -> None:
+    """Each run's figures, to compare by number: the loss as the mean of its newest batches, and when it was tested."""
+    table = figures_frame(curves)
+    table.insert(0, "colour", ["■"] * len(table))
+    styled = table.style.apply(lambda _: [f"color: {colours[name][0]}" for name in table.index], subset=["colour"])
+    st.dataframe(
+        styled,
+        width="stretch",
+        column_config={
+            "colour": st.column_config.TextColumn("", width=30),
+            "batch": st.column_config.NumberColumn("batch", format="localized"),
+            "loss": st.column_config.NumberColumn(
+                "loss", format="%.3g", help=f"The mean over the newest {RECENT_BATCHES} batches or more."
+            ),
+            "best loss": st.column_config.NumberColumn(
+                "best loss", format="%.3g", help="The lowest that mean has been."
+            ),
+            "test loss": st.column_config.NumberColumn("test loss", format="%.3g"),
+            "tested at": st.column_config.NumberColumn(
+                "tested at", format="localized", help="The batch the test loss was measured at."
+            ),
+        },
+    )
 
 
 def _settings_table(ordered: tuple[str, ...], colours: dict) -> None:

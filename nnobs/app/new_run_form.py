@@ -24,35 +24,65 @@ def defaults(task: str) -> RunConfig:
     return RunConfig(task=task)
 
 
+class FormErrors(NnobsError):
+    """Everything wrong with what was typed into the form, each in its own sentence (errors), said at once."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__(" ".join(errors))
+        self.errors = errors
+
+
 def read_form(name: str, task: str, net: str, numbers: dict[str, str], root=None) -> tuple[RunDir, RunConfig]:
     """The run to create and its config, from what was typed (a blank keeps the task's default).
 
-    Raises NnobsError naming the field and what it takes, before anything is created: a malformed
-    number, a config the checker refuses (its message), a bad or taken name.
+    Raises FormErrors naming every field that is wrong and what it takes, before anything is created: a malformed
+    number, a setting the checker refuses (its message), a bad or taken name.
     """
+    errors: list[str] = []
     values: dict[str, Any] = {"task": task}  # typed per field below; RunConfig.check() refuses what does not fit
     if net.strip():
         values["net"] = net.strip()
+        errors += _refusal_of(task, {"net": values["net"]})
     for field, label, whole in NUMBERS:
         typed = numbers.get(field, "").strip()
         if not typed:
             continue
-        if field in ("eta", "target"):
-            values[field] = read_entry(field, typed)
-            continue
         try:
-            values[field] = parse_number(typed, whole)
+            values[field] = read_entry(field, typed) if field in ("eta", "target") else parse_number(typed, whole)
+        except EntryError as err:
+            errors.append(str(err))
+            continue
         except ValueError:
             kind = "a whole number" if whole else "a number"
-            raise EntryError(f"{label} must be {kind}, not “{typed[:40]}”.") from None
-    config = RunConfig(**values)
-    config.check()
-    if not name.strip():
-        raise NnobsError("The run needs a name: letters, digits, '.', '_' and '-', starting with a letter or digit.")
-    run = RunDir.named(check_run_name(name.strip()), root)
-    if run.exists():
-        raise NnobsError(f"A run named {run.name} exists already: pick another name, or open it from the overview.")
-    return run, config
+            errors.append(f"{label} must be {kind}, not “{typed[:40]}”.")
+            continue
+        errors += _refusal_of(task, {field: values[field]})
+    if not errors:  # each setting fits alone: what remains is how they go together
+        errors += _refusal_of(task, values)
+    run = None
+    try:
+        if not name.strip():
+            raise NnobsError(
+                "The run needs a name: letters, digits, '.', '_' and '-', starting with a letter or digit."
+            )
+        run = RunDir.named(check_run_name(name.strip()), root)
+        if run.exists():
+            raise NnobsError(f"A run named {run.name} exists already: pick another name, or open it from the overview.")
+    except NnobsError as err:
+        errors.append(str(err))
+    if errors or run is None:
+        raise FormErrors(errors)
+    return run, RunConfig(**values)
+
+
+def _refusal_of(task: str, values: dict[str, Any]) -> list[str]:
+    """What RunConfig.check() says of a config of task with these values (the others its defaults), as a sentence
+    that names the setting; none when it takes them."""
+    try:
+        RunConfig(**{"task": task, **values}).check()
+    except NnobsError as err:
+        return [str(err).removeprefix("config: ")]  # the form's reader knows no config file
+    return []
 
 
 def free_name(task: str, taken: set[str]) -> str:

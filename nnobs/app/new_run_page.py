@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from nnobs.app import widgets
-from nnobs.app.new_run_form import NUMBERS, defaults, free_name, read_form
+from nnobs.app.new_run_form import NUMBERS, FormErrors, defaults, free_name, read_form
 from nnobs.lab.create import new_run
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import list_runs
@@ -59,20 +59,23 @@ def new_run_page() -> None:
     if submitted:
         _create(name, task, net, typed)
     if refused := st.session_state.get("new_run_refused"):
-        st.error(as_text(refused))  # it quotes what was typed
+        st.error("\n\n".join(map(as_text, refused)))  # each quotes what was typed; every one at once
 
 
 def _create(name: str, task: str, net: str, typed: dict[str, str]) -> None:
     """Create the run and start it, then open its page; a refusal creates nothing and is shown under the form."""
     st.session_state.pop("new_run_refused", None)
     if not widgets.may_steer_here():
-        st.session_state["new_run_refused"] = "Only operators start runs: sign in first."
+        st.session_state["new_run_refused"] = ["Only operators start runs: sign in first."]
         return
     try:
         run, config = read_form(name, task, net, typed)
         with st.spinner(f"Starting {run.name}…"):
             new_run(run, config, by="page")
+    except FormErrors as err:
+        st.session_state["new_run_refused"] = err.errors
+        return
     except NnobsError as err:
-        st.session_state["new_run_refused"] = str(err)
+        st.session_state["new_run_refused"] = [str(err)]
         return
     st.switch_page(widgets.page_named("run"), query_params={"run": run.name})

@@ -13,6 +13,7 @@ import streamlit as st
 from nnobs.app import widgets
 from nnobs.protocol.rundir import runs_root
 from nnobs.protocol.states import State, state_of
+from nnobs.reading.series import RECENT_BATCHES
 from nnobs.views.overview import RunRow, run_rows
 
 ROWS_MAX_AGE_S = 1.0  # the overview reads the runs root at most this often, for every session at once
@@ -32,7 +33,9 @@ def overview_frame(rows: list[RunRow], now: float) -> pd.DataFrame:
             "net": [row.net for row in rows],
             "batch": [row.batch for row in rows],
             "loss": [_number(row.loss) for row in rows],
+            "best loss": [_number(row.best_loss) for row in rows],
             "test loss": [_number(row.test_loss) for row in rows],
+            "tested at": [_number(row.test_batch) for row in rows],
             "batches/s": [_number(row.rate) for row in rows],
             "last record": [when(row.heartbeat_age_s) for row in rows],
             # log10: a loss falls by decades, and a linear sparkline would show a corner and a flat line
@@ -53,8 +56,24 @@ COLUMNS = {
         "net or script", help="The net spec, or the command of a script's run.", width=150
     ),
     "batch": st.column_config.NumberColumn("batch", format="localized", width=90),
-    "loss": st.column_config.NumberColumn("loss", format="%.3g", help="The latest batch's training loss."),
-    "test loss": st.column_config.NumberColumn("test loss", format="%.3g", help="The latest test-set loss reported."),
+    "loss": st.column_config.NumberColumn(
+        "loss",
+        format="%.3g",
+        help=f"The training loss's mean over the newest {RECENT_BATCHES} batches or more (whole report windows): "
+        "one minibatch's loss is noise, this one sorts runs.",
+    ),
+    "best loss": st.column_config.NumberColumn(
+        "best loss", format="%.3g", help="The lowest that mean has been since the run's net was made."
+    ),
+    "test loss": st.column_config.NumberColumn(
+        "test loss", format="%.3g", help="The newest test-set loss reported; *tested at* says at which batch."
+    ),
+    "tested at": st.column_config.NumberColumn(
+        "tested at",
+        format="localized",
+        width=90,
+        help="The batch the test loss was measured at: far below the run's batch, it is an old one.",
+    ),
     "batches/s": st.column_config.NumberColumn(
         "batches/s", format="%.0f", help="While training, over its newest records."
     ),
@@ -142,17 +161,31 @@ def _table() -> None:
         _styled(frame, [row.label for row in rows]),
         key="overview_table",
         on_select="rerun",
-        selection_mode="single-row",
+        selection_mode=["single-row", "single-cell"],  # a click anywhere in a row picks it, not only its box
         hide_index=True,
-        column_config=COLUMNS,
+        column_config=columns_for(rows),
         width="stretch",
         height=min(38 + 35 * len(frame), 800),
         row_height=35,
         placeholder="–",
     )
-    if event.selection.rows:
-        name = frame["run"].iloc[event.selection.rows[0]]
+    picked = event.selection.rows or [row for row, _ in event.selection.cells]
+    if picked:
+        name = frame["run"].iloc[picked[0]]
         st.switch_page(widgets.page_named("run"), query_params={"run": name})
+
+
+def columns_for(rows: list[RunRow]) -> dict:
+    """COLUMNS, the run column as wide as the longest name: sweeps' names differ at their ends (-seed1, -seed2)."""
+    longest = max((len(row.name) for row in rows), default=0)
+    width = min(max(NAME_PX_MIN, NAME_PX_PER_CHAR * longest + NAME_PX_PADDING), NAME_PX_MAX)
+    run = st.column_config.TextColumn("run", help="Click a row to open its run page.", pinned=True, width=width)
+    return COLUMNS | {"run": run}
+
+
+NAME_PX_PER_CHAR = 8  # the grid's font is about 7 px a character: a little more, never a cut name
+NAME_PX_PADDING = 24
+NAME_PX_MIN, NAME_PX_MAX = 90, 520  # a run name is at most 64 characters
 
 
 def overview_page() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from nnobs.lab.create import landing_of
 from nnobs.launching.base import STOP_GRACE_S
 from nnobs.launching.status import RunStatus
-from nnobs.protocol.checkpoint import kept_batches
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.views.view import current_status
@@ -71,9 +71,9 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value: int | None) -> 
         ),
         "rewind": (
             f"Rewind to batch {value or 0:,}?",
-            f"The worker goes back to {_kept_at_or_before(run, value or 0)}, with the eta it had there, and "
-            "trains on from there as a new generation. What the net learnt after that checkpoint is dropped; "
-            "the run file keeps the record of it.",
+            f"The worker goes back to {_kept_at_or_before(run, value or 0, status.batch)}, with the eta it had "
+            "there, and trains on from there as a new generation. What the net learnt after that checkpoint is "
+            "dropped; the run file keeps the record of it.",
             "Yes, rewind",
         ),
         "reinit": (
@@ -96,10 +96,14 @@ def _confirm(run: RunDir, status: RunStatus, action: str, value: int | None) -> 
     st.dialog(title, on_dismiss=_answer)(ask_in_dialog)()
 
 
-def _kept_at_or_before(run: RunDir, batch: int) -> str:
-    """Where a rewind to batch lands, in words: the newest kept checkpoint at or before it."""
-    kept = [b for b in kept_batches(run.checkpoint) if b <= batch]
-    if not kept:
+def _kept_at_or_before(run: RunDir, batch: int, now: int) -> str:
+    """Where a rewind to batch lands, in words, and a warning when it throws away more than half of the run."""
+    where = landing_of(run, batch, now)
+    if where.landed is None:
         return f"the newest kept checkpoint at or before batch {batch:,} (there is none yet: the worker will refuse)"
-    landing = f"the checkpoint kept at batch **{kept[-1]:,}**, the newest at or before batch {batch:,}"
-    return landing + (f", {batch - kept[-1]:,} batches earlier" if batch - kept[-1] else "")
+    earlier = batch - where.landed
+    landing = f"the checkpoint kept at batch **{where.landed:,}**, the newest at or before batch {batch:,}"
+    landing += f", {earlier:,} batches earlier" if earlier else ""
+    if where.drops_most:
+        landing += f" (**this throws away {now - where.landed:,} of the run's {now:,} batches, more than half**)"
+    return landing

@@ -270,7 +270,7 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
         st.caption(f"Slurm job {as_text(status.job_id)} is queued: {as_text(status.reason or 'waiting')}.")
     else:
         st.button(
-            "Start" if status.state == "stopped" else "Restart",
+            "Start" if status.state in ("stopped", "failed to start") else "Restart",
             type="primary",
             on_click=_press,
             args=(run, "start"),

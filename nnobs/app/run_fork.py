@@ -39,11 +39,13 @@ def fork_form(run: RunDir, status: RunStatus) -> None:
             "From the checkpoint kept at or before batch",
             key="fork_at",
             placeholder="blank: the latest",
-            help="Fork from an older kept checkpoint (as a rewind would land) instead of the latest.",
+            help="Fork from an older kept checkpoint (as a rewind would land) instead of the latest. Past batch 100 "
+            "the kept ones lie at most 1.21 times apart, so the fork starts within a factor of 1.25 of the batch "
+            "asked; the form says where before it forks.",
         )
         if st.form_submit_button("Fork this run"):
             new_submit()
-            _fork(run, name or f"{run.name}-fork", eta, target, at)
+            _fork(run, name or f"{run.name}-fork", eta, target, at, status.batch)
         show_refusal("fork")
 
 
@@ -61,8 +63,14 @@ def read_fork(name: str, eta: str, target: str, at: str) -> tuple[str, float | N
     )
 
 
-def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
-    """Fork the run as the form says and open the fork; what cannot be done is refused under the form."""
+FORM_KEYS = ("fork_name", "fork_eta", "fork_target", "fork_at")  # the form's entries, forgotten once it has forked
+# (run, batch asked, batch landed on) said under the form, awaiting a second press to fork from there
+LANDING_SAID_KEY = "fork_landing_said"
+
+
+def _fork(run: RunDir, name: str, eta: str, target: str, at: str, now: int) -> None:
+    """Fork the run as the form says and open the fork; what cannot be done is refused under the form. A fork from a
+    batch first says where it lands, and forks on the second press with the same batch."""
     if not widgets.may_steer_here():
         refusals()["fork"] = VIEWERS_REFUSED
         return
@@ -71,6 +79,8 @@ def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
         new = RunDir.named(new_name)
         if new.exists():
             raise NnobsError(f"a run named {new_name} exists already: pick another name for the fork")
+        if new_at is not None and not _landing_said(run, new_at, now):
+            return
         lab.fork_run(run, new, eta=new_eta, target=new_target, at=new_at, by="page")  # no spinner: see run_controls
     except (NnobsError, EntryError) as err:
         refusals()["fork"] = str(err)
@@ -78,4 +88,21 @@ def _fork(run: RunDir, name: str, eta: str, target: str, at: str) -> None:
     except OSError as err:
         refusals()["fork"] = f"could not fork: {err.strerror or err}"
         return
+    for key in (*FORM_KEYS, LANDING_SAID_KEY):  # the fork's own page must not offer this fork's values again
+        st.session_state.pop(key, None)
     st.switch_page(widgets.page_named("run"), query_params={"run": new_name})
+
+
+def _landing_said(run: RunDir, asked: int, now: int) -> bool:
+    """Whether where a fork from batch asked lands was said under the form, and the form pressed again since: said
+    now (with a warning when it starts under half of the batch asked) when it was not."""
+    where = lab.landing_of(run, asked, now)
+    if where.landed is None:
+        raise NnobsError(f"{run.name} keeps no checkpoint at or before batch {asked:,}")
+    said = (run.name, asked, where.landed)
+    if st.session_state.get(LANDING_SAID_KEY) == said:
+        return True
+    st.session_state[LANDING_SAID_KEY] = said
+    warning = " **It starts under half of the batch asked.**" if where.far_below_asked else ""
+    refusals()["fork"] = f"The fork from {where.words()}.{warning} Press **Fork this run** again to fork from there."
+    return False

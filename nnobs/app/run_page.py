@@ -8,6 +8,7 @@ import streamlit as st
 
 from nnobs.app import run_confirm, run_controls, run_live, widgets
 from nnobs.launching.lifecycle import create_run, start_worker
+from nnobs.launching.status import start_failure
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import is_regular, read_bytes
 from nnobs.protocol.rundir import DEFAULT_RUN, RunDir, check_run_name, list_runs
@@ -23,13 +24,16 @@ def run_page() -> None:
     run = _open_run(steer)
     config = _config(run)
     # A new run starts on an operator's first sight; others wait. One on Slurm is submitted once: a job cancelled
-    # before its worker wrote anything must not be submitted again by the next rerun.
-    if never_ran(watcher_for(str(run.run_file))) and not run.job_file.exists():
+    # before its worker wrote anything must not be submitted again by the next rerun; nor is a start that failed
+    # tried again by a page opened after it: only Start does that.
+    watcher = watcher_for(str(run.run_file))
+    if never_ran(watcher) and not run.job_file.exists() and not start_failure(run, watcher.history):
         if steer:
             try:
                 start_worker(run, by="page")
             except NnobsError as err:
-                st.error(wording.as_text(err, one_line=False))
+                if not start_failure(run, watcher.history):  # a failed start is the run's state: its problem says it
+                    st.error(wording.as_text(err, one_line=False))
         else:
             st.info("This run has not started yet: it starts when an operator opens it.")
     _run_picker(run, steer)
@@ -48,23 +52,44 @@ def run_page() -> None:
 
 
 def _open_run(steer: bool) -> RunDir:
-    """The run the URL names; operators create it when it does not exist, viewers are told how."""
+    """The run the URL names; one that does not exist is offered to operators to create, never made by the address
+    alone (a link preview or a typo would start a worker)."""
+    if "run" not in st.query_params:
+        st.query_params["run"] = DEFAULT_RUN  # the address says which run this is, so it can be shared
     name = st.query_params.get("run", DEFAULT_RUN)
     try:
         run = RunDir.named(name)
-        if steer and not run.exists():  # never a config.json in a script's run: that would make it the built-in's
-            create_run(run)
     except NnobsError as err:
         st.error(wording.as_text(err))  # it quotes the name in the address, which anyone may have written
         st.stop()
     if not run.exists():
-        st.info(
-            f"There is no run named `{run.name}` yet. Only an operator can create it: sign in below with the "
-            "operator password, and this address then creates the run and starts it."
-        )
-        widgets.sign_in(st.container())
+        _offer_to_create(run, steer)
         st.stop()
     return run
+
+
+def _offer_to_create(run: RunDir, steer: bool) -> None:
+    """A run the address names but that does not exist: a button for operators, the sign-in for others."""
+    st.markdown(f"## nnobs · `{run.name}`")  # a checked run name: nothing in it acts in a code span
+    if not steer:
+        st.info(
+            f"There is no run named `{run.name}` yet. Only an operator can create it: sign in below with the "
+            "operator password, and this page then offers to create it."
+        )
+        widgets.sign_in(st.container())
+        return
+    st.info(
+        f"There is no run named `{run.name}` yet. **Create and start it** makes it as a run of the built-in worker "
+        "(the default net and task; the New run page chooses others) and starts its worker."
+    )
+    if st.button(f"Create and start {run.name}", key="create_named_run", type="primary"):
+        try:
+            create_run(run)  # never a config.json in a script's run: this is only reached when nothing is there
+            start_worker(run, by="page")
+        except NnobsError as err:
+            st.error(wording.as_text(err, one_line=False))
+            return
+        st.rerun()
 
 
 def _config(run: RunDir) -> RunConfig | None:
@@ -87,7 +112,7 @@ def _run_picker(run: RunDir, steer: bool) -> None:
         index=names.index(run.name),
         accept_new_options=steer,
         help="Pick a run"
-        + (", or type a new name to create one" if steer else "")
+        + (", or type a new name: its page offers to create it" if steer else "")
         + ". The page's address names the run.",
     )
     if choice and choice != run.name:

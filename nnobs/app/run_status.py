@@ -9,6 +9,7 @@ from nnobs.launching.base import STOP_GRACE_S
 from nnobs.protocol.commands import command_words
 from nnobs.protocol.rundir import RunDir, log_tail
 from nnobs.protocol.states import state_of
+from nnobs.reading.series import RECENT_BATCHES
 from nnobs.views import wording
 from nnobs.views.view import RunView
 
@@ -24,7 +25,7 @@ def header(run: RunDir, view: RunView) -> None:
     parts = []
     if status.generation:
         parts.append(f"Generation {status.generation} (each start, restart, rewind or reinitialize begins the next)")
-    else:
+    elif status.state != "failed to start":  # the badge says it: "not started yet" beside it would read as waiting
         parts.append("Not started yet")
     serves = "script" if view.script is not None else "worker"
     parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
@@ -81,7 +82,8 @@ def metrics(view: RunView) -> None:
         loss,
         delta=change,
         delta_color="inverse",
-        help="The loss of the latest batch. Under it, its change over the last 10 s: in percent, or in "
+        help=f"The training loss's mean over the newest {RECENT_BATCHES} batches or more (whole report windows), "
+        "so one lucky minibatch does not move it. Under it, its change over the last 10 s: in percent, or in "
         "decades (factors of 10) past a factor of 2; nothing when it barely moved.",
     )
     cols[4].metric("Eta", "-" if status.eta is None else f"{status.eta:g}", help="The learning rate in use.")
@@ -113,6 +115,13 @@ def problems(run: RunDir, view: RunView) -> None:
         reason = f": {wording.as_text(status.error)}" if status.error else " without a shutdown record"
         st.error(f"The worker died{reason}. **Restart** resumes from its last checkpoint. The end of worker.log:")
         st.code(log_tail(run) or "(worker.log is empty)", language=None)
+    if status.state == "failed to start":
+        serves = "script" if view.script is not None or run.launch.exists() else "worker"
+        st.error(
+            f"The {serves} exited before it began, so the run never started. Fix what it says below, then start it "
+            "again from the sidebar (nothing starts it until then):"
+        )
+        st.code(status.error, language=None, wrap_lines=True)  # shown as typed, its lines kept: no Markdown here
     if status.state == "stalled":
         st.warning(
             f"The worker (pid {status.pid}) holds its lock but has written nothing for "
@@ -135,9 +144,15 @@ def problems(run: RunDir, view: RunView) -> None:
         )
     elif status.not_learning:
         best = "" if status.best_loss is None else f", far above its best of {status.best_loss:.3g}"
+        rose = f" ({wording.as_text(status.rose)})" if status.rose else ""
         st.warning(
-            f"The net is not learning: the loss stopped moving at {status.loss:.3g}{best}. **Lower eta** to let it "
-            "settle, or **rewind** to a batch before it went wrong (the loss chart shows where)."
+            f"The net is not learning: the loss stopped moving at {status.loss:.3g}{best}{rose}. **Lower eta** to let "
+            "it settle, or **rewind** to a batch before it went wrong (the loss chart shows where)."
+        )
+    elif status.rose:
+        st.warning(
+            f"Something went wrong: {wording.as_text(status.rose)}. **Lower eta** (or undo the command) to train "
+            "on from here, or **rewind** to a batch before it (the loss chart marks where it took effect)."
         )
     if view.control_error:
         st.warning(wording.as_text(view.control_error))

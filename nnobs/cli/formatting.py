@@ -9,6 +9,7 @@ from nnobs.launching.status import RunStatus
 from nnobs.protocol.jobs import JobRecord
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import state_of
+from nnobs.reading.series import RECENT_BATCHES
 from nnobs.reading.watcher import read_history
 from nnobs.views import wording
 from nnobs.views.overview import RunRow
@@ -45,6 +46,8 @@ def started_words(run: RunDir, started: int | JobRecord) -> str:
 def status_text(run: RunDir, status: RunStatus) -> str:
     """`nnobs status`: one line per thing known of the run, its name padded to a column."""
     loss = "diverged (no longer a number)" if status.diverged else number_or_dash(status.loss, ".6g")
+    if status.loss is not None:
+        loss += f" (the mean of the newest {RECENT_BATCHES}+ batches; the newest batch's: {number_or_dash(status.batch_loss, '.6g')})"
     if status.best_loss is not None:
         loss += f", best {status.best_loss:.6g}"
     if status.report_every is None:
@@ -69,7 +72,18 @@ def status_text(run: RunDir, status: RunStatus) -> str:
         f"pace          {pace}",
         f"generation    {number_or_dash(status.generation, 'd')} (each start of the worker is one)",
     ]
+    lines += [
+        f"{name[:13]:<13} {value:.6g} {measured_at(batch, status.batch)}"
+        for name, (batch, value) in status.evaluations.items()
+    ]
     return "\n".join(lines + _worker_lines(status) + _trouble_lines(status))
+
+
+def measured_at(batch: int, now: int) -> str:
+    """When an evaluation was made, beside its value: "at batch 1 (4,999 batches ago)", or "at batch 5,000 (the
+    newest)"."""
+    behind = now - batch
+    return f"at batch {batch:,} ({'the newest' if behind <= 0 else f'{behind:,} batches ago'})"
 
 
 def _worker_lines(status: RunStatus) -> list[str]:
@@ -102,6 +116,8 @@ def _trouble_lines(status: RunStatus) -> list[str]:
         lines.append(f"cannot write  {status.write_error}")
     if status.state == "low disk":
         lines.append(f"low disk      {low_disk(status)}")
+    if status.rose:
+        lines.append(f"loss rose     {status.rose}")
     if status.error:
         lines.append(f"error         {status.error}")
     if status.skipped_lines:
@@ -117,13 +133,20 @@ def sorted_rows(rows: list[RunRow], by: str) -> list[RunRow]:
         return sorted(rows, key=lambda r: r.name)
     if by == "state":
         return sorted(rows, key=lambda r: (r.label, r.name))
-    sign = 1 if by in ("loss", "test_loss") else -1  # lowest loss first; most batches, fastest first
+    sign = 1 if by in ("loss", "best_loss", "test_loss") else -1  # lowest loss first; most batches, fastest first
     return sorted(rows, key=lambda r: (getattr(r, by) is None, sign * (getattr(r, by) or 0), r.name))
+
+
+def _test_cell(row: RunRow) -> str:
+    """The test loss with the batch it was made at ("0.553 at 1"): an old one never reads as the run's."""
+    if row.test_loss is None:
+        return "-"
+    return f"{row.test_loss:.4g}" + ("" if row.test_batch is None else f" at {row.test_batch:,}")
 
 
 def runs_table(rows: list[RunRow]) -> list[str]:
     """`nnobs list`'s lines: a header, then one row per run, in columns as wide as their widest cell."""
-    table = [("RUN", "STATE", "TASK", "NET", "BATCH", "LOSS", "TEST LOSS", "BATCHES/S", "HEARTBEAT")]
+    table = [("RUN", "STATE", "TASK", "NET", "BATCH", "LOSS", "BEST", "TEST LOSS", "BATCHES/S", "HEARTBEAT")]
     for row in rows:
         table.append(
             (
@@ -133,7 +156,8 @@ def runs_table(rows: list[RunRow]) -> list[str]:
                 clipped(row.net, NET_WIDTH),
                 f"{row.batch:,}",
                 number_or_dash(row.loss, ".4g"),
-                number_or_dash(row.test_loss, ".4g"),
+                number_or_dash(row.best_loss, ".4g"),
+                _test_cell(row),
                 number_or_dash(row.rate, ",.0f"),
                 wording.ago(row.heartbeat_age_s),
             )

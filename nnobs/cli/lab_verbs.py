@@ -12,12 +12,13 @@ from nnobs.cli.launcher_flags import add_launcher_flags, launcher_from_flags
 from nnobs.cli.parser import NEW_RUN_FLAGS
 from nnobs.cli.runs import named_run
 from nnobs.lab import sweep as sweeps
-from nnobs.lab.create import fork_run, new_run
+from nnobs.lab.create import fork_run, landing_of, new_run
 from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
 from nnobs.protocol.rundir import RunDir, runs_root
 from nnobs.reading.origin import fork_origin
+from nnobs.reading.watcher import read_history
 from nnobs.training.builtin.tasks import RunConfig
 from nnobs.views.overview import run_rows
 
@@ -44,6 +45,15 @@ def fork(args: argparse.Namespace) -> int:
     """nnobs fork: a new run from another's checkpoint, with the settings given changed."""
     run = named_run(args)
     parent = RunDir.named(args.parent, args.runs)
+    if args.at is not None and parent.exists():
+        where = landing_of(parent, args.at, read_history(parent).batch)
+        if where.landed is not None:
+            print(f"{run.name}: forking {parent.name} from {where.words()}")
+        if where.far_below_asked and not args.yes:
+            raise NnobsError(
+                f"not forked: the checkpoint kept at batch {where.landed:,} is under half of batch {args.at:,}; "
+                "add --yes to fork from it anyway"
+            )
     pid = fork_run(parent, run, eta=args.eta, target=args.target, at=args.at, by="cli")
     origin = fork_origin(run) or {}
     print(f"{run.name}: forked from {parent.name} at batch {origin.get('batch', 0):,}; worker {pid} is alive")

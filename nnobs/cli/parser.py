@@ -13,7 +13,7 @@ from nnobs.launching.base import STOP_GRACE_S
 from nnobs.protocol.commands import COMMANDS
 from nnobs.protocol.rundir import DEFAULT_RUN
 
-Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # where each verb's sub-parser is added
+Verbs: TypeAlias = "argparse._SubParsersAction[_VerbParser]"  # where each verb's sub-parser is added
 
 TAIL_LINES = 10  # records tail prints when not told how many
 
@@ -21,7 +21,7 @@ EXIT_CODES = """\
 exit codes: 0 done; 1 the worker rejected a command or did not answer it, or (status) no such run;
 2 bad input, refused before anything is sent: a value the worker would refuse, a run name, a missing run"""
 
-LIST_ORDERS = ("created", "name", "state", "batch", "loss", "test_loss", "rate")
+LIST_ORDERS = ("created", "name", "state", "batch", "loss", "best_loss", "test_loss", "rate")
 
 # `nnobs new`'s settings: flag, type, metavar, help; each lands in the RunConfig field of its name.
 NEW_RUN_FLAGS = (
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runs", metavar="DIR", help="the runs root, where each run is a directory (default: $NNOBS_RUNS, else ./runs)"
     )
-    verbs = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verbs = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_VerbParser)
     add_launcher_flags(
         _verb_on_run(
             verbs,
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lab_verbs(verbs)
     _add_steering_verbs(verbs)
     return parser
+
+
+class _VerbParser(argparse.ArgumentParser):
+    """A verb's parser, which refuses what it does not know itself: argparse would leave it to the top-level parser,
+    whose usage names no verb's flags (`nnobs set --etaa` would print `nnobs [-h] [--runs DIR] ACTION`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
 
 def _verb(verbs: Verbs, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -150,10 +161,13 @@ def _add_lab_verbs(verbs: Verbs) -> None:
     p.add_argument("--eta", type=float, metavar="X", help="the fork's learning rate (default: the parent's)")
     p.add_argument("--target", type=int, metavar="N", help="the fork's target batch (default: the parent's)")
     p.add_argument("--at", type=int, metavar="BATCH", help="fork from the newest kept checkpoint at or before BATCH")
+    p.add_argument(
+        "--yes", action="store_true", help="fork even when that checkpoint is under half of --at (refused without)"
+    )
     p = _verb(
         verbs,
         "list",
-        "one line per run: state, task and net, batch, loss, test loss, rate, heartbeat",
+        "one line per run: state, task and net, batch, loss, best loss, test loss and its batch, rate, heartbeat",
         "Every run under the runs root, in the order they were made.",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
@@ -161,8 +175,9 @@ def _add_lab_verbs(verbs: Verbs) -> None:
         "--sort",
         choices=LIST_ORDERS,
         default="created",
-        help="the order of the rows: when made (the default), name, state, batch, loss, test loss or rate "
-        "(numbers highest first but the losses, lowest first; runs without one last)",
+        help="the order of the rows: when made (the default), name, state, batch, loss, best loss, test loss or rate "
+        "(numbers highest first but the losses, lowest first; runs without one last). The loss is the mean of the "
+        "newest 100 batches or more, the best the lowest that mean has been",
     )
 
 
@@ -220,6 +235,9 @@ def _add_steering_verbs(verbs: Verbs) -> None:
         required=True,
         metavar="BATCH",
         help="go back to the newest kept checkpoint at or before this batch",
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="rewind even when it throws away more than half of the run (refused without)"
     )
     p = _verb_on_run(verbs, "reinit", "start the net afresh from new parameters; the run's history so far is kept")
     p.add_argument(

@@ -12,6 +12,7 @@ from nnobs.cli.formatting import low_disk, started_words, status_text
 from nnobs.cli.launcher_flags import launcher_from_flags
 from nnobs.cli.parser import SETTINGS, setting_flag
 from nnobs.cli.runs import existing_run, named_run, no_such_run
+from nnobs.lab.create import landing_of
 from nnobs.launching.base import STOP_GRACE_S
 from nnobs.launching.lifecycle import (
     active_job,
@@ -22,6 +23,8 @@ from nnobs.launching.lifecycle import (
     stop_worker,
     worker_pid,
 )
+from nnobs.protocol.checkpoint import kept_batches
+from nnobs.protocol.commands import check_command
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord
 from nnobs.reading.watcher import read_history
@@ -69,8 +72,23 @@ def tell_state(args: argparse.Namespace) -> int:
 
 
 def rewind(args: argparse.Namespace) -> int:
-    """nnobs rewind: back to the newest kept checkpoint at or before --to."""
-    return send_commands(existing_run(args), [("rewind", args.to)])
+    """nnobs rewind: back to the newest kept checkpoint at or before --to, said first; one that throws away more than
+    half of the run is refused without --yes."""
+    run = existing_run(args)
+    check_command("rewind", args.to)
+    now = run_status(run, read_history(run)).batch
+    where = landing_of(run, args.to, now)
+    if where.landed is None:  # sent all the same: a worker not yet started keeps batch 0 as it starts
+        kept = ", ".join(f"{b:,}" for b in kept_batches(run.checkpoint)) or "none"
+        print(f"{run.name}: {where.words()} yet (kept: {kept}); the worker refuses it if none is when it applies it")
+    else:
+        print(f"{run.name}: rewinding to {where.words()}")
+    if where.drops_most and not args.yes:
+        raise NnobsError(
+            f"not rewound: going back from batch {now:,} to {where.landed:,} throws away more than half of the run; "
+            f"add --yes to rewind anyway"
+        )
+    return send_commands(run, [("rewind", args.to)])
 
 
 def reinit(args: argparse.Namespace) -> int:

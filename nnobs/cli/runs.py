@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 
 from nnobs.launching.lifecycle import started_outside
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import RunDir, is_imported, list_runs
+
+CLOSE_ENOUGH = 0.75  # difflib's similarity for "did you mean": one letter off or swapped in a short name
 
 
 def named_run(args: argparse.Namespace) -> RunDir:
@@ -33,5 +36,8 @@ def no_such_run(run: RunDir) -> str:
             f"no run named {run.name!r}: the runs root {root} does not exist (choose it with --runs DIR or $NNOBS_RUNS)"
         )
     there = list_runs(root)
+    meant = difflib.get_close_matches(run.name, there, n=3, cutoff=CLOSE_ENOUGH)
+    if meant:  # a typo: creating a run of that name is not what was wanted
+        return f"no run named {run.name!r} in {root}; did you mean {' or '.join(meant)}?"
     others = f"runs there: {', '.join(there)}" if there else "no runs there"
     return f"no run named {run.name!r} in {root} ({others}); `nnobs start {run.name}` creates it"

@@ -8,7 +8,7 @@ import shutil
 import time
 
 from nnobs.launching.lifecycle import launcher_for, start_worker
-from nnobs.protocol.checkpoint import Checkpoint, kept_batches, load_checkpoint, load_kept, save_checkpoint
+from nnobs.protocol.checkpoint import Checkpoint, kept_batches, landing, load_checkpoint, load_kept, save_checkpoint
 from nnobs.protocol.commands import check_command
 from nnobs.protocol.errors import CommandError, NnobsError
 from nnobs.protocol.files import create_once
@@ -112,6 +112,39 @@ def _fork_point(parent: RunDir, at: int | None) -> tuple[RunConfig, Checkpoint]:
         where = f"the oldest kept is at batch {kept[0]:,}" if kept else "none are kept yet"
         raise NnobsError(f"{parent.name} keeps no checkpoint at or before batch {at:,}: {where}")
     return config, ckpt
+
+
+@dataclasses.dataclass(frozen=True)
+class Landing:
+    """Where going back to a batch (a rewind, a fork --at) lands: the newest kept checkpoint at or before it."""
+
+    asked: int
+    landed: int | None  # None: no checkpoint is kept at or before the batch asked
+    now: int  # the run's batch now
+
+    @property
+    def drops_most(self) -> bool:
+        """Whether a rewind there throws away more than half of the run's batches."""
+        return self.landed is not None and self.now - self.landed > self.now / 2
+
+    @property
+    def far_below_asked(self) -> bool:
+        """Whether it starts under half of the batch asked: a fork would train most of those batches again."""
+        return self.landed is not None and self.landed < self.asked / 2
+
+    def words(self) -> str:
+        """Where it lands, in a sentence."""
+        if self.landed is None:
+            return f"no checkpoint is kept at or before batch {self.asked:,}"
+        earlier = self.asked - self.landed
+        return f"batch {self.asked:,} lands on the checkpoint kept at batch {self.landed:,}" + (
+            f", {earlier:,} batches before it" if earlier else ""
+        )
+
+
+def landing_of(run: RunDir, asked: int, now: int) -> Landing:
+    """Where a rewind or fork of run to batch asked lands, said before it is done; now is the run's batch."""
+    return Landing(asked, landing(run.checkpoint, asked), now)
 
 
 def _checked(cmd: str, value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,11 @@ import time
 from pathlib import Path
 
 from nnobs.launching.base import KILL_WAIT_S, START_TIMEOUT_S, STOP_GRACE_S, Stopped, start_lock
-from nnobs.launching.status import RunStatus, status_of
+from nnobs.launching.status import START_FAILED, RunStatus, status_of
 from nnobs.protocol.control import queue_command
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.events import EventKind
+from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.jobs import JobRecord
 from nnobs.protocol.records import RecordReader, pair
 from nnobs.protocol.rundir import RunDir, local_pid, log_tail, process_gone
@@ -46,7 +48,7 @@ def _start_local(run: RunDir, by: str = "") -> int:
             timeout=START_TIMEOUT_S,
         )
         if launched.returncode != 0:
-            raise NnobsError(f"could not launch the worker: {launched.stderr.strip()}")
+            raise NnobsError(_failed_start(run, f"could not launch the worker: {launched.stderr.strip()}"))
         pid = int(launched.stdout.strip())
         deadline = time.monotonic() + START_TIMEOUT_S
         said: list[dict] = []  # what the new worker wrote: its start, or why it could not
@@ -54,18 +56,41 @@ def _start_local(run: RunDir, by: str = "") -> int:
         while not any(_is_start_of(record, pid) for record in said) and not _is_start_of(_slot_start(run), pid):
             if process_gone(pid) or time.monotonic() > deadline:
                 said += announcements.read_new()  # its last words may have landed as it exited
-                raise NnobsError(_why_not_started(run, said))
+                why = _why_not_started(run, said)
+                raise NnobsError(why if said else _failed_start(run, why))  # one that wrote records says why there
             time.sleep(0.02)
             said += announcements.read_new()
+        _forget_failed_start(run)
         return pid
 
 
 def _why_not_started(run: RunDir, said: list[dict]) -> str:
-    """The worker's own error record when it wrote one, else the end of its log."""
+    """The worker's own error record when it wrote one, else the end of its log, its lines kept."""
+    serves = "script" if run.launch.exists() else "worker"
     errors = [r.get("error") for r in said if (event := pair(r.get("event"))) and event[1] == "error"]
     if errors:
-        return f"the worker did not start: {errors[-1]}. Details in {run.worker_log}"
-    return f"the worker did not start; worker.log ends:\n{log_tail(run)}"
+        return f"the {serves} did not start: {errors[-1]}. Details in {run.worker_log}"
+    said_last = log_tail(run) or "(nothing: worker.log is empty)"
+    return f"the {serves} exited before it started; worker.log ends:\n{said_last}"
+
+
+def _failed_start(run: RunDir, why: str) -> str:
+    """Record why a start failed without a word in the run file (a script missing a module), so that status reads
+    "failed to start" and nothing starts it again unasked; why."""
+    failure = json.dumps({"t": time.time(), "error": why}).encode()
+    try:
+        replace_atomically(run.path / START_FAILED, lambda f: f.write(failure))
+    except OSError:
+        pass  # a full disk or an unwritable directory: the start's error is still raised to whoever asked
+    return why
+
+
+def _forget_failed_start(run: RunDir) -> None:
+    """A start that worked: the failure recorded before it no longer stands."""
+    try:
+        (run.path / START_FAILED).unlink()
+    except OSError:  # none there, the usual case; one that cannot go is outdated by the records the worker writes
+        pass
 
 
 def settled_pid(run: RunDir, timeout: float = START_TIMEOUT_S) -> int | None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from nnobs.protocol.events import EventKind
+from nnobs.protocol.files import read_text
+from nnobs.protocol.jsontext import parse_json
+from nnobs.protocol.numbers import number
 from nnobs.protocol.rundir import RunDir, is_imported, unsafe_files
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
-from nnobs.reading.history import RunHistory
+from nnobs.reading.history import Rise, RunHistory
+
+START_FAILED = "start-failed.json"  # in the run directory: why its last start ended before the worker began
+START_FAILED_MOST_BYTES = 64 << 10  # a message and a log's tail
 
 
 @dataclass
@@ -17,19 +23,19 @@ class RunStatus:
     """What `status` reports: the run's state and latest values."""
 
     run: str
-    state: str  # training, idle, stalled (alive but silent), stopped, crashed, imported (read-only) or absent
+    state: str  # training, idle, stalled (alive but silent), stopped, crashed, failed to start, imported or absent
     batch: int
     target: int | None
     eta: float | None
     report_every: int | None
     pace: float | None  # at most this many batches a second; 0 or None: flat out
-    loss: float | None
-    best_loss: float | None  # the lowest loss of the run's current line of training
+    loss: float | None  # the mean loss of the newest RECENT_BATCHES batches or more: one minibatch's is noise
+    best_loss: float | None  # the lowest that mean has been in the run's current line of training
     generation: int | None
     pid: int | None
     heartbeat_age_s: float | None
     diverged: bool
-    not_learning: bool  # training, but the loss stopped moving far above its best
+    not_learning: bool  # alive, but the loss stopped moving far above its best
     free_bytes: int | None  # free space on the run's filesystem, when the worker paused for it (low disk)
     write_error: str  # why the live worker cannot write, e.g. "cannot write run.jsonl: no space left on device"
     error: str  # the last error event's message, if the last generation ended in one
@@ -39,6 +45,9 @@ class RunStatus:
     job_state: str | None = None  # on Slurm: the scheduler's state of it (PENDING, RUNNING, CANCELLED...)
     reason: str = ""  # on Slurm: why the job waits (Slurm's reason), or why it ended
     unsafe: str = ""  # links or other non-files where run files should be: named, never followed
+    batch_loss: float | None = None  # the newest report's loss: one minibatch's
+    evaluations: dict[str, list] = field(default_factory=dict)  # metric name -> [batch it was made at, value]
+    rose: str = ""  # alive, and its loss rose by a large factor after a command: how, in words
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,8 +57,10 @@ class RunStatus:
         """The state in the words the page's badge and the CLI both use: a diverged or stuck run says so."""
         if self.state in ("training", "idle") and self.diverged:
             return "diverged"
-        if self.state == "training" and self.not_learning:
-            return "not learning"
+        if self.state in ("training", "idle") and self.not_learning:
+            return "not learning"  # the page's problem says after which command, when the loss rose after one
+        if self.state in ("training", "idle") and self.rose:
+            return "loss rose"
         return self.state
 
 
@@ -76,6 +87,8 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         state = "idle" if at_rest else "training"
     elif not run.path.is_dir():
         state = "absent"
+    elif failure := start_failure(run, history):
+        state, error = "failed to start", failure
     elif is_imported(run):
         state = "imported"
     elif last is None or last.kind == EventKind.SHUTDOWN:
@@ -101,13 +114,43 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         pid=pid if pid and pid > 0 else None,
         heartbeat_age_s=None if age is None else round(age, 3),
         diverged=history.diverged,
-        not_learning=state == "training" and history.not_learning,
+        not_learning=state in ("training", "idle") and history.not_learning,
         free_bytes=low_disk.get("free") if low_disk else None,
         write_error=write_error,
         error=error,
         skipped_lines=history.skipped_lines,
         unsafe="; ".join(unsafe_files(run)),
+        batch_loss=history.batch_loss,
+        evaluations=evaluations_of(history),
+        rose=rise_words(history.rose) if history.rose is not None and state in ("training", "idle") else "",
     )
+
+
+def rise_words(rise: Rise) -> str:
+    """A rise in words: "the loss rose by a factor of 29 after eta 500 (batch 4,000): from 0.015 to 0.43"."""
+    return (
+        f"the loss rose by a factor of {rise.now / rise.before:,.0f} after {rise.command} (batch {rise.batch:,}): "
+        f"from {rise.before:.3g} to {rise.now:.3g}"
+    )
+
+
+def evaluations_of(history: RunHistory) -> dict[str, list]:
+    """Each metric's newest value with the batch it was made at ({"test_loss": [1, 0.553]}): an evaluation made
+    long ago is never read as the run's current one."""
+    return {name: list(series.latest) for name, series in history.metrics.items() if series.latest is not None}
+
+
+def start_failure(run: RunDir, history: RunHistory) -> str:
+    """Why the run's last start failed (its error, the end of its log), or "" when it did not, or when the run wrote
+    records since (a script started again by hand)."""
+    try:
+        failure = parse_json(read_text(run.path / START_FAILED, START_FAILED_MOST_BYTES))
+    except (OSError, ValueError):  # none: the usual case; unreadable or a link: no verdict rests on it
+        return ""
+    if not isinstance(failure, dict) or not isinstance(failure.get("error"), str):
+        return ""
+    failed_at = number(failure.get("t")) or 0.0
+    return "" if history.last_t is not None and history.last_t > failed_at else failure["error"]
 
 
 def _silent_since_start(run: RunDir, heartbeat_age: float | None, now: float) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import open_file, replace_atomically
+from nnobs.protocol.files import FILE_MODE, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
 
@@ -46,16 +46,22 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
+    arrays = _arrays(ckpt)
+    replace_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
+
+
+def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    """What the .npz holds: the settings as JSON (meta) and the trainer's own arrays."""
     meta = {
         f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"
     }  # not asdict: it copies the arrays
     if "meta" in ckpt.state:
         raise ValueError("a trainer's checkpoint arrays cannot be called meta")
-    arrays = {"meta": np.array(json.dumps(meta)), **ckpt.state}
-    replace_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
+    return {"meta": np.array(json.dumps(meta)), **ckpt.state}
 
 
 META_MOST_BYTES = 1 << 20  # a checkpoint's settings as JSON: a few hundred bytes; more is no checkpoint nnobs wrote
+TRAINER_EXTRA_BYTES = 1 << 20  # beside the parameters: the built-in sampler's state is a few hundred bytes
 
 
 def _declared_bytes(f) -> dict[str, int]:
@@ -78,12 +84,19 @@ def _declared_bytes(f) -> dict[str, int]:
 
 
 def _check_sizes(f, most_state_bytes: int | None) -> None:
-    """ValueError when the arrays declare more than a checkpoint of the run could hold."""
+    """ValueError when the arrays declare more than a checkpoint of the run could hold: its net's parameters, and up to
+    TRAINER_EXTRA_BYTES more of what else a trainer keeps (its sampler's state)."""
+    if not zipfile.is_zipfile(f):
+        f.seek(0)
+        if f.read(6) == b"\x93NUMPY":  # one bare array, whose header np.load would trust
+            raise ValueError("it is a single array, not a checkpoint")
+        f.seek(0)
+        return  # no .npz: np.load says what it is (pickled objects, which are never loaded, or no array at all)
     declared = _declared_bytes(f)
     if declared.get("meta", 0) > META_MOST_BYTES:
         raise ValueError(f"its settings declare {declared['meta']:,} bytes")
     state_bytes = sum(size for name, size in declared.items() if name != "meta")
-    if most_state_bytes is not None and state_bytes > most_state_bytes:
+    if most_state_bytes is not None and state_bytes > most_state_bytes + TRAINER_EXTRA_BYTES:
         raise ValueError(f"its arrays declare {state_bytes:,} bytes, where the run's net has {most_state_bytes:,}")
     f.seek(0)
 
@@ -130,13 +143,22 @@ def load_checkpoint_meta(path: Path) -> dict | None:
     return whole | numbers | control_id
 
 
-KEPT = 16  # checkpoints kept to rewind to: the newest few and older ones spread out in batches
-KEPT_NEWEST = 4  # of them the newest, a few seconds apart; the rest thin out as the run goes on
+# Checkpoints kept to rewind and fork to: the training side keeps one at batches spread evenly in log batches (12 a
+# decade) and links each clock checkpoint here too; beyond these bounds the one whose going leaves the smallest gap,
+# as a ratio of batches, goes first, so what stays is spread as evenly in log batches as their number allows.
+KEPT_MOST = 160  # 12 a decade over 13 decades: a run of 10^12 batches keeps every decade's
+KEPT_BYTES = 256 * 1024 * 1024  # on disk, all told: XOR's are 1 KB each; a large net's keep fewer, as evenly spread
+KEPT_NEWEST = 4  # the newest few are never thinned: the last seconds of training, to go back a little
 
 
 def kept_dir(path: Path) -> Path:
     """The directory of the kept checkpoints beside checkpoint path."""
     return Path(path).parent / "checkpoints"
+
+
+def kept_path(path: Path, batch: int) -> Path:
+    """Where the checkpoint kept at batch lies, beside checkpoint path."""
+    return kept_dir(path) / f"{batch:015d}.npz"
 
 
 def kept_batches(path: Path) -> list[int]:
@@ -149,15 +171,13 @@ def kept_batches(path: Path) -> list[int]:
 
 
 def keep_checkpoint(path: Path, batch: int) -> None:
-    """Keep the checkpoint just saved at path (its batch given) for rewinding, and thin out the older ones.
+    """Keep the checkpoint just saved at path (its batch given) for rewinding, and thin out the kept set.
 
-    A hard link costs no space until checkpoint.npz is replaced by its successor; the kept set
-    stays KEPT strong, the newest KEPT_NEWEST as they come and the rest ever further apart in
-    batches (the one that leaves the smallest gap, as a ratio of batches, goes first).
+    A hard link costs no space until checkpoint.npz is replaced by its successor.
     """
     folder = kept_dir(path)
     folder.mkdir(exist_ok=True)
-    kept = folder / f"{batch:015d}.npz"
+    kept = kept_path(path, batch)
     tmp = folder / f".{kept.name}.tmp"
     tmp.unlink(missing_ok=True)
     try:
@@ -166,11 +186,50 @@ def keep_checkpoint(path: Path, batch: int) -> None:
         with open_file(path) as saved:
             replace_atomically(tmp, lambda out: out.write(saved.read()))
     os.replace(tmp, kept)
+    thin_kept(path)
+
+
+def save_kept(path: Path, ckpt: Checkpoint) -> None:
+    """Write ckpt straight into the kept set beside checkpoint path, and thin it out.
+
+    Renamed into place but not synced: these are written many times a second early in a fast run, where a sync
+    would cost more than the training; a crash may cost the newest of them, never checkpoint.npz.
+    """
+    folder = kept_dir(path)
+    folder.mkdir(exist_ok=True)
+    kept = kept_path(path, ckpt.batch)
+    tmp = folder / f".{kept.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(fd, "wb") as out:
+        np.savez(out, **_arrays(ckpt))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
+    os.replace(tmp, kept)
+    thin_kept(path)
+
+
+def thin_kept(path: Path) -> None:
+    """Drop kept checkpoints beyond KEPT_MOST or KEPT_BYTES, the one leaving the smallest gap in log batches first."""
+    folder = kept_dir(path)
     batches = kept_batches(path)
-    while len(batches) > KEPT:
+    sizes = {batch: _size(kept_path(path, batch)) for batch in batches}
+    while len(batches) > KEPT_NEWEST + 2 and (len(batches) > KEPT_MOST or sum(sizes.values()) > KEPT_BYTES):
         interior = range(1, len(batches) - KEPT_NEWEST)
-        gone = min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1))
-        (folder / f"{batches.pop(gone):015d}.npz").unlink(missing_ok=True)
+        gone = batches.pop(min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1)))
+        sizes.pop(gone)
+        (folder / f"{gone:015d}.npz").unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return 0
+
+
+def landing(path: Path, batch: int) -> int | None:
+    """The batch a rewind or fork to batch lands on: the newest kept checkpoint at or before it; None when none is."""
+    at_or_before = [b for b in kept_batches(path) if b <= batch]
+    return at_or_before[-1] if at_or_before else None
 
 
 def forget_kept_after(path: Path, batch: int) -> None:
@@ -181,7 +240,5 @@ def forget_kept_after(path: Path, batch: int) -> None:
 
 def load_kept(path: Path, batch: int, most_state_bytes: int | None = None) -> Checkpoint | None:
     """The newest kept checkpoint at or before batch, or None when none is kept there."""
-    at_or_before = [b for b in kept_batches(path) if b <= batch]
-    if not at_or_before:
-        return None
-    return load_checkpoint(kept_dir(path) / f"{at_or_before[-1]:015d}.npz", most_state_bytes)
+    landed = landing(path, batch)
+    return None if landed is None else load_checkpoint(kept_path(path, landed), most_state_bytes)

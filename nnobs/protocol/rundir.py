@@ -73,6 +73,7 @@ class RunDir:
 RUN_FILE_NAMES = (
     "run.jsonl", "control.json", "worker.lock", "start.lock", "worker.log", "checkpoint.npz", "config.json",
     "run.json", "launch.json", "worker.status", "launcher.json", "job.json", "fork.json", "run.fold", "run.curves",
+    "start-failed.json",
 )  # fmt: skip
 
 

@@ -35,6 +35,13 @@ class State(StrEnum):
         False,
         "the worker died without a shutdown record; start resumes from its last checkpoint",
     )
+    FAILED_TO_START = (
+        "failed to start",
+        "red",
+        "#d62728",
+        False,
+        "its worker or script exited before it began (its error is shown); Start tries again, and nothing else does",
+    )
     DIVERGED = (
         "diverged",
         "orange",
@@ -42,12 +49,19 @@ class State(StrEnum):
         True,
         "the loss is no longer a number; training is paused until eta is lowered (set --eta)",
     )
+    LOSS_ROSE = (
+        "loss rose",
+        "orange",
+        "#e07b00",
+        True,
+        "the loss rose by a large factor after a command (which one is said): lower eta, or rewind to before it",
+    )
     NOT_LEARNING = (
         "not learning",
         "yellow",
         "#b59a00",
         True,
-        "training, but the loss stopped moving far above its best",
+        "alive, but the loss stopped moving far above its best",
     )
     CANNOT_WRITE = (
         "cannot write",

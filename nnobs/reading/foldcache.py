@@ -32,7 +32,7 @@ from nnobs.reading.journal import MAX_MARKERS, Answer, Event, Marker
 from nnobs.reading.series import Column, MinMaxBuckets, StateArchive, WindowedSeries
 from nnobs.reading.tracks import NOT_LEARNING_REPORTS, StateTrack
 
-FORMAT = 2  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
+FORMAT = 3  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
 PROBE_BYTES = 16384  # hashed at each end of the covered bytes
 _BUCKET_ARRAYS = ("first_batch", "min_value", "min_batch", "max_value", "max_batch", "sum", "count", "weight")
 
@@ -160,6 +160,8 @@ def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, An
     loss = put_windowed("loss", losses.outline)
     metrics = [[name, put_windowed(f"metric{i}", series)] for i, (name, series) in enumerate(history.metrics.items())]
     put_buckets("loss_times", losses.times)
+    put_buckets("loss_recent", losses.recent.trace)
+    arrays["loss_recent_tail"] = losses.recent.tail
     states = history.state_track
     if states is not None:
         for key, series in (
@@ -209,6 +211,8 @@ def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, An
 _SCALARS = {
     "batch": "int",
     "loss": "number?",
+    "batch_loss": "number?",
+    "lowest_batch_loss": "number?",
     "eta": "number?",
     "target": "number?",
     "report_every": "number?",
@@ -272,6 +276,8 @@ def _history_of(archive: ArrayFile, described: dict, outline_only: bool) -> RunH
     losses.windows = Column.of(archive.checked(f"{source}loss_windows", np.float64, (len(losses.batches), 6)))
     losses.outline = get_windowed("loss", described["loss"])
     losses.times = _present(get_buckets("loss_times"), "loss_times")
+    losses.recent.trace = _present(get_buckets("loss_recent"), "loss_recent")
+    losses.recent.tail = archive.checked("loss_recent_tail", np.float64, (None, 4))
     for i, (name, told) in enumerate(described["metrics"]):
         check(isinstance(name, str) and name not in history.metrics, "metrics")
         history.metrics[name] = get_windowed(f"metric{i}", told)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Generic, TypeVar, overload
 
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "Answer",
     "Event",
     "Marker",
+    "Rise",
     "RunHistory",
     "WindowedSeries",
 ]
@@ -45,9 +47,22 @@ __all__ = [
 NEW_LINE_EVENTS = tuple(map(events.needle, events.NEW_LINE))
 PROGRESS_SAMPLES = 64  # (time, batch, loss) samples, for the training rate and the loss trend
 PROGRESS_EVERY_S = 0.5  # at most this often, however many sessions refresh: 64 samples span 30 s or more
+LOSS_NOISE_FLOOR = (64 * float(np.finfo(float).eps)) ** 2  # about 2e-28: a squared error of 64 ulps at 1
+NOISE_ULPS = 64  # a change of a value within this many of its ulps is rounding
 MAX_POINTS = 2000  # loss points sent to the browser: the min and max of 1,000 buckets
 
+RISE_FACTOR = 3.0  # the loss's recent mean this many times what it was when a command took effect: it went wrong
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rise:
+    """The loss rose after a command: which, where it took effect, and the loss's recent mean then and now."""
+
+    command: str  # the marker's label: "eta 500"
+    batch: int
+    before: float
+    now: float
 
 
 class _OfTrack(Generic[T]):
@@ -97,8 +112,10 @@ class RunHistory:
     loss_windows = _OfTrack[Column]("loss_track", "windows")  # per report: batches, min, batch of min, max, ..., mean
     loss_outline = _OfTrack[WindowedSeries]("loss_track", "outline")  # for the chart: extremes and means
     loss_times = _OfTrack[MinMaxBuckets]("loss_track", "times")  # wall time of the loss reports by batch: a time axis
-    loss = _OfTrack["float | None"]("loss_track", "latest")
-    best_loss = _OfTrack["float | None"]("loss_track", "best")
+    loss = _OfTrack["float | None"]("loss_track", "recent_mean")  # over the newest RECENT_BATCHES batches or more
+    best_loss = _OfTrack["float | None"]("loss_track", "best_recent_mean")  # the lowest that has been
+    batch_loss = _OfTrack["float | None"]("loss_track", "latest")  # the newest report's: one minibatch's loss
+    lowest_batch_loss = _OfTrack["float | None"]("loss_track", "best")  # one minibatch's: the verdict on learning's
     diverged = _OfTrack[bool]("loss_track", "diverged")
     metrics = _OfTrack["dict[str, WindowedSeries]"]("metric_track", "series")  # by name, at most MAX_METRICS
     metrics_dropped = _OfTrack[bool]("metric_track", "dropped")  # whether names beyond MAX_METRICS were logged
@@ -128,6 +145,7 @@ class RunHistory:
         self.report_every: int | None = None
         self.pace: float | None = None
         self.not_learning = False
+        self.rose: Rise | None = None  # the loss rose by RISE_FACTOR or more since the newest command took effect
         self.last_t: float | None = None  # wall time of the newest record: the heartbeat
         self.n_records = 0  # complete JSON lines folded in
         self.skipped_lines = 0  # lines that were not a JSON object
@@ -169,7 +187,7 @@ class RunHistory:
             if begins is not None:
                 kind, batch = begins
                 if kind == EventKind.REINIT:
-                    self.loss_track.best = None
+                    self.loss_track.best = self.loss_track.recent.best = None
                 else:
                     self._go_back(batch)
             self._add_piece(piece)
@@ -177,8 +195,23 @@ class RunHistory:
     def settle(self) -> None:
         """Once per refresh: a progress sample for the rate, and the verdict on learning."""
         if self.last_t is not None and (not self.progress or self.progress[-1][0] + PROGRESS_EVERY_S <= self.last_t):
-            self.progress.append((self.last_t, self.batch, self.loss_track.latest))
+            self.progress.append((self.last_t, self.batch, self.loss_track.recent_mean))
         self.not_learning = self.loss_track.not_learning()
+        self.rose = self._rise_since_command()
+
+    def _rise_since_command(self) -> Rise | None:
+        """The newest command and how far the loss rose since it took effect, when by RISE_FACTOR or more."""
+        # A reinitialized net starts high again: no command before it, nor the reinit itself, made that loss.
+        fresh_from = max((e.batch for e in self.events if e.kind == EventKind.REINIT), default=-1)
+        commands = [m for m in self.markers if m.kind == "command" and fresh_from < m.batch < self.batch]
+        now = self.loss_track.recent_mean
+        if not commands or now is None:
+            return None
+        batch = commands[-1].batch  # commands that took effect together (eta and target) are named together
+        before = self.loss_track.recent.before(batch)
+        if before is None or before <= 0 or now < RISE_FACTOR * before:
+            return None
+        return Rise(" and ".join(m.label for m in commands if m.batch == batch), batch, before, now)
 
     def _add_piece(self, chunk: bytes) -> None:
         state_vectors = self.state_track is not None
@@ -233,7 +266,7 @@ class RunHistory:
         t0, b0, loss0 = recent[0] if recent else self.progress[-2]
         if t1 <= t0 or b1 < b0:  # no time passed, or a restart went back to a checkpoint
             return None, None
-        change = (loss1 - loss0) / loss0 if loss0 and loss1 is not None else None
+        change = (loss1 - loss0) / loss0 if loss0 and loss1 is not None and beyond_float_noise(loss0, loss1) else None
         return (b1 - b0) / (t1 - t0), change
 
     @property
@@ -252,6 +285,15 @@ class RunHistory:
     def loss_series(self) -> tuple[np.ndarray, np.ndarray]:
         """Every reported loss: batches (n,) and values (n,), NaN where diverged."""
         return self.loss_track.batches.values(), self.loss_track.values.values()
+
+
+def beyond_float_noise(before: float, after: float) -> bool:
+    """Whether a loss moved from before to after by more than rounding could: a loss below LOSS_NOISE_FLOOR is made of
+    errors within a few dozen ulps of outputs near 1, so its changes (1.86e-31 to 1e-32) are rounding, not learning;
+    above it, a change within a few ulps of the values themselves is no change either."""
+    if max(abs(before), abs(after)) < LOSS_NOISE_FLOOR:
+        return False
+    return bool(abs(after - before) > NOISE_ULPS * np.finfo(float).eps * max(abs(before), abs(after)))
 
 
 def _pieces(chunk: bytes) -> list[tuple[bytes, tuple[str, int] | None]]:

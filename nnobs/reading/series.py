@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 
@@ -339,3 +341,106 @@ class WindowedSeries:
         self.means.truncate(batch)
         if self.latest is not None and self.latest[0] > batch:
             self.latest = None  # the next report says it again
+
+
+RECENT_BATCHES = 100  # the loss a person can sort runs by: its mean over at least this many of the newest batches
+MEANS_BLOCK = 4096  # reports whose means are summed together: bounds the memory of a long file's first fold
+
+
+@dataclass(eq=False)
+class RecentMean:
+    """A series' mean over its newest RECENT_BATCHES batches or more (the newest reports' whole windows, weighted by
+    the batches each covers), and the lowest that mean has been: figures that one lucky minibatch does not move.
+
+    A window longer than RECENT_BATCHES stands alone: its mean is the newest report's. While the series holds fewer
+    batches, the mean is over all of them.
+    """
+
+    max_buckets: int  # of the trace
+    latest: float | None = None  # NaN-free: None while the newest windows hold a diverged value
+    best: float | None = None
+    trace: MinMaxBuckets = field(init=False)  # the mean at each report, bounded: best and going back need it
+    # (k, 4): batch, batches covered, their sum, diverged (0 or 1), of the newest reports the next mean needs
+    tail: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
+
+    def __post_init__(self) -> None:
+        self.trace = MinMaxBuckets(1, self.max_buckets)
+
+    def extend(self, batches: np.ndarray, windows: np.ndarray) -> None:
+        """Fold in reports: batches (n,) and windows (n, 6) as a loss report's (n batches first, their mean last)."""
+        newest = self.tail[-1, 0] if len(self.tail) else -1
+        later = batches > np.maximum.accumulate(np.append(newest, batches[:-1]))  # a repeated report covers nothing
+        if not later.any():
+            return
+        total = windows[later, 0] * windows[later, 5]
+        diverged = np.isnan(total)  # kept apart: a NaN in a running sum would spoil every mean after it
+        rows = np.column_stack((batches[later], windows[later, 0], np.where(diverged, 0.0, total), diverged))
+        reports = np.concatenate((self.tail, rows))  # (t + n, 4)
+        covered = np.concatenate(([0.0], np.cumsum(reports[:, 1])))  # batches before each report: whole, so exact
+        ends = np.arange(len(self.tail), len(reports))  # each new report's row
+        starts = np.maximum(np.searchsorted(covered, covered[ends + 1] - RECENT_BATCHES, side="right") - 1, 0)
+        means = np.concatenate(
+            [
+                _window_means(reports, ends[at : at + MEANS_BLOCK], starts[at : at + MEANS_BLOCK])
+                for at in range(0, len(ends), MEANS_BLOCK)
+            ]
+        )
+        self.trace.extend(rows[:, 0].astype(np.int64), means[:, None])
+        self._take(float(means[-1]), means)
+        self.tail = reports[starts[-1] :]
+
+    def go_back(self, batch: int) -> None:
+        """Forget the reports after batch: the mean is the trace's there, until reports come again."""
+        self.trace.truncate(batch)
+        self.tail = self.tail[self.tail[:, 0] <= batch]
+        nb = self.trace.n_buckets
+        self.latest = self.best = None
+        if nb:
+            self._take(float(self.trace.last[1][0]), self.trace.min_value[:nb, 0])
+
+    def skip(self) -> None:
+        """The reports that follow are not the next ones (a reader skipped the middle of a file): the next mean is of
+        them alone, never of two far apart."""
+        self.tail = self.tail[:0]
+
+    def before(self, batch: int) -> float | None:
+        """The mean as it was at batch: of the extremes the trace keeps in the buckets around it, the one nearest
+        batch and not after it (a bucket may reach past batch, and what came after a command is what is measured
+        against this); None before any finite mean."""
+        trace = self.trace
+        at = int(np.searchsorted(trace.first_batch[: trace.n_buckets], batch, side="right")) - 1
+        for k in (at, at - 1):
+            if k < 0:
+                break
+            extremes = [(trace.min_batch[k, 0], trace.min_value[k, 0]), (trace.max_batch[k, 0], trace.max_value[k, 0])]
+            found = [(b, v) for b, v in extremes if b <= batch and np.isfinite(v)]
+            if found:
+                return float(max(found)[1])
+        return None
+
+    def _take(self, latest: float, means: np.ndarray) -> None:
+        self.latest = latest if np.isfinite(latest) else None
+        with np.errstate(invalid="ignore"):
+            lowest = np.nanmin(means, initial=np.inf)
+        if np.isfinite(lowest) and (self.best is None or lowest < self.best):
+            self.best = float(lowest)
+
+
+def _window_means(reports: np.ndarray, ends: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The mean of the reports (k, 4) from each start to its end, both included; NaN where one of them diverged.
+
+    Summed newest first, one report a step, so a mean comes out the same bit for bit however the file was cut into
+    chunks: a fold cache's history then equals the whole fold's. Prefix sums would not.
+    """
+    widths = ends - starts + 1
+    total, batches, diverged = np.zeros(len(ends)), np.zeros(len(ends)), np.zeros(len(ends))
+    for lag in range(int(widths.max(initial=0))):
+        taken = lag < widths
+        rows = reports[np.where(taken, ends - lag, ends)]
+        total += np.where(taken, rows[:, 2], 0.0)
+        batches += np.where(taken, rows[:, 1], 0.0)
+        diverged += np.where(taken, rows[:, 3], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = total / batches
+    means[diverged > 0] = np.nan
+    return means

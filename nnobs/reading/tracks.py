@@ -10,7 +10,7 @@ import numpy as np
 
 from nnobs.protocol.schema import Tensors, tensor_rows
 from nnobs.reading.bulk import ParsedLines
-from nnobs.reading.series import Column, MinMaxBuckets, StateArchive, WindowedSeries
+from nnobs.reading.series import Column, MinMaxBuckets, RecentMean, StateArchive, WindowedSeries
 from nnobs.reading.steps import steps
 
 NOT_LEARNING_REPORTS = 5  # loss reports judged for "not learning": the newest this many (a stuck loss is reported
@@ -42,13 +42,33 @@ class LossTrack:
     windows: Column = field(default_factory=lambda: Column(float, 6))  # (n, 6): batches, min, its batch, max, ..., mean
     outline: WindowedSeries = field(init=False)  # for the chart: every window's extremes and means
     times: MinMaxBuckets = field(init=False)  # wall time of the reports by batch: a time axis
-    best: float | None = None  # the lowest loss of this line of training (of this net, since a reinit)
+    recent: RecentMean = field(init=False)  # the mean over the newest batches, and its lowest: what runs sort by
+    best: float | None = None  # the lowest single batch's loss of this line of training (of this net, since a reinit)
     latest: float | None = None  # the newest report's loss; None where it diverged
     diverged: bool = False  # whether the newest report's loss diverged
 
     def __post_init__(self) -> None:
         self.outline = WindowedSeries(self.max_buckets)
         self.times = MinMaxBuckets(1, self.max_buckets)
+        self.recent = RecentMean(self.max_buckets)
+
+    @property
+    def recent_mean(self) -> float | None:
+        """The loss over the newest RECENT_BATCHES batches or more; None before any, or where it diverged."""
+        return self.recent.latest
+
+    @recent_mean.setter
+    def recent_mean(self, value: float | None) -> None:  # a fold cache's
+        self.recent.latest = value
+
+    @property
+    def best_recent_mean(self) -> float | None:
+        """The lowest recent_mean of this line of training."""
+        return self.recent.best
+
+    @best_recent_mean.setter
+    def best_recent_mean(self, value: float | None) -> None:
+        self.recent.best = value
 
     def extend(self, parsed: ParsedLines) -> None:
         """Fold in the chunk's loss reports."""
@@ -56,6 +76,7 @@ class LossTrack:
             return
         self._keep(parsed.loss_batch, parsed.loss_value, parsed.loss_window)
         self._outline(parsed.loss_batch, parsed.loss_value, parsed.loss_window)
+        self.recent.extend(parsed.loss_batch, parsed.loss_window)
         timed = np.isfinite(parsed.loss_t)
         self.times.extend(parsed.loss_batch[timed], parsed.loss_t[timed])
         last = float(parsed.loss_value[-1])
@@ -69,8 +90,10 @@ class LossTrack:
         if len(batches) and batches.max() > batch:
             self._cut(batches <= batch)
             self.outline = WindowedSeries(self.max_buckets)
+            self.recent = RecentMean(self.max_buckets)
             self.best = None
             self._outline(self.batches.values(), self.values.values(), self.windows.values())
+            self.recent.extend(self.batches.values(), self.windows.values())
 
     def not_learning(self) -> bool:
         """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""
@@ -115,6 +138,7 @@ class LossOutline(LossTrack):
 
     def go_back(self, batch: int) -> None:
         self.times.truncate(batch)
+        self.recent.go_back(batch)
         keep = self.batches.values() <= batch
         if keep.all() and self.outline.outline.last[0] <= batch:
             return

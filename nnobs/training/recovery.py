@@ -15,20 +15,25 @@ from nnobs.protocol.checkpoint import (
     kept_batches,
     load_kept,
     save_checkpoint,
+    save_kept,
 )
 from nnobs.protocol.control import ControlWatcher
 from nnobs.protocol.errors import CommandError, NnobsError
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.schema import loss_report
 from nnobs.protocol.slot import tell_log
+from nnobs.training.budget import CostBudget
 from nnobs.training.disk_guard import DiskGuard
 from nnobs.training.ownership import Ownership
 from nnobs.training.reporter import Reporter
+from nnobs.training.schedule import next_kept_checkpoint
 from nnobs.training.state import RunState
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
+KEPT_SHARE = 0.01  # of the run's time spent keeping checkpoints by the batch schedule (the clock's are not thinned)
+KEPT_BURST_S = 0.2  # seconds of it a run may spend at once: a fast run's first decades come in under a second
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 
 
@@ -56,6 +61,8 @@ class Recovery:
         self.finite_states: deque[tuple[float, int, dict[str, np.ndarray]]] = deque(maxlen=FINITE_STATES_KEPT)
         self.last_checkpoint = 0.0  # monotonic time
         self.checkpointed_batch = -1
+        self.next_kept_at = next_kept_checkpoint(run.batch)  # the next batch whose checkpoint is kept, by the schedule
+        self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
 
     def checkpoint_when_due(self, now: float) -> None:
         """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on."""
@@ -80,8 +87,46 @@ class Recovery:
             return
         saved = run.trainer.save()
         run.out.flush()  # every answer given so far is on disk before the checkpoint says so
+        ckpt = self.checkpoint_of(saved)
+        try:
+            save_checkpoint(run.run_dir.checkpoint, ckpt)
+            keep_checkpoint(run.run_dir.checkpoint, run.batch)  # to rewind to, later
+        except OSError as err:
+            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
+            return
+        self.checkpointed_batch = run.batch
+        self.remember_finite(saved)
+
+    def stop_before(self, limit: int) -> int:
+        """The batch the loop may train up to (limit at most) before the next checkpoint the schedule keeps."""
+        if self.next_kept_at <= self.run.batch:
+            self.next_kept_at = next_kept_checkpoint(self.run.batch)  # left behind by a pause or a command
+        return min(limit, self.next_kept_at)
+
+    def keep_when_due(self, now: float) -> None:
+        """Keep a checkpoint at a batch the schedule picks, within the budget: it is what rewinds and forks land on."""
+        run = self.run
+        if run.batch < self.next_kept_at:
+            return
+        self.next_kept_at = next_kept_checkpoint(run.batch)
+        if not run.trainer.can_load or not self.kept_budget.allows(now):
+            return  # a checkpoint no one can load is nothing to go back to
+        started = time.perf_counter()
+        self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
+        try:
+            if np.isfinite(run.trainer.state_vector()).all() and self.disk.room_for_checkpoint():
+                saved = run.trainer.save()
+                if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
+                    save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved))
+        except OSError as err:
+            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
+        self.kept_budget.charge(time.perf_counter() - started)
+
+    def checkpoint_of(self, saved: dict[str, np.ndarray]) -> Checkpoint:
+        """The checkpoint of the run as it is, holding what the trainer saved."""
+        run = self.run
         known = run.loss is not None and math.isfinite(run.loss)
-        ckpt = Checkpoint(
+        return Checkpoint(
             batch=run.batch,
             eta=run.trainer.eta,
             target=run.target,
@@ -95,14 +140,12 @@ class Recovery:
             state=saved,
             loss=run.loss if known else None,
         )
-        try:
-            save_checkpoint(run.run_dir.checkpoint, ckpt)
-            keep_checkpoint(run.run_dir.checkpoint, run.batch)  # to rewind to, later
-        except OSError as err:
-            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
-            return
-        self.checkpointed_batch = run.batch
-        if saved:  # finite parameters; one saved before any loss was logged ranks last, but is there to go back to
+
+    def remember_finite(self, saved: dict[str, np.ndarray]) -> None:
+        """Remember saved finite parameters, to go back to if the loss diverges."""
+        run = self.run
+        if saved:  # one saved before any loss was logged ranks last, but is there to go back to
+            known = run.loss is not None and math.isfinite(run.loss)
             self.finite_states.append((run.loss if run.loss is not None and known else math.inf, run.batch, saved))
 
     def on_divergence(self, now: float) -> None:
@@ -165,6 +208,7 @@ class Recovery:
         run.window = Window()
         self.reporter.summarized = None
         self.reporter.schedule()
+        self.next_kept_at = next_kept_checkpoint(batch)
         run.pacer.restart(batch, time.monotonic())
 
     def fresh_reports(self) -> dict:

@@ -1,4 +1,5 @@
-"""What a session writes as it trains: loss reports with their windows, metrics, and state reports within a byte budget."""
+"""What a session writes as it trains: loss reports with their windows, metrics, evaluations, and state snapshots within
+their budgets."""
 
 from __future__ import annotations
 
@@ -24,18 +25,30 @@ from nnobs.protocol.schema import (
     update_report,
 )
 from nnobs.protocol.slot import tell_log
-from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_loss_report, next_state_report
+from nnobs.training.budget import CostBudget
+from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_evaluation, next_loss_report, next_state_report
 from nnobs.training.state import RunState
 from nnobs.training.window import Window
 
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
 HEARTBEAT_S = 1.0  # at least one loss report a second, even when idle
-EXTRA_METRICS_EVERY_S = 0.25  # train()'s extra metrics (a test loss) at most this often: a few a second, not 20
 PACED_STATE_EVERY_S = 0.5  # a paced run reports its state this often too: slow motion shows the net change
-# State reports the schedule asks for are skipped beyond this budget, so that a run file grows by well under
-# 2 MB a minute whatever the net's size; requested ones (tell_state) always come, and count against it.
-STATE_BYTES_PER_S = 16_000
-STATE_BYTES_BURST = 512_000  # the dense early reports of a small net fit in this
+# Snapshots the schedule asks for are thinned beyond these bounds; requested ones (tell_state) always come, and count.
+# Bytes: 12 KB a second, after a burst of 100 snapshots (the schedule's first four decades) or 2.2 MB, the lesser:
+# the README's PyTorch example (1,218 parameters, 24 KB a snapshot) keeps its 83 through batch 5,000, and a net of
+# summaries (2-256-256-1: 7 KB) grows its run file by under 2 MB in its first minute, every line counted.
+STATE_BYTES_PER_S = 12_000
+STATE_BURST_SNAPSHOTS = 100
+STATE_BURST_BYTES = 2_200_000
+# Time: a share of the run's time each, after a burst that a net's learning phase spends at once (the schedules ask
+# most of their first decades: 83 snapshots through batch 5,000). The time counted is the training thread's, waiting
+# for the interpreter included: encoding a snapshot on the writer's thread holds it too (a 1,218-parameter net's
+# snapshot costs 1 to 3 ms so).
+SNAPSHOT_SHARE = 0.02
+SNAPSHOT_BURST_S = 0.3
+EVALUATION_SHARE = 0.02  # measuring held-out metrics (a test loss)
+EVALUATION_BURST_S = 0.1
+EVALUATION_HEARTBEAT_S = 5.0  # an evaluation at least this often while training, where the log schedule is sparse
 BYTES_PER_NUMBER = 20  # about what one float takes in a JSON line
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
@@ -46,8 +59,13 @@ class Reporter:
     def __init__(self, run: RunState):
         self.run = run
         self.metrics: dict[str, Window] = {}  # the metrics other than the loss logged since the last report, by name
-        self.extra_metrics: Callable[[], dict] | None = None  # train()'s: metrics measured just before a loss report
-        self.extra_due, self.extra_batch = 0.0, -1  # when they may next be measured, and the batch they last were
+        self.extra_metrics: Callable[[], dict] | None = None  # train()'s: held-out metrics of the net as it is
+        self.evaluates = False  # whether evaluations are scheduled: train() with extra metrics, or a script that asks
+        self.next_eval_at = 0
+        self.last_evaluation = time.monotonic()  # monotonic time of the last evaluation: the heartbeat counts from it
+        self.evaluated_at = -1  # the batch of the last evaluation: a loss report carries it at that batch
+        self.evaluation_started: float | None = None  # perf_counter when a script was told to evaluate, until it logs
+        self.evaluation_budget = CostBudget(EVALUATION_SHARE, EVALUATION_BURST_S)
         self.last_loss_report = 0.0  # monotonic time
         self.last_reported_loss: float | None = None
         self.last_reported_batch = -1
@@ -61,12 +79,17 @@ class Reporter:
         self.schedule()
         self.last_state_report = 0.0  # monotonic time
         self.paced_state_batch = -1  # the batch of the last clock-paced state report
-        self.state_budget = (float(STATE_BYTES_BURST), time.monotonic())  # (bytes allowed, when counted)
+        self.snapshot_size = BYTES_PER_NUMBER * (
+            self.n_params if self.sample is None else len(self.sample) + len(SUMMARY) * len(run.trainer.tensors)
+        )
+        burst = min(STATE_BURST_BYTES, STATE_BURST_SNAPSHOTS * self.snapshot_size)
+        self.snapshot_budget = CostBudget(SNAPSHOT_SHARE, SNAPSHOT_BURST_S, STATE_BYTES_PER_S, burst)
 
     def schedule(self) -> None:
-        """The next batches that get a loss report and a state report by the batch schedule."""
+        """The next batches that get a loss report, a state snapshot and an evaluation by the batch schedules."""
         self.next_loss_at = next_loss_report(self.run.batch)
         self.next_state_at = next_state_report(self.run.batch, self.run.report_every, self.n_params)
+        self.next_eval_at = next_evaluation(self.run.batch)
 
     # -- loss reports ----------------------------------------------------------------------
 
@@ -86,8 +109,6 @@ class Reporter:
             if run.loss is None
             else loss_report(run.batch, run.loss, run.window.summary())
         )
-        if self.extra_metrics is not None and now >= self.extra_due and run.batch != self.extra_batch:
-            self.measure_extra_metrics(self.extra_metrics, now)
         logged = {
             name: metric_entry(window.last, window.summary())
             for name, window in self.metrics.items()
@@ -103,18 +124,49 @@ class Reporter:
         self.last_reported_batch = run.batch
         self.next_loss_at = next_loss_report(run.batch)
 
-    def measure_extra_metrics(self, measure: Callable[[], dict], now: float) -> None:
-        """Log train()'s extra metrics at this batch; a hook that fails is dropped with a word in worker.log, never
-        taking training down."""
-        self.extra_due, self.extra_batch = now + EXTRA_METRICS_EVERY_S, self.run.batch
+    # -- evaluations -----------------------------------------------------------------------
+
+    def evaluation_due(self, now: float) -> bool:
+        """Whether held-out metrics are to be measured at this batch: one the schedule picks, the target, or the
+        heartbeat's, within the evaluation budget (the target's always). Said once a batch; the next is scheduled."""
+        run = self.run
+        batch = run.batch
+        scheduled, at_end = batch >= self.next_eval_at, batch == run.target
+        if scheduled:
+            self.next_eval_at = next_evaluation(batch)
+        heartbeat = now - self.last_evaluation >= EVALUATION_HEARTBEAT_S
+        if batch == self.evaluated_at or not (scheduled or at_end or heartbeat):
+            return False
+        if not at_end and not self.evaluation_budget.allows(now):
+            return False
+        self.last_evaluation, self.evaluated_at = now, batch
+        return True
+
+    def measure_extra_metrics(self, measure: Callable[[], dict]) -> None:
+        """Log train()'s extra metrics at this batch, charged to the evaluation budget; a hook that fails is dropped
+        with a word in worker.log, never taking training down."""
+        started = time.perf_counter()
         try:
             self.log_metrics(measure(), self.run.batch)
         except Exception as err:  # observing never kills training
             tell_log(f"nnobs: the extra metrics failed ({type(err).__name__}: {err}); they are no longer measured")
             self.extra_metrics = None
+            self.evaluates = False
+        self.evaluation_budget.charge(time.perf_counter() - started)
+
+    def script_evaluation_due(self) -> bool:
+        """evaluation_due() for a script's loop (nnobs.Run.evaluation_due): the time until it logs is charged."""
+        self.evaluates = True
+        due = self.evaluation_due(time.monotonic())
+        if due:
+            self.evaluation_started = time.perf_counter()
+        return due
 
     def log_metrics(self, metrics: dict, at: int) -> None:
         """Add named metrics logged at batch at to their windows; a bad name or a value that is no number raises."""
+        if self.evaluation_started is not None:  # a script's evaluation ends with the log() that carries it
+            self.evaluation_budget.charge(time.perf_counter() - self.evaluation_started)
+            self.evaluation_started = None
         for name, value in metrics.items():
             window = self.metrics.get(name)
             if window is None:
@@ -133,11 +185,12 @@ class Reporter:
 
     # -- state reports ---------------------------------------------------------------------
 
-    def state_report(self) -> dict:
-        """The seed's state report (eta, the state vector, the settings); a summary and a sample for a large net."""
+    def state_report(self, sv: np.ndarray | None = None) -> dict:
+        """The seed's state report (eta, the state vector, the settings); a summary and a sample for a large net.
+        sv: the state vector as it is, when already taken."""
         run = self.run
         self.last_state_report = time.monotonic()
-        sv, eta = run.trainer.state_vector(), run.trainer.eta
+        sv, eta = run.trainer.state_vector() if sv is None else sv, run.trainer.eta
         if self.sample is None:
             return state_report(run.batch, eta, sv, run.target, run.report_every, run.pacer.pace)
         # A tensor's change is None without a previous vector of the same size: written null, read as no change.
@@ -145,29 +198,28 @@ class Reporter:
         self.summarized = sv
         return summary_report(run.batch, eta, summary, sv[self.sample], run.target, run.report_every, run.pacer.pace)
 
-    def report_update(self) -> None:
-        """Beside a scheduled state report: what its batch's step did to each tensor, and a built-in net's dead units."""
+    def report_update(self, sv: np.ndarray) -> None:
+        """Beside a scheduled state report of sv: what its batch's step did to each tensor, and a built-in net's dead
+        units."""
         run = self.run
         before, self.before_report = self.before_report, None
         if before is None or before[0] != run.batch - 1:
             return
-        sv = run.trainer.state_vector()
         if len(before[1]) != len(sv) or not np.isfinite(sv).all():
             return
         run.out.write(
             update_report(run.batch, update_ratios(sv, before[1], run.trainer.tensors), run.trainer.dead_units())
         )
 
-    def state_budget_allows(self, now: float) -> bool:
-        """Whether a scheduled state report fits the byte budget; it is counted against it when it does."""
-        allowed, counted = self.state_budget
-        allowed = min(STATE_BYTES_BURST, allowed + (now - counted) * STATE_BYTES_PER_S)
-        size = BYTES_PER_NUMBER * (
-            self.n_params if self.sample is None else len(self.sample) + len(SUMMARY) * len(self.run.trainer.tensors)
-        )
-        fits = allowed > 0
-        self.state_budget = (allowed - size if fits else allowed, now)
-        return fits
+    def snapshot(self, now: float) -> None:
+        """A scheduled state snapshot, and the update beside it, when the budget allows; charged to it."""
+        if not self.snapshot_budget.allows(now):
+            return
+        started = time.perf_counter()
+        sv = self.run.trainer.state_vector()
+        self.run.out.write(self.state_report(sv))
+        self.report_update(sv)
+        self.snapshot_budget.charge(time.perf_counter() - started, self.snapshot_size)
 
     # -- when they are due -----------------------------------------------------------------
 
@@ -175,25 +227,35 @@ class Reporter:
         """The batch the loop may train up to (limit at most) before the next scheduled report; one short of a
         state report, keeping the state the step into it starts from (taken here when that step is next)."""
         batch = self.run.batch
-        if self.next_loss_at <= batch or (self.next_state_at is not None and self.next_state_at <= batch):
+        state_behind = self.next_state_at is not None and self.next_state_at <= batch
+        if self.next_loss_at <= batch or state_behind or (self.evaluates and self.next_eval_at <= batch):
             self.schedule()  # left behind by a pause at a scheduled batch (a divergence): a run of no batches
         state_at = self.next_state_at or limit
         if self.next_state_at is not None:
             if state_at == batch + 1:
-                self.before_report = (batch, self.run.trainer.state_vector())
+                self.keep_state_before_snapshot()
             else:
                 state_at -= 1  # stop one batch short of a state report, to keep the state the step into it starts from
-        return min(limit, self.next_loss_at, state_at)
+        eval_at = self.next_eval_at if self.evaluates else limit
+        return min(limit, self.next_loss_at, state_at, eval_at)
+
+    def keep_state_before_snapshot(self) -> None:
+        """Keep the state vector the step into the next snapshot starts from, when the budget will take the snapshot."""
+        started = time.perf_counter()
+        if not self.snapshot_budget.allows(time.monotonic()):
+            return
+        self.before_report = (self.run.batch, self.run.trainer.state_vector())
+        self.snapshot_budget.charge(time.perf_counter() - started)
 
     def at_stop(self, now: float) -> None:
-        """After a run of batches: the loss and state reports the batch schedule asks for at this batch."""
+        """After a run of batches: the evaluation, loss report and state snapshot the batch schedules ask for here."""
         batch = self.run.batch
-        if batch == self.next_loss_at:
-            self.report_loss(now)
+        if self.extra_metrics is not None and self.evaluation_due(now):
+            self.measure_extra_metrics(self.extra_metrics)
+        if batch == self.next_loss_at or batch == self.evaluated_at != self.last_reported_batch:
+            self.report_loss(now)  # an evaluation rides in a loss report at its own batch
         if batch == self.next_state_at:
-            if self.state_budget_allows(now):
-                self.run.out.write(self.state_report())
-                self.report_update()
+            self.snapshot(now)
             self.next_state_at = next_state_report(batch, self.run.report_every, self.n_params)
 
     def on_the_clock(self, now: float) -> None:

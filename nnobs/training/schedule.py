@@ -1,9 +1,10 @@
-"""When the worker reports, in batches: densely at first, where a net learns fastest, then steadily.
+"""When the worker reports, evaluates and keeps checkpoints, in batches: densely at first, where a net learns fastest.
 
-Reports paced only by the clock miss the start: the default XOR run learns in its first 8,000
-batches, under 0.1 s. So loss reports come at every batch at first, then a steady number per
-decade of batches; the clock adds its own (at most 20 a second, a heartbeat every second) on top.
-State reports likewise come densely at first, until the run's interval takes over.
+Work paced only by the clock misses the start: the default XOR run learns in its first 8,000 batches, under 0.1 s,
+and a run at tens of thousands of batches a second is past its learning in the first second. So every schedule here
+is one of batches, spaced evenly in log batches (a fixed number per decade), which gives each decade of a run the
+same share however fast it trains; cost bounds (nnobs.training.budget) thin them, and the clock adds only a
+heartbeat where a schedule would otherwise fall silent.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import math
 
 LOSS_EVERY_BATCH_UNTIL = 100  # a loss report at each of the first 100 batches
 LOSS_PER_DECADE = 50  # then 50 per decade: 100 from batch 100 to 10,000, 50 more to 100,000
-STATE_EVERY_BATCH_UNTIL = 10  # a state report at each of the first 10 batches
-STATE_PER_DECADE = 10  # then 10 per decade, until the run's report interval is the sparser
-DENSE_STATE_MAX_PARAMS = 10_000  # larger nets report their state only every N: each report is the whole vector
+# State snapshots: 28 per decade puts 22 between batches 500 and 3,000, where the README's PyTorch example learns; each
+# batch of the first decade has one, as in the notebook. Beyond the run's report interval's spacing, every N batches.
+STATE_PER_DECADE = 28
+# Larger nets snapshot only every N batches: each snapshot copies and summarizes the whole vector (tens of ms for a
+# million parameters), which their time budget could afford only a few of in a fast run's first decades anyway.
+DENSE_STATE_MAX_PARAMS = 10_000
+EVALUATIONS_PER_DECADE = 30  # test-loss evaluations: successive ones at most 8 % apart, so the last is near the end
+# Kept checkpoints: 12 per decade are 1.21 times apart at most, so a rewind or fork past batch 100 lands within a
+# factor of 1.25 of the batch asked for (while the kept set fits its disk budget: nnobs.protocol.checkpoint).
+KEPT_PER_DECADE = 12
 
 
 def _log_spaced(batch: int, every_batch_until: int, per_decade: int) -> int:
@@ -29,14 +37,24 @@ def next_loss_report(batch: int) -> int:
 
 
 def next_state_report(batch: int, every: int, n_params: int = 0) -> int | None:
-    """The next batch after batch that gets a state report; None when reports come only on request (every 0).
+    """The next batch after batch that gets a state snapshot; None when they come only on request (every 0).
 
-    Dense early reports only for nets of at most DENSE_STATE_MAX_PARAMS parameters.
+    Log-spaced, STATE_PER_DECADE a decade, or every `every` batches where that is the denser; only the latter for nets
+    of more than DENSE_STATE_MAX_PARAMS parameters.
     """
     if not every:
         return None
     regular = (batch // every + 1) * every
     if n_params > DENSE_STATE_MAX_PARAMS:
         return regular
-    early = _log_spaced(batch, STATE_EVERY_BATCH_UNTIL, STATE_PER_DECADE)
-    return early if early < min(regular, every) else regular
+    return min(_log_spaced(batch, 0, STATE_PER_DECADE), regular)
+
+
+def next_evaluation(batch: int) -> int:
+    """The next batch after batch at which held-out metrics (a test loss) are measured."""
+    return _log_spaced(batch, 0, EVALUATIONS_PER_DECADE)
+
+
+def next_kept_checkpoint(batch: int) -> int:
+    """The next batch after batch whose checkpoint is kept to rewind or fork to."""
+    return _log_spaced(batch, 0, KEPT_PER_DECADE)

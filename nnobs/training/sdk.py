@@ -303,6 +303,12 @@ class Run:
             raise MetricError(f"run.log: the loss must be a number, not {loss!r}") from err
         self.session.log(loss, metrics)
 
+    def evaluation_due(self) -> bool:
+        """Whether to measure held-out metrics (a test loss) at this batch and log them with it: True at batches
+        spread evenly in log batches (30 a decade), at the target, and every few seconds besides, within a share of
+        the run's time (the time until the next log() counts). Call it once a batch, after the training step."""
+        return self.session.reporter.script_evaluation_due()
+
     @property
     def session(self) -> Session:
         """The run protocol under this run, once started."""

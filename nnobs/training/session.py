@@ -155,8 +155,10 @@ class Session(RunState):
         """batches() and log() in one loop, for batches that take microseconds: learn(*next_batch()) trains one batch
         and returns its loss, and the window is kept in locals between two stops (a call to log() would cost 5 % of
         XOR's time). extra_metrics, when given, returns more metrics ({"test_loss": ...}) of the net as it is; it is
-        called just before a loss report, at most every EXTRA_METRICS_EVERY_S, and its values ride in that report."""
+        called at the batches the evaluation schedule picks (nnobs.training.schedule), within its budget, and at the
+        target, and its values ride in a loss report at that batch."""
         self.reporter.extra_metrics = extra_metrics
+        self.reporter.evaluates = extra_metrics is not None
         with self._orphan_ends_loop():
             while not self.done:
                 end = self._next_stop()
@@ -215,7 +217,7 @@ class Session(RunState):
             due = self._check_at if at_rest else min(self._check_at, self.pacer.due(self.batch))
             time.sleep(max(0.0, due - now))
             return None
-        return min(self.reporter.stop_before(limit), self.batch + self._chunk)
+        return min(self.reporter.stop_before(limit), self.recovery.stop_before(limit), self.batch + self._chunk)
 
     def _chunk_took(self, seconds: float) -> None:
         """Fewer batches between looks at the clock when batches are slow: commands still land in CONTROL_CHECK_S."""
@@ -232,6 +234,7 @@ class Session(RunState):
             self.reporter.schedule()
             return
         self.reporter.at_stop(now)
+        self.recovery.keep_when_due(now)
         if batch == self.target:
             self.reporter.report_loss(now, {"event": [batch, EventKind.TARGET_REACHED]})
             self.recovery.checkpoint(now)  # the loop idles now: a crash while idle costs nothing

@@ -26,6 +26,9 @@ class Curves:
     test: pd.DataFrame  # batch, mean; empty when the run reports no test loss
     times: tuple[np.ndarray, np.ndarray] | None  # (batches, unix times), increasing: to put a batch on the clock
     batch: int  # the latest batch
+    loss_now: float | None = None  # RunHistory.loss: the mean of the newest batches, what runs are compared by
+    best_loss: float | None = None  # the lowest that mean has been
+    tested: tuple[int, float] | None = None  # (batch, value) of the newest test loss: maybe long before `batch`
 
 
 def curves_of_history(history: RunHistory) -> Curves:
@@ -38,6 +41,27 @@ def curves_of_history(history: RunHistory) -> Curves:
         test=means_frame(test) if test is not None else pd.DataFrame({"batch": [], "mean": []}),
         times=(batches[order], times[order]) if len(batches) else None,
         batch=history.batch,
+        loss_now=history.loss,
+        best_loss=history.best_loss,
+        tested=test.latest if test is not None else None,
+    )
+
+
+def figures_frame(curves: dict[str, Curves]) -> pd.DataFrame:
+    """One row per run (its name the index): batch, loss, best loss, test loss and the batch it was measured at."""
+
+    def number(value: float | None) -> float:
+        return np.nan if value is None else float(value)
+
+    return pd.DataFrame(
+        {
+            "batch": [c.batch for c in curves.values()],
+            "loss": [number(c.loss_now) for c in curves.values()],
+            "best loss": [number(c.best_loss) for c in curves.values()],
+            "test loss": [number(c.tested[1] if c.tested else None) for c in curves.values()],
+            "tested at": [number(c.tested[0] if c.tested else None) for c in curves.values()],
+        },
+        index=pd.Index(list(curves), name="run"),
     )
 
 

@@ -35,6 +35,7 @@ SPARK_EVERY_S = 5.0  # a live run's sparkline is sampled anew at most this often
 LOSS_LINE = b'{"loss":['
 CATCH_UP_BYTES = 1 << 20  # appended since the last look: beyond this, the middle is skipped
 TEST_SCAN_BYTES = 1 << 20  # how far back the last test loss is looked for: hours of an idle run's heartbeats
+TEST_LINE_MOST_BYTES = 64 << 10  # a loss report with its metrics
 NO_TEST_SET = ("xor", "imported")  # tasks that report no test loss
 RATE_SAMPLES = 64
 RATE_LINES = 2000  # the tail's lines looked at for its rate, newest first
@@ -50,14 +51,16 @@ class RunRow:
     task: str  # the built-in task, "script" for a script's run, "imported" for a run file read from elsewhere
     net: str  # the net spec, or the script's command line
     batch: int
-    loss: float | None
-    test_loss: float | None
+    loss: float | None  # RunStatus.loss: the mean of the newest batches, not one minibatch's
+    test_loss: float | None  # the newest test loss, made at test_batch: maybe long before the run's batch
     rate: float | None  # batches a second over the tail's records
     heartbeat_age_s: float | None
     created: float  # unix time: the order runs were made in
     sparkline: list[tuple[int, float]] = field(default_factory=list)  # (batch, loss), oldest first
     forked_from: str | None = None
     error: str = ""
+    best_loss: float | None = None  # RunStatus.best_loss: the lowest the mean has been
+    test_batch: int | None = None  # the batch test_loss was made at
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +77,9 @@ class _Feed:
     what: tuple[str, str, float, str | None]  # task, net, created, forked from: read once
     beats: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))  # (last_t, batch)
     rate: float | None = None
-    test_loss: float | None = None  # the newest test loss before the tail, when the tail has none
+    test_loss: tuple[int, float] | None = (
+        None  # (batch, value): the newest test loss before the tail, when the tail has none
+    )
     spark: list[tuple[int, float]] = field(default_factory=list)
     spark_t: float = 0.0
     row: RunRow | None = None
@@ -133,7 +138,7 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
     feed.stamp = (size, mtime)
     task, net, created, forked_from = feed.what
     test = history.metrics.get(TEST_LOSS)
-    test_loss = test.latest[1] if test is not None and test.latest else feed.test_loss
+    test_batch, test_loss = test.latest if test is not None and test.latest else feed.test_loss or (None, None)
     feed.row = RunRow(
         name=run.name,
         label=status.label,
@@ -142,6 +147,8 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
         batch=status.batch,
         loss=status.loss,
         test_loss=test_loss,
+        test_batch=test_batch,
+        best_loss=status.best_loss,
         rate=rate if status.state == "training" else None,
         heartbeat_age_s=status.heartbeat_age_s,
         created=created,
@@ -181,6 +188,8 @@ def _new_feed(run: RunDir) -> _Feed:
         for name in ("eta", "target", "report_every", "pace"):
             if name in meta:
                 setattr(history, name, meta[name])
+    if tail_from > len(head):
+        history.loss_track.recent.skip()
     history.add_lines(tail)
     feed.offset = tail_from + len(tail) if tail else len(head)
     feed.rate = tail_rate(tail)
@@ -200,12 +209,15 @@ def _feed_on(run: RunDir, feed: _Feed, size: int) -> None:
     except OSError:
         return
     lines = _whole_lines(chunk, at_start=start == feed.offset)
+    if start > feed.offset:
+        feed.history.loss_track.recent.skip()
     feed.history.add_lines(lines)
     feed.offset = start + chunk.rfind(b"\n") + 1  # a torn last line is read again next time, whole
 
 
-def _last_test_loss(path: Path, before: int) -> float | None:
-    """The newest test loss reported before offset `before`, looked for backwards over at most TEST_SCAN_BYTES."""
+def _last_test_loss(path: Path, before: int) -> tuple[int, float] | None:
+    """The newest test loss reported before offset `before`, with the batch of the report it came in (batch, value),
+    looked for backwards over at most TEST_SCAN_BYTES."""
     needle = f'"{TEST_LOSS}":['.encode()
     try:
         with open_file(path) as f:
@@ -216,14 +228,26 @@ def _last_test_loss(path: Path, before: int) -> float | None:
                 block = f.read(end - start + len(needle))  # a needle across the boundary is found once
                 at = block.rfind(needle)
                 if at >= 0:
-                    f.seek(start + at + len(needle))
-                    value = f.read(64).split(b"]", 1)[0]
-                    number = float(value)
-                    return number if math.isfinite(number) else None
+                    line_start = block.rfind(b"\n", 0, at) + 1  # a line longer than a block: found from its end
+                    f.seek(start + line_start)
+                    return _test_loss_of(f.readline(TEST_LINE_MOST_BYTES))
                 end = start
     except (OSError, ValueError):
         return None
     return None
+
+
+def _test_loss_of(line: bytes) -> tuple[int, float] | None:
+    """(batch, test loss) of a report's line carrying one, else None."""
+    try:
+        record = parse_json(line)
+        batch, entry = record["metrics"][0], record["metrics"][1][TEST_LOSS]  # "metrics": [batch, {name: entry}]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    value = entry[0] if isinstance(entry, list) and entry else None
+    if not is_int(batch) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return batch, float(value)
 
 
 def _rate_of(beats: deque[tuple[float, int]]) -> float | None:
