@@ -56,6 +56,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 
 META_MOST_BYTES = 1 << 20  # a checkpoint's settings as JSON: a few hundred bytes; more is no checkpoint nnobs wrote
+TRAINER_EXTRA_BYTES = 1 << 20  # beside the parameters: the built-in sampler's state is a few hundred bytes
+NPZ_MAGIC = b"PK\x03\x04"  # what np.load takes for an .npz archive
 
 
 def _declared_bytes(f) -> dict[str, int]:
@@ -78,12 +80,21 @@ def _declared_bytes(f) -> dict[str, int]:
 
 
 def _check_sizes(f, most_state_bytes: int | None) -> None:
-    """ValueError when the arrays declare more than a checkpoint of the run could hold."""
+    """ValueError when the arrays declare more than a checkpoint of the run could hold: its net's parameters, and up to
+    TRAINER_EXTRA_BYTES more of what else a trainer keeps (its sampler's state)."""
+    start = f.read(6)
+    f.seek(0)
+    if not start.startswith(NPZ_MAGIC):
+        # np.load decides by these first bytes: a bare array (whose header it would trust) followed by an archive is
+        # not an archive to it. Pickles are left to np.load, which refuses them in its own words.
+        if start.startswith(b"\x93NUMPY"):
+            raise ValueError("it is a single array, not a checkpoint")
+        return
     declared = _declared_bytes(f)
     if declared.get("meta", 0) > META_MOST_BYTES:
         raise ValueError(f"its settings declare {declared['meta']:,} bytes")
     state_bytes = sum(size for name, size in declared.items() if name != "meta")
-    if most_state_bytes is not None and state_bytes > most_state_bytes:
+    if most_state_bytes is not None and state_bytes > most_state_bytes + TRAINER_EXTRA_BYTES:
         raise ValueError(f"its arrays declare {state_bytes:,} bytes, where the run's net has {most_state_bytes:,}")
     f.seek(0)
 
