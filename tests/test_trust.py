@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, wait_for
 from nnobs.launching.lifecycle import stop_worker
 from nnobs.launching.spawn import recorded_command
-from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import load_checkpoint, load_checkpoint_meta
 from nnobs.protocol.control import CONTROL_MOST_BYTES
 from nnobs.protocol.errors import NnobsError, UnsafeFile
 from nnobs.protocol.files import read_bytes
@@ -256,6 +256,9 @@ def test_a_launch_file_of_another_user_or_flipped_by_one_between_a_check_and_a_r
 def test_a_checkpoint_declaring_more_numbers_than_the_net_has_is_refused_before_anything_is_loaded(tmp_path: Path):
     root, secret = tmp_path / "runs", tmp_path / "secret"
     run = planted_run(root, "big", secret)
+    fair = nnobs(root, "fork", "big", "big-fair")  # the run's own checkpoint: its net and its sampler's state
+    assert fair.returncode == 0, fair.stderr
+    assert nnobs(root, "stop", "big-fair").returncode == 0
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
     header["shape"] = (125_000_000,)  # a gigabyte of floats, declared in a file of a few hundred bytes
     with zipfile.ZipFile(run.checkpoint, "w") as archive:
@@ -284,3 +287,17 @@ def test_a_control_file_beyond_its_bound_is_refused_with_a_message_and_left_as_i
     sent = nnobs(root, "set", "flood", "--eta", "0.1", "--no-wait")
     assert sent.returncode != 0 and "larger than" in sent.stderr and "Traceback" not in sent.stderr, sent.stderr
     assert run.control_file.read_bytes() == flood
+
+
+def test_a_bare_array_in_front_of_an_archive_is_refused_before_numpy_trusts_its_header(tmp_path: Path):
+    run = RunDir(tmp_path / "runs" / "masked")
+    run.path.mkdir(parents=True)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (4_000_000_000,)  # 30 GB of floats, which np.load would allocate for a file that starts so
+    with open(run.checkpoint, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        np.savez(f, meta=np.array(json.dumps({"batch": 5})))  # an archive after it: a zip reader finds it at the end
+    assert zipfile.is_zipfile(run.checkpoint)
+    with pytest.raises(NnobsError, match="single array"):
+        load_checkpoint(run.checkpoint)
+    assert load_checkpoint_meta(run.checkpoint) is None

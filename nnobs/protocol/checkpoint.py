@@ -62,6 +62,7 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 META_MOST_BYTES = 1 << 20  # a checkpoint's settings as JSON: a few hundred bytes; more is no checkpoint nnobs wrote
 TRAINER_EXTRA_BYTES = 1 << 20  # beside the parameters: the built-in sampler's state is a few hundred bytes
+NPZ_MAGIC = b"PK\x03\x04"  # what np.load takes for an .npz archive
 
 
 def _declared_bytes(f) -> dict[str, int]:
@@ -86,12 +87,14 @@ def _declared_bytes(f) -> dict[str, int]:
 def _check_sizes(f, most_state_bytes: int | None) -> None:
     """ValueError when the arrays declare more than a checkpoint of the run could hold: its net's parameters, and up to
     TRAINER_EXTRA_BYTES more of what else a trainer keeps (its sampler's state)."""
-    if not zipfile.is_zipfile(f):
-        f.seek(0)
-        if f.read(6) == b"\x93NUMPY":  # one bare array, whose header np.load would trust
+    start = f.read(6)
+    f.seek(0)
+    if not start.startswith(NPZ_MAGIC):
+        # np.load decides by these first bytes: a bare array (whose header it would trust) followed by an archive is
+        # not an archive to it. Pickles are left to np.load, which refuses them in its own words.
+        if start.startswith(b"\x93NUMPY"):
             raise ValueError("it is a single array, not a checkpoint")
-        f.seek(0)
-        return  # no .npz: np.load says what it is (pickled objects, which are never loaded, or no array at all)
+        return
     declared = _declared_bytes(f)
     if declared.get("meta", 0) > META_MOST_BYTES:
         raise ValueError(f"its settings declare {declared['meta']:,} bytes")
