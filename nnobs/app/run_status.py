@@ -144,9 +144,10 @@ def problems(run: RunDir, view: RunView) -> None:
         )
     elif status.not_learning:
         best = "" if status.best_loss is None else f", far above its best of {status.best_loss:.3g}"
+        at_loss = "" if status.loss is None else f" at {status.loss:.3g}"  # no mean where a window's is null
         rose = f" ({wording.as_text(status.rose)})" if status.rose else ""
         st.warning(
-            f"The net is not learning: the loss stopped moving at {status.loss:.3g}{best}{rose}. **Lower eta** to let "
+            f"The net is not learning: the loss stopped moving{at_loss}{best}{rose}. **Lower eta** to let "
             "it settle, or **rewind** to a batch before it went wrong (the loss chart shows where)."
         )
     elif status.rose:

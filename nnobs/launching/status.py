@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import read_text
 from nnobs.protocol.jsontext import parse_json
-from nnobs.protocol.numbers import number
+from nnobs.protocol.numbers import is_finite, number
 from nnobs.protocol.rundir import RunDir, is_imported, unsafe_files
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
@@ -137,7 +137,11 @@ def rise_words(rise: Rise) -> str:
 def evaluations_of(history: RunHistory) -> dict[str, list]:
     """Each metric's newest value with the batch it was made at ({"test_loss": [1, 0.553]}): an evaluation made
     long ago is never read as the run's current one."""
-    return {name: list(series.latest) for name, series in history.metrics.items() if series.latest is not None}
+    return {
+        name: list(series.latest)
+        for name, series in history.metrics.items()
+        if series.latest is not None and is_finite(series.latest[1])  # status --json stays strict JSON
+    }
 
 
 def start_failure(run: RunDir, history: RunHistory) -> str:
