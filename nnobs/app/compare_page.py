@@ -13,12 +13,12 @@ import streamlit as st
 from nnobs.app import widgets
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import read_text
+from nnobs.protocol.files import SETTINGS_MOST_BYTES, read_text
 from nnobs.protocol.rundir import RunDir, list_runs, script_description
 from nnobs.reading.origin import created_at, fork_origin
 from nnobs.reading.series import RECENT_BATCHES
 from nnobs.reading.shared_readers import curves_for
-from nnobs.training.builtin.tasks import CONFIG_MOST_BYTES, load_config
+from nnobs.training.builtin.tasks import load_config
 from nnobs.views import charts, wording
 from nnobs.views.compare import (
     AXES,
@@ -135,7 +135,7 @@ def _curves(run: RunDir) -> Curves:
 def _config_text(run: RunDir) -> str | None:
     """The run's config.json; None for a script's run, or a file that is not one (its status names it)."""
     try:
-        return read_text(run.config, CONFIG_MOST_BYTES)
+        return read_text(run.config, SETTINGS_MOST_BYTES)
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -12,10 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnobs.protocol.files import open_file
+from nnobs.protocol.files import SETTINGS_MOST_BYTES, open_file
 from nnobs.protocol.jsontext import parse_json
-
-LAUNCH_MOST_BYTES = 1 << 20  # a command line and a directory: a larger launch.json is no file `nnobs run` wrote
 
 
 def recorded_command(launch: Path) -> tuple[list[str], str]:
@@ -30,12 +28,12 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
                     f"{launch} is not yours alone (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): its command "
                     "is not run; record it again with `nnobs run`"
                 )
-            text = f.read(LAUNCH_MOST_BYTES + 1)
+            text = f.read(SETTINGS_MOST_BYTES + 1)
     except OSError as err:  # a link or no regular file (UnsafeFile), or unreadable
         sys.exit(f"{launch}: {err}; its command is not run")
     try:
-        if len(text) > LAUNCH_MOST_BYTES:
-            raise ValueError(f"more than {LAUNCH_MOST_BYTES:,} bytes")
+        if len(text) > SETTINGS_MOST_BYTES:
+            raise ValueError(f"more than {SETTINGS_MOST_BYTES:,} bytes")
         recorded = parse_json(text)
         command, cwd = recorded["command"], recorded["cwd"]
     except (ValueError, KeyError, TypeError) as err:

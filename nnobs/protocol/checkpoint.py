@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import FILE_MODE, open_file, replace_atomically
+from nnobs.protocol.files import FILE_MODE, SETTINGS_MOST_BYTES, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
 
@@ -60,7 +60,6 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return {"meta": np.array(json.dumps(meta)), **ckpt.state}
 
 
-META_MOST_BYTES = 1 << 20  # a checkpoint's settings as JSON: a few hundred bytes; more is no checkpoint nnobs wrote
 TRAINER_EXTRA_BYTES = 1 << 20  # beside the parameters: the built-in sampler's state is a few hundred bytes
 NPZ_MAGIC = b"PK\x03\x04"  # what np.load takes for an .npz archive
 
@@ -96,7 +95,7 @@ def _check_sizes(f, most_state_bytes: int | None) -> None:
             raise ValueError("it is a single array, not a checkpoint")
         return
     declared = _declared_bytes(f)
-    if declared.get("meta", 0) > META_MOST_BYTES:
+    if declared.get("meta", 0) > SETTINGS_MOST_BYTES:
         raise ValueError(f"its settings declare {declared['meta']:,} bytes")
     state_bytes = sum(size for name, size in declared.items() if name != "meta")
     if most_state_bytes is not None and state_bytes > most_state_bytes + TRAINER_EXTRA_BYTES:

@@ -15,6 +15,9 @@ from typing import BinaryIO, cast
 
 from nnobs.protocol.errors import UnsafeFile
 
+# A run's settings files (config.json, run.json, fork.json, launch.json, launcher.json, job.json, a checkpoint's
+# settings) hold a few lines: one larger than this is no file nnobs wrote, and is refused unread.
+SETTINGS_MOST_BYTES = 1 << 20
 FILE_MODE = 0o644  # before the umask, as for every file of a run: readable by everyone who may watch it
 
 

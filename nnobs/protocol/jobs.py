@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from nnobs.protocol.errors import MissingExtra, NnobsError
-from nnobs.protocol.files import read_text, replace_atomically
+from nnobs.protocol.files import SETTINGS_MOST_BYTES, read_text, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 
 KINDS = ("local", "slurm")
 JOB_ID_ENV = "NNOBS_JOB_ID"  # in a job: the id job.json must name for its worker to write anything
 LAUNCHER_ENV = "NNOBS_LAUNCHER"  # "slurm" in a job: SIGTERM then means Slurm is ending it, not a request to stop
-SETTINGS_MOST_BYTES = 1 << 20  # launcher.json and job.json hold a few lines: larger ones are refused unread
 DEFAULT_TIME = "1:00:00"  # submitit would ask for 5 minutes; an hour, then a checkpoint and a requeue
 DEFAULT_SIGNAL_DELAY_S = 90  # Slurm signals at most once a minute: 90 s leaves one full chance to checkpoint
 # Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnobs.protocol.errors import RunNameError, UnsafeFile
-from nnobs.protocol.files import FILE_MODE, open_fd, open_file, read_text
+from nnobs.protocol.files import FILE_MODE, SETTINGS_MOST_BYTES, open_fd, open_file, read_text
 from nnobs.protocol.jsontext import parse_json
 
 DEFAULT_RUN = "default"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-DESCRIPTION_MOST_BYTES = 1 << 20  # run.json: a script's argv and directory, far less than this
 LOG_TAIL_BYTES = 8192  # a crash's last lines: a traceback, not the whole log
 LOCK_RETRY_S = 0.5  # how long a new worker retries worker.lock: a liveness check holds it for microseconds
 
@@ -159,7 +158,7 @@ def log_tail(run: RunDir, n_lines: int = 20) -> str:
 def script_description(run: RunDir) -> dict | None:
     """What run.json says of what serves the run (a script: argv, cwd, pid; an import: where from), or None."""
     try:
-        description = parse_json(read_text(run.description, DESCRIPTION_MOST_BYTES))
+        description = parse_json(read_text(run.description, SETTINGS_MOST_BYTES))
     except (OSError, ValueError):
         return None
     return description if isinstance(description, dict) else None

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 
-from nnobs.protocol.files import open_file, read_text
+from nnobs.protocol.files import SETTINGS_MOST_BYTES, open_file, read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.rundir import RunDir
 
-FORK_MOST_BYTES = 1 << 20  # a parent, a batch and what changed: far less than this
 FORK_FILE = "fork.json"  # in a fork's directory: which run, which batch, what changed
 
 
 def fork_origin(run: RunDir) -> dict | None:
     """Where a fork came from: {"run": parent, "batch": N, "changed": {...}, "t": ...}; None for a run made afresh."""
     try:
-        origin = parse_json(read_text(run.path / FORK_FILE, FORK_MOST_BYTES))
+        origin = parse_json(read_text(run.path / FORK_FILE, SETTINGS_MOST_BYTES))
     except (OSError, ValueError):
         return None
     if not isinstance(origin, dict) or not isinstance(origin.get("run"), str):

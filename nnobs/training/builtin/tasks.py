@@ -13,7 +13,7 @@ import numpy as np
 
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command
 from nnobs.protocol.errors import CommandError, NnobsError
-from nnobs.protocol.files import read_text
+from nnobs.protocol.files import SETTINGS_MOST_BYTES, read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite
 from nnobs.protocol.schema import Tensors, all_parameter_names
@@ -337,11 +337,8 @@ def training_rows(config: RunConfig) -> int:
     return task.points if task.draw is None else round(config.train_share * task.points)
 
 
-CONFIG_MOST_BYTES = 1 << 20  # far beyond any configuration: a larger config.json is refused unread
-
-
 def load_config(path: Path) -> RunConfig:
-    return RunConfig.from_json(read_text(path, CONFIG_MOST_BYTES))
+    return RunConfig.from_json(read_text(path, SETTINGS_MOST_BYTES))
 
 
 # -- what a configuration trains ----------------------------------------------------------------
