@@ -232,7 +232,7 @@ def test_odd_but_valid_json_lines_are_skipped_and_the_rest_kept():
         b'{"loss":[1,0.5],"t":1.0,"gen":1}\n{"sv":[5,["x",1]]}\n{"sv":[6,[[1,2],[3,4]]]}\n'
         b'{"loss":[99999999999999999999,0.5]}\n{"loss":[2,"fast"]}\n{"loss":[3,0.25],"t":2.0,"gen":1}\n'
     )
-    assert history.loss_series()[0].tolist() == [1, 3] and history.sv_latest is None and history.loss == 0.25
+    assert history.loss_series()[0].tolist() == [1, 3] and history.sv_latest is None and history.loss == 0.375
 
 
 def test_markers_at_one_batch_share_one_label_so_none_is_written_over():

@@ -188,7 +188,7 @@ def test_with_nothing_configured_viewers_watch_and_the_consoles_sign_in_link_mak
     operator = open_url(found[0])
     expect(sidebar_button(operator, "Sign out")).to_be_visible()
     expect(sidebar_button(operator, "Set target")).to_be_visible()
-    expect(operator).to_have_url(re.compile(r"^[^?]*$"))  # the token is out of the address bar
+    expect(operator).to_have_url(re.compile(r"^[^?]*\?run=default$"))  # the token is out of the address bar
     expect(sidebar_button(viewer, "Set target")).to_have_count(0)  # the viewer still only watches
     assert servers.console(url).count("?token=") == 1, "said once per server, however many pages open"
 

@@ -186,7 +186,7 @@ def test_the_compare_url_opened_in_a_second_browser_shows_the_same_runs_in_the_s
     assert [run for run, _ in colours] == ["sweep-a", "sweep-b", "sweep-c"]
     assert len({colour for _, colour in colours}) == 3, "three runs, three colours"
     wait_for(lambda: legend_colours(mine, "Test loss") == colours, what="the same colours on the test loss chart")
-    expect(main_area(mine).get_by_test_id("stDataFrame")).to_contain_text("eta")  # the one setting that differs
+    expect(main_area(mine).get_by_test_id("stDataFrame").last).to_contain_text("eta")  # the one setting that differs
     screenshot(mine, "compare")
 
     theirs = visit(mine.url.removeprefix(mine.url.split("/compare")[0]))

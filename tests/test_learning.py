@@ -278,3 +278,19 @@ def test_a_reinitialized_net_is_judged_against_its_own_best_loss():
     split.add(old)
     split.add(reinit + plateau)
     assert split.best_loss == 0.5 and not split.not_learning
+
+
+def test_a_restart_after_a_reinit_keeps_the_fresh_nets_best_loss():
+    old = [{"loss": [b, 1e-30], "t": 1.0, "gen": 1} for b in range(0, 1000, 10)]
+    reinit = [{"ack": [1000, {"id": "r", "cmd": "reinit", "value": None}], "event": [1000, "reinit"], "seed": 1,
+               "loss": [1000, 0.5], "t": 2.0, "gen": 2}]
+    fresh = [{"loss": [b, 0.5], "t": 3.0, "gen": 2} for b in range(1010, 1500, 10)]
+    restart = [{"event": [1200, "started"], "pid": 9, "resumed_from": 1200, "t": 4.0, "gen": 3},
+               {"loss": [1210, 0.5], "t": 4.0, "gen": 3}]
+    history = RunHistory()
+    history.add(old + reinit + fresh + restart)
+    assert history.best_loss == 0.5, "going back to a checkpoint after the reinit keeps the fresh net's best"
+    back = RunHistory()
+    back.add(old + reinit + fresh + [{"event": [500, "started"], "pid": 9, "resumed_from": 500, "t": 4.0, "gen": 3},
+                                     {"loss": [510, 1e-30], "t": 4.0, "gen": 3}])
+    assert back.best_loss == 1e-30, "going back before the reinit is the old net again"

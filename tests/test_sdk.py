@@ -252,7 +252,8 @@ class TestALiveRun:
         assert result.returncode == 0, result.stderr
         status = json.loads(result.stdout)
         assert status["state"] == "training" and status["batch"] > 200
-        assert status["loss"] in {r["loss"][1] for r in records_with(run, "loss")}  # one the script logged, as logged
+        losses = [r["loss"][1] for r in records_with(run, "loss")]
+        assert min(losses) <= status["loss"] <= max(losses)  # the mean of the newest batches the script logged
         assert 0 < status["loss"] < 10
         for metric in ("accuracy", "test_accuracy"):
             values = [value for _, _, value in logged(run, metric)]

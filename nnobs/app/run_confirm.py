@@ -102,7 +102,7 @@ def _kept_at_or_before(run: RunDir, batch: int, now: int) -> str:
     if where.landed is None:
         return f"the newest kept checkpoint at or before batch {batch:,} (there is none yet: the worker will refuse)"
     earlier = batch - where.landed
-    landing = f"the checkpoint kept at batch **{where.landed:,}**, the newest at or before batch {batch:,}"
+    landing = f"the checkpoint kept at batch **{where.landed:,}**, the newest at or before batch {batch:,} now"
     landing += f", {earlier:,} batches earlier" if earlier else ""
     if where.drops_most:
         landing += f" (**this throws away {now - where.landed:,} of the run's {now:,} batches, more than half**)"

@@ -19,34 +19,38 @@ def fork_form(run: RunDir, status: RunStatus) -> None:
     with st.form("fork_form", border=False, enter_to_submit=False, clear_on_submit=False):
         name = st.text_input(
             "New run's name",
-            key="fork_name",
+            key=_form_key("fork_name", run),
             placeholder=f"{run.name}-fork",
             help="The fork is a run of its own, under this name, trained on by a worker of its own.",
         )
         eta = st.text_input(
             "Its eta",
-            key="fork_eta",
+            key=_form_key("fork_eta", run),
             placeholder=f"blank: {status.eta:g}" if status.eta else "blank: the same",
             help="The learning rate the fork trains with from the start; blank keeps this run's.",
         )
         target = st.text_input(
             "Its target batches",
-            key="fork_target",
+            key=_form_key("fork_target", run),
             placeholder=f"blank: {status.target:,}" if status.target is not None else "blank: the same",
             help="The batch the fork trains to; blank keeps this run's.",
         )
         at = st.text_input(
             "From the checkpoint kept at or before batch",
-            key="fork_at",
+            key=_form_key("fork_at", run),
             placeholder="blank: the latest",
             help="Fork from an older kept checkpoint (as a rewind would land) instead of the latest. Past batch 100 "
-            "the kept ones lie at most 1.21 times apart, so the fork starts within a factor of 1.25 of the batch "
-            "asked; the form says where before it forks.",
+            "the kept ones lie at most 1.21 times apart while they fit their budgets (160 files and 256 MB on "
+            "disk, 1 % of the training time), so the fork starts within a factor of 1.25 of the batch asked; a "
+            "large net keeps fewer. The form says where before it forks.",
         )
         if st.form_submit_button("Fork this run"):
             new_submit()
             _fork(run, name or f"{run.name}-fork", eta, target, at, status.batch)
         show_refusal("fork")
+        said = st.session_state.get(LANDING_SAID_KEY)
+        if said and said[0] == run.name and not refusals().get("fork"):
+            st.warning(said[3])  # numbers only: Markdown of its own, nothing from the run's files
 
 
 def read_fork(name: str, eta: str, target: str, at: str) -> tuple[str, float | None, int | None, int | None]:
@@ -63,9 +67,15 @@ def read_fork(name: str, eta: str, target: str, at: str) -> tuple[str, float | N
     )
 
 
-FORM_KEYS = ("fork_name", "fork_eta", "fork_target", "fork_at")  # the form's entries, forgotten once it has forked
-# (run, batch asked, batch landed on) said under the form, awaiting a second press to fork from there
+FORM_FIELDS = ("fork_name", "fork_eta", "fork_target", "fork_at")  # the form's entries, forgotten once it has forked
+# (run, batch asked, batch landed on, the words) said under the form, awaiting a second press to fork from there
 LANDING_SAID_KEY = "fork_landing_said"
+
+
+def _form_key(field: str, run: RunDir) -> str:
+    """A form entry's key, one per run: the fork's page opens with an empty form, not with the entries that made it
+    (the browser sends a widget's value back under its key, even once the key is forgotten here)."""
+    return f"{field}:{run.name}"
 
 
 def _fork(run: RunDir, name: str, eta: str, target: str, at: str, now: int) -> None:
@@ -88,7 +98,7 @@ def _fork(run: RunDir, name: str, eta: str, target: str, at: str, now: int) -> N
     except OSError as err:
         refusals()["fork"] = f"could not fork: {err.strerror or err}"
         return
-    for key in (*FORM_KEYS, LANDING_SAID_KEY):  # the fork's own page must not offer this fork's values again
+    for key in (*(_form_key(field, run) for field in FORM_FIELDS), LANDING_SAID_KEY):  # back here, an empty form
         st.session_state.pop(key, None)
     st.switch_page(widgets.page_named("run"), query_params={"run": new_name})
 
@@ -99,10 +109,10 @@ def _landing_said(run: RunDir, asked: int, now: int) -> bool:
     where = lab.landing_of(run, asked, now)
     if where.landed is None:
         raise NnobsError(f"{run.name} keeps no checkpoint at or before batch {asked:,}")
-    said = (run.name, asked, where.landed)
-    if st.session_state.get(LANDING_SAID_KEY) == said:
+    said = st.session_state.get(LANDING_SAID_KEY)
+    if said and said[:3] == (run.name, asked, where.landed):
         return True
-    st.session_state[LANDING_SAID_KEY] = said
     warning = " **It starts under half of the batch asked.**" if where.far_below_asked else ""
-    refusals()["fork"] = f"The fork from {where.words()}.{warning} Press **Fork this run** again to fork from there."
+    words = f"The fork from {where.words()}.{warning} Press **Fork this run** again to fork from there."
+    st.session_state[LANDING_SAID_KEY] = (run.name, asked, where.landed, words)
     return False

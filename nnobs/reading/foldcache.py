@@ -29,7 +29,7 @@ from nnobs.protocol.records import HEAD_BYTES
 from nnobs.reading.arrayfile import ArrayFile, check, write_arrays
 from nnobs.reading.history import RunHistory
 from nnobs.reading.journal import MAX_MARKERS, Answer, Event, Marker
-from nnobs.reading.series import Column, MinMaxBuckets, StateArchive, WindowedSeries
+from nnobs.reading.series import RECENT_BATCHES, Column, MinMaxBuckets, StateArchive, WindowedSeries
 from nnobs.reading.tracks import NOT_LEARNING_REPORTS, StateTrack
 
 FORMAT = 3  # raise it whenever what a history holds, or how it folds, changes: older caches are then rebuilt
@@ -201,6 +201,7 @@ def _arrays_of(history: RunHistory) -> tuple[dict[str, np.ndarray], dict[str, An
         "tensors": [[name, list(shape)] for name, shape in history.tensors] if history.tensors is not None else None,
         "sample": history.sample,
         "loss": loss,
+        "loss_fresh_from": losses.recent.fresh_from,
         "metrics": metrics,
         "buckets": buckets,
     }
@@ -278,6 +279,10 @@ def _history_of(archive: ArrayFile, described: dict, outline_only: bool) -> RunH
     losses.times = _present(get_buckets("loss_times"), "loss_times")
     losses.recent.trace = _present(get_buckets("loss_recent"), "loss_recent")
     losses.recent.tail = archive.checked("loss_recent_tail", np.float64, (None, 4))
+    tail = losses.recent.tail  # what the next mean reaches back over: each report one batch at least, so this few
+    check(len(tail) <= RECENT_BATCHES + 1 and bool((tail[:, 1] >= 1).all()), "loss_recent_tail")
+    losses.recent.fresh_from = described["loss_fresh_from"]
+    check(is_int(losses.recent.fresh_from), "loss_fresh_from")
     for i, (name, told) in enumerate(described["metrics"]):
         check(isinstance(name, str) and name not in history.metrics, "metrics")
         history.metrics[name] = get_windowed(f"metric{i}", told)

@@ -187,7 +187,8 @@ class RunHistory:
             if begins is not None:
                 kind, batch = begins
                 if kind == EventKind.REINIT:
-                    self.loss_track.best = self.loss_track.recent.best = None
+                    self.loss_track.best = None
+                    self.loss_track.recent.begin_again(batch)
                 else:
                     self._go_back(batch)
             self._add_piece(piece)

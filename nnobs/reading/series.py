@@ -362,6 +362,7 @@ class RecentMean:
     trace: MinMaxBuckets = field(init=False)  # the mean at each report, bounded: best and going back need it
     # (k, 4): batch, batches covered, their sum, diverged (0 or 1), of the newest reports the next mean needs
     tail: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
+    fresh_from: int = -1  # the batch the net was last reinitialized at
 
     def __post_init__(self) -> None:
         self.trace = MinMaxBuckets(1, self.max_buckets)
@@ -372,9 +373,12 @@ class RecentMean:
         later = batches > np.maximum.accumulate(np.append(newest, batches[:-1]))  # a repeated report covers nothing
         if not later.any():
             return
-        total = windows[later, 0] * windows[later, 5]
+        # a report covers one batch at least, whatever its window claims: a run of windows claiming none would
+        # otherwise make every mean reach back over the whole tail (quadratic work)
+        counts = np.maximum(np.nan_to_num(windows[later, 0], nan=1.0, posinf=1.0), 1.0)
+        total = counts * windows[later, 5]
         diverged = np.isnan(total)  # kept apart: a NaN in a running sum would spoil every mean after it
-        rows = np.column_stack((batches[later], windows[later, 0], np.where(diverged, 0.0, total), diverged))
+        rows = np.column_stack((batches[later], counts, np.where(diverged, 0.0, total), diverged))
         reports = np.concatenate((self.tail, rows))  # (t + n, 4)
         covered = np.concatenate(([0.0], np.cumsum(reports[:, 1])))  # batches before each report: whole, so exact
         ends = np.arange(len(self.tail), len(reports))  # each new report's row
@@ -393,10 +397,19 @@ class RecentMean:
         """Forget the reports after batch: the mean is the trace's there, until reports come again."""
         self.trace.truncate(batch)
         self.tail = self.tail[self.tail[:, 0] <= batch]
+        if batch < self.fresh_from:  # back before the net was reinitialized: which net began when is not known
+            self.fresh_from = -1
         nb = self.trace.n_buckets
         self.latest = self.best = None
         if nb:
-            self._take(float(self.trace.last[1][0]), self.trace.min_value[:nb, 0])
+            own = self.trace.min_batch[:nb, 0] >= self.fresh_from  # a reinitialized net's best is its own
+            self._take(float(self.trace.last[1][0]), self.trace.min_value[:nb, 0][own])
+
+    def begin_again(self, batch: int) -> None:
+        """The net was reinitialized at batch: its mean and best are of its own batches alone."""
+        self.best = None
+        self.fresh_from = batch
+        self.skip()
 
     def skip(self) -> None:
         """The reports that follow are not the next ones (a reader skipped the middle of a file): the next mean is of

@@ -90,10 +90,16 @@ class LossTrack:
         if len(batches) and batches.max() > batch:
             self._cut(batches <= batch)
             self.outline = WindowedSeries(self.max_buckets)
+            fresh_from = self.recent.fresh_from if batch >= self.recent.fresh_from else -1
             self.recent = RecentMean(self.max_buckets)
             self.best = None
-            self._outline(self.batches.values(), self.values.values(), self.windows.values())
-            self.recent.extend(self.batches.values(), self.windows.values())
+            batches, windows = self.batches.values(), self.windows.values()
+            self._outline(batches, self.values.values(), windows)
+            old = batches < fresh_from  # a reinitialized net's mean and best are its own
+            self.recent.extend(batches[old], windows[old])
+            if fresh_from >= 0:
+                self.recent.begin_again(fresh_from)
+            self.recent.extend(batches[~old], windows[~old])
 
     def not_learning(self) -> bool:
         """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""
