@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO, wait_for
+from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.records import encode_record
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.watcher import read_history
@@ -154,3 +155,20 @@ def test_a_rise_is_put_on_the_command_before_it_but_never_on_a_reinitialized_net
     assert rose is not None and rose.command == "eta 500" and rose.batch == 3000
     assert rose.before == pytest.approx(0.01) and rose.now == pytest.approx(0.5)
     assert read_history(run_after(runs_root, "fresh", {"cmd": "reinit", "value": None}, "reinit")).rose is None
+
+
+def test_a_script_slow_to_start_is_said_to_be_starting_not_recorded_as_failed(runs_root, monkeypatch):
+    from nnobs.launching import local
+    from nnobs.launching.lifecycle import record_launch, start_worker
+
+    monkeypatch.setattr(local, "START_TIMEOUT_S", 1.0)  # a long import, shortened: the script waits far longer
+    run = RunDir(runs_root / "slow-import")
+    run.path.mkdir(parents=True)
+    record_launch(run, [sys.executable, "-c", "import time; time.sleep(120)"], str(runs_root))
+    with pytest.raises(NnobsError, match=r"\(pid (\d+)\) has not said it started after 1 s and is still running") as said:
+        start_worker(run, by="test")
+    try:
+        assert not (run.path / "start-failed.json").exists()
+        assert status(runs_root, "slow-import")["state"] != "failed to start"
+    finally:
+        os.kill(int(re.search(r"pid (\d+)", str(said.value))[1]), 9)

@@ -18,7 +18,6 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
 from nnobs.protocol.rundir import RunDir, runs_root
 from nnobs.reading.origin import fork_origin
-from nnobs.reading.watcher import read_history
 from nnobs.training.builtin.tasks import RunConfig
 from nnobs.views.overview import run_rows
 
@@ -46,7 +45,7 @@ def fork(args: argparse.Namespace) -> int:
     run = named_run(args)
     parent = RunDir.named(args.parent, args.runs)
     if args.at is not None and parent.exists():
-        where = landing_of(parent, args.at, read_history(parent).batch)
+        where = landing_of(parent, args.at)  # a fork throws nothing away: the parent's batch now is not needed
         if where.landed is not None:
             print(f"{run.name}: forking {parent.name} from {where.words()}")
         if where.far_below_asked and not args.yes:

@@ -120,7 +120,7 @@ class Landing:
 
     asked: int
     landed: int | None  # None: no checkpoint is kept at or before the batch asked
-    now: int  # the run's batch now
+    now: int  # the run's batch now: 0 for a fork, which throws nothing away
 
     @property
     def drops_most(self) -> bool:
@@ -142,8 +142,9 @@ class Landing:
         )
 
 
-def landing_of(run: RunDir, asked: int, now: int) -> Landing:
-    """Where a rewind or fork of run to batch asked lands, said before it is done; now is the run's batch."""
+def landing_of(run: RunDir, asked: int, now: int = 0) -> Landing:
+    """Where a rewind or fork of run to batch asked lands, said before it is done; now is the run's batch (what a
+    rewind throws away is counted from it)."""
     return Landing(asked, landing(run.checkpoint, asked), now)
 
 

@@ -54,7 +54,14 @@ def _start_local(run: RunDir, by: str = "") -> int:
         said: list[dict] = []  # what the new worker wrote: its start, or why it could not
         # Its started record, or, when the disk takes no record, its status slot saying why.
         while not any(_is_start_of(record, pid) for record in said) and not _is_start_of(_slot_start(run), pid):
-            if process_gone(pid) or time.monotonic() > deadline:
+            if not process_gone(pid) and time.monotonic() > deadline:  # slow (a large import), not failed
+                serves = "script" if run.launch.exists() else "worker"
+                raise NnobsError(
+                    f"the {serves} (pid {pid}) has not said it started after {START_TIMEOUT_S:g} s and is still "
+                    f"running: `nnobs status {run.name}` shows when it does, or why not; its output is in "
+                    f"{run.worker_log}"
+                )
+            if process_gone(pid):
                 said += announcements.read_new()  # its last words may have landed as it exited
                 why = _why_not_started(run, said)
                 raise NnobsError(why if said else _failed_start(run, why))  # one that wrote records says why there

@@ -102,10 +102,12 @@ class LossTrack:
             self.recent.extend(batches[~old], windows[~old])
 
     def not_learning(self) -> bool:
-        """True when the newest reports' loss has stopped moving, far above the best this line of training reached."""
+        """True when the newest reports' loss has stopped moving, far above the best this line of training reached
+        (the best of its recent mean: the figure the page and status show beside the verdict)."""
         windows = self.windows.values()[-NOT_LEARNING_REPORTS:]
         batches = self.batches.values()[-NOT_LEARNING_REPORTS:]
-        if len(windows) < NOT_LEARNING_REPORTS or batches[-1] - batches[0] < NOT_LEARNING_BATCHES or self.best is None:
+        best = self.recent.best
+        if len(windows) < NOT_LEARNING_REPORTS or batches[-1] - batches[0] < NOT_LEARNING_BATCHES or best is None:
             return False
         with np.errstate(invalid="ignore"):
             low, high = np.nanmin(windows[:, 1], initial=np.inf), np.nanmax(windows[:, 3], initial=-np.inf)
@@ -113,7 +115,7 @@ class LossTrack:
             np.isfinite(low)
             and np.isfinite(high)
             and high - low <= FLAT * high
-            and low >= FAR_ABOVE_BEST * self.best
+            and low >= FAR_ABOVE_BEST * best
             and low > 0
         )
 

@@ -162,11 +162,15 @@ class Reporter:
             self.evaluation_started = time.perf_counter()
         return due
 
-    def log_metrics(self, metrics: dict, at: int) -> None:
-        """Add named metrics logged at batch at to their windows; a bad name or a value that is no number raises."""
-        if self.evaluation_started is not None:  # a script's evaluation ends with the log() that carries it
+    def end_evaluation(self) -> None:
+        """A script's evaluation ends with the next log(), whether or not it carries metrics: its time is charged."""
+        if self.evaluation_started is not None:
             self.evaluation_budget.charge(time.perf_counter() - self.evaluation_started)
             self.evaluation_started = None
+
+    def log_metrics(self, metrics: dict, at: int) -> None:
+        """Add named metrics logged at batch at to their windows; a bad name or a value that is no number raises."""
+        self.end_evaluation()
         for name, value in metrics.items():
             window = self.metrics.get(name)
             if window is None:

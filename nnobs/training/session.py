@@ -201,6 +201,8 @@ class Session(RunState):
             window.hi, window.hi_at = loss, at
         if metrics:
             self.log_metrics(metrics, at)
+        elif self.reporter.evaluation_started is not None:  # asked to evaluate, and logged nothing held out
+            self.reporter.end_evaluation()
 
     def _next_stop(self) -> int | None:
         """Look at the control file when due; the batch to train up to before coming back, or None after waiting
