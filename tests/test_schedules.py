@@ -19,6 +19,7 @@ from nnobs.protocol.rundir import RunDir
 from nnobs.launching.lifecycle import start_worker
 from nnobs.reading.origin import fork_origin
 from nnobs.reading.watcher import read_history
+from nnobs.views import trajectory
 from nnobs.training.schedule import next_evaluation, next_kept_checkpoint, next_state_report
 
 LANDING_FACTOR = 1.25  # a rewind or fork to a batch past 100 lands on a kept checkpoint at least batch / 1.25
@@ -72,6 +73,12 @@ def test_the_pytorch_example_under_nnobs_run_snapshots_where_it_learns(runs_root
     wait_for(lambda: events(run, "target_reached"), timeout=120, what="the example to reach batch 5,000")
     learning = [b for b in snapshot_batches(run) if 500 <= b <= 3_000]
     assert len(learning) >= 20, f"state snapshots between batches 500 and 3,000: {learning}"
+    # What Replay steps through and Trajectory draws: the whole state vectors the page's history keeps.
+    kept, vectors = read_history(run).archive.kept()
+    assert sum(500 <= b <= 3_000 for b in kept) >= 20, f"replayable states in the learning: {kept.tolist()}"
+    path = trajectory.principal_path(kept, vectors)
+    assert path is not None and sum(500 <= b <= 3_000 for b in path.batches) >= 20
+    assert path.explained[0] < 0.99, "a path that bends where the net learns, not one straight line"
     tested = [r["metrics"][0] for r in records_with(run, "metrics") if "test_loss" in r["metrics"][1]]
     assert tested[-1] == 5_000, "the script's held-out metrics are measured at the target (run.evaluation_due())"
     assert sum(500 <= b <= 3_000 for b in tested) >= 20, tested
