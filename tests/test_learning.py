@@ -294,3 +294,19 @@ def test_a_restart_after_a_reinit_keeps_the_fresh_nets_best_loss():
     back.add(old + reinit + fresh + [{"event": [500, "started"], "pid": 9, "resumed_from": 500, "t": 4.0, "gen": 3},
                                      {"loss": [510, 1e-30], "t": 4.0, "gen": 3}])
     assert back.best_loss == 1e-30, "going back before the reinit is the old net again"
+
+
+def test_a_diverged_run_put_back_at_finite_parameters_has_a_loss_again_at_the_same_batch():
+    learnt = [{"loss": [b, 0.125], "window": [b, [100, 0.125, b - 99, 0.125, b - 50, 0.125]], "t": 1.0, "gen": 1}
+              for b in range(100, 5001, 100)]
+    diverged = [{"loss": [5050, None], "window": [5050, [50, 0.125, 5001, None, 5050, None]],
+                 "event": [5050, "diverged"], "t": 2.0, "gen": 1}, {"loss": [5050, None], "t": 3.0, "gen": 1}]
+    back = [{"loss": [5050, 0.125], "t": 4.0, "gen": 1}, {"loss": [5050, 0.125], "t": 5.0, "gen": 1}]
+    whole = RunHistory()
+    whole.add(learnt + diverged)
+    assert whole.loss is None, "no mean while the newest batch diverged"
+    whole.add(back)
+    assert whole.loss == 0.125 and whole.best_loss == 0.125, "eta lowered: the batch it went back to counts"
+    at_once = RunHistory()
+    at_once.add(learnt + diverged + back)
+    assert at_once.loss == 0.125

@@ -369,16 +369,17 @@ class RecentMean:
 
     def extend(self, batches: np.ndarray, windows: np.ndarray) -> None:
         """Fold in reports: batches (n,) and windows (n, 6) as a loss report's (n batches first, their mean last)."""
-        newest = self.tail[-1, 0] if len(self.tail) else -1
-        later = batches > np.maximum.accumulate(np.append(newest, batches[:-1]))  # a repeated report covers nothing
-        if not later.any():
-            return
         # a report covers one batch at least, whatever its window claims: a run of windows claiming none would
         # otherwise make every mean reach back over the whole tail (quadratic work)
-        counts = np.maximum(np.nan_to_num(windows[later, 0], nan=1.0, posinf=1.0), 1.0)
-        total = counts * windows[later, 5]
+        counts = np.maximum(np.nan_to_num(windows[:, 0], nan=1.0, posinf=1.0), 1.0)
+        total = counts * windows[:, 5]
         diverged = np.isnan(total)  # kept apart: a NaN in a running sum would spoil every mean after it
-        rows = np.column_stack((batches[later], counts, np.where(diverged, 0.0, total), diverged))
+        newest = self.tail[-1, 0] if len(self.tail) else -1
+        later = batches > np.maximum.accumulate(np.append(newest, batches[:-1]))  # a repeated report covers nothing
+        self._recover(batches, diverged, later)
+        if not later.any():
+            return
+        rows = np.column_stack((batches, counts, np.where(diverged, 0.0, total), diverged))[later]
         reports = np.concatenate((self.tail, rows))  # (t + n, 4)
         covered = np.concatenate(([0.0], np.cumsum(reports[:, 1])))  # batches before each report: whole, so exact
         ends = np.arange(len(self.tail), len(reports))  # each new report's row
@@ -392,6 +393,20 @@ class RecentMean:
         self.trace.extend(rows[:, 0].astype(np.int64), means[:, None])
         self._take(float(means[-1]), means)
         self.tail = reports[starts[-1] :]
+
+    def _recover(self, batches: np.ndarray, diverged: np.ndarray, later: np.ndarray) -> None:
+        """A worker that diverged goes back to finite parameters and reports the batch it diverged at again, with a
+        number: that report stands for the batch instead of the diverged one (later is changed to say so)."""
+        newest_diverged = bool(len(self.tail) and self.tail[-1, 3])
+        at = set(batches[later & diverged].tolist()) | ({self.tail[-1, 0]} if newest_diverged else set())
+        if not at:
+            return
+        for i in np.flatnonzero(~later & ~diverged & np.isin(batches, list(at))):  # a few, however long the file
+            standing = np.flatnonzero(later[:i] & (batches[:i] == batches[i]))
+            if len(standing) and diverged[standing[-1]]:
+                later[standing[-1]], later[i] = False, True
+            elif not len(standing) and newest_diverged and batches[i] == self.tail[-1, 0]:
+                self.tail, newest_diverged, later[i] = self.tail[:-1], False, True
 
     def go_back(self, batch: int) -> None:
         """Forget the reports after batch: the mean is the trace's there, until reports come again."""
