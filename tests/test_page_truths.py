@@ -46,11 +46,21 @@ def test_a_missing_run_named_in_the_url_starts_nothing_and_is_offered_to_an_oper
     assert run.config.exists() and run_status(run, read_history(run)).state in ("training", "idle")
 
 
-def test_the_root_address_names_the_default_run(page, runs_root):
+def test_the_root_address_names_the_default_run_and_starts_it_only_in_a_fresh_runs_root(page, runs_root):
+    (runs_root / "other").mkdir()
+    (runs_root / "other" / "run.jsonl").write_bytes(b"")
     page.run()
     assert not page.exception, page.exception
     assert page.query_params["run"] in ("default", ["default"])
-    assert list(runs_root.iterdir()) == [], "the default run is offered, not made"
+    assert sorted(p.name for p in runs_root.iterdir()) == ["other"], "beside other runs, the default run is offered"
+    assert any(b.label == "Create and start default" for b in page.main.button)
+
+    (runs_root / "other" / "run.jsonl").unlink()
+    (runs_root / "other").rmdir()
+    page.run()
+    assert not page.exception, page.exception
+    default = RunDir(runs_root / "default")
+    assert default.config.exists() and run_status(default, read_history(default)).state in ("training", "idle")
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def run_page() -> None:
 
 def _open_run(steer: bool) -> RunDir:
     """The run the URL names; one that does not exist is offered to operators to create, never made by the address
-    alone (a link preview or a typo would start a worker)."""
+    alone (a link preview or a typo would start a worker). The one exception is the default run in a runs root
+    that holds no run yet: the first page an operator opens on a fresh machine starts it."""
     if "run" not in st.query_params:
         st.query_params["run"] = DEFAULT_RUN  # the address says which run this is, so it can be shared
     name = st.query_params.get("run", DEFAULT_RUN)
@@ -62,10 +63,23 @@ def _open_run(steer: bool) -> RunDir:
     except NnobsError as err:
         st.error(wording.as_text(err))  # it quotes the name in the address, which anyone may have written
         st.stop()
+    if not run.exists() and steer and run.name == DEFAULT_RUN and not list_runs():
+        _create_and_start(run)  # a fresh runs root: the page starts the default run, as `streamlit run app.py` says
     if not run.exists():
         _offer_to_create(run, steer)
         st.stop()
     return run
+
+
+def _create_and_start(run: RunDir) -> bool:
+    """Make run as a run of the built-in worker and start it; False, with the error shown, when that fails."""
+    try:
+        create_run(run)  # never a config.json in a script's run: this is only reached when nothing is there
+        start_worker(run, by="page")
+    except NnobsError as err:
+        st.error(wording.as_text(err, one_line=False))
+        return False
+    return True
 
 
 def _offer_to_create(run: RunDir, steer: bool) -> None:
@@ -82,13 +96,7 @@ def _offer_to_create(run: RunDir, steer: bool) -> None:
         f"There is no run named `{run.name}` yet. **Create and start it** makes it as a run of the built-in worker "
         "(the default net and task; the New run page chooses others) and starts its worker."
     )
-    if st.button(f"Create and start {run.name}", key="create_named_run", type="primary"):
-        try:
-            create_run(run)  # never a config.json in a script's run: this is only reached when nothing is there
-            start_worker(run, by="page")
-        except NnobsError as err:
-            st.error(wording.as_text(err, one_line=False))
-            return
+    if st.button(f"Create and start {run.name}", key="create_named_run", type="primary") and _create_and_start(run):
         st.rerun()
 
 
