@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 
@@ -160,3 +162,19 @@ def test_compare_shows_each_runs_loss_over_its_newest_batches_and_when_it_was_te
     assert figures.index.tolist() == ["sweep-eta0.1-seed1", "sweep-eta0.1-seed2"]
     assert (0.28 < figures["loss"]).all() and (figures["loss"] < 0.31).all(), "not the last minibatch's 0.0067"
     assert figures["tested at"].tolist() == [1, 1] and figures["batch"].tolist() == [5000, 5000]
+
+
+def test_compare_puts_runs_that_span_decades_on_a_log_batch_axis_and_offers_the_linear_one(runs_root, monkeypatch):
+    monkeypatch.setenv("NNOBS_RUNS", str(runs_root))
+    noisy_run(runs_root, "sweep-eta0.1-seed1")  # batches 1 to 5,000: past three decades
+    at = AppTest.from_function(_compare_page, default_timeout=60)
+    at.query_params["runs"] = ["sweep-eta0.1-seed1"]
+    at.run()
+    assert not at.exception, at.exception
+
+    def batch_scales() -> list:
+        return [json.loads(c.proto.spec)["encoding"]["x"].get("scale", {}) for c in at.get("vega_lite_chart")]
+
+    assert batch_scales() and all(scale.get("type") == "log" for scale in batch_scales()), "auto: log"
+    at.segmented_control(key="compare_x").set_value("linear").run()
+    assert batch_scales() and all(scale.get("type") != "log" for scale in batch_scales())

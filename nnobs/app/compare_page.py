@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import streamlit as st
 
@@ -30,6 +31,7 @@ from nnobs.views.compare import (
     settings_of,
 )
 from nnobs.views.palette import assign
+from nnobs.views.vegalite import log_batches_by_default, with_batch_scale
 from nnobs.views.view import surface_of
 
 SHARED_FOR_S = 0.5  # every session's comparison of the same runs is read at most this often
@@ -52,7 +54,7 @@ def compare_page() -> None:
         "x axis",
         list(AXES),
         format_func=lambda axis: AXES[axis],
-        default="batch",
+        default="auto",
         key="compare_x",
         bind="query-params",
         required=True,
@@ -75,7 +77,7 @@ def compare_page() -> None:
     refresh_s = st.session_state.get("refresh_s", 1.0)
     if refresh_s not in widgets.REFRESH_CHOICES:
         refresh_s = 1.0
-    st.fragment(run_every=refresh_s)(_live)(tuple(picked), axis or "batch", smoothing, log_scale)
+    st.fragment(run_every=refresh_s)(_live)(tuple(picked), axis or "auto", smoothing, log_scale)
 
 
 def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool) -> None:
@@ -92,6 +94,9 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
             + ": they are left out of the time axis."
         )
     frames = _shared_frames(ordered, smoothing, log_scale, tick)
+    plotted = frames["loss"].column("batch").to_numpy() if len(frames["loss"]) else np.empty(0, np.int64)
+    latest = max((c.batch for c in curves.values()), default=0)
+    log_batches = axis == "log" or (axis == "auto" and log_batches_by_default(plotted, latest))
     left, right = st.columns(2)
     for column, series, title in ((left, "loss", "Training loss"), (right, "test", "Test loss")):
         frame = frames[series]
@@ -101,7 +106,12 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
         missing = [name for name in ordered if not len(getattr(curves[name], series))]
         column.vega_lite_chart(
             frame,
-            charts.compare_spec(title, axis, log_scale, ordered, spec_colours, dashes),
+            with_batch_scale(
+                charts.compare_spec(
+                    title, "time" if axis == "time" else "batch", log_scale, ordered, spec_colours, dashes
+                ),
+                log_batches and axis != "time",
+            ),
             width="stretch",
             height=380,
         )

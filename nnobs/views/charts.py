@@ -193,7 +193,7 @@ def sv_lines_spec(names: tuple[str, ...], shown: str = SV_ALL) -> Spec:
         .mark_line(strokeWidth=1.5, clip=True)
         .encode(
             x=batch_axis(),
-            y=alt.Y("value:Q", title="value", axis=plain_axis()),
+            y=alt.Y("value:Q", title="value", axis=plain_axis(tickCount=10)),  # tall: not a label every 40 px
             # In state-vector order (the frame's), not alphabetical: a layer's weights before its biases.
             color=alt.Color("layer:N", title="layer", sort=None, legend=alt.Legend(orient="top", columns=4)),  # in
             # rows of four (a layer's weights and biases, two layers a row): the last is not cut off at the edge

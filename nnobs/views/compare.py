@@ -15,7 +15,9 @@ from nnobs.protocol.schema import TEST_LOSS
 from nnobs.reading.history import RunHistory
 from nnobs.views.frames import SMOOTHING_SPANS, means_frame, smooth
 
-AXES = {"batch": "Batch", "time": "Wall time"}  # the x axis choices: the frame's column, and the label the page shows
+# The x axis choices and the labels the page shows: batches on a log axis once the runs span decades (auto), always,
+# never, or the clock.
+AXES = {"auto": "Batch (auto)", "log": "Batch, log", "linear": "Batch, linear", "time": "Wall time"}
 
 
 @dataclass
