@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -151,6 +152,7 @@ def load_checkpoint_meta(path: Path) -> dict | None:
 KEPT_MOST = 160  # 12 a decade over 13 decades: a run of 10^12 batches keeps every decade's
 KEPT_BYTES = 256 * 1024 * 1024  # on disk, all told: XOR's are 1 KB each; a large net's keep fewer, as evenly spread
 KEPT_NEWEST = 4  # the newest few are never thinned: the last seconds of training, to go back a little
+KEPT_NAME = re.compile(r"[0-9]{1,30}\.npz")  # a kept checkpoint's file: its batch, zero-padded
 
 
 def kept_dir(path: Path) -> Path:
@@ -165,11 +167,17 @@ def kept_path(path: Path, batch: int) -> Path:
 
 def kept_batches(path: Path) -> list[int]:
     """Batches of the kept checkpoints beside path, oldest first."""
+    return sorted(_kept_sizes(kept_dir(path)))
+
+
+def _kept_sizes(folder: Path) -> dict[int, int]:
+    """The kept checkpoints in folder: their batches and sizes in bytes, in one pass over the directory (a fast run
+    keeps several a second early on, each followed by a thinning that needs them all)."""
     try:
-        names = [p.stem for p in kept_dir(path).glob("*.npz")]
+        with os.scandir(folder) as entries:
+            return {int(e.name[:-4]): _size(e) for e in entries if KEPT_NAME.fullmatch(e.name)}
     except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())
+        return {}
 
 
 def keep_checkpoint(path: Path, batch: int) -> None:
@@ -212,18 +220,18 @@ def save_kept(path: Path, ckpt: Checkpoint) -> None:
 def thin_kept(path: Path) -> None:
     """Drop kept checkpoints beyond KEPT_MOST or KEPT_BYTES, the one leaving the smallest gap in log batches first."""
     folder = kept_dir(path)
-    batches = kept_batches(path)
-    sizes = {batch: _size(kept_path(path, batch)) for batch in batches}
-    while len(batches) > KEPT_NEWEST + 2 and (len(batches) > KEPT_MOST or sum(sizes.values()) > KEPT_BYTES):
+    sizes = _kept_sizes(folder)
+    batches, total = sorted(sizes), sum(sizes.values())
+    while len(batches) > KEPT_NEWEST + 2 and (len(batches) > KEPT_MOST or total > KEPT_BYTES):
         interior = range(1, len(batches) - KEPT_NEWEST)
         gone = batches.pop(min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1)))
-        sizes.pop(gone)
+        total -= sizes.pop(gone)
         (folder / f"{gone:015d}.npz").unlink(missing_ok=True)
 
 
-def _size(path: Path) -> int:
+def _size(entry: os.DirEntry) -> int:
     try:
-        return os.stat(path, follow_symlinks=False).st_size
+        return entry.stat(follow_symlinks=False).st_size
     except OSError:
         return 0
 
