@@ -96,7 +96,7 @@ def import_file(args: argparse.Namespace) -> int:
 def run_script(args: argparse.Namespace) -> int:
     """nnobs run: record how the script starts, then start it as the run's worker."""
     run = named_run(args)
-    launcher, command = _script_launcher(run, args.command)
+    launcher, command, wandb = _script_launcher(run, args.command)
     pid = worker_pid(run)
     if pid is not None or active_job(run) is not None:
         raise NnobsError(
@@ -105,7 +105,7 @@ def run_script(args: argparse.Namespace) -> int:
         )
     if launcher is not None:
         set_launcher(run, launcher)
-    recorded = record_launch(run, command, os.getcwd())
+    recorded = record_launch(run, command, os.getcwd(), wandb=wandb)
     started = start_worker(run, by="cli")
     print(
         f"{run.name}: {started_words(run, started)}: {shlex.join(recorded)} in {os.getcwd()}, output in {run.worker_log}"
@@ -113,23 +113,25 @@ def run_script(args: argparse.Namespace) -> int:
     return 0
 
 
-def _script_launcher(run: RunDir, command: list[str]) -> tuple[LauncherSettings | None, list[str]]:
-    """nnobs run's launcher flags, given before --, and the command after it."""
+def _script_launcher(run: RunDir, command: list[str]) -> tuple[LauncherSettings | None, list[str], bool]:
+    """nnobs run's flags, given before --: where it runs, and whether its `import wandb` is nnobs's; and the command
+    after it."""
     if "--" not in command:
-        return None, command
+        return None, command, False
     at = command.index("--")
     flags = argparse.ArgumentParser(prog=f"nnobs run {run.name}", add_help=False, exit_on_error=False)
     add_launcher_flags(flags)
+    flags.add_argument("--wandb", action="store_true")
     try:
         args, unknown = flags.parse_known_args(command[:at])
     except argparse.ArgumentError as err:
         raise NnobsError(f"nnobs run: {err}") from err
     if unknown:
         raise NnobsError(
-            f"nnobs run: {' '.join(unknown)} refused: before -- come only where it runs (--on, --partition, "
-            "--time, --cpus, --gpus, --sbatch, --no-requeue); the command comes after --"
+            f"nnobs run: {' '.join(unknown)} refused: before -- come only --wandb and where it runs (--on, "
+            "--partition, --time, --cpus, --gpus, --sbatch, --no-requeue); the command comes after --"
         )
-    return launcher_from_flags(args, run), command[at + 1 :]
+    return launcher_from_flags(args, run), command[at + 1 :], args.wandb
 
 
 def list_runs(args: argparse.Namespace) -> int:

@@ -123,8 +123,9 @@ def _add_lab_verbs(verbs: Verbs) -> None:
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
-        metavar="[--on slurm ...] -- COMMAND",
-        help="the command to start, after --; before it, where it runs (--on slurm, --time...: see start)",
+        metavar="[--wandb] [--on slurm ...] -- COMMAND",
+        help="the command to start, after --; before it, --wandb (a script written for W&B: its `import wandb` is "
+        "nnobs's) and where it runs (--on slurm, --time...: see start)",
     )
     p = _verb(
         verbs,

@@ -144,9 +144,10 @@ def import_run(run: RunDir, source: Path) -> int:
     return history.n_records
 
 
-def record_launch(run: RunDir, command: list[str], cwd: str) -> list[str]:
-    """Write launch.json: how Start and Restart start the run's script. The command's program is looked up on
-    PATH now, so that a page with another PATH starts the same one. Only the CLI calls this, never the page."""
+def record_launch(run: RunDir, command: list[str], cwd: str, wandb: bool = False) -> list[str]:
+    """Write launch.json: how Start and Restart start the run's script (wandb: with nnobs's W&B calls as its `import
+    wandb`). The command's program is looked up on PATH now, so that a page with another PATH starts the same one.
+    Only the CLI calls this, never the page."""
     if not command:
         raise NnobsError("nnobs run needs the command to start after --, e.g. nnobs run NAME -- python train.py")
     program = shutil.which(command[0], path=os.environ.get("PATH")) if os.sep not in command[0] else command[0]
@@ -158,7 +159,8 @@ def record_launch(run: RunDir, command: list[str], cwd: str) -> list[str]:
         )
     recorded = [os.path.abspath(os.path.join(cwd, program)), *command[1:]]
     run.path.mkdir(parents=True, exist_ok=True)
-    content = json.dumps({"command": recorded, "cwd": os.path.abspath(cwd)}, indent=1).encode()
+    launch = {"command": recorded, "cwd": os.path.abspath(cwd), **({"wandb": True} if wandb else {})}
+    content = json.dumps(launch, indent=1).encode()
     replace_atomically(run.launch, lambda f: f.write(content))
     return recorded
 

@@ -15,8 +15,13 @@ from pathlib import Path
 from nnobs.protocol.files import SETTINGS_MOST_BYTES, open_file
 from nnobs.protocol.jsontext import parse_json
 
+# A folder whose `wandb` package is nnobs's W&B calls: first on the PYTHONPATH of a script run with `nnobs run --wandb`.
+WANDB_SHIM = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "integrations", "wandb_shim"
+)
 
-def recorded_command(launch: Path) -> tuple[list[str], str]:
+
+def recorded_command(launch: Path) -> tuple[list[str], str, bool]:
     """The command and directory `nnobs run` recorded. It is run only from a file of the user who starts it, that no one
     else may write: a run directory shared with others must not let them choose what this user runs. The file is
     checked on the descriptor it is then read from: a link swapped in after a check by name would pass it."""
@@ -35,33 +40,40 @@ def recorded_command(launch: Path) -> tuple[list[str], str]:
         if len(text) > SETTINGS_MOST_BYTES:
             raise ValueError(f"more than {SETTINGS_MOST_BYTES:,} bytes")
         recorded = parse_json(text)
-        command, cwd = recorded["command"], recorded["cwd"]
+        command, cwd, wandb = recorded["command"], recorded["cwd"], recorded.get("wandb", False)
     except (ValueError, KeyError, TypeError) as err:
         sys.exit(f"{launch} is unreadable ({err}): record the command again with `nnobs run`")
     if not (
-        isinstance(command, list) and command and all(isinstance(a, str) for a in command) and isinstance(cwd, str)
+        isinstance(command, list)
+        and command
+        and all(isinstance(a, str) for a in command)
+        and isinstance(cwd, str)
+        and isinstance(wandb, bool)
     ):
         sys.exit(f"{launch} holds no command line: record it again with `nnobs run`")
-    return command, cwd
+    return command, cwd, wandb
 
 
-def worker_command(run_dir: Path, by: str) -> tuple[list[str], str]:
+def worker_command(run_dir: Path, by: str) -> tuple[list[str], str, bool]:
     """What serves the run: the command `nnobs run` recorded, in its directory, else the built-in worker, in the run
-    directory. nnobs's own processes run with -P: the directory they start in never goes first on sys.path, so no
-    package planted there (a shared folder's nnobs/) runs in place of this one."""
+    directory; and whether the script's `import wandb` is nnobs's. nnobs's own processes run with -P: the directory
+    they start in never goes first on sys.path, so no package planted there (a shared folder's nnobs/) runs in place
+    of this one."""
     launch = run_dir / "launch.json"
     if os.path.lexists(launch):  # a link there is refused by name, never taken for "no command recorded"
         return recorded_command(launch)
     where = os.path.abspath(run_dir)
-    return [sys.executable, "-P", "-m", "nnobs.training.worker", where, by], where
+    return [sys.executable, "-P", "-m", "nnobs.training.worker", where, by], where, False
 
 
 def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_session: bool) -> subprocess.Popen:
     """Start what serves the run, its output appended to worker.log: on its own session (a local worker, out of reach
     of the asker's terminal) or in this process group (in a Slurm job, whose signals and kill must reach it)."""
-    command, cwd = worker_command(run_dir, by)
+    command, cwd, wandb = worker_command(run_dir, by)
     # The run a script serves, and who asked: its nnobs.Run reads them, whatever name its code gives.
     env = {**env, "NNOBS_RUN_DIR": os.path.abspath(run_dir), "NNOBS_STARTED_BY": by}
+    if wandb:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [WANDB_SHIM, env.get("PYTHONPATH")]))
     with open_file(run_dir / "worker.log", "ab") as log:
         return subprocess.Popen(
             command,

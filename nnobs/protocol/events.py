@@ -21,6 +21,7 @@ class EventKind(StrEnum):
     DISK_OK = "disk_ok"  # free space is back: training goes on
     REWOUND = "rewound"  # a new line of training from an older checkpoint
     REINIT = "reinit"  # a new line of training from fresh parameters
+    ALERT = "alert"  # a script's own alert (error: its title and text); the worker goes on
 
 
 # Where a new line of training begins: a start resumes from its checkpoint, a rewind from an older one, a reinit

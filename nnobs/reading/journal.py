@@ -105,4 +105,6 @@ class Journal:
     @property
     def last_lifecycle(self) -> Event | None:
         """The newest event other than a control-file warning."""
-        return next((e for e in reversed(self.events) if e.kind != EventKind.CONTROL_ERROR), None)
+        return next(
+            (e for e in reversed(self.events) if e.kind not in (EventKind.CONTROL_ERROR, EventKind.ALERT)), None
+        )
