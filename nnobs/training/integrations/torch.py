@@ -14,6 +14,8 @@ weights_only=True. Needs PyTorch: pip install 'nnobs[torch]'.
 from __future__ import annotations
 
 import io
+import math
+from typing import Any
 
 import numpy as np
 
@@ -28,25 +30,55 @@ except ImportError as err:
 
 from nnobs.training.trainer import Trainer
 
+# A parameter group's learning rates that a schedule reads or writes: the rate in use, the base LambdaLR and the
+# chainable schedules start from (initial_lr), and OneCycleLR's peak and floor.
+SCHEDULED_RATES = ("lr", "initial_lr", "max_lr", "min_lr")
+
 
 class TorchTrainer(Trainer):
     """A torch.nn.Module and its optimizer, as a session sees them."""
 
     can_load = True
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self._params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.tensors = [(name, tuple(p.shape)) for name, p in self._params]
 
     @property
     def eta(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The base learning rate: a schedule's base (what it scales), else the first group's learning rate."""
+        bases = getattr(self.scheduler, "base_lrs", None)
+        return float(bases[0]) if bases else float(self.optimizer.param_groups[0]["lr"])
 
     @eta.setter
     def eta(self, value: float) -> None:
+        """A new base: every learning rate of the optimizer and its schedule is scaled by new base / old base, so the
+        schedule goes on from where it is, now of the new base (the groups keep their proportions)."""
+        old = self.eta
+        if old == 0 or not math.isfinite(old):  # nothing to scale: every group starts from the value itself
+            for group in self.optimizer.param_groups:
+                group.update({key: float(value) for key in SCHEDULED_RATES if key in group})
+            self._scale_schedule(None, float(value))
+            return
+        ratio = float(value) / old
         for group in self.optimizer.param_groups:
-            group["lr"] = float(value)
+            for key in SCHEDULED_RATES:
+                if isinstance(group.get(key), (int, float)):
+                    group[key] = group[key] * ratio
+        self._scale_schedule(ratio, float(value))
+
+    def _scale_schedule(self, ratio: float | None, value: float) -> None:
+        """The schedule's own copies of the rates: its bases and bounds (scaled by ratio, or set to value)."""
+        for name in ("base_lrs", "max_lrs", "_last_lr"):
+            rates = getattr(self.scheduler, name, None)
+            if isinstance(rates, list) and all(isinstance(r, (int, float)) for r in rates):
+                setattr(self.scheduler, name, [value if ratio is None else r * ratio for r in rates])
+
+    @property
+    def lr_in_use(self) -> float:
+        """The learning rate the optimizer steps with now (the base times the schedule's factor)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def state_vector(self) -> np.ndarray:
         with torch.no_grad():
@@ -57,7 +89,10 @@ class TorchTrainer(Trainer):
 
     def save(self) -> dict[str, np.ndarray]:
         buffer = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, buffer)
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()  # where the schedule is: a restart goes on from there
+        torch.save(state, buffer)
         return {"torch": np.frombuffer(buffer.getvalue(), dtype=np.uint8)}
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
@@ -67,11 +102,14 @@ class TorchTrainer(Trainer):
             state = torch.load(io.BytesIO(saved["torch"].tobytes()), weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and "scheduler" in state:
+                self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, TypeError) as err:  # another model's shapes, or not ours at all
             # torch's first line only says that loading failed; the lines after it name the tensors that differ.
             raise ValueError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from err
 
 
-def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TorchTrainer:
-    """The trainer for nnobs.Run(trainer=...): the model's parameters, the optimizer's learning rate."""
-    return TorchTrainer(model, optimizer)
+def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> TorchTrainer:
+    """The trainer for nnobs.Run(trainer=...): the model's parameters, the optimizer's learning rate, and the
+    learning-rate scheduler if any (eta is then the base it scales, and its state is in every checkpoint)."""
+    return TorchTrainer(model, optimizer, scheduler)
