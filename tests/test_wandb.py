@@ -94,12 +94,17 @@ def test_restart_from_the_page_or_cli_starts_the_wandb_script_the_same_way(runs_
     assert resumed_from >= 50 and (highest, at) == (1.0, resumed_from + 1), "its step 0 is the batch after the run's"
 
 
-def test_a_script_importing_wandb_without_the_flag_gets_no_shim(runs_root, script):
-    done = nnobs(runs_root, "run", "plain", "--", sys.executable, "train.py", cwd=script)
-    run = RunDir.named("plain", runs_root)
-    wait_for(lambda: run_status(run, read_history(run)).state in ("failed to start", "crashed"),
-             what="the script to fail without W&B installed")
-    assert done.returncode != 0 or "No module named 'wandb'" in run.worker_log.read_text()
+@pytest.mark.parametrize("flag", [True, False])
+def test_only_a_script_run_with_the_flag_finds_nnobs_as_its_wandb(runs_root, tmp_path, flag):
+    (tmp_path / "which.py").write_text(
+        "try:\n    import wandb\n    print('wandb from', wandb.__file__)\nexcept ImportError as err:\n"
+        "    print('no wandb:', err)\n"
+    )
+    name = "with-flag" if flag else "without"
+    nnobs(runs_root, "run", name, *(["--wandb"] if flag else []), "--", sys.executable, "which.py", cwd=tmp_path)
+    said = wait_for(lambda: next((line for line in RunDir.named(name, runs_root).worker_log.read_text().splitlines()
+                                  if line.startswith(("wandb from", "no wandb"))), None), what="the script's word")
+    assert ("nnobs/wandb.py" in said) == flag, said
 
 
 def test_values_of_one_step_are_merged_and_each_key_becomes_a_metric_name(runs_root, monkeypatch):

@@ -198,7 +198,7 @@ class WandbRun:
         )
 
     def alert(self, title: str, text: str, level: Any = None, wait_duration: Any = None) -> None:
-        """An alert: an event in the run file (listed on the page with the run's starts) and a line in worker.log."""
+        """An alert: an event in the run file and a line in worker.log."""
         said = f"{getattr(level, 'value', level) or 'INFO'}: {title}: {text}"
         print(f"nnobs.wandb alert: {said}", file=sys.stderr, flush=True)
         if self._run is not None:
