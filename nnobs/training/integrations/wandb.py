@@ -135,7 +135,7 @@ class WandbRun:
         if not isinstance(data, Mapping):
             raise TypeError(f"wandb.log takes a dict of values, not {type(data).__name__}")
         self._started()
-        now = self.step if self._step is not None else 0
+        now = self.step
         if step is not None:
             if step < now:
                 warn_once(f"step {step} is before step {now}: its values are not logged (W&B does the same)")
@@ -169,7 +169,7 @@ class WandbRun:
                 error = going_up
             try:
                 if self._row and error is None:
-                    self._commit(advance=False)
+                    self._commit()
             finally:
                 self._run.close(error)
         _forget(self)
@@ -225,7 +225,7 @@ class WandbRun:
         run.start()
         self._run, self._batches, self._offset = run, run.batches(), run.session.batch
 
-    def _commit(self, advance: bool = True) -> None:
+    def _commit(self) -> None:
         """Log the row at its step's batch, training the run's batches up to it (the control file, pace and target
         are answered there); a stop ends the script."""
         run, row = self._run, self._row
