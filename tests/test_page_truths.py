@@ -178,3 +178,17 @@ def test_compare_puts_runs_that_span_decades_on_a_log_batch_axis_and_offers_the_
     assert batch_scales() and all(scale.get("type") == "log" for scale in batch_scales()), "auto: log"
     at.segmented_control(key="compare_x").set_value("linear").run()
     assert batch_scales() and all(scale.get("type") != "log" for scale in batch_scales())
+
+
+def test_a_script_run_that_reports_no_parameters_says_so_instead_of_empty_charts(page, runs_root):
+    import nnobs
+
+    with nnobs.Run("no-state", root=runs_root, target=60) as run:  # no trainer, no state: only a loss
+        for batch in run.batches():
+            run.log(1.0 / batch)
+            if batch >= 60:
+                break
+    page.query_params["run"] = "no-state"
+    page.run()
+    assert not page.exception, page.exception
+    assert any("This run reports no parameters" in c.value for c in page.caption)

@@ -133,6 +133,12 @@ def draw_parameters(view: RunView, frames: dict[str, pa.Table], replay_at: int |
         st.caption("No state report yet: the parameters appear with the first one.")
         return
     shown = parameters_shown(view, frames)
+    if not shown.names:  # a script's run given no state: empty charts with a legend of zeros would read as broken
+        st.caption(
+            "This run reports no parameters: its script gives nnobs.Run no state. `nnobs.torch.attach(model, "
+            "optimizer)`, `state=...`, or `wandb.watch(model)` in a W&B script, shows them here."
+        )
+        return
     if shown.caption:
         st.caption(shown.caption)
     reported = view.sv_lines["batch"].unique() if view.sv_lines is not None else []
