@@ -42,17 +42,20 @@ def step(optimizer, scheduler) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_new_eta_moves_the_schedules_base_and_the_schedule_goes_on(kind):
-    model, optimizer, scheduler = made(kind, BASE)
-    trainer = attach(model, optimizer, scheduler)
+def stepped(kind: str, base: float):
+    """made(kind, base) attached, after STEPS_BEFORE steps: the trainer, its optimizer and its scheduler."""
+    model, optimizer, scheduler = made(kind, base)
     for _ in range(STEPS_BEFORE):
         step(optimizer, scheduler)
+    return attach(model, optimizer, scheduler), optimizer, scheduler
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_new_eta_moves_the_schedules_base_and_the_schedule_goes_on(kind):
+    trainer, optimizer, scheduler = stepped(kind, BASE)
     trainer.eta = NEW
     assert math.isclose(trainer.eta, NEW) or kind == "plateau", "eta reads back as the base"
-    _, same_optimizer, same_schedule = made(kind, NEW)  # the same schedule, started with the new base
-    for _ in range(STEPS_BEFORE):
-        step(same_optimizer, same_schedule)
+    _, same_optimizer, same_schedule = stepped(kind, NEW)  # the same schedule, started with the new base
     if kind == "plateau":  # its base is the rate in use: the new eta is the rate from here
         assert math.isclose(optimizer.param_groups[0]["lr"], NEW)
         return
@@ -64,10 +67,7 @@ def test_a_new_eta_moves_the_schedules_base_and_the_schedule_goes_on(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_schedule_comes_back_from_a_checkpoint_where_it_was(kind):
-    model, optimizer, scheduler = made(kind, BASE)
-    trainer = attach(model, optimizer, scheduler)
-    for _ in range(STEPS_BEFORE):
-        step(optimizer, scheduler)
+    trainer, optimizer, scheduler = stepped(kind, BASE)
     saved = trainer.save()
     fresh_model, fresh_optimizer, fresh_schedule = made(kind, BASE)
     attach(fresh_model, fresh_optimizer, fresh_schedule).load(saved)

@@ -70,8 +70,9 @@ def as_number(value: Any) -> float | None:
         return None
 
 
-class Config(dict):
-    """wandb.config: the run's settings, by key or attribute; update() merges more in."""
+class Summary(dict):
+    """run.summary: the figures a run ends with, set by the script (kept for it; nnobs shows its own best loss), by
+    key or attribute."""
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -81,6 +82,10 @@ class Config(dict):
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
+
+
+class Config(Summary):
+    """wandb.config: the run's settings, by key or attribute; update() merges more in."""
 
     def update(self, other: Any = None, allow_val_change: bool = True, **more: Any) -> None:  # type: ignore[override]
         if other is not None:
@@ -89,19 +94,6 @@ class Config(dict):
 
     def as_dict(self) -> dict:
         return dict(self)
-
-
-class Summary(dict):
-    """run.summary: the figures a run ends with, set by the script (kept for it; nnobs shows its own best loss)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as err:
-            raise AttributeError(key) from err
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
 
 
 class WandbRun:
