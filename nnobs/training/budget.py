@@ -9,6 +9,8 @@ bursts a run's first decades of batches need, where the schedules ask for most a
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -54,3 +56,12 @@ class CostBudget:
         if self.bytes is not None:
             self.bytes.credit -= size
         self.spent_bytes += size
+
+    @contextmanager
+    def charged(self, size: int = 0) -> Iterator[None]:
+        """Charge the work done inside to this budget: its seconds on the training thread, and size bytes written."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.charge(time.perf_counter() - started, size)

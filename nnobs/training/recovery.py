@@ -111,16 +111,15 @@ class Recovery:
         self.next_kept_at = next_kept_checkpoint(run.batch)
         if not run.trainer.can_load or not self.kept_budget.allows(now):
             return  # a checkpoint no one can load is nothing to go back to
-        started = time.perf_counter()
-        self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
-        try:
-            if np.isfinite(run.trainer.state_vector()).all() and self.disk.room_for_checkpoint():
-                saved = run.trainer.save()
-                if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
-                    save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved))
-        except OSError as err:
-            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
-        self.kept_budget.charge(time.perf_counter() - started)
+        with self.kept_budget.charged():
+            self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
+            try:
+                if np.isfinite(run.trainer.state_vector()).all() and self.disk.room_for_checkpoint():
+                    saved = run.trainer.save()
+                    if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
+                        save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved))
+            except OSError as err:
+                run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
 
     def checkpoint_of(self, saved: dict[str, np.ndarray]) -> Checkpoint:
         """The checkpoint of the run as it is, holding what the trainer saved."""

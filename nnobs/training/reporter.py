@@ -145,14 +145,13 @@ class Reporter:
     def measure_extra_metrics(self, measure: Callable[[], dict]) -> None:
         """Log train()'s extra metrics at this batch, charged to the evaluation budget; a hook that fails is dropped
         with a word in worker.log, never taking training down."""
-        started = time.perf_counter()
-        try:
-            self.log_metrics(measure(), self.run.batch)
-        except Exception as err:  # observing never kills training
-            tell_log(f"nnobs: the extra metrics failed ({type(err).__name__}: {err}); they are no longer measured")
-            self.extra_metrics = None
-            self.evaluates = False
-        self.evaluation_budget.charge(time.perf_counter() - started)
+        with self.evaluation_budget.charged():
+            try:
+                self.log_metrics(measure(), self.run.batch)
+            except Exception as err:  # observing never kills training
+                tell_log(f"nnobs: the extra metrics failed ({type(err).__name__}: {err}); they are no longer measured")
+                self.extra_metrics = None
+                self.evaluates = False
 
     def script_evaluation_due(self) -> bool:
         """evaluation_due() for a script's loop (nnobs.Run.evaluation_due): the time until it logs is charged."""
@@ -219,11 +218,10 @@ class Reporter:
         """A scheduled state snapshot, and the update beside it, when the budget allows; charged to it."""
         if not self.snapshot_budget.allows(now):
             return
-        started = time.perf_counter()
-        sv = self.run.trainer.state_vector()
-        self.run.out.write(self.state_report(sv))
-        self.report_update(sv)
-        self.snapshot_budget.charge(time.perf_counter() - started, self.snapshot_size)
+        with self.snapshot_budget.charged(self.snapshot_size):
+            sv = self.run.trainer.state_vector()
+            self.run.out.write(self.state_report(sv))
+            self.report_update(sv)
 
     # -- when they are due -----------------------------------------------------------------
 
@@ -245,11 +243,10 @@ class Reporter:
 
     def keep_state_before_snapshot(self) -> None:
         """Keep the state vector the step into the next snapshot starts from, when the budget will take the snapshot."""
-        started = time.perf_counter()
         if not self.snapshot_budget.allows(time.monotonic()):
             return
-        self.before_report = (self.run.batch, self.run.trainer.state_vector())
-        self.snapshot_budget.charge(time.perf_counter() - started)
+        with self.snapshot_budget.charged():
+            self.before_report = (self.run.batch, self.run.trainer.state_vector())
 
     def at_stop(self, now: float) -> None:
         """After a run of batches: the evaluation, loss report and state snapshot the batch schedules ask for here."""
