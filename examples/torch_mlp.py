@@ -9,8 +9,9 @@ or let nnobs start it detached, so that the page's Restart starts it again:
 
     nnobs run torch-mlp -- python examples/torch_mlp.py
 
-At its target the loop waits, still answering the page and the CLI (`nnobs set --target N` makes it
-go on); `nnobs stop torch-mlp`, Ctrl-C or SIGTERM end it after a final checkpoint. Started again, it
+At its target the script ends, as a framework's max_steps ends training (with --wait it waits there
+instead, still answering the page and the CLI, until `nnobs set --target N` makes it go on);
+`nnobs stop torch-mlp`, Ctrl-C or SIGTERM end it after a final checkpoint. Started again, it
 resumes from that checkpoint, with the settings the run had then (its target and learning rate,
 not those given here).
 """
@@ -48,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default="torch-mlp", help="the run's name (default: torch-mlp)")
     parser.add_argument("--runs", metavar="DIR", help="the runs root (default: $NNOBS_RUNS, else ./runs)")
-    parser.add_argument("--target", type=int, default=5000, help="batches to train, then wait (default: 5000)")
+    parser.add_argument("--target", type=int, default=5000, help="batches to train, then end (default: 5000)")
+    parser.add_argument("--wait", action="store_true", help="at the target, wait for a higher one instead of ending")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate (default: 0.01)")
     parser.add_argument("--hidden", type=int, default=32, help="units in each of the two hidden layers (default: 32)")
     parser.add_argument("--pace", type=float, default=0.0, help="train at most N batches a second (default: 0, flat out)")
@@ -72,7 +74,7 @@ def main() -> None:
 
     # The learning rate lives in the optimizer: the page's and the CLI's eta set it there.
     with nnobs.Run(args.run, trainer=nnobs.torch.attach(model, optimizer), target=args.target, pace=args.pace,
-                   root=args.runs) as run:
+                   wait_at_target=args.wait, root=args.runs) as run:
         for batch in run.batches():
             rows = train[torch.randint(len(train), (BATCH_SIZE,), generator=data)]
             logits = model(x[rows])
@@ -80,7 +82,7 @@ def main() -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            metrics = {"accuracy": accuracy(logits, y[rows]), "lr": optimizer.param_groups[0]["lr"]}
+            metrics = {"accuracy": accuracy(logits, y[rows])}  # the learning rate in use is charted as "lr" by itself
             if run.evaluation_due():  # held-out metrics at batches spread evenly in log batches, and at the target
                 with torch.no_grad():
                     logits_test = model(x[test])

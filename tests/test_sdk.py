@@ -230,7 +230,7 @@ def live_mlp(tmp_path_factory):
     """The PyTorch example training towards a target it never reaches; killed after the tests of its class."""
     folder = tmp_path_factory.mktemp("live-mlp")
     started = Scripts(folder)
-    script = started.start(TORCH_MLP, "mlp", "--runs", folder / "runs", "--target", FOREVER, "--pace", PACE)
+    script = started.start(TORCH_MLP, "mlp", "--runs", folder / "runs", "--target", FOREVER, "--pace", PACE, "--wait")
     run = RunDir.named("mlp", folder / "runs")
     try:
         batch_passes(run, 0, what="the PyTorch example to train", timeout=STARTS_WITHIN_S)

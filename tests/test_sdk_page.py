@@ -34,7 +34,8 @@ model = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.Tanh(), tor
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 x = torch.randn(128, width)
 y = (x[:, 0] > 0).long()
-with nnobs.Run(name, root=root, trainer=nnobs.torch.attach(model, opt), target=target, report_every=report_every) as run:
+with nnobs.Run(name, root=root, trainer=nnobs.torch.attach(model, opt), target=target, report_every=report_every,
+                wait_at_target=True) as run:
     for batch in run.batches():
         opt.zero_grad()
         out = model(x)

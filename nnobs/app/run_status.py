@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from nnobs.app import widgets
@@ -86,7 +88,16 @@ def metrics(view: RunView) -> None:
         "so one lucky minibatch does not move it. Under it, its change over the last 10 s: in percent, or in "
         "decades (factors of 10) past a factor of 2; nothing when it barely moved.",
     )
-    cols[4].metric("Eta", "-" if status.eta is None else f"{status.eta:g}", help="The learning rate in use.")
+    scheduled = status.lr is not None and status.eta is not None and not math.isclose(status.lr, status.eta)
+    cols[4].metric(
+        "Eta",
+        "-" if status.eta is None else f"{status.eta:g}",
+        delta=f"in use {status.lr:.3g}" if scheduled else None,
+        delta_color="off",
+        delta_arrow="off",
+        help="The base learning rate: what Eta sets. Where the run's schedule scales it (warmup, decay), the "
+        "learning rate the optimizer steps with now is under it, charted as lr.",
+    )
     age = status.heartbeat_age_s
     gone = {"stopped": "worker stopped", "crashed": "worker died", "stalled": "worker stuck?"}.get(status.state)
     cols[5].metric(

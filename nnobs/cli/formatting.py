@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from nnobs.launching.lifecycle import run_status
@@ -67,7 +68,7 @@ def status_text(run: RunDir, status: RunStatus) -> str:
         f"state         {status.label}" + (f": {meaning}" if meaning else ""),
         f"batch         {batch}",
         f"loss          {loss}",
-        f"eta           {number_or_dash(status.eta, 'g')} (the learning rate)",
+        f"eta           {eta_words(status.eta, status.lr)}",
         f"state report  {reports} (the parameters, or a large net's summary)",
         f"pace          {pace}",
         f"generation    {number_or_dash(status.generation, 'd')} (each start of the worker is one)",
@@ -77,6 +78,21 @@ def status_text(run: RunDir, status: RunStatus) -> str:
         for name, (batch, value) in status.evaluations.items()
     ]
     return "\n".join(lines + _worker_lines(status) + _trouble_lines(status))
+
+
+def eta_words(eta: float | None, lr: float | None) -> str:
+    """eta, and the learning rate in use where a schedule makes it another: "0.05 (the base learning rate; in use
+    0.035)"."""
+    if lr is None or eta is None or math.isclose(lr, eta, rel_tol=1e-9):
+        return f"{number_or_dash(eta, 'g')} (the learning rate)"
+    return f"{eta:g} (the base learning rate; in use {lr:.4g}, as its schedule scales it)"
+
+
+def eta_cell(eta: float | None, lr: float | None) -> str:
+    """`list`'s eta: "0.05", or "0.05 (0.035)" with the learning rate in use where a schedule makes it another."""
+    if lr is None or eta is None or math.isclose(lr, eta, rel_tol=1e-9):
+        return number_or_dash(eta, ".4g")
+    return f"{eta:.4g} ({lr:.3g})"
 
 
 def measured_at(batch: int, now: int) -> str:
@@ -146,7 +162,9 @@ def _test_cell(row: RunRow) -> str:
 
 def runs_table(rows: list[RunRow]) -> list[str]:
     """`nnobs list`'s lines: a header, then one row per run, in columns as wide as their widest cell."""
-    table = [("RUN", "STATE", "TASK", "NET", "BATCH", "LOSS", "BEST", "TEST LOSS", "BATCHES/S", "HEARTBEAT")]
+    table = [
+        ("RUN", "STATE", "TASK", "NET", "BATCH", "LOSS", "BEST", "TEST LOSS", "ETA (IN USE)", "BATCHES/S", "HEARTBEAT")
+    ]
     for row in rows:
         table.append(
             (
@@ -158,6 +176,7 @@ def runs_table(rows: list[RunRow]) -> list[str]:
                 number_or_dash(row.loss, ".4g"),
                 number_or_dash(row.best_loss, ".4g"),
                 _test_cell(row),
+                eta_cell(row.eta, row.lr),
                 number_or_dash(row.rate, ",.0f"),
                 wording.ago(row.heartbeat_age_s),
             )

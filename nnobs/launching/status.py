@@ -14,6 +14,7 @@ from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
 from nnobs.reading.history import Rise, RunHistory
 
+LR_METRIC = "lr"  # the metric a trainer whose schedule scales eta reports the learning rate in use as
 START_FAILED = "start-failed.json"  # in the run directory: why its last start ended before the worker began
 START_FAILED_MOST_BYTES = 64 << 10  # a message and a log's tail
 
@@ -48,6 +49,7 @@ class RunStatus:
     batch_loss: float | None = None  # the newest report's loss: one minibatch's
     evaluations: dict[str, list] = field(default_factory=dict)  # metric name -> [batch it was made at, value]
     rose: str = ""  # alive, and its loss rose by a large factor after a command: how, in words
+    lr: float | None = None  # the learning rate in use at the newest report, where a schedule scales eta (its base)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +125,14 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         batch_loss=history.batch_loss,
         evaluations=evaluations_of(history),
         rose=rise_words(history.rose) if history.rose is not None and state in ("training", "idle") else "",
+        lr=lr_in_use(history),
     )
+
+
+def lr_in_use(history: RunHistory) -> float | None:
+    """The learning rate the trainer stepped with at its newest report (its "lr" metric), when it says."""
+    series = history.metrics.get(LR_METRIC)
+    return None if series is None or series.latest is None or not is_finite(series.latest[1]) else series.latest[1]
 
 
 def rise_words(rise: Rise) -> str:

@@ -104,6 +104,10 @@ class Reporter:
         """Report the latest loss, the window of every batch since the last report and the metrics logged since,
         then start new windows. Before any loss is known, a bare heartbeat says the worker lives."""
         run = self.run
+        lr = run.trainer.lr_in_use
+        if lr is not None and run.loss is not None:
+            # What a schedule made of eta, charted as "lr": the page, status and list show it beside eta.
+            self.metrics.setdefault("lr", Window()).add(float(lr), run.batch)
         record: dict[str, Any] = (
             {"heartbeat": [run.batch, None]}
             if run.loss is None

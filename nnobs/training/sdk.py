@@ -9,14 +9,16 @@ with nnobs.Run("my-run", state=lambda: params, on_eta=set_lr) as run:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,14 +85,14 @@ class HookTrainer(Trainer):
     def save(self) -> dict[str, np.ndarray]:
         if self._save is None:
             return {}
-        return {"script": np.frombuffer(_through_file(self._save), dtype=np.uint8)}
+        return {"script": np.frombuffer(through_file(self._save), dtype=np.uint8)}
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
         if "script" not in saved:
             raise ValueError("the checkpoint holds no state saved by a script")
         if self._load is None:
             raise ValueError("this run's script gives no load function")
-        _through_file(self._load, saved["script"].tobytes())
+        through_file(self._load, saved["script"].tobytes())
 
 
 class NetTrainer(Trainer):
@@ -213,7 +215,7 @@ def attach(net) -> NetTrainer:
     return NetTrainer(net)
 
 
-def _through_file(hook: Callable[[str], None], content: bytes | None = None) -> bytes:
+def through_file(hook: Callable[[str], None], content: bytes | None = None) -> bytes:
     """Call a save(path) hook and return what it wrote, or write content and call a load(path) hook with it."""
     with tempfile.TemporaryDirectory(prefix="nnobs-") as folder:
         path = os.path.join(folder, "checkpoint")
@@ -231,8 +233,10 @@ class Run:
     (nnobs.torch.attach(model, optimizer), nnobs.attach(net)) or functions: state() returns the
     parameters as one array, on_eta(eta) sets the learning rate, save(path)/load(path) write and read
     your own checkpoint so that a restart resumes your state. eta, target, report_every and pace are
-    the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds. Training
-    pauses (LOW DISK) while the run's filesystem has less than min_free_mb free.
+    the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds. At its target
+    the loop ends (the run reads stopped; raise the target and restart it to go on), as a framework's max_steps
+    ends training; wait_at_target=True idles there instead, answering the page, until the target is raised.
+    Training pauses (LOW DISK) while the run's filesystem has less than min_free_mb free.
     """
 
     def __init__(
@@ -250,6 +254,7 @@ class Run:
         report_every: int = 2_000,
         pace: float = 0.0,
         min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        wait_at_target: bool = False,
         root: str | os.PathLike | None = None,
         builtin: bool = False,
     ):
@@ -265,7 +270,7 @@ class Run:
         elif any(hook is not None for hook in (state, on_eta, save, load, tensors)):
             raise NnobsError("nnobs.Run takes a trainer or state/on_eta/save/load functions, not both")
         self.trainer = trainer
-        self._settings = Settings(target, report_every, pace, eta, min_free_mb)
+        self._settings = Settings(target, report_every, pace, eta, min_free_mb, wait_at_target or builtin)
         settings = (("target", target), ("report_every", report_every), ("pace", pace), ("min_free", min_free_mb))
         for setting, value in settings + (("eta", eta),) * (eta is not None):
             _check_setting(setting, value)
@@ -291,9 +296,40 @@ class Run:
         return self.session.target
 
     def batches(self) -> Iterator[int]:
-        """Batch numbers to train, from the first after a resumed checkpoint; idles at the target while still
-        answering the page, goes on when it is raised, ends on shutdown (command, SIGTERM, Ctrl-C)."""
+        """Batch numbers to train, from the first after a resumed checkpoint; ends at the target (or, with
+        wait_at_target, idles there answering the page until it is raised), and on shutdown (command, SIGTERM,
+        Ctrl-C)."""
         return self.session.batches()
+
+    def epochs(self, loader: Iterable, epochs: int, seed: int = 0) -> Iterator[tuple[int, int, Any]]:
+        """(epoch, step, batch) for an epoch loop, resumed where its run stopped: the epoch and the step within it
+        follow from the run's batch count (len(loader) steps an epoch), the epoch's shuffle is drawn from seed and
+        the epoch (a PyTorch RandomSampler's generator, or a sampler's set_epoch), and the steps a resumed epoch
+        had done are skipped. Ends after the last epoch, at the target, on shutdown; a rewind goes back to the
+        epoch and step of its batch. Each item is one batch of the run: log() it as in batches()."""
+        per_epoch = len(loader)  # type: ignore[arg-type]
+        if per_epoch < 1:
+            raise NnobsError("run.epochs: the loader has no batches")
+        batches, last = self.batches(), epochs * per_epoch
+        # The batch to train next: its number says where the loop is. None once every epoch is done.
+        numbered = next(batches, None) if self.session.batch < last else None
+        while numbered is not None:
+            epoch, step = divmod(numbered - 1, per_epoch)
+            if epoch >= epochs:
+                return
+            _shuffle_for(loader, seed, epoch)
+            for item in itertools.islice(iter(loader), step, None):
+                yield epoch, step, item
+                if numbered >= last:
+                    return  # asking for another batch would count one more than the epochs hold
+                expected, numbered = numbered + 1, next(batches, None)
+                if numbered != expected:  # ended, or rewound: start again where the batch count now is
+                    break
+                step += 1
+            else:  # the epoch is done; the next batch, already numbered, begins the next one
+                continue
+            if numbered is None:
+                return
 
     def log(self, loss: float, **metrics: float) -> None:
         """The batch's loss, and any other named metrics (accuracy=0.93); each shows on the page as a chart."""
@@ -384,6 +420,19 @@ class Run:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             self._old_handlers[signum] = signal.signal(signum, shut_down)
+
+
+def _shuffle_for(loader: Any, seed: int, epoch: int) -> None:
+    """Make the loader's shuffle of this epoch a function of seed and epoch alone, so a resumed epoch reads its
+    batches in the order the interrupted one did: a sampler's set_epoch (DistributedSampler), else a seeded
+    generator for a RandomSampler. A loader without a shuffle reads in its own order."""
+    sampler = getattr(loader, "sampler", None)
+    if callable(set_epoch := getattr(sampler, "set_epoch", None)):
+        set_epoch(epoch)
+    elif sampler is not None and hasattr(sampler, "generator") and hasattr(sampler, "num_samples"):
+        import torch  # a RandomSampler is PyTorch's: torch is there
+
+        sampler.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def _check_setting(name: str, value) -> None:

@@ -53,6 +53,7 @@ class Settings:
     pace: float = 0.0
     eta: float | None = None  # None: the trainer's own
     min_free_mb: float = DEFAULT_MIN_FREE_MB
+    wait_at_target: bool = False  # idle at the target for a higher one (the built-in worker), else end there
 
 
 class Session(RunState):
@@ -72,6 +73,7 @@ class Session(RunState):
         self.resumed_from = None if ckpt is None else ckpt.batch
         self.loss: float | None = None
         self._code_eta = settings.eta  # what the code asked for, told apart from the checkpoint's on resume
+        self.wait_at_target = settings.wait_at_target
         if ckpt is None:
             self.batch, self.target, self.report_every, self.gen = 0, settings.target, settings.report_every, 1
             pace, min_free_mb = settings.pace, settings.min_free_mb
@@ -212,6 +214,11 @@ class Session(RunState):
             self._housekeeping(now)
             self._check_at = now + CONTROL_CHECK_S
             if self.done:
+                return None
+        if self.batch >= self.target and not self.wait_at_target and not self.disk.trouble:
+            self.apply_commands()  # a target raised a moment ago goes on
+            if self.batch >= self.target:
+                self.done = True  # the loop ends at its target, as a framework's max_steps ends it
                 return None
         limit = self.pacer.limit(self.batch, self.target, now)
         if self.batch >= limit or self.paused or self.disk.trouble:

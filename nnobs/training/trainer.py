@@ -17,6 +17,11 @@ class Trainer:
     tensors: Tensors = []
     eta: float = 0.1
 
+    @property
+    def lr_in_use(self) -> float | None:
+        """The learning rate stepped with now, where a schedule scales eta (charted as "lr"); None where it is eta."""
+        return None
+
     def state_vector(self) -> np.ndarray:
         """Every parameter, flat, as float64: a copy of its own (it is encoded on another thread)."""
         return np.empty(0)

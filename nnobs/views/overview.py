@@ -61,6 +61,8 @@ class RunRow:
     error: str = ""
     best_loss: float | None = None  # RunStatus.best_loss: the lowest the mean has been
     test_batch: int | None = None  # the batch test_loss was made at
+    eta: float | None = None  # the base learning rate
+    lr: float | None = None  # the learning rate in use, where a schedule scales eta
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +157,8 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
         sparkline=feed.spark,
         forked_from=forked_from,
         error=status.error,
+        eta=status.eta,
+        lr=status.lr,
     )
     return feed.row
 

@@ -33,10 +33,10 @@ import numpy as np
 
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.events import EventKind
+from nnobs.training.integrations.metrics import as_number, metric_name
 from nnobs.training.sdk import Run as NnobsRun
 
 LOSS_KEY = re.compile(r"(?:.*[/_.])?loss", re.IGNORECASE)  # "loss", "train/loss", "train_loss"
-NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _warned: set[str] = set()
 
 
@@ -45,29 +45,6 @@ def warn_once(what: str) -> None:
     if what not in _warned:
         _warned.add(what)
         warnings.warn(f"nnobs.wandb: {what}", stacklevel=3)
-
-
-def metric_name(key: str) -> str:
-    """W&B's key as an nnobs metric name: "/" written ".", anything else outside a name's letters written "_"."""
-    name = NOT_IN_A_NAME.sub("_", key.replace("/", "."))[:64]
-    return name if re.match(r"[A-Za-z_]", name) else f"_{name}"[:64]
-
-
-def as_number(value: Any) -> float | None:
-    """A logged value as a float: numbers, numpy scalars and one-element arrays or tensors; None for anything else
-    (media, tables, histograms, strings)."""
-    if isinstance(value, (bool, str, bytes)):
-        return None
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            value = item()  # a numpy scalar, a one-element array or tensor; a larger one raises
-        except (ValueError, RuntimeError, TypeError):
-            return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class Summary(dict):

@@ -1,0 +1,164 @@
+"""What the framework callbacks share: a trainer over a model that a framework trains, and the run it drives.
+
+A framework (Lightning, Transformers, Keras) owns the loop; its callback drives nnobs.Run's batches() one step at a
+time (FrameworkRun.step_ended after every training step) and asks the framework to stop when the run ends. Its
+checkpoint is the framework's own, written by the framework's own save and kept inside the run's checkpoint, so
+that a restart resumes through the framework's own restore: global step, epoch, place in the data, optimizer,
+schedule and random state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.slot import tell_log
+from nnobs.training.integrations.metrics import as_number
+from nnobs.training.integrations.torch import TorchTrainer
+from nnobs.training.sdk import Run, through_file
+from nnobs.training.trainer import Trainer
+
+SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
+
+
+class FrameworkTrainer(Trainer):
+    """A model that a framework trains. Until the framework's training state is live (its optimizer made, its
+    checkpoint restored) the trainer holds the checkpoint it was given and the eta asked for; from then on eta and
+    the learning rate in use are the optimizer's and its schedule's (as nnobs.torch.attach has them), and a
+    checkpoint is the framework's own, written by save_native(path)."""
+
+    def __init__(self, model: Any, save_native: Callable[[str], None], load_native: Callable[[str], None]):
+        self._model = model
+        self._save_native, self._load_native = save_native, load_native
+        self.torch: TorchTrainer | None = None  # once live
+        self._eta: float | None = None  # asked for before the optimizer was made
+        self._loaded: dict[str, np.ndarray] = {}  # the checkpoint resumed from, until the framework's state is live
+        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.tensors = [(name, tuple(p.shape)) for name, p in params]
+        self._params = params
+
+    def went_live(self, optimizer: Any, scheduler: Any) -> None:
+        """The framework made its optimizer and restored its state: eta asked for meanwhile is set now."""
+        self.torch = TorchTrainer(self._model, optimizer, scheduler)
+        self._loaded = {}
+        if self._eta is not None and not math.isclose(self._eta, self.torch.eta, rel_tol=1e-12):
+            self.torch.eta = self._eta
+
+    @property
+    def eta(self) -> float:
+        if self.torch is not None:
+            return self.torch.eta
+        return 0.0 if self._eta is None else self._eta
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        if self.torch is not None:
+            self.torch.eta = value
+        else:
+            self._eta = float(value)
+
+    @property
+    def lr_in_use(self) -> float | None:
+        return None if self.torch is None else self.torch.lr_in_use
+
+    @property
+    def can_load(self) -> bool:  # type: ignore[override]
+        """A checkpoint loads as the run starts, through the framework's own restore; rewinding a live framework's
+        loop is not something the frameworks offer: stop the run and fork it from a kept checkpoint instead."""
+        return self.torch is None
+
+    def state_vector(self) -> np.ndarray:
+        if not self._params:
+            return np.empty(0)
+        import torch
+
+        with torch.no_grad():
+            return torch.cat(
+                [p.detach().reshape(-1).to(torch.float64, copy=True).cpu() for _, p in self._params]
+            ).numpy()
+
+    def save(self) -> dict[str, np.ndarray]:
+        if self.torch is None:
+            return self._loaded  # the framework's state is not made yet: the checkpoint resumed from is still the run's
+        return {"native": np.frombuffer(through_file(self._save_native), dtype=np.uint8)}
+
+    def load(self, saved: dict[str, np.ndarray]) -> None:
+        if self.torch is not None:
+            raise ValueError("a live framework's training cannot go back: stop the run, then fork it from a checkpoint")
+        if "native" not in saved:
+            raise ValueError("the checkpoint holds no framework checkpoint")
+        through_file(self._load_native, saved["native"].tobytes())
+        self._loaded = saved
+
+
+class FrameworkRun:
+    """An nnobs.Run stepped by a framework's callback: start() before the framework restores its state, live() once
+    its optimizer is made, step_ended() after every training step (False: stop training), end() at the end."""
+
+    def __init__(self, name: str | None, settings: Mapping[str, Any], framework: str):
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise NnobsError(
+                f"nnobs.{framework}.Callback: no setting {', '.join(unknown)} (settings: {', '.join(SETTINGS)})"
+            )
+        self.name, self.settings, self.framework = name, dict(settings), framework
+        self.run: Run | None = None
+        self.trainer: FrameworkTrainer | None = None
+        self._batches: Iterator[int] | None = None
+        self.ended = False
+
+    def start(self, trainer: FrameworkTrainer, target: int | None = None) -> Run:
+        """Take the run and resume from its checkpoint (through trainer.load, so before the framework restores)."""
+        settings = dict(self.settings)
+        if target is not None and "target" not in settings:
+            settings["target"] = target
+        self.trainer = trainer
+        self.run = Run(self.name, trainer=trainer, **settings).start()
+        return self.run
+
+    def live(self, optimizer: Any, scheduler: Any, framework_step: int) -> bool:
+        """The framework's state is made and restored: begin the first batch. False: the run ends before it."""
+        assert self.run is not None and self.trainer is not None
+        self.trainer.went_live(optimizer, scheduler)
+        if framework_step != self.run.batch:
+            tell_log(
+                f"nnobs: {self.framework} resumed at step {framework_step:,} and the run at batch {self.run.batch:,}: "
+                "the run counts on from its own"
+            )
+        self._batches = self.run.batches()
+        return self._next()
+
+    def step_ended(self, loss: Any, metrics: dict[str, float]) -> bool:
+        """Log the step's loss and metrics, then answer the run's commands and begin the next batch (waiting at a
+        pace or, asked to, at the target). False when training is to stop: the run has ended then."""
+        run = self.run
+        if run is None or self._batches is None or self.ended:
+            return not self.ended
+        number = as_number(loss)
+        if number is not None:
+            run.log(number, **metrics)
+        elif metrics:
+            run.session.log_metrics(metrics, run.batch)
+        return self._next()
+
+    def _next(self) -> bool:
+        assert self._batches is not None
+        if next(self._batches, None) is None:
+            self.end()  # the final checkpoint is taken now, at a step boundary the framework can resume from
+            return False
+        return True
+
+    @property
+    def target(self) -> int:
+        return self.run.target if self.run is not None else 0
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the run once: a final checkpoint and the shutdown record, or the error that ended it."""
+        if self.ended or self.run is None:
+            return
+        self.ended = True
+        self.run.close(error)

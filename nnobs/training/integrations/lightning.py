@@ -1,0 +1,104 @@
+"""Lightning for nnobs: one callback in the Trainer's own place watches and steers its training.
+
+    trainer = lightning.Trainer(max_steps=5000, callbacks=[nnobs.lightning.Callback("my-run")])
+    trainer.fit(model, data)
+
+Every training step's loss and every metric the model logs (self.log) are on the page; eta is the base learning rate
+the schedule scales; pace, tell-state, stop (at the next step, with Lightning's own teardown) and the target (the step
+limit: Lightning's max_steps follows it, raised or lowered live) work as for any run. A restart resumes through
+Lightning's own checkpoint (written by trainer.save_checkpoint and kept in the run's checkpoint): global step, epoch,
+optimizer, schedule, the random state, and, with a resumable loader as Lightning asks for one (torchdata's
+StatefulDataLoader in DataLoader's place), the place in the data. Needs Lightning: pip install 'nnobs[lightning]'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnobs.protocol.errors import MissingExtra
+
+try:
+    import lightning.pytorch as pl
+    import torch
+except ImportError as err:
+    raise MissingExtra(
+        f"nnobs.lightning needs Lightning, which is not installed ({err}): pip install 'nnobs[lightning]'"
+    ) from err
+
+from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
+from nnobs.training.integrations.metrics import numbers_of
+
+
+class Callback(pl.Callback):
+    """nnobs.lightning.Callback(name, **settings): the run NAME (under `nnobs run NAME`, that run) of this Trainer's
+    fit. settings: eta, target (default: the Trainer's max_steps), report_every, pace, min_free_mb, wait_at_target,
+    root, as nnobs.Run takes them."""
+
+    def __init__(self, name: str | None = None, **settings: Any):
+        super().__init__()
+        self.nnobs = FrameworkRun(name, settings, "lightning")
+        self._rng: torch.Tensor | None = None  # the random state a resumed fit goes on with
+
+    # -- start: before Lightning restores, then once its optimizer is made ------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.nnobs.run is not None:
+            return
+
+        def load(path: str) -> None:
+            # What fit(ckpt_path=...) does, from the run's checkpoint: Lightning restores the model, callbacks,
+            # optimizers, schedules and loops from it as the fit starts (its restore comes after this hook).
+            trainer._checkpoint_connector.resume_start(path)
+
+        model_trainer = FrameworkTrainer(pl_module, lambda path: trainer.save_checkpoint(path), load)
+        self.nnobs.start(model_trainer, target=trainer.max_steps if trainer.max_steps > 0 else None)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.nnobs.run is None:
+            return
+        if self._rng is not None:
+            torch.set_rng_state(self._rng)
+            self._rng = None
+        schedulers = trainer.lr_scheduler_configs
+        self._follow_target(trainer)
+        if not self.nnobs.live(
+            trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, trainer.global_step
+        ):
+            trainer.should_stop = True
+
+    # -- every step --------------------------------------------------------------------------------------------------
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        metrics = numbers_of(trainer.callback_metrics, leave_out=("loss",))
+        if not self.nnobs.step_ended(loss, metrics):
+            trainer.should_stop = True
+        else:
+            self._follow_target(trainer)
+
+    def _follow_target(self, trainer: pl.Trainer) -> None:
+        """Lightning's step limit is the run's target: it ends training there, raised or lowered live."""
+        trainer.fit_loop.epoch_loop.max_steps = self.nnobs.target
+
+    # -- end ---------------------------------------------------------------------------------------------------------
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.nnobs.end(exception)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.nnobs.end()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.nnobs.end()
+
+    # -- the random state, in Lightning's checkpoint with the callback's --------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random state (dropout, random augmentation) at the step boundary the checkpoint is taken at."""
+        return {"torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict.get("torch_rng")  # set back as training begins: restoring draws nothing after that
