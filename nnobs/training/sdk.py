@@ -425,7 +425,9 @@ class Run:
 def _shuffle_for(loader: Any, seed: int, epoch: int) -> None:
     """Make the loader's shuffle of this epoch a function of seed and epoch alone, so a resumed epoch reads its
     batches in the order the interrupted one did: a sampler's set_epoch (DistributedSampler), else a seeded
-    generator for a RandomSampler. A loader without a shuffle reads in its own order."""
+    generator for a RandomSampler. A loader without a shuffle reads in its own order. A DataLoader draws its workers'
+    seed from its own generator too, so the global random state (dropout) is the training's alone, as a checkpoint
+    has it."""
     sampler = getattr(loader, "sampler", None)
     if callable(set_epoch := getattr(sampler, "set_epoch", None)):
         set_epoch(epoch)
@@ -433,6 +435,10 @@ def _shuffle_for(loader: Any, seed: int, epoch: int) -> None:
         import torch  # a RandomSampler is PyTorch's: torch is there
 
         sampler.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if hasattr(loader, "generator") and hasattr(loader, "_get_iterator"):
+        import torch  # a DataLoader
+
+        loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009)
 
 
 def _check_setting(name: str, value) -> None:
