@@ -9,7 +9,9 @@ schedule and random state.
 
 from __future__ import annotations
 
+import atexit
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -118,12 +120,16 @@ class FrameworkRun:
             settings["target"] = target
         self.trainer = trainer
         self.run = Run(self.name, trainer=trainer, **settings).start()
+        _live.append(self)
         return self.run
 
     def live(self, optimizer: Any, scheduler: Any, framework_step: int) -> bool:
         """The framework's state is made and restored: begin the first batch. False: the run ends before it."""
         assert self.run is not None and self.trainer is not None
+        said = self.trainer.eta
         self.trainer.went_live(optimizer, scheduler)
+        if self.trainer.eta != said:  # the run started before the optimizer was made: its eta is known only now
+            self.run.session.out.write({"eta": [self.run.batch, self.trainer.eta]})
         if framework_step != self.run.batch:
             tell_log(
                 f"nnobs: {self.framework} resumed at step {framework_step:,} and the run at batch {self.run.batch:,}: "
@@ -161,4 +167,27 @@ class FrameworkRun:
         if self.ended or self.run is None:
             return
         self.ended = True
+        if self in _live:
+            _live.remove(self)
         self.run.close(error)
+
+
+# Runs a framework steps, until they end: an exception the framework lets out (Transformers and Keras have no hook
+# for it) ends them with its message, and a script that exits without the framework's end hook ends them cleanly.
+_live: list[FrameworkRun] = []
+
+
+def _crash_hook(kind, error, tb) -> None:
+    for run in list(_live):
+        run.end(error if isinstance(error, Exception) else None)
+    _previous_hook(kind, error, tb)
+
+
+def _end_at_exit() -> None:
+    for run in list(_live):
+        run.end()
+
+
+_previous_hook = sys.excepthook
+sys.excepthook = _crash_hook
+atexit.register(_end_at_exit)
