@@ -317,7 +317,7 @@ class Run:
             epoch, step = divmod(numbered - 1, per_epoch)
             if epoch >= epochs:
                 return
-            _shuffle_for(loader, seed, epoch)
+            shuffle_for(loader, seed, epoch)
             for item in itertools.islice(iter(loader), step, None):
                 yield epoch, step, item
                 if numbered >= last:
@@ -422,7 +422,7 @@ class Run:
             self._old_handlers[signum] = signal.signal(signum, shut_down)
 
 
-def _shuffle_for(loader: Any, seed: int, epoch: int) -> None:
+def shuffle_for(loader: Any, seed: int, epoch: int) -> None:
     """Make the loader's shuffle of this epoch a function of seed and epoch alone, so a resumed epoch reads its
     batches in the order the interrupted one did: a sampler's set_epoch (DistributedSampler), else a seeded
     generator for a RandomSampler. A loader without a shuffle reads in its own order. A DataLoader draws its workers'

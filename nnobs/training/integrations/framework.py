@@ -13,42 +13,57 @@ import atexit
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.slot import tell_log
 from nnobs.training.integrations.metrics import as_number
-from nnobs.training.integrations.torch import TorchTrainer
+from nnobs.training.integrations.torch import flat_copy
 from nnobs.training.sdk import Run, through_file
 from nnobs.training.trainer import Trainer
 
 SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
 
 
-class FrameworkTrainer(Trainer):
-    """A model that a framework trains. Until the framework's training state is live (its optimizer made, its
-    checkpoint restored) the trainer holds the checkpoint it was given and the eta asked for; from then on eta and
-    the learning rate in use are the optimizer's and its schedule's (as nnobs.torch.attach has them), and a
-    checkpoint is the framework's own, written by save_native(path)."""
+class Rates(Protocol):
+    """A framework's learning rates: eta, the base a schedule scales (set: the schedule goes on from the new base),
+    and the rate in use now."""
 
-    def __init__(self, model: Any, save_native: Callable[[str], None], load_native: Callable[[str], None]):
-        self._model = model
+    eta: float
+
+    @property
+    def lr_in_use(self) -> float | None: ...
+
+
+def torch_params(model: Any) -> list[tuple[str, Any]]:
+    """A torch.nn.Module's trainable parameters by name."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+class FrameworkTrainer(Trainer):
+    """A model that a framework trains, its parameters given by name (PyTorch tensors). Until the framework's
+    training state is live (its optimizer made, its checkpoint restored) the trainer holds the checkpoint it was
+    given and the eta asked for; from then on eta and the learning rate in use are the framework's (the optimizer's
+    and its schedule's), and a checkpoint is the framework's own, written by save_native(path)."""
+
+    def __init__(
+        self, params: list[tuple[str, Any]], save_native: Callable[[str], None], load_native: Callable[[str], None]
+    ):
         self._save_native, self._load_native = save_native, load_native
-        self.torch: TorchTrainer | None = None  # once live
+        self.torch: Rates | None = None  # once live
         self._eta: float | None = None  # asked for before the optimizer was made
         self._loaded: dict[str, np.ndarray] = {}  # the checkpoint resumed from, until the framework's state is live
-        params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.tensors = [(name, tuple(p.shape)) for name, p in params]
         self._params = params
 
-    def went_live(self, optimizer: Any, scheduler: Any) -> None:
+    def went_live(self, rates: Rates) -> None:
         """The framework made its optimizer and restored its state: eta asked for meanwhile is set now."""
-        self.torch = TorchTrainer(self._model, optimizer, scheduler)
+        self.torch = rates
         self._loaded = {}
-        if self._eta is not None and not math.isclose(self._eta, self.torch.eta, rel_tol=1e-12):
-            self.torch.eta = self._eta
+        if self._eta is not None and not math.isclose(self._eta, rates.eta, rel_tol=1e-12):
+            rates.eta = self._eta
 
     @property
     def eta(self) -> float:
@@ -74,14 +89,7 @@ class FrameworkTrainer(Trainer):
         return self.torch is None
 
     def state_vector(self) -> np.ndarray:
-        if not self._params:
-            return np.empty(0)
-        import torch
-
-        with torch.no_grad():
-            return torch.cat(
-                [p.detach().reshape(-1).to(torch.float64, copy=True).cpu() for _, p in self._params]
-            ).numpy()
+        return flat_copy(self._params)
 
     def save(self) -> dict[str, np.ndarray]:
         if self.torch is None:
@@ -123,11 +131,11 @@ class FrameworkRun:
         _live.append(self)
         return self.run
 
-    def live(self, optimizer: Any, scheduler: Any, framework_step: int) -> bool:
+    def live(self, rates: Rates, framework_step: int) -> bool:
         """The framework's state is made and restored: begin the first batch. False: the run ends before it."""
         assert self.run is not None and self.trainer is not None
         said = self.trainer.eta
-        self.trainer.went_live(optimizer, scheduler)
+        self.trainer.went_live(rates)
         if self.trainer.eta != said:  # the run started before the optimizer was made: its eta is known only now
             self.run.session.out.write({"eta": [self.run.batch, self.trainer.eta]})
         if framework_step != self.run.batch:

@@ -25,8 +25,9 @@ except ImportError as err:
         f"nnobs.lightning needs Lightning, which is not installed ({err}): pip install 'nnobs[lightning]'"
     ) from err
 
-from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
+from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
 from nnobs.training.integrations.metrics import numbers_of
+from nnobs.training.integrations.torch import TorchTrainer
 
 
 class Callback(pl.Callback):
@@ -50,7 +51,7 @@ class Callback(pl.Callback):
             # optimizers, schedules and loops from it as the fit starts (its restore comes after this hook).
             trainer._checkpoint_connector.resume_start(path)
 
-        model_trainer = FrameworkTrainer(pl_module, lambda path: trainer.save_checkpoint(path), load)
+        model_trainer = FrameworkTrainer(torch_params(pl_module), lambda path: trainer.save_checkpoint(path), load)
         self.nnobs.start(model_trainer, target=trainer.max_steps if trainer.max_steps > 0 else None)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -61,9 +62,8 @@ class Callback(pl.Callback):
             self._rng = None
         schedulers = trainer.lr_scheduler_configs
         self._follow_target(trainer)
-        if not self.nnobs.live(
-            trainer.optimizers[0], schedulers[0].scheduler if schedulers else None, trainer.global_step
-        ):
+        rates = TorchTrainer(pl_module, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None)
+        if not self.nnobs.live(rates, trainer.global_step):
             trainer.should_stop = True
 
     # -- every step --------------------------------------------------------------------------------------------------

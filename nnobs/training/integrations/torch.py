@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -81,11 +82,7 @@ class TorchTrainer(Trainer):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_vector(self) -> np.ndarray:
-        with torch.no_grad():
-            if not self._params:
-                return np.empty(0)
-            flat = torch.cat([p.detach().reshape(-1).to(torch.float64, copy=True).cpu() for _, p in self._params])
-        return flat.numpy()
+        return flat_copy(self._params)
 
     def save(self) -> dict[str, np.ndarray]:
         buffer = io.BytesIO()
@@ -115,6 +112,14 @@ class TorchTrainer(Trainer):
         except (RuntimeError, KeyError, TypeError) as err:  # another model's shapes, or not ours at all
             # torch's first line only says that loading failed; the lines after it name the tensors that differ.
             raise ValueError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from err
+
+
+def flat_copy(params: Sequence[tuple[str, torch.Tensor]]) -> np.ndarray:
+    """The named tensors' values, flat, as float64 on the host: a copy of the training's own."""
+    if not params:
+        return np.empty(0)
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1).to(torch.float64, copy=True).cpu() for _, p in params]).numpy()
 
 
 def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> TorchTrainer:

@@ -34,8 +34,9 @@ except ImportError as err:
         f"nnobs.transformers needs Transformers, which is not installed ({err}): pip install 'nnobs[transformers]'"
     ) from err
 
-from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
+from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
 from nnobs.training.integrations.metrics import numbers_of
+from nnobs.training.integrations.torch import TorchTrainer
 
 # What the Trainer logs that is no measurement of the model, or that nnobs shows by itself (the loss every step; the
 # learning rate in use as lr).
@@ -93,7 +94,7 @@ class Callback(transformers.TrainerCallback):
         if self.nnobs.run is not None:
             return
         self._model = model
-        trainer = FrameworkTrainer(model, self._save, self._load)
+        trainer = FrameworkTrainer(torch_params(model), self._save, self._load)
         self.nnobs.start(trainer, target=max_steps)
 
     # -- the Trainer's events ----------------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class Callback(transformers.TrainerCallback):
         self._optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrappers hold the real ones
         self._scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
         self._hook = model.register_forward_hook(self._keep_loss)
-        if not self.nnobs.live(self._optimizer, self._scheduler, state.global_step):
+        if not self.nnobs.live(TorchTrainer(model, self._optimizer, self._scheduler), state.global_step):
             control.should_training_stop = True
         return control
 
