@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from nnobs.app import widgets
 from nnobs.launching.base import STOP_GRACE_S
+from nnobs.launching.status import scheduled_lr
 from nnobs.protocol.commands import command_words
 from nnobs.protocol.rundir import RunDir, log_tail
 from nnobs.protocol.states import state_of
@@ -88,11 +87,11 @@ def metrics(view: RunView) -> None:
         "so one lucky minibatch does not move it. Under it, its change over the last 10 s: in percent, or in "
         "decades (factors of 10) past a factor of 2; nothing when it barely moved.",
     )
-    scheduled = status.lr is not None and status.eta is not None and not math.isclose(status.lr, status.eta)
+    in_use = scheduled_lr(status.eta, status.lr)
     cols[4].metric(
         "Eta",
         "-" if status.eta is None else f"{status.eta:g}",
-        delta=f"in use {status.lr:.3g}" if scheduled else None,
+        delta=None if in_use is None else f"in use {in_use:.3g}",
         delta_color="off",
         delta_arrow="off",
         help="The base learning rate: what Eta sets. Where the run's schedule scales it (warmup, decay), the "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 from nnobs.launching.lifecycle import run_status
-from nnobs.launching.status import RunStatus
+from nnobs.launching.status import RunStatus, scheduled_lr
 from nnobs.protocol.jobs import JobRecord
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import state_of
@@ -83,16 +82,16 @@ def status_text(run: RunDir, status: RunStatus) -> str:
 def eta_words(eta: float | None, lr: float | None) -> str:
     """eta, and the learning rate in use where a schedule makes it another: "0.05 (the base learning rate; in use
     0.035)"."""
-    if lr is None or eta is None or math.isclose(lr, eta, rel_tol=1e-9):
+    if (in_use := scheduled_lr(eta, lr)) is None:
         return f"{number_or_dash(eta, 'g')} (the learning rate)"
-    return f"{eta:g} (the base learning rate; in use {lr:.4g}, as its schedule scales it)"
+    return f"{eta:g} (the base learning rate; in use {in_use:.4g}, as its schedule scales it)"
 
 
 def eta_cell(eta: float | None, lr: float | None) -> str:
     """`list`'s eta: "0.05", or "0.05 (0.035)" with the learning rate in use where a schedule makes it another."""
-    if lr is None or eta is None or math.isclose(lr, eta, rel_tol=1e-9):
+    if (in_use := scheduled_lr(eta, lr)) is None:
         return number_or_dash(eta, ".4g")
-    return f"{eta:.4g} ({lr:.3g})"
+    return f"{eta:.4g} ({in_use:.3g})"
 
 
 def measured_at(batch: int, now: int) -> str:

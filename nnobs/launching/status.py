@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -127,6 +128,13 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         rose=rise_words(history.rose) if history.rose is not None and state in ("training", "idle") else "",
         lr=lr_in_use(history),
     )
+
+
+def scheduled_lr(eta: float | None, lr: float | None) -> float | None:
+    """The learning rate in use where a schedule makes it other than eta (beyond float32's rounding); else None."""
+    if lr is None or eta is None or math.isclose(lr, eta, rel_tol=1e-6):
+        return None
+    return lr
 
 
 def lr_in_use(history: RunHistory) -> float | None:

@@ -31,7 +31,8 @@ from nnobs.training.state import RunState
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
-CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost
+CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost, where a checkpoint is cheap
+CHECKPOINT_SHARE = 0.005  # of the run's time spent on the clock's checkpoints: a costly one comes less often
 KEPT_SHARE = 0.01  # of the run's time spent keeping checkpoints by the batch schedule (the clock's are not thinned)
 KEPT_BURST_S = 0.2  # seconds of it a run may spend at once: a fast run's first decades come in under a second
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
@@ -60,13 +61,16 @@ class Recovery:
         # (loss, batch, saved state) of the latest checkpoints with finite numbers, to go back to on divergence
         self.finite_states: deque[tuple[float, int, dict[str, np.ndarray]]] = deque(maxlen=FINITE_STATES_KEPT)
         self.last_checkpoint = 0.0  # monotonic time
+        self.checkpoint_took = 0.0  # seconds the last one took: a framework's own checkpoint can take a tenth
         self.checkpointed_batch = -1
         self.next_kept_at = next_kept_checkpoint(run.batch)  # the next batch whose checkpoint is kept, by the schedule
         self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
 
     def checkpoint_when_due(self, now: float) -> None:
-        """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on."""
-        if now - self.last_checkpoint >= CHECKPOINT_EVERY_S and self.run.batch != self.checkpointed_batch:
+        """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on, or less often where checkpoints
+        cost more than CHECKPOINT_SHARE of that."""
+        every = max(CHECKPOINT_EVERY_S, self.checkpoint_took / CHECKPOINT_SHARE)
+        if now - self.last_checkpoint >= every and self.run.batch != self.checkpointed_batch:
             self.checkpoint_shown(now)
 
     def checkpoint_shown(self, now: float) -> None:
@@ -85,6 +89,7 @@ class Recovery:
         if not self.disk.room_for_checkpoint():
             self.disk.check(now)  # pauses, and says so: a checkpoint would take the disk below its floor
             return
+        started = time.perf_counter()
         saved = run.trainer.save()
         run.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = self.checkpoint_of(saved)
@@ -95,6 +100,7 @@ class Recovery:
             run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
             return
         self.checkpointed_batch = run.batch
+        self.checkpoint_took = time.perf_counter() - started
         self.remember_finite(saved)
 
     def stop_before(self, limit: int) -> int:

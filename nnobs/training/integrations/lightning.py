@@ -3,7 +3,7 @@
     trainer = lightning.Trainer(max_steps=5000, callbacks=[nnobs.lightning.Callback("my-run")])
     trainer.fit(model, data)
 
-Every training step's loss and every metric the model logs (self.log) are on the page; eta is the base learning rate
+Every training step's loss and every metric the model logs (self.log; read up to 20 times a second) are on the page; eta is the base learning rate
 the schedule scales; pace, tell-state, stop (at the next step, with Lightning's own teardown) and the target (the step
 limit: Lightning's max_steps follows it, raised or lowered live) work as for any run. A restart resumes through
 Lightning's own checkpoint (written by trainer.save_checkpoint and kept in the run's checkpoint): global step, epoch,
@@ -13,6 +13,7 @@ StatefulDataLoader in DataLoader's place), the place in the data. Needs Lightnin
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nnobs.protocol.errors import MissingExtra
@@ -29,6 +30,8 @@ from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
 from nnobs.training.integrations.metrics import numbers_of
 from nnobs.training.integrations.torch import TorchTrainer
 
+METRICS_EVERY_S = 0.05  # the values the model logs are read 20 times a second at most; the loss every step
+
 
 class Callback(pl.Callback):
     """nnobs.lightning.Callback(name, **settings): the run NAME (under `nnobs run NAME`, that run) of this Trainer's
@@ -38,6 +41,7 @@ class Callback(pl.Callback):
     def __init__(self, name: str | None = None, **settings: Any):
         super().__init__()
         self.nnobs = FrameworkRun(name, settings, "lightning")
+        self._metrics_at = 0.0  # when the logged values are next read
         self._rng: torch.Tensor | None = None  # the random state a resumed fit goes on with
 
     # -- start: before Lightning restores, then once its optimizer is made ------------------------------------------
@@ -72,7 +76,11 @@ class Callback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        metrics = numbers_of(trainer.callback_metrics, leave_out=("loss",))
+        metrics = {}
+        now = time.monotonic()
+        if now >= self._metrics_at:  # Lightning gathers its logged values afresh each time they are asked for
+            metrics = numbers_of(trainer.callback_metrics, leave_out=("loss",))
+            self._metrics_at = now + METRICS_EVERY_S
         if not self.nnobs.step_ended(loss, metrics):
             trainer.should_stop = True
         else:
