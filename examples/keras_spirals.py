@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default="keras-spirals", help="the run's name (default: keras-spirals)")
     parser.add_argument("--runs", metavar="DIR", help="the runs root (default: $NNOBS_RUNS, else ./runs)")
-    parser.add_argument("--epochs", type=int, default=120, help="epochs of 50 steps (default: 120)")
+    parser.add_argument("--epochs", type=int, default=80, help="epochs of 50 steps (default: 80)")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's peak learning rate (default: 0.01)")
     parser.add_argument("--pace", type=float, default=0.0, help="train at most N steps a second (default: 0, flat out)")
     parser.add_argument("--seed", type=int, default=0, help="draws the data and the first weights (default: 0)")
@@ -52,9 +52,9 @@ def main() -> None:
     steps = args.epochs * len(loader)
     model = keras.Sequential([
         keras.Input((2,)),
-        keras.layers.Dense(32, activation="tanh"),
+        keras.layers.Dense(32, activation="relu"),
         keras.layers.Dropout(0.05),
-        keras.layers.Dense(32, activation="tanh"),
+        keras.layers.Dense(32, activation="relu"),
         keras.layers.Dense(2),
     ])
     schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=steps, warmup_target=args.lr, warmup_steps=200)

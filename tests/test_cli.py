@@ -167,7 +167,7 @@ def test_cli_status_and_help_say_what_each_thing_is(runs_root, new_run):
     wait_for(lambda: status(runs_root)["batch"] == 100, what="the run to reach its target 100")
     assert nnobs(runs_root, "set", "--target", "50").returncode == 0
     shown = nnobs(runs_root, "status").stdout
-    assert "batch         100, past the target of 50 (lowered since): it waits until the target is raised" in shown, shown
+    assert "batch         100, past the target of 50 (lowered since): it trains no further until the target is raised" in shown, shown
 
     overview = nnobs(runs_root, "--help").stdout
     for verb in ("start", "status", "set", "tell-state", "rewind", "reinit", "stop", "restart", "tail"):

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import batch_passes, events, wait_for
+from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.rundir import RunDir
 
 STEPS_PER_EPOCH, EPOCHS = 8, 4  # 256 synthetic images, batches of 32
@@ -107,3 +110,41 @@ def test_an_epoch_loop_stopped_mid_epoch_resumes_at_its_epoch_and_step_with_the_
         assert resumed[batch][:2] == reference[batch][:2] == divmod(batch - 1, STEPS_PER_EPOCH), f"batch {batch}"
         assert resumed[batch][2:] == reference[batch][2:], f"batch {batch}: lr and loss as the uninterrupted run's"
     assert resumed[last][2] == 1.0 * 0.7 ** (EPOCHS - 1), "StepLR stepped once an epoch, across the restart"
+
+
+class Loader(list):
+    """Batches in a fixed order, claiming `claimed` of them: what run.epochs reads through len() and iter()."""
+
+    def __init__(self, batches: list, claimed: int):
+        super().__init__(batches)
+        self.claimed = claimed
+
+    def __len__(self) -> int:
+        return self.claimed
+
+
+def test_epochs_count_each_batch_once_end_after_the_last_and_resume_at_the_right_step(runs_root):
+    import nnobs
+
+    seen = []
+    with nnobs.Run("counted", root=runs_root, target=10**6) as run:
+        for epoch, step, item in run.epochs(Loader(list("abcd"), 4), epochs=3):
+            seen.append((epoch, step, item, run.batch))
+            run.log(1.0)
+            if run.batch == 6:
+                break
+    assert seen[-1] == (1, 1, "b", 6) and [s[3] for s in seen] == list(range(1, 7))
+    with nnobs.Run("counted", root=runs_root, target=10**6) as run:
+        rest = [(epoch, step, item, run.batch) for epoch, step, item in run.epochs(Loader(list("abcd"), 4), epochs=3)
+                if run.log(1.0) is None]
+    assert rest[0] == (1, 2, "c", 7), "resumed at the step after the last one trained"
+    assert rest[-1] == (2, 3, "d", 12) and run.batch == 12, "every epoch once, and no batch counted past the last"
+
+
+def test_a_loader_shorter_than_its_len_is_refused_in_words(runs_root):
+    import nnobs
+
+    with pytest.raises(NnobsError, match="gave 2 batches in epoch 0, fewer than its len"):
+        with nnobs.Run("short", root=runs_root, target=10**6) as run:
+            for _ in run.epochs(Loader(list("ab"), 4), epochs=2):
+                run.log(1.0)

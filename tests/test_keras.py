@@ -3,28 +3,24 @@ and steered through nnobs.keras.Callback."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras on PyTorch, as the scripts run it
 pytest.importorskip("keras", reason="the Keras tests need the test extra's Keras")
 
-from streamlit.testing.v1 import AppTest
+from conftest import batch_passes
+from framework_support import (
+    Scripts,
+    killed_or_failing_reads_crashed,
+    resumes_with_the_losses_of_one_never_stopped,
+    shows_its_loss_and_metrics,
+    stops_with_exit_0,
+    takes_eta_through_its_schedule,
+)
 
-from conftest import REPO, batch_passes, events, records_with, wait_for
-from nnobs.launching.lifecycle import run_status
-from nnobs.protocol.rundir import RunDir
-from nnobs.reading.watcher import read_history
-
-APP = str(REPO / "app.py")
 WARMUP, PER_EPOCH, EPOCHS = 100, 20, 500
 STEPS = PER_EPOCH * EPOCHS
 
@@ -79,107 +75,24 @@ def factor(step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - WARMUP, STEPS) / STEPS))
 
 
-def nnobs(runs_root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(runs_root), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture
-def keras_fit(tmp_path: Path, runs_root: Path):
-    """keras_fit(name, epochs, pace, fail_at=0): the script started by `nnobs run NAME`; its run, and its trace's path."""
-    started: list[RunDir] = []
-
-    def start(name: str, epochs: int, pace: float, fail_at: int = 0) -> tuple[RunDir, Path]:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "train.py").write_text(SCRIPT)
-        trace = folder / "trace"
-        launched = nnobs(runs_root, "run", name, "--", sys.executable, "train.py", str(trace), str(epochs), str(pace),
-                         str(fail_at), cwd=folder)
-        assert launched.returncode == 0, launched.stderr
-        run = RunDir.named(name, runs_root)
-        started.append(run)
-        return run, trace
-
-    yield start
-    for run in started:
-        nnobs(runs_root, "stop", run.name, cwd=tmp_path)
+def scripts(tmp_path, runs_root):
+    started = Scripts(SCRIPT, runs_root, tmp_path, [])
+    yield started
+    started.stop_all()
 
 
-def traced(trace: Path) -> dict[int, tuple[float, float]]:
-    """Per global step its learning rate and loss; a step trained again after a restart is its newest."""
-    steps = {}
-    for line in trace.read_text().splitlines():
-        step, lr, loss, *_ = line.split()
-        steps[int(step)] = (float(lr), float(loss))
-    return steps
+def test_a_keras_fit_shows_its_loss_and_metrics_takes_eta_through_its_schedule_and_stops(scripts, runs_root, monkeypatch):
+    run, trace = scripts.start("keras", EPOCHS, pace=40)
+    batch_passes(run, 160, what="160 steps", timeout=180)
+    shows_its_loss_and_metrics(run, runs_root, {"accuracy", "val_loss", "val_accuracy"}, eta=0.01, target=STEPS, monkeypatch=monkeypatch)
+    takes_eta_through_its_schedule(run, trace, runs_root, factor, new=0.002, rel=1e-5)
+    stops_with_exit_0(run, runs_root)
 
 
-def status(runs_root: Path, name: str, cwd: Path) -> dict:
-    return json.loads(nnobs(runs_root, "status", name, "--json", cwd=cwd).stdout)
+def test_a_restarted_keras_fit_resumes_at_its_step_with_the_losses_of_one_never_stopped(scripts):
+    resumes_with_the_losses_of_one_never_stopped(scripts, length=15, target=300, pace=30, stop_after=90)
 
 
-def test_a_keras_fit_shows_its_loss_and_metrics_takes_eta_through_its_schedule_and_stops(keras_fit, runs_root, tmp_path,
-                                                                                           monkeypatch):
-    run, trace = keras_fit("keras", epochs=EPOCHS, pace=40)
-    batch_passes(run, 160, what="the fit to train 160 steps", timeout=180)
-
-    shown = status(runs_root, "keras", tmp_path)
-    assert shown["state"] == "training" and 0 < shown["loss"] < 4
-    assert {"accuracy", "val_loss", "val_accuracy", "lr"} <= set(shown["evaluations"]), shown["evaluations"]
-    assert shown["eta"] == 0.01 and shown["lr"] < 0.01, "the base eta, and the decayed rate in use beside it"
-    assert shown["target"] == STEPS, "fit's epochs times its steps an epoch are the run's target"
-
-    monkeypatch.setenv("NNOBS_RUNS", str(runs_root))
-    page = AppTest.from_file(APP, default_timeout=60)
-    page.query_params["run"] = "keras"
-    page.run()
-    assert not page.exception, page.exception
-    specs = [json.loads(chart.proto.spec) for chart in page.get("vega_lite_chart")]
-    titles = {s["title"]["text"] if isinstance(s.get("title"), dict) else s.get("title") for s in specs}
-    assert {"Loss", "accuracy", "val_loss", "lr"} <= titles, titles
-
-    sent = nnobs(runs_root, "set", "keras", "--eta", "0.002", cwd=tmp_path)
-    assert sent.returncode == 0 and "acknowledged" in sent.stdout, sent.stdout + sent.stderr
-    at = next(r["ack"][0] for r in records_with(run, "ack") if r["ack"][1]["cmd"] == "eta")
-    steps = wait_for(lambda: (s := traced(trace)) and max(s) >= at + 50 and s, timeout=90, what="50 steps after eta")
-    for step in range(at, at + 50):  # the step after the ack's batch is global step `at` (0-based)
-        lr, _ = steps[step]
-        assert lr == pytest.approx(0.002 * factor(step), rel=1e-5)  # Keras's schedule computes in float32, f"step {step}: lr {lr}, not the new base's"
-
-    assert nnobs(runs_root, "stop", "keras", cwd=tmp_path).returncode == 0
-    wait_for(lambda: "fit returned; exit 0" in run.worker_log.read_text(), what="the script to return from train")
-    assert run_status(run, read_history(run)).state == "stopped" and events(run, "shutdown")
-    assert "Traceback" not in run.worker_log.read_text()
-
-
-def test_a_restarted_keras_fit_resumes_at_its_step_with_the_losses_of_one_never_stopped(keras_fit, runs_root, tmp_path):
-    whole_run, whole = keras_fit("whole", epochs=15, pace=0)
-    broken_run, broken = keras_fit("broken", epochs=15, pace=30)
-    batch_passes(broken_run, 90, what="the fit to be stopped to pass step 90", timeout=180)
-    assert nnobs(runs_root, "stop", "broken", cwd=tmp_path).returncode == 0
-    stopped_at = events(broken_run, "shutdown")[-1]["event"][0]
-    print(f"stopped at step {stopped_at}")
-    assert "the next start applies it" in nnobs(runs_root, "set", "broken", "--pace", "0", cwd=tmp_path).stdout
-    assert nnobs(runs_root, "restart", "broken", cwd=tmp_path).returncode == 0
-    for run in (whole_run, broken_run):
-        wait_for(lambda run=run: events(run, "target_reached"), timeout=240, what=f"{run.name} at its target 300")
-    assert events(broken_run, "started")[-1]["resumed_from"] == stopped_at
-    reference, resumed = traced(whole), traced(broken)
-    for step in range(stopped_at, stopped_at + 50):
-        assert resumed[step] == reference[step], f"step {step}: (lr, loss) {resumed[step]} vs {reference[step]}"
-
-
-def test_a_keras_fit_killed_or_failing_reads_crashed(keras_fit, runs_root, tmp_path):
-    killed, _ = keras_fit("killed", epochs=EPOCHS, pace=50)
-    batch_passes(killed, 20, what="the fit to train", timeout=180)
-    os.kill(status(runs_root, "killed", tmp_path)["pid"], signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_for(lambda: run_status(killed, read_history(killed)).state == "crashed", timeout=2,
-             what="the killed fit to read crashed within 2 s")
-    assert time.monotonic() - killed_at < 2
-
-    failing, _ = keras_fit("failing", epochs=EPOCHS, pace=0, fail_at=30)
-    error = wait_for(lambda: events(failing, "error"), timeout=180, what="the error recorded")[0]
-    assert "RuntimeError: the loss could not be computed at step 30" in error["error"]
-    wait_for(lambda: run_status(failing, read_history(failing)).state == "crashed", what="the run to read crashed")
+def test_a_keras_fit_killed_or_failing_reads_crashed(scripts):
+    killed_or_failing_reads_crashed(scripts, EPOCHS, "the loss could not be computed at step 30")

@@ -57,7 +57,7 @@ def status_text(run: RunDir, status: RunStatus) -> str:
     else:
         reports = f"every {status.report_every:,} batches"
     if status.target is not None and status.batch > status.target:
-        batch = f"{status.batch:,}, past the target of {status.target:,} (lowered since): it waits until the target is raised"
+        batch = f"{status.batch:,}, past the target of {status.target:,} (lowered since): it trains no further until the target is raised"
     else:
         batch = f"{status.batch:,} of {number_or_dash(status.target, ',')} (the target)"
     pace = "flat out" if not status.pace else f"at most {status.pace:,g} batches a second"

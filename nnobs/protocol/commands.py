@@ -115,12 +115,13 @@ COMMANDS: dict[str, Command] = {
             lambda v: f"Target {v:,} batches",
             _label("target {:,}"),
             Field("The target", f"a whole number of batches from 0 to {MAX_TARGET:,}", True),
-            flag=Flag(int, "N", "train until batch N, then idle"),
+            flag=Flag(int, "N", "train until batch N, then idle (a script: end)"),
             sidebar=Sidebar(
                 0,
                 "Target batches",
                 "Set target",
-                "Train until the batch count reaches this, then wait. Raise it to train on, lower it to stop early. "
+                "Train until the batch count reaches this, then wait (a script ends there, unless it waits). Raise it to "
+                "train on, lower it to stop early. "
                 "A whole number: 5000, 5,000 and 1e6 all work.",
             ),
         ),

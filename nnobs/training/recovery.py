@@ -84,13 +84,18 @@ class Recovery:
         run = self.run
         self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
         self.last_checkpoint = now
+        started = time.perf_counter()
         if not np.isfinite(run.trainer.state_vector()).all():
             return  # parameters no one can go on from: the checkpoint before them stays
         if not self.disk.room_for_checkpoint():
             self.disk.check(now)  # pauses, and says so: a checkpoint would take the disk below its floor
             return
-        started = time.perf_counter()
-        saved = run.trainer.save()
+        try:
+            saved = run.trainer.save()
+        except Exception as err:  # a framework's own save that fails: said, tried again later, never fatal
+            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": f"{type(err).__name__}: {err}"})
+            self.checkpoint_took = time.perf_counter() - started
+            return
         run.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = self.checkpoint_of(saved)
         try:

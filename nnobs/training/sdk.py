@@ -310,23 +310,25 @@ class Run:
         per_epoch = len(loader)  # type: ignore[arg-type]
         if per_epoch < 1:
             raise NnobsError("run.epochs: the loader has no batches")
-        batches, last = self.batches(), epochs * per_epoch
-        # The batch to train next: its number says where the loop is. None once every epoch is done.
-        numbered = next(batches, None) if self.session.batch < last else None
+        last = epochs * per_epoch
+        batches = self.session.batches(until=last)
+        numbered = next(batches, None)  # the batch to train next: its number says where the loop is
         while numbered is not None:
             epoch, step = divmod(numbered - 1, per_epoch)
             if epoch >= epochs:
                 return
             shuffle_for(loader, seed, epoch)
-            for item in itertools.islice(iter(loader), step, None):
+            for item in itertools.islice(iter(loader), step, per_epoch):
                 yield epoch, step, item
-                if numbered >= last:
-                    return  # asking for another batch would count one more than the epochs hold
                 expected, numbered = numbered + 1, next(batches, None)
                 if numbered != expected:  # ended, or rewound: start again where the batch count now is
                     break
                 step += 1
             else:  # the epoch is done; the next batch, already numbered, begins the next one
+                if step < per_epoch:
+                    raise NnobsError(
+                        f"run.epochs: the loader gave {step} batches in epoch {epoch}, fewer than its len() of {per_epoch}"
+                    )
                 continue
             if numbered is None:
                 return
@@ -431,7 +433,7 @@ def shuffle_for(loader: Any, seed: int, epoch: int) -> None:
     sampler = getattr(loader, "sampler", None)
     if callable(set_epoch := getattr(sampler, "set_epoch", None)):
         set_epoch(epoch)
-    elif sampler is not None and hasattr(sampler, "generator") and hasattr(sampler, "num_samples"):
+    elif sampler is not None and hasattr(sampler, "generator"):  # RandomSampler, SubsetRandomSampler
         import torch  # a RandomSampler is PyTorch's: torch is there
 
         sampler.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

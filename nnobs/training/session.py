@@ -130,16 +130,23 @@ class Session(RunState):
         self.apply_commands()
         self.recovery.answers_from = None  # from here on, fresh answers start at the run file's end
         if self.resumed_from is not None:
-            tell_what_resume_kept(self.run_dir.name, self._code_eta, self.trainer.eta, self.batch, self.target)
+            tell_what_resume_kept(
+                self.run_dir.name, self._code_eta, self.trainer.eta, self.batch, self.target, self.wait_at_target
+            )
 
-    def batches(self) -> Iterator[int]:
-        """Yield the number of each batch to train (resumed runs go on from their checkpoint), idling at the target
-        or a pace, and end on shutdown. The loop body trains the batch and calls log()."""
+    def batches(self, until: int | None = None) -> Iterator[int]:
+        """Yield the number of each batch to train (resumed runs go on from their checkpoint), idling at a pace, and
+        end at the target (or idle there, waiting for a higher one), on shutdown, and after batch `until` when given
+        (an epoch loop's last). The loop body trains the batch and calls log()."""
         with self._orphan_ends_loop():
             while not self.done:
+                if until is not None and self.batch >= until:
+                    return
                 end = self._next_stop()
                 if end is None:
                     continue
+                if until is not None:
+                    end = min(end, until)
                 started, batch = time.monotonic(), self.batch
                 while batch < end:
                     batch += 1
@@ -215,7 +222,7 @@ class Session(RunState):
             self._check_at = now + CONTROL_CHECK_S
             if self.done:
                 return None
-        if self.batch >= self.target and not self.wait_at_target and not self.disk.trouble:
+        if self.batch >= self.target and not (self.wait_at_target or self.disk.trouble or self.paused):
             self.apply_commands()  # a target raised a moment ago goes on
             if self.batch >= self.target:
                 self.done = True  # the loop ends at its target, as a framework's max_steps ends it
@@ -329,7 +336,9 @@ class Session(RunState):
             self.out.write(record)  # the setting holds again: say so, but do not answer twice
 
 
-def tell_what_resume_kept(name: str, code_eta: float | None, eta: float, batch: int, target: int) -> None:
+def tell_what_resume_kept(
+    name: str, code_eta: float | None, eta: float, batch: int, target: int, waits: bool = True
+) -> None:
     """Say in worker.log where a resumed run's checkpoint overrode what its code asked for: eta, and the target."""
     if code_eta is not None and code_eta != eta:
         tell_log(
@@ -339,6 +348,6 @@ def tell_what_resume_kept(name: str, code_eta: float | None, eta: float, batch: 
     if batch >= target:
         tell_log(
             f"nnobs: {name} resumed at batch {batch:,}, its target (the checkpoint's, not the "
-            f"code's): it waits until the target is raised, from the page or by `nnobs set {name} "
-            "--target N`"
+            f"code's): it {'waits until the target is raised' if waits else 'ends at once'}; raise it from the page "
+            f"or by `nnobs set {name} --target N`{'' if waits else ', then start it again'}"
         )

@@ -43,7 +43,7 @@ def progress(batch: int, target: int) -> tuple[float, str]:
     if batch > target:
         return (
             1.0,
-            f"Batch {batch:,} is past the target of {target:,}, lowered since: it waits until the target is raised",
+            f"Batch {batch:,} is past the target of {target:,}, lowered since: it trains no further until the target is raised",
         )
     done = batch / target
     percent = math.floor(100 * done)  # 99.9% is not yet 100%

@@ -25,6 +25,9 @@ from nnobs.training.sdk import Run, through_file
 from nnobs.training.trainer import Trainer
 
 SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
+# State reports of a model over 10,000 parameters come every report_every batches: a framework's steps take
+# milliseconds, so every 100 (within the run's byte budget) shows its layers move from the first minute.
+REPORT_EVERY = 100
 
 
 class Rates(Protocol):
@@ -52,52 +55,60 @@ class FrameworkTrainer(Trainer):
         self, params: list[tuple[str, Any]], save_native: Callable[[str], None], load_native: Callable[[str], None]
     ):
         self._save_native, self._load_native = save_native, load_native
-        self.torch: Rates | None = None  # once live
+        self.rates: Rates | None = None  # once live
         self._eta: float | None = None  # asked for before the optimizer was made
         self._loaded: dict[str, np.ndarray] = {}  # the checkpoint resumed from, until the framework's state is live
+        self._frozen: dict[str, np.ndarray] | None = None  # the last checkpoint, once training has stopped
         self.tensors = [(name, tuple(p.shape)) for name, p in params]
         self._params = params
 
     def went_live(self, rates: Rates) -> None:
         """The framework made its optimizer and restored its state: eta asked for meanwhile is set now."""
-        self.torch = rates
+        self.rates = rates
         self._loaded = {}
-        if self._eta is not None and not math.isclose(self._eta, rates.eta, rel_tol=1e-12):
+        # 0 is no eta (a checkpoint taken before the optimizer was made says 0): the framework's own rate stands.
+        if self._eta and not math.isclose(self._eta, rates.eta, rel_tol=1e-12):
             rates.eta = self._eta
 
     @property
     def eta(self) -> float:
-        if self.torch is not None:
-            return self.torch.eta
+        if self.rates is not None:
+            return self.rates.eta
         return 0.0 if self._eta is None else self._eta
 
     @eta.setter
     def eta(self, value: float) -> None:
-        if self.torch is not None:
-            self.torch.eta = value
+        if self.rates is not None:
+            self.rates.eta = value
         else:
             self._eta = float(value)
 
     @property
     def lr_in_use(self) -> float | None:
-        return None if self.torch is None else self.torch.lr_in_use
+        return None if self.rates is None else self.rates.lr_in_use
 
     @property
     def can_load(self) -> bool:  # type: ignore[override]
         """A checkpoint loads as the run starts, through the framework's own restore; rewinding a live framework's
         loop is not something the frameworks offer: stop the run and fork it from a kept checkpoint instead."""
-        return self.torch is None
+        return self.rates is None
 
     def state_vector(self) -> np.ndarray:
         return flat_copy(self._params)
 
     def save(self) -> dict[str, np.ndarray]:
-        if self.torch is None:
-            return self._loaded  # the framework's state is not made yet: the checkpoint resumed from is still the run's
+        if self.rates is None or self._frozen is not None:
+            # Not made yet: the checkpoint resumed from is still the run's. Frozen: training stopped at a step
+            # boundary, and what the framework does on its way out (a finished epoch, say) is not the run's state.
+            return self._loaded if self._frozen is None else self._frozen
         return {"native": np.frombuffer(through_file(self._save_native), dtype=np.uint8)}
 
+    def freeze(self) -> None:
+        """Training stops here: the checkpoint of this step boundary is the run's last."""
+        self._frozen = self.save()
+
     def load(self, saved: dict[str, np.ndarray]) -> None:
-        if self.torch is not None:
+        if self.rates is not None:
             raise ValueError("a live framework's training cannot go back: stop the run, then fork it from a checkpoint")
         if "native" not in saved:
             raise ValueError("the checkpoint holds no framework checkpoint")
@@ -119,11 +130,14 @@ class FrameworkRun:
         self.run: Run | None = None
         self.trainer: FrameworkTrainer | None = None
         self._batches: Iterator[int] | None = None
+        self.stopping = False  # the run's batches ended: the framework is told to stop, and ends the run as it ends
+        self._begun = False
         self.ended = False
 
     def start(self, trainer: FrameworkTrainer, target: int | None = None) -> Run:
         """Take the run and resume from its checkpoint (through trainer.load, so before the framework restores)."""
-        settings = dict(self.settings)
+        self._once()
+        settings = {"report_every": REPORT_EVERY, **self.settings}
         if target is not None and "target" not in settings:
             settings["target"] = target
         self.trainer = trainer
@@ -134,6 +148,7 @@ class FrameworkRun:
     def live(self, rates: Rates, framework_step: int) -> bool:
         """The framework's state is made and restored: begin the first batch. False: the run ends before it."""
         assert self.run is not None and self.trainer is not None
+        self._once()
         said = self.trainer.eta
         self.trainer.went_live(rates)
         if self.trainer.eta != said:  # the run started before the optimizer was made: its eta is known only now
@@ -146,12 +161,22 @@ class FrameworkRun:
         self._batches = self.run.batches()
         return self._next()
 
+    def _once(self) -> None:
+        if self.ended:
+            raise NnobsError(
+                f"nnobs.{self.framework}.Callback serves one training: give each fit or train its own callback"
+            )
+
     def step_ended(self, loss: Any, metrics: dict[str, float]) -> bool:
         """Log the step's loss and metrics, then answer the run's commands and begin the next batch (waiting at a
-        pace or, asked to, at the target). False when training is to stop: the run has ended then."""
+        pace or, asked to, at the target). False when training is to stop: the run's last checkpoint is taken then,
+        at this step boundary, and the run ends as the framework does (end())."""
         run = self.run
         if run is None or self._batches is None or self.ended:
-            return not self.ended
+            return False
+        if self.stopping:
+            return False
+        self._begun = False
         number = as_number(loss)
         if number is not None:
             run.log(number, **metrics)
@@ -159,11 +184,19 @@ class FrameworkRun:
             run.session.log_metrics(metrics, run.batch)
         return self._next()
 
+    def metrics_logged(self, metrics: dict[str, float], at: int | None = None) -> None:
+        """Values the framework logs between steps (a validation's), at the batch they were measured at."""
+        run = self.run
+        if run is not None and not self.ended and metrics:
+            run.session.log_metrics(metrics, run.batch if at is None else at)
+
     def _next(self) -> bool:
-        assert self._batches is not None
+        assert self._batches is not None and self.run is not None and self.trainer is not None
         if next(self._batches, None) is None:
-            self.end()  # the final checkpoint is taken now, at a step boundary the framework can resume from
+            self.stopping = True
+            self.trainer.freeze()  # at a step boundary the framework can resume from
             return False
+        self._begun = True  # a batch is counted that the framework has not trained yet
         return True
 
     @property
@@ -177,6 +210,8 @@ class FrameworkRun:
         self.ended = True
         if self in _live:
             _live.remove(self)
+        if self._begun:  # the framework ended by itself (its epochs, early stopping) before training that batch
+            self.run.session.batch -= 1
         self.run.close(error)
 
 
@@ -187,7 +222,7 @@ _live: list[FrameworkRun] = []
 
 def _crash_hook(kind, error, tb) -> None:
     for run in list(_live):
-        run.end(error if isinstance(error, Exception) else None)
+        run.end(None if isinstance(error, SystemExit) else error)
     _previous_hook(kind, error, tb)
 
 

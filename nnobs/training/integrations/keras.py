@@ -130,8 +130,6 @@ class Callback(keras.callbacks.Callback):
     # -- fit's events ------------------------------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if self.nnobs.run is not None:
-            return
         if not self.model.built:
             raise NnobsError(
                 "nnobs.keras.Callback: build the model before fit (give it an Input), as Keras's own "
@@ -146,7 +144,8 @@ class Callback(keras.callbacks.Callback):
         self._restore()
         self._keep_losses()
         if not self.nnobs.live(KerasRates(optimizer), int(keras.ops.convert_to_numpy(optimizer.iterations))):
-            self.model.stop_training = True
+            # At its target already: no epoch at all (stop_training is looked at only after a step).
+            self.model._initial_epoch = self.params.get("epochs") or 0
 
     def _restore(self) -> None:
         """Keras's own state from the run's checkpoint: weights, optimizer, seeds; the epoch; the place in the data."""
@@ -204,10 +203,9 @@ class Callback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self._epoch = epoch + 1
-        run = self.nnobs.run
-        if run is not None and not self.nnobs.ended and logs:
-            run.session.log_metrics(numbers_of({k: v for k, v in logs.items() if k.startswith("val_")}), run.batch)
+        self._epoch, self._steps_done = epoch + 1, 0
+        self.nnobs.metrics_logged(numbers_of({k: v for k, v in (logs or {}).items() if k.startswith("val_")}))
 
     def on_train_end(self, logs=None):
+        self.model._initial_epoch = None  # Keras keeps it: a later fit of this model starts from its own epoch 0
         self.nnobs.end()

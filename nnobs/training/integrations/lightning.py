@@ -27,7 +27,7 @@ except ImportError as err:
     ) from err
 
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
-from nnobs.training.integrations.metrics import numbers_of
+from nnobs.training.integrations.metrics import as_number, numbers_of
 from nnobs.training.integrations.torch import TorchTrainer
 
 METRICS_EVERY_S = 0.05  # the values the model logs are read 20 times a second at most; the loss every step
@@ -43,11 +43,12 @@ class Callback(pl.Callback):
         self.nnobs = FrameworkRun(name, settings, "lightning")
         self._metrics_at = 0.0  # when the logged values are next read
         self._rng: torch.Tensor | None = None  # the random state a resumed fit goes on with
+        self._accumulated: list = []  # the losses of an optimizer step's micro-batches, under gradient accumulation
 
     # -- start: before Lightning restores, then once its optimizer is made ------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.nnobs.run is not None:
+        if stage != "fit":
             return
 
         def load(path: str) -> None:
@@ -57,6 +58,7 @@ class Callback(pl.Callback):
 
         model_trainer = FrameworkTrainer(torch_params(pl_module), lambda path: trainer.save_checkpoint(path), load)
         self.nnobs.start(model_trainer, target=trainer.max_steps if trainer.max_steps > 0 else None)
+        self._follow_target(trainer)  # a run resumed at the code's max_steps, its target raised since, goes on
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.nnobs.run is None:
@@ -76,6 +78,13 @@ class Callback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if trainer.accumulate_grad_batches > 1:  # a run's batch is an optimizer step: the mean of its micro-batches
+            self._accumulated.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
+                return
+            losses, self._accumulated = self._accumulated, []
+            numbers = [n for n in map(as_number, losses) if n is not None]
+            loss = sum(numbers) / len(numbers) if numbers else None
         metrics = {}
         now = time.monotonic()
         if now >= self._metrics_at:  # Lightning gathers its logged values afresh each time they are asked for
@@ -96,6 +105,8 @@ class Callback(pl.Callback):
         self.nnobs.end(exception)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The values of a validation run after the last step (at the target) are the run's last word.
+        self.nnobs.metrics_logged(numbers_of(trainer.callback_metrics, leave_out=("loss",)))
         self.nnobs.end()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -39,8 +39,9 @@ from nnobs.training.integrations.metrics import numbers_of
 from nnobs.training.integrations.torch import TorchTrainer
 
 # What the Trainer logs that is no measurement of the model, or that nnobs shows by itself (the loss every step; the
-# learning rate in use as lr).
+# learning rate in use as lr; its own speed): names, and name endings.
 NOT_CHARTED = ("loss", "learning_rate", "epoch", "total_flos")
+NOT_CHARTED_ENDINGS = ("_runtime", "_per_second", "_flos")
 
 
 class Callback(transformers.TrainerCallback):
@@ -135,12 +136,10 @@ class Callback(transformers.TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        run = self.nnobs.run
-        if run is None or self.nnobs.ended or not logs:
+        if not logs:
             return
-        metrics = numbers_of(logs, leave_out=NOT_CHARTED)
-        if metrics:
-            run.session.log_metrics(metrics, state.global_step)  # the step they were measured at
+        measured = {key: value for key, value in logs.items() if not key.endswith(NOT_CHARTED_ENDINGS)}
+        self.nnobs.metrics_logged(numbers_of(measured, leave_out=NOT_CHARTED), at=state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._end()

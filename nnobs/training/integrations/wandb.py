@@ -10,8 +10,8 @@
 A W&B step is an nnobs batch (the first step logged is the batch after the one the run resumed from). log() merges
 its numbers into the step's row, as W&B does, and the row is logged once the step moves on: its "loss" (else the one
 key that ends in "/loss" or "_loss", as "train/loss") as the run's loss, the rest as metrics named as in W&B with "/"
-written "." ("val/acc" charts as val.acc). The run's target is the step limit: at it, log() waits for a higher one as
-the built-in worker does. Stop, from the page or `nnobs stop`, ends the script at its next log() with SystemExit(0),
+written "." ("val/acc" charts as val.acc). The run's target is the step limit: at it, log() ends the script as stop does.
+Stop, from the page or `nnobs stop`, ends the script at its next log() with SystemExit(0),
 so its finally blocks run and it exits 0, as W&B's stop ends a run from the web. An uncaught exception is recorded as
 the run's crash, with its message.
 
