@@ -69,6 +69,23 @@ class Scripts:
             nnobs(self.runs_root, "stop", run.name, cwd=self.folder)
 
 
+def scripts_fixture(script: str):
+    """A test module's `scripts` fixture: its SCRIPT started under `nnobs run`, every run stopped at the end."""
+
+    @pytest.fixture
+    def scripts(tmp_path: Path, runs_root: Path):
+        started = Scripts(script, runs_root, tmp_path, [])
+        yield started
+        started.stop_all()
+
+    return scripts
+
+
+def warmup_then_linear(warmup: int, steps: int) -> Callable[[int], float]:
+    """Transformers' get_linear_schedule_with_warmup factor: up from 0 over warmup steps, then down to 0 at steps."""
+    return lambda step: step / warmup if step < warmup else max(0.0, (steps - step) / (steps - warmup))
+
+
 def shows_its_loss_and_metrics(run: RunDir, runs_root: Path, metrics: set[str], eta: float, target: int,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The loss and the framework's metrics in `status --json` and on the page; the base eta with the rate in use."""

@@ -13,9 +13,9 @@ pytest.importorskip("keras", reason="the Keras tests need the test extra's Keras
 
 from conftest import batch_passes
 from framework_support import (
-    Scripts,
     killed_or_failing_reads_crashed,
     resumes_with_the_losses_of_one_never_stopped,
+    scripts_fixture,
     shows_its_loss_and_metrics,
     stops_with_exit_0,
     takes_eta_through_its_schedule,
@@ -75,11 +75,7 @@ def factor(step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - WARMUP, STEPS) / STEPS))
 
 
-@pytest.fixture
-def scripts(tmp_path, runs_root):
-    started = Scripts(SCRIPT, runs_root, tmp_path, [])
-    yield started
-    started.stop_all()
+scripts = scripts_fixture(SCRIPT)
 
 
 def test_a_keras_fit_shows_its_loss_and_metrics_takes_eta_through_its_schedule_and_stops(scripts, runs_root, monkeypatch):

@@ -9,12 +9,13 @@ pytest.importorskip("transformers", reason="the Transformers tests need the test
 
 from conftest import batch_passes
 from framework_support import (
-    Scripts,
     killed_or_failing_reads_crashed,
     resumes_with_the_losses_of_one_never_stopped,
+    scripts_fixture,
     shows_its_loss_and_metrics,
     stops_with_exit_0,
     takes_eta_through_its_schedule,
+    warmup_then_linear,
 )
 
 WARMUP, STEPS = 100, 10_000
@@ -69,15 +70,10 @@ print("train returned; exit 0", flush=True)
 """
 
 
-def factor(step: int) -> float:
-    return step / WARMUP if step < WARMUP else max(0.0, (STEPS - step) / (STEPS - WARMUP))
+factor = warmup_then_linear(WARMUP, STEPS)
 
 
-@pytest.fixture
-def scripts(tmp_path, runs_root):
-    started = Scripts(SCRIPT, runs_root, tmp_path, [])
-    yield started
-    started.stop_all()
+scripts = scripts_fixture(SCRIPT)
 
 
 def test_a_trainer_shows_its_loss_and_metrics_takes_eta_through_warmup_and_decay_and_stops(scripts, runs_root, monkeypatch):

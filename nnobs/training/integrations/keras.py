@@ -30,6 +30,7 @@ except ImportError as err:
 
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
 from nnobs.training.integrations.metrics import numbers_of
+from nnobs.training.integrations.torch import random_state, set_random_state
 from nnobs.training.sdk import shuffle_for
 
 # A Keras schedule's rates that are learning rates (scaled with eta), the first of them present being its base.
@@ -116,7 +117,7 @@ class Callback(keras.callbacks.Callback):
             "epoch": self._epoch + epoch_done,
             "data": data_state,
             "seeds": seeds,
-            "rng": torch.get_rng_state(),
+            "rng": random_state(),
         }
         torch.save(saved, path)
 
@@ -189,7 +190,7 @@ class Callback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._rng is not None:
-            torch.set_rng_state(self._rng)
+            set_random_state(self._rng)
             self._rng = None
 
     def on_train_batch_end(self, batch, logs=None):

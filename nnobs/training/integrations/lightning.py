@@ -28,7 +28,7 @@ except ImportError as err:
 
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
 from nnobs.training.integrations.metrics import as_number, numbers_of
-from nnobs.training.integrations.torch import TorchTrainer
+from nnobs.training.integrations.torch import TorchTrainer, random_state, set_random_state
 
 METRICS_EVERY_S = 0.05  # the values the model logs are read 20 times a second at most; the loss every step
 
@@ -42,7 +42,7 @@ class Callback(pl.Callback):
         super().__init__()
         self.nnobs = FrameworkRun(name, settings, "lightning")
         self._metrics_at = 0.0  # when the logged values are next read
-        self._rng: torch.Tensor | None = None  # the random state a resumed fit goes on with
+        self._rng: dict[str, Any] | None = None  # the random state a resumed fit goes on with
         self._accumulated: list = []  # the losses of an optimizer step's micro-batches, under gradient accumulation
 
     # -- start: before Lightning restores, then once its optimizer is made ------------------------------------------
@@ -64,7 +64,7 @@ class Callback(pl.Callback):
         if self.nnobs.run is None:
             return
         if self._rng is not None:
-            torch.set_rng_state(self._rng)
+            set_random_state(self._rng)
             self._rng = None
         schedulers = trainer.lr_scheduler_configs
         self._follow_target(trainer)
@@ -117,7 +117,7 @@ class Callback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The random state (dropout, random augmentation) at the step boundary the checkpoint is taken at."""
-        return {"torch_rng": torch.get_rng_state()}
+        return random_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng = state_dict.get("torch_rng")  # set back as training begins: restoring draws nothing after that
+        self._rng = state_dict  # set back as training begins: restoring draws nothing after that

@@ -89,10 +89,7 @@ class TorchTrainer(Trainer):
         state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()  # where the schedule is: a restart goes on from there
-        # The random state (dropout, a loader's draws): a restart draws what the run would have drawn next.
-        state["rng"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        state.update(random_state())  # dropout, a loader's draws: a restart draws what the run would have drawn next
         torch.save(state, buffer)
         return {"torch": np.frombuffer(buffer.getvalue(), dtype=np.uint8)}
 
@@ -105,13 +102,26 @@ class TorchTrainer(Trainer):
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and "scheduler" in state:
                 self.scheduler.load_state_dict(state["scheduler"])
-            if "rng" in state:
-                torch.set_rng_state(state["rng"])
-            if "cuda_rng" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            set_random_state(state)
         except (RuntimeError, KeyError, TypeError) as err:  # another model's shapes, or not ours at all
             # torch's first line only says that loading failed; the lines after it name the tensors that differ.
             raise ValueError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from err
+
+
+def random_state() -> dict[str, Any]:
+    """PyTorch's random state, the CPU's and, where used, the GPUs': what a checkpoint keeps for a resumed run."""
+    state: dict[str, Any] = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Set back what random_state() returned (what of it there is)."""
+    if state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def flat_copy(params: Sequence[tuple[str, torch.Tensor]]) -> np.ndarray:

@@ -29,8 +29,6 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
-
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.events import EventKind
 from nnobs.training.integrations.metrics import as_number, metric_name
@@ -160,11 +158,11 @@ class WandbRun:
         if self._run is not None:
             warn_once("watch() after the first log(): its parameters are not shown (call it before)")
             return
+        from nnobs.training.integrations.torch import flat_copy  # a model with named_parameters: PyTorch is there
+
         params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self._tensors = [(name, tuple(p.shape)) for name, p in params]
-        self._state = lambda: np.concatenate(
-            [p.detach().to("cpu").double().numpy().ravel() for _, p in params] or [np.empty(0)]
-        )
+        self._state = lambda: flat_copy(params)
 
     def alert(self, title: str, text: str, level: Any = None, wait_duration: Any = None) -> None:
         """An alert: an event in the run file and a line in worker.log."""
