@@ -25,9 +25,6 @@ from nnobs.training.sdk import Run, through_file
 from nnobs.training.trainer import Trainer
 
 SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
-# State reports of a model over 10,000 parameters come every report_every batches: a framework's steps take
-# milliseconds, so every 100 (within the run's byte budget) shows its layers move from the first minute.
-REPORT_EVERY = 100
 
 
 class Rates(Protocol):
@@ -137,7 +134,7 @@ class FrameworkRun:
     def start(self, trainer: FrameworkTrainer, target: int | None = None) -> Run:
         """Take the run and resume from its checkpoint (through trainer.load, so before the framework restores)."""
         self._once()
-        settings = {"report_every": REPORT_EVERY, **self.settings}
+        settings = dict(self.settings)
         if target is not None and "target" not in settings:
             settings["target"] = target
         self.trainer = trainer
