@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import python, run_together
-from nnobs.protocol.control import ControlWatcher, read_commands, send_command
+from nnobs.protocol.control import ControlWatcher, read_commands, send_command, send_commands
 from nnobs.protocol.commands import check_command
 from nnobs.protocol.errors import CommandError, ControlFileError
 
@@ -105,6 +105,18 @@ def test_watcher_returns_only_new_commands(control_file):
     b, c = send_command(control_file, "eta", 0.2), send_command(control_file, "tell_state")
     assert watcher.poll() == [b, c]
     assert watcher.last_seq == c["seq"]
+
+
+def test_commands_sent_together_are_one_write_numbered_in_order_and_refused_whole(control_file):
+    watcher = ControlWatcher(control_file)
+    first = send_command(control_file, "pace", 0)
+    assert watcher.poll() == [first]
+    with pytest.raises(CommandError, match="cannot be written as JSON"):
+        send_commands(control_file, [("target", 100), ("eta", float("inf"))])
+    assert read_commands(control_file) == [first], "nothing of a refused pair is written"
+    eta, target = send_commands(control_file, [("eta", 500.0), ("target", 21000)])
+    assert [eta["seq"], target["seq"]] == [first["seq"] + 1, first["seq"] + 2]
+    assert watcher.poll() == [eta, target], "read in one poll, so applied at the same batch"
 
 
 def test_watcher_starting_after_a_seq_skips_what_was_applied(control_file):

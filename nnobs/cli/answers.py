@@ -6,7 +6,7 @@ import time
 
 from nnobs.launching.lifecycle import active_job, worker_pid
 from nnobs.protocol.commands import check_command
-from nnobs.protocol.control import queue_command
+from nnobs.protocol.control import queue_commands
 from nnobs.protocol.records import RecordReader
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.history import RunHistory
@@ -37,7 +37,7 @@ def send_commands(run: RunDir, commands: list[tuple[str, object]], wait: bool = 
     for cmd, value in commands:
         check_command(cmd, value)  # refuse here, with the worker's own words, before anything is written
     answers = RecordReader.from_end(run.run_file)  # answers come after this
-    sent = [queue_command(run, cmd, value, by="cli") for cmd, value in commands]
+    sent = queue_commands(run, commands, by="cli")
     for command in sent:
         print(f"sent {describe(command)} (command {command['id']})")
     return await_answers(run, answers, sent) if wait else 0

@@ -81,19 +81,33 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
     The value is not checked here: the worker is the authority and answers every command,
     refused ones included. Callers that want to refuse early use check_command.
     """
+    return send_commands(path, [(cmd, value)], by=by)[0]
+
+
+def send_commands(path: Path, commands: list[tuple[str, Any]], by: str = "") -> list[Command]:
+    """Append (cmd, value) pairs in one write under the control file's lock, numbered in order.
+
+    One write, so the worker reads them in one poll and applies them at the same batch: `set --eta 500 --target
+    21000` never trains on with the new target and the old eta in between.
+    """
     path = Path(path)
-    command = {"cmd": cmd, "value": value, "id": uuid.uuid4().hex[:12], "t": round(time.time(), 3), "by": by}
-    try:
-        json.dumps(command, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise CommandError(f"{cmd} {value!r} cannot be written as JSON: {err}") from err
+    made = []
+    for cmd, value in commands:
+        command = {"cmd": cmd, "value": value, "id": uuid.uuid4().hex[:12], "t": round(time.time(), 3), "by": by}
+        try:
+            json.dumps(command, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise CommandError(f"{cmd} {value!r} cannot be written as JSON: {err}") from err
+        made.append(command)
     with _locked(path):
         content = _read(path)
-        command = {"seq": content["next_seq"], **command}
-        content["next_seq"] += 1
-        content["commands"].append(command)
+        numbered = []
+        for command in made:
+            numbered.append({"seq": content["next_seq"], **command})
+            content["next_seq"] += 1
+        content["commands"].extend(numbered)
         _write(path, content)
-    return command
+    return numbered
 
 
 def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int) -> int:
@@ -155,14 +169,23 @@ COMMANDS_KEPT = 1000  # applied commands control.json keeps; older ones live on 
 
 
 def queue_command(run: RunDir, cmd: str, value=None, by: str = "") -> Command:
-    """Queue a command for the run's worker; every COMMANDS_KEPT commands, forget what it applied long ago.
+    """Queue a command for the run's worker (see queue_commands)."""
+    return queue_commands(run, [(cmd, value)], by=by)[0]
+
+
+def queue_commands(run: RunDir, commands: list[tuple[str, Any]], by: str = "") -> list[Command]:
+    """Queue commands for the run's worker, applied together; every COMMANDS_KEPT commands, forget what it applied
+    long ago.
 
     A run steered for days by a script would otherwise grow control.json without end, and with it
     the time every sender, the worker and every page spend reading it.
     """
-    command = send_command(run.control_file, cmd, value, by=by)
-    if command["seq"] % COMMANDS_KEPT == 0:
+    sent = send_commands(run.control_file, commands, by=by)
+    if any(command["seq"] % COMMANDS_KEPT == 0 for command in sent):
         applied = load_checkpoint_meta(run.checkpoint)  # its settings alone: the arrays may be gigabytes
         if applied is not None and "last_seq" in applied:  # an unreadable one says nothing: keep everything
             forget_applied(run.control_file, applied.get("control_id"), applied["last_seq"], keep=COMMANDS_KEPT)
-    return command
+    return sent
+
+
+COMMANDS_KEPT = 1000  # applied commands control.json keeps; older ones live on as answers in the run file

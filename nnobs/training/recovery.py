@@ -98,6 +98,7 @@ class Recovery:
             return
         run.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = self.checkpoint_of(saved)
+        self.ownership.check_still_owned()  # again, just before writing: the save above can take a while
         try:
             save_checkpoint(run.run_dir.checkpoint, ckpt)
             keep_checkpoint(run.run_dir.checkpoint, run.batch)  # to rewind to, later
@@ -123,11 +124,12 @@ class Recovery:
         if not run.trainer.can_load or not self.kept_budget.allows(now):
             return  # a checkpoint no one can load is nothing to go back to
         with self.kept_budget.charged():
-            self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
             try:
                 if np.isfinite(run.trainer.state_vector()).all() and self.disk.room_for_checkpoint():
                     saved = run.trainer.save()
                     if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
+                        # checked just before writing: never into a directory that is no longer this run's
+                        self.ownership.check_still_owned()
                         save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved))
             except OSError as err:
                 run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
