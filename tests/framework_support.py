@@ -127,20 +127,26 @@ def stops_with_exit_0(run: RunDir, runs_root: Path) -> None:
 
 
 def resumes_with_the_losses_of_one_never_stopped(scripts: Scripts, length: int, target: int, pace: float,
-                                                 stop_after: int) -> None:
+                                                 stop_after: int, ends_at: int | None = None) -> None:
     """A run stopped and restarted resumes at the step it stopped at, and its next 50 steps' rates and losses are
-    those of a run never stopped, bit for bit."""
+    those of a run never stopped, bit for bit. ends_at: the run is not stopped but ends at that target, set as it
+    starts, and is restarted with its target raised again."""
     whole_run, whole = scripts.start("whole", length, pace=0)
     broken_run, broken = scripts.start("broken", length, pace=pace)
-    batch_passes(broken_run, stop_after, what=f"the run to be stopped to pass step {stop_after}", timeout=180)
-    assert nnobs(scripts.runs_root, "stop", "broken", cwd=scripts.folder).returncode == 0
+    if ends_at is not None:
+        nnobs(scripts.runs_root, "set", "broken", "--target", str(ends_at), cwd=scripts.folder)
+        wait_for(lambda: events(broken_run, "shutdown"), timeout=180, what=f"the run to end at its target {ends_at}")
+    else:
+        batch_passes(broken_run, stop_after, what=f"the run to be stopped to pass step {stop_after}", timeout=180)
+        assert nnobs(scripts.runs_root, "stop", "broken", cwd=scripts.folder).returncode == 0
     stopped_at = events(broken_run, "shutdown")[-1]["event"][0]
     print(f"stopped at step {stopped_at}")
-    assert "the next start applies it" in nnobs(scripts.runs_root, "set", "broken", "--pace", "0",
-                                                cwd=scripts.folder).stdout
+    settings = ("--pace", "0") + (("--target", str(target)) if ends_at is not None else ())
+    assert "the next start applies it" in nnobs(scripts.runs_root, "set", "broken", *settings, cwd=scripts.folder).stdout
     assert nnobs(scripts.runs_root, "restart", "broken", cwd=scripts.folder).returncode == 0
     for run in (whole_run, broken_run):
-        wait_for(lambda run=run: events(run, "target_reached"), timeout=240, what=f"{run.name} at its target {target}")
+        wait_for(lambda run=run: any(e["event"][0] == target for e in events(run, "target_reached")), timeout=240,
+                 what=f"{run.name} at its target {target}")
     assert events(broken_run, "started")[-1]["resumed_from"] == stopped_at, "it resumes at the step it stopped at"
     reference, resumed = traced(whole), traced(broken)
     for step in range(stopped_at, stopped_at + 50):

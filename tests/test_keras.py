@@ -92,3 +92,10 @@ def test_a_restarted_keras_fit_resumes_at_its_step_with_the_losses_of_one_never_
 
 def test_a_keras_fit_killed_or_failing_reads_crashed(scripts):
     killed_or_failing_reads_crashed(scripts, EPOCHS, "the loss could not be computed at step 30")
+
+
+def test_a_keras_fit_ended_at_an_epochs_last_step_resumes_with_the_losses_of_one_never_stopped(scripts):
+    # The validation after that step draws from PyTorch's random state (its loader's seed) before the next epoch's
+    # first step, in the run never stopped as in the one that ended there.
+    resumes_with_the_losses_of_one_never_stopped(scripts, length=15, target=300, pace=30, stop_after=0,
+                                                 ends_at=5 * PER_EPOCH)

@@ -98,3 +98,8 @@ def test_a_restarted_lightning_fit_resumes_at_its_step_with_the_losses_of_one_ne
 
 def test_a_lightning_fit_killed_or_failing_reads_crashed(scripts):
     killed_or_failing_reads_crashed(scripts, STEPS, "the batch could not be read at step 30")
+
+
+def test_a_lightning_fit_ended_at_a_validation_step_resumes_with_the_losses_of_one_never_stopped(scripts):
+    # A validation after that step (val_check_interval=50) runs before the next step, stopped there or not.
+    resumes_with_the_losses_of_one_never_stopped(scripts, length=400, target=400, pace=60, stop_after=0, ends_at=150)

@@ -90,3 +90,9 @@ def test_a_restarted_trainer_resumes_at_its_step_with_the_losses_of_one_never_st
 
 def test_a_trainer_killed_or_failing_reads_crashed(scripts):
     killed_or_failing_reads_crashed(scripts, STEPS, "the tokenizer failed at step 30")
+
+
+def test_a_trainer_ended_at_an_evaluation_step_resumes_with_the_losses_of_one_never_stopped(scripts):
+    # The evaluation after that step (eval_steps=50) draws its loader's seed from PyTorch's random state before the
+    # next step, stopped there or not: the run's last checkpoint is taken after it.
+    resumes_with_the_losses_of_one_never_stopped(scripts, length=300, target=300, pace=30, stop_after=0, ends_at=100)

@@ -101,7 +101,8 @@ class FrameworkTrainer(Trainer):
         return {"native": np.frombuffer(through_file(self._save_native), dtype=np.uint8)}
 
     def freeze(self) -> None:
-        """Training stops here: the checkpoint of this step boundary is the run's last."""
+        """Training stops here: the checkpoint of this step boundary is the run's last (taken anew when called again)."""
+        self._frozen = None
         self._frozen = self.save()
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
@@ -186,6 +187,13 @@ class FrameworkRun:
         run = self.run
         if run is not None and not self.ended and metrics:
             run.session.log_metrics(metrics, run.batch if at is None else at)
+
+    def after_stop(self) -> None:
+        """The framework did, after the step training stopped at, what it does before the next step (a validation,
+        which draws from the random state): the run's last checkpoint is taken after it, as a run never stopped would
+        go on from there."""
+        if self.stopping and not self.ended and self.trainer is not None:
+            self.trainer.freeze()
 
     def _next(self) -> bool:
         assert self._batches is not None and self.run is not None and self.trainer is not None

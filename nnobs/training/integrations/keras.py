@@ -204,6 +204,8 @@ class Callback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._steps_done >= (self.params.get("steps") or 0) > 0:
+            self.nnobs.after_stop()  # stopped at the epoch's last step: its validation (a loader's seed) came since
         self._epoch, self._steps_done = epoch + 1, 0
         self.nnobs.metrics_logged(numbers_of({k: v for k, v in (logs or {}).items() if k.startswith("val_")}))
 

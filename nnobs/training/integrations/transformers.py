@@ -135,6 +135,9 @@ class Callback(transformers.TrainerCallback):
             control.should_training_stop = True  # the run ended at its target, or was stopped
         return control
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.nnobs.after_stop()  # an evaluation after the step training stopped at (its loader drew a seed)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
