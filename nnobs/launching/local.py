@@ -121,16 +121,32 @@ def _slot_start(run: RunDir) -> dict:
 
 def _is_start_of(record: dict, pid: int) -> bool:
     """True for the started record of the process launched as pid, or of one it started (a script run through a
-    shell wrapper): the launcher gives it a session of its own, numbered by its pid."""
+    shell wrapper, in the session the launcher gave it, numbered by its pid; rank 0 of torchrun, which gives each
+    rank a session of its own)."""
     event = pair(record.get("event"))
     if not event or event[1] != EventKind.STARTED or not isinstance(record.get("pid"), int):
         return False
     if record["pid"] == pid:
         return True
     try:
-        return os.getsid(record["pid"]) == pid
+        return os.getsid(record["pid"]) == pid or _descends_from(record["pid"], pid)
     except OSError:
         return False
+
+
+def _descends_from(child: int, ancestor: int, depth: int = 4) -> bool:
+    """Whether ancestor started child, or started what started it (a few generations up); False where /proc is not."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{child}/stat", "rb") as stat:
+                child = int(stat.read().rsplit(b")", 1)[1].split()[1])  # the field after the state: the parent's pid
+        except (OSError, ValueError, IndexError):
+            return False
+        if child == ancestor:
+            return True
+        if child <= 1:
+            return False
+    return False
 
 
 def package_parent() -> str:

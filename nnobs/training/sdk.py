@@ -33,6 +33,7 @@ from nnobs.protocol.slot import tell_log
 from nnobs.training.builtin.nn import Fact, Network, ReluLayer
 from nnobs.training.builtin.sampler import Sampler
 from nnobs.training.ownership import claim
+from nnobs.training.ranks import Follower, Leader, SharedTrainer, job_group
 from nnobs.training.session import Session, Settings
 from nnobs.training.trainer import Trainer
 
@@ -345,6 +346,8 @@ class Run:
         """Whether to measure held-out metrics (a test loss) at this batch and log them with it: True at batches
         spread evenly in log batches (30 a decade), at the target, and every few seconds besides, within a share of
         the run's time (the time until the next log() counts). Call it once a batch, after the training step."""
+        if isinstance(self._session, Follower):
+            return self._session.evaluation_due()
         return self.session.reporter.script_evaluation_due()
 
     @property
@@ -363,7 +366,28 @@ class Run:
         self.close(error)
 
     def start(self) -> Run:
-        """Take the run (one live worker a run), resume from its checkpoint if any, and say so in the run file."""
+        """Take the run (one live worker a run), resume from its checkpoint if any, and say so in the run file.
+
+        In a distributed job (torch.distributed initialized, several ranks) rank 0 takes the run and the other ranks
+        follow its decisions: nnobs.training.ranks."""
+        group = job_group()
+        if group is None:
+            return self._take()
+        if not group.leads:
+            follower = Follower(group, self.trainer)
+            self._session = follower  # type: ignore[assignment]
+            follower.begin()
+            return self
+        leader = Leader(group, SharedTrainer(self.trainer))
+        try:
+            self._take(leader)
+        except BaseException:
+            leader.started(False)
+            raise
+        leader.started(True)
+        return self
+
+    def _take(self, leader: Leader | None = None) -> Run:
         run = self.run_dir
         if not self._builtin and run.config.exists():
             raise NnobsError(
@@ -379,7 +403,10 @@ class Run:
         try:
             if not self._builtin:
                 describe_script(run)
-            self._session = Session(run, self.trainer, self._settings, started_by=os.environ.get(STARTED_BY_ENV, ""))
+            trainer = self.trainer if leader is None else leader.trainer
+            started_by = os.environ.get(STARTED_BY_ENV, "")
+            self._session = Session(run, trainer, self._settings, started_by=started_by)
+            self._session.ranks = leader
             self._catch_signals()
             self._session.begin()
         except BaseException:

@@ -32,6 +32,7 @@ from nnobs.training.commands import HANDLERS, answered_since
 from nnobs.training.disk_guard import DiskGuard
 from nnobs.training.ownership import Orphaned, Ownership, claim
 from nnobs.training.pacer import Pacer
+from nnobs.training.ranks import Leader
 from nnobs.training.recovery import Recovery, or_else, resume_trainer
 from nnobs.training.reporter import Reporter
 from nnobs.training.state import RunState
@@ -105,6 +106,7 @@ class Session(RunState):
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
         self._chunk = CHUNK  # batches between two looks at the clock: fewer when batches are slow
+        self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -138,22 +140,32 @@ class Session(RunState):
         """Yield the number of each batch to train (resumed runs go on from their checkpoint), idling at a pace, and
         end at the target (or idle there, waiting for a higher one), on shutdown, and after batch `until` when given
         (an epoch loop's last). The loop body trains the batch and calls log()."""
+        ranks = self.ranks
         with self._orphan_ends_loop():
             while not self.done:
                 if until is not None and self.batch >= until:
-                    return
+                    break
                 end = self._next_stop()
+                if end is not None and until is not None:
+                    end = min(end, until)
+                if ranks is not None:  # every rank trains to the same batch, or waits, or ends, as decided here
+                    ranks.decide(self.batch, end, self.trainer.eta, self.done)
+                    ranks.chunk_begins(self.window)
+                    if self.done:  # a signal, between the look at the clock and the decision
+                        break
                 if end is None:
                     continue
-                if until is not None:
-                    end = min(end, until)
                 started, batch = time.monotonic(), self.batch
                 while batch < end:
                     batch += 1
                     self.batch = batch
                     yield batch
                 self._chunk_took(time.monotonic() - started)
+                if ranks is not None:
+                    self.loss = ranks.merge_losses(self.window, self.loss)
                 self._stopped()
+        if ranks is not None:
+            ranks.decide(self.batch, None, self.trainer.eta, done=True)
 
     def train(
         self,

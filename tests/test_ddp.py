@@ -1,0 +1,134 @@
+"""A real torchrun job of two ranks (gloo, CPU) under `nnobs run`, steered as one run: every rank opens it, every
+command takes effect on every rank at the same batch, and their parameters stay equal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, batch_passes, events, process_gone, records_with, wait_for
+from nnobs.launching.lifecycle import run_status
+from nnobs.protocol.rundir import RunDir, local_pid
+from nnobs.reading.watcher import read_history
+
+pytest.importorskip("torch", reason="the DDP tests train a real PyTorch model")
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+DDP_SCRIPT = REPO / "examples/torch_ddp.py"
+RANKS = 2
+
+
+def nnobs(runs_root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(runs_root), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def traces(trace: Path) -> list[dict[int, tuple[float, float, float]]]:
+    """Per rank, per batch its learning rate in use, its parameter checksum and its loss (a batch trained again after
+    a restart: its newest line)."""
+    ranks = []
+    for rank in range(RANKS):
+        steps = {}
+        path = Path(f"{trace}.rank{rank}")
+        for line in path.read_text().splitlines() if path.exists() else []:
+            parts = line.split()
+            if len(parts) == 4:
+                steps[int(parts[0])] = (float(parts[1]), float(parts[2]), float(parts[3]))
+        ranks.append(steps)
+    return ranks
+
+
+def ranks_of(run: RunDir) -> list[int]:
+    """The pids of the job's ranks: rank 0 holds the run; its siblings, children of the same torchrun, are the rest."""
+    leader = local_pid(run)
+    assert leader and leader > 0
+    torchrun = int(Path(f"/proc/{leader}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    children = subprocess.run(["pgrep", "-P", str(torchrun)], capture_output=True, text=True).stdout.split()
+    return [leader] + [int(pid) for pid in children if int(pid) != leader]
+
+
+@pytest.fixture
+def ddp_run(runs_root: Path, tmp_path: Path):
+    trace = tmp_path / "trace"
+    started = nnobs(runs_root, "run", "ddp", "--", str(TORCHRUN), "--standalone", f"--nproc_per_node={RANKS}",
+                    str(DDP_SCRIPT), "--trace", str(trace), "--pace", "150")
+    assert started.returncode == 0, started.stderr  # the job's start is seen when its rank 0 reports
+    run = RunDir.named("ddp", runs_root)
+    yield run, trace
+    nnobs(runs_root, "stop", "ddp")
+
+
+def test_a_torchrun_job_takes_eta_on_every_rank_at_one_batch_stops_whole_and_resumes_every_rank_alike(
+    ddp_run, runs_root
+):
+    run, trace = ddp_run
+    batch_passes(run, 300, what="300 batches of the job", timeout=120)
+    assert len(ranks_of(run)) == RANKS
+    told = nnobs(runs_root, "set", "ddp", "--eta", "0.002")
+    assert told.returncode == 0, told.stderr
+    acked = int(told.stdout.split("acknowledged at batch ")[1].split()[0].replace(",", ""))
+    batch_passes(run, acked + 100, what="100 batches more")
+    ranks = traces(trace)
+    for rank, steps in enumerate(ranks):
+        first = min(b for b, (lr, _, _) in steps.items() if lr == 0.002)
+        assert first == acked + 1, f"rank {rank} trains with eta 0.002 from batch {first}, not {acked + 1}"
+    common = sorted(set(ranks[0]) & set(ranks[1]))
+    assert len(common) > 400
+    assert all(ranks[0][b][1] == ranks[1][b][1] for b in common), "the ranks' parameters stay equal, bit for bit"
+    shows_the_mean_loss_over_ranks_with_every_ranks_extremes(run, ranks)
+
+    pids = ranks_of(run)
+    stopped = nnobs(runs_root, "stop", "ddp")
+    assert stopped.returncode == 0, stopped.stderr
+    wait_for(lambda: all(process_gone(pid) for pid in pids), what="every rank to end")
+    status = run_status(run, read_history(run))
+    assert status.state == "stopped" and events(run, "shutdown")
+    assert "Traceback" not in run.worker_log.read_text()
+    stopped_at = events(run, "shutdown")[-1]["event"][0]
+    assert [max(steps) for steps in traces(trace)] == [stopped_at] * RANKS, "every rank stops at the same batch"
+
+    assert nnobs(runs_root, "restart", "ddp").returncode == 0
+    assert events(run, "started")[-1]["resumed_from"] == stopped_at
+    batch_passes(run, stopped_at + 200, what="200 batches after the restart")
+    ranks = traces(trace)
+    after = [b for b in sorted(set(ranks[0]) & set(ranks[1])) if b > stopped_at]
+    assert after[0] == stopped_at + 1, "both ranks resume at the batch after the one they stopped at"
+    assert all(ranks[0][b][:2] == ranks[1][b][:2] for b in after), "from the same checkpoint: equal parameters and eta"
+    assert ranks[1][stopped_at + 1][0] == 0.002, "the eta set before the stop holds on every rank"
+
+
+def shows_the_mean_loss_over_ranks_with_every_ranks_extremes(run: RunDir, ranks: list[dict]) -> None:
+    """Each loss report's window (n, min, min_at, max, max_at, mean) of batches both ranks trained: the mean is over
+    ranks and batches, the extremes every rank's."""
+    checked = 0
+    for record in records_with(run, "window"):
+        end, (n, lo, lo_at, hi, hi_at, mean) = record["window"]
+        batches = range(end - n + 1, end + 1)
+        if not all(b in steps for b in batches for steps in ranks):
+            continue
+        losses = [steps[b][2] for b in batches for steps in ranks]
+        assert mean == pytest.approx(sum(losses) / len(losses), rel=1e-6), f"window at {end}"
+        assert lo == pytest.approx(min(losses), rel=1e-6) and hi == pytest.approx(max(losses), rel=1e-6)
+        assert any(steps[lo_at][2] == pytest.approx(lo, rel=1e-6) for steps in ranks)
+        checked += 1
+    assert checked >= 5, "loss reports of batches both ranks traced"
+
+
+def test_a_rank_killed_makes_the_run_crashed_and_the_job_ends(ddp_run, runs_root):
+    run, _ = ddp_run
+    batch_passes(run, 200, what="200 batches of the job", timeout=120)
+    pids = ranks_of(run)
+    killed = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    wait_for(lambda: all(process_gone(pid) for pid in pids), timeout=30, what="every rank to end within 30 s")
+    print(f"test_ddp: every rank gone {time.monotonic() - killed:.1f} s after kill -9 of rank 1")
+    status = run_status(run, read_history(run))
+    assert status.state == "crashed", status.state
+    # rank 0 fails in the next collective (DDP's gradient all-reduce, or the run's own), and says so in the run
+    assert events(run, "error"), "rank 0 records the failed collective that ended it"
