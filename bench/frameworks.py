@@ -121,7 +121,7 @@ def side_by_side(rate, steps: int, rounds: int) -> tuple[float, float]:
 def figures(say) -> None:
     warnings.filterwarnings("ignore")
     for name, module, rate, steps, rounds, what in (
-        ("Lightning", "lightning", lightning_rate, 4000, 6, "784-128-10 MLP, batch 64, SGD"),
+        ("Lightning", "lightning", lightning_rate, 10_000, 5, "784-128-10 MLP, batch 64, SGD"),
         ("Transformers", "transformers", transformers_rate, 1000, 4, "GPT-2 2x64 from a config, batch 16x32, AdamW"),
     ):
         try:

@@ -21,7 +21,7 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.slot import tell_log
 from nnobs.training.integrations.metrics import as_number
 from nnobs.training.integrations.torch import flat_copy
-from nnobs.training.sdk import Run, through_file
+from nnobs.training.sdk import Run
 from nnobs.training.trainer import Trainer
 
 SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
@@ -46,10 +46,11 @@ class FrameworkTrainer(Trainer):
     """A model that a framework trains, its parameters given by name (PyTorch tensors). Until the framework's
     training state is live (its optimizer made, its checkpoint restored) the trainer holds the checkpoint it was
     given and the eta asked for; from then on eta and the learning rate in use are the framework's (the optimizer's
-    and its schedule's), and a checkpoint is the framework's own, written by save_native(path)."""
+    and its schedule's), and a checkpoint is the framework's own: the bytes save_native() returns, which
+    load_native(content) restores."""
 
     def __init__(
-        self, params: list[tuple[str, Any]], save_native: Callable[[str], None], load_native: Callable[[str], None]
+        self, params: list[tuple[str, Any]], save_native: Callable[[], bytes], load_native: Callable[[bytes], object]
     ):
         self._save_native, self._load_native = save_native, load_native
         self.rates: Rates | None = None  # once live
@@ -98,7 +99,7 @@ class FrameworkTrainer(Trainer):
             # Not made yet: the checkpoint resumed from is still the run's. Frozen: training stopped at a step
             # boundary, and what the framework does on its way out (a finished epoch, say) is not the run's state.
             return self._loaded if self._frozen is None else self._frozen
-        return {"native": np.frombuffer(through_file(self._save_native), dtype=np.uint8)}
+        return {"native": np.frombuffer(self._save_native(), dtype=np.uint8)}
 
     def freeze(self) -> None:
         """Training stops here: the checkpoint of this step boundary is the run's last (taken anew when called again)."""
@@ -110,7 +111,7 @@ class FrameworkTrainer(Trainer):
             raise ValueError("a live framework's training cannot go back: stop the run, then fork it from a checkpoint")
         if "native" not in saved:
             raise ValueError("the checkpoint holds no framework checkpoint")
-        through_file(self._load_native, saved["native"].tobytes())
+        self._load_native(saved["native"].tobytes())
         self._loaded = saved
 
 

@@ -31,7 +31,7 @@ except ImportError as err:
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer
 from nnobs.training.integrations.metrics import numbers_of
 from nnobs.training.integrations.torch import random_state, set_random_state
-from nnobs.training.sdk import shuffle_for
+from nnobs.training.sdk import shuffle_for, through_file
 
 # A Keras schedule's rates that are learning rates (scaled with eta), the first of them present being its base.
 SCHEDULE_RATES = ("warmup_target", "initial_learning_rate", "end_learning_rate", "values")
@@ -141,7 +141,10 @@ class Callback(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)  # its variables exist before its state is loaded
         params = [(v.path, v.value) for v in self.model.trainable_weights]
         steps = (self.params.get("epochs") or 0) * (self.params.get("steps") or 0)
-        self.nnobs.start(FrameworkTrainer(params, self._save, self._load), target=steps or None)
+        self.nnobs.start(
+            FrameworkTrainer(params, lambda: through_file(self._save), lambda saved: through_file(self._load, saved)),
+            target=steps or None,
+        )
         self._restore()
         self._keep_losses()
         if not self.nnobs.live(KerasRates(optimizer), int(keras.ops.convert_to_numpy(optimizer.iterations))):

@@ -13,6 +13,7 @@ StatefulDataLoader in DataLoader's place), the place in the data. Needs Lightnin
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ except ImportError as err:
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
 from nnobs.training.integrations.metrics import as_number, numbers_of
 from nnobs.training.integrations.torch import TorchTrainer, random_state, set_random_state
+from nnobs.training.sdk import through_file
 
 METRICS_EVERY_S = 0.05  # the values the model logs are read 20 times a second at most; the loss every step
 # Lightning calls every hook of every callback that is callable, each inside a profiler's context: about 1 us each,
@@ -62,12 +64,19 @@ class Callback(pl.Callback):
         if stage != "fit":
             return
 
+        def save() -> bytes:
+            # What trainer.save_checkpoint(path) writes, kept in memory, and without its barrier: under DDP only the
+            # rank holding the run saves.
+            written = io.BytesIO()
+            torch.save(trainer._checkpoint_connector.dump_checkpoint(weights_only=False), written)
+            return written.getvalue()
+
         def load(path: str) -> None:
             # What fit(ckpt_path=...) does, from the run's checkpoint: Lightning restores the model, callbacks,
             # optimizers, schedules and loops from it as the fit starts (its restore comes after this hook).
             trainer._checkpoint_connector.resume_start(path)
 
-        model_trainer = FrameworkTrainer(torch_params(pl_module), lambda path: trainer.save_checkpoint(path), load)
+        model_trainer = FrameworkTrainer(torch_params(pl_module), save, lambda saved: through_file(load, saved))
         self.nnobs.start(model_trainer, target=trainer.max_steps if trainer.max_steps > 0 else None)
         self._follow_target(trainer)  # a run resumed at the code's max_steps, its target raised since, goes on
 
@@ -77,6 +86,9 @@ class Callback(pl.Callback):
         if self._rng is not None:
             set_random_state(self._rng)
             self._rng = None
+        # Lightning's first checkpoint imports what it needs (OmegaConf, some 50 ms): paid here, as the fit starts,
+        # rather than by the first clock checkpoint in the middle of training.
+        trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         schedulers = trainer.lr_scheduler_configs
         self._follow_target(trainer)
         rates = TorchTrainer(pl_module, trainer.optimizers[0], schedulers[0].scheduler if schedulers else None)

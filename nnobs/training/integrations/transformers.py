@@ -37,6 +37,7 @@ except ImportError as err:
 from nnobs.training.integrations.framework import FrameworkRun, FrameworkTrainer, torch_params
 from nnobs.training.integrations.metrics import numbers_of
 from nnobs.training.integrations.torch import TorchTrainer
+from nnobs.training.sdk import through_file
 
 # What the Trainer logs that is no measurement of the model, or that nnobs shows by itself (the loss every step; the
 # learning rate in use as lr; its own speed): names, and name endings.
@@ -95,7 +96,9 @@ class Callback(transformers.TrainerCallback):
         if self.nnobs.run is not None:
             return
         self._model = model
-        trainer = FrameworkTrainer(torch_params(model), self._save, self._load)
+        trainer = FrameworkTrainer(
+            torch_params(model), lambda: through_file(self._save), lambda saved: through_file(self._load, saved)
+        )
         self.nnobs.start(trainer, target=max_steps)
 
     # -- the Trainer's events ----------------------------------------------------------------------------------------------
