@@ -53,21 +53,89 @@ def ranks_of(run: RunDir) -> list[int]:
     return [leader] + [int(pid) for pid in children if int(pid) != leader]
 
 
-@pytest.fixture
-def ddp_run(runs_root: Path, tmp_path: Path):
+# A Lightning user's DDP fit under torchrun, as Lightning's docs write it: the Trainer on as many CPU devices as
+# torchrun starts ranks. Each rank writes its step's learning rate, parameter checksum and loss to a trace.
+LIGHTNING_SCRIPT = """
+import os, sys
+import lightning.pytorch as pl
+import torch
+from torch import nn
+import nnobs.lightning
+
+pace, trace_path = float(sys.argv[1]), sys.argv[2]
+torch.set_num_threads(1)
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 2))
+        self.trace = open(f"{trace_path}.rank{os.environ['RANK']}", "a")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        checksum = sum(p.detach().double().sum().item() for p in self.parameters())
+        self.trace.write(f"{self.global_step + 1} {lr!r} {checksum!r} {loss.item()!r}\\n")
+        self.trace.flush()
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+pl.seed_everything(0, verbose=False)
+data = torch.Generator().manual_seed(0)
+x = torch.randn(4096, 2, generator=data)
+y = (x[:, 0] * x[:, 1] > 0).long()
+trainer = pl.Trainer(max_steps=100_000, accelerator="cpu", devices=int(os.environ["WORLD_SIZE"]), strategy="ddp",
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[nnobs.lightning.Callback(pace=pace)])
+trainer.fit(Net(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True))
+print(f"rank {os.environ['RANK']}: fit returned; exit 0", flush=True)
+"""
+
+
+def start_job(runs_root: Path, tmp_path: Path, script: list[str]) -> tuple[RunDir, Path]:
+    """`nnobs run ddp -- torchrun ... SCRIPT ARGS TRACE`: the job's start is seen when its rank 0 reports."""
     trace = tmp_path / "trace"
     started = nnobs(runs_root, "run", "ddp", "--", str(TORCHRUN), "--standalone", f"--nproc_per_node={RANKS}",
-                    str(DDP_SCRIPT), "--trace", str(trace), "--pace", "150")
-    assert started.returncode == 0, started.stderr  # the job's start is seen when its rank 0 reports
-    run = RunDir.named("ddp", runs_root)
-    yield run, trace
+                    *script, str(trace))
+    assert started.returncode == 0, started.stderr
+    return RunDir.named("ddp", runs_root), trace
+
+
+@pytest.fixture
+def ddp_run(runs_root: Path, tmp_path: Path):
+    yield start_job(runs_root, tmp_path, [str(DDP_SCRIPT), "--pace", "150", "--trace"])
+    nnobs(runs_root, "stop", "ddp")
+
+
+@pytest.fixture
+def lightning_ddp_run(runs_root: Path, tmp_path: Path):
+    pytest.importorskip("lightning", reason="the Lightning DDP test needs the test extra's Lightning")
+    script = tmp_path / "train.py"
+    script.write_text(LIGHTNING_SCRIPT)
+    yield start_job(runs_root, tmp_path, [str(script), "150"])
     nnobs(runs_root, "stop", "ddp")
 
 
 def test_a_torchrun_job_takes_eta_on_every_rank_at_one_batch_stops_whole_and_resumes_every_rank_alike(
     ddp_run, runs_root
 ):
-    run, trace = ddp_run
+    steered_as_one(*ddp_run, runs_root)
+
+
+def test_a_lightning_ddp_fit_takes_eta_on_every_rank_at_one_batch_stops_whole_and_resumes_every_rank_alike(
+    lightning_ddp_run, runs_root
+):
+    steered_as_one(*lightning_ddp_run, runs_root)
+
+
+def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
+    """eta set from the CLI is in use on every rank from the same batch and their parameters stay equal; the loss
+    shown is the mean over ranks; stop ends every rank at one batch, exit 0; restart resumes every rank alike."""
     batch_passes(run, 300, what="300 batches of the job", timeout=120)
     assert len(ranks_of(run)) == RANKS
     told = nnobs(runs_root, "set", "ddp", "--eta", "0.002")

@@ -3,7 +3,7 @@
 Every rank opens the same nnobs.Run the same way. Rank 0 holds the run as a single process would: it writes the run
 file, reads the control file, paces, checkpoints. At each of its stops (CONTROL_CHECK_S apart at most) it decides what
 every rank does next (train up to batch N, wait, or end; with which eta; with new parameters after a resume, rewind,
-reinit or a diverged loss) and shares that through the job's own process group: one broadcast of five numbers, and
+reinit or a diverged loss) and shares that through the job's own process group: one broadcast of six numbers, and
 the parameters only when they changed. After each run of batches every rank's losses are gathered (one all-gather of
 seven numbers), so that the loss shown is the mean over ranks and its extremes are every rank's. A rank that dies
 breaks the next collective on the others, which end with its error; torchrun ends the job.
@@ -150,20 +150,26 @@ class Leader:
         self.ended = False
         self._chunk_start = (0, 0.0)  # rank 0's window (n, total) as a run of batches began
 
-    def started(self, ok: bool) -> None:
-        """Say whether the run started here: the other ranks wait for it, and raise when it did not."""
-        self.group.share([TRAIN if ok else FAILED, 0, 0, 0, 0])
-
-    def decide(self, batch: int, end: int | None, eta: float, done: bool) -> None:
-        """Share what every rank does next: train up to end, wait (end None), or end (done)."""
-        if self.ended:
+    def started(self, session: Any | None) -> None:
+        """Say whether the run started here (session None: it did not): the other ranks wait for it, and raise when it
+        did not. A resumed run's state goes with it, for the other ranks to resume from before training begins (a
+        framework restores it as its fit starts)."""
+        if session is None:
+            self.group.share([FAILED, 0, 0, 0, 0, 0])
             return
-        kind = END if done else WAIT if end is None else TRAIN
-        self.group.share([kind, batch, end or 0, eta, self.trainer.changes])
-        if self.trainer.changes != self.shared_changes and not done:
+        self._share(TRAIN, session.batch, 0, session.trainer.eta, session.target)
+
+    def decide(self, batch: int, end: int | None, eta: float, done: bool, target: int) -> None:
+        """Share what every rank does next: train up to end, wait (end None), or end (done)."""
+        if not self.ended:
+            self._share(END if done else WAIT if end is None else TRAIN, batch, end or 0, eta, target)
+            self.ended = done
+
+    def _share(self, kind: float, batch: int, end: int, eta: float, target: int) -> None:
+        self.group.share([kind, batch, end, eta, self.trainer.changes, target])
+        if self.trainer.changes != self.shared_changes and kind != END:
             self.group.share_object(self.trainer.inner.save())
             self.shared_changes = self.trainer.changes
-        self.ended = done
 
     def chunk_begins(self, window: Window) -> None:
         self._chunk_start = (window.n, window.total)
@@ -202,26 +208,35 @@ class Follower:
         self._changes = 0  # rank 0's trainer changes taken here
 
     def begin(self) -> None:
-        if self.group.share([0.0] * 5)[0] == FAILED:
+        """Wait for rank 0 to start the run, and take its state when it resumed."""
+        if self._take_decision()[0] == FAILED:
             raise NnobsError("rank 0 of this job could not start the run: its error says why")
+        self.resumed_from = self.batch if self._changes else None
+
+    def _take_decision(self) -> tuple[float, int, int]:
+        """Rank 0's next decision (kind, batch, end), its eta, target and parameters taken here."""
+        kind, batch, end, eta, changes, target = self.group.share([0.0] * 6)
+        if kind == FAILED:
+            return kind, 0, 0
+        if changes != self._changes and kind != END:
+            self.trainer.load(self.group.share_object(None))
+            self._changes = int(changes)
+        if eta != self.trainer.eta:
+            self.trainer.eta = eta
+        self.batch, self.target = int(batch), int(target)
+        return kind, int(batch), int(end)
 
     def batches(self, until: int | None = None) -> Iterator[int]:
         """The batches rank 0 decided, in runs between two of its decisions (until: rank 0 decides that too)."""
         while True:
-            kind, batch, end, eta, changes = self.group.share([0.0] * 5)
+            kind, batch, end = self._take_decision()
             if kind == END:
                 self.done = True
                 return
-            if changes != self._changes:
-                self.trainer.load(self.group.share_object(None))
-                self._changes = int(changes)
-            if eta != self.trainer.eta:
-                self.trainer.eta = eta
-            self.batch = int(batch)
             if kind == WAIT:
                 continue
             self.window = chunk = Window()
-            for number in range(int(batch) + 1, int(end) + 1):
+            for number in range(batch + 1, end + 1):
                 self.batch = number
                 yield number
             last = math.nan if chunk.last is None else chunk.last

@@ -382,10 +382,15 @@ class Run:
         try:
             self._take(leader)
         except BaseException:
-            leader.started(False)
+            leader.started(None)
             raise
-        leader.started(True)
+        leader.started(self._session)
         return self
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process writes the run: a single process does, and rank 0 of a distributed job."""
+        return not isinstance(self._session, Follower)
 
     def _take(self, leader: Leader | None = None) -> Run:
         run = self.run_dir

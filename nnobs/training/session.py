@@ -149,7 +149,7 @@ class Session(RunState):
                 if end is not None and until is not None:
                     end = min(end, until)
                 if ranks is not None:  # every rank trains to the same batch, or waits, or ends, as decided here
-                    ranks.decide(self.batch, end, self.trainer.eta, self.done)
+                    ranks.decide(self.batch, end, self.trainer.eta, self.done, self.target)
                     ranks.chunk_begins(self.window)
                     if self.done:  # a signal, between the look at the clock and the decision
                         break
@@ -165,7 +165,7 @@ class Session(RunState):
                     self.loss = ranks.merge_losses(self.window, self.loss)
                 self._stopped()
         if ranks is not None:
-            ranks.decide(self.batch, None, self.trainer.eta, done=True)
+            ranks.decide(self.batch, None, self.trainer.eta, True, self.target)
 
     def train(
         self,

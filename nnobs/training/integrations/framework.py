@@ -150,7 +150,7 @@ class FrameworkRun:
         self._once()
         said = self.trainer.eta
         self.trainer.went_live(rates)
-        if self.trainer.eta != said:  # the run started before the optimizer was made: its eta is known only now
+        if self.trainer.eta != said and self.run.leads:  # started before the optimizer was made: eta known now
             self.run.session.out.write({"eta": [self.run.batch, self.trainer.eta]})
         if framework_step != self.run.batch:
             tell_log(
