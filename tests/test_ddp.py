@@ -150,6 +150,9 @@ def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
     assert len(common) > 400
     assert all(ranks[0][b][1] == ranks[1][b][1] for b in common), "the ranks' parameters stay equal, bit for bit"
     shows_the_mean_loss_over_ranks_with_every_ranks_extremes(run, ranks)
+    system = wait_for(lambda: (s := run_status(run, read_history(run)).system).get("rank1.rss_mb") and s,
+                      what="rank 1's machine beside rank 0's")
+    assert system["rss_mb"] > 20 and system["rank1.rss_mb"] > 20 and "rank1.cpu" in system
 
     pids = ranks_of(run)
     stopped = nnobs(runs_root, "stop", "ddp")

@@ -25,7 +25,7 @@ def overview_frame(rows: list[RunRow], now: float) -> pd.DataFrame:
     def when(age: float | None) -> pd.Timestamp:
         return pd.NaT if age is None else pd.Timestamp(now - age, unit="s")
 
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "run": [row.name for row in rows],
             "state": [row.label for row in rows],
@@ -43,6 +43,9 @@ def overview_frame(rows: list[RunRow], now: float) -> pd.DataFrame:
             "forked from": [row.forked_from or "" for row in rows],
         }
     )
+    if any(row.gpu_mem_mb is not None for row in rows):  # a lab on GPUs: their memory, beside the speed
+        frame.insert(frame.columns.get_loc("batches/s") + 1, "GPU MB", [_number(row.gpu_mem_mb) for row in rows])
+    return frame
 
 
 def _number(value: float | None) -> float:
@@ -76,6 +79,9 @@ COLUMNS = {
     ),
     "batches/s": st.column_config.NumberColumn(
         "batches/s", format="%.0f", help="While training, over its newest records."
+    ),
+    "GPU MB": st.column_config.NumberColumn(
+        "GPU MB", format="localized", help="GPU memory the run's worker uses (all its GPUs), at its newest sample."
     ),
     "last record": st.column_config.DatetimeColumn(
         "last record", format="distance", help="When the worker last wrote to the run file."

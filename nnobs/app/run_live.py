@@ -54,19 +54,7 @@ def _charts(run: RunDir, view: RunView) -> None:
         st.vega_lite_chart(frames["loss"], spec, width="stretch", height=420)
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
-    _metric_charts(view, frames, log_batches)
-    run_views.draw(view, frames)
-
-
-def _metric_charts(view: RunView, frames: dict, log_batches: bool) -> None:
-    """Each metric the script logs, its own chart, two to a row; one logged at a single batch says its value."""
-    for row in range(0, len(view.metrics), 2):
-        for column, name in zip(st.columns(2), list(view.metrics)[row : row + 2]):
-            frame = frames[f"metric:{name}"]
-            if len(frame):
-                spec = with_batch_scale(charts.metric_spec(name), log_batches)
-                column.vega_lite_chart(frame, spec, width="stretch", height=260)
-            else:
-                column.caption(charts.metric_pending(name, view.metrics[name][0]))
+    run_views.metric_charts(view.metrics, frames, log_batches)
     if view.metrics_dropped:
         st.caption(f"More metrics are logged than the first {MAX_METRICS} shown here; the run file holds them all.")
+    run_views.draw(view, frames)

@@ -17,7 +17,7 @@ import streamlit as st
 
 from nnobs.protocol.schema import FULL_STATE_MAX_PARAMS
 from nnobs.training.builtin.tasks import tensors as config_tensors
-from nnobs.views import charts, layer_charts, neurons, trajectory
+from nnobs.views import charts, layer_charts, neurons, trajectory, wording
 from nnobs.views.frames import MAX_SV_LINES, layer_of, spread_sv_frames, with_batch_range, with_replay_mark
 from nnobs.views.vegalite import LOG_BATCHES_SPAN, log_batches_by_default, with_batch_scale
 from nnobs.views.view import RunView, as_tables, surface_of
@@ -38,6 +38,8 @@ def draw(view: RunView, frames: dict[str, pa.Table]) -> None:
     }
     if neurons.drawable(view.config):
         del shown["Neurons"]  # only a small built-in net with 2 inputs has unit maps to draw
+    if view.system:
+        shown["System"] = draw_system
     for tab, draw_tab in zip(st.tabs(list(shown), key="view", bind="query-params"), shown.values()):
         if tab.open:
             with tab:
@@ -286,6 +288,28 @@ def draw_neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | No
     )
     table = neurons.neurons_table(config.to_json(), state[1].tobytes())
     st.vega_lite_chart(table, neurons.neurons_spec(config), width="content")
+
+
+def metric_charts(metrics: dict[str, tuple], frames: dict[str, pa.Table], log_batches: bool) -> None:
+    """Each metric its own chart, two to a row; one logged at a single batch says its value."""
+    for row in range(0, len(metrics), 2):
+        for column, name in zip(st.columns(2), list(metrics)[row : row + 2]):
+            frame = frames[f"metric:{name}"]
+            if len(frame):
+                spec = with_batch_scale(charts.metric_spec(name, wording.metric_title(name)), log_batches)
+                column.vega_lite_chart(frame, spec, width="stretch", height=260)
+            else:
+                column.caption(charts.metric_pending(wording.metric_title(name), metrics[name][0]))
+
+
+def draw_system(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
+    """The worker's machine over the run: its CPU use and memory, and each GPU's utilisation, memory and
+    temperature, sampled about once a second."""
+    st.caption(
+        "The worker's process, sampled about once a second: its CPU use (100 % is one core busy), its resident "
+        "memory, and for each GPU it trains on, utilisation, memory used and temperature (NVIDIA's NVML)."
+    )
+    metric_charts(view.system, frames, log_batches(view))
 
 
 def draw_trajectory(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:

@@ -76,7 +76,23 @@ def status_text(run: RunDir, status: RunStatus) -> str:
         f"{name[:13]:<13} {value:.6g} {measured_at(batch, status.batch)}"
         for name, (batch, value) in status.evaluations.items()
     ]
+    if status.system:
+        lines.append(f"system        {system_words(status.system)}")
     return "\n".join(lines + _worker_lines(status) + _trouble_lines(status))
+
+
+def system_words(system: dict[str, float]) -> str:
+    """The worker's machine in words: "cpu 98 % of a core, memory 212 MB; gpu0 63 %, 10,240 MB, 61 °C"."""
+    words = [f"cpu {system.get('cpu', 0):.0f} % of a core, memory {system.get('rss_mb', 0):,.0f} MB"]
+    gpus = sorted({name.split(".")[0] for name in system if name.startswith("gpu")})
+    for gpu in gpus:
+        figures = [
+            f"{system[f'{gpu}.{figure}']:{form}}{unit}"
+            for figure, form, unit in (("util", ".0f", " %"), ("mem_mb", ",.0f", " MB"), ("temp_c", ".0f", " °C"))
+            if f"{gpu}.{figure}" in system
+        ]
+        words.append(f"{gpu} {', '.join(figures)}")
+    return "; ".join(words)
 
 
 def eta_words(eta: float | None, lr: float | None) -> str:

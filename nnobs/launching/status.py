@@ -11,6 +11,7 @@ from nnobs.protocol.files import read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite, number
 from nnobs.protocol.rundir import RunDir, is_imported, unsafe_files
+from nnobs.protocol.schema import SYSTEM_METRIC
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
 from nnobs.reading.history import Rise, RunHistory
@@ -51,6 +52,7 @@ class RunStatus:
     evaluations: dict[str, list] = field(default_factory=dict)  # metric name -> [batch it was made at, value]
     rose: str = ""  # alive, and its loss rose by a large factor after a command: how, in words
     lr: float | None = None  # the learning rate in use at the newest report, where a schedule scales eta (its base)
+    system: dict[str, float] = field(default_factory=dict)  # the worker's machine at its newest sample: cpu, rss_mb...
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +129,7 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         evaluations=evaluations_of(history),
         rose=rise_words(history.rose) if history.rose is not None and state in ("training", "idle") else "",
         lr=lr_in_use(history),
+        system=system_of(history),
     )
 
 
@@ -153,11 +156,22 @@ def rise_words(rise: Rise) -> str:
 
 def evaluations_of(history: RunHistory) -> dict[str, list]:
     """Each metric's newest value with the batch it was made at ({"test_loss": [1, 0.553]}): an evaluation made
-    long ago is never read as the run's current one."""
+    long ago is never read as the run's current one. The machine's figures are the system's."""
     return {
         name: list(series.latest)
         for name, series in history.metrics.items()
-        if series.latest is not None and is_finite(series.latest[1])  # status --json stays strict JSON
+        if series.latest is not None
+        and is_finite(series.latest[1])  # status --json stays strict JSON
+        and not name.startswith(SYSTEM_METRIC)
+    }
+
+
+def system_of(history: RunHistory) -> dict[str, float]:
+    """The worker's machine at its newest sample ({"cpu": 99.5, "rss_mb": 212.0, "gpu0.util": 63.0, ...})."""
+    return {
+        name.removeprefix(SYSTEM_METRIC): series.latest[1]
+        for name, series in history.metrics.items()
+        if name.startswith(SYSTEM_METRIC) and series.latest is not None and is_finite(series.latest[1])
     }
 
 

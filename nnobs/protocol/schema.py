@@ -20,6 +20,7 @@ Record = dict[str, Any]
 Window = tuple[int, float, int, float, int, float]  # (batches, min, batch of min, max, batch of max, mean)
 SETTINGS = ("eta", "target", "report_every", "pace")  # what a state report carries beside the state vector
 TEST_LOSS = "test_loss"  # the metric the built-in worker reports its test-set loss as
+SYSTEM_METRIC = "system."  # how the machine's figures are named as metrics: system.cpu, system.rss_mb, system.gpu0.util
 
 
 def loss_report(batch: int, loss: float, window: Window | None = None) -> Record:

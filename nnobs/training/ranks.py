@@ -5,7 +5,7 @@ file, reads the control file, paces, checkpoints. At each of its stops (CONTROL_
 every rank does next (train up to batch N, wait, or end; with which eta; with new parameters after a resume, rewind,
 reinit or a diverged loss) and shares that through the job's own process group: one broadcast of six numbers, and
 the parameters only when they changed. After each run of batches every rank's losses are gathered (one all-gather of
-seven numbers), so that the loss shown is the mean over ranks and its extremes are every rank's. A rank that dies
+twelve numbers, a rank's machine figures among them), so that the loss shown is the mean over ranks and its extremes are every rank's. A rank that dies
 breaks the next collective on the others, which end with its error; torchrun ends the job.
 """
 
@@ -14,17 +14,23 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.schema import SYSTEM_METRIC
+from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
 # What rank 0 decided: train up to a batch, wait (paused, paced, at the target) and ask again, or end.
 TRAIN, WAIT, END, FAILED = 0.0, 1.0, 2.0, 3.0
+LOSS_FIELDS = 7  # a rank's losses of a run of batches: n, total, min, its batch, max, its batch, the latest
+SAMPLED = ("cpu", "rss_mb", "gpu0.util", "gpu0.mem_mb", "gpu0.temp_c")  # a rank's machine, beside its losses
+NO_SAMPLE = [math.nan] * len(SAMPLED)
 
 
 class RankLost(NnobsError):
@@ -174,12 +180,18 @@ class Leader:
     def chunk_begins(self, window: Window) -> None:
         self._chunk_start = (window.n, window.total)
 
-    def merge_losses(self, window: Window, loss: float | None) -> float | None:
+    def merge_losses(self, window: Window, loss: float | None, metrics: dict[str, Window], batch: int) -> float | None:
         """Fold the other ranks' losses of the batches just trained into rank 0's window: each batch's loss the mean
-        over ranks, the extremes every rank's. Returns the mean of the ranks' latest losses."""
+        over ranks, the extremes every rank's. Their machines' figures, when sampled, go to rank 0's metrics as
+        system.rankN.*. Returns the mean of the ranks' latest losses."""
         n0, total0 = self._chunk_start
         n = window.n - n0
-        rows = self.group.gather([n, window.total - total0, math.inf, 0, -math.inf, 0, math.nan])
+        rows = self.group.gather([n, window.total - total0, math.inf, 0, -math.inf, 0, math.nan] + NO_SAMPLE)
+        for rank, row in enumerate(rows[1:], start=1):
+            for name, value in zip(SAMPLED, row[LOSS_FIELDS:]):
+                if not math.isnan(value):
+                    metrics.setdefault(f"{SYSTEM_METRIC}rank{rank}.{name}", Window()).add(value, batch)
+        rows = [row[:LOSS_FIELDS] for row in rows]
         means = [row[1] / row[0] for row in rows if row[0] > 0]
         if n > 0 and means:
             window.total = total0 + n * sum(means) / len(means)
@@ -206,6 +218,8 @@ class Follower:
         self.loss: float | None = None
         self.window = Window()
         self._changes = 0  # rank 0's trainer changes taken here
+        self._system = SystemSampler()
+        self._next_sample = 0.0  # monotonic time of the next sample of this rank's machine
 
     def begin(self) -> None:
         """Wait for rank 0 to start the run, and take its state when it resumed."""
@@ -240,7 +254,18 @@ class Follower:
                 self.batch = number
                 yield number
             last = math.nan if chunk.last is None else chunk.last
-            self.group.gather([chunk.n, chunk.total, chunk.lo, chunk.lo_at, chunk.hi, chunk.hi_at, last])
+            self.group.gather(
+                [chunk.n, chunk.total, chunk.lo, chunk.lo_at, chunk.hi, chunk.hi_at, last] + self._sample()
+            )
+
+    def _sample(self) -> list[float]:
+        """This rank's machine (cpu, rss_mb, gpu0's util, mem_mb, temp_c) about once a second, else NaNs."""
+        now = time.monotonic()
+        if now < self._next_sample:
+            return NO_SAMPLE
+        self._next_sample = now + SYSTEM_EVERY_S
+        sampled = self._system.sample()
+        return [sampled.get(SYSTEM_METRIC + name, math.nan) for name in SAMPLED]
 
     def log(self, loss: float, metrics: dict | None = None) -> None:
         """This rank's loss of the batch (its metrics are rank 0's to log)."""

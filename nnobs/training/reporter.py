@@ -28,6 +28,7 @@ from nnobs.protocol.slot import tell_log
 from nnobs.training.budget import CostBudget
 from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_evaluation, next_loss_report, next_state_report
 from nnobs.training.state import RunState
+from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
 from nnobs.training.window import Window
 
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
@@ -84,6 +85,8 @@ class Reporter:
         )
         burst = min(STATE_BURST_BYTES, STATE_BURST_SNAPSHOTS * self.snapshot_size)
         self.snapshot_budget = CostBudget(SNAPSHOT_SHARE, SNAPSHOT_BURST_S, STATE_BYTES_PER_S, burst)
+        self.system = SystemSampler()
+        self.next_system_at = 0.0  # monotonic time of the next sample of the machine
 
     def schedule(self) -> None:
         """The next batches that get a loss report, a state snapshot and an evaluation by the batch schedules."""
@@ -264,8 +267,13 @@ class Reporter:
             self.next_state_at = next_state_report(batch, self.run.report_every, self.n_params)
 
     def on_the_clock(self, now: float) -> None:
-        """The loss reports the clock asks for (a new loss, the heartbeat), and a paced run's state reports."""
+        """The loss reports the clock asks for (a new loss, the heartbeat), a paced run's state reports, and the
+        machine's figures, which ride in the next loss report."""
         run = self.run
+        if now >= self.next_system_at:
+            self.next_system_at = now + SYSTEM_EVERY_S
+            for name, value in self.system.sample().items():
+                self.metrics.setdefault(name, Window()).add(value, run.batch)
         since_report = now - self.last_loss_report
         if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
             self.report_loss(now)

@@ -162,7 +162,7 @@ class Session(RunState):
                     yield batch
                 self._chunk_took(time.monotonic() - started)
                 if ranks is not None:
-                    self.loss = ranks.merge_losses(self.window, self.loss)
+                    self.loss = ranks.merge_losses(self.window, self.loss, self.reporter.metrics, self.batch)
                 self._stopped()
         if ranks is not None:
             ranks.decide(self.batch, None, self.trainer.eta, True, self.target)

@@ -89,10 +89,10 @@ def loss_spec(log_scale: bool, with_test: bool = False) -> Spec:
 
 
 @built_once
-def metric_spec(name: str) -> Spec:
+def metric_spec(name: str, title: str | None = None) -> Spec:
     """A metric drawn as the loss is, raw faint and smoothed over it, on a linear axis; the markers' rules without
     their labels, which the loss chart above already shows (a rule's tooltip says what it marks)."""
-    title = " ".join(name.splitlines())  # a script names its metrics, and Vega draws no chart titled in two lines
+    title = " ".join((title or name).splitlines())  # a script names its metrics; Vega draws no title in two lines
     raw, smoothed = _raw_and_smoothed("value", title, log_scale=False)
     return spec_of(alt.layer(run_extent(), raw, smoothed, _marker_rules(), title=title).properties(height=200))
 

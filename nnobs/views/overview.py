@@ -63,6 +63,7 @@ class RunRow:
     test_batch: int | None = None  # the batch test_loss was made at
     eta: float | None = None  # the base learning rate
     lr: float | None = None  # the learning rate in use, where a schedule scales eta
+    gpu_mem_mb: float | None = None  # GPU memory its worker uses, summed over its GPUs, at the newest sample
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -159,8 +160,16 @@ def _row(run: RunDir, feed: _Feed, now: float) -> RunRow:
         error=status.error,
         eta=status.eta,
         lr=status.lr,
+        gpu_mem_mb=gpu_memory_mb(status.system),
     )
     return feed.row
+
+
+def gpu_memory_mb(system: dict[str, float]) -> float | None:
+    """The GPU memory a worker uses over all its GPUs (every rank's, under DDP), from its newest sample; None where it
+    uses none."""
+    used = [value for name, value in system.items() if ".gpu" in f".{name}" and name.endswith(".mem_mb")]
+    return sum(used) if used else None
 
 
 def _stat(path: Path) -> Signature:

@@ -20,7 +20,7 @@ from nnobs.protocol.control import Command, read_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import Signature, file_signature
 from nnobs.protocol.rundir import RunDir, script_description
-from nnobs.protocol.schema import SUMMARY, TEST_LOSS, parameter_name
+from nnobs.protocol.schema import SUMMARY, SYSTEM_METRIC, TEST_LOSS, parameter_name
 from nnobs.reading.history import Answer, Event, RunHistory
 from nnobs.reading.origin import fork_origin
 from nnobs.reading.watcher import RunWatcher
@@ -74,6 +74,7 @@ class RunView:
     metrics: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # a script's metrics by name: (batch, value), (batch, mean)
     test: tuple[pd.DataFrame, pd.DataFrame] | None  # the test loss, (batch, value), (batch, mean): on the loss chart
     metrics_dropped: bool  # more metrics were logged than the history keeps
+    system: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # the worker's machine (system.cpu, ...), as metrics are
     tensors: tuple[str, ...]  # the tensors of a large net's summaries, in state-vector order
     script: dict[str, Any] | None  # run.json: which script serves the run, where; None for a run of the built-in worker
     origin: (
@@ -138,6 +139,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
         loss_means = loss_means_frame(history)
         metrics = metric_frames(history)
         test = metrics.pop(TEST_LOSS, None)  # drawn beside the training loss, not as a chart of its own
+        system = {name: metrics.pop(name) for name in list(metrics) if name.startswith(SYSTEM_METRIC)}
         return RunView(
             status=run_status(run, history),
             report_every=history.report_every,
@@ -161,6 +163,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
             metrics=metrics,
             test=test,
             metrics_dropped=history.metrics_dropped,
+            system=system,
             tensors=tensor_names,
             script=script,
             origin=origin,
@@ -284,7 +287,7 @@ def chart_frames(view: RunView, smoothing: float, log_scale: bool = True) -> dic
     if view.test is not None:
         loss = with_test_loss(loss, *view.test, view.markers, smoothing, log_scale, batches)
     frames = {"loss": with_batch_range(loss, batches) if len(loss) else loss}
-    for name, (points, means) in view.metrics.items():
+    for name, (points, means) in (view.metrics | view.system).items():
         metric = loss_chart_frame(points, means, view.markers, smoothing, False, batches)
         frames[f"metric:{name}"] = with_batch_range(metric, batches) if len(metric) else metric
     for name, frame in over_batches.items():

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from nnobs.protocol.numbers import is_int
+from nnobs.protocol.schema import SYSTEM_METRIC
 
 NEGLIGIBLE_CHANGE = 0.01  # a loss that moved less than 1% in 10 s has not changed, as far as a reader is concerned
 DECADES_FROM = 2.0  # past this factor a change reads in decades (factors of 10), below it in percent
@@ -176,3 +177,25 @@ def _as_name(name: str) -> str:
     """A run's or a sender's name as Markdown: in a code span when it is made as nnobs makes names, where nothing
     acts; else as_text, as a backtick or a blank line would end a code span."""
     return f"`{name}`" if _PLAIN_NAME.fullmatch(name) else as_text(name)
+
+
+SYSTEM_FIGURES = {
+    "cpu": "CPU (% of one core)",
+    "rss_mb": "resident memory (MB)",
+    "util": "utilisation (%)",
+    "mem_mb": "memory used (MB)",
+    "temp_c": "temperature (°C)",
+}
+
+
+def metric_title(name: str) -> str:
+    """A metric's chart title: its name, or for the machine's figures what they are ("GPU 0 memory used (MB)")."""
+    if not name.startswith(SYSTEM_METRIC):
+        return name
+    *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
+    rank = f"rank {device.pop(0)[4:]}: " if device and device[0].startswith("rank") else ""
+    what = SYSTEM_FIGURES.get(figure, figure)
+    if device and device[0].startswith("gpu"):
+        what = f"GPU {device[0][3:]} {what}"
+    said = rank + what
+    return said[0].upper() + said[1:]

@@ -1,0 +1,88 @@
+"""The machine as a worker sees it: its CPU use and resident memory, and for each GPU it trains on, utilisation,
+memory used and temperature. Sampled about once a second and logged as metrics named system.*, so that they are in
+the run file, on the page's System view and in `status --json` like any metric.
+
+CPU and memory come from the process's own clock and /proc (no dependency); GPUs from NVIDIA's NVML through
+nvidia-ml-py (pip install 'nnobs[gpu]'), only where PyTorch has a CUDA device in use: nothing is asked where none is.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+from nnobs.protocol.schema import SYSTEM_METRIC
+from nnobs.protocol.slot import tell_log
+
+SYSTEM_EVERY_S = 1.0  # how often the machine is sampled
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class SystemSampler:
+    """This process's CPU use since the last sample and its memory now; its GPUs' figures when it uses any."""
+
+    def __init__(self) -> None:
+        self._cpu = self._cpu_seconds()
+        self._at = time.monotonic()
+        self._gpus: list[Any] | None = None  # NVML handles of the GPUs in use, once looked for
+        self._nvml: Any = None
+
+    def sample(self) -> dict[str, float]:
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        figures = {"cpu": 100.0 * (cpu - self._cpu) / max(now - self._at, 1e-9), "rss_mb": resident_mb()}
+        self._cpu, self._at = cpu, now
+        for index, handle in enumerate(self._gpus_in_use()):
+            figures.update(self._gpu_figures(index, handle))
+        return {SYSTEM_METRIC + name: round(value, 3) for name, value in figures.items()}
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def _gpus_in_use(self) -> list[Any]:
+        """The NVML handles of the CUDA devices PyTorch has in use here (looked for until one is)."""
+        if self._gpus:
+            return self._gpus
+        torch = sys.modules.get("torch")  # never imported here: a numpy run has no GPU to report
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return []
+        try:
+            import pynvml
+        except ImportError:
+            tell_log("nnobs: GPU figures need nvidia-ml-py (pip install 'nnobs[gpu]'); CPU and memory are shown")
+            self._gpus = []
+            return []
+        try:
+            pynvml.nvmlInit()
+            bus = torch.cuda.get_device_properties(torch.cuda.current_device()).pci_bus_id
+            self._gpus, self._nvml = [pynvml.nvmlDeviceGetHandleByPciBusId(bus)], pynvml
+        except Exception as err:  # NVML missing from the driver, a device it cannot name: no GPU figures
+            tell_log(f"nnobs: no GPU figures: NVML says {err}")
+            self._gpus = []
+        return self._gpus
+
+    def _gpu_figures(self, index: int, handle: Any) -> dict[str, float]:
+        nvml, name = self._nvml, f"gpu{index}."
+        try:
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            return {
+                name + "util": float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                name + "mem_mb": memory.used / 2**20,
+                name + "temp_c": float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+            }
+        except Exception:  # a figure the device does not give: the others still are
+            return {}
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (/proc), else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
