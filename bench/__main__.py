@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import (
     cold_open,
+    ddp,
     frameworks,
     lab,
     large_net,
@@ -39,7 +40,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    sections = (training, log_cost, torch_loop, frameworks, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
+    sections = (training, log_cost, torch_loop, frameworks, ddp, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
     args = sys.argv[1:]
     markdown = None
     if "--markdown" in args:

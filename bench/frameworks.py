@@ -150,8 +150,8 @@ def side_by_side(rate, steps: int, pairs: int) -> tuple[float, float, float, flo
 def figures(say) -> None:
     warnings.filterwarnings("ignore")
     for name, module, rate, steps, pairs, what in (
-        ("Lightning", "lightning", lightning_rate, 2000, 15, "784-128-10 MLP, batch 64, SGD"),
-        ("Transformers", "transformers", transformers_rate, 400, 8, "GPT-2 2x64 from a config, batch 16x32, AdamW"),
+        ("Lightning", "lightning", lightning_rate, 6000, 8, "784-128-10 MLP, batch 64, SGD"),
+        ("Transformers", "transformers", transformers_rate, 1000, 5, "GPT-2 2x64 from a config, batch 16x32, AdamW"),
     ):
         try:
             __import__(module)
