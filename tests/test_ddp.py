@@ -203,3 +203,31 @@ def test_a_rank_killed_makes_the_run_crashed_and_the_job_ends(ddp_run, runs_root
     assert status.state == "crashed", status.state
     # rank 0 fails in the next collective (DDP's gradient all-reduce, or the run's own), and says so in the run
     assert events(run, "error"), "rank 0 records the failed collective that ended it"
+
+
+def test_a_rewind_sets_every_ranks_parameters_to_rank_0s_kept_checkpoint(ddp_run, runs_root):
+    run, trace = ddp_run
+    batch_passes(run, 1200, what="1,200 batches of the job", timeout=120)
+    done = nnobs(runs_root, "rewind", "ddp", "--to", "800", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    landed = events(run, "rewound")[-1]["event"][0]
+    assert 800 / 1.25 <= landed <= 800
+    wait_for(lambda: all(rewound_lines(trace, rank, landed) for rank in range(RANKS)), timeout=60,
+             what="both ranks to train on from the batch rewound to")
+    wait_for(lambda: all(len(rewound_lines(trace, rank, landed)) >= 100 for rank in range(RANKS)),
+             what="100 batches after the rewind")
+    after = [rewound_lines(trace, rank, landed)[:100] for rank in range(RANKS)]
+    assert after[0][0][0] == after[1][0][0] == landed + 1, "every rank goes on from the batch after the landing"
+    assert [(b, lr, checksum) for b, lr, checksum, _ in after[0]] == [(b, lr, c) for b, lr, c, _ in after[1]], (
+        "the same parameters on every rank after the rewind, bit for bit"
+    )
+
+
+def rewound_lines(trace: Path, rank: int, landed: int) -> list[tuple[int, float, float, float]]:
+    """A rank's trace lines after it went back to batch landed: those after the first drop in its batch numbers."""
+    lines = [tuple(float(v) for v in line.split()) for line in Path(f"{trace}.rank{rank}").read_text().splitlines()
+             if len(line.split()) == 4]
+    drop = next((i for i in range(1, len(lines)) if lines[i][0] <= lines[i - 1][0]), None)
+    if drop is None:
+        return []
+    return [(int(b), lr, c, loss) for b, lr, c, loss in lines[drop:]]
