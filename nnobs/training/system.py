@@ -18,6 +18,7 @@ from nnobs.protocol.schema import SYSTEM_METRIC
 from nnobs.protocol.slot import tell_log
 
 SYSTEM_EVERY_S = 1.0  # how often the machine is sampled
+CPU_INTERVAL_S = 0.5  # the shortest interval CPU use is measured over
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -32,8 +33,10 @@ class SystemSampler:
 
     def sample(self) -> dict[str, float]:
         now, cpu = time.monotonic(), self._cpu_seconds()
-        figures = {"cpu": 100.0 * (cpu - self._cpu) / max(now - self._at, 1e-9), "rss_mb": resident_mb()}
-        self._cpu, self._at = cpu, now
+        figures = {"rss_mb": resident_mb()}
+        if now - self._at >= CPU_INTERVAL_S:  # the process clock ticks in 10 ms: a shorter interval reads as 0 %
+            figures["cpu"] = 100.0 * (cpu - self._cpu) / (now - self._at)
+            self._cpu, self._at = cpu, now
         for index, handle in enumerate(self._gpus_in_use()):
             figures.update(self._gpu_figures(index, handle))
         return {SYSTEM_METRIC + name: round(value, 3) for name, value in figures.items()}
