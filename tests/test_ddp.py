@@ -97,6 +97,45 @@ print(f"rank {os.environ['RANK']}: fit returned; exit 0", flush=True)
 """
 
 
+# A Transformers Trainer under torchrun (accelerate makes it DDP), the callback in its place and its checkpoint handed
+# to train(); each rank traces its step's learning rate, parameter checksum and loss (the model's own, per step).
+TRANSFORMERS_SCRIPT = """
+import os, sys
+import torch, transformers
+import nnobs.transformers
+
+pace, trace_path = float(sys.argv[1]), sys.argv[2]
+torch.set_num_threads(1)
+transformers.set_seed(0)
+config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+model = transformers.GPT2LMHeadModel(config)
+starts = torch.randint(0, 64, (512, 1), generator=torch.Generator().manual_seed(0))
+rows = (starts + torch.arange(32)) % 64
+trace = open(f"{trace_path}.rank{os.environ['RANK']}", "a")
+step = {}
+model.register_forward_hook(lambda module, inputs, outputs: step.update(loss=outputs.loss.item()) if module.training else None)
+
+
+class Trace(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        step.update(lr=lr_scheduler.get_last_lr()[0], checksum=sum(p.detach().double().sum().item() for p in model.parameters()))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trace.write(f"{state.global_step} {step['lr']!r} {step['checksum']!r} {step['loss']!r}\\n")
+        trace.flush()
+
+
+watch = nnobs.transformers.Callback(pace=pace)
+args = transformers.TrainingArguments(output_dir="out", max_steps=100_000, per_device_train_batch_size=8, learning_rate=0.01,
+                                      lr_scheduler_type="constant", logging_steps=50, save_strategy="no", report_to=[],
+                                      use_cpu=True, disable_tqdm=True)
+trainer = transformers.Trainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows],
+                               callbacks=[Trace(), watch])
+trainer.train(resume_from_checkpoint=watch.resume_from_checkpoint)
+print(f"rank {os.environ['RANK']}: train returned; exit 0", flush=True)
+"""
+
+
 def start_job(runs_root: Path, tmp_path: Path, script: list[str]) -> tuple[RunDir, Path]:
     """`nnobs run ddp -- torchrun ... SCRIPT ARGS TRACE`: the job's start is seen when its rank 0 reports."""
     trace = tmp_path / "trace"
@@ -121,6 +160,15 @@ def lightning_ddp_run(runs_root: Path, tmp_path: Path):
     nnobs(runs_root, "stop", "ddp")
 
 
+@pytest.fixture
+def transformers_ddp_run(runs_root: Path, tmp_path: Path):
+    pytest.importorskip("transformers", reason="the Transformers DDP test needs the test extra's Transformers")
+    script = tmp_path / "train.py"
+    script.write_text(TRANSFORMERS_SCRIPT)
+    yield start_job(runs_root, tmp_path, [str(script), "100"])
+    nnobs(runs_root, "stop", "ddp")
+
+
 def test_a_torchrun_job_takes_eta_on_every_rank_at_one_batch_stops_whole_and_resumes_every_rank_alike(
     ddp_run, runs_root
 ):
@@ -131,6 +179,12 @@ def test_a_lightning_ddp_fit_takes_eta_on_every_rank_at_one_batch_stops_whole_an
     lightning_ddp_run, runs_root
 ):
     steered_as_one(*lightning_ddp_run, runs_root)
+
+
+def test_a_transformers_ddp_trainer_takes_eta_on_every_rank_at_one_batch_stops_whole_and_resumes_every_rank_alike(
+    transformers_ddp_run, runs_root
+):
+    steered_as_one(*transformers_ddp_run, runs_root)
 
 
 def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
