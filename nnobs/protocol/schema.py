@@ -91,6 +91,10 @@ SUMMARY = ("norm", "mean", "std", "min", "max", "change", "p7", "p16", "p31", "p
 # change: the distance moved since the last state report, relative to the norm then; pN: the Nth percentile of its
 # values, TensorBoard's distribution bands (a normal's median and 0.5, 1 and 1.5 sigmas either side; min and max beside)
 BANDS = (7, 16, 31, 50, 69, 84, 93)
+MOMENTS = SUMMARY[:5]  # what is measured over all of a tensor; the rest of SUMMARY over its marks beyond MARKS_EACH
+# A large tensor's percentiles, change and update ratio are measured on this many of its entries, drawn once at random
+# (spread evenly, they could fall on a few columns of a matrix): exact up to it, within about 1 % beyond.
+MARKS_EACH = 8192
 SUMMARY_BEFORE_BANDS = 6  # the width of summaries written before the bands: read with the bands unknown (NaN)
 
 
@@ -116,6 +120,29 @@ def tensor_summary(sv: np.ndarray, tensors: Tensors, previous: np.ndarray | None
     """Per tensor its SUMMARY numbers, to seven digits, as a large net's state report carries them; change is None
     without a previous vector of the same size (not NaN: the run file spells NaN null and calls the line diverged)."""
     rows = tensor_rows(sv[None, :], tensors, previous)[0]
+    return [[None if math.isnan(v) else _short(v) for v in row] for row in rows.tolist()]
+
+
+def mark_picks(count: int) -> np.ndarray:
+    """The entries of a tensor of count entries that stand for it in its percentiles and changes: all of them up to
+    MARKS_EACH, else MARKS_EACH drawn at random, the same for every run of a tensor this size."""
+    if count <= MARKS_EACH:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(count).choice(count, MARKS_EACH, replace=False))
+
+
+def marked_summary(
+    moments: np.ndarray, marks: list[np.ndarray], previous: list[np.ndarray] | None
+) -> list[list[float | None]]:
+    """tensor_summary() of a large net from what its trainer measured where the tensors live: per tensor its MOMENTS
+    over all of it, its change from the previous marks and its percentile bands over its marks."""
+    rows = np.full((len(marks), len(SUMMARY)), np.nan)
+    rows[:, : len(MOMENTS)] = moments
+    for t, values in enumerate(marks):
+        if previous is not None and len(previous) == len(marks) and len(previous[t]) == len(values):
+            rows[t, SUMMARY_BEFORE_BANDS - 1] = relative_change(values, previous[t])
+        if len(values):
+            rows[t, SUMMARY_BEFORE_BANDS:] = np.percentile(values, BANDS)
     return [[None if math.isnan(v) else _short(v) for v in row] for row in rows.tolist()]
 
 
@@ -179,6 +206,15 @@ def update_ratios(sv: np.ndarray, before: np.ndarray, tensors: Tensors) -> list[
     ratios = []
     for start, end in tensor_bounds(tensors):
         ratio = float(relative_change(sv[start:end], before[start:end]))
+        ratios.append(None if math.isnan(ratio) else _short(ratio))
+    return ratios
+
+
+def marked_update_ratios(marks: list[np.ndarray], before: list[np.ndarray]) -> list[float | None]:
+    """update_ratios() of a large net, over each tensor's marks (see MARKS_EACH)."""
+    ratios = []
+    for now, then in zip(marks, before, strict=True):
+        ratio = float(relative_change(now, then)) if len(now) == len(then) else math.nan
         ratios.append(None if math.isnan(ratio) else _short(ratio))
     return ratios
 

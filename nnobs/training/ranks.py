@@ -128,6 +128,15 @@ class SharedTrainer(Trainer):
     def state_vector(self) -> np.ndarray:
         return self.inner.state_vector()
 
+    def moments(self) -> np.ndarray:
+        return self.inner.moments()
+
+    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        return self.inner.values_at(picks)
+
+    def all_finite(self) -> bool:
+        return self.inner.all_finite()
+
     def save(self) -> dict[str, np.ndarray]:
         return self.inner.save()
 

@@ -85,7 +85,7 @@ class Recovery:
         self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
         self.last_checkpoint = now
         started = time.perf_counter()
-        if not np.isfinite(run.trainer.state_vector()).all():
+        if not run.trainer.all_finite():
             return  # parameters no one can go on from: the checkpoint before them stays
         if not self.disk.room_for_checkpoint():
             self.disk.check(now)  # pauses, and says so: a checkpoint would take the disk below its floor
@@ -125,7 +125,7 @@ class Recovery:
             return  # a checkpoint no one can load is nothing to go back to
         with self.kept_budget.charged():
             try:
-                if np.isfinite(run.trainer.state_vector()).all() and self.disk.room_for_checkpoint():
+                if run.trainer.all_finite() and self.disk.room_for_checkpoint():
                     saved = run.trainer.save()
                     if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
                         # checked just before writing: never into a directory that is no longer this run's
@@ -218,7 +218,7 @@ class Recovery:
         run.paused = False
         run.loss = loss
         run.window = Window()
-        self.reporter.summarized = None
+        self.reporter.forget_states()
         self.reporter.schedule()
         self.next_kept_at = next_kept_checkpoint(batch)
         run.pacer.restart(batch, time.monotonic())

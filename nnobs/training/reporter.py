@@ -17,18 +17,18 @@ from nnobs.protocol.schema import (
     SUMMARY,
     loss_report,
     metric_entry,
-    sample_indices,
     state_report,
     summary_report,
-    tensor_summary,
     update_ratios,
     update_report,
 )
 from nnobs.protocol.slot import tell_log
 from nnobs.training.budget import CostBudget
+from nnobs.training.probe import Marks, Probe
 from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_evaluation, next_loss_report, next_state_report
 from nnobs.training.state import RunState
 from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
+from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
 LOSS_MIN_INTERVAL_S = 0.05  # at most 20 loss reports a second
@@ -70,18 +70,22 @@ class Reporter:
         self.last_loss_report = 0.0  # monotonic time
         self.last_reported_loss: float | None = None
         self.last_reported_batch = -1
-        self.n_params = len(run.trainer.state_vector())
-        self.sample = sample_indices(run.trainer.tensors) if self.n_params > FULL_STATE_MAX_PARAMS else None
-        self.summarized: np.ndarray | None = None  # the state vector of the last summary report, for its change
-        self.before_report: tuple[int, np.ndarray] | None = None  # (batch, state vector) one batch before a scheduled
-        # state report: what the step into it changed is the update-to-weight ratio reported beside it
+        self.n_params = count_params(run.trainer)
+        # A large net's reports are measured where its tensors live, without a copy of the model; a small one's carry
+        # its whole state vector.
+        self.probe = Probe(run.trainer) if self.n_params > FULL_STATE_MAX_PARAMS else None
+        self.before_report: tuple[int, np.ndarray | Marks] | None = None  # (batch, state vector, or a large net's
+        # marks) one batch before a scheduled state report: what the step into it changed is the update-to-weight
+        # ratio reported beside it
         self.next_loss_at = 0
         self.next_state_at: int | None = None
         self.schedule()
         self.last_state_report = 0.0  # monotonic time
         self.paced_state_batch = -1  # the batch of the last clock-paced state report
         self.snapshot_size = BYTES_PER_NUMBER * (
-            self.n_params if self.sample is None else len(self.sample) + len(SUMMARY) * len(run.trainer.tensors)
+            self.n_params
+            if self.probe is None
+            else sum(map(len, self.probe.sample_picks)) + len(SUMMARY) * len(run.trainer.tensors)
         )
         burst = min(STATE_BURST_BYTES, STATE_BURST_SNAPSHOTS * self.snapshot_size)
         self.snapshot_budget = CostBudget(SNAPSHOT_SHARE, SNAPSHOT_BURST_S, STATE_BYTES_PER_S, burst)
@@ -197,36 +201,48 @@ class Reporter:
 
     def state_report(self, sv: np.ndarray | None = None) -> dict:
         """The seed's state report (eta, the state vector, the settings); a summary and a sample for a large net.
-        sv: the state vector as it is, when already taken."""
+        sv: a small net's state vector as it is, when already taken."""
         run = self.run
         self.last_state_report = time.monotonic()
-        sv, eta = run.trainer.state_vector() if sv is None else sv, run.trainer.eta
-        if self.sample is None:
+        eta = run.trainer.eta
+        if self.probe is None:
+            sv = run.trainer.state_vector() if sv is None else sv
             return state_report(run.batch, eta, sv, run.target, run.report_every, run.pacer.pace)
-        # A tensor's change is None without a previous vector of the same size: written null, read as no change.
-        summary = tensor_summary(sv, run.trainer.tensors, self.summarized)
-        self.summarized = sv
-        return summary_report(run.batch, eta, summary, sv[self.sample], run.target, run.report_every, run.pacer.pace)
+        # A tensor's change is None without a previous summary: written null, read as no change.
+        summary, sample = self.probe.summary(), self.probe.sample()
+        return summary_report(run.batch, eta, summary, sample, run.target, run.report_every, run.pacer.pace)
 
-    def report_update(self, sv: np.ndarray) -> None:
-        """Beside a scheduled state report of sv: what its batch's step did to each tensor, and a built-in net's dead
-        units."""
+    def report_update(self, sv: np.ndarray | None) -> None:
+        """Beside a scheduled state report (of sv, a small net's): what its batch's step did to each tensor, and a
+        built-in net's dead units."""
         run = self.run
         before, self.before_report = self.before_report, None
         if before is None or before[0] != run.batch - 1:
             return
-        if len(before[1]) != len(sv) or not np.isfinite(sv).all():
+        if self.probe is not None:
+            ratios = self.probe.update_ratios(before[1])  # type: ignore[arg-type]  # a large net keeps marks
+        elif sv is not None and len(before[1]) == len(sv) and np.isfinite(sv).all():
+            ratios = update_ratios(sv, before[1], run.trainer.tensors)  # type: ignore[arg-type]
+        else:
             return
-        run.out.write(
-            update_report(run.batch, update_ratios(sv, before[1], run.trainer.tensors), run.trainer.dead_units())
-        )
+        run.out.write(update_report(run.batch, ratios, run.trainer.dead_units()))
+
+    def state_as_it_is(self) -> np.ndarray | Marks:
+        """What an update ratio is measured from: a small net's state vector, a large net's marks."""
+        return self.run.trainer.state_vector() if self.probe is None else self.probe.marks()
+
+    def forget_states(self) -> None:
+        """The parameters were set from outside training (a rewind, a reinit): no change is measured across that."""
+        self.before_report = None
+        if self.probe is not None:
+            self.probe.summarized = None
 
     def snapshot(self, now: float) -> None:
         """A scheduled state snapshot, and the update beside it, when the budget allows; charged to it."""
         if not self.snapshot_budget.allows(now):
             return
         with self.snapshot_budget.charged(self.snapshot_size):
-            sv = self.run.trainer.state_vector()
+            sv = self.run.trainer.state_vector() if self.probe is None else None
             self.run.out.write(self.state_report(sv))
             self.report_update(sv)
 
@@ -253,7 +269,7 @@ class Reporter:
         if not self.snapshot_budget.allows(time.monotonic()):
             return
         with self.snapshot_budget.charged():
-            self.before_report = (self.run.batch, self.run.trainer.state_vector())
+            self.before_report = (self.run.batch, self.state_as_it_is())
 
     def at_stop(self, now: float) -> None:
         """After a run of batches: the evaluation, loss report and state snapshot the batch schedules ask for here."""
@@ -285,3 +301,9 @@ class Reporter:
         ):
             self.paced_state_batch = run.batch
             run.out.write(self.state_report())
+
+
+def count_params(trainer: Trainer) -> int:
+    """How many parameters the trainer's tensors hold (a small net's: its state vector's length, which it is)."""
+    declared = sum(math.prod(shape) for _, shape in trainer.tensors)
+    return len(trainer.state_vector()) if declared <= FULL_STATE_MAX_PARAMS else declared

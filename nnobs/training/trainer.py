@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnobs.protocol.errors import CommandError
-from nnobs.protocol.schema import Tensors
+from nnobs.protocol.schema import MOMENTS, Tensors, tensor_bounds
 
 
 class Trainer:
@@ -25,6 +25,28 @@ class Trainer:
     def state_vector(self) -> np.ndarray:
         """Every parameter, flat, as float64: a copy of its own (it is encoded on another thread)."""
         return np.empty(0)
+
+    # What a large net's reports say of its tensors, measured where they live: the defaults go through state_vector(),
+    # a trainer whose tensors live elsewhere (on a GPU, in a framework) measures them there, with no copy of the model.
+
+    def moments(self) -> np.ndarray:
+        """(tensors, len(MOMENTS)): per tensor its norm, mean, std, min and max, as float64 on the host."""
+        sv = self.state_vector()
+        rows = np.full((len(self.tensors), len(MOMENTS)), np.nan)
+        for t, (start, end) in enumerate(tensor_bounds(self.tensors)):
+            if start < end <= len(sv):
+                part = sv[start:end]
+                rows[t] = np.linalg.norm(part), part.mean(), part.std(), part.min(), part.max()
+        return rows
+
+    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        """Per tensor, its values at picks (indices into it, flat), as float64 on the host."""
+        sv = self.state_vector()
+        return [sv[start:end][at] for (start, end), at in zip(tensor_bounds(self.tensors), picks, strict=True)]
+
+    def all_finite(self) -> bool:
+        """Whether every parameter is a finite number: a checkpoint of any other is nothing to go on from."""
+        return bool(np.isfinite(self.state_vector()).all())
 
     def save(self) -> dict[str, np.ndarray]:
         """What a checkpoint holds of the net (and its optimizer), as named arrays; {} when nothing can be."""

@@ -20,7 +20,7 @@ import numpy as np
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.slot import tell_log
 from nnobs.training.integrations.metrics import as_number
-from nnobs.training.integrations.torch import flat_copy
+from nnobs.training.integrations.torch import flat_copy, tensor_moments, tensor_values_at, tensors_finite
 from nnobs.training.sdk import Run
 from nnobs.training.trainer import Trainer
 
@@ -93,6 +93,15 @@ class FrameworkTrainer(Trainer):
 
     def state_vector(self) -> np.ndarray:
         return flat_copy(self._params)
+
+    def moments(self) -> np.ndarray:
+        return tensor_moments(self._params)
+
+    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        return tensor_values_at(self._params, picks)
+
+    def all_finite(self) -> bool:
+        return tensors_finite(self._params)
 
     def save(self) -> dict[str, np.ndarray]:
         if self.rates is None or self._frozen is not None:

@@ -84,6 +84,15 @@ class TorchTrainer(Trainer):
     def state_vector(self) -> np.ndarray:
         return flat_copy(self._params)
 
+    def moments(self) -> np.ndarray:
+        return tensor_moments(self._params)
+
+    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        return tensor_values_at(self._params, picks)
+
+    def all_finite(self) -> bool:
+        return tensors_finite(self._params)
+
     def save(self) -> dict[str, np.ndarray]:
         buffer = io.BytesIO()
         state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -130,6 +139,50 @@ def flat_copy(params: Sequence[tuple[str, torch.Tensor]]) -> np.ndarray:
         return np.empty(0)
     with torch.no_grad():
         return torch.cat([p.detach().reshape(-1).to(torch.float64, copy=True).cpu() for _, p in params]).numpy()
+
+
+def _measured(p: torch.Tensor) -> torch.Tensor:
+    """p as its numbers are measured: float32 at least (half floats add up wrong), where it lives, not a copy for
+    float32 and float64."""
+    p = p.detach()
+    return p if p.dtype in (torch.float32, torch.float64) else p.to(torch.float32)
+
+
+def tensor_moments(params: Sequence[tuple[str, torch.Tensor]]) -> np.ndarray:
+    """Per tensor its norm, mean, std, min and max (Trainer.moments), each a reduction on the tensor's own device:
+    no copy of the model is made, and only these numbers cross to the host."""
+    rows = []
+    with torch.no_grad():
+        for _, p in params:
+            x = _measured(p).reshape(-1)
+            if not x.numel():
+                rows.append(torch.full((5,), math.nan, dtype=torch.float64, device=x.device))
+                continue
+            std, mean = torch.std_mean(x, correction=0)
+            low, high = torch.aminmax(x)
+            norm = torch.linalg.vector_norm(x)
+            rows.append(torch.stack([norm, mean, std, low, high]).to(torch.float64))
+        if not rows:
+            return np.empty((0, 5))
+        return torch.stack([row.cpu() for row in rows]).numpy()
+
+
+def tensor_values_at(params: Sequence[tuple[str, torch.Tensor]], picks: list[np.ndarray]) -> list[np.ndarray]:
+    """Per tensor its values at picks (Trainer.values_at): gathered on the tensor's device, only they copied over."""
+    values = []
+    with torch.no_grad():
+        for (_, p), at in zip(params, picks, strict=True):
+            index = torch.as_tensor(at, dtype=torch.long, device=p.device)
+            values.append(p.detach().reshape(-1)[index].to(torch.float64).cpu().numpy())
+    return values
+
+
+def tensors_finite(params: Sequence[tuple[str, torch.Tensor]]) -> bool:
+    """Whether every value is finite: a NaN or an infinity anywhere makes a tensor's sum so (a sum of finite
+    parameters that overflows float32 would need entries near 10^31), summed where the tensor lives."""
+    with torch.no_grad():
+        sums = [_measured(p).sum() for _, p in params]
+        return bool(torch.isfinite(torch.stack([s.cpu() for s in sums])).all()) if sums else True
 
 
 def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> TorchTrainer:
