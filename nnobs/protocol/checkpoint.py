@@ -1,18 +1,23 @@
 """Checkpoints: a run's whole state in one .npz file, replaced atomically, loaded without pickle.
 
 The file holds the session's settings as JSON (meta) and, beside them, whatever arrays the
-trainer saves of its net: the built-in worker its state vector (sv), a script its own bytes.
+trainer saves of its net: the built-in worker its state vector (sv), a script its own bytes. A large model's bytes
+are streamed into the file as they are made (a Streamed member, read back as bytes): a copy of them in memory first
+would cost as much memory again as the model and its optimizer hold.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -20,6 +25,33 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import FILE_MODE, SETTINGS_MOST_BYTES, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
+
+
+class Streamed:
+    """A checkpoint member written straight into the file by write(stream): a trainer's own bytes, made as written."""
+
+    def __init__(self, write: Callable[[BinaryIO], object]):
+        self.write = write
+
+    def content(self) -> np.ndarray:
+        """The bytes write() makes, in memory, as an array (to send elsewhere, or to keep a small one)."""
+        buffer = io.BytesIO()
+        self.write(buffer)
+        return np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
+
+
+State = Mapping[str, "np.ndarray | Streamed"]  # what a trainer saves: named arrays, or members streamed as written
+
+
+def in_memory(state: State) -> dict[str, np.ndarray]:
+    """state with every streamed member made into its bytes."""
+    return {name: value.content() if isinstance(value, Streamed) else value for name, value in state.items()}
+
+
+def state_bytes(state: State) -> int | None:
+    """The bytes state holds in memory; None when a member is streamed (its size is known once written)."""
+    sizes = [value.nbytes for value in state.values() if isinstance(value, np.ndarray)]
+    return sum(sizes) if len(sizes) == len(state) else None
 
 
 @dataclass
@@ -33,7 +65,7 @@ class Checkpoint:
     gen: int  # generation of the worker that wrote it
     last_seq: int  # highest control command applied
     run_offset: int  # size of the run file when written: answers after it may need repeating
-    state: dict[str, np.ndarray] = field(repr=False)  # the trainer's own: {"sv": state vector} for the built-in net
+    state: State = field(repr=False)  # the trainer's own: {"sv": state vector} for the built-in net
     control_id: str | None = None  # file_id of the control file last_seq numbers: one made anew starts over
     pace: float = 0.0  # at most this many batches a second; 0: flat out (absent from older checkpoints)
     loss: float | None = None  # the latest loss when written (absent from older checkpoints)
@@ -42,16 +74,30 @@ class Checkpoint:
     @property
     def sv(self) -> np.ndarray | None:
         """The built-in net's state vector, when this checkpoint holds one."""
-        return self.state.get("sv")
+        sv = self.state.get("sv")
+        return sv if isinstance(sv, np.ndarray) else None
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
-    arrays = _arrays(ckpt)
-    replace_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
+    members = _members(ckpt)
+    replace_atomically(path, lambda f: write_npz(f, members))
 
 
-def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+def write_npz(f: BinaryIO, members: State) -> None:
+    """An .npz archive as np.savez writes it (stored, not compressed), each array written from its own memory in
+    pieces, each streamed member written as it is made."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in members.items():
+            if isinstance(value, Streamed):
+                with archive.open(name, mode="w", force_zip64=True) as member:
+                    value.write(member)  # type: ignore[arg-type]  # a zip member is a binary stream
+            else:
+                with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def _members(ckpt: Checkpoint) -> State:
     """What the .npz holds: the settings as JSON (meta) and the trainer's own arrays."""
     meta = {
         f.name: getattr(ckpt, f.name) for f in fields(ckpt) if f.name != "state"
@@ -74,6 +120,9 @@ def _declared_bytes(f) -> dict[str, int]:
     declared = {}
     with zipfile.ZipFile(f) as archive:
         for member in archive.namelist():
+            if not member.endswith(".npy"):  # a streamed member: bytes, read as they are
+                declared[member] = archive.getinfo(member).file_size
+                continue
             with archive.open(member) as array:
                 version = np.lib.format.read_magic(array)
                 read_header = (
@@ -112,7 +161,7 @@ def load_checkpoint(path: Path, most_state_bytes: int | None = None) -> Checkpoi
             _check_sizes(f, most_state_bytes)
             with np.load(f, allow_pickle=False) as saved:
                 meta = parse_json(str(saved["meta"]))
-                state = {name: saved[name].copy() for name in saved.files if name != "meta"}
+                state: State = {name: _array(saved[name]) for name in saved.files if name != "meta"}
         return Checkpoint(state=state, **meta)
     except FileNotFoundError:
         return None
@@ -126,6 +175,11 @@ def load_checkpoint(path: Path, most_state_bytes: int | None = None) -> Checkpoi
         # numpy's own words for pickled content suggest loading it unsafely: never, for a file anyone could have put here.
         reason = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else str(err)
         raise NnobsError(f"checkpoint {path} is unreadable ({reason}); move it away to start the run afresh") from err
+
+
+def _array(value: np.ndarray | bytes) -> np.ndarray:
+    """A member as loaded (an array, or a streamed member's bytes) as an array of its own."""
+    return np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else value.copy()
 
 
 def load_checkpoint_meta(path: Path) -> dict | None:
@@ -150,7 +204,10 @@ def load_checkpoint_meta(path: Path) -> dict | None:
 # decade) and links each clock checkpoint here too; beyond these bounds the one whose going leaves the smallest gap,
 # as a ratio of batches, goes first, so what stays is spread as evenly in log batches as their number allows.
 KEPT_MOST = 160  # 12 a decade over 13 decades: a run of 10^12 batches keeps every decade's
-KEPT_BYTES = 256 * 1024 * 1024  # on disk, all told: XOR's are 1 KB each; a large net's keep fewer, as evenly spread
+MIB = 1024 * 1024
+KEPT_MB = 256.0  # the default budget on disk, all told (nnobs.Run's kept_mb): XOR's are 1 KB each; a large net's keep
+# fewer, as evenly spread, and one larger than the budget is not kept (checkpoint.npz is still there to resume from)
+KEPT_BYTES = int(KEPT_MB * MIB)
 KEPT_NEWEST = 4  # the newest few are never thinned: the last seconds of training, to go back a little
 KEPT_NAME = re.compile(r"[0-9]{1,30}\.npz")  # a kept checkpoint's file: its batch, zero-padded
 
@@ -170,17 +227,22 @@ def kept_batches(path: Path) -> list[int]:
     return sorted(_kept_sizes(kept_dir(path)))
 
 
-def _kept_sizes(folder: Path) -> dict[int, int]:
+def _kept_sizes(folder: Path, current: Path | None = None) -> dict[int, int]:
     """The kept checkpoints in folder: their batches and sizes in bytes, in one pass over the directory (a fast run
-    keeps several a second early on, each followed by a thinning that needs them all)."""
+    keeps several a second early on, each followed by a thinning that needs them all). One that is the checkpoint
+    current itself (a hard link to it) takes no room of its own: 0."""
+    try:
+        same = os.stat(current, follow_symlinks=False) if current is not None else None
+    except OSError:
+        same = None
     try:
         with os.scandir(folder) as entries:
-            return {int(e.name[:-4]): _size(e) for e in entries if KEPT_NAME.fullmatch(e.name)}
+            return {int(e.name[:-4]): _size(e, same) for e in entries if KEPT_NAME.fullmatch(e.name)}
     except OSError:
         return {}
 
 
-def keep_checkpoint(path: Path, batch: int) -> None:
+def keep_checkpoint(path: Path, batch: int, most_bytes: int = KEPT_BYTES) -> None:
     """Keep the checkpoint just saved at path (its batch given) for rewinding, and thin out the kept set.
 
     A hard link costs no space until checkpoint.npz is replaced by its successor.
@@ -196,10 +258,10 @@ def keep_checkpoint(path: Path, batch: int) -> None:
         with open_file(path) as saved:
             replace_atomically(tmp, lambda out: out.write(saved.read()))
     os.replace(tmp, kept)
-    thin_kept(path)
+    thin_kept(path, most_bytes)
 
 
-def save_kept(path: Path, ckpt: Checkpoint) -> None:
+def save_kept(path: Path, ckpt: Checkpoint, most_bytes: int = KEPT_BYTES) -> None:
     """Write ckpt straight into the kept set beside checkpoint path, and thin it out.
 
     Renamed into place but not synced: these are written many times a second early in a fast run, where a sync
@@ -212,28 +274,44 @@ def save_kept(path: Path, ckpt: Checkpoint) -> None:
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     with os.fdopen(fd, "wb") as out:
-        np.savez(out, **_arrays(ckpt))  # type: ignore[arg-type]  # the stub takes **arrays for allow_pickle
+        write_npz(out, _members(ckpt))
     os.replace(tmp, kept)
-    thin_kept(path)
+    thin_kept(path, most_bytes)
 
 
-def thin_kept(path: Path) -> None:
-    """Drop kept checkpoints beyond KEPT_MOST or KEPT_BYTES, the one leaving the smallest gap in log batches first."""
+def thin_kept(path: Path, most_bytes: int = KEPT_BYTES) -> None:
+    """Drop kept checkpoints beyond KEPT_MOST, the one leaving the smallest gap in log batches first; then while they
+    take more than most_bytes (the link to checkpoint.npz takes none), the same way, sparing the first and the newest
+    few while others can go, and then the oldest: a large net's checkpoints keep as many as the budget holds."""
     folder = kept_dir(path)
-    sizes = _kept_sizes(folder)
+    sizes = _kept_sizes(folder, path)
     batches, total = sorted(sizes), sum(sizes.values())
-    while len(batches) > KEPT_NEWEST + 2 and (len(batches) > KEPT_MOST or total > KEPT_BYTES):
-        interior = range(1, len(batches) - KEPT_NEWEST)
-        gone = batches.pop(min(interior, key=lambda i: (batches[i + 1] + 1) / (batches[i - 1] + 1)))
+
+    def gap(i: int) -> float:
+        return (batches[i + 1] + 1) / (batches[i - 1] + 1)
+
+    def drop(i: int) -> None:
+        nonlocal total
+        gone = batches.pop(i)
         total -= sizes.pop(gone)
         (folder / f"{gone:015d}.npz").unlink(missing_ok=True)
 
+    while len(batches) > max(KEPT_NEWEST + 2, KEPT_MOST):
+        drop(min(range(1, len(batches) - KEPT_NEWEST), key=gap))
+    while total > most_bytes:
+        costly = [i for i, batch in enumerate(batches) if sizes[batch]]
+        interior = [i for i in costly if 0 < i < len(batches) - KEPT_NEWEST]
+        drop(min(interior, key=gap) if interior else costly[0])
 
-def _size(entry: os.DirEntry) -> int:
+
+def _size(entry: os.DirEntry, current: os.stat_result | None) -> int:
     try:
-        return entry.stat(follow_symlinks=False).st_size
+        stat = entry.stat(follow_symlinks=False)
     except OSError:
         return 0
+    if current is not None and (stat.st_ino, stat.st_dev) == (current.st_ino, current.st_dev):
+        return 0
+    return stat.st_size
 
 
 def landing(path: Path, batch: int) -> int | None:

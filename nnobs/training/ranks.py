@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.protocol.checkpoint import State, in_memory
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.schema import SYSTEM_METRIC
 from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
@@ -137,7 +138,7 @@ class SharedTrainer(Trainer):
     def all_finite(self) -> bool:
         return self.inner.all_finite()
 
-    def save(self) -> dict[str, np.ndarray]:
+    def save(self) -> State:
         return self.inner.save()
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
@@ -183,7 +184,7 @@ class Leader:
     def _share(self, kind: float, batch: int, end: int, eta: float, target: int) -> None:
         self.group.share([kind, batch, end, eta, self.trainer.changes, target])
         if self.trainer.changes != self.shared_changes and kind != END:
-            self.group.share_object(self.trainer.inner.save())
+            self.group.share_object(in_memory(self.trainer.inner.save()))
             self.shared_changes = self.trainer.changes
 
     def chunk_begins(self, window: Window) -> None:

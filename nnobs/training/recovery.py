@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 
-import numpy as np
-
 from nnobs.protocol.checkpoint import (
+    KEPT_BYTES,
     Checkpoint,
+    State,
     forget_kept_after,
+    in_memory,
     keep_checkpoint,
     kept_batches,
+    load_checkpoint,
     load_kept,
     save_checkpoint,
     save_kept,
+    state_bytes,
 )
 from nnobs.protocol.control import ControlWatcher
 from nnobs.protocol.errors import CommandError, NnobsError
@@ -36,6 +40,9 @@ CHECKPOINT_SHARE = 0.005  # of the run's time spent on the clock's checkpoints: 
 KEPT_SHARE = 0.01  # of the run's time spent keeping checkpoints by the batch schedule (the clock's are not thinned)
 KEPT_BURST_S = 0.2  # seconds of it a run may spend at once: a fast run's first decades come in under a second
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
+# Up to this many bytes, each of those is held in memory; a larger one is read back from checkpoint.npz, the newest
+# finite one: a large model's four copies would cost more memory than training it.
+FINITE_STATE_MOST_BYTES = 32 * 1024 * 1024
 
 
 class Recovery:
@@ -49,6 +56,7 @@ class Recovery:
         ownership: Ownership,
         control: ControlWatcher,
         answers_from: int | None,
+        kept_bytes: int = KEPT_BYTES,
     ):
         self.run = run
         self.reporter = reporter
@@ -58,13 +66,18 @@ class Recovery:
         # Until this generation has looked at the control file once, its checkpoints keep the last one's
         # run offset: answers given after it must still be known to a successor if we die now. None: the run file's end.
         self.answers_from = answers_from
-        # (loss, batch, saved state) of the latest checkpoints with finite numbers, to go back to on divergence
-        self.finite_states: deque[tuple[float, int, dict[str, np.ndarray]]] = deque(maxlen=FINITE_STATES_KEPT)
+        # (loss, batch, saved state) of the latest checkpoints with finite numbers, to go back to on divergence; a
+        # state too large to hold in memory is None: checkpoint.npz holds it
+        self.finite_states: deque[tuple[float, int, State | None]] = deque(maxlen=FINITE_STATES_KEPT)
         self.last_checkpoint = 0.0  # monotonic time
         self.checkpoint_took = 0.0  # seconds the last one took: a framework's own checkpoint can take a tenth
         self.checkpointed_batch = -1
         self.next_kept_at = next_kept_checkpoint(run.batch)  # the next batch whose checkpoint is kept, by the schedule
         self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
+        self.kept_bytes = kept_bytes  # what the kept checkpoints may take on disk, all told
+        # The size of the last checkpoint written, one larger than the budget is not kept; before the first, what the
+        # parameters alone take as float32
+        self.checkpoint_bytes = 4 * reporter.n_params
 
     def checkpoint_when_due(self, now: float) -> None:
         """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on, or less often where checkpoints
@@ -101,7 +114,8 @@ class Recovery:
         self.ownership.check_still_owned()  # again, just before writing: the save above can take a while
         try:
             save_checkpoint(run.run_dir.checkpoint, ckpt)
-            keep_checkpoint(run.run_dir.checkpoint, run.batch)  # to rewind to, later
+            self.checkpoint_bytes = os.stat(run.run_dir.checkpoint).st_size
+            keep_checkpoint(run.run_dir.checkpoint, run.batch, self.kept_bytes)  # to rewind to, later
         except OSError as err:
             run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
             return
@@ -121,8 +135,8 @@ class Recovery:
         if run.batch < self.next_kept_at:
             return
         self.next_kept_at = next_kept_checkpoint(run.batch)
-        if not run.trainer.can_load or not self.kept_budget.allows(now):
-            return  # a checkpoint no one can load is nothing to go back to
+        if not run.trainer.can_load or self.checkpoint_bytes > self.kept_bytes or not self.kept_budget.allows(now):
+            return  # a checkpoint no one can load is nothing to go back to; one larger than the budget is not kept
         with self.kept_budget.charged():
             try:
                 if run.trainer.all_finite() and self.disk.room_for_checkpoint():
@@ -130,11 +144,11 @@ class Recovery:
                     if saved:  # not remembered for a divergence: mid blow-up, one batch's loss can look good
                         # checked just before writing: never into a directory that is no longer this run's
                         self.ownership.check_still_owned()
-                        save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved))
+                        save_kept(run.run_dir.checkpoint, self.checkpoint_of(saved), self.kept_bytes)
             except OSError as err:
                 run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
 
-    def checkpoint_of(self, saved: dict[str, np.ndarray]) -> Checkpoint:
+    def checkpoint_of(self, saved: State) -> Checkpoint:
         """The checkpoint of the run as it is, holding what the trainer saved."""
         run = self.run
         known = run.loss is not None and math.isfinite(run.loss)
@@ -153,12 +167,17 @@ class Recovery:
             loss=run.loss if known else None,
         )
 
-    def remember_finite(self, saved: dict[str, np.ndarray]) -> None:
-        """Remember saved finite parameters, to go back to if the loss diverges."""
+    def remember_finite(self, saved: State) -> None:
+        """Remember saved finite parameters, to go back to if the loss diverges (a large state: that it is in
+        checkpoint.npz, the newest finite one)."""
         run = self.run
         if saved:  # one saved before any loss was logged ranks last, but is there to go back to
             known = run.loss is not None and math.isfinite(run.loss)
-            self.finite_states.append((run.loss if run.loss is not None and known else math.inf, run.batch, saved))
+            size = state_bytes(saved)
+            held = saved if size is not None and size <= FINITE_STATE_MOST_BYTES else None
+            if held is None:  # only the newest is on disk: the older ones are gone with it
+                self.finite_states.clear()
+            self.finite_states.append((run.loss if run.loss is not None and known else math.inf, run.batch, held))
 
     def on_divergence(self, now: float) -> None:
         """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""
@@ -168,8 +187,12 @@ class Recovery:
         if self.finite_states and run.trainer.can_load:
             # The lowest loss, not the latest: a checkpoint can catch the blow-up while it is still finite.
             _, finite_batch, saved = min(self.finite_states, key=lambda kept: kept[0])
-            run.trainer.load(saved)
-            detail += f"; parameters back to those of batch {finite_batch:,}"
+            if saved is None:
+                on_disk = load_checkpoint(run.run_dir.checkpoint)
+                saved = on_disk.state if on_disk is not None else None
+            if saved is not None:
+                run.trainer.load(in_memory(saved))
+                detail += f"; parameters back to those of batch {finite_batch:,}"
         elif run.trainer.can_load:
             detail += "; no finite parameters to go back to: move checkpoint.npz away to start afresh"
         self.reporter.report_loss(now, {"event": [run.batch, EventKind.DIVERGED], "error": detail})
@@ -190,7 +213,7 @@ class Recovery:
             raise CommandError(f"no checkpoint is kept at or before batch {batch:,} (kept: {batches})")
         went_from = run.batch
         try:
-            run.trainer.load(kept.state)
+            run.trainer.load(in_memory(kept.state))
         except ValueError as err:
             raise CommandError(
                 f"cannot rewind: the checkpoint at batch {kept.batch:,} does not fit this net ({err})"
@@ -234,7 +257,7 @@ def resume_trainer(trainer: Trainer, ckpt: Checkpoint) -> None:
     """Give the trainer back what the checkpoint holds of it, and the step size it had."""
     if ckpt.state and trainer.can_load:
         try:
-            trainer.load(ckpt.state)
+            trainer.load(in_memory(ckpt.state))
         except ValueError as err:
             raise NnobsError(
                 f"the checkpoint does not fit this run's net ({err}); move checkpoint.npz away to start afresh"

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.protocol.checkpoint import KEPT_MB, State
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.protocol.errors import CommandError, MetricError, NnobsError
 from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.jobs import LAUNCHER_ENV, recorded_for_another_job
 from nnobs.protocol.jsontext import parse_json
+from nnobs.protocol.numbers import is_finite
 from nnobs.protocol.rundir import RunDir, local_pid
 from nnobs.protocol.schema import Tensors
 from nnobs.protocol.slot import tell_log
@@ -83,7 +85,7 @@ class HookTrainer(Trainer):
             return np.empty(0)
         return np.array(self._state(), dtype=float).ravel()  # a copy: the script goes on changing its own
 
-    def save(self) -> dict[str, np.ndarray]:
+    def save(self) -> State:
         if self._save is None:
             return {}
         return {"script": np.frombuffer(through_file(self._save), dtype=np.uint8)}
@@ -133,7 +135,7 @@ class NetTrainer(Trainer):
     def state_vector(self) -> np.ndarray:
         return np.array(self.net.state_vector(), dtype=float)
 
-    def save(self) -> dict[str, np.ndarray]:
+    def save(self) -> State:
         saved = {"sv": self.state_vector()}
         if self.sampler is not None:  # JSON in a string array, as the checkpoint's meta: loadable without pickle
             saved["sampler"] = np.array(json.dumps(self.sampler.state()))
@@ -237,7 +239,8 @@ class Run:
     the settings a fresh run starts with; a resumed run goes on with those its checkpoint holds. At its target
     the loop ends (the run reads stopped; raise the target and restart it to go on), as a framework's max_steps
     ends training; wait_at_target=True idles there instead, answering the page, until the target is raised.
-    Training pauses (LOW DISK) while the run's filesystem has less than min_free_mb free.
+    Training pauses (LOW DISK) while the run's filesystem has less than min_free_mb free. The checkpoints kept to
+    rewind and fork to take at most kept_mb MiB on disk (256: a model of tens of millions of parameters keeps few).
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class Run:
         report_every: int = 2_000,
         pace: float = 0.0,
         min_free_mb: float = DEFAULT_MIN_FREE_MB,
+        kept_mb: float = KEPT_MB,
         wait_at_target: bool = False,
         root: str | os.PathLike | None = None,
         builtin: bool = False,
@@ -271,7 +275,9 @@ class Run:
         elif any(hook is not None for hook in (state, on_eta, save, load, tensors)):
             raise NnobsError("nnobs.Run takes a trainer or state/on_eta/save/load functions, not both")
         self.trainer = trainer
-        self._settings = Settings(target, report_every, pace, eta, min_free_mb, wait_at_target or builtin)
+        if not is_finite(kept_mb) or kept_mb < 0:
+            raise NnobsError(f"nnobs.Run: kept_mb must be a number of megabytes, 0 or more, not {kept_mb!r}")
+        self._settings = Settings(target, report_every, pace, eta, min_free_mb, wait_at_target or builtin, kept_mb)
         settings = (("target", target), ("report_every", report_every), ("pace", pace), ("min_free", min_free_mb))
         for setting, value in settings + (("eta", eta),) * (eta is not None):
             _check_setting(setting, value)

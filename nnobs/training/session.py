@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import KEPT_MB, MIB, load_checkpoint
 from nnobs.protocol.commands import COMMANDS, DEFAULT_MIN_FREE_MB, check_command
 from nnobs.protocol.control import Command, ControlWatcher
 from nnobs.protocol.errors import CommandError, ControlFileError
@@ -55,6 +55,7 @@ class Settings:
     eta: float | None = None  # None: the trainer's own
     min_free_mb: float = DEFAULT_MIN_FREE_MB
     wait_at_target: bool = False  # idle at the target for a higher one (the built-in worker), else end there
+    kept_mb: float = KEPT_MB  # what the checkpoints kept to rewind and fork to may take on disk, all told (MiB)
 
 
 class Session(RunState):
@@ -102,7 +103,8 @@ class Session(RunState):
         self.pacer = Pacer(pace, self.batch, time.monotonic())
         self.reporter = Reporter(self)
         self.disk = DiskGuard(self, self.reporter, min_free_mb)
-        self.recovery = Recovery(self, self.reporter, self.disk, self.ownership, self.control, answers_from)
+        kept_bytes = int(settings.kept_mb * MIB)
+        self.recovery = Recovery(self, self.reporter, self.disk, self.ownership, self.control, answers_from, kept_bytes)
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
         self._chunk = CHUNK  # batches between two looks at the clock: fewer when batches are slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnobs.protocol.checkpoint import State
 from nnobs.protocol.errors import CommandError
 from nnobs.protocol.schema import MOMENTS, Tensors, tensor_bounds
 
@@ -48,7 +49,7 @@ class Trainer:
         """Whether every parameter is a finite number: a checkpoint of any other is nothing to go on from."""
         return bool(np.isfinite(self.state_vector()).all())
 
-    def save(self) -> dict[str, np.ndarray]:
+    def save(self) -> State:
         """What a checkpoint holds of the net (and its optimizer), as named arrays; {} when nothing can be."""
         return {}
 

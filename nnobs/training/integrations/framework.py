@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nnobs.protocol.checkpoint import State, in_memory
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.slot import tell_log
 from nnobs.training.integrations.metrics import as_number
@@ -24,7 +25,7 @@ from nnobs.training.integrations.torch import flat_copy, tensor_moments, tensor_
 from nnobs.training.sdk import Run
 from nnobs.training.trainer import Trainer
 
-SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "wait_at_target", "root")
+SETTINGS = ("eta", "target", "report_every", "pace", "min_free_mb", "kept_mb", "wait_at_target", "root")
 
 
 class Rates(Protocol):
@@ -103,7 +104,7 @@ class FrameworkTrainer(Trainer):
     def all_finite(self) -> bool:
         return tensors_finite(self._params)
 
-    def save(self) -> dict[str, np.ndarray]:
+    def save(self) -> State:
         if self.rates is None or self._frozen is not None:
             # Not made yet: the checkpoint resumed from is still the run's. Frozen: training stopped at a step
             # boundary, and what the framework does on its way out (a finished epoch, say) is not the run's state.
@@ -113,7 +114,7 @@ class FrameworkTrainer(Trainer):
     def freeze(self) -> None:
         """Training stops here: the checkpoint of this step boundary is the run's last (taken anew when called again)."""
         self._frozen = None
-        self._frozen = self.save()
+        self._frozen = in_memory(self.save())
 
     def load(self, saved: dict[str, np.ndarray]) -> None:
         if self.rates is not None:

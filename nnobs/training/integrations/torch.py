@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nnobs.protocol.checkpoint import State, Streamed, in_memory
 from nnobs.protocol.errors import MissingExtra
 
 try:
@@ -93,20 +94,26 @@ class TorchTrainer(Trainer):
     def all_finite(self) -> bool:
         return tensors_finite(self._params)
 
-    def save(self) -> dict[str, np.ndarray]:
-        buffer = io.BytesIO()
+    def save(self) -> State:
+        # Streamed into the checkpoint file tensor by tensor as it is written: a copy in memory first would cost as
+        # much again as the model and its optimizer hold.
+        return {"torch": Streamed(lambda stream: torch.save(self._training_state(), stream))}
+
+    def _training_state(self) -> dict[str, Any]:
+        """The model's and the optimizer's state_dicts (their tensors themselves, not copies), the schedule's, and
+        the random state."""
         state: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()  # where the schedule is: a restart goes on from there
         state.update(random_state())  # dropout, a loader's draws: a restart draws what the run would have drawn next
-        torch.save(state, buffer)
-        return {"torch": np.frombuffer(buffer.getvalue(), dtype=np.uint8)}
+        return state
 
-    def load(self, saved: dict[str, np.ndarray]) -> None:
-        if "torch" not in saved:
+    def load(self, saved: State) -> None:
+        content = in_memory(saved).get("torch")
+        if content is None:
             raise ValueError("the checkpoint holds no PyTorch state")
         try:
-            state = torch.load(io.BytesIO(saved["torch"].tobytes()), weights_only=True)
+            state = torch.load(io.BytesIO(content.tobytes()), weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and "scheduler" in state:
