@@ -6,7 +6,8 @@ import os
 import textwrap
 import time
 
-from conftest import events, python, records_with, wait_for
+from conftest import acks_of, answered, events, python, records_with, wait_for
+from nnobs.protocol.control import send_command
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.watcher import read_history
@@ -69,3 +70,94 @@ def test_the_2_256_256_1_net_grows_its_run_file_by_at_most_2_mb_a_minute(new_run
     assert batches > 2_000, "the net trained"
     assert per_minute <= 2 * MB
     assert events(run, "shutdown")
+
+
+KEPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nnobs, nnobs.torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.ReLU(), torch.nn.Linear(1000, 10))  # 1,011,010
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # a checkpoint of about 12 MB: the model and 2 moments
+    x, y = torch.randn(16, 1000), torch.randint(0, 10, (16,))
+    with nnobs.Run(sys.argv[2], root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer), target=400,
+                   kept_mb=float(sys.argv[3])) as run:
+        for batch in run.batches():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss.item())
+    """
+)
+
+
+def kept_files(run: RunDir) -> tuple[list[int], int]:
+    """The kept checkpoints' sizes, and how many of them are checkpoint.npz itself (a hard link, no room of its own)."""
+    current = run.checkpoint.stat()
+    stats = [path.stat() for path in (run.checkpoint.parent / "checkpoints").glob("*.npz")]
+    links = [s for s in stats if (s.st_ino, s.st_dev) == (current.st_ino, current.st_dev)]
+    return [s.st_size for s in stats if s not in links], len(links)
+
+
+def test_the_kept_checkpoints_of_a_large_model_stay_within_the_budget_set(runs_root):
+    for name, kept_mb in (("roomy", 40), ("tight", 8)):
+        script = python(KEPT, str(runs_root), name, str(kept_mb))
+        _, err = script.communicate(timeout=300)
+        assert script.returncode == 0, err
+        run = RunDir.named(name, runs_root)
+        sizes, links = kept_files(run)
+        checkpoint = run.checkpoint.stat().st_size
+        print(f"kept_mb={kept_mb}: {len(sizes)} kept of {checkpoint / MB:.1f} MB beside checkpoint.npz, "
+              f"{sum(sizes) / MB:.1f} MB in all")
+        assert 11 * MB < checkpoint < 13 * MB, "the checkpoint holds the model and Adam's two moments"
+        assert sum(sizes) <= kept_mb * MB
+        assert links == 1, "the last checkpoint is kept too, as a link that takes no room"
+        if name == "roomy":
+            assert len(sizes) >= 2, "a budget of three checkpoints keeps more than the last"
+        else:
+            # Only batch 0's fits: Adam's moments are made at its first step.
+            assert all(size < 5 * MB for size in sizes), "a checkpoint larger than the budget is not kept"
+
+
+BLOWS_UP = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nnobs, nnobs.torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(200, 100), torch.nn.Tanh(), torch.nn.Linear(100, 2))  # 20,302
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 200), torch.randint(0, 2, (16,))
+    with nnobs.Run("blows-up", root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer),
+                   target=10**6) as run:
+        for batch in run.batches():
+            if batch == 30:
+                with torch.no_grad():
+                    model[0].weight[3, 7] = float("nan")
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss.item())
+    """
+)
+
+
+def test_a_large_model_that_diverges_goes_back_to_its_checkpoint_on_disk(runs_root):
+    script = python(BLOWS_UP, str(runs_root))
+    try:
+        run = RunDir.named("blows-up", runs_root)
+        diverged = wait_for(lambda: events(run, "diverged"), what="the NaN loss to be noticed")[0]
+        assert "parameters back to those of batch 0" in diverged["error"]
+        command = send_command(run.control_file, "tell_state", by="test")
+        answered(run, command)
+        first = records_with(run, "summary")[0]["summary"][1]
+        now = acks_of(run, command)[0]["summary"][1]
+        assert [row[:5] for row in now] == [row[:5] for row in first], "the norms, means and extremes of batch 0"
+    finally:
+        script.kill()
+        script.communicate()
