@@ -36,14 +36,15 @@ def _model(torch):
     return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
 
-def unobserved_rate(batches: int) -> float:
-    """Batches a second of the bare loop, loss.item() each batch."""
+def unobserved_rate(batches: int, warm_up: int = WARM_UP) -> float:
+    """Batches a second of the bare loop, loss.item() each batch, after warm_up batches."""
     torch, data = _setup()
     model, opt = _model(torch)
     loss_fn = torch.nn.functional.cross_entropy
     start = 0.0
-    for i in range(WARM_UP + batches):
-        if i == WARM_UP:
+    start = time.perf_counter()
+    for i in range(warm_up + batches):
+        if i == warm_up:
             start = time.perf_counter()
         x, y = data[i % DATA_BATCHES]
         opt.zero_grad(set_to_none=True)
@@ -54,20 +55,21 @@ def unobserved_rate(batches: int) -> float:
     return batches / (time.perf_counter() - start)
 
 
-def observed_rate(batches: int) -> float:
-    """Batches a second of the same loop inside nnobs.Run, each loss logged."""
+def observed_rate(batches: int, warm_up: int = WARM_UP) -> float:
+    """Batches a second of the same loop inside nnobs.Run, each loss logged, after warm_up batches (0: from the
+    first, the start's burst of reports included)."""
     import nnobs
     import nnobs.torch
 
     torch, data = _setup()
     model, opt = _model(torch)
     loss_fn = torch.nn.functional.cross_entropy
-    end = WARM_UP + batches
+    end = warm_up + batches
     with tempfile.TemporaryDirectory() as root, nnobs.Run("torch-loop", root=root, trainer=nnobs.torch.attach(model, opt),
                                                           target=10**9) as run:
-        start = 0.0
+        start = time.perf_counter()
         for batch in run.batches():
-            if batch == WARM_UP + 1:
+            if batch == warm_up + 1:
                 start = time.perf_counter()
             x, y = data[batch % DATA_BATCHES]
             opt.zero_grad(set_to_none=True)

@@ -38,7 +38,7 @@ from nnobs.training.window import Window
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost, where a checkpoint is cheap
 CHECKPOINT_SHARE = 0.005  # of the run's time spent on the clock's checkpoints: a costly one comes less often
 KEPT_SHARE = 0.01  # of the run's time spent keeping checkpoints by the batch schedule (the clock's are not thinned)
-KEPT_BURST_S = 0.2  # seconds of it a run may spend at once: a fast run's first decades come in under a second
+KEPT_BURST_S = 0.02  # seconds of it a run may spend at once: XOR's first decades (0.3 ms each) come whole
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 # Up to this many bytes, each of those is held in memory; a larger one is read back from checkpoint.npz, the newest
 # finite one: a large model's four copies would cost more memory than training it.
