@@ -79,10 +79,12 @@ KEPT = textwrap.dedent(
     import nnobs, nnobs.torch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.ReLU(), torch.nn.Linear(1000, 10))  # 1,011,010
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # a checkpoint of about 12 MB: the model and 2 moments
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 600), torch.nn.ReLU(), torch.nn.Linear(600, 10))  # 606,610
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # a checkpoint of about 7 MB: the model and 2 moments
     x, y = torch.randn(16, 1000), torch.randint(0, 10, (16,))
-    with nnobs.Run(sys.argv[2], root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer), target=400,
+    # Past batch 1,000, where a net this large keeps its first checkpoint by the schedule
+    with nnobs.Run(sys.argv[2], root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer), target=2_500,
                    kept_mb=float(sys.argv[3])) as run:
         for batch in run.batches():
             optimizer.zero_grad()
@@ -103,7 +105,7 @@ def kept_files(run: RunDir) -> tuple[list[int], int]:
 
 
 def test_the_kept_checkpoints_of_a_large_model_stay_within_the_budget_set(runs_root):
-    for name, kept_mb in (("roomy", 40), ("tight", 8)):
+    for name, kept_mb in (("roomy", 25), ("tight", 5)):
         script = python(KEPT, str(runs_root), name, str(kept_mb))
         _, err = script.communicate(timeout=300)
         assert script.returncode == 0, err
@@ -112,14 +114,14 @@ def test_the_kept_checkpoints_of_a_large_model_stay_within_the_budget_set(runs_r
         checkpoint = run.checkpoint.stat().st_size
         print(f"kept_mb={kept_mb}: {len(sizes)} kept of {checkpoint / MB:.1f} MB beside checkpoint.npz, "
               f"{sum(sizes) / MB:.1f} MB in all")
-        assert 11 * MB < checkpoint < 13 * MB, "the checkpoint holds the model and Adam's two moments"
+        assert 6.5 * MB < checkpoint < 7.5 * MB, "the checkpoint holds the model and Adam's two moments"
         assert sum(sizes) <= kept_mb * MB
         assert links == 1, "the last checkpoint is kept too, as a link that takes no room"
         if name == "roomy":
             assert len(sizes) >= 2, "a budget of three checkpoints keeps more than the last"
         else:
             # Only batch 0's fits: Adam's moments are made at its first step.
-            assert all(size < 5 * MB for size in sizes), "a checkpoint larger than the budget is not kept"
+            assert all(size < 3 * MB for size in sizes), "a checkpoint larger than the budget is not kept"
 
 
 BLOWS_UP = textwrap.dedent(

@@ -38,7 +38,7 @@ from nnobs.training.window import Window
 CHECKPOINT_EVERY_S = 3.0  # the most training a crash can cost, where a checkpoint is cheap
 CHECKPOINT_SHARE = 0.005  # of the run's time spent on the clock's checkpoints: a costly one comes less often
 KEPT_SHARE = 0.01  # of the run's time spent keeping checkpoints by the batch schedule (the clock's are not thinned)
-KEPT_BURST_S = 0.02  # seconds of it a run may spend at once: XOR's first decades (0.3 ms each) come whole
+KEPT_BURST_S = 0.2  # seconds of it a run may spend at once: a fast run's first decades come in under a second
 FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a blow-up takes milliseconds, they 3 s
 # Up to this many bytes, each of those is held in memory; a larger one is read back from checkpoint.npz, the newest
 # finite one: a large model's four copies would cost more memory than training it.
@@ -72,7 +72,9 @@ class Recovery:
         self.last_checkpoint = 0.0  # monotonic time
         self.checkpoint_took = 0.0  # seconds the last one took: a framework's own checkpoint can take a tenth
         self.checkpointed_batch = -1
-        self.next_kept_at = next_kept_checkpoint(run.batch)  # the next batch whose checkpoint is kept, by the schedule
+        self.next_kept_at = next_kept_checkpoint(
+            run.batch, reporter.n_params
+        )  # the next batch whose checkpoint is kept, by the schedule
         self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
         self.kept_bytes = kept_bytes  # what the kept checkpoints may take on disk, all told
         # The size of the last checkpoint written, one larger than the budget is not kept; before the first, what the
@@ -126,7 +128,9 @@ class Recovery:
     def stop_before(self, limit: int) -> int:
         """The batch the loop may train up to (limit at most) before the next checkpoint the schedule keeps."""
         if self.next_kept_at <= self.run.batch:
-            self.next_kept_at = next_kept_checkpoint(self.run.batch)  # left behind by a pause or a command
+            self.next_kept_at = next_kept_checkpoint(
+                self.run.batch, self.reporter.n_params
+            )  # left behind by a pause or a command
         return min(limit, self.next_kept_at)
 
     def keep_when_due(self, now: float) -> None:
@@ -134,7 +138,7 @@ class Recovery:
         run = self.run
         if run.batch < self.next_kept_at:
             return
-        self.next_kept_at = next_kept_checkpoint(run.batch)
+        self.next_kept_at = next_kept_checkpoint(run.batch, self.reporter.n_params)
         if not run.trainer.can_load or self.checkpoint_bytes > self.kept_bytes or not self.kept_budget.allows(now):
             return  # a checkpoint no one can load is nothing to go back to; one larger than the budget is not kept
         with self.kept_budget.charged():
@@ -243,7 +247,7 @@ class Recovery:
         run.window = Window()
         self.reporter.forget_states()
         self.reporter.schedule()
-        self.next_kept_at = next_kept_checkpoint(batch)
+        self.next_kept_at = next_kept_checkpoint(batch, self.reporter.n_params)
         run.pacer.restart(batch, time.monotonic())
 
     def fresh_reports(self) -> dict:

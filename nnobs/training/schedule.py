@@ -23,6 +23,7 @@ EVALUATIONS_PER_DECADE = 30  # test-loss evaluations: successive ones at most 8 
 # Kept checkpoints: 12 per decade are 1.21 times apart at most, so a rewind or fork past batch 100 lands within a
 # factor of 1.25 of the batch asked for (while the kept set fits its disk budget: nnobs.protocol.checkpoint).
 KEPT_PER_DECADE = 12
+KEPT_LARGE_FROM = 1_000
 
 
 def _log_spaced(batch: int, every_batch_until: int, per_decade: int) -> int:
@@ -55,6 +56,11 @@ def next_evaluation(batch: int) -> int:
     return _log_spaced(batch, 0, EVALUATIONS_PER_DECADE)
 
 
-def next_kept_checkpoint(batch: int) -> int:
-    """The next batch after batch whose checkpoint is kept to rewind or fork to."""
+def next_kept_checkpoint(batch: int, n_params: int = 0) -> int:
+    """The next batch after batch whose checkpoint is kept to rewind or fork to. A net of more than
+    DENSE_STATE_MAX_PARAMS parameters keeps none of its first KEPT_LARGE_FROM batches by the schedule: each costs a
+    millisecond or more (a tenth of a 10^5-parameter model's first second would go to them), and a rewind there
+    lands on the checkpoint it started from, or one the clock kept, a few seconds of training back at most."""
+    if n_params > DENSE_STATE_MAX_PARAMS and batch < KEPT_LARGE_FROM:
+        return KEPT_LARGE_FROM
     return _log_spaced(batch, 0, KEPT_PER_DECADE)
