@@ -17,6 +17,7 @@ from bench import (
     ddp,
     frameworks,
     lab,
+    large_model,
     large_net,
     latency,
     log_cost,
@@ -40,7 +41,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    sections = (training, log_cost, torch_loop, frameworks, ddp, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
+    sections = (training, log_cost, torch_loop, frameworks, ddp, large_model, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
     args = sys.argv[1:]
     markdown = None
     if "--markdown" in args:

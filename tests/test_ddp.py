@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, batch_passes, events, process_gone, records_with, wait_for
+from slurm_support import slurm, slurm_runs_root  # noqa: F401
 from nnobs.launching.lifecycle import run_status
-from nnobs.protocol.rundir import RunDir, local_pid
+from nnobs.protocol.rundir import RunDir
 from nnobs.reading.watcher import read_history
 
 pytest.importorskip("torch", reason="the DDP tests train a real PyTorch model")
@@ -44,13 +45,22 @@ def traces(trace: Path) -> list[dict[int, tuple[float, float, float]]]:
     return ranks
 
 
-def ranks_of(run: RunDir) -> list[int]:
-    """The pids of the job's ranks: rank 0 holds the run; its siblings, children of the same torchrun, are the rest."""
-    leader = local_pid(run)
-    assert leader and leader > 0
-    torchrun = int(Path(f"/proc/{leader}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    children = subprocess.run(["pgrep", "-P", str(torchrun)], capture_output=True, text=True).stdout.split()
-    return [leader] + [int(pid) for pid in children if int(pid) != leader]
+def ranks_of(trace: Path) -> list[int]:
+    """The pids of the job's ranks, by rank: the processes given trace whose environment names their RANK (torchrun
+    sets it for each rank; its own agents have none), whether one torchrun starts them or one a Slurm task."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or str(trace).encode() not in (entry / "cmdline").read_bytes():
+                continue
+            environ = dict(
+                v.split(b"=", 1) for v in (entry / "environ").read_bytes().split(b"\0") if b"=" in v
+            )
+        except OSError:
+            continue
+        if b"RANK" in environ:
+            ranks[int(environ[b"RANK"])] = int(entry.name)
+    return [ranks[rank] for rank in sorted(ranks)]
 
 
 # A Lightning user's DDP fit under torchrun, as Lightning's docs write it: the Trainer on as many CPU devices as
@@ -191,7 +201,7 @@ def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
     """eta set from the CLI is in use on every rank from the same batch and their parameters stay equal; the loss
     shown is the mean over ranks; stop ends every rank at one batch, exit 0; restart resumes every rank alike."""
     batch_passes(run, 300, what="300 batches of the job", timeout=120)
-    assert len(ranks_of(run)) == RANKS
+    assert len(ranks_of(trace)) == RANKS
     told = nnobs(runs_root, "set", "ddp", "--eta", "0.002")
     assert told.returncode == 0, told.stderr
     acked = int(told.stdout.split("acknowledged at batch ")[1].split()[0].replace(",", ""))
@@ -208,7 +218,7 @@ def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
                       what="rank 1's machine beside rank 0's")
     assert system["rss_mb"] > 20 and system["rank1.rss_mb"] > 20 and "rank1.cpu" in system
 
-    pids = ranks_of(run)
+    pids = ranks_of(trace)
     stopped = nnobs(runs_root, "stop", "ddp")
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: all(process_gone(pid) for pid in pids), what="every rank to end")
@@ -246,9 +256,9 @@ def shows_the_mean_loss_over_ranks_with_every_ranks_extremes(run: RunDir, ranks:
 
 
 def test_a_rank_killed_makes_the_run_crashed_and_the_job_ends(ddp_run, runs_root):
-    run, _ = ddp_run
+    run, trace = ddp_run
     batch_passes(run, 200, what="200 batches of the job", timeout=120)
-    pids = ranks_of(run)
+    pids = ranks_of(trace)
     killed = time.monotonic()
     os.kill(pids[1], signal.SIGKILL)
     wait_for(lambda: all(process_gone(pid) for pid in pids), timeout=30, what="every rank to end within 30 s")
@@ -285,3 +295,22 @@ def rewound_lines(trace: Path, rank: int, landed: int) -> list[tuple[int, float,
     if drop is None:
         return []
     return [(int(b), lr, c, loss) for b, lr, c, loss in lines[drop:]]
+
+
+def test_a_slurm_job_of_two_torchrun_tasks_is_steered_as_one_run_and_ends_when_a_rank_dies(slurm_runs_root, tmp_path):
+    """`nnobs run --on slurm --tasks-per-node 2 -- torchrun --nproc_per_node=1 ...`: two tasks on this one node, each
+    a torchrun agent joined by torchrun's rendezvous, as two nodes would be."""
+    trace = tmp_path / "trace"
+    started = nnobs(slurm_runs_root, "run", "ddp", "--on", "slurm", "--tasks-per-node", str(RANKS), "--",
+                    str(TORCHRUN), "--nproc_per_node=1", str(DDP_SCRIPT), "--pace", "150", "--trace", str(trace))
+    assert started.returncode == 0, started.stdout + started.stderr
+    run = RunDir.named("ddp", slurm_runs_root)
+    steered_as_one(run, trace, slurm_runs_root)
+
+    pids = ranks_of(trace)
+    assert len(pids) == RANKS
+    killed = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    wait_for(lambda: all(process_gone(pid) for pid in pids), timeout=30, what="every rank to end within 30 s")
+    print(f"test_ddp: on Slurm, every rank gone {time.monotonic() - killed:.1f} s after kill -9 of rank 1")
+    wait_for(lambda: run_status(run, read_history(run)).state == "crashed", timeout=30, what="the run to read crashed")

@@ -114,7 +114,8 @@ def measured_at(batch: int, now: int) -> str:
     """When an evaluation was made, beside its value: "at batch 1 (4,999 batches ago)", or "at batch 5,000 (the
     newest)"."""
     behind = now - batch
-    return f"at batch {batch:,} ({'the newest' if behind <= 0 else f'{behind:,} batches ago'})"
+    ago = "the newest" if behind <= 0 else "the batch before" if behind == 1 else f"{behind:,} batches ago"
+    return f"at batch {batch:,} ({ago})"
 
 
 def _worker_lines(status: RunStatus) -> list[str]:

@@ -27,7 +27,22 @@ def add_launcher_flags(p: argparse.ArgumentParser) -> None:
         "(default 1:00:00; at its end the run checkpoints and the job is requeued)",
     )
     p.add_argument("--cpus", type=whole_number, metavar="N", help="CPUs for the worker (sbatch --cpus-per-task)")
-    p.add_argument("--gpus", type=whole_number, metavar="N", help="GPUs for the worker (sbatch --gpus-per-node)")
+    p.add_argument(
+        "--gpus", "--gpus-per-node", type=whole_number, metavar="N", help="GPUs for the worker (sbatch --gpus-per-node)"
+    )
+    p.add_argument(
+        "--nodes",
+        type=whole_number,
+        metavar="N",
+        help="nodes for a script started with torchrun: each runs one torchrun agent, "
+        "joined by torchrun's rendezvous (give torchrun --nproc_per_node, not --standalone)",
+    )
+    p.add_argument(
+        "--tasks-per-node",
+        type=whole_number,
+        metavar="N",
+        help="torchrun agents per node (default 1): more than one on one node stands for as many nodes",
+    )
     p.add_argument(
         "--sbatch",
         metavar="OPTIONS",
@@ -42,7 +57,14 @@ def add_launcher_flags(p: argparse.ArgumentParser) -> None:
 
 def launcher_from_flags(args: argparse.Namespace, run: RunDir | None) -> LauncherSettings | None:
     """The launcher the flags ask for (over the run's own when --on is not given); None when no flag is given."""
-    given = {"partition": args.partition, "time": args.time, "cpus": args.cpus, "gpus": args.gpus}
+    given = {
+        "partition": args.partition,
+        "time": args.time,
+        "cpus": args.cpus,
+        "gpus": args.gpus,
+        "nodes": args.nodes,
+        "tasks_per_node": args.tasks_per_node,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if args.sbatch is not None:
         given["sbatch"] = sbatch_options(args.sbatch)

@@ -63,6 +63,10 @@ ENDINGS = {
 STATE_TTL_S = 0.5  # the page, the CLI's waits and the overview ask often: squeue answers once per job this often
 SQUEUE_TIMEOUT_S = 10.0
 STARTED_SKEW_S = 5.0  # clocks of login and compute nodes differ a little: a start this much before submission counts
+RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORTS = (
+    29400,
+    500,
+)  # a job's rendezvous port, from its id: two jobs on a node seldom meet
 MAX_REQUEUES = 1000  # submitit's count of time-limit requeues; the run's own requeue setting is what decides
 POLL_S = 0.1
 
@@ -152,7 +156,7 @@ class SlurmWorker(Checkpointable):
         if why := recorded_for_another_job(run):
             print(f"nnobs: {why}: this job exits without writing", flush=True)
             return 0
-        env = {**os.environ, JOB_ID_ENV: job_id, LAUNCHER_ENV: "slurm"}
+        env = {**os.environ, JOB_ID_ENV: job_id, LAUNCHER_ENV: "slurm", **torchrun_rendezvous(job_id)}
         # Not a session of its own, unlike a local worker: Slurm tracks the job's processes by process group, and its
         # signals and its kill must reach the worker.
         self._child = start_worker_process(run.path, self.by, env, own_session=False)
@@ -174,6 +178,36 @@ class SlurmWorker(Checkpointable):
         if not settings.requeue or recorded_for_another_job(RunDir(Path(self.run_path))):
             return None  # submitit then ends the job without requeueing it
         return DelayedSubmission(SlurmWorker(self.run_path, "slurm requeue"))
+
+
+def torchrun_rendezvous(job_id: str) -> dict[str, str]:
+    """For a job of several tasks, what each task's torchrun reads as its defaults (PET_<option>): as many nodes as
+    tasks, this task's place among them, and the first node, where task 0's agent listens, as the rendezvous
+    (torchrun's static one: several agents on one node are told apart by their rank). Nothing for one task."""
+    tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if tasks <= 1:
+        return {}
+    first = _first_host(os.environ.get("SLURM_JOB_NODELIST", ""))
+    return {
+        "PET_NNODES": str(tasks),
+        "PET_NODE_RANK": os.environ.get("SLURM_PROCID", "0"),
+        "PET_RDZV_BACKEND": "static",
+        "PET_MASTER_ADDR": first,
+        "PET_MASTER_PORT": str(RENDEZVOUS_PORT_BASE + int(job_id.split("_")[0] or 0) % RENDEZVOUS_PORTS),
+        "PET_RDZV_ID": job_id,
+    }
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list (node[1-4],gpu7 -> node1), as scontrol expands it."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S
+        )
+        hosts = done.stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        hosts = []
+    return hosts[0] if hosts else "127.0.0.1"
 
 
 def _wait_exited(pid: int, timeout: float) -> bool:
@@ -266,6 +300,8 @@ class SlurmLauncher:
             "partition": settings.partition,
             "cpus_per_task": settings.cpus,
             "gpus_per_node": settings.gpus,
+            "nodes": settings.nodes,
+            "ntasks_per_node": settings.tasks_per_node,
             "array_parallelism": parallel,
         }
         parameters.update({k: v for k, v in optional.items() if v is not None})

@@ -113,6 +113,8 @@ class LauncherSettings:
     time: str | None = None  # the job's time limit in Slurm's words; None: DEFAULT_TIME
     cpus: int | None = None  # cpus per task
     gpus: int | None = None  # gpus per node
+    nodes: int | None = None  # nodes of the job, each running one torchrun agent (a script's torchrun command)
+    tasks_per_node: int | None = None  # torchrun agents per node: more than one on one node stands for as many nodes
     sbatch: tuple[str, ...] = field(default=())  # more sbatch options, each --name=value or --flag
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S  # the preemption signal comes this long before the kill
     requeue: bool = True  # requeue the job after a preemption or its time limit, resuming from its checkpoint
@@ -121,9 +123,13 @@ class LauncherSettings:
         """These settings, or LauncherError for the first one that cannot be used."""
         if self.kind not in KINDS:
             raise LauncherError(f"launcher {self.kind!r} refused: use one of {', '.join(KINDS)}")
-        slurm_only = [name for name in ("partition", "time", "cpus", "gpus") if getattr(self, name) is not None]
+        slurm_only = [
+            name
+            for name in ("partition", "time", "cpus", "gpus", "nodes", "tasks_per_node")
+            if getattr(self, name) is not None
+        ]
         if self.kind == "local" and (slurm_only or self.sbatch):
-            flags = ", ".join(f"--{name}" for name in slurm_only + ["sbatch"] * bool(self.sbatch))
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in slurm_only + ["sbatch"] * bool(self.sbatch))
             raise LauncherError(f"{flags} are for runs on Slurm: add --on slurm, or leave them out")
         if self.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.partition):
             raise LauncherError(
@@ -135,6 +141,10 @@ class LauncherSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096):
                 raise LauncherError(f"--{name} must be a whole number from 0 to 4096, not {value!r}")
+        for name in ("nodes", "tasks_per_node"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096):
+                raise LauncherError(f"--{name.replace('_', '-')} must be a whole number from 1 to 4096, not {value!r}")
         if self.cpus == 0:
             raise LauncherError("--cpus must be at least 1")
         for option in self.sbatch:
@@ -142,6 +152,11 @@ class LauncherSettings:
         if not isinstance(self.signal_delay_s, int) or not 10 <= self.signal_delay_s <= 3600:
             raise LauncherError(f"signal_delay_s must be whole seconds from 10 to 3600, not {self.signal_delay_s!r}")
         return self
+
+    @property
+    def tasks(self) -> int:
+        """The job's tasks: one torchrun agent each."""
+        return (self.nodes or 1) * (self.tasks_per_node or 1)
 
     @property
     def minutes(self) -> int:
