@@ -228,7 +228,10 @@ def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
     stopped_at = events(run, "shutdown")[-1]["event"][0]
     assert [max(steps) for steps in traces(trace)] == [stopped_at] * RANKS, "every rank stops at the same batch"
 
+    starts = len(events(run, "started"))
     assert nnobs(runs_root, "restart", "ddp").returncode == 0
+    # A job on Slurm is queued when restart returns, and starts a moment later
+    wait_for(lambda: len(events(run, "started")) > starts, timeout=60, what="the restarted job to start")
     assert events(run, "started")[-1]["resumed_from"] == stopped_at
     batch_passes(run, stopped_at + 200, what="200 batches after the restart")
     ranks = traces(trace)
