@@ -332,3 +332,27 @@ def test_a_watched_run_saves_its_cache_again_each_time_enough_was_folded(monkeyp
     reopened.refresh()
     assert 0 < reopened.resumed_at and run.run_file.stat().st_size - reopened.resumed_at < 20_000
     assert_same(reopened.history, whole_fold(run.run_file.read_bytes()))
+
+
+def test_a_worker_keeps_its_runs_fold_cache_so_that_a_first_open_parses_only_the_tail(new_run):
+    run = new_run(target=FOREVER)
+    out = RecordWriter(run.run_file, gen=1)  # a long run's records before this start: 17 MB, more than one fold
+    batch = 0
+    while os.path.getsize(run.run_file) < watcher_module.SAVE_AFTER_BYTES + (1 << 20):
+        for _ in range(1000):
+            batch += 50
+            out.write(loss_report(batch, 1.0 / batch, (50, 0.5 / batch, batch - 7, 2.0 / batch, batch - 3, 1.0 / batch)))
+        out.flush()
+    out.close()
+    before = os.path.getsize(run.run_file)
+    assert not foldcache.cache_path(run.run_file).exists()
+
+    start_worker(run)
+    try:
+        wait_for(lambda: foldcache.cache_path(run.run_file).exists(), timeout=60, what="the worker's fold cache")
+        watcher = RunWatcher(run.run_file)
+        history = watcher.refresh()
+        assert watcher.resumed_at >= before, "a first open resumes past every record written before the worker started"
+        assert history.batch > 0 and history.n_records > before // 200
+    finally:
+        stop_worker(run)

@@ -30,6 +30,7 @@ from nnobs.protocol.schema import params_record
 from nnobs.protocol.slot import StatusSlot, tell_log
 from nnobs.training.commands import HANDLERS, answered_since
 from nnobs.training.disk_guard import DiskGuard
+from nnobs.training.fold_keeper import FoldKeeper
 from nnobs.training.ownership import Orphaned, Ownership, claim
 from nnobs.training.pacer import Pacer
 from nnobs.training.ranks import Leader
@@ -108,6 +109,7 @@ class Session(RunState):
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
         self._chunk = CHUNK  # batches between two looks at the clock: fewer when batches are slow
+        self.fold_keeper = FoldKeeper(run.run_file)  # a first open of the run parses only its tail
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
 
     # -- the loop ------------------------------------------------------------------------
@@ -133,6 +135,7 @@ class Session(RunState):
         )
         self.apply_commands()
         self.recovery.answers_from = None  # from here on, fresh answers start at the run file's end
+        self.fold_keeper.start()
         if self.resumed_from is not None:
             tell_what_resume_kept(
                 self.run_dir.name, self._code_eta, self.trainer.eta, self.batch, self.target, self.wait_at_target
@@ -304,6 +307,7 @@ class Session(RunState):
         except Orphaned:
             self.orphaned = True
         finally:
+            self.fold_keeper.stop()
             self.out.close()  # every record has landed before the process, and its lock, are gone
             self.slot.close()
 
