@@ -44,7 +44,7 @@ def main() -> None:
     model = nn.Sequential(*layers[:-1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # Centres close enough, for noise this large, that telling the classes apart takes thousands of batches
-    centres = 0.02 * torch.randn(CLASSES, WIDTHS[0], device=device)
+    centres = 0.05 * torch.randn(CLASSES, WIDTHS[0], device=device)
 
     with nnobs.Run(args.run, trainer=nnobs.torch.attach(model, optimizer), target=args.target,
                    report_every=args.report_every, kept_mb=args.kept_mb, root=args.runs) as run:
