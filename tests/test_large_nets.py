@@ -131,9 +131,11 @@ BLOWS_UP = textwrap.dedent(
     import nnobs, nnobs.torch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(200, 100), torch.nn.Tanh(), torch.nn.Linear(100, 2))  # 20,302
+    torch.set_num_threads(1)
+    # 8,703,902 parameters: a checkpoint of 35 MB, over what is held in memory to go back to (32 MB)
+    model = torch.nn.Sequential(torch.nn.Linear(3000, 2900), torch.nn.Tanh(), torch.nn.Linear(2900, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(16, 200), torch.randint(0, 2, (16,))
+    x, y = torch.randn(16, 3000), torch.randint(0, 2, (16,))
     with nnobs.Run("blows-up", root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer),
                    target=10**6) as run:
         for batch in run.batches():

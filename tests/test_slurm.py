@@ -222,12 +222,25 @@ def test_a_worker_of_another_job_exits_without_writing(new_run):
     (("--on", "slurm", "--sbatch=-p gpu"), "write each in its long form"),
     (("--on", "slurm", "--sbatch=--output=x"), "--output refused: nnobs sets it itself"),
     (("--on", "slurm", "--cpus", "two"), "expected a whole number, not 'two'"),
+    (("--nodes", "2"), "--nodes are for runs on Slurm: add --on slurm"),
+    (("--on", "slurm", "--tasks-per-node", "0"), "--tasks-per-node must be a whole number from 1 to 4096, not 0"),
+    (("--on", "slurm", "--sbatch=--ntasks-per-node=2"), "--ntasks-per-node refused"),
 ])
 def test_bad_launcher_flags_are_refused_and_nothing_is_made(tmp_path, args, said):
     root = tmp_path / "runs"
     done = nnobs(root, "start", "typo", *args, check=False)
     assert done.returncode == 2 and said in done.stderr, done.stderr
     assert not (root / "typo").exists()
+
+
+def test_a_job_of_several_tasks_for_a_command_that_is_not_torchrun_is_refused_saying_how(tmp_path):
+    root = tmp_path / "runs"
+    done = nnobs(root, "run", "plain", "--on", "slurm", "--nodes", "2", "--", sys.executable, "train.py", check=False)
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "--nodes and --tasks-per-node start the run's command once a task, for torchrun to join them" in said
+    assert "-- torchrun --nproc_per_node=G train.py" in said and "Traceback" not in said
+    assert not list(root.glob("plain/job.json")), "nothing was submitted"
 
 
 def test_the_page_shows_a_queued_job_cancels_it_then_starts_and_steers_the_run(slurm_runs_root, monkeypatch):

@@ -11,6 +11,7 @@ run resumes from the checkpoint as the next generation.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from nnobs.protocol.jobs import (
     record_job,
     recorded_for_another_job,
 )
+from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import STALL_AFTER_S
 from nnobs.reading.watcher import read_history
@@ -188,14 +190,32 @@ def torchrun_rendezvous(job_id: str) -> dict[str, str]:
     if tasks <= 1:
         return {}
     first = _first_host(os.environ.get("SLURM_JOB_NODELIST", ""))
+    number = re.match(r"\d*", job_id)
+    port = RENDEZVOUS_PORT_BASE + int(number.group() or 0) % RENDEZVOUS_PORTS if number else RENDEZVOUS_PORT_BASE
     return {
         "PET_NNODES": str(tasks),
         "PET_NODE_RANK": os.environ.get("SLURM_PROCID", "0"),
         "PET_RDZV_BACKEND": "static",
         "PET_MASTER_ADDR": first,
-        "PET_MASTER_PORT": str(RENDEZVOUS_PORT_BASE + int(job_id.split("_")[0] or 0) % RENDEZVOUS_PORTS),
+        "PET_MASTER_PORT": str(port),
         "PET_RDZV_ID": job_id,
     }
+
+
+def refuse_unless_torchrun(run: RunDir) -> None:
+    """A job of several tasks runs the run's command once a task: only torchrun's agents make one job of them."""
+    try:
+        command = parse_json(run.launch.read_text()).get("command") or []
+    except (OSError, ValueError, AttributeError):
+        command = []
+    program = [os.path.basename(str(part)) for part in command[:3]]
+    if not program or not (program[0] == "torchrun" or "torch.distributed.run" in command[:3]):
+        said = " ".join(map(str, command)) or "the built-in worker"
+        raise NnobsError(
+            f"--nodes and --tasks-per-node start the run's command once a task, for torchrun to join them: "
+            f"start {run.name} as `nnobs run {run.name} --on slurm --nodes N -- torchrun --nproc_per_node=G "
+            f"train.py` (its command is {said})"
+        )
 
 
 def _first_host(nodelist: str) -> str:
@@ -207,7 +227,11 @@ def _first_host(nodelist: str) -> str:
         hosts = done.stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         hosts = []
-    return hosts[0] if hosts else "127.0.0.1"
+    if hosts:
+        return hosts[0]
+    if re.fullmatch(r"[A-Za-z0-9.-]+", nodelist):  # one node, nothing to expand
+        return nodelist
+    raise NnobsError(f"cannot tell the job's first node from {nodelist!r}: scontrol show hostnames did not answer")
 
 
 def _wait_exited(pid: int, timeout: float) -> bool:
@@ -246,6 +270,9 @@ class SlurmLauncher:
     def submit(self, runs: list[RunDir], by: str, parallel: int | None = None) -> list[JobRecord]:
         """Submit one job per run (several: one job array, at most parallel tasks at once), held until each run's
         job.json names its job."""
+        if self.settings.tasks > 1:
+            for run in runs:
+                refuse_unless_torchrun(run)
         folder = (
             runs[0].path.parent / ".slurm"
         )  # one folder for an array's script and logs; no run name starts with "."

@@ -106,9 +106,9 @@ def params_record(batch: int, tensors: Tensors, n_params: int) -> Record:
 
 def sample_indices(tensors: Tensors, size: int = SAMPLE_SIZE) -> list[int]:
     """A fixed set of parameters, named by their place in the state vector: every tensor gets a share of size
-    (at least one), its parameters spread evenly over it."""
-    counts = [max(1, int(np.prod(shape))) for _, shape in tensors]
-    total, indices, start = sum(counts), [], 0
+    (at least one, none of an empty one), its parameters spread evenly over it."""
+    counts = [int(np.prod(shape)) for _, shape in tensors]
+    total, indices, start = max(1, sum(counts)), [], 0
     for count in counts:
         share = min(count, max(1, round(size * count / total)))
         indices += [start + int(i) for i in np.linspace(0, count - 1, share).round()]

@@ -34,8 +34,9 @@ class RunWatcher:
         self._opened = False
         self._unsaved = 0  # bytes folded since the fold cache was saved or loaded
 
-    def refresh(self) -> RunHistory:
-        """Fold in what was appended since the last refresh; start over if the file was replaced or shrank."""
+    def refresh(self, most_bytes: int | None = None) -> RunHistory:
+        """Fold in what was appended since the last refresh (most_bytes of it at most: the rest next time); start
+        over if the file was replaced or shrank."""
         if not self._opened:
             self._opened = True
             if self.use_cache:
@@ -51,6 +52,8 @@ class RunWatcher:
             self.history.fold(chunk)
             self._unsaved += len(chunk)
             folded += len(chunk)
+            if most_bytes is not None and folded >= most_bytes:
+                break
             if self._unsaved >= SAVE_AFTER_BYTES and time.monotonic() - saved_at >= SAVE_EVERY_S:
                 self._save()
                 saved_at = time.monotonic()

@@ -3,7 +3,8 @@ from the cache and parses only its tail (at most SAVE_AFTER_BYTES and a few seco
 
 The worker writes every record, so it is the one that always has them: a thread of its own folds the run file as a
 reader would (the same RunWatcher) each time it has grown by SAVE_AFTER_BYTES, and saves the cache. The default run
-writes 1.78 GB a day, about 20 KB a second: a fold of 16 MB every 13 minutes, a few tenths of a second each.
+writes 1.78 GB a day, about 20 KB a second: a fold of 16 MB every 13 minutes, with the cache's load and save (a
+day-long run's cache is 144 MB, and as much memory while it is folded).
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from nnobs.protocol.slot import tell_log
 from nnobs.reading.watcher import SAVE_AFTER_BYTES, RunWatcher
 
 CHECK_EVERY_S = 5.0  # how often the run file's size is looked at
+STOP_WAIT_S = 2.0  # the most a worker's end waits for a fold under way
 
 
 class FoldKeeper:
-    """Folds the run file and saves its fold cache each time it has grown by SAVE_AFTER_BYTES, on a thread of its own."""
+    """Folds the run file and saves its fold cache each time it has grown by SAVE_AFTER_BYTES, on a thread of its own.
+
+    A run resumed with a long file and no cache is folded here once, SAVE_AFTER_BYTES at a time (the cache saved after
+    each), in the background: from then on, each fold is the last SAVE_AFTER_BYTES and the cache's load and save.
+    """
 
     def __init__(self, run_file: Path):
         self.run_file = run_file
@@ -30,21 +36,26 @@ class FoldKeeper:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop folding; a fold under way ends first (it is bounded: SAVE_AFTER_BYTES at a time)."""
+        """Stop folding: a fold under way ends at its next SAVE_AFTER_BYTES, waited for STOP_WAIT_S at most (its
+        cache is written to a file of its own and renamed into place: one cut short is never seen)."""
         self._stopped.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(STOP_WAIT_S)
 
     def _keep(self) -> None:
         folded = -1  # the run file's size the last fold reached; -1: not looked at yet
         while not self._stopped.wait(CHECK_EVERY_S):
             try:
-                if 0 <= folded and os.path.getsize(self.run_file) - folded < SAVE_AFTER_BYTES:
+                size = os.path.getsize(self.run_file)
+                if 0 <= folded and size - folded < SAVE_AFTER_BYTES:
                     continue
                 # A watcher of its own each time, from the cache saved last: the history is not held in between
                 # (a day-long run's is a few hundred MB).
                 watcher = RunWatcher(self.run_file)
-                watcher.refresh()  # folds what is new, and saves the cache once SAVE_AFTER_BYTES were folded
+                while not self._stopped.is_set():
+                    watcher.refresh(most_bytes=SAVE_AFTER_BYTES)  # the cache is saved once that much was folded
+                    if watcher.reader.offset >= size:
+                        break
                 folded = watcher.reader.offset
             except Exception as err:  # observing never kills training: readers fold the file themselves
                 tell_log(

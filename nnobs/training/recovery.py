@@ -121,6 +121,9 @@ class Recovery:
         except OSError as err:
             run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
             return
+        except Exception as err:  # a state streamed as written that cannot be (an object torch.save refuses)
+            run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": f"{type(err).__name__}: {err}"})
+            return
         self.checkpointed_batch = run.batch
         self.checkpoint_took = time.perf_counter() - started
         self.remember_finite(saved)
@@ -178,6 +181,8 @@ class Recovery:
         if saved:  # one saved before any loss was logged ranks last, but is there to go back to
             known = run.loss is not None and math.isfinite(run.loss)
             size = state_bytes(saved)
+            if size is None and self.checkpoint_bytes <= FINITE_STATE_MOST_BYTES:
+                saved, size = in_memory(saved), self.checkpoint_bytes  # streamed, but small: held as its bytes
             held = saved if size is not None and size <= FINITE_STATE_MOST_BYTES else None
             if held is None:  # only the newest is on disk: the older ones are gone with it
                 self.finite_states.clear()
@@ -192,7 +197,11 @@ class Recovery:
             # The lowest loss, not the latest: a checkpoint can catch the blow-up while it is still finite.
             _, finite_batch, saved = min(self.finite_states, key=lambda kept: kept[0])
             if saved is None:
-                on_disk = load_checkpoint(run.run_dir.checkpoint)
+                try:
+                    on_disk = load_checkpoint(run.run_dir.checkpoint)
+                except NnobsError as err:
+                    on_disk = None
+                    detail += f"; {err}"
                 saved = on_disk.state if on_disk is not None else None
             if saved is not None:
                 run.trainer.load(in_memory(saved))

@@ -276,7 +276,7 @@ class Run:
             raise NnobsError("nnobs.Run takes a trainer or state/on_eta/save/load functions, not both")
         self.trainer = trainer
         if not is_finite(kept_mb) or kept_mb < 0:
-            raise NnobsError(f"nnobs.Run: kept_mb must be a number of megabytes, 0 or more, not {kept_mb!r}")
+            raise NnobsError(f"nnobs.Run: kept_mb must be a number of MiB, 0 or more, not {kept_mb!r}")
         self._settings = Settings(target, report_every, pace, eta, min_free_mb, wait_at_target or builtin, kept_mb)
         settings = (("target", target), ("report_every", report_every), ("pace", pace), ("min_free", min_free_mb))
         for setting, value in settings + (("eta", eta),) * (eta is not None):

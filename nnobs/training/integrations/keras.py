@@ -82,7 +82,7 @@ class Callback(keras.callbacks.Callback):
     fit. data: the loader fit reads: each epoch's shuffle is then drawn from seed and the epoch, so that a restart
     reads what the run would have read, and a loader that keeps its place (state_dict and load_state_dict, as
     torchdata's StatefulDataLoader does) reads on from the middle of an epoch. settings: eta, target (default: the fit's
-    steps), report_every, pace, min_free_mb, wait_at_target, root, as nnobs.Run takes them."""
+    steps), report_every, pace, min_free_mb, kept_mb, wait_at_target, root, as nnobs.Run takes them."""
 
     def __init__(self, name: str | None = None, data: Any = None, seed: int = 0, **settings: Any):
         super().__init__()

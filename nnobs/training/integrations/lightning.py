@@ -46,7 +46,7 @@ UNUSED_STEP_HOOKS = (
 
 class Callback(pl.Callback):
     """nnobs.lightning.Callback(name, **settings): the run NAME (under `nnobs run NAME`, that run) of this Trainer's
-    fit. settings: eta, target (default: the Trainer's max_steps), report_every, pace, min_free_mb, wait_at_target,
+    fit. settings: eta, target (default: the Trainer's max_steps), report_every, pace, min_free_mb, kept_mb, wait_at_target,
     root, as nnobs.Run takes them."""
 
     def __init__(self, name: str | None = None, **settings: Any):

@@ -47,7 +47,7 @@ NOT_CHARTED_ENDINGS = ("_runtime", "_per_second", "_flos")
 
 class Callback(transformers.TrainerCallback):
     """nnobs.transformers.Callback(name, **settings): the run NAME (under `nnobs run NAME`, that run) of this
-    Trainer's training. settings: eta, target (default: the Trainer's max_steps), report_every, pace, min_free_mb,
+    Trainer's training. settings: eta, target (default: the Trainer's max_steps), report_every, pace, min_free_mb, kept_mb,
     wait_at_target, root, as nnobs.Run takes them. Give trainer.train(resume_from_checkpoint=...) its
     resume_from_checkpoint, so that a restart goes on where the run stopped."""
 
