@@ -11,7 +11,8 @@ import numpy as np
 
 from bench.page_cost import write_run
 from nnobs.reading import foldcache
-from nnobs.reading import watcher as reading_watcher
+from nnobs.reading.watcher import RunWatcher
+from nnobs.training.fold_keeper import KEEP_EVERY_BYTES
 from nnobs.protocol.records import encode_record
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.schema import loss_report, state_report
@@ -101,11 +102,11 @@ def open_cold(run_file: Path) -> tuple[float, float, int, int]:
 
 def open_behind(run_file: Path) -> tuple[float, float, float, int]:
     """Open run_file with no fold cache (seconds, RSS in MB), then with the cache as its worker keeps it at its
-    oldest: SAVE_AFTER_BYTES behind the file's end, the most the keeping rule leaves (the worker folds each time the
+    oldest: KEEP_EVERY_BYTES behind the file's end, the most the keeping rule leaves (the worker folds each time the
     file grew by that much; its few seconds between looks add the records of those seconds, a few KB). Seconds of
-    that open, and the offset the cache covers."""
+    that open, and how far behind the cache was."""
     size = run_file.stat().st_size
-    behind = min(reading_watcher.SAVE_AFTER_BYTES, size // 2)
+    behind = min(KEEP_EVERY_BYTES, size // 2)
     with open(run_file, "r+b") as f:
         f.seek(size - behind - 2**16)
         before = f.read(2**16)
@@ -118,7 +119,7 @@ def open_behind(run_file: Path) -> tuple[float, float, float, int]:
         f.write(tail)
     if not foldcache.cache_path(run_file).exists():  # too short for a cache (a scaled-down check): no figure
         return first, first_rss, first, size
-    oldest, _, resumed, _ = open_cold(run_file)  # the cache SAVE_AFTER_BYTES behind; this open saves it anew
+    oldest, _, resumed, _ = open_cold(run_file)  # the cache KEEP_EVERY_BYTES behind
     assert resumed == tail_at, (resumed, tail_at)
     return first, first_rss, oldest, size - tail_at
 
@@ -131,6 +132,10 @@ def figures(say, scale: float = 1.0) -> None:
         write_day(day, int(DAY_STATE_REPORTS * scale), int(DAY_LOSS_REPORTS * scale))
         size = day.stat().st_size
         first, first_rss, oldest, behind = open_behind(day)
+        caught_up = RunWatcher(day)  # as the worker's next fold leaves it: the cache covering every record
+        caught_up.refresh()
+        caught_up.save()
+        del caught_up
         cached, cached_rss, resumed, records = open_cold(day)
         assert resumed == size, (resumed, size)
         cache_mb = foldcache.cache_path(day).stat().st_size / 1e6

@@ -55,10 +55,10 @@ class RunWatcher:
             if most_bytes is not None and folded >= most_bytes:
                 break
             if self._unsaved >= SAVE_AFTER_BYTES and time.monotonic() - saved_at >= SAVE_EVERY_S:
-                self._save()
+                self.save()
                 saved_at = time.monotonic()
         if self._unsaved >= SAVE_AFTER_BYTES or (self._unsaved and folded >= SAVE_AFTER_BYTES):  # or a long open's end
-            self._save()
+            self.save()
         self.history.settle()
         return self.history
 
@@ -70,7 +70,8 @@ class RunWatcher:
             self.reader.resume(covered.offset, covered.inode, covered.head)
             self.resumed_at = covered.offset
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Save the fold cache of what is folded now."""
 
         if self.use_cache:
             foldcache.save(self.reader.path, self.history, self.reader.offset, self.reader.inode)

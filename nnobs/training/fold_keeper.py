@@ -2,9 +2,10 @@
 from the cache and parses only its tail (at most SAVE_AFTER_BYTES and a few seconds' records).
 
 The worker writes every record, so it is the one that always has them: a thread of its own folds the run file as a
-reader would (the same RunWatcher) each time it has grown by SAVE_AFTER_BYTES, and saves the cache. The default run
-writes 1.78 GB a day, about 20 KB a second: a fold of 16 MB every 13 minutes, with the cache's load and save (a
-day-long run's cache is 144 MB, and as much memory while it is folded).
+reader would (the same RunWatcher) each time it has grown by KEEP_EVERY_BYTES, and saves the cache. Half of what
+makes a reader save it (SAVE_AFTER_BYTES): a first open folds the tail and does not write the cache again. The
+default run writes 1.78 GB a day, about 20 KB a second: a fold of 8 MB every 7 minutes, with the cache's load and
+save (a day-long run's cache is 144 MB, and as much memory while it is folded).
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from pathlib import Path
 from nnobs.protocol.slot import tell_log
 from nnobs.reading.watcher import SAVE_AFTER_BYTES, RunWatcher
 
+KEEP_EVERY_BYTES = SAVE_AFTER_BYTES // 2
 CHECK_EVERY_S = 5.0  # how often the run file's size is looked at
 STOP_WAIT_S = 2.0  # the most a worker's end waits for a fold under way
 
 
 class FoldKeeper:
-    """Folds the run file and saves its fold cache each time it has grown by SAVE_AFTER_BYTES, on a thread of its own.
+    """Folds the run file and saves its fold cache each time it has grown by KEEP_EVERY_BYTES, on a thread of its own.
 
     A run resumed with a long file and no cache is folded here once, SAVE_AFTER_BYTES at a time (the cache saved after
-    each), in the background: from then on, each fold is the last SAVE_AFTER_BYTES and the cache's load and save.
+    each), in the background: from then on, each fold is the last KEEP_EVERY_BYTES and the cache's load and save.
     """
 
     def __init__(self, run_file: Path):
@@ -47,7 +49,7 @@ class FoldKeeper:
         while not self._stopped.wait(CHECK_EVERY_S):
             try:
                 size = os.path.getsize(self.run_file)
-                if 0 <= folded and size - folded < SAVE_AFTER_BYTES:
+                if 0 <= folded and size - folded < KEEP_EVERY_BYTES:
                     continue
                 # A watcher of its own each time, from the cache saved last: the history is not held in between
                 # (a day-long run's is a few hundred MB).
@@ -56,6 +58,8 @@ class FoldKeeper:
                     watcher.refresh(most_bytes=SAVE_AFTER_BYTES)  # the cache is saved once that much was folded
                     if watcher.reader.offset >= size:
                         break
+                if watcher.reader.offset > max(folded, watcher.resumed_at):
+                    watcher.save()
                 folded = watcher.reader.offset
             except Exception as err:  # observing never kills training: readers fold the file themselves
                 tell_log(
