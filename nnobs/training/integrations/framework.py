@@ -21,7 +21,7 @@ from nnobs.protocol.checkpoint import State, in_memory
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.slot import tell_log
 from nnobs.training.integrations.metrics import as_number
-from nnobs.training.integrations.torch import flat_copy, tensor_moments, tensor_values_at, tensors_finite
+from nnobs.training.integrations.torch import TorchTensors
 from nnobs.training.sdk import Run
 from nnobs.training.trainer import Trainer
 
@@ -43,7 +43,7 @@ def torch_params(model: Any) -> list[tuple[str, Any]]:
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-class FrameworkTrainer(Trainer):
+class FrameworkTrainer(TorchTensors, Trainer):
     """A model that a framework trains, its parameters given by name (PyTorch tensors). Until the framework's
     training state is live (its optimizer made, its checkpoint restored) the trainer holds the checkpoint it was
     given and the eta asked for; from then on eta and the learning rate in use are the framework's (the optimizer's
@@ -91,18 +91,6 @@ class FrameworkTrainer(Trainer):
         """A checkpoint loads as the run starts, through the framework's own restore; rewinding a live framework's
         loop is not something the frameworks offer: stop the run and fork it from a kept checkpoint instead."""
         return self.rates is None
-
-    def state_vector(self) -> np.ndarray:
-        return flat_copy(self._params)
-
-    def moments(self) -> np.ndarray:
-        return tensor_moments(self._params)
-
-    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
-        return tensor_values_at(self._params, picks)
-
-    def all_finite(self) -> bool:
-        return tensors_finite(self._params)
 
     def save(self) -> State:
         if self.rates is None or self._frozen is not None:

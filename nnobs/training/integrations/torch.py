@@ -37,7 +37,26 @@ from nnobs.training.trainer import Trainer
 SCHEDULED_RATES = ("lr", "initial_lr", "max_lr", "min_lr")
 
 
-class TorchTrainer(Trainer):
+class TorchTensors:
+    """What a trainer whose parameters are PyTorch tensors (self._params, by name) measures of them, where they live:
+    its state vector, and a large net's moments, values at marks and finiteness (see Trainer)."""
+
+    _params: list[tuple[str, torch.Tensor]]
+
+    def state_vector(self) -> np.ndarray:
+        return flat_copy(self._params)
+
+    def moments(self) -> np.ndarray:
+        return tensor_moments(self._params)
+
+    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
+        return tensor_values_at(self._params, picks)
+
+    def all_finite(self) -> bool:
+        return tensors_finite(self._params)
+
+
+class TorchTrainer(TorchTensors, Trainer):
     """A torch.nn.Module and its optimizer, as a session sees them."""
 
     can_load = True
@@ -81,18 +100,6 @@ class TorchTrainer(Trainer):
     def lr_in_use(self) -> float:
         """The learning rate the optimizer steps with now (the base times the schedule's factor)."""
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def state_vector(self) -> np.ndarray:
-        return flat_copy(self._params)
-
-    def moments(self) -> np.ndarray:
-        return tensor_moments(self._params)
-
-    def values_at(self, picks: list[np.ndarray]) -> list[np.ndarray]:
-        return tensor_values_at(self._params, picks)
-
-    def all_finite(self) -> bool:
-        return tensors_finite(self._params)
 
     def save(self) -> State:
         # Streamed into the checkpoint file tensor by tensor as it is written: a copy in memory first would cost as
