@@ -94,7 +94,7 @@ def test_replay_at_a_reported_batch_shows_the_state_reported_there_also_from_the
     assert 2999 not in reported and before > 2500, "log-spaced snapshots lie close together"
     at, sv = view.state_at(2999)
     assert at == before and np.array_equal(sv, reported[before]), "between reports: the last state before"
-    watcher._save()
+    watcher.save()
     reopened = RunWatcher(trained.run_file)
     reopened.refresh()
     assert reopened.resumed_at > 0, "the second reader starts from the fold cache"
