@@ -72,9 +72,8 @@ class Recovery:
         self.last_checkpoint = 0.0  # monotonic time
         self.checkpoint_took = 0.0  # seconds the last one took: a framework's own checkpoint can take a tenth
         self.checkpointed_batch = -1
-        self.next_kept_at = next_kept_checkpoint(
-            run.batch, reporter.n_params
-        )  # the next batch whose checkpoint is kept, by the schedule
+        # the next batch whose checkpoint is kept, by the schedule
+        self.next_kept_at = next_kept_checkpoint(run.batch, reporter.n_params)
         self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
         self.kept_bytes = kept_bytes  # what the kept checkpoints may take on disk, all told
         # The size of the last checkpoint written, one larger than the budget is not kept; before the first, what the
@@ -131,9 +130,8 @@ class Recovery:
     def stop_before(self, limit: int) -> int:
         """The batch the loop may train up to (limit at most) before the next checkpoint the schedule keeps."""
         if self.next_kept_at <= self.run.batch:
-            self.next_kept_at = next_kept_checkpoint(
-                self.run.batch, self.reporter.n_params
-            )  # left behind by a pause or a command
+            # left behind by a pause or a command
+            self.next_kept_at = next_kept_checkpoint(self.run.batch, self.reporter.n_params)
         return min(limit, self.next_kept_at)
 
     def keep_when_due(self, now: float) -> None:
