@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import math
 import os
-import queue
 import threading
 import time
 from pathlib import Path
@@ -106,45 +106,72 @@ class RecordWriter:
         os.close(self._fd)
 
 
+# Records handed over within this long of one another are written together, in one call: the writer thread wakes
+# once for them all. A wake per record cost a loop with a report every batch more than the record itself (88 vs 54
+# µs a batch, bench torch_loop's MLP), as the woken thread and the training take the interpreter's lock in turns.
+GATHER_S = 0.05
+
+
 class BackgroundWriter(RecordWriter):
     """A RecordWriter that encodes and writes on a thread of its own, so training never waits for either.
 
-    Records are stamped when handed over and land in order; flush() and close() wait until all have.
+    Records are stamped when handed over and land in order, at most GATHER_S later (a killed process loses those
+    not yet written); flush() and close() wait until all have, without the wait.
     """
 
     def __init__(self, path: Path, gen: int | None):
         super().__init__(path, gen)
-        # SimpleQueue: its put takes no Python-level lock, so handing a record over never waits on the writer thread.
-        self._queue: queue.SimpleQueue[Record | threading.Event | None] = queue.SimpleQueue()
+        # A deque: appending takes no Python-level lock, so handing a record over never waits on the writer thread.
+        self._handed: collections.deque[Record | threading.Event | None] = collections.deque()
+        self._waiting = threading.Event()  # set when something was handed over since the thread last looked
+        self._urgent = threading.Event()  # set by flush() and close(): write now, do not wait for more
         self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
         self._thread.start()
 
     def write(self, record: Record) -> bool:
-        self._queue.put(self._stamped(record))
+        self._handed.append(self._stamped(record))
+        if not self._waiting.is_set():
+            self._waiting.set()
         return True
+
+    def _hand_over_now(self, item: threading.Event | None) -> None:
+        self._handed.append(item)
+        self._urgent.set()
+        self._waiting.set()
 
     def _drain(self) -> None:
         while True:
-            record = self._queue.get()
-            if record is None:
-                return
-            if isinstance(record, threading.Event):  # a flush: everything handed over before it is written
-                record.set()
-                continue
-            try:
-                self._append(encode_record(record))
-            except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
-                self.failed_writes += 1
-                tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
+            self._waiting.wait()
+            self._urgent.wait(GATHER_S)  # more records come meanwhile, written with these
+            self._waiting.clear()  # before taking them: a record handed over from here on sets it again
+            self._urgent.clear()
+            lines: list[bytes] = []
+            while self._handed:
+                record = self._handed.popleft()
+                if record is None or isinstance(record, threading.Event):
+                    if lines:
+                        self._append(b"".join(lines))
+                        lines = []
+                    if record is None:
+                        return
+                    record.set()  # a flush: everything handed over before it is written
+                    continue
+                try:
+                    lines.append(encode_record(record))
+                except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
+                    self.failed_writes += 1
+                    tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
+            if lines:
+                self._append(b"".join(lines))
 
     def flush(self) -> None:
         """Wait until every record handed over so far is in the file."""
         written = threading.Event()
-        self._queue.put(written)
+        self._hand_over_now(written)
         written.wait()
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._hand_over_now(None)
         self._thread.join()
         super().close()
 

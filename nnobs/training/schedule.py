@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 
-LOSS_EVERY_BATCH_UNTIL = 100  # a loss report at each of the first 100 batches
-LOSS_PER_DECADE = 50  # then 50 per decade: 100 from batch 100 to 10,000, 50 more to 100,000
+# Loss reports: 50 per decade (each batch's up to batch 22, where they are 4.7 % apart; 100 from batch 100 to
+# 10,000), the windows between them keeping every batch's extremes. A report at each of the first 100 batches cost a
+# 10^5-parameter MLP 4 % of its first 1,500 steps' time, and shows nothing a log batch axis does not show at 50.
+LOSS_PER_DECADE = 50
 # State snapshots: 28 per decade puts 22 between batches 500 and 3,000, where the README's PyTorch example learns; each
 # batch of the first decade has one, as in the notebook. Beyond the run's report interval's spacing, every N batches.
 STATE_PER_DECADE = 28
@@ -34,7 +36,7 @@ def _log_spaced(batch: int, every_batch_until: int, per_decade: int) -> int:
 
 def next_loss_report(batch: int) -> int:
     """The next batch after batch that gets a loss report by the batch schedule."""
-    return _log_spaced(batch, LOSS_EVERY_BATCH_UNTIL, LOSS_PER_DECADE)
+    return _log_spaced(batch, 0, LOSS_PER_DECADE)
 
 
 def next_state_report(batch: int, every: int, n_params: int = 0) -> int | None:
