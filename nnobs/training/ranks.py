@@ -32,6 +32,11 @@ TRAIN, WAIT, END, FAILED = 0.0, 1.0, 2.0, 3.0
 LOSS_FIELDS = 7  # a rank's losses of a run of batches: n, total, min, its batch, max, its batch, the latest
 SAMPLED = ("cpu", "rss_mb", "gpu0.util", "gpu0.mem_mb", "gpu0.temp_c")  # a rank's machine, beside its losses
 NO_SAMPLE = [math.nan] * len(SAMPLED)
+# Rank 0's stops, each a broadcast and an all-gather that every rank waits for, come at most as often as keeps their
+# time within this share of the job's (gloo on one machine: about 1.3 ms a stop, so one every 0.07 s; NCCL's, far
+# less), and no further apart than STOP_MOST_S, which commands then take at most to land.
+COLLECTIVES_SHARE = 0.02
+STOP_MOST_S = 0.25
 
 
 class RankLost(NnobsError):
@@ -165,6 +170,9 @@ class Leader:
         self.shared_changes = 0  # the trainer's changes the other ranks have taken
         self.ended = False
         self._chunk_start = (0, 0.0)  # rank 0's window (n, total) as a run of batches began
+        self._collectives_s = 0.0  # what a stop's collectives take, smoothed
+        self._decided_at = 0.0  # perf_counter time the last decision began its broadcast
+        self._decision_s = 0.0  # what that broadcast took
 
     def started(self, session: Any | None) -> None:
         """Say whether the run started here (session None: it did not): the other ranks wait for it, and raise when it
@@ -178,7 +186,9 @@ class Leader:
     def decide(self, batch: int, end: int | None, eta: float, done: bool, target: int) -> None:
         """Share what every rank does next: train up to end, wait (end None), or end (done)."""
         if not self.ended:
+            started = time.perf_counter()
             self._share(END if done else WAIT if end is None else TRAIN, batch, end or 0, eta, target)
+            self._decision_s = time.perf_counter() - started
             self.ended = done
 
     def _share(self, kind: float, batch: int, end: int, eta: float, target: int) -> None:
@@ -190,13 +200,21 @@ class Leader:
     def chunk_begins(self, window: Window) -> None:
         self._chunk_start = (window.n, window.total)
 
+    def stop_every(self, least: float) -> float:
+        """Seconds between two of rank 0's looks at the clock (and so its decisions): least, or longer where the
+        stops' collectives would take more than COLLECTIVES_SHARE of the job's time."""
+        return min(STOP_MOST_S, max(least, self._collectives_s / COLLECTIVES_SHARE))
+
     def merge_losses(self, window: Window, loss: float | None, metrics: dict[str, Window], batch: int) -> float | None:
         """Fold the other ranks' losses of the batches just trained into rank 0's window: each batch's loss the mean
         over ranks, the extremes every rank's. Their machines' figures, when sampled, go to rank 0's metrics as
         system.rankN.*. Returns the mean of the ranks' latest losses."""
         n0, total0 = self._chunk_start
         n = window.n - n0
+        started = time.perf_counter()
         rows = self.group.gather([n, window.total - total0, math.inf, 0, -math.inf, 0, math.nan] + NO_SAMPLE)
+        took = self._decision_s + time.perf_counter() - started
+        self._collectives_s += 0.1 * (took - self._collectives_s)
         for rank, row in enumerate(rows[1:], start=1):
             for name, value in zip(SAMPLED, row[LOSS_FIELDS:]):
                 if not math.isnan(value):

@@ -108,6 +108,7 @@ class Session(RunState):
         self.recovery = Recovery(self, self.reporter, self.disk, self.ownership, self.control, answers_from, kept_bytes)
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
+        self.check_every = CONTROL_CHECK_S  # seconds between looks: longer for a job's rank 0 (Leader.stop_every)
         self._chunk = CHUNK  # batches between two looks at the clock: fewer when batches are slow
         self.fold_keeper = FoldKeeper(run.run_file)  # a first open of the run parses only its tail
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
@@ -168,6 +169,7 @@ class Session(RunState):
                 self._chunk_took(time.monotonic() - started)
                 if ranks is not None:
                     self.loss = ranks.merge_losses(self.window, self.loss, self.reporter.metrics, self.batch)
+                    self.check_every = ranks.stop_every(CONTROL_CHECK_S)
                 self._stopped()
         if ranks is not None:
             ranks.decide(self.batch, None, self.trainer.eta, True, self.target)
@@ -236,7 +238,7 @@ class Session(RunState):
         now = time.monotonic()
         if now >= self._check_at:
             self._housekeeping(now)
-            self._check_at = now + CONTROL_CHECK_S
+            self._check_at = now + self.check_every
             if self.done:
                 return None
         if self.batch >= self.target and not (self.wait_at_target or self.disk.trouble or self.paused):
@@ -253,8 +255,8 @@ class Session(RunState):
         return min(self.reporter.stop_before(limit), self.recovery.stop_before(limit), self.batch + self._chunk)
 
     def _chunk_took(self, seconds: float) -> None:
-        """Fewer batches between looks at the clock when batches are slow: commands still land in CONTROL_CHECK_S."""
-        if seconds > CONTROL_CHECK_S:
+        """Fewer batches between looks at the clock when batches are slow: commands still land in check_every."""
+        if seconds > self.check_every:
             self._chunk = max(1, self._chunk // 2)
         elif self._chunk < CHUNK:
             self._chunk += 1
