@@ -17,7 +17,7 @@ from nnobs.protocol.commands import COMMANDS, Command, check_command, command_wo
 from nnobs.protocol.control import queue_command
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord
-from nnobs.protocol.rundir import RunDir
+from nnobs.protocol.rundir import RunDir, is_followed
 from nnobs.protocol.states import state_of
 from nnobs.reading.shared_readers import watcher_for
 from nnobs.views.view import current_status
@@ -68,7 +68,13 @@ def controls(run: RunDir) -> None:
     # The status read now, not the shared view's (up to half a refresh old): a field whose value changes is drawn
     # anew, and a draw from an older status than the one the user typed into would lose what was typed.
     status = current_status(run, watcher_for(str(run.run_file)))
-    _training_controls(run, status)
+    if is_followed(run):  # its follower trains nothing: there is nothing to set
+        st.subheader("Training")
+        st.caption(
+            "Followed from its own log: nothing here steers it. Shut down ends the following, Restart resumes it."
+        )
+    else:
+        _training_controls(run, status)
     _actions(run, status, drawn_anew=run.config.exists())
     if run.config.exists():  # a script's run is forked by running the script again
         fork_form(run, status)
@@ -253,7 +259,7 @@ def _actions(run: RunDir, status: RunStatus, drawn_anew: bool) -> None:
 
     st.button(
         "Shut down…",
-        disabled=not (alive or queued),
+        disabled=not (alive or queued or status.state == "following"),
         on_click=_press,
         args=(run, "ask", "shutdown"),
         help="Stop the worker cleanly after a final checkpoint (a queued Slurm job is cancelled); asks first.",

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+from pathlib import Path
 
 from nnobs.cli.formatting import runs_table, sorted_rows, started_words
 from nnobs.cli.launcher_flags import add_launcher_flags, launcher_from_flags
@@ -13,6 +14,7 @@ from nnobs.cli.parser import NEW_RUN_FLAGS
 from nnobs.cli.runs import named_run
 from nnobs.lab import sweep as sweeps
 from nnobs.lab.create import fork_run, landing_of, new_run
+from nnobs.launching.follow import FORMAT_NAMES, follow_log, import_log
 from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
@@ -87,10 +89,43 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def import_file(args: argparse.Namespace) -> int:
-    """nnobs import: a read-only run of a run file written elsewhere."""
+    """nnobs import: a read-only run of a run file, a TensorBoard log or a CSV file written elsewhere."""
     run = named_run(args)
-    print(f"{run.name}: {import_run(run, args.file):,} records imported from {args.file}, read-only")
+    kind, where = log_source(args)
+    if kind is None:
+        if args.file is None:
+            raise NnobsError("nnobs import needs FILE (a run file), --tensorboard LOGDIR or --csv FILE")
+        print(f"{run.name}: {import_run(run, args.file):,} records imported from {args.file}, read-only")
+        return 0
+    if args.file is not None:
+        raise NnobsError(f"give FILE or --{kind}, not both")
+    records, loss = import_log(run, kind, where, args.loss)
+    as_loss = f", {loss!r} as its loss" if loss else ", no tag taken as its loss (give one with --loss TAG)"
+    print(f"{run.name}: {records:,} steps imported from the {FORMAT_NAMES[kind]} {where}{as_loss}; read-only")
     return 0
+
+
+def follow(args: argparse.Namespace) -> int:
+    """nnobs follow: show a log written elsewhere as a run, live."""
+    run = named_run(args)
+    kind, where = log_source(args)
+    if kind is None:
+        raise NnobsError("nnobs follow needs --tensorboard LOGDIR or --csv FILE")
+    pid = follow_log(run, kind, where, args.loss)
+    yet = "" if where.exists() else ", which does not exist yet: its scalars show once it does"
+    print(
+        f"{run.name}: following the {FORMAT_NAMES[kind]} {where}{yet} (follower pid {pid}); "
+        f"`nnobs stop {run.name}` ends it"
+    )
+    return 0
+
+
+def log_source(args: argparse.Namespace) -> tuple[str | None, Path]:
+    """Which log --tensorboard or --csv names, and where; (None, .) when neither is given."""
+    for kind in FORMAT_NAMES:
+        if getattr(args, kind, None) is not None:
+            return kind, getattr(args, kind)
+    return None, Path()
 
 
 def run_script(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "start": run_verbs.start,
     "run": lab_verbs.run_script,
     "import": lab_verbs.import_file,
+    "follow": lab_verbs.follow,
     "new": lab_verbs.new,
     "sweep": lab_verbs.sweep,
     "fork": lab_verbs.fork,

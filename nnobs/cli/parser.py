@@ -107,6 +107,18 @@ def _verb_on_run(verbs: Verbs, name: str, help_text: str) -> argparse.ArgumentPa
     return p
 
 
+def _add_log_flags(p: argparse.ArgumentParser) -> None:
+    """--tensorboard LOGDIR or --csv FILE, and the tag that is the loss."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--tensorboard", metavar="LOGDIR", type=Path, help="a TensorBoard log directory")
+    source.add_argument("--csv", metavar="FILE", type=Path, help="a CSV file with a header row")
+    p.add_argument(
+        "--loss",
+        metavar="TAG",
+        help="the scalar that is the training loss (default: loss, or one named like train/loss)",
+    )
+
+
 def _add_lab_verbs(verbs: Verbs) -> None:
     """run, import, new, sweep, fork and list: the verbs that make runs, or list them."""
     p = _verb(
@@ -130,12 +142,25 @@ def _add_lab_verbs(verbs: Verbs) -> None:
     p = _verb(
         verbs,
         "import",
-        "make a read-only run of a run file written elsewhere (the notebook's, say)",
-        "Copy FILE, one JSON record a line, into a new run RUN that the page and the CLI "
-        "read; nothing serves it, so it cannot be started or steered.",
+        "make a read-only run of a run file, a TensorBoard log or a CSV file written elsewhere",
+        "Copy FILE, one JSON record a line (the notebook's, say), or the scalars of a TensorBoard log "
+        "(--tensorboard LOGDIR) or a CSV file (--csv FILE), into a new run RUN that the page and the CLI read; "
+        "nothing serves it, so it cannot be started or steered.",
     )
     p.add_argument("run", metavar="RUN", help="the new run's name")
-    p.add_argument("file", metavar="FILE", type=Path, help="the run file to import")
+    p.add_argument("file", metavar="FILE", type=Path, nargs="?", help="the run file to import")
+    _add_log_flags(p)
+    p = _verb(
+        verbs,
+        "follow",
+        "show a training that writes TensorBoard or CSV logs, live, as it writes them",
+        "Make RUN show the scalars of a TensorBoard log (--tensorboard LOGDIR, the folder SummaryWriter writes "
+        "to) or a CSV file (--csv FILE) and follow it: a detached follower adds what the log gains every half "
+        "second. The training is not touched and cannot be steered; stop, start and restart end or resume "
+        "following.",
+    )
+    p.add_argument("run", metavar="RUN", help="the run's name (a new one, or one that follows this log already)")
+    _add_log_flags(p)
     p = _verb(
         verbs,
         "new",

@@ -121,7 +121,7 @@ def stop(args: argparse.Namespace) -> int:
 
 def restart(args: argparse.Namespace) -> int:
     """nnobs restart: stop the worker if alive, start the next generation, and say where it resumed."""
-    run = existing_run(args)
+    run = existing_run(args, steered=False)  # an imported run is refused as it starts; a followed one follows again
     said: list[str] = []
     started = restart_worker(run, by="cli", said=said)
     found = run_status(run, read_history(run))

@@ -6,9 +6,10 @@ import argparse
 import difflib
 import os
 
+from nnobs.launching.follow import CANNOT_STEER
 from nnobs.launching.lifecycle import started_outside
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.rundir import RunDir, is_imported, list_runs
+from nnobs.protocol.rundir import RunDir, is_followed, is_imported, list_runs
 
 CLOSE_ENOUGH = 0.75  # difflib's similarity for "did you mean": one letter off or swapped in a short name
 
@@ -25,6 +26,8 @@ def existing_run(args: argparse.Namespace, steered: bool = True) -> RunDir:
         raise NnobsError(no_such_run(run))
     if steered and is_imported(run):
         raise NnobsError(started_outside(run))
+    if steered and is_followed(run):
+        raise NnobsError(f"{run.name}: {CANNOT_STEER} (stop, start and restart follow it or not)")
     return run
 
 

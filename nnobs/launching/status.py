@@ -10,7 +10,7 @@ from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite, number
-from nnobs.protocol.rundir import RunDir, is_imported, unsafe_files
+from nnobs.protocol.rundir import RunDir, is_followed, is_imported, unsafe_files
 from nnobs.protocol.schema import SYSTEM_METRIC
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
@@ -86,6 +86,8 @@ def status_of(run: RunDir, history: RunHistory, now: float, pid: int | None) -> 
         state = "cannot write"
     elif low_disk:
         state = "low disk"
+    elif pid is not None and is_followed(run):
+        state = "following"
     elif pid is not None:
         # A diverged worker waits for a new eta: it is not training, whatever its target.
         at_rest = history.diverged or (history.target is not None and history.batch >= history.target)

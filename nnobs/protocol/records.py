@@ -73,6 +73,10 @@ class RecordWriter:
     def write(self, record: Record) -> bool:
         return self._append(encode_record(self._stamped(record)))
 
+    def write_at(self, record: Record, t: float) -> bool:
+        """Write a record stamped with wall time t: when another logger wrote what it holds (a TensorBoard scalar)."""
+        return self._append(encode_record({**record, "t": round(t, 3), "gen": self.gen}))
+
     def _stamped(self, record: Record) -> Record:
         return {**record, "t": round(time.time(), 3), "gen": self.gen}
 

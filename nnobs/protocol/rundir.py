@@ -170,6 +170,13 @@ def is_imported(run: RunDir) -> bool:
     return description is not None and description.get("kind") == "imported" and not os.path.lexists(run.launch)
 
 
+def is_followed(run: RunDir) -> bool:
+    """True for a run that shows a log written elsewhere (`nnobs follow`): its follower trains nothing, and cannot be
+    steered."""
+    description = script_description(run)
+    return description is not None and description.get("kind") == "followed"
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[str]:
     """The names of the runs under the runs root, sorted."""
     try:

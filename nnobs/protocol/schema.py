@@ -23,6 +23,9 @@ TEST_LOSS = "test_loss"  # the metric the built-in worker reports its test-set l
 SYSTEM_METRIC = "system."  # how the machine's figures are named as metrics: system.cpu, system.rss_mb, system.gpu0.util
 
 
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # the names a metric may have in a loss report
+
+
 def loss_report(batch: int, loss: float, window: Window | None = None) -> Record:
     """{"loss": [batch, latest loss], "window": [batch, [n, min, min_at, max, max_at, mean]]}.
 

@@ -77,6 +77,13 @@ class State(StrEnum):
         True,
         "the worker is alive and waits: its filesystem has less free space than the run's floor",
     )
+    FOLLOWING = (
+        "following",
+        "blue",
+        "#1f77b4",
+        False,
+        "a log written elsewhere (TensorBoard, CSV), shown as it is written: it cannot be steered",
+    )
     IMPORTED = (
         "imported",
         "gray",

@@ -4,7 +4,6 @@ their budgets."""
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 from nnobs.protocol.errors import MetricError
 from nnobs.protocol.schema import (
     FULL_STATE_MAX_PARAMS,
+    METRIC_NAME,
     SUMMARY,
     loss_report,
     metric_entry,
@@ -51,7 +51,6 @@ EVALUATION_SHARE = 0.02  # measuring held-out metrics (a test loss)
 EVALUATION_BURST_S = 0.1
 EVALUATION_HEARTBEAT_S = 5.0  # an evaluation at least this often while training, where the log schedule is sparse
 BYTES_PER_NUMBER = 20  # about what one float takes in a JSON line
-METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class Reporter:

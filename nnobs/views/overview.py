@@ -36,7 +36,7 @@ LOSS_LINE = b'{"loss":['
 CATCH_UP_BYTES = 1 << 20  # appended since the last look: beyond this, the middle is skipped
 TEST_SCAN_BYTES = 1 << 20  # how far back the last test loss is looked for: hours of an idle run's heartbeats
 TEST_LINE_MOST_BYTES = 64 << 10  # a loss report with its metrics
-NO_TEST_SET = ("xor", "imported")  # tasks that report no test loss
+NO_TEST_SET = ("xor", "imported", "followed")  # tasks that report no test loss
 RATE_SAMPLES = 64
 RATE_LINES = 2000  # the tail's lines looked at for its rate, newest first
 RATE_WINDOW_S = 10.0
@@ -367,8 +367,8 @@ def _what_it_trains(run: RunDir) -> tuple[str, str]:
             return "?", f"config.json unreadable: {err}"
         return config.task, _net_of(config)
     description = script_description(run) or {}
-    if description.get("kind") == "imported":
-        return "imported", str(description.get("from", ""))
+    if description.get("kind") in ("imported", "followed"):
+        return str(description["kind"]), str(description.get("from", ""))
     argv = description.get("argv")
     if isinstance(argv, list) and argv:  # the program by its name: a venv's long path would fill the column
         return "script", " ".join([Path(str(argv[0])).name, *map(str, argv[1:])])

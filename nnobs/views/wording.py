@@ -99,6 +99,10 @@ def served_by(description: dict[str, Any] | None) -> str:
     "script “/usr/bin/python3 train.py” in /home/me"."""
     if not description:
         return ""
+    if description.get("kind") in ("imported", "followed"):
+        what = {"tensorboard": "TensorBoard log", "csv": "CSV file"}.get(str(description.get("format")), "run file")
+        how = "followed as it is written: it cannot be steered" if description["kind"] == "followed" else "imported"
+        return f"{what} “{description.get('from', '?')}”, {how}"
     argv = description.get("argv")
     words = [str(word) for word in argv] if isinstance(argv, list) else []
     cwd = description.get("cwd")

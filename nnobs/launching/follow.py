@@ -1,0 +1,203 @@
+"""A training that logs elsewhere (TensorBoard, CSV), shown as a run: imported once, or followed as it writes.
+
+`nnobs import NAME --tensorboard LOGDIR` writes the log's scalars as a read-only run. `nnobs follow NAME --tensorboard
+LOGDIR` records a follower as the run's command (launch.json), so that Start, Restart, Stop and liveness treat it as
+any run's worker: a detached process (python -m nnobs.launching.follow) that holds worker.lock, reads the whole log,
+writes what the run file does not hold yet (the steps past its last: a restart repeats none), then adds what the log
+gains every POLL_S. It trains nothing: a followed run cannot be
+steered, and says so to every command but a shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from nnobs.launching.lifecycle import start_worker
+from nnobs.protocol.control import ControlWatcher
+from nnobs.protocol.errors import ControlFileError, NnobsError
+from nnobs.protocol.events import EventKind
+from nnobs.protocol.files import replace_atomically
+from nnobs.protocol.records import RecordWriter, encode_record, pair, read_all
+from nnobs.protocol.rundir import RunDir, script_description
+from nnobs.protocol.slot import tell_log
+from nnobs.reading.scalar_logs import CsvLog, Scalar, TensorBoardLog, loss_tag, records_of
+from nnobs.training.ownership import claim
+
+POLL_S = 0.5  # how often the log is read: scalars are on the page within this and the page's refresh of being flushed
+HEARTBEAT_S = 1.0  # a record at least this often, as a worker writes, so that a live follower never reads stalled
+FORMATS: dict[str, type[TensorBoardLog] | type[CsvLog]] = {"tensorboard": TensorBoardLog, "csv": CsvLog}
+FORMAT_NAMES = {"tensorboard": "TensorBoard log", "csv": "CSV file"}
+CANNOT_STEER = "a followed run cannot be steered: it shows a training that logs elsewhere, as it writes"
+
+
+def log_of(kind: str, where: Path) -> TensorBoardLog | CsvLog:
+    """The log to read: a TensorBoard log directory or a CSV file."""
+    if kind not in FORMATS:
+        raise NnobsError(f"no reader for {kind!r} logs: {', '.join(FORMATS)}")
+    return FORMATS[kind](Path(where))
+
+
+def _chosen_loss(scalars: list[Scalar], asked: str | None, where: str) -> str | None:
+    tags = list(dict.fromkeys(s.tag for s in scalars))
+    chosen = loss_tag(tags, asked)
+    if asked is not None and chosen is None:
+        raise NnobsError(f"no scalar tagged {asked!r} in {where}: its tags are {', '.join(tags)}")
+    return chosen
+
+
+def import_log(run: RunDir, kind: str, where: Path, loss: str | None = None) -> tuple[int, str | None]:
+    """Make a read-only run of a log's scalars: how many records it holds, and the tag taken as the loss."""
+    if run.exists():
+        raise NnobsError(f"{run.name} exists already in {run.path.parent}: import under another name")
+    log = log_of(kind, where)
+    scalars = log.new_scalars()
+    if not scalars:
+        raise NnobsError(
+            f"{where} holds no scalars to import" + ("" if Path(where).exists() else ": it does not exist")
+        )
+    chosen = _chosen_loss(scalars, loss, str(where))
+    lines = [
+        encode_record({**record, "t": round(t, 3) if not math.isnan(t) else None})
+        for record, t in records_of(scalars, chosen)
+    ]
+    run.path.mkdir(parents=True, exist_ok=True)
+    description = {"kind": "imported", "from": log.where(), "format": kind, "loss": chosen}
+    replace_atomically(run.description, lambda f: f.write(json.dumps(description, indent=1).encode()))
+    replace_atomically(run.run_file, lambda f: f.write(b"".join(lines)))
+    return len(lines), chosen
+
+
+def follow_log(run: RunDir, kind: str, where: Path, loss: str | None = None, by: str = "cli") -> int:
+    """Follow a log as a run: record the follower as the run's command and start it; its pid."""
+    if run.exists() and (script_description(run) or {}).get("kind") != "followed":
+        raise NnobsError(f"{run.name} exists already in {run.path.parent} and follows no log: give another name")
+    log = log_of(kind, where)
+    if scalars := log.new_scalars():  # a log that cannot be read is said here, not in worker.log
+        _chosen_loss(scalars, loss, str(where))  # and a --loss that names no tag of it, before anything is made
+    run.path.mkdir(parents=True, exist_ok=True)
+    description = {"kind": "followed", "from": log.where(), "format": kind, "loss": loss}
+    replace_atomically(run.description, lambda f: f.write(json.dumps(description, indent=1).encode()))
+    launch = {"command": [sys.executable, "-P", "-m", "nnobs.launching.follow"], "cwd": os.path.abspath(run.path)}
+    replace_atomically(run.launch, lambda f: f.write(json.dumps(launch, indent=1).encode()))
+    started = start_worker(run, by)
+    assert isinstance(started, int)  # a follower runs where the monitor runs, never on Slurm
+    return started
+
+
+class Follower:
+    """The process that follows a run's log: the run file written anew from it, then kept up with it."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        description = script_description(run) or {}
+        if description.get("kind") != "followed":
+            raise NnobsError(f"{run.name} follows no log (its run.json says none): start it with nnobs follow")
+        self.log = log_of(str(description.get("format")), Path(str(description.get("from"))))
+        self.asked = description.get("loss") if isinstance(description.get("loss"), str) else None
+        self.loss: str | None = None
+        self.seen: list[Scalar] = []  # one of each tag, to choose the loss tag by
+        self.step = 0
+        self.ending = False
+        self.control = ControlWatcher(run.control_file)
+
+    def follow(self) -> None:
+        self._ignore_commands_sent_before()
+        held, gen = self._held()
+        self.out = RecordWriter(self.run.run_file, gen=gen + 1)
+        self.out.write(
+            {"event": [self.step, EventKind.STARTED], "pid": os.getpid(), "by": os.environ.get("NNOBS_STARTED_BY", "")}
+        )
+        written = time.monotonic()
+        while not self.ending:
+            for record, t in self._new_records():
+                if _step_of(record) <= held:
+                    continue  # written by a follower before this one
+                self.out.write_at(record, time.time() if math.isnan(t) else t)
+                written = time.monotonic()
+            self._answer_commands()
+            if time.monotonic() - written >= HEARTBEAT_S:
+                self.out.write({"heartbeat": [self.step, None]})
+                written = time.monotonic()
+            if not self.ending:
+                time.sleep(POLL_S)
+        self.out.write({"event": [self.step, EventKind.SHUTDOWN]})
+
+    def _held(self) -> tuple[int, int]:
+        """The last step the run file holds of the log (-1: none), and its newest generation (0: none)."""
+        step, gen = -1, 0
+        for record in read_all(self.run.run_file):
+            if isinstance(record.get("gen"), int):
+                gen = max(gen, record["gen"])
+            if any(topic in record for topic in ("loss", "metrics")):
+                step = max(step, _step_of(record))
+        self.step = max(step, 0)
+        return step, gen
+
+    def _new_records(self) -> list[tuple[dict, float]]:
+        scalars = self.log.new_scalars()
+        if self.loss is None and scalars:
+            tags = {s.tag for s in self.seen}
+            self.seen += [s for s in scalars if s.tag not in tags]
+            self.loss = loss_tag(list(dict.fromkeys(s.tag for s in self.seen)), self.asked)
+        if scalars:
+            self.step = max(self.step, scalars[-1].step)
+        return records_of(scalars, self.loss)
+
+    def _ignore_commands_sent_before(self) -> None:
+        try:
+            self.control.poll()
+        except ControlFileError:
+            pass
+
+    def _answer_commands(self) -> None:
+        try:
+            commands = self.control.poll()
+        except ControlFileError as err:
+            self.out.write({"event": [self.step, EventKind.CONTROL_ERROR], "error": str(err)})
+            return
+        for command in commands:
+            answer = {
+                "id": str(command.get("id")),
+                "seq": command.get("seq"),
+                "cmd": command.get("cmd"),
+                "value": command.get("value"),
+            }
+            if command.get("cmd") == "shutdown":
+                self.out.write({"ack": [self.step, answer]})
+                self.ending = True
+            else:
+                self.out.write({"reject": [self.step, {**answer, "reason": CANNOT_STEER}]})
+
+
+def _step_of(record: dict) -> int:
+    found = pair(record.get("loss")) or pair(record.get("metrics"))
+    return found[0] if found else -1
+
+
+def main() -> None:
+    run = RunDir(Path(os.environ["NNOBS_RUN_DIR"]))
+    if claim(run) is None:
+        sys.exit(f"{run.name} is followed already by a live follower")
+    follower = Follower(run)
+
+    def end(signum, frame) -> None:  # noqa: ANN001  (a signal handler's arguments)
+        follower.ending = True
+
+    signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGINT, end)
+    try:
+        follower.follow()
+    except NnobsError as err:
+        tell_log(f"nnobs follow: {err}")
+        RecordWriter(run.run_file, gen=1).write({"event": [follower.step, EventKind.ERROR], "error": str(err)})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
