@@ -28,7 +28,8 @@ def header(run: RunDir, view: RunView) -> None:
         parts.append(f"Generation {status.generation} (each start, restart, rewind or reinitialize begins the next)")
     elif status.state != "failed to start":  # the badge says it: "not started yet" beside it would read as waiting
         parts.append("Not started yet")
-    serves = "script" if view.script is not None else "worker"
+    kind = (view.script or {}).get("kind")
+    serves = "follower" if kind == "followed" else "script" if view.script is not None else "worker"
     parts.append(f"no {serves} running" if status.pid is None else f"{serves} pid {status.pid}")
     if status.job_id:
         # Why it waits, as Slurm says.
