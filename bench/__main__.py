@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench import (
+    alerts,
     cold_open,
     ddp,
     frameworks,
@@ -41,7 +42,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    sections = (training, log_cost, torch_loop, frameworks, ddp, large_model, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, views)
+    sections = (training, log_cost, torch_loop, frameworks, ddp, large_model, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, alerts, views)
     args = sys.argv[1:]
     markdown = None
     if "--markdown" in args:

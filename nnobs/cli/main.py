@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from nnobs.cli import lab_verbs, run_verbs
+from nnobs.cli import alert_verb, lab_verbs, run_verbs
 from nnobs.cli.parser import build_parser
 from nnobs.cli.tail import tail
 from nnobs.protocol.errors import NnobsError
@@ -22,6 +22,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": lab_verbs.run_script,
     "import": lab_verbs.import_file,
     "follow": lab_verbs.follow,
+    "alert": alert_verb.alert,
     "new": lab_verbs.new,
     "sweep": lab_verbs.sweep,
     "fork": lab_verbs.fork,

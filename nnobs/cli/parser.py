@@ -152,6 +152,36 @@ def _add_lab_verbs(verbs: Verbs) -> None:
     _add_log_flags(p)
     p = _verb(
         verbs,
+        "alert",
+        "send alerts to a webhook or a command when runs crash, stall, diverge, cross a threshold...",
+        "Add a rule (--webhook URL, Slack's incoming-webhook JSON with --slack, or --command CMD) and start the "
+        "runs root's alert watcher, a small detached process that sends each alert once, whether or not a page is "
+        "open; --off stops it and forgets the rules; with neither, says what is set and sent.",
+    )
+    to = p.add_mutually_exclusive_group()
+    to.add_argument("--webhook", metavar="URL", help="POST each alert there as JSON")
+    to.add_argument("--command", metavar="CMD", help="run CMD with each alert's JSON on its stdin")
+    to.add_argument("--off", action="store_true", help="stop the watcher and forget every rule")
+    to.add_argument("--start", action="store_true", help="start the watcher again with the rules set (after a reboot)")
+    p.add_argument(
+        "--slack", action="store_true", help='with --webhook: Slack\'s incoming-webhook JSON ({"text": ...})'
+    )
+    p.add_argument(
+        "--when",
+        metavar="STATES",
+        help="comma-separated: crashed, stalled, diverged, not learning, loss rose, low disk, cannot write, "
+        "target reached, alert (a script's run.alert); default: all but target reached",
+    )
+    p.add_argument(
+        "--threshold",
+        metavar="METRIC>X",
+        action="append",
+        default=[],
+        help="a metric crossing X: loss>5, test_loss<0.1",
+    )
+    p.add_argument("--run", metavar="RUN", action="append", help="only this run (repeat for more; default: every run)")
+    p = _verb(
+        verbs,
         "follow",
         "show a training that writes TensorBoard or CSV logs, live, as it writes them",
         "Make RUN show the scalars of a TensorBoard log (--tensorboard LOGDIR, the folder SummaryWriter writes "

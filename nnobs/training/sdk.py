@@ -25,6 +25,7 @@ import numpy as np
 from nnobs.protocol.checkpoint import KEPT_MB, State
 from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command
 from nnobs.protocol.errors import CommandError, MetricError, NnobsError
+from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.jobs import LAUNCHER_ENV, recorded_for_another_job
 from nnobs.protocol.jsontext import parse_json
@@ -347,6 +348,14 @@ class Run:
         except (TypeError, ValueError) as err:
             raise MetricError(f"run.log: the loss must be a number, not {loss!r}") from err
         self.session.log(loss, metrics)
+
+    def alert(self, title: str, text: str = "", level: str = "INFO") -> None:
+        """Tell whoever the runs root's alert rules reach (`nnobs alert`): an alert event in the run file, which the
+        alert watcher sends, and a line in worker.log. Rank 0's alone under DDP."""
+        said = f"{getattr(level, 'value', level) or 'INFO'}: {title}" + (f": {text}" if text else "")
+        print(f"nnobs alert: {said}", file=sys.stderr, flush=True)
+        if isinstance(self._session, Session):
+            self._session.out.write({"event": [self._session.batch, EventKind.ALERT], "error": said})
 
     def evaluation_due(self) -> bool:
         """Whether to measure held-out metrics (a test loss) at this batch and log them with it: True at batches

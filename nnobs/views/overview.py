@@ -105,6 +105,13 @@ def run_rows(root: str | os.PathLike | None = None, now: float | None = None) ->
     return sorted(rows, key=lambda r: (r.created, r.name))
 
 
+def history_of(run: RunDir) -> RunHistory | None:
+    """The small history run_rows keeps of a run (its latest metrics, generation, target and events), once read."""
+    with _feeds_lock:
+        feed = _feeds.get(str(run.path))
+    return None if feed is None else feed.history
+
+
 def read_row(run: RunDir, now: float | None = None) -> RunRow:
     """The row of one run, read afresh: its run file's head and tail, its checkpoint's settings, its description."""
     feed = _new_feed(run)

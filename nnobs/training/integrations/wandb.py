@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.events import EventKind
 from nnobs.training.integrations.metrics import as_number, metric_name
 from nnobs.training.sdk import Run as NnobsRun
 
@@ -165,11 +164,11 @@ class WandbRun:
         self._state = lambda: flat_copy(params)
 
     def alert(self, title: str, text: str, level: Any = None, wait_duration: Any = None) -> None:
-        """An alert: an event in the run file and a line in worker.log."""
-        said = f"{getattr(level, 'value', level) or 'INFO'}: {title}: {text}"
-        print(f"nnobs.wandb alert: {said}", file=sys.stderr, flush=True)
+        """An alert: nnobs.Run.alert's, which `nnobs alert` sends on."""
         if self._run is not None:
-            self._run.session.out.write({"event": [self._run.batch, EventKind.ALERT], "error": said})
+            self._run.alert(title, text, getattr(level, "value", level) or "INFO")
+        else:
+            print(f"nnobs.wandb alert: {title}: {text}", file=sys.stderr, flush=True)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
