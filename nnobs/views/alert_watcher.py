@@ -198,8 +198,13 @@ def deliver(rule: Rule, alert: Alert) -> bool:
         )
         return done.returncode == 0
     except (OSError, urllib.error.URLError, subprocess.SubprocessError) as err:
-        print(f"nnobs alert: {alert.key} not sent ({err}); tried again", file=sys.stderr, flush=True)
+        if alert.key not in _said_unsent:  # once in watcher.log, not at every look while a webhook is down
+            _said_unsent.add(alert.key)
+            print(f"nnobs alert: {alert.key} not sent ({err}); tried again at each look", file=sys.stderr, flush=True)
         return False
+
+
+_said_unsent: set[str] = set()
 
 
 def watch(root: Path) -> None:

@@ -30,7 +30,8 @@ HEAD_BYTES = 16 << 10  # the first generation's start: its settings, what the ne
 TAIL_BYTES = 64 << 10  # the newest records: a second or more of the fastest run's reports
 SPARK_POINTS = 40  # sampled chunks across the file, a loss point from each
 SPARK_CHUNK = 4 << 10
-ALIVE_LABELS = tuple(state for state in State if state.alive)
+# Rows of runs something serves are read anew each time, as it can die without a word: a worker's, and a follower's.
+ALIVE_LABELS = (*(state for state in State if state.alive), State.FOLLOWING)
 SPARK_EVERY_S = 5.0  # a live run's sparkline is sampled anew at most this often: 40 reads of 4 KB each
 LOSS_LINE = b'{"loss":['
 CATCH_UP_BYTES = 1 << 20  # appended since the last look: beyond this, the middle is skipped
