@@ -74,7 +74,14 @@ def start_worker_process(run_dir: Path, by: str, env: dict[str, str], own_sessio
     env = {**env, "NNOBS_RUN_DIR": os.path.abspath(run_dir), "NNOBS_STARTED_BY": by}
     if wandb:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [WANDB_SHIM, env.get("PYTHONPATH")]))
-    with open_file(run_dir / "worker.log", "ab") as log:
+    return start_logged(command, cwd, env, run_dir / "worker.log", own_session)
+
+
+def start_logged(
+    command: list[str], cwd: str, env: dict[str, str], log_path: Path, own_session: bool
+) -> subprocess.Popen:
+    """Start command with no input, its output appended to log_path; on a session of its own when own_session."""
+    with open_file(log_path, "ab") as log:
         return subprocess.Popen(
             command,
             cwd=cwd,

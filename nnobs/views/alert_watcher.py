@@ -23,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from nnobs.launching.local import package_parent
+from nnobs.launching.spawn import start_logged
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import open_fd, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
@@ -82,19 +84,9 @@ def start_watcher(root: str | os.PathLike | None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     if (pid := watcher_pid(folder)) is not None:
         return pid
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
-    with open_file(folder / "watcher.log", "ab") as log:
-        started = subprocess.Popen(
-            [sys.executable, "-P", "-m", "nnobs.views.alert_watcher", str(runs_root(root))],
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log.fileno(),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-P", "-m", "nnobs.views.alert_watcher", str(runs_root(root))]
+    started = start_logged(command, str(folder), env, folder / "watcher.log", own_session=True)
     deadline = time.monotonic() + 30
     while watcher_pid(folder) in (None, -1):
         if started.poll() is not None or time.monotonic() > deadline:
