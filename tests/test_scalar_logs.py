@@ -159,7 +159,20 @@ def test_a_csv_file_is_imported_and_followed_with_its_step_and_time_columns(runs
         assert read_history(live).batch == 10, "a row without its newline waits"
         f.write(",0.99\n")
     wait_for(lambda: read_history(live).batch == 11, what="the row once whole")
-    assert scalars_of(live)[-1] == scalars_of(live)[-1] and len(records_with(live, "loss")) == 12
+    assert len(records_with(live, "loss")) == 12
+    # A logger that rewrites its whole file when a column comes (Lightning's CSVLogger does): read again from its
+    # header, the steps held already not written twice.
+    rewritten = tmp_path / "log.csv.new"
+    rewritten.write_text("step,wall_time,loss,accuracy,lr\n" + "".join(
+        f"{s},{1_700_000_000 + s},{1 / (s + 1):.6f},{s / 10:.2f},0.1\n" for s in range(13)))
+    os.replace(rewritten, csv)
+    wait_for(lambda: read_history(live).batch == 12, what="the rewritten file's new row")
+    assert len(records_with(live, "loss")) == 13, "no step twice"
+    assert records_with(live, "loss")[-1]["metrics"] == [12, {"accuracy": [1.2], "lr": [0.1]}]
+    bad = tmp_path / "bad.csv"
+    bad.write_text('step,loss\n1,"unclosed\n')
+    refused = nnobs_cli(runs_root, "import", "bad", "--csv", str(bad))
+    assert refused.returncode != 0 and "holds no scalars" in refused.stderr and not RunDir.named("bad", runs_root).exists()
 
 
 def test_the_page_says_a_followed_run_is_followed_and_offers_no_steering(runs_root, tmp_path, monkeypatch):

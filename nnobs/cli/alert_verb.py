@@ -24,6 +24,9 @@ def alert(args: argparse.Namespace) -> int:
     if args.off:
         stopped = stop_watcher(args.runs)
         write_rules(folder, [])
+        (folder / "outbox.jsonl").unlink(
+            missing_ok=True
+        )  # what waited was for the rules now gone: never theirs to send
         print("alert watcher stopped; no rules" if stopped else "no alert watcher was running; no rules")
         return 0
     if args.start:
@@ -64,5 +67,6 @@ def _say_what_is_set(args: argparse.Namespace) -> int:
         print("no rules: add one with nnobs alert --webhook URL (or --command CMD)")
     if (folder / "outbox.jsonl").exists():
         outbox = Outbox(folder / "outbox.jsonl")
+        outbox.close()
         print(f"alerts: {len(outbox.known) - len(outbox.due)} sent, {len(outbox.due)} waiting")
     return 0

@@ -26,7 +26,7 @@ from nnobs.protocol.files import replace_atomically
 from nnobs.protocol.records import RecordWriter, encode_record, pair, read_all
 from nnobs.protocol.rundir import RunDir, script_description
 from nnobs.protocol.slot import tell_log
-from nnobs.reading.scalar_logs import CsvLog, Scalar, TensorBoardLog, loss_tag, records_of
+from nnobs.reading.scalar_logs import CsvLog, Scalar, TensorBoardLog, loss_tag, metric_name, records_of
 from nnobs.training.ownership import claim
 
 POLL_S = 0.5  # how often the log is read: scalars are on the page within this and the page's refresh of being flushed
@@ -86,7 +86,8 @@ def follow_log(run: RunDir, kind: str, where: Path, loss: str | None = None, by:
     launch = {"command": [sys.executable, "-P", "-m", "nnobs.launching.follow"], "cwd": os.path.abspath(run.path)}
     replace_atomically(run.launch, lambda f: f.write(json.dumps(launch, indent=1).encode()))
     started = start_worker(run, by)
-    assert isinstance(started, int)  # a follower runs where the monitor runs, never on Slurm
+    if not isinstance(started, int):  # launch.json names no Slurm launcher: a follower runs where the monitor runs
+        raise NnobsError(f"{run.name} was started as a Slurm job: a follower runs on this machine")
     return started
 
 
@@ -108,7 +109,7 @@ class Follower:
 
     def follow(self) -> None:
         self._ignore_commands_sent_before()
-        held, gen = self._held()
+        gen = self._held()
         self.out = RecordWriter(self.run.run_file, gen=gen + 1)
         self.out.write(
             {"event": [self.step, EventKind.STARTED], "pid": os.getpid(), "by": os.environ.get("NNOBS_STARTED_BY", "")}
@@ -116,8 +117,6 @@ class Follower:
         written = time.monotonic()
         while not self.ending:
             for record, t in self._new_records():
-                if _step_of(record) <= held:
-                    continue  # written by a follower before this one
                 self.out.write_at(record, time.time() if math.isnan(t) else t)
                 written = time.monotonic()
             self._answer_commands()
@@ -128,16 +127,22 @@ class Follower:
                 time.sleep(POLL_S)
         self.out.write({"event": [self.step, EventKind.SHUTDOWN]})
 
-    def _held(self) -> tuple[int, int]:
-        """The last step the run file holds of the log (-1: none), and its newest generation (0: none)."""
-        step, gen = -1, 0
+    def _held(self) -> int:
+        """Note the last step the run file holds of each of the log's scalars (a follower before this one wrote
+        them: a tag that lags behind the others, a val writer flushed later, is still taken up where it is), and
+        return the run file's newest generation (0: none)."""
+        self.held: dict[str, int] = {}
+        gen = 0
         for record in read_all(self.run.run_file):
             if isinstance(record.get("gen"), int):
                 gen = max(gen, record["gen"])
-            if any(topic in record for topic in ("loss", "metrics")):
-                step = max(step, _step_of(record))
-        self.step = max(step, 0)
-        return step, gen
+            if loss := pair(record.get("loss")):
+                self.held["loss"] = max(self.held.get("loss", -1), loss[0])
+            if (metrics := pair(record.get("metrics"))) and isinstance(metrics[1], dict):
+                for name in metrics[1]:
+                    self.held[name] = max(self.held.get(name, -1), metrics[0])
+        self.step = max(self.held.values(), default=0)
+        return gen
 
     def _new_records(self) -> list[tuple[dict, float]]:
         scalars = self.log.new_scalars()
@@ -145,9 +150,23 @@ class Follower:
             tags = {s.tag for s in self.seen}
             self.seen += [s for s in scalars if s.tag not in tags]
             self.loss = loss_tag(list(dict.fromkeys(s.tag for s in self.seen)), self.asked)
-        if scalars:
-            self.step = max(self.step, scalars[-1].step)
-        return records_of(scalars, self.loss)
+            if self.loss is not None and self.asked is None:
+                self._keep_loss_tag()
+        fresh = []
+        for scalar in scalars:  # a step held already was written before (by a follower before this one, or before a
+            name = "loss" if scalar.tag == self.loss else metric_name(scalar.tag)  # CSV file was rewritten whole)
+            if scalar.step > self.held.get(name, -1):
+                fresh.append(scalar)
+                self.held[name] = scalar.step
+        if fresh:
+            self.step = max(self.step, max(s.step for s in fresh))
+        return records_of(fresh, self.loss)
+
+    def _keep_loss_tag(self) -> None:
+        """The loss tag chosen, in run.json: a restarted follower takes the same one, whatever it sees first."""
+        description = {**(script_description(self.run) or {}), "loss": self.loss}
+        replace_atomically(self.run.description, lambda f: f.write(json.dumps(description, indent=1).encode()))
+        self.asked = self.loss
 
     def _ignore_commands_sent_before(self) -> None:
         try:
@@ -184,18 +203,25 @@ def main() -> None:
     run = RunDir(Path(os.environ["NNOBS_RUN_DIR"]))
     if claim(run) is None:
         sys.exit(f"{run.name} is followed already by a live follower")
-    follower = Follower(run)
+    ending: list[bool] = []
 
     def end(signum, frame) -> None:  # noqa: ANN001  (a signal handler's arguments)
-        follower.ending = True
+        ending.append(True)
+        if follower is not None:
+            follower.ending = True
 
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGINT, end)
+    follower: Follower | None = None
     try:
+        follower = Follower(run)
+        follower.ending = bool(ending)
         follower.follow()
-    except NnobsError as err:
-        tell_log(f"nnobs follow: {err}")
-        RecordWriter(run.run_file, gen=1).write({"event": [follower.step, EventKind.ERROR], "error": str(err)})
+    except Exception as err:  # a log that cannot be read, a file system that refuses: said where status reads it
+        said = f"{type(err).__name__}: {err}" if not isinstance(err, NnobsError) else str(err)
+        tell_log(f"nnobs follow: {said}")
+        out = follower.out if follower is not None and hasattr(follower, "out") else RecordWriter(run.run_file, gen=1)
+        out.write({"event": [follower.step if follower else 0, EventKind.ERROR], "error": said})
         sys.exit(1)
 
 

@@ -133,7 +133,15 @@ class BackgroundWriter(RecordWriter):
         self._thread.start()
 
     def write(self, record: Record) -> bool:
-        self._handed.append(self._stamped(record))
+        return self._hand_over(self._stamped(record))
+
+    def write_at(self, record: Record, t: float) -> bool:
+        return self._hand_over({**record, "t": round(t, 3), "gen": self.gen})
+
+    def _hand_over(self, record: Record) -> bool:
+        if not self._thread.is_alive():
+            return False  # closed: nothing would write it
+        self._handed.append(record)
         if not self._waiting.is_set():
             self._waiting.set()
         return True
@@ -162,19 +170,26 @@ class BackgroundWriter(RecordWriter):
                     continue
                 try:
                     lines.append(encode_record(record))
-                except (TypeError, ValueError) as err:  # a record that cannot be JSON: say so, keep the rest coming
+                except Exception as err:  # a record that cannot be JSON: say so, keep the rest coming
                     self.failed_writes += 1
-                    tell_log(f"nnobs: record not written ({err}): {str(record)[:200]}")
+                    tell_log(f"nnobs: record not written ({type(err).__name__}: {err}): {str(record)[:200]}")
             if lines:
                 self._append(b"".join(lines))
 
     def flush(self) -> None:
-        """Wait until every record handed over so far is in the file."""
+        """Wait until every record handed over so far is in the file (at once when closed)."""
+        if not self._thread.is_alive():
+            return
         written = threading.Event()
         self._hand_over_now(written)
-        written.wait()
+        while not written.wait(1.0):
+            if not self._thread.is_alive():
+                return
 
     def close(self) -> None:
+        """Write what was handed over, and close the file; again, nothing."""
+        if not self._thread.is_alive():
+            return
         self._hand_over_now(None)
         self._thread.join()
         super().close()

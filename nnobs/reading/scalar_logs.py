@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class TensorBoardLog:
         self.logdir = Path(logdir)
         self._loader, self._as_array = EventFileLoader, make_ndarray
         self._files: dict[Path, object] = {}
+        self._scalar_tags: dict[Path, set[str]] = {}  # a file's tags its first value said are scalars
 
     def where(self) -> str:
         return str(self.logdir.resolve())
@@ -68,8 +70,12 @@ class TensorBoardLog:
         for path, loader in self._files.items():
             folder = path.parent.relative_to(self.logdir).as_posix()
             for event in loader.Load():  # type: ignore[attr-defined]
+                scalar_tags = self._scalar_tags.setdefault(path, set())
                 for value in event.summary.value:
-                    if value.metadata.plugin_data.plugin_name != "scalars" or not value.HasField("tensor"):
+                    # A tag's first value says what it is; TensorBoard's writers may leave that out of the others.
+                    if value.metadata.plugin_data.plugin_name == "scalars":
+                        scalar_tags.add(value.tag)
+                    if value.tag not in scalar_tags or not value.HasField("tensor"):
                         continue  # histograms, images, text: not scalars
                     array = self._as_array(value.tensor)
                     if array.size != 1:
@@ -85,6 +91,7 @@ class CsvLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._offset = 0
+        self._file: tuple[int, int] | None = None  # inode and device of the file read
         self._header: list[str] | None = None
         self._rows = 0
 
@@ -94,6 +101,10 @@ class CsvLog:
     def new_scalars(self) -> list[Scalar]:
         try:
             with open_file(self.path) as f:
+                stat = os.fstat(f.fileno())
+                if (stat.st_ino, stat.st_dev) != self._file or stat.st_size < self._offset:
+                    # Written anew (a logger that rewrites its whole file when a column comes): read from its header
+                    self._file, self._offset, self._header, self._rows = (stat.st_ino, stat.st_dev), 0, None, 0
                 f.seek(self._offset)
                 text = f.read()
         except FileNotFoundError:
@@ -102,7 +113,10 @@ class CsvLog:
             raise NnobsError(f"cannot read {self.path}: {err.strerror or err}") from err
         complete = text[: text.rfind(b"\n") + 1]  # a row still being written waits for the next call
         self._offset += len(complete)
-        rows = list(csv.reader(io.StringIO(complete.decode(errors="replace"))))
+        try:
+            rows = list(csv.reader(io.StringIO(complete.decode(errors="replace").replace("\0", ""))))
+        except csv.Error as err:
+            raise NnobsError(f"{self.path} is no CSV file nnobs can read: {err}") from err
         if self._header is None:
             if not rows:
                 return []
@@ -141,11 +155,11 @@ def _as_written(array: np.ndarray) -> float:
 
 def metric_name(tag: str) -> str:
     """A tag as a metric's name (train/acc: train.acc): what run.log takes, 64 characters at most."""
+    if METRIC_NAME.fullmatch(tag):
+        return tag
     name = re.sub(r"[^A-Za-z0-9_.-]", ".", tag)
     name = name if re.match(r"[A-Za-z_]", name) else f"_{name}"
-    name = name[:64]
-    assert METRIC_NAME.fullmatch(name), name
-    return name
+    return name[:64]
 
 
 def loss_tag(tags: list[str], asked: str | None = None) -> str | None:

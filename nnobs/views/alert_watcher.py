@@ -28,7 +28,7 @@ from nnobs.launching.spawn import start_logged
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import open_fd, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
-from nnobs.protocol.rundir import RunDir, runs_root
+from nnobs.protocol.rundir import RunDir, process_gone, runs_root
 from nnobs.views.alerts import Alert, Rule, alerts_of
 from nnobs.views.overview import history_of, run_rows
 
@@ -71,7 +71,7 @@ def watcher_pid(folder: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
+        return int(text) if text.isdigit() and not process_gone(int(text)) else -1  # -1: its pid not written yet
     else:
         return None
     finally:
@@ -155,7 +155,13 @@ class Outbox:
                 self._write({"sent": key, "rule": index})
 
     def _write(self, entry: dict) -> None:
-        os.write(self._fd, json.dumps(entry).encode() + b"\n")
+        try:
+            os.write(self._fd, json.dumps(entry).encode() + b"\n")
+        except OSError as err:  # a full disk: the alert is still held here, and sent; said once a look at most
+            print(f"nnobs alert: cannot write {self.path} ({err})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def page_url(run: str) -> str:
@@ -167,7 +173,8 @@ def payload(rule: Rule, alert: Alert) -> dict[str, Any]:
     """Slack's incoming-webhook JSON ({"text": ...}), or the alert as plain JSON with the page's URL."""
     url = page_url(alert.run)
     if rule.slack:
-        return {"text": f"nnobs: {alert.text} (<{url}|open the run>)"}
+        text = alert.text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # no <!channel> from a run
+        return {"text": f"nnobs: {text} (<{url}|open the run>)"}
     said = asdict(alert)
     return {"id": said.pop("key"), **said, "url": url}  # id: a receiver may drop one it already has
 
@@ -189,7 +196,7 @@ def deliver(rule: Rule, alert: Alert) -> bool:
             env={**os.environ, "NNOBS_ALERT_TEXT": alert.text, "NNOBS_ALERT_RUN": alert.run},
         )
         return done.returncode == 0
-    except (OSError, urllib.error.URLError, subprocess.SubprocessError) as err:
+    except Exception as err:  # a webhook or command that fails in any way is tried again, never ends the watcher
         if alert.key not in _said_unsent:  # once in watcher.log, not at every look while a webhook is down
             _said_unsent.add(alert.key)
             print(f"nnobs alert: {alert.key} not sent ({err}); tried again at each look", file=sys.stderr, flush=True)
@@ -206,12 +213,18 @@ def watch(root: Path) -> None:
     try:
         with open_file(seen_file) as f:
             seen: dict[str, dict] = parse_json(f.read().decode())
-        baseline = False
+        baseline = not (isinstance(seen, dict) and all(isinstance(v, dict) for v in seen.values()))
     except (OSError, ValueError):
-        seen, baseline = {}, True  # the first look ever: how the runs are is no news
+        baseline = True  # the first look ever: how the runs are is no news
+    if baseline:
+        seen = {}
     outbox = Outbox(folder / "outbox.jsonl")
+    rules: list[Rule] = []
     while True:
-        rules = read_rules(folder)
+        try:
+            rules = read_rules(folder)
+        except NnobsError as err:  # rules.json broken by hand: the last good rules go on, and it is said
+            print(f"nnobs alert: {err}; the rules read before go on", file=sys.stderr, flush=True)
         limits = [limit for rule in rules for limit in rule.limits]
         now = time.time()
         for row in run_rows(root, now):

@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.events import EventKind
@@ -51,6 +52,16 @@ def parse_threshold(text: str) -> Threshold:
     return Threshold(found[1], found[2] == ">", value)
 
 
+def _is_url(text: str) -> bool:
+    """An http(s) URL that urllib can send to: a host, a port that is a number, ASCII only."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises on a port that is no number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and text.isascii() and " " not in text
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -73,8 +84,10 @@ class Rule:
     def __post_init__(self) -> None:
         if (self.webhook is None) == (self.command is None):
             raise NnobsError("an alert goes to a webhook (--webhook URL) or to a command (--command CMD): one of them")
-        if self.webhook is not None and not re.match(r"https?://", self.webhook):
+        if self.webhook is not None and not _is_url(self.webhook):
             raise NnobsError(f"webhook {self.webhook!r} refused: give an http:// or https:// URL")
+        if self.command is not None and not self.command:
+            raise NnobsError("--command needs a command to run, e.g. --command 'mail -s nnobs me@example.org'")
         unknown = [kind for kind in self.when if kind not in KINDS]
         if unknown:
             raise NnobsError(f"no alert for {', '.join(map(repr, unknown))}: choose from {', '.join(KINDS)}")
@@ -134,20 +147,25 @@ def alerts_of(
         seen["target"] = [gen, target]
     sides = seen.setdefault("sides", {})
     for limit in limits:
-        value = row.loss if limit.metric == "loss" else _latest(history, limit.metric)
+        value, name = row.loss if limit.metric == "loss" else _latest(history, limit.metric), str(limit)
         if value is None or not math.isfinite(value):
+            sides.setdefault(name, False)  # no value yet: its first one across the limit crosses it
             continue
-        crossed, name = limit.crossed(value), str(limit)
-        if crossed and not sides.get(name, baseline):
+        crossed = limit.crossed(value)
+        # A value first seen across the limit, where none was seen before it (a run's, or a new threshold's first
+        # look), is where the run was, not a crossing.
+        if crossed and sides.get(name, True) is False:
             happened("threshold", name, f"{row.name}: {limit.metric} is {value:.4g} at batch {row.batch:,} ({name})")
         sides[name] = crossed
-    told = [e for e in history.events if e.kind == EventKind.ALERT] if history is not None else []
-    if len(told) > seen.get("alerts", 0):
-        for event in told[seen.get("alerts", 0) :]:
-            found.append(
-                Alert(f"{row.name}:alert:{event.gen}:{event.batch}", row.name, "alert", event.batch, event.detail, now)
-            )
-    seen["alerts"], seen["label"] = len(told), label
+    # A script's alerts newer than the newest told: by time, as the history a look reads holds only a run's head and
+    # tail, and a count of them would go wrong when its middle is skipped.
+    told = seen.get("alert_t", 0.0)
+    for index, event in enumerate(history.events if history is not None else []):
+        if event.kind == EventKind.ALERT and (event.t or 0.0) > told:
+            key = f"{row.name}:alert:{event.gen}:{event.batch}.{index}"
+            found.append(Alert(key, row.name, "alert", event.batch, event.detail, now))
+            seen["alert_t"] = max(seen.get("alert_t", 0.0), event.t or 0.0)
+    seen["label"] = label
     return [] if baseline else found
 
 
