@@ -44,7 +44,7 @@ __all__ = ["Orphaned", "Session", "Settings", "Trainer", "claim"]
 
 CONTROL_CHECK_S = 0.02  # how often the control file is looked at: commands land within this
 # Most batches between two looks at the clock: 2.5 ms of XOR, far below CONTROL_CHECK_S. Each stop costs a few µs,
-# which at 64 batches a stop was 0.8 % of XOR's time.
+# which at 64 batches a stop was 0.8 % of XOR's time. Slower batches come as many as take CONTROL_CHECK_S.
 CHUNK = 256
 
 
@@ -111,7 +111,7 @@ class Session(RunState):
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
         self.check_every = CONTROL_CHECK_S  # seconds between looks: longer for a job's rank 0 (Leader.stop_every)
-        self._chunk = 16  # batches between two looks at the clock: more while batches are fast, fewer when slow
+        self._chunk = 16  # batches between two looks at the clock: as many as take check_every (_chunk_took)
         self.fold_keeper = FoldKeeper(run.run_file)  # a first open of the run parses only its tail
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
 
@@ -164,11 +164,12 @@ class Session(RunState):
                 if end is None:
                     continue
                 started, batch = time.monotonic(), self.batch
+                trained = end - batch
                 while batch < end:
                     batch += 1
                     self.batch = batch
                     yield batch
-                self._chunk_took(time.monotonic() - started)
+                self._chunk_took(time.monotonic() - started, trained)
                 if ranks is not None:
                     self.loss = ranks.merge_losses(self.window, self.loss, self.reporter.metrics, self.batch)
                     self.check_every = ranks.stop_every(CONTROL_CHECK_S)
@@ -206,7 +207,7 @@ class Session(RunState):
                 window.n += end - batch
                 window.lo, window.lo_at, window.hi, window.hi_at, window.total = lo, lo_at, hi, hi_at, total
                 self.batch, self.loss = end, loss
-                self._chunk_took(time.monotonic() - started)
+                self._chunk_took(time.monotonic() - started, end - batch)
                 self._stopped()
 
     @contextmanager
@@ -256,13 +257,12 @@ class Session(RunState):
             return None
         return min(self.reporter.stop_before(limit), self.recovery.stop_before(limit), self.batch + self._chunk)
 
-    def _chunk_took(self, seconds: float) -> None:
-        """Fewer batches between looks at the clock when batches are slow, so that commands still land within
-        check_every; more while a run of batches takes under a quarter of it."""
-        if seconds > self.check_every:
-            self._chunk = max(1, self._chunk // 2)
-        elif seconds < self.check_every / 4 and self._chunk < CHUNK:
-            self._chunk = min(CHUNK, self._chunk * 2)
+    def _chunk_took(self, seconds: float, trained: int) -> None:
+        """As many batches between two looks at the clock as take check_every at the pace of those just trained
+        (CHUNK at most): commands land within it, and a stop's cost is spread over all the batches that allows."""
+        if trained > 0:
+            fit = self.check_every * trained / seconds if seconds > 0 else CHUNK
+            self._chunk = max(1, min(CHUNK, int(fit)))
 
     def _stopped(self) -> None:
         """After a run of batches: what the batch schedule asks for at this batch, divergence, the target."""
