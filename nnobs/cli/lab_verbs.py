@@ -14,12 +14,13 @@ from nnobs.cli.parser import NEW_RUN_FLAGS
 from nnobs.cli.runs import named_run
 from nnobs.lab import sweep as sweeps
 from nnobs.lab.create import fork_run, landing_of, new_run
-from nnobs.launching.follow import FORMAT_NAMES, follow_log, import_log
+from nnobs.launching.follow import follow_log, import_log
 from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
 from nnobs.protocol.rundir import RunDir, runs_root
 from nnobs.reading.origin import fork_origin
+from nnobs.reading.scalar_logs import FORMAT_NAMES
 from nnobs.training.builtin.tasks import RunConfig
 from nnobs.views.overview import run_rows
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from nnobs.launching.lifecycle import start_worker
-from nnobs.protocol.control import ControlWatcher
+from nnobs.protocol.control import ControlWatcher, answer_of
 from nnobs.protocol.errors import ControlFileError, NnobsError
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import replace_atomically
@@ -32,7 +32,6 @@ from nnobs.training.ownership import claim
 POLL_S = 0.5  # how often the log is read: scalars are on the page within this and the page's refresh of being flushed
 HEARTBEAT_S = 1.0  # a record at least this often, as a worker writes, so that a live follower never reads stalled
 FORMATS: dict[str, type[TensorBoardLog] | type[CsvLog]] = {"tensorboard": TensorBoardLog, "csv": CsvLog}
-FORMAT_NAMES = {"tensorboard": "TensorBoard log", "csv": "CSV file"}
 CANNOT_STEER = "a followed run cannot be steered: it shows a training that logs elsewhere, as it writes"
 
 
@@ -181,12 +180,7 @@ class Follower:
             self.out.write({"event": [self.step, EventKind.CONTROL_ERROR], "error": str(err)})
             return
         for command in commands:
-            answer = {
-                "id": str(command.get("id")),
-                "seq": command.get("seq"),
-                "cmd": command.get("cmd"),
-                "value": command.get("value"),
-            }
+            answer = answer_of(command)
             if command.get("cmd") == "shutdown":
                 self.out.write({"ack": [self.step, answer]})
                 self.ending = True

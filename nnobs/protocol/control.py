@@ -133,6 +133,16 @@ def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int)
         return dropped
 
 
+def answer_of(command: Command) -> dict:
+    """What an ack or a reject repeats of the command it answers: its id, seq, cmd and value."""
+    return {
+        "id": str(command.get("id")),
+        "seq": command.get("seq"),
+        "cmd": command.get("cmd"),
+        "value": command.get("value"),
+    }
+
+
 class ControlWatcher:
     """Hands the worker the commands it has not seen yet, reading the file only when it changed."""
 

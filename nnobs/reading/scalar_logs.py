@@ -24,6 +24,7 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import open_file
 from nnobs.protocol.schema import METRIC_NAME
 
+FORMAT_NAMES = {"tensorboard": "TensorBoard log", "csv": "CSV file"}  # the logs read, as said to people
 EVENT_FILES = "events.out.tfevents.*"
 STEP_COLUMNS = ("step", "global_step", "batch", "iteration", "epoch", "_step")
 TIME_COLUMNS = ("wall_time", "time", "timestamp", "_timestamp")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nnobs.protocol.checkpoint import KEPT_MB, MIB, load_checkpoint
 from nnobs.protocol.commands import COMMANDS, DEFAULT_MIN_FREE_MB, check_command
-from nnobs.protocol.control import Command, ControlWatcher
+from nnobs.protocol.control import Command, ControlWatcher, answer_of
 from nnobs.protocol.errors import CommandError, ControlFileError
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.jobs import JOB_ID_ENV
@@ -332,8 +332,8 @@ class Session(RunState):
 
     def apply(self, command: Command) -> None:
         """Answer one command: an ack with what it did, or a reject saying why; a repeat is not answered again."""
-        cmd, cmd_id = command.get("cmd"), str(command.get("id"))
-        answer = {"id": cmd_id, "seq": command.get("seq"), "cmd": cmd, "value": command.get("value")}
+        answer = answer_of(command)
+        cmd, cmd_id = answer["cmd"], answer["id"]
         repeat = cmd_id in self.answered  # answered by the generation before, after its checkpoint
         try:
             value = check_command(cmd, command.get("value"))

@@ -9,6 +9,7 @@ from typing import Any
 
 from nnobs.protocol.numbers import is_int
 from nnobs.protocol.schema import SYSTEM_METRIC
+from nnobs.reading.scalar_logs import FORMAT_NAMES
 
 NEGLIGIBLE_CHANGE = 0.01  # a loss that moved less than 1% in 10 s has not changed, as far as a reader is concerned
 DECADES_FROM = 2.0  # past this factor a change reads in decades (factors of 10), below it in percent
@@ -100,7 +101,7 @@ def served_by(description: dict[str, Any] | None) -> str:
     if not description:
         return ""
     if description.get("kind") in ("imported", "followed"):
-        what = {"tensorboard": "TensorBoard log", "csv": "CSV file"}.get(str(description.get("format")), "run file")
+        what = FORMAT_NAMES.get(str(description.get("format")), "run file")
         how = "followed as it is written: it cannot be steered" if description["kind"] == "followed" else "imported"
         return f"{what} “{description.get('from', '?')}”, {how}"
     argv = description.get("argv")
