@@ -23,6 +23,7 @@ from nnobs.views.overview import RunRow
 # threshold besides, and a script's own alert (run.alert).
 STATES = ("crashed", "stalled", "diverged", "not learning", "loss rose", "low disk", "cannot write")
 KINDS = (*STATES, "target reached", "threshold", "alert")
+WELL_FOR_S = 60.0  # how long a run is well before the same trouble again is news
 THRESHOLD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]{0,63})\s*([<>])\s*(\S+)\s*")
 
 
@@ -134,8 +135,14 @@ def alerts_of(
 
     label, was = row.label, seen.get("label")
     if label not in STATES:
-        seen["well"] = [gen, row.batch]  # training, idle, stopped: a state alerted later is a new trouble
-    elif label != was and f"{label}:{seen.get('well')}" not in seen.setdefault("told", []):
+        # Training, idle, stopped: a state alerted later is a new trouble once the run has been well a while, or
+        # in a new generation; a run that flickers between stalled and training under load is told once.
+        well, well_since = seen.get("well"), seen.setdefault("well_since", now)
+        if well is None or well[0] != gen or now - well_since >= WELL_FOR_S:
+            seen["well"] = [gen, row.batch]
+    else:
+        seen.pop("well_since", None)
+    if label in STATES and label != was and f"{label}:{seen.get('well')}" not in seen.setdefault("told", []):
         # once per trouble: a run going from loss rose to not learning and back, never well between, is told each once
         seen["told"] = [*seen["told"][-20:], f"{label}:{seen.get('well')}"]
         because = f": {row.error}" if row.error else ""
