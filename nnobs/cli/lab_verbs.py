@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import time
 from pathlib import Path
 
 from nnobs.cli.formatting import runs_table, sorted_rows, started_words
 from nnobs.cli.launcher_flags import add_launcher_flags, launcher_from_flags
 from nnobs.cli.parser import NEW_RUN_FLAGS
 from nnobs.cli.runs import named_run
+from nnobs.lab import pbt_controller, population
 from nnobs.lab import sweep as sweeps
 from nnobs.lab.create import fork_run, landing_of, new_run
 from nnobs.launching.follow import follow_log, import_log
@@ -63,7 +66,13 @@ def fork(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    """nnobs sweep: the runs of every combination, made, then trained here or submitted as one job array."""
+    """nnobs sweep: the runs of every combination, made, then trained here or submitted as one job array; with
+    --pbt, a population and its controller."""
+    if args.pbt:
+        return population_sweep(args)
+    pbt_only = [flag for flag in PBT_FLAGS if getattr(args, flag) not in (None, False)]
+    if pbt_only:
+        raise NnobsError(f"--{pbt_only[0]} is for population-based training: add --pbt")
     grid: dict[str, list] = {}
     if args.eta:
         grid["eta"] = sweeps.value_list(args.eta, float)
@@ -74,9 +83,7 @@ def sweep(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise NnobsError("--parallel must be at least 1")
     launcher = launcher_from_flags(args, None) or LauncherSettings()
-    fields = {_config_field(flag) for flag, *_ in NEW_RUN_FLAGS} - set(sweeps.SWEPT)
-    base = RunConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
-    runs = sweeps.create(args.runs, sweeps.plan(args.run, base, grid), launcher)
+    runs = sweeps.create(args.runs, sweeps.plan(args.run, _base_config(args), grid), launcher)
     print(f"{len(runs)} runs: {', '.join(run.name for run in runs)}")
     url = sweeps.compare_url(args.url or os.environ.get("NNOBS_URL") or sweeps.DEFAULT_URL, runs)
     if launcher.kind == "slurm":
@@ -87,6 +94,84 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"compare them: {url}")
     sweeps.train_locally(runs, args.parallel or LOCAL_PARALLEL, print)
     return 0
+
+
+def _base_config(args: argparse.Namespace) -> RunConfig:
+    """A sweep's settings alike for all its runs: the flags given, over the defaults."""
+    fields = {_config_field(flag) for flag, *_ in NEW_RUN_FLAGS} - set(sweeps.SWEPT)
+    return RunConfig(**{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+
+
+PBT_FLAGS = ("population", "interval", "quantile", "resample", "metric", "wait", "stop")
+DEFAULT_MEMBERS = 8
+
+
+def population_sweep(args: argparse.Namespace) -> int:
+    """nnobs sweep --pbt: a population made and its controller started; or, for one that exists, its controller
+    started again (or stopped)."""
+    folder = population.folder_of(args.runs, args.run)
+    url_base = args.url or os.environ.get("NNOBS_URL") or sweeps.DEFAULT_URL
+    if args.stop:
+        stopped = pbt_controller.stop_controller(args.runs, args.run)
+        print(
+            f"{args.run}: controller {'stopped' if stopped else 'was not running'}; its members idle at their targets"
+        )
+        return 0
+    if folder.exists():
+        given = [
+            flag
+            for flag in ("eta", "seed", "population", "interval", "quantile", "resample", "metric")
+            if getattr(args, flag)
+        ]
+        if given:
+            raise NnobsError(
+                f"the population {args.run} exists already: --{given[0]} cannot change it; pick another name"
+            )
+        plan = population.load_population(folder)
+        pid = pbt_controller.start_controller(args.runs, args.run)
+        print(f"{args.run}: controller {pid} goes on with {len(plan.members)} members")
+    else:
+        plan, pid = _new_population(args)
+    runs = [RunDir.named(name, args.runs) for name in plan.members]
+    print(f"compare them: {sweeps.compare_url(url_base, runs)}")
+    if args.wait:
+        pbt_controller.follow_log(folder, print)
+    return 0
+
+
+def _new_population(args: argparse.Namespace) -> tuple[population.Population, int]:
+    if not args.eta:
+        raise NnobsError("--pbt needs --eta LO..HI, the range its members' etas are drawn from, e.g. --eta 0.01..1")
+    if args.seed is not None and "," in args.seed:
+        raise NnobsError("--pbt takes one --seed: the population's, for its members' nets and its draws")
+    eta_range = population.parse_range(args.eta)
+    seed = sweeps.value_list(args.seed, int)[0] if args.seed else 1
+    base = dataclasses.replace(_base_config(args), seed=seed)
+    count = args.population or DEFAULT_MEMBERS
+    plan = population.Population(
+        name=args.run,
+        members=[f"{args.run}-m{i}" for i in range(count)],
+        etas=population.initial_etas(count, eta_range, seed),
+        eta_range=eta_range,
+        interval=args.interval or max(1, base.target // 10),
+        target=base.target,
+        quantile=0.25 if args.quantile is None else args.quantile,
+        resample=0.25 if args.resample is None else args.resample,
+        metric=args.metric or "test_loss",
+        seed=seed,
+        parallel=args.parallel,
+        started=time.time(),
+    )
+    launcher = launcher_from_flags(args, None) or LauncherSettings()
+    runs = sweeps.create_population(args.runs, plan, base, launcher)
+    print(f"{len(runs)} members: {', '.join(f'{run.name} (eta {eta:g})' for run, eta in zip(runs, plan.etas))}")
+    pid = pbt_controller.start_controller(args.runs, args.run)
+    where = " on Slurm" if launcher.kind == "slurm" else ""
+    print(
+        f"{args.run}: controller {pid} trains them{where} to batch {plan.target:,}, exploiting every {plan.interval:,} "
+        f"batches by {plan.metric}; its log: {population.folder_of(args.runs, args.run) / 'controller.log'}"
+    )
+    return plan, pid
 
 
 def import_file(args: argparse.Namespace) -> int:

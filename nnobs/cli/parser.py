@@ -264,6 +264,37 @@ def _add_sweep(verbs: Verbs) -> None:
         metavar="URL",
         help=f"the monitor's address, for the compare link (default: $NNOBS_URL, else {sweep.DEFAULT_URL})",
     )
+    pbt = p.add_argument_group(
+        "population-based training",
+        "--pbt makes NAME-m0 ... NAME-m<N-1>, each with an eta drawn log-uniformly from --eta LO..HI, and starts "
+        "the population's controller: every --interval batches the bottom --quantile of the members by --metric "
+        "take a top member's checkpoint in place, with its eta times 1.2 or 0.8, or (with probability --resample) "
+        "one drawn afresh. `nnobs sweep NAME --pbt` alone starts a stopped controller again; --stop stops it.",
+    )
+    pbt.add_argument("--pbt", action="store_true", help="population-based training instead of a grid")
+    pbt.add_argument("--population", type=whole_number, metavar="N", help="members (default 8)")
+    pbt.add_argument(
+        "--interval",
+        type=whole_number,
+        metavar="BATCHES",
+        help="batches between exploits (default: a tenth of the target)",
+    )
+    pbt.add_argument(
+        "--quantile", type=float, metavar="Q", help="share of members exploited each interval (default 0.25)"
+    )
+    pbt.add_argument(
+        "--resample",
+        type=float,
+        metavar="P",
+        help="probability of a fresh eta instead of a perturbed one (default 0.25)",
+    )
+    pbt.add_argument(
+        "--metric", metavar="NAME", help="what ranks the members, lower better: test_loss (default) or loss"
+    )
+    pbt.add_argument("--wait", action="store_true", help="stay, saying each decision, until the population is done")
+    pbt.add_argument(
+        "--stop", action="store_true", help="stop the population's controller (its members idle at their targets)"
+    )
     add_launcher_flags(p)
 
 

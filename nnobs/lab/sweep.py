@@ -10,6 +10,7 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from nnobs.lab.create import new_run
+from nnobs.lab.population import Population, folder_of, save_population
 from nnobs.launching.lifecycle import run_status, start_worker, stop_worker
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord, LauncherSettings
@@ -71,6 +72,25 @@ def create(
         )
     for run, (_, config) in zip(runs, planned):
         new_run(run, config, launcher=launcher, start=False)
+    return runs
+
+
+def create_population(
+    root: str | os.PathLike | None, population: Population, base: RunConfig, launcher: LauncherSettings
+) -> list[RunDir]:
+    """Make a population's members (unstarted, each with its eta and the first interval as its target) and its
+    folder; nothing is created when a name is taken or a setting refused."""
+    folder = folder_of(root, population.name)
+    if folder.exists():
+        raise NnobsError(f"a population named {population.name} exists already in {folder.parent}: pick another name")
+    planned = [
+        (name, dataclasses.replace(base, eta=eta, target=population.interval))
+        for name, eta in zip(population.members, population.etas)
+    ]
+    for _, config in planned:
+        config.check()
+    runs = create(root, planned, launcher)
+    save_population(folder, population)
     return runs
 
 

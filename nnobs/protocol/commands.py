@@ -12,6 +12,7 @@ from typing import Any
 
 from nnobs.protocol.errors import CommandError
 from nnobs.protocol.numbers import is_int, is_number
+from nnobs.protocol.rundir import RUN_NAME
 
 MAX_TARGET = 10**12  # far beyond any run here; larger is a typo
 MAX_ETA = 1e6
@@ -91,6 +92,27 @@ def _seed_or_none(value: Any) -> int | None:
     if value is not None and (not is_int(value) or not 0 <= value <= MAX_SEED):
         raise CommandError(f"reinit takes no seed (the run's own) or a seed from 0 to {MAX_SEED:,}, not {value!r}")
     return value
+
+
+def _exploit(value: Any) -> dict:
+    """{"from": RUN, "batch": N, "eta": X}: take run's checkpoint at batch N in place, with eta X."""
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"from", "batch", "eta"}
+        or not isinstance(value["from"], str)
+        or not RUN_NAME.fullmatch(value["from"])
+        or not is_int(value["batch"])
+        or not 0 <= value["batch"] <= MAX_TARGET
+    ):
+        raise CommandError(
+            f'exploit takes {{"from": RUN, "batch": N, "eta": X}}: a run\'s name, a batch and an eta, not {value!r}'
+        )
+    eta = _number_in(0, MAX_ETA, True, f"exploit's eta must be a number above 0 and at most {MAX_ETA:g}")(value["eta"])
+    return {**value, "eta": eta}
+
+
+def _exploit_marker(value: Any, record: dict) -> str:
+    return f"exploit: {value['from']}'s batch {value['batch']:,}, eta {value['eta']:.3g}"
 
 
 def _nothing(value: Any) -> None:
@@ -205,6 +227,13 @@ COMMANDS: dict[str, Command] = {
                 True,
                 blank_is_none=True,
             ),
+            action=True,
+        ),
+        Command(
+            "exploit",
+            _exploit,
+            lambda v: f"Take {v['from']}'s checkpoint at batch {v['batch']:,}, eta {v['eta']:g}",
+            _exploit_marker,
             action=True,
         ),
         Command("shutdown", _nothing, lambda v: "Shut down", None, action=True),

@@ -84,16 +84,21 @@ def send_command(path: Path, cmd: str, value: Any = None, by: str = "") -> Comma
     return send_commands(path, [(cmd, value)], by=by)[0]
 
 
-def send_commands(path: Path, commands: list[tuple[str, Any]], by: str = "") -> list[Command]:
+def send_commands(
+    path: Path, commands: list[tuple[str, Any]], by: str = "", ids: list[str] | None = None
+) -> list[Command]:
     """Append (cmd, value) pairs in one write under the control file's lock, numbered in order.
 
     One write, so the worker reads them in one poll and applies them at the same batch: `set --eta 500 --target
-    21000` never trains on with the new target and the old eta in between.
+    21000` never trains on with the new target and the old eta in between. With ids (a sender that may send again
+    after a crash: the population-based training's controller), each command is given its id, and one whose id is
+    in the file already is not sent twice: the one there is returned.
     """
     path = Path(path)
     made = []
-    for cmd, value in commands:
-        command = {"cmd": cmd, "value": value, "id": uuid.uuid4().hex[:12], "t": round(time.time(), 3), "by": by}
+    for index, (cmd, value) in enumerate(commands):
+        command_id = ids[index] if ids is not None else uuid.uuid4().hex[:12]
+        command = {"cmd": cmd, "value": value, "id": command_id, "t": round(time.time(), 3), "by": by}
         try:
             json.dumps(command, allow_nan=False)
         except (TypeError, ValueError) as err:
@@ -101,13 +106,19 @@ def send_commands(path: Path, commands: list[tuple[str, Any]], by: str = "") -> 
         made.append(command)
     with _locked(path):
         content = _read(path)
-        numbered = []
+        there = {c.get("id"): c for c in _commands(content)} if ids is not None else {}
+        numbered, answer = [], []
         for command in made:
+            if command["id"] in there:
+                answer.append(there[command["id"]])
+                continue
             numbered.append({"seq": content["next_seq"], **command})
+            answer.append(numbered[-1])
             content["next_seq"] += 1
-        content["commands"].extend(numbered)
-        _write(path, content)
-    return numbered
+        if numbered:
+            content["commands"].extend(numbered)
+            _write(path, content)
+    return answer
 
 
 def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int) -> int:
@@ -183,19 +194,18 @@ def queue_command(run: RunDir, cmd: str, value=None, by: str = "") -> Command:
     return queue_commands(run, [(cmd, value)], by=by)[0]
 
 
-def queue_commands(run: RunDir, commands: list[tuple[str, Any]], by: str = "") -> list[Command]:
+def queue_commands(
+    run: RunDir, commands: list[tuple[str, Any]], by: str = "", ids: list[str] | None = None
+) -> list[Command]:
     """Queue commands for the run's worker, applied together; every COMMANDS_KEPT commands, forget what it applied
     long ago.
 
     A run steered for days by a script would otherwise grow control.json without end, and with it
     the time every sender, the worker and every page spend reading it.
     """
-    sent = send_commands(run.control_file, commands, by=by)
+    sent = send_commands(run.control_file, commands, by=by, ids=ids)
     if any(command["seq"] % COMMANDS_KEPT == 0 for command in sent):
         applied = load_checkpoint_meta(run.checkpoint)  # its settings alone: the arrays may be gigabytes
         if applied is not None and "last_seq" in applied:  # an unreadable one says nothing: keep everything
             forget_applied(run.control_file, applied.get("control_id"), applied["last_seq"], keep=COMMANDS_KEPT)
     return sent
-
-
-COMMANDS_KEPT = 1000  # applied commands control.json keeps; older ones live on as answers in the run file

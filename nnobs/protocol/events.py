@@ -21,12 +21,13 @@ class EventKind(StrEnum):
     DISK_OK = "disk_ok"  # free space is back: training goes on
     REWOUND = "rewound"  # a new line of training from an older checkpoint
     REINIT = "reinit"  # a new line of training from fresh parameters
+    EXPLOITED = "exploited"  # a new line of training from another run's checkpoint (population-based training)
     ALERT = "alert"  # a script's own alert (error: its title and text); the worker goes on
 
 
 # Where a new line of training begins: a start resumes from its checkpoint, a rewind from an older one, a reinit
 # goes on with a new net.
-NEW_LINE = (EventKind.STARTED, EventKind.REWOUND, EventKind.REINIT)
+NEW_LINE = (EventKind.STARTED, EventKind.REWOUND, EventKind.REINIT, EventKind.EXPLOITED)
 # How a generation ends, as its last lifecycle event says.
 ENDINGS = (EventKind.SHUTDOWN, EventKind.PREEMPTED, EventKind.ERROR)
 

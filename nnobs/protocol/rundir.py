@@ -62,6 +62,10 @@ class RunDir:
     launcher_file = property(lambda self: self.path / "launcher.json")  # which launcher starts its worker; none: local
     job_file = property(lambda self: self.path / "job.json")  # a run on Slurm: the one job it has
 
+    def exploit_file(self, donor: str, batch: int) -> Path:
+        """Where the checkpoint of donor at batch lies that this run takes in place (population-based training)."""
+        return self.path / "exploits" / f"{check_run_name(donor)}-{batch}.npz"
+
     def exists(self) -> bool:
         """A run is a directory with a config, a script's description or launch command, or a run file. A link in
         place of one counts (so that the run is listed and the link named wherever it is read), but is never followed."""

@@ -84,6 +84,10 @@ def reinit(session: Steerable, value: int | None) -> dict:
     return session.recovery.reinit(value)  # answered at the batch the run goes on from
 
 
+def exploit(session: Steerable, value: dict) -> dict:
+    return session.recovery.exploit(value["from"], value["batch"], value["eta"])  # answered at the batch it goes on
+
+
 def shutdown(session: Steerable, value: None) -> dict:
     session.done = True
     return {}
@@ -98,6 +102,7 @@ HANDLERS: dict[str, Handler] = {
     "tell_state": tell_state,
     "rewind": rewind,
     "reinit": reinit,
+    "exploit": exploit,
     "shutdown": shutdown,
 }
 if HANDLERS.keys() != COMMANDS.keys():  # a command the worker would take and not know what to do with

@@ -235,6 +235,31 @@ class Recovery:
         self.went_on_from(kept.batch, or_else(run.trainer.loss_now(), kept.loss))
         return {"event": [run.batch, EventKind.REWOUND], "rewound_from": went_from, **self.fresh_reports()}
 
+    def exploit(self, donor: str, batch: int, eta: float) -> dict:
+        """Take donor's checkpoint at batch (linked into this run's exploits folder) in place, with eta: population-
+        based training's exploit. The batch count stays this run's; the records saying so."""
+        run = self.run
+        if not run.trainer.can_load:
+            raise CommandError(
+                "cannot exploit: this run's script gives no way to load a checkpoint (see nnobs.Run's load)"
+            )
+        path = run.run_dir.exploit_file(donor, batch)
+        try:
+            ckpt = load_checkpoint(path)
+        except NnobsError as err:
+            raise CommandError(f"cannot exploit {donor}'s checkpoint at batch {batch:,}: {err}") from err
+        if ckpt is None:
+            raise CommandError(f"no checkpoint of {donor} at batch {batch:,} is in {path.parent}")
+        try:
+            run.trainer.load(in_memory(ckpt.state))
+        except ValueError as err:
+            raise CommandError(f"cannot exploit: {donor}'s checkpoint does not fit this net ({err})") from err
+        eta_before, run.trainer.eta = run.trainer.eta, eta
+        self.finite_states.clear()
+        self.went_on_from(run.batch, or_else(run.trainer.loss_now(), ckpt.loss))
+        exploited = {"from": donor, "batch": ckpt.batch, "eta": [eta_before, eta]}
+        return {"event": [run.batch, EventKind.EXPLOITED], "exploited": exploited, **self.fresh_reports()}
+
     def reinit(self, seed: int | None) -> dict:
         """Start the net afresh from a seed (the run's own by default), keeping the batch count and history."""
         run = self.run

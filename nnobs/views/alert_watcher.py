@@ -10,7 +10,6 @@ in the outbox, never dropped.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -23,12 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from nnobs.launching.local import package_parent
-from nnobs.launching.spawn import start_logged
+from nnobs.launching.daemon import daemon_pid, hold_lock, start_daemon, stop_daemon
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import open_fd, open_file, replace_atomically
 from nnobs.protocol.jsontext import parse_json
-from nnobs.protocol.rundir import RunDir, process_gone, runs_root
+from nnobs.protocol.rundir import RunDir, runs_root
 from nnobs.views.alerts import Alert, Rule, alerts_of
 from nnobs.views.overview import history_of, run_rows
 
@@ -62,49 +60,22 @@ def write_rules(folder: Path, rules: list[Rule]) -> None:
 
 
 def watcher_pid(folder: Path) -> int | None:
-    """The live watcher's pid, or None when none holds watcher.lock."""
-    try:
-        fd = open_fd(folder / "watcher.lock")
-    except (FileNotFoundError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() and not process_gone(int(text)) else -1  # -1: its pid not written yet
-    else:
-        return None
-    finally:
-        os.close(fd)
+    """The live watcher's pid, or None when none holds watcher.lock (-1 while its pid is not written yet)."""
+    return daemon_pid(folder / "watcher.lock")
 
 
 def start_watcher(root: str | os.PathLike | None) -> int:
     """Start the root's watcher detached unless one lives; its pid."""
     folder = folder_of(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    if (pid := watcher_pid(folder)) is not None:
-        return pid
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-P", "-m", "nnobs.views.alert_watcher", str(runs_root(root))]
-    started = start_logged(command, str(folder), env, folder / "watcher.log", own_session=True)
-    deadline = time.monotonic() + 30
-    while watcher_pid(folder) in (None, -1):
-        if started.poll() is not None or time.monotonic() > deadline:
-            raise NnobsError(f"the alert watcher did not start; see {folder / 'watcher.log'}")
-        time.sleep(0.02)
-    return started.pid
+    args = [str(runs_root(root))]
+    return start_daemon(
+        "nnobs.views.alert_watcher", args, folder / "watcher.lock", folder / "watcher.log", "alert watcher"
+    )
 
 
 def stop_watcher(root: str | os.PathLike | None) -> bool:
     """End the root's watcher; whether one was alive."""
-    pid = watcher_pid(folder_of(root))
-    if pid is None or pid < 0:
-        return False
-    os.kill(pid, 15)
-    deadline = time.monotonic() + 10
-    while watcher_pid(folder_of(root)) is not None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return True
+    return stop_daemon(folder_of(root) / "watcher.lock")
 
 
 class Outbox:
@@ -248,12 +219,7 @@ def _save(path: Path, seen: dict) -> None:
 def main() -> None:
     root = Path(sys.argv[1])
     folder = root / FOLDER
-    fd = open_fd(folder / "watcher.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit("an alert watcher lives already for this runs root")
-    os.pwrite(fd, str(os.getpid()).ljust(16).encode(), 0)
+    hold_lock(folder / "watcher.lock", "an alert watcher lives already for this runs root")
     print(f"nnobs alert watcher {os.getpid()} for {root}", flush=True)
     try:
         watch(root)

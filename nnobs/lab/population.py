@@ -1,0 +1,212 @@
+"""Population-based training's plan and decisions: who takes whose checkpoint at the end of each interval, and with
+which eta. Pure: the controller (nnobs.lab.pbt_controller) reads the members and carries the decisions out.
+
+As Ray Tune's PopulationBasedTraining has it: every interval, the members in the bottom quantile by the metric take a
+top member's checkpoint in place, and its eta, multiplied by one of the perturbation factors or, with the resample
+probability, drawn afresh from the range. The draws of a round come from a generator seeded by the population's seed
+and the round alone: the same scores give the same decisions, whenever and however often they are made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnobs.protocol.commands import MAX_ETA, MAX_TARGET
+from nnobs.protocol.errors import NnobsError
+from nnobs.protocol.files import create_once, open_file
+from nnobs.protocol.jsontext import parse_json
+from nnobs.protocol.rundir import check_run_name, runs_root
+
+FOLDER = ".populations"  # in the runs root: one folder a population, beside its members' runs
+PERTURBATION_FACTORS = (1.2, 0.8)
+MAX_MEMBERS = 256
+SCORE_SHARE = 0.25  # the training loss is scored by its mean over the interval's last quarter of batches
+
+
+def folder_of(root: str | os.PathLike | None, name: str) -> Path:
+    return runs_root(root) / FOLDER / check_run_name(name)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """ "0.01..1" as (0.01, 1.0): the etas a population draws from, log-uniformly."""
+    low_text, dots, high_text = text.partition("..")
+    try:
+        low, high = float(low_text), float(high_text)
+    except ValueError:
+        low = high = math.nan
+    if not dots or not (0 < low < high <= MAX_ETA):
+        raise NnobsError(
+            f"--eta {text!r} refused: a population takes a range LO..HI of etas, 0 < LO < HI, e.g. 0.01..1"
+        )
+    return low, high
+
+
+@dataclass
+class Population:
+    """What `nnobs sweep --pbt` asked for; kept as population.json in the population's folder."""
+
+    name: str
+    members: list[str]
+    etas: list[float]  # each member's eta at the start
+    eta_range: tuple[float, float]
+    interval: int  # batches between two looks at the population
+    target: int  # batches each member trains in all
+    quantile: float = 0.25
+    resample: float = 0.25
+    metric: str = "test_loss"  # lower is better; "loss" is the training loss
+    seed: int = 1
+    parallel: int | None = None  # members training at once; None: all
+    factors: tuple[float, ...] = PERTURBATION_FACTORS
+    started: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.eta_range = (float(self.eta_range[0]), float(self.eta_range[1]))
+        self.factors = tuple(self.factors)
+        if not 2 <= len(self.members) <= MAX_MEMBERS:
+            raise NnobsError(f"a population has 2 to {MAX_MEMBERS} members, not {len(self.members)}")
+        if not 1 <= self.interval < self.target <= MAX_TARGET:
+            raise NnobsError(
+                f"--interval {self.interval:,} refused: a whole number of batches from 1 to below the target "
+                f"({self.target:,}), so that there is a round to exploit after"
+            )
+        if not 0 < self.quantile <= 0.5:
+            raise NnobsError(f"--quantile {self.quantile:g} refused: a share of the population above 0, at most 0.5")
+        if not 0 <= self.resample <= 1:
+            raise NnobsError(f"--resample {self.resample:g} refused: a probability from 0 to 1")
+        if self.parallel is not None and self.parallel < 1:
+            raise NnobsError("--parallel must be at least 1")
+
+    @property
+    def slots(self) -> int:
+        return min(self.parallel or len(self.members), len(self.members))
+
+    def round_ends(self) -> list[int]:
+        """The batch each round ends at: every interval, and the target."""
+        ends = list(range(self.interval, self.target, self.interval))
+        return [*ends, self.target]
+
+    def as_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def initial_etas(count: int, eta_range: tuple[float, float], seed: int) -> list[float]:
+    """count etas drawn log-uniformly from the range, by the seed."""
+    draw = random.Random(f"pbt-start-{seed}")
+    return [_log_uniform(draw, eta_range) for _ in range(count)]
+
+
+def _log_uniform(draw: random.Random, eta_range: tuple[float, float]) -> float:
+    low, high = eta_range
+    return float(f"{math.exp(draw.uniform(math.log(low), math.log(high))):.4g}")
+
+
+def save_population(folder: Path, population: Population) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    create_once(folder / "population.json", population.as_json().encode())
+
+
+def load_population(folder: Path) -> Population:
+    try:
+        with open_file(folder / "population.json") as f:
+            return Population(**parse_json(f.read().decode()))
+    except FileNotFoundError:
+        raise NnobsError(f"there is no population named {folder.name} in {folder.parent.parent}") from None
+    except (OSError, ValueError, TypeError) as err:
+        raise NnobsError(f"{folder / 'population.json'} is unreadable: {err}") from err
+
+
+@dataclass(frozen=True)
+class Exploit:
+    """One member taking another's checkpoint: from which run and batch, its eta before and after, and how."""
+
+    member: str
+    donor: str
+    batch: int  # the donor's checkpoint's
+    eta_before: float  # the member's own, as it was
+    eta: float  # the new one
+    how: str  # "x1.2", "x0.8" or "resampled"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def decide(
+    population: Population,
+    round_index: int,
+    scores: dict[str, float | None],
+    donors: dict[str, tuple[int, float]],
+    etas: dict[str, float],
+) -> list[Exploit]:
+    """The exploits of a round: scores by member (lower is better; None or NaN ranks last), each member's checkpoint
+    (batch, eta) and its eta now. Members absent from scores (stopped by hand) take part in nothing."""
+    ranked = sorted(scores, key=lambda m: (_rank_value(scores[m]), population.members.index(m)))
+    count = math.ceil(len(ranked) * population.quantile)
+    count = min(count, len(ranked) // 2)  # the bottom and the top never overlap
+    if count < 1:
+        return []
+    top, bottom = ranked[:count], ranked[-count:]
+    draw = random.Random(f"pbt-{population.seed}-{round_index}")
+    exploits = []
+    for member in bottom:
+        donor = draw.choice(top)
+        batch, donor_eta = donors[donor]
+        if draw.random() < population.resample:
+            eta, how = _log_uniform(draw, population.eta_range), "resampled"
+        else:
+            factor = draw.choice(population.factors)
+            eta, how = min(MAX_ETA, float(f"{donor_eta * factor:.6g}")), f"x{factor:g}"
+        exploits.append(Exploit(member, donor, batch, etas[member], eta, how))
+    return exploits
+
+
+def _rank_value(score: float | None) -> float:
+    return math.inf if score is None or not math.isfinite(score) else score
+
+
+class Journal:
+    """decisions.jsonl: each round's decision, written (and fsynced) before it is carried out, then a line once it
+    was. A controller started again reads it and goes on: decided rounds are not decided again, carried ones not
+    carried again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.decided: dict[int, dict[str, Any]] = {}
+        self.carried: set[int] = set()
+        self.done = False
+        try:
+            with open_file(path) as f:
+                lines = f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash as it was written: the round is decided again, the same way
+            self._take(entry)
+
+    def _take(self, entry: dict[str, Any]) -> None:
+        if entry.get("carried") is not None:
+            self.carried.add(entry["carried"])
+        elif entry.get("done"):
+            self.done = True
+        elif isinstance(entry.get("round"), int):
+            self.decided[entry["round"]] = entry
+
+    def append(self, entry: dict[str, Any]) -> None:
+        with open_file(self.path, "ab") as f:
+            f.write((json.dumps(entry) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        self._take(entry)
+
+
+def exploits_of(entry: dict[str, Any]) -> list[Exploit]:
+    return [Exploit(**exploit) for exploit in entry.get("exploits", [])]
