@@ -40,6 +40,7 @@ NEW_RUN_FLAGS = (
     ("--seed", int, "S", "seed of the net's first parameters and of the task's points and batches"),
     ("--target", int, "N", "batches to train before idling"),
     ("--report-every", int, "N", "a parameter snapshot every N batches (0: only when asked)"),
+    ("--pace", float, "N", "at most N batches a second, to watch it slowly (0, the default: flat out)"),
 )
 
 # The settings `nnobs set` changes: every command of the registry with a flag, in its order.
