@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, records_with, wait_for
 from nnobs.lab import pbt_controller
-from nnobs.lab.population import Journal, folder_of, load_population
+from nnobs.protocol.population import Journal, folder_of, load_population
 from nnobs.launching.lifecycle import worker_pid
 from nnobs.protocol.commands import marker_label
 from nnobs.protocol.control import queue_command, read_commands

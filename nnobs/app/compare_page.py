@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
@@ -15,6 +17,8 @@ from nnobs.app import widgets
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import SETTINGS_MOST_BYTES, read_text
+from nnobs.protocol.population import Journal, load_population, population_names
+from nnobs.protocol.population import folder_of as population_folder
 from nnobs.protocol.rundir import RunDir, list_runs, script_description
 from nnobs.reading.origin import created_at, fork_origin
 from nnobs.reading.series import RECENT_BATCHES
@@ -30,6 +34,7 @@ from nnobs.views.compare import (
     figures_frame,
     settings_of,
 )
+from nnobs.views.family_tree import family_tree, jumps, lineage_line, member_lines, replay_command, schedule_frame
 from nnobs.views.palette import assign
 from nnobs.views.vegalite import log_batches_by_default, with_batch_scale
 from nnobs.views.view import surface_of
@@ -97,6 +102,8 @@ def _live(picked: tuple[str, ...], axis: str, smoothing: float, log_scale: bool)
     plotted = frames["loss"].column("batch").to_numpy() if len(frames["loss"]) else np.empty(0, np.int64)
     latest = max((c.batch for c in curves.values()), default=0)
     log_batches = axis == "log" or (axis == "auto" and log_batches_by_default(plotted, latest))
+    for name in population_names():
+        _family_tree(name, ordered, curves, colours)
     left, right = st.columns(2)
     for column, series, title in ((left, "loss", "Training loss"), (right, "test", "Test loss")):
         frame = frames[series]
@@ -140,6 +147,61 @@ def _shared_frames(ordered: tuple[str, ...], smoothing: float, log_scale: bool, 
 
 def _curves(run: RunDir) -> Curves:
     return curves_of_history(curves_for(run.run_file))
+
+
+def _family_tree(name: str, ordered: tuple[str, ...], curves: dict[str, Curves], colours: dict) -> None:
+    """A population two or more of whose members are compared, as one picture: its family tree."""
+    folder = population_folder(None, name)
+    try:
+        population = load_population(folder)
+    except NnobsError:
+        return
+    shown = tuple(member for member in ordered if member in population.members)
+    if len(shown) < 2:
+        return
+    journal = Journal(folder / "decisions.jsonl")
+    members = {member: curves[member] for member in shown}
+    tree = family_tree(population, journal, max(c.batch for c in members.values()))
+    series, title = ("test", "Test loss") if population.metric == "test_loss" else ("loss", "Training loss")
+    lines = member_lines(members, series)
+    frame = pd.concat(
+        [
+            lines.assign(layer="member"),
+            jumps(journal).assign(layer="jump"),
+            lineage_line(tree, lines).assign(layer="lineage"),
+        ],
+        ignore_index=True,
+    )
+    st.subheader(f"Population {name}")
+    exploited = sum(len(entry.get("exploits", [])) for entry in journal.decided.values())
+    rounds = len(population.round_ends()) - 1
+    state = (
+        f"Done: {exploited} exploits in {rounds} rounds."
+        if tree.done
+        else (f"{tree.rounds} of {rounds} rounds decided, {exploited} exploits so far.")
+    )
+    st.caption(
+        f"{len(population.members)} members, etas drawn from {population.eta_range[0]:g} to {population.eta_range[1]:g}; "
+        f"every {population.interval:,} batches the bottom {population.quantile:.0%} by {population.metric} take a "
+        f"top member's checkpoint and a perturbed eta. {state}" + (f" Best: **{tree.best}**." if tree.best else "")
+    )
+    left, right = st.columns([3, 2])
+    left.vega_lite_chart(
+        frame,
+        charts.family_tree_spec(title, shown, tuple(colours[m][0] for m in shown), tree.best),
+        width="stretch",
+        height=360,
+    )
+    schedule = schedule_frame(tree)
+    if len(schedule):
+        right.vega_lite_chart(schedule, charts.schedule_spec(), width="stretch", height=360)
+        right.caption("Replay this schedule as an ordinary run:")
+        try:
+            config = load_config(RunDir.named(shown[0]).config)
+        except (NnobsError, OSError):
+            return
+        command = replay_command(f"{name}-replay", dataclasses.replace(config, target=population.target), tree)
+        right.code(command, language="bash", wrap_lines=True)
 
 
 def _config_text(run: RunDir) -> str | None:

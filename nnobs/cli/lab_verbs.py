@@ -14,11 +14,12 @@ from nnobs.cli.formatting import runs_table, sorted_rows, started_words
 from nnobs.cli.launcher_flags import add_launcher_flags, launcher_from_flags
 from nnobs.cli.parser import NEW_RUN_FLAGS
 from nnobs.cli.runs import named_run
-from nnobs.lab import pbt_controller, population
+from nnobs.lab import pbt, pbt_controller
 from nnobs.lab import sweep as sweeps
 from nnobs.lab.create import fork_run, landing_of, new_run
 from nnobs.launching.follow import follow_log, import_log
 from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
+from nnobs.protocol import population as populations
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
 from nnobs.protocol.rundir import RunDir, runs_root
@@ -109,7 +110,7 @@ DEFAULT_MEMBERS = 8
 def population_sweep(args: argparse.Namespace) -> int:
     """nnobs sweep --pbt: a population made and its controller started; or, for one that exists, its controller
     started again (or stopped)."""
-    folder = population.folder_of(args.runs, args.run)
+    folder = populations.folder_of(args.runs, args.run)
     url_base = args.url or os.environ.get("NNOBS_URL") or sweeps.DEFAULT_URL
     if args.stop:
         stopped = pbt_controller.stop_controller(args.runs, args.run)
@@ -127,7 +128,7 @@ def population_sweep(args: argparse.Namespace) -> int:
             raise NnobsError(
                 f"the population {args.run} exists already: --{given[0]} cannot change it; pick another name"
             )
-        plan = population.load_population(folder)
+        plan = populations.load_population(folder)
         pid = pbt_controller.start_controller(args.runs, args.run)
         print(f"{args.run}: controller {pid} goes on with {len(plan.members)} members")
     else:
@@ -139,19 +140,19 @@ def population_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_population(args: argparse.Namespace) -> tuple[population.Population, int]:
+def _new_population(args: argparse.Namespace) -> tuple[populations.Population, int]:
     if not args.eta:
         raise NnobsError("--pbt needs --eta LO..HI, the range its members' etas are drawn from, e.g. --eta 0.01..1")
     if args.seed is not None and "," in args.seed:
         raise NnobsError("--pbt takes one --seed: the population's, for its members' nets and its draws")
-    eta_range = population.parse_range(args.eta)
+    eta_range = pbt.parse_range(args.eta)
     seed = sweeps.value_list(args.seed, int)[0] if args.seed else 1
     base = dataclasses.replace(_base_config(args), seed=seed)
     count = args.population or DEFAULT_MEMBERS
-    plan = population.Population(
+    plan = populations.Population(
         name=args.run,
         members=[f"{args.run}-m{i}" for i in range(count)],
-        etas=population.initial_etas(count, eta_range, seed),
+        etas=pbt.initial_etas(count, eta_range, seed),
         eta_range=eta_range,
         interval=args.interval or max(1, base.target // 10),
         target=base.target,
@@ -169,7 +170,7 @@ def _new_population(args: argparse.Namespace) -> tuple[population.Population, in
     where = " on Slurm" if launcher.kind == "slurm" else ""
     print(
         f"{args.run}: controller {pid} trains them{where} to batch {plan.target:,}, exploiting every {plan.interval:,} "
-        f"batches by {plan.metric}; its log: {population.folder_of(args.runs, args.run) / 'controller.log'}"
+        f"batches by {plan.metric}; its log: {populations.folder_of(args.runs, args.run) / 'controller.log'}"
     )
     return plan, pid
 

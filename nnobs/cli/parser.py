@@ -41,6 +41,12 @@ NEW_RUN_FLAGS = (
     ("--target", int, "N", "batches to train before idling"),
     ("--report-every", int, "N", "a parameter snapshot every N batches (0: only when asked)"),
     ("--pace", float, "N", "at most N batches a second, to watch it slowly (0, the default: flat out)"),
+    (
+        "--eta-schedule",
+        str,
+        "B:X,...",
+        "eta X from batch B on, for each pair (0:0.3,1000:0.36: a population's schedule, replayed)",
+    ),
 )
 
 # The settings `nnobs set` changes: every command of the registry with a flag, in its order.

@@ -1,6 +1,6 @@
 """A population's controller: a detached process (alive while it holds controller.lock, as a worker holds
 worker.lock) that trains the members round by round and makes and carries out population-based training's
-decisions (nnobs.lab.population).
+decisions (nnobs.lab.pbt).
 
 Each round it raises every member's target to the round's end and keeps at most `parallel` of them training
 (a member done with the round is stopped to free its place when there are fewer places than members), waits for
@@ -21,20 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nnobs.lab.population import (
-    SCORE_SHARE,
-    Journal,
-    decide,
-    exploits_of,
-    folder_of,
-    load_population,
-)
+from nnobs.lab.pbt import SCORE_SHARE, decide
 from nnobs.launching.daemon import daemon_pid, hold_lock, start_daemon, stop_daemon
 from nnobs.launching.lifecycle import active_job, launcher_settings, start_worker, stop_worker, worker_pid
 from nnobs.protocol.checkpoint import load_checkpoint_meta
 from nnobs.protocol.control import queue_commands, read_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import open_file
+from nnobs.protocol.population import Journal, exploits_of, folder_of, load_population
 from nnobs.protocol.records import RecordReader, pair
 from nnobs.protocol.rundir import RunDir
 
@@ -157,7 +151,9 @@ class Controller:
             if self.alive(member):
                 stop_worker(member, by=BY)
         if not self.journal.done:
-            self.journal.append({"done": True, "t": round(time.time(), 3)})
+            scores, checkpoints = self.standing(population.target)
+            etas = {name: eta for name, (_, eta) in checkpoints.items()}
+            self.journal.append({"done": True, "scores": _written(scores), "etas": etas, "t": round(time.time(), 3)})
         self.say(f"{population.name}: every member trained to batch {population.target:,}")
 
     # -- a round ------------------------------------------------------------------------------
@@ -221,15 +217,9 @@ class Controller:
 
     def decision(self, index: int, end: int) -> dict:
         """The round's decision: every member's score and checkpoint, and who takes whose."""
-        population = self.population
-        present = [m for m in self.members if m.name not in self.left]
-        scores = {m.name: self.scores.at(m.name, end, population.interval) for m in present}
-        checkpoints = {}
-        for member in present:
-            meta = load_checkpoint_meta(member.checkpoint) or {}
-            checkpoints[member.name] = (int(meta.get("batch") or 0), float(meta.get("eta") or math.nan))
+        scores, checkpoints = self.standing(end)
         etas = {name: eta for name, (_, eta) in checkpoints.items()}
-        exploits = decide(population, index, scores, checkpoints, etas)
+        exploits = decide(self.population, index, scores, checkpoints, etas)
         for exploit in exploits:
             self.say(
                 f"round {index + 1}: {exploit.member} takes {exploit.donor}'s checkpoint at batch {exploit.batch:,}, "
@@ -238,11 +228,21 @@ class Controller:
         return {
             "round": index,
             "batch": end,
-            "scores": {name: (None if s is None or not math.isfinite(s) else s) for name, s in scores.items()},
+            "scores": _written(scores),
             "etas": etas,
             "exploits": [exploit.as_dict() for exploit in exploits],
             "t": round(time.time(), 3),
         }
+
+    def standing(self, end: int) -> tuple[dict[str, float | None], dict[str, tuple[int, float]]]:
+        """Every member's score at a round's end, and its checkpoint's batch and eta."""
+        present = [m for m in self.members if m.name not in self.left]
+        scores = {m.name: self.scores.at(m.name, end, self.population.interval) for m in present}
+        checkpoints = {}
+        for member in present:
+            meta = load_checkpoint_meta(member.checkpoint) or {}
+            checkpoints[member.name] = (int(meta.get("batch") or 0), float(meta.get("eta") or math.nan))
+        return scores, checkpoints
 
     def carry_out(self, index: int) -> None:
         """Link each donor's checkpoint into its member's exploits folder, then send the member its exploit."""
@@ -258,6 +258,11 @@ class Controller:
                     shutil.copyfile(donor.checkpoint, into)
             value = {"from": exploit.donor, "batch": exploit.batch, "eta": exploit.eta}
             queue_commands(member, [("exploit", value)], by=BY, ids=[f"{self.population.name}-r{index}-{member.name}"])
+
+
+def _written(scores: dict[str, float | None]) -> dict[str, float | None]:
+    """Scores as JSON holds them: a NaN or an infinity (a diverged member) as null."""
+    return {name: (None if s is None or not math.isfinite(s) else s) for name, s in scores.items()}
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from nnobs.lab.create import new_run
-from nnobs.lab.population import Population, folder_of, save_population
 from nnobs.launching.lifecycle import run_status, start_worker, stop_worker
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord, LauncherSettings
+from nnobs.protocol.population import Population, folder_of, save_population
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import State, state_of
 from nnobs.reading.watcher import read_history

@@ -242,6 +242,42 @@ COMMANDS: dict[str, Command] = {
 NAMES = tuple(COMMANDS)
 
 
+MAX_ETA_STEPS = 1000
+
+
+def parse_eta_schedule(text: str) -> list[list]:
+    """ "0:0.3,1000:0.36,3000:0.29" as [[0, 0.3], [1000, 0.36], [3000, 0.29]]: eta from each batch on; checked."""
+    steps: list[list] = []
+    for item in text.split(","):
+        batch, colon, eta = item.strip().partition(":")
+        try:
+            steps.append([int(batch.replace("_", "")), float(eta)])
+        except ValueError:
+            raise CommandError(
+                f"eta schedule {text!r} refused at {item.strip()!r}: write BATCH:ETA pairs separated by commas, "
+                "e.g. 0:0.3,1000:0.36"
+            ) from None
+        if not colon:
+            raise CommandError(f"eta schedule {text!r} refused at {item.strip()!r}: BATCH:ETA, e.g. 1000:0.36")
+    return check_eta_schedule(steps)
+
+
+def check_eta_schedule(steps: Any) -> list[list]:
+    """[[batch, eta], ...], batches rising from 0 or more, each eta as the eta command takes it; else CommandError."""
+    if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_ETA_STEPS:
+        raise CommandError(f"an eta schedule is a list of 1 to {MAX_ETA_STEPS:,} [batch, eta] pairs, not {steps!r}")
+    checked: list[list] = []
+    for step in steps:
+        if not isinstance(step, list) or len(step) != 2:
+            raise CommandError(f"an eta schedule's steps are [batch, eta] pairs, not {step!r}")
+        batch = _whole_in_range("an eta schedule's batch must be a whole number")(step[0])
+        eta = check_command("eta", step[1])
+        if checked and batch <= checked[-1][0]:
+            raise CommandError(f"an eta schedule's batches must rise: {batch:,} comes after {checked[-1][0]:,}")
+        checked.append([batch, eta])
+    return checked
+
+
 def check_command(cmd: Any, value: Any) -> Any:
     """The value the worker will apply for cmd, or CommandError saying why it would be refused."""
     command = COMMANDS.get(cmd) if isinstance(cmd, str) else None

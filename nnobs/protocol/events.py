@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     REWOUND = "rewound"  # a new line of training from an older checkpoint
     REINIT = "reinit"  # a new line of training from fresh parameters
     EXPLOITED = "exploited"  # a new line of training from another run's checkpoint (population-based training)
+    ETA_SCHEDULED = "eta_scheduled"  # the run's eta schedule set eta (eta: [batch, value]) at this batch
     ALERT = "alert"  # a script's own alert (error: its title and text); the worker goes on
 
 

@@ -92,6 +92,8 @@ class Journal:
         detail = str(record.get("error", ""))
         if kind in events.NEW_LINE:
             self.mark(batch, f"gen {self.gen}", "generation")
+        if kind == EventKind.ETA_SCHEDULED and (eta := pair(record.get("eta"))) and isinstance(eta[1], (int, float)):
+            self.mark(batch, f"eta {eta[1]:g} (schedule)", "command")
         if kind == EventKind.STARTED and isinstance(record.get("resumed_from"), int):
             detail = f"resumed from the checkpoint at batch {record['resumed_from']:,}"
         self.events.append(Event(kind, batch, self.gen, t, detail, str(record.get("by") or "")))

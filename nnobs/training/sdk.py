@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nnobs.protocol.checkpoint import KEPT_MB, State
-from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command
+from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, check_command, check_eta_schedule
 from nnobs.protocol.errors import CommandError, MetricError, NnobsError
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import replace_atomically
@@ -242,6 +242,8 @@ class Run:
     ends training; wait_at_target=True idles there instead, answering the page, until the target is raised.
     Training pauses (LOW DISK) while the run's filesystem has less than min_free_mb free. The checkpoints kept to
     rewind and fork to take at most kept_mb MiB on disk (256: a model of tens of millions of parameters keeps few).
+    eta_schedule, [(batch, eta), ...], sets eta as the run passes each batch (a population's found schedule, say);
+    an eta set by hand holds until the next step.
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class Run:
         min_free_mb: float = DEFAULT_MIN_FREE_MB,
         kept_mb: float = KEPT_MB,
         wait_at_target: bool = False,
+        eta_schedule: list | None = None,
         root: str | os.PathLike | None = None,
         builtin: bool = False,
     ):
@@ -278,7 +281,13 @@ class Run:
         self.trainer = trainer
         if not is_finite(kept_mb) or kept_mb < 0:
             raise NnobsError(f"nnobs.Run: kept_mb must be a number of MiB, 0 or more, not {kept_mb!r}")
-        self._settings = Settings(target, report_every, pace, eta, min_free_mb, wait_at_target or builtin, kept_mb)
+        try:
+            schedule = None if eta_schedule is None else check_eta_schedule([list(step) for step in eta_schedule])
+        except (CommandError, TypeError) as err:
+            raise NnobsError(f"nnobs.Run: {err}") from err
+        self._settings = Settings(
+            target, report_every, pace, eta, min_free_mb, wait_at_target or builtin, kept_mb, schedule
+        )
         settings = (("target", target), ("report_every", report_every), ("pace", pace), ("min_free", min_free_mb))
         for setting, value in settings + (("eta", eta),) * (eta is not None):
             _check_setting(setting, value)

@@ -59,6 +59,7 @@ class Settings:
     min_free_mb: float = DEFAULT_MIN_FREE_MB
     wait_at_target: bool = False  # idle at the target for a higher one (the built-in worker), else end there
     kept_mb: float = KEPT_MB  # what the checkpoints kept to rewind and fork to may take on disk, all told (MiB)
+    eta_schedule: list | None = None  # [[batch, eta], ...]: eta set at each batch as the run passes it
 
 
 class Session(RunState):
@@ -114,6 +115,9 @@ class Session(RunState):
         self._chunk = 16  # batches between two looks at the clock: as many as take check_every (_chunk_took)
         self.fold_keeper = FoldKeeper(run.run_file)  # a first open of the run parses only its tail
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
+        # The schedule's steps still to come: each sets eta as the run passes its batch (one at batch 0, a fresh
+        # run's start); an eta set by hand holds until the next step.
+        self.eta_steps = [(b, eta) for b, eta in settings.eta_schedule or [] if b >= self.batch]
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -255,7 +259,17 @@ class Session(RunState):
             due = self._check_at if at_rest else min(self._check_at, self.pacer.due(self.batch))
             time.sleep(max(0.0, due - now))
             return None
+        if self.eta_steps and self.eta_steps[0][0] <= self.batch:
+            self._scheduled_eta()
+        if self.eta_steps:
+            limit = min(limit, self.eta_steps[0][0])
         return min(self.reporter.stop_before(limit), self.recovery.stop_before(limit), self.batch + self._chunk)
+
+    def _scheduled_eta(self) -> None:
+        """The eta schedule's step at this batch: eta set, and said with a marker."""
+        batch, eta = self.eta_steps.pop(0)
+        self.trainer.eta = eta
+        self.out.write({"event": [self.batch, EventKind.ETA_SCHEDULED], "eta": [self.batch, eta]})
 
     def _chunk_took(self, seconds: float, trained: int) -> None:
         """As many batches between two looks at the clock as take check_every at the pace of those just trained

@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
             report_every=config.report_every,
             pace=config.pace,
             min_free_mb=config.min_free_mb,
+            eta_schedule=config.eta_schedule,
         ).start()
     except RunTaken as err:
         tell_log(f"nnobs worker {os.getpid()}: {err}")

@@ -379,3 +379,85 @@ def compare_spec(
         .add_params(zoom())
     )
     return spec_of(lines.properties(title=title, height=320))
+
+
+def family_tree_spec(title: str, runs: tuple[str, ...], colours: tuple[str, ...], best: str | None) -> Spec:
+    """A population's members (thin lines, the compare page's colours), each exploit as a dashed jump from the
+    member's score to its donor's with a triangle where it went on, and the best member's lineage drawn over them
+    as one thick dark line. One frame: rows of layer "member" (run, batch, value), "jump" (run, batch, before, after,
+    what) and "lineage" (batch, value, member)."""
+    legend = alt.Legend(orient="top", title=None, labelLimit=200, symbolStrokeWidth=3, columns=min(len(runs), 4))
+    colour = alt.Color("run:N", scale=alt.Scale(domain=list(runs), range=list(colours)), legend=legend)
+    y = alt.Y("value:Q", title=title + " (log)", scale=alt.Scale(type="log"), axis=log_axis())
+    x = alt.X(
+        "batch:Q",
+        title="batch",
+        scale=alt.Scale(nice=False, zero=False),
+        axis=alt.Axis(format=",d", tickMinStep=1, labelOverlap=True),
+    )
+    base = alt.Chart()
+    members = (
+        base.transform_filter("datum.layer == 'member' && datum.value > 0")
+        .mark_line(strokeWidth=1.5, opacity=0.6)
+        .encode(
+            x=x,
+            y=y,
+            color=colour,
+            detail="run:N",
+            tooltip=["run:N", alt.Tooltip("batch:Q", format=","), alt.Tooltip("value:Q", format=".4g", title=title)],
+        )
+        .add_params(zoom())
+    )
+    jump_tip = [alt.Tooltip("what:N", title="exploit")]
+    jumps = (
+        base.transform_filter("datum.layer == 'jump' && datum.before > 0 && datum.after > 0")
+        .mark_rule(strokeDash=[4, 3], strokeWidth=1.5)
+        .encode(x=x, y=alt.Y("before:Q", scale=alt.Scale(type="log")), y2="after:Q", color=colour, tooltip=jump_tip)
+    )
+    landed = (
+        base.transform_filter("datum.layer == 'jump' && datum.after > 0")
+        .mark_point(shape="triangle-right", filled=True, size=70)
+        .encode(x=x, y=alt.Y("after:Q", scale=alt.Scale(type="log")), color=colour, tooltip=jump_tip)
+    )
+    lineage = (
+        base.transform_filter("datum.layer == 'lineage' && datum.value > 0")
+        .mark_line(strokeWidth=9, color="#888", opacity=0.35, strokeCap="round")  # a halo under the members' lines
+        .encode(
+            x=x,
+            y=y,
+            tooltip=[
+                alt.Tooltip("member:N", title="best lineage"),
+                alt.Tooltip("batch:Q", format=","),
+                alt.Tooltip("value:Q", format=".4g"),
+            ],
+        )
+    )
+    subtitle = f"wide grey: the lineage of the best, {best}, back to the start" if best else "no scores yet"
+    chart = alt.layer(lineage, members, jumps, landed).properties(
+        title=alt.TitleParams(f"{title}: every member, exploits as jumps", subtitle=subtitle), height=340
+    )
+    return spec_of(chart)
+
+
+def schedule_spec() -> Spec:
+    """The best lineage's eta over batches as steps (batch, eta, member): the schedule the population found."""
+    chart = (
+        alt.Chart()
+        .mark_line(interpolate="step-after", strokeWidth=2.5, color="#222", point=alt.OverlayMarkDef(color="#222"))
+        .encode(
+            x=alt.X(
+                "batch:Q",
+                title="batch",
+                scale=alt.Scale(nice=False, zero=False),
+                axis=alt.Axis(format=",d", tickMinStep=1, labelOverlap=True),
+            ),
+            y=alt.Y("eta:Q", title="eta (log)", scale=alt.Scale(type="log"), axis=log_axis()),
+            tooltip=[
+                alt.Tooltip("batch:Q", format=",", title="from batch"),
+                alt.Tooltip("eta:Q", format=".4g"),
+                alt.Tooltip("member:N", title="trained by"),
+            ],
+        )
+        .properties(title="The best lineage's eta", height=340)
+    )
+    return spec_of(chart)

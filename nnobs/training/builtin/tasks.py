@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command
+from nnobs.protocol.commands import DEFAULT_MIN_FREE_MB, MAX_SEED, check_command, check_eta_schedule, parse_eta_schedule
 from nnobs.protocol.errors import CommandError, NnobsError
 from nnobs.protocol.files import SETTINGS_MOST_BYTES, read_text
 from nnobs.protocol.jsontext import parse_json
@@ -186,8 +186,17 @@ class RunConfig:
     noise: float = 0.0  # 0 to 0.5: how far the task's points stray (Playground's 0 to 50 %)
     batch_size: int | None = None  # rows of the training set per batch; None: the task's own (xor: its four corners)
     train_share: float = 0.5  # of the task's points, those trained on; the rest measure the test loss
+    eta_schedule: list | None = None  # [[batch, eta], ...]: eta from each batch on (one at 0 is the eta to start)
 
     def __post_init__(self) -> None:
+        if isinstance(self.eta_schedule, str):  # as `nnobs new --eta-schedule` spells it
+            self.eta_schedule = parse_eta_schedule(self.eta_schedule)
+        if (
+            isinstance(self.eta_schedule, list)
+            and self.eta_schedule
+            and self.eta_schedule[0] == [0, *self.eta_schedule[0][1:]]
+        ):
+            self.eta = self.eta_schedule[0][1]  # the schedule's first step is the eta to start with
         task = TASKS.get(self.task) if isinstance(self.task, str) else None
         if self.net is None:
             self.net = task.net if task else TASKS["xor"].net
@@ -263,6 +272,11 @@ class RunConfig:
         ):
             try:
                 check_command(command, getattr(self, name))  # the same rules as for the commands that change them
+            except CommandError as err:
+                raise NnobsError(f"config: {err}") from err
+        if self.eta_schedule is not None:
+            try:
+                check_eta_schedule(self.eta_schedule)
             except CommandError as err:
                 raise NnobsError(f"config: {err}") from err
         if not is_finite(self.noise) or not 0 <= self.noise <= MAX_NOISE:
