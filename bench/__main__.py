@@ -23,6 +23,7 @@ from bench import (
     latency,
     log_cost,
     page_cost,
+    pbt,
     shared_fs,
     torch_loop,
     training,
@@ -42,7 +43,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"nnobs benchmarks on {platform.machine()}, Python {platform.python_version()}", file=sys.stderr)
-    sections = (training, log_cost, torch_loop, frameworks, ddp, large_model, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, alerts, views)
+    sections = (training, log_cost, torch_loop, frameworks, ddp, large_model, page_cost, large_net, latency, cold_open, lab, viewers, shared_fs, alerts, pbt, views)
     args = sys.argv[1:]
     markdown = None
     if "--markdown" in args:

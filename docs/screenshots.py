@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
@@ -122,5 +123,32 @@ def main() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def family_tree() -> None:
+    """A population of 8 on the spiral task, trained by its controller, and its family tree on the compare page."""
+    root = Path(tempfile.mkdtemp(prefix="nnobs-shots-"))
+    subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(root), "sweep", "spiral", "--pbt", "--task",
+                    "spiral", "--population", "8", "--eta", "0.003..3", "--target", "30000", "--interval", "3000",
+                    "--seed", "1", "--wait"], check=True, cwd=REPO, capture_output=True)
+    port = free_port()
+    server = serve(root, port)
+    try:
+        while socket.socket().connect_ex(("127.0.0.1", port)):  # until the server listens
+            time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            members = "&".join(f"runs=spiral-m{i}" for i in range(8))
+            page.goto(f"http://127.0.0.1:{port}/compare?{members}", timeout=60_000)
+            heading = page.get_by_role("heading", name="Population spiral")
+            expect(heading).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(4000)  # the charts drawn: a picture, not a test
+            top = heading.bounding_box()["y"] - 10  # the population's section: its two charts and the replay
+            page.screenshot(path=REPO / "docs/family-tree.png", clip={"x": 0, "y": top, "width": 1280, "height": 640})
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 if __name__ == "__main__":
-    main()
+    family_tree() if sys.argv[1:] == ["family-tree"] else main()

@@ -4,7 +4,7 @@ uninterrupted one, fewer places than members, a member steered by hand, and a po
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import random
 import signal
@@ -20,6 +20,7 @@ from conftest import REPO, records_with, wait_for
 from nnobs.lab import pbt_controller
 from nnobs.protocol.population import Journal, folder_of, load_population
 from nnobs.launching.lifecycle import worker_pid
+from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.commands import marker_label
 from nnobs.protocol.control import queue_command, read_commands
 from nnobs.protocol.records import read_all
@@ -224,3 +225,68 @@ def test_bad_population_settings_are_refused_and_nothing_is_made(runs_root):
     assert done.returncode == 2 and "add --pbt" in done.stderr
     assert not any(runs_root.iterdir()) or not (runs_root / ".populations").exists()
     assert not list(runs_root.glob("bad*"))
+
+
+SCRIPT = """
+import numpy as np
+import nnobs
+
+rng = np.random.default_rng(0)
+w, goal = np.zeros(5), np.arange(5.0)
+
+
+def save(path):
+    with open(path, "wb") as f:
+        np.save(f, w)
+
+
+def load(path):
+    with open(path, "rb") as f:
+        w[:] = np.load(f)
+
+
+with nnobs.Run("script", state=lambda: w, save=save, load=load, eta=0.01) as run:
+    for batch in run.batches():
+        x = rng.normal(size=5)
+        error = x @ (w - goal)
+        w -= run.eta * error * x
+        run.log(float(error**2))
+"""
+
+
+def test_a_population_of_a_scripts_runs_exploits_through_its_own_save_and_load(populations, tmp_path):
+    root = populations
+    (tmp_path / "train.py").write_text(SCRIPT)
+    done_ = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(root), "sweep", "sp", "--pbt",
+                            "--population", "4", "--eta", "0.001..0.3", "--target", "3000", "--interval", "1000",
+                            "--wait", "--", sys.executable, "train.py"],
+                           env=ENV, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done_.returncode == 0, done_.stderr
+    journal = done(root, "sp")
+    assert sorted(journal.decided) == [0, 1]
+    plan = load_population(folder_of(root, "sp"))
+    assert plan.metric == "loss"  # a script's population is ranked by its training loss unless told
+    for index, entry in journal.decided.items():
+        exploit = entry["exploits"][0]
+        member = RunDir(root / exploit["member"])
+        ack = next(r for r in records_with(member, "exploited") if r["ack"][1]["id"] == f"sp-r{index}-{member.name}")
+        assert ack["ack"][0] == entry["batch"] and ack["eta"] == [entry["batch"], exploit["eta"]]
+        taken = load_checkpoint(member.exploit_file(exploit["donor"], exploit["batch"]))
+        saved = np.load(io.BytesIO(taken.state["script"].tobytes()))  # the donor's own save(), as its script wrote it
+        assert np.array_equal(np.array(ack["sv"][1]), saved)
+    for name in plan.members:  # each script ended at every round's end and was started again: its run goes on
+        run = RunDir(root / name)
+        assert read_history(run).batch == 3000
+        assert len([r for r in records_with(run, "event") if r["event"][1] == "started"]) == 3
+
+
+def test_a_scripts_population_refuses_the_built_in_workers_settings(runs_root):
+    said = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(runs_root), "sweep", "sp", "--pbt",
+                           "--eta", "0.01..1", "--task", "spiral", "--", sys.executable, "train.py"],
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    assert said.returncode == 2 and "--task is a setting of the built-in worker" in said.stderr
+    said = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(runs_root), "sweep", "sp", "--eta",
+                           "0.1,1", "--", sys.executable, "train.py"], env=ENV, capture_output=True, text=True,
+                          timeout=60)
+    assert said.returncode == 2 and "add --pbt" in said.stderr
+    assert not list(runs_root.glob("sp*"))

@@ -71,6 +71,8 @@ def sweep(args: argparse.Namespace) -> int:
     --pbt, a population and its controller."""
     if args.pbt:
         return population_sweep(args)
+    if args.command:
+        raise NnobsError("a sweep of a script's runs is a population: add --pbt (a grid sweeps the built-in worker)")
     pbt_only = [flag for flag in PBT_FLAGS if getattr(args, flag) not in (None, False)]
     if pbt_only:
         raise NnobsError(f"--{pbt_only[0]} is for population-based training: add --pbt")
@@ -148,6 +150,16 @@ def _new_population(args: argparse.Namespace) -> tuple[populations.Population, i
     eta_range = pbt.parse_range(args.eta)
     seed = sweeps.value_list(args.seed, int)[0] if args.seed else 1
     base = dataclasses.replace(_base_config(args), seed=seed)
+    script = args.command
+    if script:
+        given = [
+            flag
+            for flag, *_ in NEW_RUN_FLAGS
+            if flag not in ("--eta", "--seed", "--target")
+            if getattr(args, _config_field(flag)) is not None
+        ]
+        if given:
+            raise NnobsError(f"{given[0]} is a setting of the built-in worker: a script's population takes its own")
     count = args.population or DEFAULT_MEMBERS
     plan = populations.Population(
         name=args.run,
@@ -158,13 +170,16 @@ def _new_population(args: argparse.Namespace) -> tuple[populations.Population, i
         target=base.target,
         quantile=0.25 if args.quantile is None else args.quantile,
         resample=0.25 if args.resample is None else args.resample,
-        metric=args.metric or "test_loss",
+        metric=args.metric or ("loss" if script else "test_loss"),
         seed=seed,
         parallel=args.parallel,
         started=time.time(),
     )
     launcher = launcher_from_flags(args, None) or LauncherSettings()
-    runs = sweeps.create_population(args.runs, plan, base, launcher)
+    if script:
+        runs = sweeps.create_script_population(args.runs, plan, script, os.getcwd(), launcher)
+    else:
+        runs = sweeps.create_population(args.runs, plan, base, launcher)
     print(f"{len(runs)} members: {', '.join(f'{run.name} (eta {eta:g})' for run, eta in zip(runs, plan.etas))}")
     pid = pbt_controller.start_controller(args.runs, args.run)
     where = " on Slurm" if launcher.kind == "slurm" else ""

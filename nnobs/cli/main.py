@@ -50,9 +50,22 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`nnobs sweep ... -- COMMAND`: the arguments before the first --, and the script's command after it (a sweep
+    of a script's runs); `nnobs run` takes its command itself."""
+    if "--" in argv:
+        at = argv.index("--")
+        verbs = [arg for arg in argv[:at] if arg in VERBS]
+        if verbs and verbs[0] == "sweep":
+            return argv[:at], argv[at + 1 :]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse argv (default: the command line), do the verb, and return the exit code; refusals are told on stderr."""
+    argv, command = _split_command(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command = command if args.action == "sweep" else getattr(args, "command", None)
     try:
         code = run_action(args)
         sys.stdout.flush()  # here, where a closed pipe can still be told apart from a failure

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from nnobs.lab.create import new_run
-from nnobs.launching.lifecycle import run_status, start_worker, stop_worker
+from nnobs.launching.lifecycle import record_launch, run_status, set_launcher, start_worker, stop_worker
+from nnobs.protocol.control import queue_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord, LauncherSettings
 from nnobs.protocol.population import Population, folder_of, save_population
@@ -90,6 +91,29 @@ def create_population(
     for _, config in planned:
         config.check()
     runs = create(root, planned, launcher)
+    save_population(folder, population)
+    return runs
+
+
+def create_script_population(
+    root: str | os.PathLike | None, population: Population, command: list[str], cwd: str, launcher: LauncherSettings
+) -> list[RunDir]:
+    """Make a population of a script's runs: each member's launch recorded, its eta and the first interval queued as
+    commands its script's nnobs.Run takes at its first start; nothing is created when a name is taken."""
+    folder = folder_of(root, population.name)
+    if folder.exists():
+        raise NnobsError(f"a population named {population.name} exists already in {folder.parent}: pick another name")
+    runs = [RunDir.named(name, root) for name in population.members]
+    taken = [run.name for run in runs if run.exists()]
+    if taken:
+        raise NnobsError(f"the population's runs {', '.join(taken)} exist already in {runs[0].path.parent}")
+    if launcher.kind != "local":
+        launcher.check()
+    for run, eta in zip(runs, population.etas):
+        if launcher.kind != "local":
+            set_launcher(run, launcher)
+        record_launch(run, command, cwd)
+        queue_commands(run, [("eta", eta), ("target", population.interval)], by="pbt")
     save_population(folder, population)
     return runs
 
