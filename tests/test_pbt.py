@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, records_with, wait_for
+from conftest import REPO, kill_worker, records_with, wait_for, wait_started
 from nnobs.lab import pbt_controller
 from nnobs.protocol.population import Journal, folder_of, load_population
 from nnobs.launching.lifecycle import worker_pid
-from nnobs.protocol.checkpoint import load_checkpoint
+from nnobs.protocol.checkpoint import load_checkpoint, load_checkpoint_meta
 from nnobs.protocol.commands import marker_label
 from nnobs.protocol.control import queue_command, read_commands
 from nnobs.protocol.records import read_all
@@ -290,3 +290,33 @@ def test_a_scripts_population_refuses_the_built_in_workers_settings(runs_root):
                           timeout=60)
     assert said.returncode == 2 and "add --pbt" in said.stderr
     assert not list(runs_root.glob("sp*"))
+
+
+def test_an_eta_schedule_sets_each_step_at_its_batch_through_a_crash_and_a_hand_set_eta_holds_until_the_next(
+        runs_root):
+    nnobs(runs_root, "new", "sched", "--task", "circle", "--target", "3500", "--pace", "400",
+          "--eta-schedule", "0:0.3,1000:0.5,2500:0.05")
+    run = RunDir(runs_root / "sched")
+    wait_for(lambda: (load_checkpoint_meta(run.checkpoint) or {}).get("batch", 0) > 1000, timeout=60,
+             what="a checkpoint past the schedule's second step")
+    kill_worker(run)  # a crash between two steps: the one passed is in the checkpoint, the next still to come
+    nnobs(runs_root, "start", "sched")
+    resumed = wait_started(run, 2)["event"][0]
+    assert 1000 < resumed < 2500
+    wait_for(lambda: read_history(run).batch > resumed, what="the resumed run")
+    command = queue_command(run, "eta", 0.0123, by="cli")
+    wait_for(lambda: read_history(run).batch == 3500, timeout=60, what="the run's target")
+    records = read_all(run.run_file)
+    steps = [(r["eta"][0], r["eta"][1]) for r in records if r.get("event", [0, ""])[1] == "eta_scheduled"]
+    assert steps == [(0, 0.3), (1000, 0.5), (2500, 0.05)]  # each once, the crash notwithstanding
+    set_at = next(i for i, r in enumerate(records) if "ack" in r and r["ack"][1]["id"] == command["id"])
+    until = next(i for i, r in enumerate(records) if r.get("event", [0, ""])[1] == "eta_scheduled" and
+                 r["eta"][0] == 2500)
+    assert all(r["eta"][1] == 0.0123 for r in records[set_at:until] if "eta" in r)
+    assert read_history(run).eta == 0.05
+    markers = [(m.batch, m.label) for m in read_history(run).markers if m.label.endswith("(schedule)")]
+    assert markers == [(0, "eta 0.3 (schedule)"), (1000, "eta 0.5 (schedule)"), (2500, "eta 0.05 (schedule)")]
+    refused = subprocess.run([sys.executable, "-m", "nnobs.cli", "--runs", str(runs_root), "new", "bad",
+                              "--eta-schedule", "0:0.3,1000:-1"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "eta must be a number above 0" in refused.stderr
+    assert not (runs_root / "bad").exists()
