@@ -171,6 +171,32 @@ def test_a_scripts_alert_and_a_slack_webhook(runs_root, listener, watching, tmp_
     assert nnobs_cli(runs_root, "stop", "scripted").returncode == 0
 
 
+def test_a_loss_spike_far_off_its_smoothed_line_is_posted_once_and_noise_is_not(runs_root, listener, watching, tmp_path):
+    script = tmp_path / "train.py"
+    # A loss with minibatch noise (a factor of 3 either way, batch to batch) around a slowly falling line, and between
+    # batches 6,000 and 9,000 a spike of 50 times the line: three seconds at this pace, over a look of the watcher.
+    script.write_text(
+        "import random, nnobs\n"
+        "draw = random.Random(1)\n"
+        "with nnobs.Run('spiky', target=10**9, pace=1000) as run:\n"
+        "    for batch in run.batches():\n"
+        "        line = 0.1 / (1 + batch / 10000) * (50 if 6000 <= batch < 9000 else 1)\n"
+        "        run.log(line * 3 ** draw.uniform(-1, 1))\n"
+    )
+    assert nnobs_cli(runs_root, "alert", "--webhook", listener.url, "--when", "spike").returncode == 0
+    started = nnobs_cli(runs_root, "run", "spiky", "--", sys.executable, str(script))
+    assert started.returncode == 0, started.stderr
+    run = RunDir(runs_root / "spiky")
+    wait_for(lambda: read_history(run).batch >= 6000, timeout=60, what="the spike's start")
+    assert listener.posts == [], "minibatch noise is no spike"
+    wait_for(lambda: (h := read_history(run)).loss is not None and h.loss > 1, timeout=30, what="the spike to show")
+    one_post_within_10_s(listener, run, "spike")
+    wait_for(lambda: read_history(run).batch >= 14000, timeout=60, what="the run well past the spike")
+    (_, body), = listener.posts
+    assert "spiky: the loss spiked to" in body["text"]
+    assert nnobs_cli(runs_root, "stop", "spiky").returncode == 0
+
+
 def test_bad_alert_rules_are_refused_and_nothing_is_set(runs_root):
     assert "--webhook URL or --command CMD" in nnobs_cli(runs_root, "alert", "--slack").stderr
     assert "METRIC>VALUE" in nnobs_cli(runs_root, "alert", "--webhook", "http://x/", "--threshold", "loss>>5").stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +23,12 @@ from nnobs.views.overview import RunRow
 # The run states an alert can be about, as the page's badges say them; "target reached" and a metric crossing a
 # threshold besides, and a script's own alert (run.alert).
 STATES = ("crashed", "stalled", "diverged", "not learning", "loss rose", "low disk", "cannot write")
-KINDS = (*STATES, "target reached", "threshold", "alert")
+KINDS = (*STATES, "spike", "target reached", "threshold", "alert")
+# A spike: the loss (the mean of its newest 100 batches or more, as the page shows it) SPIKE_FACTOR times its smoothed
+# line or more, the line being that mean's moving average over the watcher's looks (in log, each look weighing
+# SPIKE_WEIGHT): one minibatch's loss is noise, and would spike on every hard batch.
+SPIKE_FACTOR = 4.0
+SPIKE_WEIGHT = 0.2
 WELL_FOR_S = 60.0  # how long a run is well before the same trouble again is news
 THRESHOLD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]{0,63})\s*([<>])\s*(\S+)\s*")
 
@@ -78,7 +84,7 @@ class Rule:
     webhook: str | None = None
     slack: bool = False
     command: list[str] | None = None
-    when: list[str] = field(default_factory=lambda: [*STATES, "alert"])
+    when: list[str] = field(default_factory=lambda: [*STATES, "spike", "alert"])
     thresholds: list[str] = field(default_factory=list)  # as written: "loss>5"
     runs: list[str] | None = None  # None: every run of the root
 
@@ -147,6 +153,7 @@ def alerts_of(
         seen["told"] = [*seen["told"][-20:], f"{label}:{seen.get('well')}"]
         because = f": {row.error}" if row.error else ""
         happened(label, label, f"{row.name} is {label} at batch {row.batch:,}{because}")
+    _spike(row, gen, seen, happened)
     target = history.target if history is not None else None
     if label == "idle" and target and row.batch >= target and seen.get("target") != [gen, target]:
         if was != "idle":  # reached while watched (an idle run's first look says nothing new)
@@ -174,6 +181,27 @@ def alerts_of(
             seen["alert_t"] = max(seen.get("alert_t", 0.0), event.t or 0.0)
     seen["label"] = label
     return [] if baseline else found
+
+
+def _spike(row: RunRow, gen: int, seen: dict[str, Any], happened: Callable[[str, str, str], None]) -> None:
+    """A loss far above its smoothed line, told once a spike: again only once the loss is back under the line's
+    SPIKE_FACTOR times. The line does not follow a spike up: it is what the loss was before. A new generation (a
+    restart, a rewind, a reinit, an exploit) starts a new line: its loss is another net's."""
+    if seen.get("line_gen") != gen:
+        seen["line_gen"], seen["line"], seen["spiking"] = gen, None, False
+    loss, line = row.loss, seen.get("line")
+    if loss is None or not math.isfinite(loss) or loss <= 0:
+        return
+    if line is not None and loss >= SPIKE_FACTOR * line:
+        if not seen.get("spiking"):
+            seen["spiking"] = True
+            text = f"{row.name}: the loss spiked to {loss:.4g} at batch {row.batch:,}, {loss / line:.0f} times its line"
+            happened("spike", "spike", text)
+        return
+    seen["spiking"] = False
+    seen["line"] = (
+        loss if line is None else math.exp((1 - SPIKE_WEIGHT) * math.log(line) + SPIKE_WEIGHT * math.log(loss))
+    )
 
 
 def _latest(history: RunHistory | None, metric: str) -> float | None:
