@@ -15,7 +15,7 @@ from nnobs.views.alert_watcher import (
     watcher_pid,
     write_rules,
 )
-from nnobs.views.alerts import STATES, Rule
+from nnobs.views.alerts import DEFAULT_WHEN, Rule
 
 
 def alert(args: argparse.Namespace) -> int:
@@ -40,7 +40,7 @@ def alert(args: argparse.Namespace) -> int:
         return _say_what_is_set(args)
     if args.slack and args.webhook is None:
         raise NnobsError("--slack is a webhook's format: give --webhook URL")
-    when = [w.strip() for w in args.when.split(",") if w.strip()] if args.when else [*STATES, "alert"]
+    when = [w.strip() for w in args.when.split(",") if w.strip()] if args.when else list(DEFAULT_WHEN)
     rule = Rule(
         webhook=args.webhook,
         slack=args.slack,

@@ -177,7 +177,8 @@ def _add_lab_verbs(verbs: Verbs) -> None:
         "--when",
         metavar="STATES",
         help="comma-separated: crashed, stalled, diverged, not learning, loss rose, low disk, cannot write, "
-        "target reached, alert (a script's run.alert); default: all but target reached",
+        "spike (the loss 4 times its smoothed line), target reached, alert (a script's run.alert); "
+        "default: all but target reached",
     )
     p.add_argument(
         "--threshold",

@@ -24,6 +24,7 @@ from nnobs.views.overview import RunRow
 # threshold besides, and a script's own alert (run.alert).
 STATES = ("crashed", "stalled", "diverged", "not learning", "loss rose", "low disk", "cannot write")
 KINDS = (*STATES, "spike", "target reached", "threshold", "alert")
+DEFAULT_WHEN = (*STATES, "spike", "alert")  # what a rule tells unless --when chooses
 # A spike: the loss (the mean of its newest 100 batches or more, as the page shows it) SPIKE_FACTOR times its smoothed
 # line or more, the line being that mean's moving average over the watcher's looks (in log, each look weighing
 # SPIKE_WEIGHT): one minibatch's loss is noise, and would spike on every hard batch.
@@ -84,7 +85,7 @@ class Rule:
     webhook: str | None = None
     slack: bool = False
     command: list[str] | None = None
-    when: list[str] = field(default_factory=lambda: [*STATES, "spike", "alert"])
+    when: list[str] = field(default_factory=lambda: list(DEFAULT_WHEN))
     thresholds: list[str] = field(default_factory=list)  # as written: "loss>5"
     runs: list[str] | None = None  # None: every run of the root
 
