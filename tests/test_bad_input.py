@@ -498,7 +498,11 @@ TABLE = [
     # control.json, answered by the live worker
     pytest.param(malformed_control_file, "control.json is not valid JSON (", id="control-file-malformed"),
     pytest.param(empty_control_file, "acknowledged at batch", id="control-file-emptied-reads-as-no-commands"),
-    pytest.param(rejected("warp", 9), "unknown command 'warp': expected target, eta, report_every, pace, min_free, tell_state, rewind, reinit or shutdown", id="unknown-command"),
+    pytest.param(rejected("warp", 9), "unknown command 'warp': expected target, eta, report_every, pace, min_free, tell_state, rewind, reinit, exploit or shutdown", id="unknown-command"),
+    pytest.param(rejected("exploit", {"from": "../../etc", "batch": 1, "eta": 0.1}),
+                 'exploit takes {"from": RUN, "batch": N, "eta": X}', id="exploit-from-a-path"),
+    pytest.param(rejected("exploit", {"from": "nobody", "batch": 5, "eta": 0.1}),
+                 "no checkpoint of nobody at batch 5 is in", id="exploit-of-a-checkpoint-not-there"),
     pytest.param(rejected("min_free", -5), "min_free must be megabytes from 0 (never pause) to 1,000,000,000, not -5", id="min-free-negative"),
     pytest.param(rejected("min_free", "lots"), "min_free must be megabytes from 0 (never pause) to 1,000,000,000, not 'lots'", id="min-free-a-string"),
     pytest.param(rejected("eta", "fast"), ETA_RULE + "'fast'", id="eta-a-string"),
