@@ -173,7 +173,7 @@ def _family_tree(name: str, ordered: tuple[str, ...], curves: dict[str, Curves],
         ignore_index=True,
     )
     st.subheader(f"Population {name}")
-    exploited = sum(len(entry.get("exploits", [])) for entry in journal.decided.values())
+    exploited = sum(len(journal.exploits(index)) for index in journal.decided)
     rounds = len(population.round_ends()) - 1
     state = (
         f"Done: {exploited} exploits in {rounds} rounds."
@@ -200,7 +200,7 @@ def _family_tree(name: str, ordered: tuple[str, ...], curves: dict[str, Curves],
             config = load_config(RunDir.named(shown[0]).config)
         except (NnobsError, OSError):
             return
-        command = replay_command(f"{name}-replay", dataclasses.replace(config, target=population.target), tree)
+        command = replay_command(f"{name[:57]}-replay", dataclasses.replace(config, target=population.target), tree)
         right.code(command, language="bash", wrap_lines=True)
 
 

@@ -20,6 +20,7 @@ from nnobs.lab.create import fork_run, landing_of, new_run
 from nnobs.launching.follow import follow_log, import_log
 from nnobs.launching.lifecycle import active_job, import_run, record_launch, set_launcher, start_worker, worker_pid
 from nnobs.protocol import population as populations
+from nnobs.protocol.commands import parse_eta_schedule
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import LauncherSettings
 from nnobs.protocol.rundir import RunDir, runs_root
@@ -40,6 +41,13 @@ def new(args: argparse.Namespace) -> int:
     """nnobs new: the flags given, over the defaults, checked before anything is created."""
     run = named_run(args)
     given = {_config_field(flag): getattr(args, _config_field(flag)) for flag, *_ in NEW_RUN_FLAGS}
+    schedule = parse_eta_schedule(args.eta_schedule) if args.eta_schedule else None
+    if schedule and schedule[0][0] == 0:
+        if args.eta is not None:
+            raise NnobsError(
+                "give --eta or an eta schedule with a step at batch 0, not both: that step is the eta to start"
+            )
+        given["eta"] = schedule[0][1]
     config = RunConfig(**{name: value for name, value in given.items() if value is not None})
     started = new_run(run, config, by="cli", launcher=launcher_from_flags(args, None))
     assert started is not None, "new_run starts the run it makes unless told not to"
@@ -73,6 +81,8 @@ def sweep(args: argparse.Namespace) -> int:
         return population_sweep(args)
     if args.command:
         raise NnobsError("a sweep of a script's runs is a population: add --pbt (a grid sweeps the built-in worker)")
+    if args.eta_schedule:
+        raise NnobsError("a sweep's runs take no --eta-schedule: their etas are what it sweeps")
     pbt_only = [flag for flag in PBT_FLAGS if getattr(args, flag) not in (None, False)]
     if pbt_only:
         raise NnobsError(f"--{pbt_only[0]} is for population-based training: add --pbt")
@@ -114,32 +124,47 @@ def population_sweep(args: argparse.Namespace) -> int:
     started again (or stopped)."""
     folder = populations.folder_of(args.runs, args.run)
     url_base = args.url or os.environ.get("NNOBS_URL") or sweeps.DEFAULT_URL
-    if args.stop:
-        stopped = pbt_controller.stop_controller(args.runs, args.run)
-        print(
-            f"{args.run}: controller {'stopped' if stopped else 'was not running'}; its members idle at their targets"
-        )
-        return 0
+    if args.eta_schedule:
+        raise NnobsError("a population's members take no --eta-schedule: their etas are what it searches")
     if folder.exists():
-        given = [
-            flag
-            for flag in ("eta", "seed", "population", "interval", "quantile", "resample", "metric")
-            if getattr(args, flag)
-        ]
+        given = [flag for flag in POPULATION_SETTINGS if getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
+        given += ["-- COMMAND"] if args.command else []
         if given:
             raise NnobsError(
-                f"the population {args.run} exists already: --{given[0]} cannot change it; pick another name"
+                f"the population {args.run} exists already: {given[0]} cannot change it; pick another name"
             )
         plan = populations.load_population(folder)
+        if args.stop:
+            stopped = pbt_controller.stop_controller(args.runs, args.run)
+            said = "stopped" if stopped else "was not running"
+            print(f"{args.run}: controller {said}; its members idle at their targets")
+            return 0
+        offset = pbt_controller.log_size(folder)
         pid = pbt_controller.start_controller(args.runs, args.run)
         print(f"{args.run}: controller {pid} goes on with {len(plan.members)} members")
+    elif args.stop:
+        raise NnobsError(f"there is no population named {args.run} in {folder.parent.parent}")
     else:
         plan, pid = _new_population(args)
+        offset = 0
     runs = [RunDir.named(name, args.runs) for name in plan.members]
     print(f"compare them: {sweeps.compare_url(url_base, runs)}")
-    if args.wait:
-        pbt_controller.follow_log(folder, print)
+    if args.wait and not pbt_controller.follow_log(folder, print, offset):
+        return 1  # the controller is gone before the end: said, with where its log is
     return 0
+
+
+# What a population is made with: on one that exists, any of them is refused rather than ignored.
+POPULATION_SETTINGS = (
+    *(flag for flag, *_ in NEW_RUN_FLAGS),
+    "--population",
+    "--interval",
+    "--quantile",
+    "--resample",
+    "--metric",
+    "--parallel",
+    "--on",
+)
 
 
 def _new_population(args: argparse.Namespace) -> tuple[populations.Population, int]:
@@ -160,17 +185,27 @@ def _new_population(args: argparse.Namespace) -> tuple[populations.Population, i
         ]
         if given:
             raise NnobsError(f"{given[0]} is a setting of the built-in worker: a script's population takes its own")
-    count = args.population or DEFAULT_MEMBERS
+    count = DEFAULT_MEMBERS if args.population is None else args.population
+    longest = f"{args.run}-m{max(count - 1, 0)}"
+    if len(longest) > 64:
+        raise NnobsError(
+            f"population name {args.run!r} refused: its members' names ({longest}) would pass 64 characters"
+        )
+    metric = args.metric or ("loss" if script or base.task == "xor" else "test_loss")
+    if not script and metric not in ("loss", "test_loss"):
+        raise NnobsError(f"--metric {metric!r} refused: a built-in task's runs are ranked by test_loss or loss")
+    if not script and metric == "test_loss" and base.task == "xor":
+        raise NnobsError("--metric test_loss refused: the xor task has no test set; rank by loss")
     plan = populations.Population(
         name=args.run,
         members=[f"{args.run}-m{i}" for i in range(count)],
         etas=pbt.initial_etas(count, eta_range, seed),
         eta_range=eta_range,
-        interval=args.interval or max(1, base.target // 10),
+        interval=max(1, base.target // 10) if args.interval is None else args.interval,
         target=base.target,
         quantile=0.25 if args.quantile is None else args.quantile,
         resample=0.25 if args.resample is None else args.resample,
-        metric=args.metric or ("loss" if script else "test_loss"),
+        metric=metric,
         seed=seed,
         parallel=args.parallel,
         started=time.time(),

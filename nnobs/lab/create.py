@@ -77,7 +77,9 @@ def fork_run(
         "changed": changed,
         "parent": {"eta": ckpt_before.eta, "target": ckpt_before.target},
     }
-    config = dataclasses.replace(config, eta=ckpt.eta, target=ckpt.target)
+    # A fork given its own eta leaves its parent's eta schedule behind: the schedule's next step would undo it.
+    schedule = None if "eta" in changed else config.eta_schedule
+    config = dataclasses.replace(config, eta=ckpt.eta, target=ckpt.target, eta_schedule=schedule)
     _make_dir(new)
     try:
         create_once(new.config, config.to_json().encode())

@@ -54,9 +54,12 @@ def decide(
     """The exploits of a round: scores by member (lower is better; None or NaN ranks last), each member's checkpoint
     (batch, eta) and its eta now. Members absent from scores (stopped by hand) take part in nothing."""
     ranked = sorted(scores, key=lambda m: (_rank_value(scores[m]), population.members.index(m)))
+    scored = sum(math.isfinite(_rank_value(scores[m])) for m in ranked)
     count = math.ceil(len(ranked) * population.quantile)
-    count = min(count, len(ranked) // 2)  # the bottom and the top never overlap
-    if count < 1:
+    # The bottom and the top never overlap, and a donor has a score: members without one (no metric logged, a
+    # diverged net) rank last, and take a checkpoint if they are in the bottom, but never give one.
+    count = min(count, len(ranked) // 2, scored)
+    if count < 1 or scored < 2:
         return []
     top, bottom = ranked[:count], ranked[-count:]
     draw = random.Random(f"pbt-{population.seed}-{round_index}")

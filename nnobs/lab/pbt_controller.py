@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +24,23 @@ from pathlib import Path
 
 from nnobs.lab.pbt import SCORE_SHARE, decide
 from nnobs.launching.daemon import daemon_pid, hold_lock, start_daemon, stop_daemon
-from nnobs.launching.lifecycle import active_job, launcher_settings, start_worker, stop_worker, worker_pid
+from nnobs.launching.lifecycle import (
+    active_job,
+    launcher_settings,
+    run_status,
+    start_worker,
+    stop_worker,
+    worker_pid,
+)
 from nnobs.protocol.checkpoint import load_checkpoint_meta
-from nnobs.protocol.control import queue_commands, read_commands
+from nnobs.protocol.control import checkpointed_commands, queue_commands, read_commands
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import open_file
+from nnobs.protocol.events import EventKind
+from nnobs.protocol.files import open_file, replace_atomically
 from nnobs.protocol.population import Journal, exploits_of, folder_of, load_population
 from nnobs.protocol.records import RecordReader, pair
 from nnobs.protocol.rundir import RunDir
+from nnobs.reading.watcher import RunWatcher
 
 BY = "pbt"  # who the controller's commands and starts say they are from
 LOOK_EVERY_S = 0.25
@@ -51,26 +61,35 @@ def stop_controller(root: str | os.PathLike | None, name: str) -> bool:
     return stop_daemon(folder_of(root, name) / "controller.lock")
 
 
-def follow_log(folder: Path, say: Callable[[str], None]) -> None:
-    """Say each line the controller writes to its log until the population is done, or its controller gone."""
+def log_size(folder: Path) -> int:
+    """The controller's log's size now: where following it starts for a controller started again."""
+    try:
+        return os.lstat(folder / "controller.log").st_size
+    except FileNotFoundError:
+        return 0
+
+
+def follow_log(folder: Path, say: Callable[[str], None], offset: int = 0) -> bool:
+    """Say each line the controller writes to its log from offset until its controller is gone; whether the
+    population was done by then (if not, that is said too)."""
     log = folder / "controller.log"
-    offset = 0
     while True:
         gone = daemon_pid(folder / "controller.lock") is None  # before the last read: nothing it wrote is missed
         try:
             with open_file(log) as f:
                 f.seek(offset)
-                text = f.read().decode(errors="replace")
+                chunk = f.read()
         except FileNotFoundError:
-            text = ""
-        complete = text[: text.rfind("\n") + 1]
-        offset += len(complete.encode())
-        for line in complete.splitlines():
+            chunk = b""
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             say(line)
         if gone:
-            if not Journal(folder / "decisions.jsonl").done:
-                say(f"the controller of {folder.name} is gone before the end; see {log}")
-            return
+            if Journal(folder / "decisions.jsonl").done:
+                return True
+            say(f"the controller of {folder.name} is gone before the end; see {log}")
+            return False
         time.sleep(LOOK_EVERY_S)
 
 
@@ -118,6 +137,10 @@ def _window_ok(window: object) -> bool:
     return isinstance(window, list) and len(window) == 6 and all(map(_is_number, window))
 
 
+RESTART_WAIT_S = (1.0, 30.0)  # a member that crashed or failed to start waits this long, doubling, to start again
+MOST_FAILURES = 5  # starts that fail in a row before a member leaves the population
+
+
 class Controller:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -126,27 +149,31 @@ class Controller:
         self.members = [RunDir.named(name, root) for name in self.population.members]
         self.journal = Journal(folder / "decisions.jsonl")
         self.scores = Scores(self.members, self.population.metric)
-        self.left: set[str] = set()  # members a person stopped: out of the population
+        self.watchers = {m.name: RunWatcher(m.run_file, outline_only=True) for m in self.members}
+        self.failures: dict[str, int] = {}  # starts in a row that did not train
+        self.start_after: dict[str, float] = {}  # monotonic time before which a failing member is not started
         self.slurm = launcher_settings(self.members[0]).kind == "slurm"
 
     def say(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
+    @property
+    def present(self) -> list[RunDir]:
+        """The members still in the population."""
+        return [m for m in self.members if m.name not in self.journal.left]
+
     def run(self) -> None:
         population = self.population
         ends = population.round_ends()
-        for index, end in enumerate(ends):
+        for index, end in enumerate(ends[:-1]):
             if index in self.journal.carried:
                 continue
             if index not in self.journal.decided:
                 self.bring_to(index, end)
-                if index == len(ends) - 1:
-                    break
                 self.journal.append(self.decision(index, end))
             self.carry_out(index)
             self.journal.append({"carried": index, "t": round(time.time(), 3)})
-        else:
-            self.bring_to(len(ends) - 1, ends[-1])  # started again after the last exploit: the last round
+        self.bring_to(len(ends) - 1, ends[-1])
         for member in self.members:
             if self.alive(member):
                 stop_worker(member, by=BY)
@@ -159,31 +186,38 @@ class Controller:
     # -- a round ------------------------------------------------------------------------------
 
     def bring_to(self, index: int, end: int) -> None:
-        """Train every member still in the population to batch end, at most `slots` at once."""
+        """Train every member still in the population to batch end, at most `slots` at once. A member that cannot get
+        there (its loss diverged: it waits for a new eta) is done with the round where it is, and scores nothing."""
         self.say(f"round {index + 1}: training every member to batch {end:,}")
-        for member in self.members:
+        for member in self.present:
             meta = load_checkpoint_meta(member.checkpoint) or {}
             if (meta.get("target") or 0) < end:
                 queue_commands(member, [("target", end)], by=BY, ids=[f"{self.population.name}-r{index}-target"])
         while True:
             waiting, training = [], 0
-            for member in self.members:
-                if member.name in self.left:
+            for member in self.present:
+                status = run_status(member, self.watchers[member.name].refresh())
+                alive = self.alive(member)
+                if not alive and self.stopped_by_hand(member, status.state):
+                    self.leave(member, "stopped by hand")
                     continue
-                reached, alive = self.batch_of(member) >= end, self.alive(member)
-                if reached:
+                done = self.batch_of(member) >= end or (alive and status.diverged)
+                if done:
+                    self.failures.pop(member.name, None)
                     if alive and self.population.slots < len(self.members):
                         stop_worker(member, by=BY)  # its place goes to a member still training this round
                 elif alive:
                     training += 1
-                elif self.stopped_by_hand(member):
-                    self.left.add(member.name)
-                    self.say(f"{member.name} was stopped by hand: it leaves the population")
+                    if status.state == "training":
+                        self.failures.pop(member.name, None)
                 else:
                     waiting.append(member)
             if not waiting and not training:
+                self.check_answers(index - 1)
                 return
-            self.start(waiting[: max(0, self.population.slots - training)])
+            now = time.monotonic()
+            ready = [m for m in waiting if self.start_after.get(m.name, 0.0) <= now]
+            self.start(ready[: max(0, self.population.slots - training)])
             time.sleep(LOOK_EVERY_S)
 
     def start(self, members: list[RunDir]) -> None:
@@ -192,11 +226,33 @@ class Controller:
         if self.slurm:
             from nnobs.launching.slurm import SlurmLauncher  # submitit is imported only for populations on Slurm
 
-            jobs = SlurmLauncher(launcher_settings(members[0])).submit(members, by=BY)
+            try:
+                jobs = SlurmLauncher(launcher_settings(members[0])).submit(members, by=BY)
+            except NnobsError as err:
+                for member in members:
+                    self.failed(member, str(err))
+                return
             self.say(f"submitted {', '.join(m.name for m in members)} as job array {jobs[0].job_id.split('_')[0]}")
             return
         for member in members:
-            self.say(f"{member.name}: worker {start_worker(member, by=BY)} started")
+            try:
+                self.say(f"{member.name}: worker {start_worker(member, by=BY)} started")
+            except NnobsError as err:
+                self.failed(member, str(err))
+
+    def failed(self, member: RunDir, why: str) -> None:
+        """A start that failed: tried again later, and after MOST_FAILURES in a row the member leaves."""
+        count = self.failures[member.name] = self.failures.get(member.name, 0) + 1
+        if count >= MOST_FAILURES:
+            self.leave(member, f"it failed to start {count} times: {why}")
+            return
+        first, most = RESTART_WAIT_S
+        self.start_after[member.name] = time.monotonic() + min(most, first * 2 ** (count - 1))
+        self.say(f"{member.name} did not start ({why}); trying again")
+
+    def leave(self, member: RunDir, why: str) -> None:
+        self.journal.append({"left": member.name, "why": why, "t": round(time.time(), 3)})
+        self.say(f"{member.name} leaves the population: {why}")
 
     def alive(self, member: RunDir) -> bool:
         """A worker lives (or, on Slurm, a job waits or runs) for the member."""
@@ -207,19 +263,32 @@ class Controller:
         batch = meta.get("batch")
         return batch if isinstance(batch, int) else 0
 
-    def stopped_by_hand(self, member: RunDir) -> bool:
-        """The member's last shutdown was asked for by someone other than this controller."""
+    def stopped_by_hand(self, member: RunDir, state: str) -> bool:
+        """The member's newest worker ended on a shutdown someone other than this controller asked for (a restart's,
+        whose start follows, is not one); a member that crashed, or whose script ended at its target, goes on."""
+        if state != "stopped":
+            return False
         try:
             shutdowns = [c for c in read_commands(member.control_file) if c.get("cmd") == "shutdown"]
         except NnobsError:
             return False
-        return bool(shutdowns) and not str(shutdowns[-1].get("by", "")).startswith(BY)
+        if not shutdowns:
+            return False
+        by = str(shutdowns[-1].get("by", ""))
+        history = self.watchers[member.name].refresh()
+        answer = history.answers.get(str(shutdowns[-1].get("id")))
+        starts = [e.t or 0.0 for e in history.events if e.kind == EventKind.STARTED]
+        ended_it = answer is not None and (answer.t or 0.0) >= max(starts, default=0.0)  # the newest worker's
+        return ended_it and not by.startswith(BY) and not by.endswith("restart")
 
     def decision(self, index: int, end: int) -> dict:
         """The round's decision: every member's score and checkpoint, and who takes whose."""
         scores, checkpoints = self.standing(end)
         etas = {name: eta for name, (_, eta) in checkpoints.items()}
         exploits = decide(self.population, index, scores, checkpoints, etas)
+        unscored = [name for name, score in scores.items() if score is None or not math.isfinite(score)]
+        if unscored:
+            self.say(f"round {index + 1}: no {self.population.metric} at batch {end:,} for {', '.join(unscored)}")
         for exploit in exploits:
             self.say(
                 f"round {index + 1}: {exploit.member} takes {exploit.donor}'s checkpoint at batch {exploit.batch:,}, "
@@ -235,29 +304,77 @@ class Controller:
         }
 
     def standing(self, end: int) -> tuple[dict[str, float | None], dict[str, tuple[int, float]]]:
-        """Every member's score at a round's end, and its checkpoint's batch and eta."""
-        present = [m for m in self.members if m.name not in self.left]
-        scores = {m.name: self.scores.at(m.name, end, self.population.interval) for m in present}
-        checkpoints = {}
-        for member in present:
+        """Every member's score at a round's end (none for one that did not get there), and its checkpoint's batch
+        and eta."""
+        scores, checkpoints = {}, {}
+        for member in self.present:
             meta = load_checkpoint_meta(member.checkpoint) or {}
-            checkpoints[member.name] = (int(meta.get("batch") or 0), float(meta.get("eta") or math.nan))
+            batch = self.batch_of(member)
+            checkpoints[member.name] = (batch, float(meta.get("eta") or math.nan))
+            reached = batch >= end
+            scores[member.name] = self.scores.at(member.name, end, self.population.interval) if reached else None
         return scores, checkpoints
 
     def carry_out(self, index: int) -> None:
         """Link each donor's checkpoint into its member's exploits folder, then send the member its exploit."""
         root = self.members[0].path.parent
+        for member in self.present:
+            forget_taken(member)
         for exploit in exploits_of(self.journal.decided[index]):
+            if exploit.member in self.journal.left or exploit.donor in self.journal.left:
+                continue  # it left after the decision: the exploit is not sent
             member, donor = RunDir.named(exploit.member, root), RunDir.named(exploit.donor, root)
-            into = member.exploit_file(exploit.donor, exploit.batch)
-            if not into.exists():
-                into.parent.mkdir(exist_ok=True)
-                try:
-                    os.link(donor.checkpoint, into)  # the file as it is now: the donor's next checkpoint replaces it
-                except OSError:
-                    shutil.copyfile(donor.checkpoint, into)
+            try:
+                take_checkpoint(donor, member.exploit_file(exploit.donor, exploit.batch))
+            except OSError as err:
+                self.say(f"round {index + 1}: {donor.name}'s checkpoint cannot be linked for {member.name}: {err}")
+                continue  # the exploit, sent, would be refused: its worker says why in its run file
             value = {"from": exploit.donor, "batch": exploit.batch, "eta": exploit.eta}
             queue_commands(member, [("exploit", value)], by=BY, ids=[f"{self.population.name}-r{index}-{member.name}"])
+
+    def check_answers(self, index: int) -> None:
+        """Journal the exploits of round index that their workers refused: the family tree draws none of them."""
+        if index not in self.journal.decided:
+            return
+        for exploit in exploits_of(self.journal.decided[index]):
+            if (index, exploit.member) in self.journal.rejected:
+                continue
+            answer = (
+                self.watchers[exploit.member].refresh().answers.get(f"{self.population.name}-r{index}-{exploit.member}")
+            )
+            if answer is not None and not answer.ok:
+                self.journal.append({"rejected": {"round": index, "member": exploit.member, "why": answer.reason}})
+                self.say(f"round {index + 1}: {exploit.member} refused its exploit: {answer.reason}")
+
+
+def take_checkpoint(donor: RunDir, into: Path) -> None:
+    """The donor's checkpoint as it is now, into the member's exploits folder: a hard link (no room taken; the donor's
+    next checkpoint replaces its own name, not this one), else a copy made whole before it is named. A link in place
+    of the folder, the donor's checkpoint or the file itself is never followed."""
+    if os.path.lexists(into):
+        return
+    into.parent.mkdir(exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(into.parent).st_mode):
+        raise OSError(f"{into.parent} is not a directory")
+    try:
+        os.link(donor.checkpoint, into, follow_symlinks=False)  # a link is linked as a link: the worker refuses it
+    except FileExistsError:
+        return
+    except OSError:  # another filesystem, or one without hard links: a copy
+        with open_file(donor.checkpoint) as source:
+            replace_atomically(into, lambda f: shutil.copyfileobj(source, f, 1 << 20))
+
+
+def forget_taken(member: RunDir) -> None:
+    """Drop the member's exploit files its checkpoint says it has applied: never needed again, and each a whole
+    checkpoint."""
+    for command in checkpointed_commands(member):
+        value = command.get("value")
+        if command.get("cmd") == "exploit" and isinstance(value, dict):
+            try:
+                os.unlink(member.exploit_file(value["from"], value["batch"]))
+            except (OSError, KeyError, TypeError, NnobsError):
+                pass
 
 
 def _written(scores: dict[str, float | None]) -> dict[str, float | None]:

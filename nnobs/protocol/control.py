@@ -144,6 +144,19 @@ def forget_applied(path: Path, file_id: str | None, through_seq: int, keep: int)
         return dropped
 
 
+def checkpointed_commands(run: RunDir) -> list[Command]:
+    """The run's commands its checkpoint says were applied (by seq, in the control file it names): a worker that
+    starts again never applies them again."""
+    applied = load_checkpoint_meta(run.checkpoint) or {}
+    try:
+        content = _read(run.control_file)
+    except ControlFileError:
+        return []
+    if not is_int(applied.get("last_seq")) or content.get("file_id") != applied.get("control_id"):
+        return []
+    return [c for c in _commands(content) if c["seq"] <= applied["last_seq"]]
+
+
 def answer_of(command: Command) -> dict:
     """What an ack or a reject repeats of the command it answers: its id, seq, cmd and value."""
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from nnobs.protocol.commands import MAX_TARGET
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import create_once, open_file
 from nnobs.protocol.jsontext import parse_json
+from nnobs.protocol.numbers import is_int, is_number
 from nnobs.protocol.rundir import check_run_name, runs_root
 
 FOLDER = ".populations"  # in the runs root: one folder a population, beside its members' runs
@@ -44,8 +46,26 @@ class Population:
     started: float = field(default=0.0)
 
     def __post_init__(self) -> None:
+        """Every field checked: what `nnobs sweep --pbt` asked, or a population.json written by hand."""
+        if not isinstance(self.members, list) or not all(isinstance(m, str) for m in self.members):
+            raise NnobsError(f"members must be a list of run names, not {self.members!r}")
+        for member in self.members:
+            check_run_name(member)
+        if not _numbers(self.etas) or len(self.etas) != len(self.members):
+            raise NnobsError(f"etas must be a number for each member, not {self.etas!r}")
+        if not _numbers(self.eta_range) or len(self.eta_range) != 2:
+            raise NnobsError(f"eta_range must be [LO, HI], not {self.eta_range!r}")
+        if not _numbers(self.factors) or not self.factors:
+            raise NnobsError(f"factors must be numbers to perturb an eta by, not {self.factors!r}")
+        for name in ("interval", "target", "seed"):
+            if not is_int(getattr(self, name)):
+                raise NnobsError(f"{name} must be a whole number, not {getattr(self, name)!r}")
+        if not _numbers([self.quantile, self.resample]) or not isinstance(self.metric, str):
+            raise NnobsError("quantile and resample must be numbers, metric a name")
+        if self.parallel is not None and not is_int(self.parallel):
+            raise NnobsError(f"parallel must be a whole number, not {self.parallel!r}")
         self.eta_range = (float(self.eta_range[0]), float(self.eta_range[1]))
-        self.factors = tuple(self.factors)
+        self.factors = tuple(float(f) for f in self.factors)
         if not 2 <= len(self.members) <= MAX_MEMBERS:
             raise NnobsError(f"a population has 2 to {MAX_MEMBERS} members, not {len(self.members)}")
         if not 1 <= self.interval < self.target <= MAX_TARGET:
@@ -73,6 +93,10 @@ class Population:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
 
+def _numbers(values: Any) -> bool:
+    return isinstance(values, (list, tuple)) and all(is_number(v) and math.isfinite(v) for v in values)
+
+
 def population_names(root: str | os.PathLike | None = None) -> list[str]:
     """The populations of the runs root, by name."""
     try:
@@ -94,7 +118,7 @@ def load_population(folder: Path) -> Population:
             return Population(**parse_json(f.read().decode()))
     except FileNotFoundError:
         raise NnobsError(f"there is no population named {folder.name} in {folder.parent.parent}") from None
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, NnobsError) as err:
         raise NnobsError(f"{folder / 'population.json'} is unreadable: {err}") from err
 
 
@@ -124,6 +148,8 @@ class Journal:
         self.carried: set[int] = set()
         self.done = False
         self.final: dict[str, Any] | None = None  # the last round's scores and etas, once done
+        self.left: dict[str, str] = {}  # members out of the population (stopped by hand, failing to start), why
+        self.rejected: dict[tuple[int, str], str] = {}  # (round, member) -> why its worker refused the exploit
         try:
             with open_file(path) as f:
                 lines = f.read().decode(errors="replace").splitlines()
@@ -137,19 +163,38 @@ class Journal:
             self._take(entry)
 
     def _take(self, entry: dict[str, Any]) -> None:
-        if entry.get("carried") is not None:
+        if isinstance(entry.get("left"), str):
+            self.left[entry["left"]] = str(entry.get("why", ""))
+        elif isinstance(entry.get("rejected"), dict):
+            rejected = entry["rejected"]
+            self.rejected[(rejected.get("round"), rejected.get("member"))] = str(rejected.get("why", ""))
+        elif entry.get("carried") is not None:
             self.carried.add(entry["carried"])
         elif entry.get("done"):
             self.done, self.final = True, entry
         elif isinstance(entry.get("round"), int):
             self.decided[entry["round"]] = entry
 
+    def exploits(self, index: int) -> list[dict[str, Any]]:
+        """The exploits of round index that were carried out: those a worker refused left out."""
+        entry = self.decided.get(index, {})
+        return [e for e in entry.get("exploits", []) if (index, e.get("member")) not in self.rejected]
+
     def append(self, entry: dict[str, Any]) -> None:
         with open_file(self.path, "ab") as f:
-            f.write((json.dumps(entry) + "\n").encode())
+            torn = (
+                os.fstat(f.fileno()).st_size > 0 and _last_byte(self.path) != b"\n"
+            )  # a line a crash cut short: ended, not joined
+            f.write((("\n" if torn else "") + json.dumps(entry) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
         self._take(entry)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open_file(path) as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def exploits_of(entry: dict[str, Any]) -> list[Exploit]:

@@ -9,6 +9,7 @@ from collections import deque
 
 from nnobs.protocol.checkpoint import (
     KEPT_BYTES,
+    MIB,
     Checkpoint,
     State,
     forget_kept_after,
@@ -244,9 +245,12 @@ class Recovery:
                 "cannot exploit: this run's script gives no way to load a checkpoint (see nnobs.Run's load)"
             )
         path = run.run_dir.exploit_file(donor, batch)
+        # A checkpoint of a run of the same net is about as large as this run's own: one declaring far more is none
+        # of the population's, and is refused before its arrays are read.
+        most_state_bytes = 2 * self.checkpoint_bytes + MIB
         try:
-            ckpt = load_checkpoint(path)
-        except NnobsError as err:
+            ckpt = load_checkpoint(path, most_state_bytes)
+        except (NnobsError, MemoryError) as err:
             raise CommandError(f"cannot exploit {donor}'s checkpoint at batch {batch:,}: {err}") from err
         if ckpt is None:
             raise CommandError(f"no checkpoint of {donor} at batch {batch:,} is in {path.parent}")
@@ -256,7 +260,7 @@ class Recovery:
             raise CommandError(f"cannot exploit: {donor}'s checkpoint does not fit this net ({err})") from err
         eta_before, run.trainer.eta = run.trainer.eta, eta
         self.finite_states.clear()
-        self.went_on_from(run.batch, or_else(run.trainer.loss_now(), ckpt.loss))
+        self.went_on_from(run.batch, or_else(run.trainer.loss_now(), ckpt.loss), schedule_at=False)
         exploited = {"from": donor, "batch": ckpt.batch, "eta": [eta_before, eta]}
         return {"event": [run.batch, EventKind.EXPLOITED], "exploited": exploited, **self.fresh_reports()}
 
@@ -265,12 +269,14 @@ class Recovery:
         run = self.run
         used = run.trainer.reinit(seed)
         self.finite_states.clear()
-        self.went_on_from(run.batch, run.trainer.loss_now())
+        self.went_on_from(run.batch, run.trainer.loss_now(), schedule_at=False)
         return {"event": [run.batch, EventKind.REINIT], "seed": used, **self.fresh_reports()}
 
-    def went_on_from(self, batch: int, loss: float | None) -> None:
-        """The run goes on from batch with new parameters, as a new generation."""
+    def went_on_from(self, batch: int, loss: float | None, schedule_at: bool = True) -> None:
+        """The run goes on from batch with new parameters, as a new generation; its eta schedule's steps from there
+        (the one at batch itself too when schedule_at: a rewind goes back to before it was taken) are to come."""
         run = self.run
+        run.eta_steps = steps_after(run.eta_schedule, batch, schedule_at)
         run.gen += 1
         run.out.gen = run.gen  # stamped on every record written from here on
         run.batch = batch
@@ -303,6 +309,11 @@ def resume_trainer(trainer: Trainer, ckpt: Checkpoint) -> None:
             "nnobs: this run's net cannot load a checkpoint: the batch count and settings go on, the net starts afresh"
         )
     trainer.eta = ckpt.eta
+
+
+def steps_after(schedule: list | None, batch: int, at: bool) -> list[tuple[int, float]]:
+    """An eta schedule's steps still to come after batch (at batch too, when at)."""
+    return [(b, eta) for b, eta in schedule or [] if b > batch or (at and b == batch)]
 
 
 def or_else(value: float | None, fallback: float | None) -> float | None:

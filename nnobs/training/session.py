@@ -34,7 +34,7 @@ from nnobs.training.fold_keeper import FoldKeeper
 from nnobs.training.ownership import Orphaned, Ownership, claim
 from nnobs.training.pacer import Pacer
 from nnobs.training.ranks import Leader
-from nnobs.training.recovery import Recovery, or_else, resume_trainer
+from nnobs.training.recovery import Recovery, or_else, resume_trainer, steps_after
 from nnobs.training.reporter import Reporter
 from nnobs.training.state import RunState
 from nnobs.training.trainer import Trainer
@@ -117,7 +117,8 @@ class Session(RunState):
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
         # The schedule's steps still to come: each sets eta as the run passes its batch (one at batch 0, a fresh
         # run's start); an eta set by hand holds until the next step.
-        self.eta_steps = [(b, eta) for b, eta in settings.eta_schedule or [] if b >= self.batch]
+        self.eta_schedule = settings.eta_schedule
+        self.eta_steps = steps_after(settings.eta_schedule, self.batch, at=True)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -292,7 +293,10 @@ class Session(RunState):
             self.recovery.checkpoint(now)  # the loop idles now: a crash while idle costs nothing
 
     def _housekeeping(self, now: float) -> None:
-        """Commands, ownership, the disk, the heartbeat, paced state reports and the checkpoint cadence."""
+        """The eta schedule's step due, then commands (an eta set by hand at a step's batch holds), ownership, the
+        disk, the heartbeat, paced state reports and the checkpoint cadence."""
+        if self.eta_steps and self.eta_steps[0][0] <= self.batch:
+            self._scheduled_eta()
         self.apply_commands()
         self.ownership.check_when_due(now)
         self.disk.check_when_due(now)

@@ -30,3 +30,5 @@ class RunState:
     done: bool  # the loop ends at its next stop
     window: Window  # the losses since the last loss report
     pacer: Pacer
+    eta_schedule: list | None  # [[batch, eta], ...] as the run was given it
+    eta_steps: list[tuple[int, float]]  # its steps still to come, the next first

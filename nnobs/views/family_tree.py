@@ -47,7 +47,7 @@ def family_tree(population: Population, journal: Journal, latest: int) -> Family
     if best is not None:
         current, end = best, max(latest, decided[-1]["batch"] if decided else 0)
         for entry in reversed(decided):
-            exploit = next((e for e in entry.get("exploits", []) if e.get("member") == current), None)
+            exploit = next((e for e in journal.exploits(entry["round"]) if e.get("member") == current), None)
             eta = exploit["eta"] if exploit else entry["etas"].get(current, math.nan)
             lineage.append(Segment(entry["batch"], end, current, eta))
             current, end = (exploit["donor"] if exploit else current), entry["batch"]
@@ -76,7 +76,7 @@ def jumps(journal: Journal) -> pd.DataFrame:
     rows = []
     for index in sorted(journal.decided):
         entry = journal.decided[index]
-        for exploit in entry.get("exploits", []):
+        for exploit in journal.exploits(index):
             before, after = entry["scores"].get(exploit["member"]), entry["scores"].get(exploit["donor"])
             rows.append(
                 {
@@ -124,7 +124,7 @@ def schedule_text(tree: FamilyTree) -> str:
     last: float | None = None
     for segment in tree.lineage:
         if segment.eta != last and _finite(segment.eta):
-            steps.append(f"{segment.start}:{segment.eta:.4g}")
+            steps.append(f"{segment.start}:{segment.eta:.6g}")
             last = segment.eta
     return ",".join(steps)
 

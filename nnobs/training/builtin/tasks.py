@@ -191,12 +191,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.eta_schedule, str):  # as `nnobs new --eta-schedule` spells it
             self.eta_schedule = parse_eta_schedule(self.eta_schedule)
-        if (
-            isinstance(self.eta_schedule, list)
-            and self.eta_schedule
-            and self.eta_schedule[0] == [0, *self.eta_schedule[0][1:]]
-        ):
-            self.eta = self.eta_schedule[0][1]  # the schedule's first step is the eta to start with
         task = TASKS.get(self.task) if isinstance(self.task, str) else None
         if self.net is None:
             self.net = task.net if task else TASKS["xor"].net
