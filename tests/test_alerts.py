@@ -126,8 +126,11 @@ def test_each_crash_stall_divergence_threshold_and_stop_in_learning_is_posted_on
     finally:
         os.kill(stuck_pid, signal.SIGCONT)
 
-    # Killed and started again, the watcher repeats nothing, and tells what happened while it was gone.
+    # Killed and started again, the watcher repeats nothing, and tells what happened while it was gone. It is killed
+    # once its outbox says the last alert was sent: killed between a POST's arrival and its answer, a watcher sends
+    # that alert again when it starts, with the same id (docs/alerts.md), as nothing tells it the POST arrived.
     folder = folder_of(runs_root)
+    wait_for(lambda: '"sent": "stuck:stalled:' in (folder / "outbox.jsonl").read_text(), what="the stall sent")
     old = watcher_pid(folder)
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: process_gone(old) and watcher_pid(folder) is None, what="the watcher to be gone")

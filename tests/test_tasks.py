@@ -113,11 +113,13 @@ def test_a_config_json_of_the_older_kind_loads_as_its_net_spec():
 
 def test_a_config_json_round_trips_every_field():
     config = RunConfig(task="spiral", net=[2, [8, "tanh"], [8, "relu"], [1, "tanh"]], seed=3, eta=0.03, noise=0.1,
-                       batch_size=16, train_share=0.7)
+                       batch_size=16, train_share=0.7, eta_schedule="0:0.03,1000:0.01")
     assert config.net == "2x8tx8rx1t", "a list spec is kept as its shorthand"
     assert set(json.loads(config.to_json())) == {"task", "net", "seed", "eta", "target", "report_every", "pace",
-                                                  "min_free_mb", "noise", "batch_size", "train_share"}
+                                                  "min_free_mb", "noise", "batch_size", "train_share", "eta_schedule"}
     assert RunConfig.from_json(config.to_json()) == config
+    assert config.eta_schedule == [[0, 0.03], [1000, 0.01]]
+    assert "eta_schedule" not in json.loads(RunConfig().to_json()), "a run without one says nothing of it"
 
 
 def test_each_task_gets_a_net_and_batch_size_of_its_own_unless_told():

@@ -226,7 +226,10 @@ class RunConfig:
         return parse_net(self.net_spec())[1]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        fields_ = asdict(self)
+        if fields_["eta_schedule"] is None:
+            del fields_["eta_schedule"]  # most runs have none: config.json says only what a run has
+        return json.dumps(fields_, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
