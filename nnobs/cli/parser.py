@@ -277,7 +277,9 @@ def _add_sweep(verbs: Verbs) -> None:
         "--pbt makes NAME-m0 ... NAME-m<N-1>, each with an eta drawn log-uniformly from --eta LO..HI, and starts "
         "the population's controller: every --interval batches the bottom --quantile of the members by --metric "
         "take a top member's checkpoint in place, with its eta times 1.2 or 0.8, or (with probability --resample) "
-        "one drawn afresh. `nnobs sweep NAME --pbt` alone starts a stopped controller again; --stop stops it.",
+        "one drawn afresh. After -- a command (`-- python train.py`): a population of that script's runs, which must "
+        "save and load its state through nnobs.Run. `nnobs sweep NAME --pbt` alone starts a stopped controller "
+        "again; --stop stops it.",
     )
     pbt.add_argument("--pbt", action="store_true", help="population-based training instead of a grid")
     pbt.add_argument("--population", type=whole_number, metavar="N", help="members (default 8)")
