@@ -299,7 +299,10 @@ def _add_sweep(verbs: Verbs) -> None:
         help="probability of a fresh eta instead of a perturbed one (default 0.25)",
     )
     pbt.add_argument(
-        "--metric", metavar="NAME", help="what ranks the members, lower better: test_loss (default) or loss"
+        "--metric",
+        metavar="NAME",
+        help="what ranks the members, lower better: test_loss (the default where the task has a test set) or loss; "
+        "a script's, any metric it logs (default loss)",
     )
     pbt.add_argument("--wait", action="store_true", help="stay, saying each decision, until the population is done")
     pbt.add_argument(
