@@ -192,7 +192,8 @@ def test_a_population_on_slurm_is_one_job_array_and_exploits_at_the_interval(slu
     root = populations
     try:
         said = nnobs(root, "sweep", "sl", "--pbt", "--population", "3", "--eta", "0.01..1", "--task", "circle",
-                     "--target", "3000", "--interval", str(INTERVAL), "--on", "slurm", "--wait").stdout
+                     "--target", "3000", "--interval", str(INTERVAL), "--report-every", str(INTERVAL),
+                     "--on", "slurm", "--wait").stdout
         assert "submitted sl-m0, sl-m1, sl-m2 as job array" in said
         journal = done(root, "sl")
         assert sorted(journal.decided) == [0, 1]
@@ -201,6 +202,8 @@ def test_a_population_on_slurm_is_one_job_array_and_exploits_at_the_interval(slu
             ack = next(r for r in records_with(RunDir(root / exploit["member"]), "exploited")
                        if r["ack"][1]["id"] == f"sl-r{index}-{exploit['member']}")
             assert ack["ack"][0] == entry["batch"] == INTERVAL * (index + 1)
+            assert ack["eta"] == [entry["batch"], exploit["eta"]]
+            assert np.array_equal(np.array(ack["sv"][1]), state_at(RunDir(root / exploit["donor"]), entry["batch"]))
     finally:
         cancel_jobs_under(root.parent)
 
