@@ -70,6 +70,14 @@ def test_the_family_tree_shows_every_member_each_exploit_as_a_jump_and_the_best_
         expect(main.get_by_text(f"--eta-schedule {schedule_text(tree)}", exact=False)).to_be_visible()
         main.get_by_role("heading", name="Population fam").scroll_into_view_if_needed()
         screenshot(page, "family-tree")
+        # A member's page says what it belongs to, and leads to the family tree; its chart marks its exploits but
+        # not the controller's target raises, the population's rhythm.
+        member = visit(f"/?run={tree.best}", height=1200)
+        expect(main_area(member).get_by_text("A member of the population fam", exact=False)).to_be_visible()
+        member_labels = [m.label for m in read_history(RunDir(runs_root / tree.best)).markers]
+        assert not any(label.startswith("target") for label in member_labels), member_labels
+        main_area(member).get_by_role("link", name="Its family tree").click()
+        expect(main_area(member).get_by_role("heading", name="Population fam")).to_be_visible(timeout=60_000)
         # The replayed schedule, run as an ordinary run, sets each step's eta at its batch.
         replay = main.locator("code").filter(has_text="nnobs new fam-replay").inner_text()
         args = replay.split()[2:]

@@ -8,6 +8,7 @@ from nnobs.app import widgets
 from nnobs.launching.base import STOP_GRACE_S
 from nnobs.launching.status import scheduled_lr
 from nnobs.protocol.commands import command_words
+from nnobs.protocol.population import population_of
 from nnobs.protocol.rundir import RunDir, log_tail
 from nnobs.protocol.states import state_of
 from nnobs.reading.series import RECENT_BATCHES
@@ -41,6 +42,19 @@ def header(run: RunDir, view: RunView) -> None:
     st.caption(" · ".join(parts + [wording.as_text(run.path)]))
     if served := wording.served_by(view.script):
         st.caption(f"Served by {wording.as_text(served)}")
+    if (population := population_of(run)) is not None:
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.caption(
+            f"A member of the population {wording.as_text(population.name)}: every {population.interval:,} batches its "
+            f"bottom {population.quantile:.0%} by {wording.as_text(population.metric)} take a top member's checkpoint "
+            "and a perturbed eta (population-based training)."
+        )
+        right.page_link(
+            widgets.page_named("compare"),
+            label="Its family tree",
+            icon=":material/account_tree:",
+            query_params={"runs": population.members},
+        )
     if view.origin:
         parent = str(view.origin.get("run", "?"))
         left, right = st.columns([3, 1], vertical_alignment="center")

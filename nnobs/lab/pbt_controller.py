@@ -37,12 +37,11 @@ from nnobs.protocol.control import checkpointed_commands, queue_commands, read_c
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import open_file, replace_atomically
-from nnobs.protocol.population import Journal, exploits_of, folder_of, load_population
+from nnobs.protocol.population import BY, Journal, exploits_of, folder_of, load_population
 from nnobs.protocol.records import RecordReader, pair
 from nnobs.protocol.rundir import RunDir
 from nnobs.reading.watcher import RunWatcher
 
-BY = "pbt"  # who the controller's commands and starts say they are from
 LOOK_EVERY_S = 0.25
 
 

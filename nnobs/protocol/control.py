@@ -158,12 +158,13 @@ def checkpointed_commands(run: RunDir) -> list[Command]:
 
 
 def answer_of(command: Command) -> dict:
-    """What an ack or a reject repeats of the command it answers: its id, seq, cmd and value."""
+    """What an ack or a reject repeats of the command it answers: its id, seq, cmd, value and who sent it."""
     return {
         "id": str(command.get("id")),
         "seq": command.get("seq"),
         "cmd": command.get("cmd"),
         "value": command.get("value"),
+        "by": str(command.get("by", "")),
     }
 
 

@@ -16,8 +16,9 @@ from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import create_once, open_file
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_int, is_number
-from nnobs.protocol.rundir import check_run_name, runs_root
+from nnobs.protocol.rundir import RunDir, check_run_name, runs_root
 
+BY = "pbt"  # who a population's controller says its commands and starts are from
 FOLDER = ".populations"  # in the runs root: one folder a population, beside its members' runs
 PERTURBATION_FACTORS = (1.2, 0.8)
 MAX_MEMBERS = 256
@@ -105,6 +106,18 @@ def population_names(root: str | os.PathLike | None = None) -> list[str]:
         )
     except OSError:
         return []
+
+
+def population_of(run: RunDir) -> Population | None:
+    """The population the run is a member of (NAME-m3 of NAME), or None."""
+    name, dash_m, index = run.name.rpartition("-m")
+    if not dash_m or not index.isdigit():
+        return None
+    try:
+        population = load_population(run.path.parent / FOLDER / check_run_name(name))
+    except NnobsError:
+        return None
+    return population if run.name in population.members else None
 
 
 def save_population(folder: Path, population: Population) -> None:

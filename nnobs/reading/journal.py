@@ -9,6 +9,7 @@ from nnobs.protocol import events
 from nnobs.protocol.commands import marker_label
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.numbers import number
+from nnobs.protocol.population import BY as POPULATION_BY
 from nnobs.protocol.records import Record, pair
 
 MAX_MARKERS = 200  # the newest are kept; a chart with more would be unreadable anyway
@@ -78,7 +79,10 @@ class Journal:
                 answer = pair(record.get(topic))
                 if answer and isinstance(answer[1], dict):
                     self.answers[str(answer[1].get("id"))] = Answer(ok, answer[0], str(answer[1].get("reason", "")), t)
-                    if ok and (label := marker_label(answer[1].get("cmd"), answer[1].get("value"), record)):
+                    # A population's controller raises every member's target each round: its rhythm, not news.
+                    rhythm = answer[1].get("by") == POPULATION_BY and answer[1].get("cmd") == "target"
+                    label = "" if rhythm else marker_label(answer[1].get("cmd"), answer[1].get("value"), record)
+                    if ok and label:
                         self.mark(answer[0], label, "command")
                     paced = paced or (ok and answer[1].get("cmd") == "pace")
         return paced
