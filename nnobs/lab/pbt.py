@@ -59,7 +59,7 @@ def decide(
     # The bottom and the top never overlap, and a donor has a score: members without one (no metric logged, a
     # diverged net) rank last, and take a checkpoint if they are in the bottom, but never give one.
     count = min(count, len(ranked) // 2, scored)
-    if count < 1 or scored < 2:
+    if count < 1:
         return []
     top, bottom = ranked[:count], ranked[-count:]
     draw = random.Random(f"pbt-{population.seed}-{round_index}")

@@ -17,9 +17,10 @@ import math
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nnobs.lab.pbt import SCORE_SHARE, decide
@@ -137,7 +138,7 @@ def _window_ok(window: object) -> bool:
 
 
 RESTART_WAIT_S = (1.0, 30.0)  # a member that crashed or failed to start waits this long, doubling, to start again
-MOST_FAILURES = 5  # starts that fail in a row before a member leaves the population
+MOST_FAILURES = 10  # starts that fail in a row before a member leaves (waits of 1 to 30 s: minutes of an outage)
 
 
 class Controller:
@@ -173,71 +174,100 @@ class Controller:
             self.carry_out(index)
             self.journal.append({"carried": index, "t": round(time.time(), 3)})
         self.bring_to(len(ends) - 1, ends[-1])
-        for member in self.members:
+        for member in self.present:
             if self.alive(member):
-                stop_worker(member, by=BY)
+                self.stop(member)
+        for member in self.members:
+            forget_taken(member)
         if not self.journal.done:
             scores, checkpoints = self.standing(population.target)
             etas = {name: eta for name, (_, eta) in checkpoints.items()}
-            self.journal.append({"done": True, "scores": _written(scores), "etas": etas, "t": round(time.time(), 3)})
+            done = {"done": True, "scores": _written(scores), "etas": _written(etas), "t": round(time.time(), 3)}
+            self.journal.append(done)
         self.say(f"{population.name}: every member trained to batch {population.target:,}")
 
     # -- a round ------------------------------------------------------------------------------
 
     def bring_to(self, index: int, end: int) -> None:
         """Train every member still in the population to batch end, at most `slots` at once. A member that cannot get
-        there (its loss diverged: it waits for a new eta) is done with the round where it is, and scores nothing."""
+        there (its loss diverged: it waits for a new eta; a person lowered its target) is done with the round where
+        it is, and scores nothing; one whose worker ends before it (a crash) is started again, waiting longer each
+        time, and leaves after MOST_FAILURES."""
         self.say(f"round {index + 1}: training every member to batch {end:,}")
+        raised = f"{self.population.name}-r{index}-target"
         for member in self.present:
             meta = load_checkpoint_meta(member.checkpoint) or {}
             if (meta.get("target") or 0) < end:
-                queue_commands(member, [("target", end)], by=BY, ids=[f"{self.population.name}-r{index}-target"])
+                try:
+                    queue_commands(member, [("target", end)], by=BY, ids=[raised])
+                except (NnobsError, OSError) as err:
+                    self.leave(member, f"its control file takes no command: {err}")
+        finished: set[str] = set()  # done with this round where they are: not started again for it
+        started: set[str] = set()  # started for this round: a worker of theirs that ends early has failed
         while True:
             waiting, training = [], 0
             for member in self.present:
-                status = run_status(member, self.watchers[member.name].refresh())
+                history = self.watchers[member.name].refresh()
+                status = run_status(member, history)
                 alive = self.alive(member)
                 if not alive and self.stopped_by_hand(member, status.state):
                     self.leave(member, "stopped by hand")
                     continue
-                done = self.batch_of(member) >= end or (alive and status.diverged)
-                if done:
+                lowered = status.state == "idle" and raised in history.answers  # by hand, after this round's raise
+                if self.batch_of(member) >= end or (alive and (status.diverged or lowered)):
+                    finished.add(member.name)
+                if member.name in finished:
                     self.failures.pop(member.name, None)
-                    if alive and self.population.slots < len(self.members):
-                        stop_worker(member, by=BY)  # its place goes to a member still training this round
+                    if alive and self.population.slots < len(self.present):
+                        self.stop(member)  # its place goes to a member still training this round
                 elif alive:
                     training += 1
                     if status.state == "training":
                         self.failures.pop(member.name, None)
+                elif member.name in started:
+                    started.discard(member.name)
+                    self.failed(member, f"its worker ended at batch {status.batch:,}, {status.label}")
                 else:
                     waiting.append(member)
             if not waiting and not training:
-                self.check_answers(index - 1)
+                for decided in sorted(self.journal.decided):
+                    self.check_answers(decided)
                 return
             now = time.monotonic()
             ready = [m for m in waiting if self.start_after.get(m.name, 0.0) <= now]
-            self.start(ready[: max(0, self.population.slots - training)])
+            for member in self.start(ready[: max(0, self.population.slots - training)]):
+                started.add(member.name)
             time.sleep(LOOK_EVERY_S)
 
-    def start(self, members: list[RunDir]) -> None:
+    def start(self, members: list[RunDir]) -> list[RunDir]:
+        """Start the members' workers (on Slurm, one job array); those started."""
         if not members:
-            return
+            return []
         if self.slurm:
             from nnobs.launching.slurm import SlurmLauncher  # submitit is imported only for populations on Slurm
 
             try:
                 jobs = SlurmLauncher(launcher_settings(members[0])).submit(members, by=BY)
-            except NnobsError as err:
+            except (NnobsError, OSError, subprocess.SubprocessError) as err:
                 for member in members:
                     self.failed(member, str(err))
-                return
+                return []
             self.say(f"submitted {', '.join(m.name for m in members)} as job array {jobs[0].job_id.split('_')[0]}")
-            return
+            return members
+        started = []
         for member in members:
             try:
                 self.say(f"{member.name}: worker {start_worker(member, by=BY)} started")
-            except NnobsError as err:
+                started.append(member)
+            except (NnobsError, OSError, subprocess.SubprocessError, ValueError) as err:
                 self.failed(member, str(err))
+        return started
+
+    def stop(self, member: RunDir) -> None:
+        try:
+            stop_worker(member, by=BY)
+        except (NnobsError, OSError, subprocess.SubprocessError) as err:
+            self.say(f"{member.name}: its worker could not be stopped: {err}")
 
     def failed(self, member: RunDir, why: str) -> None:
         """A start that failed: tried again later, and after MOST_FAILURES in a row the member leaves."""
@@ -246,8 +276,9 @@ class Controller:
             self.leave(member, f"it failed to start {count} times: {why}")
             return
         first, most = RESTART_WAIT_S
-        self.start_after[member.name] = time.monotonic() + min(most, first * 2 ** (count - 1))
-        self.say(f"{member.name} did not start ({why}); trying again")
+        wait = min(most, first * 2 ** (count - 1))
+        self.start_after[member.name] = time.monotonic() + wait
+        self.say(f"{member.name}: {why}; starting it again in {wait:g} s")
 
     def leave(self, member: RunDir, why: str) -> None:
         self.journal.append({"left": member.name, "why": why, "t": round(time.time(), 3)})
@@ -297,7 +328,7 @@ class Controller:
             "round": index,
             "batch": end,
             "scores": _written(scores),
-            "etas": etas,
+            "etas": _written(etas),
             "exploits": [exploit.as_dict() for exploit in exploits],
             "t": round(time.time(), 3),
         }
@@ -317,19 +348,21 @@ class Controller:
     def carry_out(self, index: int) -> None:
         """Link each donor's checkpoint into its member's exploits folder, then send the member its exploit."""
         root = self.members[0].path.parent
-        for member in self.present:
+        for member in self.members:
             forget_taken(member)
         for exploit in exploits_of(self.journal.decided[index]):
-            if exploit.member in self.journal.left or exploit.donor in self.journal.left:
-                continue  # it left after the decision: the exploit is not sent
+            if (index, exploit.member) in self.journal.rejected:
+                continue  # said not sent by a controller before this one
             member, donor = RunDir.named(exploit.member, root), RunDir.named(exploit.donor, root)
             try:
+                if exploit.member in self.journal.left or exploit.donor in self.journal.left:
+                    raise NnobsError("it left the population after the decision")
                 take_checkpoint(donor, member.exploit_file(exploit.donor, exploit.batch))
-            except OSError as err:
-                self.say(f"round {index + 1}: {donor.name}'s checkpoint cannot be linked for {member.name}: {err}")
-                continue  # the exploit, sent, would be refused: its worker says why in its run file
-            value = {"from": exploit.donor, "batch": exploit.batch, "eta": exploit.eta}
-            queue_commands(member, [("exploit", value)], by=BY, ids=[f"{self.population.name}-r{index}-{member.name}"])
+                value = {"from": exploit.donor, "batch": exploit.batch, "eta": exploit.eta}
+                ids = [f"{self.population.name}-r{index}-{member.name}"]
+                queue_commands(member, [("exploit", value)], by=BY, ids=ids)
+            except (NnobsError, OSError) as err:
+                self.refused(index, exploit.member, f"not sent: {err}")
 
     def check_answers(self, index: int) -> None:
         """Journal the exploits of round index that their workers refused: the family tree draws none of them."""
@@ -342,8 +375,12 @@ class Controller:
                 self.watchers[exploit.member].refresh().answers.get(f"{self.population.name}-r{index}-{exploit.member}")
             )
             if answer is not None and not answer.ok:
-                self.journal.append({"rejected": {"round": index, "member": exploit.member, "why": answer.reason}})
-                self.say(f"round {index + 1}: {exploit.member} refused its exploit: {answer.reason}")
+                self.refused(index, exploit.member, answer.reason)
+
+    def refused(self, index: int, member: str, why: str) -> None:
+        """An exploit that did not happen (refused by its worker, or never sent), journaled: none is drawn."""
+        self.journal.append({"rejected": {"round": index, "member": member, "why": why}, "t": round(time.time(), 3)})
+        self.say(f"round {index + 1}: {member}'s exploit did not happen: {why}")
 
 
 def take_checkpoint(donor: RunDir, into: Path) -> None:
@@ -376,8 +413,8 @@ def forget_taken(member: RunDir) -> None:
                 pass
 
 
-def _written(scores: dict[str, float | None]) -> dict[str, float | None]:
-    """Scores as JSON holds them: a NaN or an infinity (a diverged member) as null."""
+def _written(scores: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Scores or etas as JSON holds them: a NaN or an infinity (a diverged member, no checkpoint) as null."""
     return {name: (None if s is None or not math.isfinite(s) else s) for name, s in scores.items()}
 
 

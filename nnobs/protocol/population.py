@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnobs.protocol.commands import MAX_TARGET
+from nnobs.protocol.commands import MAX_ETA, MAX_TARGET
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import create_once, open_file
 from nnobs.protocol.jsontext import parse_json
@@ -67,6 +67,14 @@ class Population:
             raise NnobsError(f"parallel must be a whole number, not {self.parallel!r}")
         self.eta_range = (float(self.eta_range[0]), float(self.eta_range[1]))
         self.factors = tuple(float(f) for f in self.factors)
+        if (
+            not 0 < self.eta_range[0] < self.eta_range[1] <= MAX_ETA
+            or min(self.factors) <= 0
+            or min(self.etas, default=1) <= 0
+        ):
+            raise NnobsError(f"etas must be above 0 and at most {MAX_ETA:g}, LO below HI, factors above 0")
+        if len(set(self.members)) != len(self.members):
+            raise NnobsError("a population's members have names of their own: one is given twice")
         if not 2 <= len(self.members) <= MAX_MEMBERS:
             raise NnobsError(f"a population has 2 to {MAX_MEMBERS} members, not {len(self.members)}")
         if not 1 <= self.interval < self.target <= MAX_TARGET:
@@ -175,13 +183,15 @@ class Journal:
                 continue  # a line torn by a crash as it was written: the round is decided again, the same way
             self._take(entry)
 
-    def _take(self, entry: dict[str, Any]) -> None:
+    def _take(self, entry: Any) -> None:
+        if not isinstance(entry, dict):
+            return  # a line that is no entry (written by hand): nothing to go on from
         if isinstance(entry.get("left"), str):
             self.left[entry["left"]] = str(entry.get("why", ""))
         elif isinstance(entry.get("rejected"), dict):
             rejected = entry["rejected"]
             self.rejected[(rejected.get("round"), rejected.get("member"))] = str(rejected.get("why", ""))
-        elif entry.get("carried") is not None:
+        elif is_int(entry.get("carried")):
             self.carried.add(entry["carried"])
         elif entry.get("done"):
             self.done, self.final = True, entry
