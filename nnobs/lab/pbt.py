@@ -28,7 +28,7 @@ def parse_range(text: str) -> tuple[float, float]:
         low = high = math.nan
     if not dots or not (0 < low < high <= MAX_ETA):
         raise NnobsError(
-            f"--eta {text!r} refused: a population takes a range LO..HI of etas, 0 < LO < HI, e.g. 0.01..1"
+            f"--eta {text!r} refused: a population takes a range LO..HI of etas, 0 < LO < HI <= {MAX_ETA:g}, e.g. 0.01..1"
         )
     return low, high
 
@@ -48,11 +48,10 @@ def decide(
     population: Population,
     round_index: int,
     scores: dict[str, float | None],
-    donors: dict[str, tuple[int, float]],
-    etas: dict[str, float],
+    checkpoints: dict[str, tuple[int, float]],
 ) -> list[Exploit]:
-    """The exploits of a round: scores by member (lower is better; None or NaN ranks last), each member's checkpoint
-    (batch, eta) and its eta now. Members absent from scores (stopped by hand) take part in nothing."""
+    """The exploits of a round: scores by member (lower is better; None or NaN ranks last) and each member's
+    checkpoint (batch, eta). Members absent from scores (stopped by hand) take part in nothing."""
     ranked = sorted(scores, key=lambda m: (_rank_value(scores[m]), population.members.index(m)))
     scored = sum(math.isfinite(_rank_value(scores[m])) for m in ranked)
     count = math.ceil(len(ranked) * population.quantile)
@@ -66,13 +65,13 @@ def decide(
     exploits = []
     for member in bottom:
         donor = draw.choice(top)
-        batch, donor_eta = donors[donor]
+        batch, donor_eta = checkpoints[donor]
         if draw.random() < population.resample:
             eta, how = _log_uniform(draw, population.eta_range), "resampled"
         else:
             factor = draw.choice(population.factors)
             eta, how = min(MAX_ETA, float(f"{donor_eta * factor:.6g}")), f"x{factor:g}"
-        exploits.append(Exploit(member, donor, batch, etas[member], eta, how))
+        exploits.append(Exploit(member, donor, batch, checkpoints[member][1], eta, how))
     return exploits
 
 

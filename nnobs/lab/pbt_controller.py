@@ -181,8 +181,7 @@ class Controller:
             forget_taken(member)
         if not self.journal.done:
             scores, checkpoints = self.standing(population.target)
-            etas = {name: eta for name, (_, eta) in checkpoints.items()}
-            done = {"done": True, "scores": _written(scores), "etas": _written(etas), "t": round(time.time(), 3)}
+            done = {"done": True, "scores": _written(scores), "etas": _etas(checkpoints), "t": round(time.time(), 3)}
             self.journal.append(done)
         self.say(f"{population.name}: every member trained to batch {population.target:,}")
 
@@ -314,8 +313,7 @@ class Controller:
     def decision(self, index: int, end: int) -> dict:
         """The round's decision: every member's score and checkpoint, and who takes whose."""
         scores, checkpoints = self.standing(end)
-        etas = {name: eta for name, (_, eta) in checkpoints.items()}
-        exploits = decide(self.population, index, scores, checkpoints, etas)
+        exploits = decide(self.population, index, scores, checkpoints)
         unscored = [name for name, score in scores.items() if score is None or not math.isfinite(score)]
         if unscored:
             self.say(f"round {index + 1}: no {self.population.metric} at batch {end:,} for {', '.join(unscored)}")
@@ -328,7 +326,7 @@ class Controller:
             "round": index,
             "batch": end,
             "scores": _written(scores),
-            "etas": _written(etas),
+            "etas": _etas(checkpoints),
             "exploits": [exploit.as_dict() for exploit in exploits],
             "t": round(time.time(), 3),
         }
@@ -411,6 +409,11 @@ def forget_taken(member: RunDir) -> None:
                 os.unlink(member.exploit_file(value["from"], value["batch"]))
             except (OSError, KeyError, TypeError, NnobsError):
                 pass
+
+
+def _etas(checkpoints: dict[str, tuple[int, float]]) -> dict[str, float | None]:
+    """Each member's eta, as its checkpoint has it, as JSON holds it."""
+    return _written({name: eta for name, (_, eta) in checkpoints.items()})
 
 
 def _written(scores: Mapping[str, float | None]) -> dict[str, float | None]:

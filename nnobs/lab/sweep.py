@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlencode
 
 from nnobs.lab.create import new_run
@@ -14,6 +15,7 @@ from nnobs.launching.lifecycle import record_launch, run_status, set_launcher, s
 from nnobs.protocol.control import queue_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.jobs import JobRecord, LauncherSettings
+from nnobs.protocol.population import BY as POPULATION_BY
 from nnobs.protocol.population import Population, folder_of, save_population
 from nnobs.protocol.rundir import RunDir
 from nnobs.protocol.states import State, state_of
@@ -76,14 +78,20 @@ def create(
     return runs
 
 
+def _free_folder(root: str | os.PathLike | None, population: Population) -> Path:
+    """The population's folder, refused when a population of that name exists."""
+    folder = folder_of(root, population.name)
+    if folder.exists():
+        raise NnobsError(f"a population named {population.name} exists already in {folder.parent}: pick another name")
+    return folder
+
+
 def create_population(
     root: str | os.PathLike | None, population: Population, base: RunConfig, launcher: LauncherSettings
 ) -> list[RunDir]:
     """Make a population's members (unstarted, each with its eta and the first interval as its target) and its
     folder; nothing is created when a name is taken or a setting refused."""
-    folder = folder_of(root, population.name)
-    if folder.exists():
-        raise NnobsError(f"a population named {population.name} exists already in {folder.parent}: pick another name")
+    folder = _free_folder(root, population)
     planned = [
         (name, dataclasses.replace(base, eta=eta, target=population.interval))
         for name, eta in zip(population.members, population.etas)
@@ -100,9 +108,7 @@ def create_script_population(
 ) -> list[RunDir]:
     """Make a population of a script's runs: each member's launch recorded, its eta and the first interval queued as
     commands its script's nnobs.Run takes at its first start; nothing is created when a name is taken."""
-    folder = folder_of(root, population.name)
-    if folder.exists():
-        raise NnobsError(f"a population named {population.name} exists already in {folder.parent}: pick another name")
+    folder = _free_folder(root, population)
     runs = [RunDir.named(name, root) for name in population.members]
     taken = [run.name for run in runs if run.exists()]
     if taken:
@@ -113,7 +119,7 @@ def create_script_population(
         if launcher.kind != "local":
             set_launcher(run, launcher)
         record_launch(run, command, cwd)
-        queue_commands(run, [("eta", eta), ("target", population.interval)], by="pbt")
+        queue_commands(run, [("eta", eta), ("target", population.interval)], by=POPULATION_BY)
     save_population(folder, population)
     return runs
 
