@@ -188,7 +188,7 @@ def tensor_bounds(tensors: Tensors) -> list[tuple[int, int]]:
     """(start, end) of each tensor's entries in the state vector."""
     bounds, start = [], 0
     for _, shape in tensors:
-        end = start + int(np.prod(shape))
+        end = start + math.prod(shape)  # not np.prod: 3 µs a call, and a report makes many
         bounds.append((start, end))
         start = end
     return bounds
@@ -205,21 +205,27 @@ def update_report(batch: int, ratios: list[float | None], dead: list[int] | None
 
 
 def update_ratios(sv: np.ndarray, before: np.ndarray, tensors: Tensors) -> list[float | None]:
-    """Per tensor, |sv - before| / |before| to seven digits; None where before is zero (nothing to compare with)."""
-    ratios = []
-    for start, end in tensor_bounds(tensors):
-        ratio = float(relative_change(sv[start:end], before[start:end]))
-        ratios.append(None if math.isnan(ratio) else _short(ratio))
-    return ratios
+    """Per tensor, |sv - before| / |before| to seven digits; None where before is zero (nothing to compare with).
+
+    Every tensor's sums in one pass (np.add.reduceat): a small net's report comes many times a second early on,
+    and four numpy calls a tensor cost XOR's snapshots more than the rest of them."""
+    bounds = tensor_bounds(tensors)
+    if not bounds or any(start == end for start, end in bounds):  # reduceat cannot sum an empty stretch
+        return [_ratio(sv[start:end], before[start:end]) for start, end in bounds]
+    starts = [start for start, _ in bounds]
+    moved = np.sqrt(np.add.reduceat(np.square(sv - before), starts)).tolist()
+    was = np.sqrt(np.add.reduceat(np.square(before), starts)).tolist()
+    return [_short(m / w) if w > 0 and math.isfinite(m / w) else None for m, w in zip(moved, was, strict=True)]
+
+
+def _ratio(part: np.ndarray, before: np.ndarray) -> float | None:
+    ratio = float(relative_change(part, before))
+    return None if math.isnan(ratio) else _short(ratio)
 
 
 def marked_update_ratios(marks: list[np.ndarray], before: list[np.ndarray]) -> list[float | None]:
     """update_ratios() of a large net, over each tensor's marks (see MARKS_EACH)."""
-    ratios = []
-    for now, then in zip(marks, before, strict=True):
-        ratio = float(relative_change(now, then)) if len(now) == len(then) else math.nan
-        ratios.append(None if math.isnan(ratio) else _short(ratio))
-    return ratios
+    return [_ratio(now, then) if len(now) == len(then) else None for now, then in zip(marks, before, strict=True)]
 
 
 def parameter_name(tensors: Tensors, index: int) -> str:
