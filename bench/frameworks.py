@@ -100,10 +100,12 @@ def _lightning_data():
 
 
 class Alternation:
-    """Steps in blocks of BLOCK, nnobs's callback working in every other block and idle in the rest, each step's
+    """Steps in blocks of block steps, nnobs's callback working in every other block and idle in the rest, each step's
     time (from the end of the one before, its callbacks included) counted to its block's side."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int, block: int) -> None:
+        self.block = block
+        self.counted = range(WARM_UP, steps - 1)  # the last step's hook ends the run (a final checkpoint): not timed
         self.seconds = [0.0, 0.0]  # idle blocks, working blocks
         self.steps = [0, 0]
         self.step = 0
@@ -112,11 +114,11 @@ class Alternation:
     @property
     def working(self) -> bool:
         """Whether nnobs's callback works at the step now being trained."""
-        return (self.step // BLOCK) % 2 == 1
+        return (self.step // self.block) % 2 == 1
 
     def step_ended(self) -> None:
         now = time.perf_counter()
-        if self.step >= WARM_UP:
+        if self.step in self.counted:
             self.seconds[self.working] += now - self.last
             self.steps[self.working] += 1
         self.last = now
@@ -138,11 +140,14 @@ class Alternation:
         return (self.steps[1] / self.seconds[1]) / (self.steps[0] / self.seconds[0])
 
 
-BLOCK = 50  # steps of each side in turn, when a fit alternates nnobs's callback working and idle
+# Steps of each side in turn, when a fit alternates nnobs's callback working and idle: about a tenth of a second
+# each, short beside the machine's moods (a Lightning step of the MLP takes about 1.5 ms, a Transformers one 18 ms).
+LIGHTNING_BLOCK = 50
+TRANSFORMERS_BLOCK = 5
 
 
 def lightning_alternating(steps: int) -> float:
-    """One Lightning fit whose nnobs callback works in every other block of BLOCK steps: steps a second while it
+    """One Lightning fit whose nnobs callback works in every other block of LIGHTNING_BLOCK steps: steps a second while it
     works / while it idles. Both sides see the same moments of the machine (a fit's speed moves by 10 % and more
     from one fit to the next here, as two bare fits show). An idle block's steps pay Lightning's call of a hook that
     returns at once (a microsecond); the run's clock runs on through idle blocks, so its looks at the control file
@@ -153,7 +158,7 @@ def lightning_alternating(steps: int) -> float:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    alternation = Alternation()
+    alternation = Alternation(steps, LIGHTNING_BLOCK)
 
     class Timed(pl.Callback):  # after nnobs's: a step's time includes its hook
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -197,8 +202,8 @@ def transformers_rate(steps: int, observed: bool) -> tuple[float, float]:
 
 
 def transformers_alternating(steps: int) -> float:
-    """lightning_alternating() for a Transformers Trainer: nnobs's on_step_end works in every other block of BLOCK
-    steps. Its forward hook keeping each step's loss runs in both sides (a microsecond of a step of tens of ms);
+    """lightning_alternating() for a Transformers Trainer: nnobs's on_step_end works in every other block of
+    TRANSFORMERS_BLOCK steps. Its forward hook keeping each step's loss runs in both sides (a microsecond of a step of tens of ms);
     an idle step's loss is dropped."""
     import torch
     import transformers
@@ -207,7 +212,7 @@ def transformers_alternating(steps: int) -> float:
 
     torch.set_num_threads(1)
     transformers.set_seed(0)
-    alternation = Alternation()
+    alternation = Alternation(steps, TRANSFORMERS_BLOCK)
 
     class Timed(transformers.TrainerCallback):  # after nnobs's: a step's time includes its hook
         def on_step_end(self, args, state, control, **kwargs):
@@ -285,9 +290,10 @@ def side_by_side(rate, steps: int, pairs: int) -> tuple[float, float, float, flo
 
 def figures(say) -> None:
     warnings.filterwarnings("ignore")
-    for name, module, rate, alternating, steps, fits, pairs, what in (
-        ("Lightning", "lightning", lightning_rate, lightning_alternating, 4000, 5, 4, "784-128-10 MLP, batch 64, SGD"),
-        ("Transformers", "transformers", transformers_rate, transformers_alternating, 1000, 3, 3,
+    for name, module, rate, alternating, block, steps, fits, pairs, what in (
+        ("Lightning", "lightning", lightning_rate, lightning_alternating, LIGHTNING_BLOCK, 4000, 5, 4,
+         "784-128-10 MLP, batch 64, SGD"),
+        ("Transformers", "transformers", transformers_rate, transformers_alternating, TRANSFORMERS_BLOCK, 1000, 5, 3,
          "GPT-2 2x64 from a config, batch 16x32, AdamW"),
     ):
         try:
@@ -300,7 +306,7 @@ def figures(say) -> None:
         ratio = statistics.median(ratios)
         say(f"{name} training observed / bare", ratio, ">= 0.98", ratio >= 0.98,
             f"{what}, 1 thread, the framework's own loop; in each of {fits} {steps:,}-step fits nnobs's callback works "
-            f"in every other block of {BLOCK} steps and idles in the rest; median of the fits' working/idle "
+            f"in every other block of {block} steps and idles in the rest; median of the fits' working/idle "
             f"steps a second ({', '.join(f'{r:.3f}' for r in sorted(ratios))})")
         whole, bare, watched, share = side_by_side(rate, steps, pairs)
         say(f"{name} whole fits in turn, observed / bare", whole, "(noise)", None,
