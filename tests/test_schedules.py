@@ -14,7 +14,17 @@ import pytest
 
 from conftest import REPO, events, records_with, wait_for
 from nnobs.lab.create import landing_of
-from nnobs.protocol.checkpoint import KEPT_MOST, Checkpoint, kept_batches, landing, save_kept
+from nnobs.protocol.checkpoint import (
+    KEPT_MOST,
+    Checkpoint,
+    _kept_sizes,
+    _listings,
+    forget_kept_after,
+    keep_checkpoint,
+    kept_batches,
+    landing,
+    save_kept,
+)
 from nnobs.protocol.rundir import RunDir
 from nnobs.launching.lifecycle import start_worker
 from nnobs.reading.origin import fork_origin
@@ -64,6 +74,40 @@ def test_a_thinned_kept_set_stays_spread_evenly_in_log_batches(tmp_path: Path):
     assert len(kept) == KEPT_MOST
     gaps = [b / a for a, b in zip(kept, kept[1:]) if a >= 100]
     assert max(gaps) < 1.5 and max(gaps) / min(gaps) < 1.3, "thinned evenly, not cut at one end"
+
+
+def test_a_kept_sets_remembered_listing_follows_every_change_to_it(tmp_path: Path):
+    """The sizes a keep thins by are its own listing while nothing else changed the folder, and a fresh one after."""
+    checkpoint = tmp_path / "checkpoint.npz"
+    folder = checkpoint.parent / "checkpoints"
+
+    def keep(batch: int, size: int = 9) -> None:
+        save_kept(checkpoint, Checkpoint(batch=batch, eta=0.1, target=10**9, report_every=0, gen=1, last_seq=0,
+                                         run_offset=0, state={"sv": np.zeros(size)}), most_bytes=40_000)
+
+    def listed_truly() -> bool:
+        return _listings[folder][2] == _kept_sizes(folder, checkpoint)
+
+    for batch in range(1, 300):
+        keep(batch)
+    assert listed_truly() and sum(_kept_sizes(folder).values()) <= 40_000
+    assert len(kept_batches(checkpoint)) < 299, "thinned to the byte budget"
+    gone = kept_batches(checkpoint)[3]
+    (folder / f"{gone:015d}.npz").unlink()  # someone else's change, a tick of the clock later
+    later = os.stat(folder).st_mtime_ns + 1_000_000
+    os.utime(folder, ns=(later, later))
+    keep(300, size=2_000)  # a larger one, so that the budget drops others
+    assert gone not in _listings[folder][2] and listed_truly()
+    checkpoint.write_bytes(b"x" * 5_000)
+    keep_checkpoint(checkpoint, 301, most_bytes=40_000)  # a link to checkpoint.npz: no room of its own
+    assert _listings[folder][2][301] == 0 and listed_truly()
+    checkpoint.unlink()
+    checkpoint.write_bytes(b"y" * 5_000)  # replaced: the link now holds the old file's 5,000 bytes alone
+    keep_checkpoint(checkpoint, 302, most_bytes=40_000)
+    assert _listings[folder][2].get(301) in (None, 5_000) and _listings[folder][2][302] == 0 and listed_truly()
+    forget_kept_after(checkpoint, 100)
+    keep(303)
+    assert max(kept_batches(checkpoint)[:-1]) <= 100 and listed_truly()
 
 
 def test_the_pytorch_example_under_nnobs_run_snapshots_where_it_learns(runs_root: Path):

@@ -387,6 +387,7 @@ def landing(path: Path, batch: int) -> int | None:
 
 def forget_kept_after(path: Path, batch: int) -> None:
     """Drop the kept checkpoints past batch: they belong to a line of training the run went back from."""
+    _listings.pop(kept_dir(path), None)  # listed afresh at the next keep, however soon after its last
     for later in (b for b in kept_batches(path) if b > batch):
         (kept_dir(path) / f"{later:015d}.npz").unlink(missing_ok=True)
 

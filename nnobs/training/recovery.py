@@ -31,7 +31,7 @@ from nnobs.training.budget import CostBudget
 from nnobs.training.disk_guard import DiskGuard
 from nnobs.training.ownership import Ownership
 from nnobs.training.reporter import Reporter
-from nnobs.training.schedule import next_kept_checkpoint
+from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_kept_checkpoint
 from nnobs.training.state import RunState
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
@@ -75,6 +75,7 @@ class Recovery:
         self.checkpointed_batch = -1
         # the next batch whose checkpoint is kept, by the schedule
         self.next_kept_at = next_kept_checkpoint(run.batch, reporter.n_params)
+        self.started_at = time.monotonic()  # this generation's start: a large net keeps none by the schedule at first
         self.kept_budget = CostBudget(KEPT_SHARE, KEPT_BURST_S)
         self.kept_bytes = kept_bytes  # what the kept checkpoints may take on disk, all told
         # The size of the last checkpoint written, one larger than the budget is not kept; before the first, what the
@@ -141,6 +142,10 @@ class Recovery:
         if run.batch < self.next_kept_at:
             return
         self.next_kept_at = next_kept_checkpoint(run.batch, self.reporter.n_params)
+        if self.reporter.n_params > DENSE_STATE_MAX_PARAMS and now - self.started_at < CHECKPOINT_EVERY_S:
+            # A large net's checkpoint costs a millisecond and more: three in a fast 10^5-parameter net's first second
+            # took 1.2 % of it. A rewind there lands on the start's checkpoint or the clock's first, 3 s in.
+            return
         if not run.trainer.can_load or self.checkpoint_bytes > self.kept_bytes or not self.kept_budget.allows(now):
             return  # a checkpoint no one can load is nothing to go back to; one larger than the budget is not kept
         with self.kept_budget.charged():

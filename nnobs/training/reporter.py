@@ -113,7 +113,10 @@ class Reporter:
         lr = run.trainer.lr_in_use
         if lr is not None and run.loss is not None:
             # What a schedule made of eta, charted as "lr": the page, status and list show it beside eta.
-            self.metrics.setdefault("lr", Window()).add(float(lr), run.batch)
+            window = self.metrics.get("lr")
+            if window is None:  # not setdefault: it would make a window every report, to throw away
+                window = self.metrics["lr"] = Window()
+            window.add(float(lr), run.batch)
         record: dict[str, Any] = (
             {"heartbeat": [run.batch, None]}
             if run.loss is None

@@ -60,9 +60,10 @@ def next_evaluation(batch: int) -> int:
 
 def next_kept_checkpoint(batch: int, n_params: int = 0) -> int:
     """The next batch after batch whose checkpoint is kept to rewind or fork to. A net of more than
-    DENSE_STATE_MAX_PARAMS parameters keeps none of its first KEPT_LARGE_FROM batches by the schedule: each costs a
-    millisecond or more (a tenth of a 10^5-parameter model's first second would go to them), and a rewind there
-    lands on the checkpoint it started from, or one the clock kept, a few seconds of training back at most."""
+    DENSE_STATE_MAX_PARAMS parameters keeps none of its first KEPT_LARGE_FROM batches by the schedule (nor any in its
+    first seconds: nnobs.training.recovery): each costs a millisecond or more (a tenth of a 10^5-parameter model's
+    first second would go to them), and a rewind there lands on the checkpoint it started from, or one the clock
+    kept, a few seconds of training back at most."""
     if n_params > DENSE_STATE_MAX_PARAMS and batch < KEPT_LARGE_FROM:
         return KEPT_LARGE_FROM
     return _log_spaced(batch, 0, KEPT_PER_DECADE)

@@ -356,7 +356,10 @@ class Run:
             loss = float(loss)  # also a one-element tensor or array
         except (TypeError, ValueError) as err:
             raise MetricError(f"run.log: the loss must be a number, not {loss!r}") from err
-        self.session.log(loss, metrics)
+        session = self._session  # not the session property: a call less, every batch
+        if session is None:
+            raise NnobsError("use the run inside `with nnobs.Run(...) as run:`")
+        session.log(loss, metrics)
 
     def alert(self, title: str, text: str = "", level: str = "INFO") -> None:
         """Tell whoever the runs root's alert rules reach (`nnobs alert`): an alert event in the run file, which the
