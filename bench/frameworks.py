@@ -65,10 +65,15 @@ def lightning_rate(steps: int, observed: bool) -> tuple[float, float]:
 
             callbacks.append(nnobs.lightning.Callback("lightning", root=root))
             hook = HookClock(callbacks[-1], "on_train_batch_end")
-        trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", callbacks=callbacks)
-        trainer.fit(_LightningNet(), _lightning_data())
+        _lightning_trainer(steps, callbacks).fit(_LightningNet(), _lightning_data())
     return clock.rate(), (hook.seconds / hook.calls * clock.rate() if hook else 0.0)
+
+
+def _lightning_trainer(steps: int, callbacks: list):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", callbacks=callbacks)
 
 
 def _LightningNet():  # noqa: N802  (a class made where Lightning is imported)
@@ -124,13 +129,16 @@ class Alternation:
         self.last = now
         self.step += 1
 
-    def gate(self, callback, hook: str) -> None:
-        """Call callback's hook only at working steps (on the instance, where the frameworks look it up)."""
+    def gate(self, callback, hook: str, idle=None) -> None:
+        """Call callback's hook only at working steps (on the instance, where the frameworks look it up); idle(), when
+        given, at the others."""
         inner = getattr(callback, hook)
 
         def gated(*args, **kwargs):
             if self.working:
                 return inner(*args, **kwargs)
+            if idle is not None:
+                idle()
             return None
 
         setattr(callback, hook, gated)
@@ -169,9 +177,7 @@ def lightning_alternating(steps: int) -> float:
     with tempfile.TemporaryDirectory() as root:
         watching = nnobs.lightning.Callback("lightning", root=root)
         alternation.gate(watching, "on_train_batch_end")
-        trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", callbacks=[watching, Timed()])
-        trainer.fit(_LightningNet(), _lightning_data())
+        _lightning_trainer(steps, [watching, Timed()]).fit(_LightningNet(), _lightning_data())
     return alternation.ratio()
 
 
@@ -220,15 +226,7 @@ def transformers_alternating(steps: int) -> float:
 
     with tempfile.TemporaryDirectory() as root:
         watching = nnobs.transformers.Callback("transformers", root=root)
-        inner = watching.on_step_end
-
-        def gated(*args, **kwargs):
-            if alternation.working:
-                return inner(*args, **kwargs)
-            watching._losses.clear()
-            return None
-
-        watching.on_step_end = gated
+        alternation.gate(watching, "on_step_end", idle=lambda: watching._losses.clear())
         transformers.Trainer(model=_gpt2(), args=_transformers_args(root, steps), train_dataset=_token_rows(),
                              callbacks=[watching, Timed()]).train()
     return alternation.ratio()
@@ -291,7 +289,7 @@ def side_by_side(rate, steps: int, pairs: int) -> tuple[float, float, float, flo
 def figures(say) -> None:
     warnings.filterwarnings("ignore")
     for name, module, rate, alternating, block, steps, fits, pairs, what in (
-        ("Lightning", "lightning", lightning_rate, lightning_alternating, LIGHTNING_BLOCK, 4000, 5, 4,
+        ("Lightning", "lightning", lightning_rate, lightning_alternating, LIGHTNING_BLOCK, 4000, 9, 4,
          "784-128-10 MLP, batch 64, SGD"),
         ("Transformers", "transformers", transformers_rate, transformers_alternating, TRANSFORMERS_BLOCK, 1000, 5, 3,
          "GPT-2 2x64 from a config, batch 16x32, AdamW"),

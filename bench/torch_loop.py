@@ -40,6 +40,15 @@ def _model(torch):
     return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
 
+def _step(model, opt, loss_fn, x, y) -> float:
+    """One training step, the same in every loop here, bare or observed: its loss, loss.item() included."""
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def unobserved_rate(batches: int, warm_up: int = WARM_UP) -> float:
     """Batches a second of the bare loop, loss.item() each batch, after warm_up batches."""
     torch, data = _setup()
@@ -50,12 +59,7 @@ def unobserved_rate(batches: int, warm_up: int = WARM_UP) -> float:
     for i in range(warm_up + batches):
         if i == warm_up:
             start = time.perf_counter()
-        x, y = data[i % DATA_BATCHES]
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        loss.item()
+        _step(model, opt, loss_fn, *data[i % DATA_BATCHES])
     return batches / (time.perf_counter() - start)
 
 
@@ -75,12 +79,7 @@ def observed_rate(batches: int, warm_up: int = WARM_UP) -> float:
         for batch in run.batches():
             if batch == warm_up + 1:
                 start = time.perf_counter()
-            x, y = data[batch % DATA_BATCHES]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            run.log(loss.item())
+            run.log(_step(model, opt, loss_fn, *data[batch % DATA_BATCHES]))
             if batch == end:
                 break
         elapsed = time.perf_counter() - start  # before the final checkpoint the `with` block writes
@@ -107,22 +106,12 @@ def interleaved_first_steps(steps: int = FIRST_STEPS, block: int = BLOCK) -> tup
 
         def bare(first: int, n: int) -> None:
             for i in range(first, first + n):
-                x, y = data[i % DATA_BATCHES]
-                bare_opt.zero_grad(set_to_none=True)
-                loss = loss_fn(bare_model(x), y)
-                loss.backward()
-                bare_opt.step()
-                loss.item()
+                _step(bare_model, bare_opt, loss_fn, *data[i % DATA_BATCHES])
 
         def observed(first: int, n: int) -> None:
             for _ in range(n):
                 batch = next(batches)
-                x, y = data[batch % DATA_BATCHES]
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-                run.log(loss.item())
+                run.log(_step(model, opt, loss_fn, *data[batch % DATA_BATCHES]))
 
         done = 0
         while done < steps:
