@@ -306,14 +306,6 @@ def save_kept(path: Path, ckpt: Checkpoint, most_bytes: int = KEPT_BYTES) -> Non
     _thin(folder, path, sizes, most_bytes)
 
 
-def thin_kept(path: Path, most_bytes: int = KEPT_BYTES) -> None:
-    """Drop kept checkpoints beyond KEPT_MOST, the one leaving the smallest gap in log batches first; then while they
-    take more than most_bytes (the link to checkpoint.npz takes none), the same way, sparing the first and the newest
-    few while others can go, and then the oldest: a large net's checkpoints keep as many as the budget holds."""
-    folder = kept_dir(path)
-    _thin(folder, path, _kept_sizes(folder, path), most_bytes)
-
-
 # The kept sets this process writes, as it last left them, by folder: the folder's mtime then, the identity of the
 # checkpoint.npz its link shares, and every kept file's size. A fast run keeps several a second early on, and
 # listing a folder of 160 of them with a stat each was half of what keeping one cost (0.4 of 0.8 ms, XOR's).
@@ -345,7 +337,10 @@ def _listing(folder: Path, current: Path) -> dict[int, int]:
 
 
 def _thin(folder: Path, path: Path, sizes: dict[int, int], most_bytes: int) -> None:
-    """thin_kept() of the kept set listed as sizes; the listing is remembered as the folder is left."""
+    """Drop kept checkpoints (listed as sizes) beyond KEPT_MOST, the one leaving the smallest gap in log batches first;
+    then while they take more than most_bytes (the link to checkpoint.npz takes none), the same way, sparing the first
+    and the newest few while others can go, and then the oldest: a large net's checkpoints keep as many as the budget
+    holds. The listing left is remembered for the next keep."""
     batches, total = sorted(sizes), sum(sizes.values())
 
     def gap(i: int) -> float:
