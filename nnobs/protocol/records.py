@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.slot import tell_log
 
 Record = dict[str, Any]
+# A record to be built where it is written: a BackgroundWriter builds it on its own thread, so that the training
+# thread only hands over the numbers (building a loss report in place cost a fast loop's step more than the rest of
+# the report, its caches cold). What it builds from must not change after it is handed over.
+Deferred = Callable[[], Record]
+
+
+def built(record: Record | Deferred) -> Record:
+    """The record itself, a deferred one built."""
+    return record() if callable(record) else record
 
 
 def _as_list(value: Any) -> Any:
@@ -70,8 +80,8 @@ class RecordWriter:
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
             self._torn = True  # ended by the first write, which a full disk may refuse now
 
-    def write(self, record: Record) -> bool:
-        return self._append(encode_record(self._stamped(record)))
+    def write(self, record: Record | Deferred) -> bool:
+        return self._append(encode_record(self._stamped(built(record))))
 
     def write_at(self, record: Record, t: float) -> bool:
         """Write a record stamped with wall time t: when another logger wrote what it holds (a TensorBoard scalar)."""
@@ -117,7 +127,8 @@ GATHER_S = 0.05
 
 
 class BackgroundWriter(RecordWriter):
-    """A RecordWriter that stamps, encodes and writes on a thread of its own, so training never waits for any of it.
+    """A RecordWriter that builds (a deferred record), stamps, encodes and writes on a thread of its own, so training
+    never waits for any of it.
 
     Records are timed when handed over and land in order, at most GATHER_S later (a killed process loses those
     not yet written); flush() and close() wait until all have, without the wait. While records keep coming, the
@@ -129,7 +140,9 @@ class BackgroundWriter(RecordWriter):
     def __init__(self, path: Path, gen: int | None):
         super().__init__(path, gen)
         # A deque: appending takes no Python-level lock, so handing a record over never waits on the writer thread.
-        self._handed: collections.deque[tuple[Record, float, int | None] | threading.Event | None] = collections.deque()
+        self._handed: collections.deque[tuple[Record | Deferred, float, int | None] | threading.Event | None] = (
+            collections.deque()
+        )
         self._waiting = threading.Event()  # set to wake the thread when it sleeps (asleep) or must hurry (urgent)
         self._urgent = threading.Event()  # set by flush() and close(): write now, do not wait for more
         self._asleep = False  # the thread found nothing at its last look and waits to be woken
@@ -137,13 +150,13 @@ class BackgroundWriter(RecordWriter):
         self._thread = threading.Thread(target=self._drain, name="nnobs-records", daemon=True)
         self._thread.start()
 
-    def write(self, record: Record) -> bool:
+    def write(self, record: Record | Deferred) -> bool:
         return self._hand_over((record, time.time(), self.gen))  # the generation as handed over: a rewind moves it
 
     def write_at(self, record: Record, t: float) -> bool:
         return self._hand_over((record, t, self.gen))
 
-    def _hand_over(self, item: tuple[Record, float, int | None]) -> bool:
+    def _hand_over(self, item: tuple[Record | Deferred, float, int | None]) -> bool:
         if not self._running:
             return False  # closed: nothing would write it
         self._handed.append(item)
@@ -188,7 +201,7 @@ class BackgroundWriter(RecordWriter):
                 continue
             record, t, gen = item
             try:
-                lines.append(encode_record({**record, "t": round(t, 3), "gen": gen}))
+                lines.append(encode_record({**built(record), "t": round(t, 3), "gen": gen}))
             except Exception as err:  # a record that cannot be JSON: say so, keep the rest coming
                 self.failed_writes += 1
                 tell_log(f"nnobs: record not written ({type(err).__name__}: {err}): {str(record)[:200]}")

@@ -23,7 +23,7 @@ import numpy as np
 from nnobs.protocol.checkpoint import State, in_memory
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.schema import SYSTEM_METRIC
-from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
+from nnobs.training.system import SystemSampler
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
@@ -246,14 +246,14 @@ class Follower:
         self.loss: float | None = None
         self.window = Window()
         self._changes = 0  # rank 0's trainer changes taken here
-        self._system = SystemSampler()
-        self._next_sample = 0.0  # monotonic time of the next sample of this rank's machine
+        self._system = SystemSampler()  # started with the job's training, stopped at its end
 
     def begin(self) -> None:
         """Wait for rank 0 to start the run, and take its state when it resumed."""
         if self._take_decision()[0] == FAILED:
             raise NnobsError("rank 0 of this job could not start the run: its error says why")
         self.resumed_from = self.batch if self._changes else None
+        self._system.start()
 
     def _take_decision(self) -> tuple[float, int, int]:
         """Rank 0's next decision (kind, batch, end), its eta, target and parameters taken here."""
@@ -288,11 +288,9 @@ class Follower:
 
     def _sample(self) -> list[float]:
         """This rank's machine (cpu, rss_mb, gpu0's util, mem_mb, temp_c) about once a second, else NaNs."""
-        now = time.monotonic()
-        if now < self._next_sample:
+        sampled = self._system.take()
+        if sampled is None:
             return NO_SAMPLE
-        self._next_sample = now + SYSTEM_EVERY_S
-        sampled = self._system.sample()
         return [sampled.get(SYSTEM_METRIC + name, math.nan) for name in SAMPLED]
 
     def log(self, loss: float, metrics: dict | None = None) -> None:
@@ -307,4 +305,5 @@ class Follower:
         return False  # rank 0 evaluates
 
     def finish(self, error: BaseException | None = None) -> None:
-        pass  # rank 0 ends the run; an error here breaks its next collective, and it ends with one too
+        # rank 0 ends the run; an error here breaks its next collective, and it ends with one too
+        self._system.stop()

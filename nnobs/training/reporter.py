@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from nnobs.training.budget import CostBudget
 from nnobs.training.probe import Marks, Probe
 from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_evaluation, next_loss_report, next_state_report
 from nnobs.training.state import RunState
-from nnobs.training.system import SYSTEM_EVERY_S, SystemSampler
+from nnobs.training.system import SystemSampler
 from nnobs.training.trainer import Trainer
 from nnobs.training.window import Window
 
@@ -88,8 +89,7 @@ class Reporter:
         )
         burst = min(STATE_BURST_BYTES, STATE_BURST_SNAPSHOTS * self.snapshot_size)
         self.snapshot_budget = CostBudget(SNAPSHOT_SHARE, SNAPSHOT_BURST_S, STATE_BYTES_PER_S, burst)
-        self.system = SystemSampler()
-        self.next_system_at = 0.0  # monotonic time of the next sample of the machine
+        self.system = SystemSampler()  # started with the session's training, stopped at its end
 
     def schedule(self) -> None:
         """The next batches that get a loss report, a state snapshot and an evaluation by the batch schedules."""
@@ -117,20 +117,10 @@ class Reporter:
             if window is None:  # not setdefault: it would make a window every report, to throw away
                 window = self.metrics["lr"] = Window()
             window.add(float(lr), run.batch)
-        record: dict[str, Any] = (
-            {"heartbeat": [run.batch, None]}
-            if run.loss is None
-            else loss_report(run.batch, run.loss, run.window.summary())
-        )
-        logged = {
-            name: metric_entry(window.last, window.summary())
-            for name, window in self.metrics.items()
-            if window.n and window.last is not None
-        }
-        if logged:
-            record["metrics"] = [run.batch, logged]
-            self.metrics = {name: Window() for name in self.metrics}
-        run.out.write({**record, **(extra or {})})
+        # The record is built on the writer's thread from what is handed over here: this loop's window and metric
+        # windows, replaced by fresh ones, are not touched again.
+        run.out.write(partial(loss_record, run.batch, run.loss, run.window, self.metrics, extra))
+        self.metrics = {name: Window() for name in self.metrics}
         run.window = Window()
         self.last_loss_report = now
         self.last_reported_loss = run.loss
@@ -288,9 +278,9 @@ class Reporter:
         """The loss reports the clock asks for (a new loss, the heartbeat), a paced run's state reports, and the
         machine's figures, which ride in the next loss report."""
         run = self.run
-        if now >= self.next_system_at:
-            self.next_system_at = now + SYSTEM_EVERY_S
-            for name, value in self.system.sample().items():
+        sampled = self.system.take()
+        if sampled:
+            for name, value in sampled.items():
                 self.metrics.setdefault(name, Window()).add(value, run.batch)
         since_report = now - self.last_loss_report
         if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
@@ -303,6 +293,22 @@ class Reporter:
         ):
             self.paced_state_batch = run.batch
             run.out.write(self.state_report())
+
+
+def loss_record(batch: int, loss: float | None, window: Window, metrics: dict[str, Window], extra: dict | None) -> dict:
+    """A loss report: the latest loss and its window, the metrics logged since the last report (a bare heartbeat before
+    any loss is known), and what extra adds."""
+    record: dict[str, Any] = (
+        {"heartbeat": [batch, None]} if loss is None else loss_report(batch, loss, window.summary())
+    )
+    logged = {
+        name: metric_entry(window.last, window.summary())
+        for name, window in metrics.items()
+        if window.n and window.last is not None
+    }
+    if logged:
+        record["metrics"] = [batch, logged]
+    return {**record, **(extra or {})}
 
 
 def count_params(trainer: Trainer) -> int:

@@ -147,6 +147,9 @@ class Session(RunState):
         self.apply_commands()
         self.recovery.answers_from = None  # from here on, fresh answers start at the run file's end
         self.fold_keeper.start()
+        self.reporter.system.start()
+        # Everything a look at the clock does was done just now: the first comes after check_every.
+        self._check_at = time.monotonic() + self.check_every
         if self.resumed_from is not None:
             tell_what_resume_kept(
                 self.run_dir.name, self._code_eta, self.trainer.eta, self.batch, self.target, self.wait_at_target
@@ -333,6 +336,7 @@ class Session(RunState):
         except Orphaned:
             self.orphaned = True
         finally:
+            self.reporter.system.stop()
             self.fold_keeper.stop()
             self.out.close()  # every record has landed before the process, and its lock, are gone
             self.slot.close()

@@ -1,6 +1,6 @@
 """The machine as a worker sees it: its CPU use and resident memory, and for each GPU it trains on, utilisation,
-memory used and temperature. Sampled about once a second and logged as metrics named system.*, so that they are in
-the run file, on the page's System view and in `status --json` like any metric.
+memory used and temperature. Sampled about once a second on a thread of its own and logged as metrics named system.*,
+so that they are in the run file, on the page's System view and in `status --json` like any metric.
 
 CPU and memory come from the process's own clock and /proc (no dependency); GPUs from NVIDIA's NVML through
 nvidia-ml-py (pip install 'nnobs[gpu]'), only where PyTorch has a CUDA device in use: nothing is asked where none is.
@@ -8,9 +8,11 @@ nvidia-ml-py (pip install 'nnobs[gpu]'), only where PyTorch has a CUDA device in
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -23,13 +25,45 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class SystemSampler:
-    """This process's CPU use since the last sample and its memory now; its GPUs' figures when it uses any."""
+    """This process's CPU use since the last sample and its memory now; its GPUs' figures when it uses any.
+
+    Once started, it samples every SYSTEM_EVERY_S on a thread of its own and the training thread takes the newest
+    sample when it looks at the clock: a sample reads /proc and asks NVML, system calls that cost a fast loop's step
+    more in place than the sample itself (its caches cold after them), and NVML's can take milliseconds."""
 
     def __init__(self) -> None:
         self._cpu = self._cpu_seconds()
         self._at = time.monotonic()
         self._gpus: list[Any] | None = None  # NVML handles of the GPUs in use, once looked for
         self._nvml: Any = None
+        self._newest: collections.deque[dict[str, float]] = collections.deque(maxlen=1)  # taken by take()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Sample now and every SYSTEM_EVERY_S from here on, until stop()."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._keep_sampling, name="nnobs-system", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def take(self) -> dict[str, float] | None:
+        """The newest sample not taken yet, if any."""
+        try:
+            return self._newest.popleft()
+        except IndexError:
+            return None
+
+    def _keep_sampling(self) -> None:
+        try:
+            while True:
+                self._newest.append(self.sample())
+                if self._stopped.wait(SYSTEM_EVERY_S):
+                    return
+        except Exception as err:  # observing never kills training: the run goes on without the machine's figures
+            tell_log(f"nnobs: sampling the machine failed ({type(err).__name__}: {err}); its figures stop here")
 
     def sample(self) -> dict[str, float]:
         now, cpu = time.monotonic(), self._cpu_seconds()
@@ -51,7 +85,7 @@ class SystemSampler:
         if self._gpus:
             return self._gpus
         torch = sys.modules.get("torch")  # never imported here: a numpy run has no GPU to report
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        if torch is None or not torch.cuda.is_initialized() or not torch.cuda.is_available():
             return []
         try:
             import pynvml
