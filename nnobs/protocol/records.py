@@ -52,10 +52,14 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+# One encoder for every record: json.dumps with these settings would make a new one each call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_as_list)
+
+
 def encode_record(record: Record) -> bytes:
     """One complete line of strict JSON; a record holding NaN or infinity is written with nulls and "diverged": true."""
     try:
-        text = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_as_list)
+        text = _ENCODER.encode(record)
     except ValueError:
         text = json.dumps({**_finite_or_none(record), "diverged": True}, allow_nan=False, separators=(",", ":"))
     return text.encode() + b"\n"
