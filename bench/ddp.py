@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-STEPS, WARM_UP, ROUNDS, JOBS = 600, 200, 8, 2
+STEPS, WARM_UP, ROUNDS, JOBS = 600, 200, 8, 3
 
 JOB = """
 import sys, time, torch, torch.distributed as dist

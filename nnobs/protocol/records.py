@@ -208,7 +208,8 @@ class BackgroundWriter(RecordWriter):
                 lines.append(encode_record({**built(record), "t": round(t, 3), "gen": gen}))
             except Exception as err:  # a record that cannot be JSON: say so, keep the rest coming
                 self.failed_writes += 1
-                tell_log(f"nnobs: record not written ({type(err).__name__}: {err}): {str(record)[:200]}")
+                said = str(record)[:200] if isinstance(record, dict) else f"{getattr(record, 'func', record)!r}"
+                tell_log(f"nnobs: record not written ({type(err).__name__}: {err}): {said}")
         if lines:
             self._append(b"".join(lines))
         return True

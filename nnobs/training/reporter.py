@@ -274,14 +274,18 @@ class Reporter:
             self.snapshot(now)
             self.next_state_at = next_state_report(batch, self.run.report_every, self.n_params)
 
+    def take_machine(self) -> None:
+        """The machine's newest sample, if one came since the last look, into the metrics the next report carries."""
+        sampled = self.system.take()
+        if sampled:
+            for name, value in sampled.items():
+                self.metrics.setdefault(name, Window()).add(value, self.run.batch)
+
     def on_the_clock(self, now: float) -> None:
         """The loss reports the clock asks for (a new loss, the heartbeat), a paced run's state reports, and the
         machine's figures, which ride in the next loss report."""
         run = self.run
-        sampled = self.system.take()
-        if sampled:
-            for name, value in sampled.items():
-                self.metrics.setdefault(name, Window()).add(value, run.batch)
+        self.take_machine()
         since_report = now - self.last_loss_report
         if (self.loss_is_new() and since_report >= LOSS_MIN_INTERVAL_S) or since_report >= HEARTBEAT_S:
             self.report_loss(now)

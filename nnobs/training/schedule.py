@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 # Loss reports: 34 per decade (each batch's up to batch 15, where they are 7 % apart; 68 from batch 100 to 10,000),
-# the windows between them keeping every batch's extremes: the fewest that give the notebook's 100 loss points in the
+# the windows between them keeping every batch's extremes: enough for the notebook's 100 loss points (104) in the
 # default run's first 10,000 batches. Each report is a stop of the loop and a record to encode: at each of the first
 # 100 batches they cost a 10^5-parameter MLP 4 % of its first 1,500 steps' time, at 50 per decade 0.5 %.
 LOSS_PER_DECADE = 34

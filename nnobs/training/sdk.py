@@ -411,7 +411,11 @@ class Run:
         except BaseException:
             leader.started(None)
             raise
-        leader.started(self._session)
+        try:
+            leader.started(self._session)
+        except BaseException as err:  # a rank lost as the job starts: the run ends as crashed, its threads with it
+            self.close(err)
+            raise
         return self
 
     @property

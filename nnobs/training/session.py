@@ -129,6 +129,8 @@ class Session(RunState):
         """Checkpoint, say the worker started (with what its state vector holds), answer what is waiting."""
         now = time.monotonic()
         self.recovery.checkpoint(now)
+        self.reporter.system.start()
+        self.reporter.take_machine()  # the machine at the start: in the started record, however short the run
         started = {
             "event": [self.batch, EventKind.STARTED],
             "pid": os.getpid(),
@@ -147,7 +149,6 @@ class Session(RunState):
         self.apply_commands()
         self.recovery.answers_from = None  # from here on, fresh answers start at the run file's end
         self.fold_keeper.start()
-        self.reporter.system.start()
         # Everything a look at the clock does was done just now: the first comes after check_every.
         self._check_at = time.monotonic() + self.check_every
         if self.resumed_from is not None:
@@ -322,6 +323,7 @@ class Session(RunState):
                 self.slot.say(ended="error", batch=self.batch, error=said)
                 return
             self.recovery.checkpoint_shown(time.monotonic())
+            self.reporter.take_machine()  # the machine's newest figures ride in the last report
             if self.ending == "terminated":
                 said = f"ended by Slurm's SIGTERM (job {self.job_id} cancelled, or at its time limit)"
                 self.reporter.report_loss(time.monotonic(), {"event": [self.batch, EventKind.ERROR], "error": said})

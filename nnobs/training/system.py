@@ -39,10 +39,14 @@ class SystemSampler:
         self._newest: collections.deque[dict[str, float]] = collections.deque(maxlen=1)  # taken by take()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._device: int | None = None  # the CUDA device the training thread uses, once it uses one
 
     def start(self) -> None:
-        """Sample now and every SYSTEM_EVERY_S from here on, until stop()."""
+        """Sample now, on the calling (training) thread, then every SYSTEM_EVERY_S on a thread of its own, until
+        stop()."""
         if self._thread is None:
+            self._note_device()
+            self._newest.append(self.sample())
             self._thread = threading.Thread(target=self._keep_sampling, name="nnobs-system", daemon=True)
             self._thread.start()
 
@@ -50,18 +54,26 @@ class SystemSampler:
         self._stopped.set()
 
     def take(self) -> dict[str, float] | None:
-        """The newest sample not taken yet, if any."""
+        """The newest sample not taken yet, if any (on the training thread)."""
         try:
-            return self._newest.popleft()
+            sampled = self._newest.popleft()
         except IndexError:
             return None
+        if self._device is None:
+            self._note_device()  # a run may take to a GPU after it started
+        return sampled
+
+    def _note_device(self) -> None:
+        """The CUDA device the calling thread trains on, once PyTorch has one in use. A thread's current device is
+        its own: the sampling thread's is device 0, whatever the training thread set (a DDP rank's local rank)."""
+        torch = sys.modules.get("torch")  # never imported here: a numpy run has no GPU to report
+        if torch is not None and torch.cuda.is_initialized():
+            self._device = torch.cuda.current_device()
 
     def _keep_sampling(self) -> None:
         try:
-            while True:
+            while not self._stopped.wait(SYSTEM_EVERY_S):
                 self._newest.append(self.sample())
-                if self._stopped.wait(SYSTEM_EVERY_S):
-                    return
         except Exception as err:  # observing never kills training: the run goes on without the machine's figures
             tell_log(f"nnobs: sampling the machine failed ({type(err).__name__}: {err}); its figures stop here")
 
@@ -81,11 +93,11 @@ class SystemSampler:
         return times.user + times.system
 
     def _gpus_in_use(self) -> list[Any]:
-        """The NVML handles of the CUDA devices PyTorch has in use here (looked for until one is)."""
+        """The NVML handles of the CUDA device the training uses (looked for until it uses one)."""
         if self._gpus:
             return self._gpus
-        torch = sys.modules.get("torch")  # never imported here: a numpy run has no GPU to report
-        if torch is None or not torch.cuda.is_initialized() or not torch.cuda.is_available():
+        torch, device = sys.modules.get("torch"), self._device
+        if torch is None or device is None:
             return []
         try:
             import pynvml
@@ -95,7 +107,7 @@ class SystemSampler:
             return []
         try:
             pynvml.nvmlInit()
-            bus = torch.cuda.get_device_properties(torch.cuda.current_device()).pci_bus_id
+            bus = torch.cuda.get_device_properties(device).pci_bus_id
             self._gpus, self._nvml = [pynvml.nvmlDeviceGetHandleByPciBusId(bus)], pynvml
         except Exception as err:  # NVML missing from the driver, a device it cannot name: no GPU figures
             tell_log(f"nnobs: no GPU figures: NVML says {err}")
