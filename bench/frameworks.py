@@ -18,6 +18,7 @@ costs, whatever the machine does around it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
 import tempfile
@@ -58,15 +59,9 @@ def lightning_rate(steps: int, observed: bool) -> tuple[float, float]:
             clock.step_ended()
 
     with tempfile.TemporaryDirectory() as root:
-        callbacks: list = [Timed()]
-        hook = None
-        if observed:
-            import nnobs.lightning
-
-            callbacks.append(nnobs.lightning.Callback("lightning", root=root))
-            hook = HookClock(callbacks[-1], "on_train_batch_end")
+        callbacks, hook = fit_callbacks(Timed(), observed, "nnobs.lightning", "lightning", root, "on_train_batch_end")
         _lightning_trainer(steps, callbacks).fit(_LightningNet(), _lightning_data())
-    return clock.rate(), (hook.seconds / hook.calls * clock.rate() if hook else 0.0)
+    return rate_and_share(clock, hook)
 
 
 def _lightning_trainer(steps: int, callbacks: list):
@@ -195,16 +190,10 @@ def transformers_rate(steps: int, observed: bool) -> tuple[float, float]:
 
     model, examples = _gpt2(), _token_rows()
     with tempfile.TemporaryDirectory() as root:
-        callbacks: list = [Timed()]
-        hook = None
-        if observed:
-            import nnobs.transformers
-
-            callbacks.append(nnobs.transformers.Callback("transformers", root=root))
-            hook = HookClock(callbacks[-1], "on_step_end")
+        callbacks, hook = fit_callbacks(Timed(), observed, "nnobs.transformers", "transformers", root, "on_step_end")
         transformers.Trainer(model=model, args=_transformers_args(root, steps), train_dataset=examples,
                              callbacks=callbacks).train()
-    return clock.rate(), (hook.seconds / hook.calls * clock.rate() if hook else 0.0)
+    return rate_and_share(clock, hook)
 
 
 def transformers_alternating(steps: int) -> float:
@@ -273,6 +262,20 @@ class HookClock:
                 self.calls += 1
 
         setattr(callback, hook, timed)
+
+
+def fit_callbacks(timed, observed: bool, module: str, name: str, root: str, hook: str) -> tuple[list, HookClock | None]:
+    """A whole fit's callbacks: the step clock's, then, observed, nnobs's (module's Callback for run name), its
+    per-step hook timed."""
+    if not observed:
+        return [timed], None
+    watching = importlib.import_module(module).Callback(name, root=root)
+    return [timed, watching], HookClock(watching, hook)
+
+
+def rate_and_share(clock: Clock, hook: HookClock | None) -> tuple[float, float]:
+    """A whole fit's steps a second, and the share of a step nnobs's hook took (0 unobserved)."""
+    return clock.rate(), (hook.seconds / hook.calls * clock.rate() if hook else 0.0)
 
 
 def side_by_side(rate, steps: int, pairs: int) -> tuple[float, float, float, float]:
