@@ -217,6 +217,8 @@ def steered_as_one(run: RunDir, trace: Path, runs_root: Path) -> None:
     system = wait_for(lambda: (s := run_status(run, read_history(run)).system).get("rank1.rss_mb") and s,
                       what="rank 1's machine beside rank 0's")
     assert system["rss_mb"] > 20 and system["rank1.rss_mb"] > 20 and "rank1.cpu" in system
+    rank_ones = [name.startswith("rank1.") for name in system]
+    assert rank_ones == sorted(rank_ones), f"rank 0's machine comes before rank 1's: {list(system)}"
 
     pids = ranks_of(trace)
     stopped = nnobs(runs_root, "stop", "ddp")

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import FOREVER, REPO, wait_for
 from nnobs.launching.lifecycle import start_worker
+from nnobs.protocol.schema import system_order
 
 APP = str(REPO / "app.py")
 
@@ -75,3 +76,12 @@ def test_a_gpu_in_use_shows_its_utilisation_memory_and_temperature(runs_root, tm
     finally:
         script.terminate()
         script.wait(timeout=60)
+
+
+def test_the_machines_figures_go_rank_by_rank_process_before_gpus():
+    logged = ["system.rank1.gpu0.util", "system.rank1.cpu", "system.gpu1.temp_c", "system.gpu0.mem_mb",
+              "system.rss_mb", "system.cpu", "system.rank10.cpu", "system.rank2.rss_mb", "system.gpu0.util"]
+    assert sorted(logged, key=system_order) == [
+        "system.cpu", "system.rss_mb", "system.gpu0.util", "system.gpu0.mem_mb", "system.gpu1.temp_c",
+        "system.rank1.cpu", "system.rank1.gpu0.util", "system.rank2.rss_mb", "system.rank10.cpu",
+    ]

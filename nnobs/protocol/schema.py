@@ -21,9 +21,26 @@ Window = tuple[int, float, int, float, int, float]  # (batches, min, batch of mi
 SETTINGS = ("eta", "target", "report_every", "pace")  # what a state report carries beside the state vector
 TEST_LOSS = "test_loss"  # the metric the built-in worker reports its test-set loss as
 SYSTEM_METRIC = "system."  # how the machine's figures are named as metrics: system.cpu, system.rss_mb, system.gpu0.util
+SYSTEM_FIGURES = ("cpu", "rss_mb", "util", "mem_mb", "temp_c")  # a process's, then each GPU's, in the order shown
 
 
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # the names a metric may have in a loss report
+
+
+def system_order(name: str) -> tuple[int, int, int, str]:
+    """Where a machine's figure (system.cpu, system.rank1.gpu0.util) goes among the others: rank by rank, rank 0 (a
+    name with no rank) first, each rank's process before its GPUs, each GPU's figures in SYSTEM_FIGURES' order."""
+    *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
+    rank = _numbered(device.pop(0), "rank") if device and device[0].startswith("rank") else 0
+    gpu = _numbered(device[0], "gpu") if device else -1
+    order = SYSTEM_FIGURES.index(figure) if figure in SYSTEM_FIGURES else len(SYSTEM_FIGURES)
+    return rank, gpu, order, figure
+
+
+def _numbered(part: str, prefix: str) -> int:
+    """The number in a name's part ("rank1": 1); one that is not a number goes last."""
+    number = part.removeprefix(prefix)
+    return int(number) if number.isdigit() else 1 << 30
 
 
 def loss_report(batch: int, loss: float, window: Window | None = None) -> Record:

@@ -184,7 +184,7 @@ def _as_name(name: str) -> str:
     return f"`{name}`" if _PLAIN_NAME.fullmatch(name) else as_text(name)
 
 
-SYSTEM_FIGURES = {
+SYSTEM_TITLES = {  # what each of the machine's figures (schema.SYSTEM_FIGURES) is, on a chart
     "cpu": "CPU (% of one core)",
     "rss_mb": "resident memory (MB)",
     "util": "utilisation (%)",
@@ -199,7 +199,7 @@ def metric_title(name: str) -> str:
         return name
     *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
     rank = f"rank {device.pop(0)[4:]}: " if device and device[0].startswith("rank") else ""
-    what = SYSTEM_FIGURES.get(figure, figure)
+    what = SYSTEM_TITLES.get(figure, figure)
     if device and device[0].startswith("gpu"):
         what = f"GPU {device[0][3:]} {what}"
     said = rank + what
