@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import FOREVER, REPO, wait_for
 from nnobs.launching.lifecycle import start_worker
 from nnobs.protocol.schema import system_order
+from nnobs.views.wording import metric_axis_title, metric_title
 
 APP = str(REPO / "app.py")
 
@@ -85,3 +86,12 @@ def test_the_machines_figures_go_rank_by_rank_process_before_gpus():
         "system.cpu", "system.rss_mb", "system.gpu0.util", "system.gpu0.mem_mb", "system.gpu1.temp_c",
         "system.rank1.cpu", "system.rank1.gpu0.util", "system.rank2.rss_mb", "system.rank10.cpu",
     ]
+
+
+def test_a_jobs_charts_say_each_ranks_figures_rank_0s_too():
+    assert metric_title("system.cpu") == "CPU (% of one core)"
+    assert metric_title("system.cpu", ranked=True) == "Rank 0: CPU (% of one core)"
+    assert metric_title("system.rank1.gpu0.util", ranked=True) == "Rank 1: GPU 0 utilisation (%)"
+    assert metric_title("accuracy", ranked=True) == "accuracy"
+    assert metric_title("system.rss_mb", ranked=True) == "Rank 0: resident memory (MB)"
+    assert metric_axis_title("system.rank1.rss_mb") == "Resident memory (MB)", "the axis leaves the rank to the title"

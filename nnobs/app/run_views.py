@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import streamlit as st
 
-from nnobs.protocol.schema import FULL_STATE_MAX_PARAMS
+from nnobs.protocol.schema import FULL_STATE_MAX_PARAMS, SYSTEM_METRIC
 from nnobs.training.builtin.tasks import tensors as config_tensors
 from nnobs.views import charts, layer_charts, neurons, trajectory, wording
 from nnobs.views.frames import MAX_SV_LINES, layer_of, spread_sv_frames, with_batch_range, with_replay_mark
@@ -290,26 +290,31 @@ def draw_neurons(view: RunView, frames: dict[str, pa.Table], replay_at: int | No
     st.vega_lite_chart(table, neurons.neurons_spec(config), width="content")
 
 
-def metric_charts(metrics: dict[str, tuple], frames: dict[str, pa.Table], log_batches: bool) -> None:
-    """Each metric its own chart, two to a row; one logged at a single batch says its value."""
+def metric_charts(
+    metrics: dict[str, tuple], frames: dict[str, pa.Table], log_batches: bool, ranked: bool = False
+) -> None:
+    """Each metric its own chart, two to a row; one logged at a single batch says its value. ranked: the machine's
+    figures of several ranks, rank 0's titled as such."""
     for row in range(0, len(metrics), 2):
         for column, name in zip(st.columns(2), list(metrics)[row : row + 2]):
-            frame = frames[f"metric:{name}"]
+            frame, title = frames[f"metric:{name}"], wording.metric_title(name, ranked)
             if len(frame):
-                spec = with_batch_scale(charts.metric_spec(name, wording.metric_title(name)), log_batches)
+                spec = with_batch_scale(charts.metric_spec(name, title, wording.metric_axis_title(name)), log_batches)
                 column.vega_lite_chart(frame, spec, width="stretch", height=260)
             else:
-                column.caption(charts.metric_pending(wording.metric_title(name), metrics[name][0]))
+                column.caption(charts.metric_pending(title, metrics[name][0]))
 
 
 def draw_system(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:
     """The worker's machine over the run: its CPU use and memory, and each GPU's utilisation, memory and
     temperature, sampled about once a second."""
+    ranked = any(name.startswith(f"{SYSTEM_METRIC}rank") for name in view.system)  # a job's ranks, rank 0 first
+    whose = "Each rank's process (rank 0's first)" if ranked else "The worker's process"
     st.caption(
-        "The worker's process, sampled about once a second: its CPU use (100 % is one core busy), its resident "
-        "memory, and for each GPU it trains on, utilisation, memory used and temperature (NVIDIA's NVML)."
+        f"{whose}, sampled about once a second: its CPU use (100 % is one core busy), its resident memory, and for "
+        "each GPU it trains on, utilisation, memory used and temperature (NVIDIA's NVML)."
     )
-    metric_charts(view.system, frames, log_batches(view))
+    metric_charts(view.system, frames, log_batches(view), ranked)
 
 
 def draw_trajectory(view: RunView, frames: dict[str, pa.Table], replay_at: int | None) -> None:

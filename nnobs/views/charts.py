@@ -45,7 +45,9 @@ AROUND_ZERO = alt.DomainUnionWith(unionWith=[-1e-30, 1e-30])
 LABEL_AT_RIGHT = "scale('x', datum.batch) + 8 + 6 * length(datum.label) > width"  # would run past the edge
 
 
-AXIS_TITLE_PX = 180  # the longest a loss or metric chart's y axis title is drawn: a metric's axis is about 200 px
+# The longest a loss or metric chart's y axis title is drawn: a metric chart's plot is about 150 px tall, and a title
+# longer than that pushes the chart's own title out of sight above it.
+AXIS_TITLE_PX = 140
 TRAINING_COLOUR, TEST_COLOUR = "#1f77b4", "#009E73"  # test loss green: orange and purple are the markers'
 LOSS_LEGEND = ("training loss", "test loss")
 
@@ -89,11 +91,11 @@ def loss_spec(log_scale: bool, with_test: bool = False) -> Spec:
 
 
 @built_once
-def metric_spec(name: str, title: str | None = None) -> Spec:
+def metric_spec(name: str, title: str | None = None, axis_title: str | None = None) -> Spec:
     """A metric drawn as the loss is, raw faint and smoothed over it, on a linear axis; the markers' rules without
     their labels, which the loss chart above already shows (a rule's tooltip says what it marks)."""
     title = " ".join((title or name).splitlines())  # a script names its metrics; Vega draws no title in two lines
-    raw, smoothed = _raw_and_smoothed("value", title, log_scale=False)
+    raw, smoothed = _raw_and_smoothed("value", " ".join((axis_title or title).splitlines()), log_scale=False)
     return spec_of(alt.layer(run_extent(), raw, smoothed, _marker_rules(), title=title).properties(height=200))
 
 

@@ -193,14 +193,29 @@ SYSTEM_TITLES = {  # what each of the machine's figures (schema.SYSTEM_FIGURES) 
 }
 
 
-def metric_title(name: str) -> str:
-    """A metric's chart title: its name, or for the machine's figures what they are ("GPU 0 memory used (MB)")."""
+def metric_title(name: str, ranked: bool = False) -> str:
+    """A metric's chart title: its name, or for the machine's figures what they are ("GPU 0 memory used (MB)"); ranked,
+    when a job's other ranks are shown beside it, says rank 0 of figures named without a rank."""
     if not name.startswith(SYSTEM_METRIC):
         return name
+    device = name.removeprefix(SYSTEM_METRIC).split(".")[:-1]
+    rank = f"rank {device[0][4:]}: " if device and device[0].startswith("rank") else "rank 0: " if ranked else ""
+    return _capitalized(rank + _figure_words(name))
+
+
+def metric_axis_title(name: str) -> str:
+    """A metric's y axis title: its name, or for the machine's figures what they measure, without the rank the chart's
+    title says ("GPU 0 memory used (MB)")."""
+    return _capitalized(_figure_words(name)) if name.startswith(SYSTEM_METRIC) else name
+
+
+def _figure_words(name: str) -> str:
+    """What one of the machine's figures measures ("resident memory (MB)", "GPU 0 utilisation (%)")."""
     *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
-    rank = f"rank {device.pop(0)[4:]}: " if device and device[0].startswith("rank") else ""
     what = SYSTEM_TITLES.get(figure, figure)
-    if device and device[0].startswith("gpu"):
-        what = f"GPU {device[0][3:]} {what}"
-    said = rank + what
-    return said[0].upper() + said[1:]
+    gpu = [part for part in device if part.startswith("gpu")]
+    return f"GPU {gpu[0][3:]} {what}" if gpu else what
+
+
+def _capitalized(said: str) -> str:
+    return said[:1].upper() + said[1:]
