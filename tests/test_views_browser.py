@@ -193,9 +193,23 @@ def test_every_view_of_a_run_draws_without_an_error_in_the_browser_console(runs_
     batch_passes(run, 1000, what="a few state reports", timeout=60)
     with watched_page(browser, server + "/?run=spiral", height=2400) as (page, errors):
         for view, title in (("Parameters", "Decision surface"), ("Layers", "Weight norm per tensor"),
-                            ("Neurons", None), ("Trajectory", "Path through parameter space")):
+                            ("Neurons", None), ("Trajectory", "Path through parameter space"),
+                            ("System", "Resident memory (MB)")):
             main_area(page).get_by_role("tab", name=view).click()
             drawn = chart_titled(page, title) if title else main_area(page).locator(".vega-embed").last
             expect(drawn.locator("canvas, svg").first).to_be_visible()
             wait_for_refreshes(page, 2)  # each chart drawn first without its data, then with it
+            assert not titles_out_of_sight(page), f"{view}: chart titles drawn above their charts"
         assert not errors, "\n".join(errors)
+
+
+def titles_out_of_sight(page: Page) -> list[str]:
+    """The titles of the drawn charts cut by their chart's top edge, half of their text above it or more (a long axis
+    title pushes them there): the box of a title in sight may start a few pixels above, its font's ascent."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.vega-embed svg')).flatMap(svg => {
+        const top = svg.getBoundingClientRect().top;
+        return Array.from(svg.querySelectorAll('.role-title-text')).filter(title => {
+            const box = title.getBoundingClientRect();
+            return (box.top + box.bottom) / 2 < top;
+        }).map(title => title.textContent);
+    })""")
