@@ -27,20 +27,26 @@ SYSTEM_FIGURES = ("cpu", "rss_mb", "util", "mem_mb", "temp_c")  # a process's, t
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # the names a metric may have in a loss report
 
 
-def system_order(name: str) -> tuple[int, int, int, str]:
-    """Where a machine's figure (system.cpu, system.rank1.gpu0.util) goes among the others: rank by rank, rank 0 (a
-    name with no rank) first, each rank's process before its GPUs, each GPU's figures in SYSTEM_FIGURES' order."""
+def system_parts(name: str) -> tuple[str | None, str | None, str]:
+    """A machine's figure's rank (None: the process's own, rank 0's under a job), GPU (None: the process's) and
+    figure: system.rank1.gpu0.util is ("1", "0", "util")."""
     *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
-    rank = _numbered(device.pop(0), "rank") if device and device[0].startswith("rank") else 0
-    gpu = _numbered(device[0], "gpu") if device else -1
+    rank = device.pop(0).removeprefix("rank") if device and device[0].startswith("rank") else None
+    gpu = device[0].removeprefix("gpu") if device and device[0].startswith("gpu") else None
+    return rank, gpu, figure
+
+
+def system_order(name: str) -> tuple[int, int, int, str]:
+    """Where a machine's figure goes among the others: rank by rank, rank 0 (a name with no rank) first, each rank's
+    process before its GPUs, each GPU's figures in SYSTEM_FIGURES' order."""
+    rank, gpu, figure = system_parts(name)
     order = SYSTEM_FIGURES.index(figure) if figure in SYSTEM_FIGURES else len(SYSTEM_FIGURES)
-    return rank, gpu, order, figure
+    return _number(rank, 0), _number(gpu, -1), order, figure
 
 
-def _numbered(part: str, prefix: str) -> int:
-    """The number in a name's part ("rank1": 1); one that is not a number goes last."""
-    number = part.removeprefix(prefix)
-    return int(number) if number.isdigit() else 1 << 30
+def _number(label: str | None, absent: int) -> int:
+    """A rank's or GPU's number ("1": 1); absent where there is none, and one that is not a number goes last."""
+    return absent if label is None else int(label) if label.isdigit() else 1 << 30
 
 
 def loss_report(batch: int, loss: float, window: Window | None = None) -> Record:

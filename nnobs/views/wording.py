@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from nnobs.protocol.numbers import is_int
-from nnobs.protocol.schema import SYSTEM_METRIC
+from nnobs.protocol.schema import SYSTEM_METRIC, system_parts
 from nnobs.reading.scalar_logs import FORMAT_NAMES
 
 NEGLIGIBLE_CHANGE = 0.01  # a loss that moved less than 1% in 10 s has not changed, as far as a reader is concerned
@@ -198,9 +198,9 @@ def metric_title(name: str, ranked: bool = False) -> str:
     when a job's other ranks are shown beside it, says rank 0 of figures named without a rank."""
     if not name.startswith(SYSTEM_METRIC):
         return name
-    device = name.removeprefix(SYSTEM_METRIC).split(".")[:-1]
-    rank = f"rank {device[0][4:]}: " if device and device[0].startswith("rank") else "rank 0: " if ranked else ""
-    return _capitalized(rank + _figure_words(name))
+    rank = system_parts(name)[0]
+    said = f"rank {rank}: " if rank is not None else "rank 0: " if ranked else ""
+    return _capitalized(said + _figure_words(name))
 
 
 def metric_axis_title(name: str) -> str:
@@ -211,10 +211,9 @@ def metric_axis_title(name: str) -> str:
 
 def _figure_words(name: str) -> str:
     """What one of the machine's figures measures ("resident memory (MB)", "GPU 0 utilisation (%)")."""
-    *device, figure = name.removeprefix(SYSTEM_METRIC).split(".")
+    _, gpu, figure = system_parts(name)
     what = SYSTEM_TITLES.get(figure, figure)
-    gpu = [part for part in device if part.startswith("gpu")]
-    return f"GPU {gpu[0][3:]} {what}" if gpu else what
+    return what if gpu is None else f"GPU {gpu} {what}"
 
 
 def _capitalized(said: str) -> str:
