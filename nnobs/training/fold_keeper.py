@@ -5,7 +5,9 @@ The worker writes every record, so it is the one that always has them: a thread 
 reader would (the same RunWatcher) each time it has grown by KEEP_EVERY_BYTES, and saves the cache. Half of what
 makes a reader save it (SAVE_AFTER_BYTES): a first open folds the tail and does not write the cache again. The
 default run writes 1.78 GB a day, about 20 KB a second: a fold of 8 MB every 7 minutes, with the cache's load and
-save (a day-long run's cache is 144 MB, and as much memory while it is folded).
+save (a day-long run's cache is 144 MB, and as much memory while it is folded). A run file shorter than
+KEEP_EVERY_BYTES gets no cache (a reader parses it in a moment; a small net's kept states made one of 3 MB beside a
+16 KB file), and none is saved where it would take the disk below the run's floor (min_free_mb).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import threading
 from pathlib import Path
 
 from nnobs.protocol.slot import tell_log
+from nnobs.reading.foldcache import cache_path
 from nnobs.reading.watcher import SAVE_AFTER_BYTES, RunWatcher
+from nnobs.training.disk_guard import MB, free_bytes
 
 KEEP_EVERY_BYTES = SAVE_AFTER_BYTES // 2
 CHECK_EVERY_S = 5.0  # how often the run file's size is looked at
@@ -29,8 +33,9 @@ class FoldKeeper:
     each), in the background: from then on, each fold is the last KEEP_EVERY_BYTES and the cache's load and save.
     """
 
-    def __init__(self, run_file: Path):
+    def __init__(self, run_file: Path, min_free_mb: float = 0.0):
         self.run_file = run_file
+        self.min_free = min_free_mb * MB  # the run's disk floor: a cache is not saved where it would go below it
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="nnobs-fold", daemon=True)
 
@@ -49,8 +54,8 @@ class FoldKeeper:
         while not self._stopped.wait(CHECK_EVERY_S):
             try:
                 size = os.path.getsize(self.run_file)
-                if 0 <= folded and size - folded < KEEP_EVERY_BYTES:
-                    continue
+                if size - max(folded, 0) < KEEP_EVERY_BYTES:
+                    continue  # a reader parses that much in a moment: no cache is worth its room on the disk
                 # A watcher of its own each time, from the cache saved last: the history is not held in between
                 # (a day-long run's is a few hundred MB).
                 watcher = RunWatcher(self.run_file)
@@ -58,7 +63,7 @@ class FoldKeeper:
                     watcher.refresh(most_bytes=SAVE_AFTER_BYTES)  # the cache is saved once that much was folded
                     if watcher.reader.offset >= size:
                         break
-                if watcher.reader.offset > max(folded, watcher.resumed_at):
+                if watcher.reader.offset > max(folded, watcher.resumed_at) and self._room_for_cache():
                     watcher.save()
                 folded = watcher.reader.offset
             except Exception as err:  # observing never kills training: readers fold the file themselves
@@ -66,3 +71,16 @@ class FoldKeeper:
                     f"nnobs: keeping the fold cache failed ({type(err).__name__}: {err}); readers fold the run file"
                 )
                 return
+
+    def _room_for_cache(self) -> bool:
+        """Whether saving the cache leaves the run's floor free: it is written beside the old one, then renamed over
+        it, so it needs as much room again as the old one (KEEP_EVERY_BYTES when there is none yet)."""
+        if not self.min_free:
+            return True
+        free = free_bytes(self.run_file.parent)
+        cache = cache_path(self.run_file)
+        try:
+            size = sum(f.stat().st_size for f in cache.iterdir()) if cache.is_dir() else cache.stat().st_size
+        except OSError:
+            size = KEEP_EVERY_BYTES
+        return free is None or free - size >= self.min_free

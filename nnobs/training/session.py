@@ -116,7 +116,7 @@ class Session(RunState):
         self._check_at = 0.0  # when the control file is next looked at
         self.check_every = CONTROL_CHECK_S  # seconds between looks: longer for a job's rank 0 (Leader.stop_every)
         self._chunk = 16  # batches between two looks at the clock: as many as take check_every (_chunk_took)
-        self.fold_keeper = FoldKeeper(run.run_file)  # a first open of the run parses only its tail
+        self.fold_keeper = FoldKeeper(run.run_file, min_free_mb)  # a first open of the run parses only its tail
         self.ranks: Leader | None = None  # rank 0 of a distributed job: the other ranks follow its decisions
         # The schedule's steps still to come: each sets eta as the run passes its batch (one at batch 0, a fresh
         # run's start); an eta set by hand holds until the next step.
