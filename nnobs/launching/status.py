@@ -11,7 +11,7 @@ from nnobs.protocol.files import read_text
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_finite, number
 from nnobs.protocol.rundir import RunDir, is_followed, is_imported, unsafe_files
-from nnobs.protocol.schema import SYSTEM_METRIC, system_order
+from nnobs.protocol.schema import SYSTEM_METRIC, system_names
 from nnobs.protocol.slot import read_slot
 from nnobs.protocol.states import STALL_AFTER_S
 from nnobs.reading.history import Rise, RunHistory
@@ -170,10 +170,11 @@ def evaluations_of(history: RunHistory) -> dict[str, list]:
 
 def system_of(history: RunHistory) -> dict[str, float]:
     """The worker's machine at its newest sample ({"cpu": 99.5, "rss_mb": 212.0, "gpu0.util": 63.0, ...})."""
+    latest = {name: history.metrics[name].latest for name in system_names(history.metrics)}
     return {
-        name.removeprefix(SYSTEM_METRIC): series.latest[1]
-        for name, series in sorted(history.metrics.items(), key=lambda item: system_order(item[0]))
-        if name.startswith(SYSTEM_METRIC) and series.latest is not None and is_finite(series.latest[1])
+        name.removeprefix(SYSTEM_METRIC): value[1]
+        for name, value in latest.items()
+        if value is not None and is_finite(value[1])
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,11 @@ def system_order(name: str) -> tuple[int, int, int, str]:
     rank, gpu, figure = system_parts(name)
     order = SYSTEM_FIGURES.index(figure) if figure in SYSTEM_FIGURES else len(SYSTEM_FIGURES)
     return _number(rank, 0), _number(gpu, -1), order, figure
+
+
+def system_names(names: Iterable[str]) -> list[str]:
+    """The machine's figures among metric names, in system_order."""
+    return sorted((name for name in names if name.startswith(SYSTEM_METRIC)), key=system_order)
 
 
 def _number(label: str | None, absent: int) -> int:

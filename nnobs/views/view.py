@@ -20,7 +20,7 @@ from nnobs.protocol.control import Command, read_commands
 from nnobs.protocol.errors import NnobsError
 from nnobs.protocol.files import Signature, file_signature
 from nnobs.protocol.rundir import RunDir, script_description
-from nnobs.protocol.schema import SUMMARY, SYSTEM_METRIC, TEST_LOSS, parameter_name, system_order
+from nnobs.protocol.schema import SUMMARY, TEST_LOSS, parameter_name, system_names
 from nnobs.reading.history import Answer, Event, RunHistory
 from nnobs.reading.origin import fork_origin
 from nnobs.reading.watcher import RunWatcher
@@ -139,8 +139,7 @@ def build_view(run: RunDir, watcher: RunWatcher, config: RunConfig | None) -> Ru
         loss_means = loss_means_frame(history)
         metrics = metric_frames(history)
         test = metrics.pop(TEST_LOSS, None)  # drawn beside the training loss, not as a chart of its own
-        machine = sorted((name for name in metrics if name.startswith(SYSTEM_METRIC)), key=system_order)
-        system = {name: metrics.pop(name) for name in machine}  # rank 0's charts first, each rank's in one order
+        system = {name: metrics.pop(name) for name in system_names(metrics)}  # rank 0's charts first
         return RunView(
             status=run_status(run, history),
             report_every=history.report_every,
