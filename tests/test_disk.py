@@ -60,7 +60,7 @@ def fill(root: Path, name: str = "filler", leave: int = 0) -> Path:
     """Fill the filesystem of root with one file until at most leave bytes are free; the file."""
     path = root / name
     block = b"\0" * (64 * 1024)
-    with open(path, "wb") as f:
+    with open(path, "wb", buffering=0) as f:  # unbuffered: closing it has nothing left to write on a full disk
         while True:
             free = shutil.disk_usage(root).free
             if free <= leave:
