@@ -78,6 +78,9 @@ class Reporter:
         # marks) one batch before a scheduled state report: what the step into it changed is the update-to-weight
         # ratio reported beside it
         self.next_loss_at = 0
+        # Whether the loop's log() writes the batch schedule's loss reports (a loop over batches() that logs its loss,
+        # a stop of the loop for each cost more than the report), rather than its stops (train(), a job's rank 0).
+        self.reports_in_log = False
         self.next_state_at: int | None = None
         self.schedule()
         self.last_state_report = 0.0  # monotonic time
@@ -126,6 +129,12 @@ class Reporter:
         self.last_reported_loss = run.loss
         self.last_reported_batch = run.batch
         self.next_loss_at = next_loss_report(run.batch)
+
+    def report_logged(self, loss: float) -> None:
+        """The batch schedule's loss report, from log() at its batch; a loss no longer a number is left to the next
+        stop, which reports it with the divergence."""
+        if math.isfinite(loss):
+            self.report_loss(time.monotonic())
 
     # -- evaluations -----------------------------------------------------------------------
 
@@ -245,7 +254,8 @@ class Reporter:
         state report, keeping the state the step into it starts from (taken here when that step is next)."""
         batch = self.run.batch
         state_behind = self.next_state_at is not None and self.next_state_at <= batch
-        if self.next_loss_at <= batch or state_behind or (self.evaluates and self.next_eval_at <= batch):
+        loss_behind = self.next_loss_at <= batch and not self.reports_in_log  # else the next log() reports it
+        if loss_behind or state_behind or (self.evaluates and self.next_eval_at <= batch):
             self.schedule()  # left behind by a pause at a scheduled batch (a divergence): a run of no batches
         state_at = self.next_state_at or limit
         if self.next_state_at is not None:
@@ -254,7 +264,8 @@ class Reporter:
             else:
                 state_at -= 1  # stop one batch short of a state report, to keep the state the step into it starts from
         eval_at = self.next_eval_at if self.evaluates else limit
-        return min(limit, self.next_loss_at, state_at, eval_at)
+        loss_at = limit if self.reports_in_log else self.next_loss_at
+        return min(limit, loss_at, state_at, eval_at)
 
     def keep_state_before_snapshot(self) -> None:
         """Keep the state vector the step into the next snapshot starts from, when the budget will take the snapshot."""

@@ -161,6 +161,9 @@ class Session(RunState):
         end at the target (or idle there, waiting for a higher one), on shutdown, and after batch `until` when given
         (an epoch loop's last). The loop body trains the batch and calls log()."""
         ranks = self.ranks
+        # The batch schedule's loss reports are written by log() at their batch, with no stop of the loop for them; a
+        # job's rank 0 writes them at its stops, once every rank's losses are gathered.
+        self.reporter.reports_in_log = ranks is None
         with self._orphan_ends_loop():
             while not self.done:
                 if until is not None and self.batch >= until:
@@ -234,7 +237,7 @@ class Session(RunState):
     def log(self, loss: float, metrics: dict | None = None) -> None:
         """The loss of the batch being trained, and any other named metrics; NaN or inf marks a diverged loss."""
         self.loss = loss
-        window, at = self.window, self.batch
+        window, at, reporter = self.window, self.batch, self.reporter
         # Window.add, spelt out: this runs once a batch, and a method call would double its cost.
         window.n += 1
         window.total += loss
@@ -244,8 +247,10 @@ class Session(RunState):
             window.hi, window.hi_at = loss, at
         if metrics:
             self.log_metrics(metrics, at)
-        elif self.reporter.evaluation_started is not None:  # asked to evaluate, and logged nothing held out
-            self.reporter.end_evaluation()
+        elif reporter.evaluation_started is not None:  # asked to evaluate, and logged nothing held out
+            reporter.end_evaluation()
+        if at >= reporter.next_loss_at and reporter.reports_in_log:
+            reporter.report_logged(loss)
 
     def _next_stop(self) -> int | None:
         """Look at the control file when due; the batch to train up to before coming back, or None after waiting
