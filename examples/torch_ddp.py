@@ -13,6 +13,7 @@ checkpoint. --trace PATH writes each rank's batch, learning rate in use, paramet
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -38,6 +39,15 @@ def main() -> None:
     args = parser.parse_args()
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    train(args)
+    # The DDP module holds the process group: freed first, the group's threads end now, while the interpreter is whole,
+    # and not at its exit, where a gloo thread still alive can abort the process after a clean stop.
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace) -> None:
+    """Every rank's loop, its model and optimizer local to it, so that they are gone once it returns."""
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same first weights on every rank (DDP also sends rank 0's)
@@ -62,7 +72,6 @@ def main() -> None:
                 checksum = sum(p.detach().double().sum().item() for p in model.parameters())
                 trace.write(f"{batch} {optimizer.param_groups[0]['lr']!r} {checksum!r} {loss.item()!r}\n")
                 trace.flush()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
