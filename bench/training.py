@@ -19,30 +19,22 @@ from nnobs.training.worker import builtin_trainer, train
 from nnobs.views.view import build_view
 
 ROUNDS = 5  # each pair is measured this many times, alternating, and the best of each kept: the machine is noisy
-# The watched worker trains this many batches (about 4 s) and the bare loop it is set against as many: the best of
+# The watched worker trains this many batches (about 5 s) and the bare loop it is set against as many: the best of
 # five windows of 1.5 s is faster than the best of five of 4 s on a machine whose speed moves by 10 % within seconds.
 # And more rounds of them: the best of each side then comes nearer the machine's fast moments, the same for both.
 WATCHED_BATCHES = 300_000
 WATCHED_ROUNDS = 9
 
 
-def learn_rate(learn, next_batch, seconds: float = 1.5) -> float:
-    """Batches per second of learn(*next_batch()) in a bare loop: the worker's training, without its observing."""
+def learn_rate(learn, next_batch, seconds: float = 1.5, batches: int | None = None) -> float:
+    """Batches per second of learn(*next_batch()) in a bare loop, the worker's training without its observing: for
+    seconds, or for as many batches as given."""
     done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    while time.perf_counter() - start < seconds if batches is None else done < batches:
         for _ in range(100):
             learn(*next_batch())
         done += 100
-    return done / elapsed
-
-
-def learn_batches_rate(learn, next_batch, batches: int) -> float:
-    """Batches per second of learn(*next_batch()) in a bare loop of batches batches."""
-    start = time.perf_counter()
-    for _ in range(batches // 100):
-        for _ in range(100):
-            learn(*next_batch())
-    return batches // 100 * 100 / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start)
 
 
 def side_by_side(*measures, rounds: int = ROUNDS) -> list[float]:
@@ -175,7 +167,7 @@ def figures(say) -> None:
         lambda: learn_rate(net.learn_one, next_batch), lambda: learn_rate(seed_net.learn_one, next_batch)
     )
     bare_as_long, watched = side_by_side(
-        lambda: learn_batches_rate(net.learn_one, next_batch, WATCHED_BATCHES),
+        lambda: learn_rate(net.learn_one, next_batch, batches=WATCHED_BATCHES),
         lambda: watched_worker_rate(WATCHED_BATCHES),
         rounds=WATCHED_ROUNDS,
     )
