@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import textwrap
 import time
+from pathlib import Path
 
-from conftest import acks_of, answered, events, python, records_with, wait_for
+import pytest
+from conftest import acks_of, answered, events, python, records_with, wait_for, wait_started
 from nnobs.protocol.control import send_command
 from nnobs.protocol.checkpoint import load_checkpoint
 from nnobs.protocol.rundir import RunDir
@@ -165,3 +168,106 @@ def test_a_large_model_that_diverges_goes_back_to_its_checkpoint_on_disk(runs_ro
     finally:
         script.kill()
         script.communicate()
+
+
+APART = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import nnobs, nnobs.torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 2000), torch.nn.ReLU(), torch.nn.Linear(2000, 10))  # 2,022,010
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # checkpoints of 8 MB, then 24 MB: put in place apart
+    x, y = torch.randn(16, 1000), torch.randint(0, 10, (16,))
+    with nnobs.Run("apart", root=sys.argv[1], trainer=nnobs.torch.attach(model, optimizer), target=10**9) as run:
+        print(sum(float(p.detach().double().sum()) for p in model.parameters()), flush=True)  # as resumed
+        for batch in run.batches():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss.item())
+    """
+)
+
+
+def checkpoint_temps(run: RunDir) -> list[Path]:
+    return list(run.checkpoint.parent.glob(f".{run.checkpoint.name}.*.tmp"))
+
+
+def checkpointed_sum(run: RunDir) -> tuple[int, float]:
+    """The checkpoint's batch and the sum of the model's parameters it holds."""
+    import io
+
+    import torch
+
+    ckpt = load_checkpoint(run.checkpoint)
+    state = torch.load(io.BytesIO(ckpt.state["torch"].tobytes()), weights_only=True)
+    return ckpt.batch, sum(float(t.double().sum()) for t in state["model"].values())
+
+
+def test_a_large_checkpoint_goes_into_place_beside_training_and_a_stop_waits_for_it(runs_root):
+    script = python(APART, str(runs_root))
+    run = RunDir.named("apart", runs_root)
+    try:
+        wait_started(run)
+        # The next checkpoint's file is made ready halfway to it (5 s in: the start's took about 50 ms), as large as the
+    # model and Adam's two moments.
+        prepared = wait_for(
+            lambda: [p.stat().st_ino for p in checkpoint_temps(run) if p.stat().st_size > 20 * MB],
+            what="a prepared checkpoint file",
+        )[0]
+        # The clock's next checkpoint is written into it, and renamed into place
+        wait_for(lambda: run.checkpoint.stat().st_ino == prepared, what="the prepared file in place")
+        batch, _ = checkpointed_sum(run)  # whole, while training goes on
+        assert batch > 0
+        command = send_command(run.control_file, "shutdown", by="test")
+        out, err = script.communicate(timeout=60)
+    finally:
+        script.kill()
+    assert script.returncode == 0, err
+    stopped_at = events(run, "shutdown")[-1]["event"][0]
+    batch, checksum = checkpointed_sum(run)
+    assert batch == stopped_at, "the stop's checkpoint is in place before the run reads stopped"
+    assert not checkpoint_temps(run), "the prepared file is gone with the worker"
+    print(f"stopped at batch {stopped_at:,} after {command['cmd']}; a restart resumes there")
+
+    again = python(APART, str(runs_root))
+    try:
+        resumed_sum = float(again.stdout.readline())
+        assert wait_started(run, count=2)["resumed_from"] == batch
+        assert resumed_sum == pytest.approx(checksum, rel=1e-12), "the restart holds the checkpoint's parameters"
+    finally:
+        again.kill()
+        again.communicate()
+
+
+def test_kill_9_while_a_large_checkpoint_goes_into_place_leaves_one_whole_to_resume_from(runs_root):
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    run = RunDir.named("apart", runs_root)
+    for number in range(1, 3):
+        script = python(APART, str(runs_root))
+        try:
+            script.stdout.readline()  # the Run is open, its start's checkpoint written
+            started = wait_started(run, count=number)
+            first = run.checkpoint.stat().st_ino
+            wait_for(lambda: run.checkpoint.stat().st_ino != first, what=f"a checkpoint of the clock (seed {seed})")
+            time.sleep(rng.uniform(0, 10.0))  # a moment at random in the next clock checkpoint's cycle (about 10 s)
+        finally:
+            script.kill()
+            script.communicate()
+        batch, _ = checkpointed_sum(run)  # whole: the one before, or the new one once renamed into place
+        assert batch >= started["event"][0], f"kill {number} (seed {seed})"
+    left = set(checkpoint_temps(run))
+    survivor = python(APART, str(runs_root))
+    try:
+        survivor.stdout.readline()
+        assert wait_started(run, count=3)["resumed_from"] == batch, f"seed {seed}"
+        assert not left & set(checkpoint_temps(run)), f"the killed worker's files are gone (seed {seed})"
+    finally:
+        survivor.kill()
+        survivor.communicate()

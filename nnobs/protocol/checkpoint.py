@@ -22,7 +22,14 @@ from typing import BinaryIO
 import numpy as np
 
 from nnobs.protocol.errors import NnobsError
-from nnobs.protocol.files import FILE_MODE, SETTINGS_MOST_BYTES, open_file, replace_atomically
+from nnobs.protocol.files import (
+    FILE_MODE,
+    SETTINGS_MOST_BYTES,
+    WrittenTemp,
+    open_file,
+    replace_atomically,
+    write_temp,
+)
 from nnobs.protocol.jsontext import parse_json
 from nnobs.protocol.numbers import is_count
 
@@ -80,8 +87,14 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write to a temporary file, fsync, then rename over the old one: a crash leaves the old or the new, whole."""
+    write_checkpoint(path, ckpt).sync_into_place()
+
+
+def write_checkpoint(path: Path, ckpt: Checkpoint, into: Path | None = None) -> WrittenTemp:
+    """ckpt written into a temporary file beside path (into, a prepared one, when given), not yet synced or in place:
+    its sync_into_place() may come later, on another thread, once training has gone on."""
     members = _members(ckpt)
-    replace_atomically(path, lambda f: write_npz(f, members))
+    return write_temp(path, lambda f: write_npz(f, members), into)
 
 
 def write_npz(f: BinaryIO, members: State) -> None:

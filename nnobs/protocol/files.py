@@ -10,6 +10,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -125,41 +126,100 @@ def leftover_temps(path: Path) -> list[Path]:
     return list(path.parent.glob(f".{path.name}.*.tmp"))
 
 
-def _written_temp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """A synced temporary file beside path holding what write() wrote; its name."""
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"  # the shape leftover_temps looks for
-        try:  # not mkstemp: its files are 0600 whatever the umask, unreadable to a page run by another user
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            break
-        except FileExistsError:
-            continue
+@dataclass
+class WrittenTemp:
+    """A temporary file beside path holding what a writer wrote, not yet synced: sync_into_place() makes it durable
+    and puts it at path. Until then a reader of path, and a crash, see the file that was there before."""
+
+    tmp: Path
+    path: Path
+    fd: int  # still open: the sync may come later, on another thread
+    size: int  # bytes written
+
+    def sync(self) -> None:
+        """Make the bytes durable and close the file; on a failure the temporary file is gone."""
+        try:
+            os.fsync(self.fd)
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+        finally:
+            os.close(self.fd)
+
+    def sync_into_place(self) -> None:
+        """Make the bytes durable, then rename them over path: a crash leaves the old file or the new, whole."""
+        self.sync()
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+
+
+def write_temp(path: Path, write: Callable[[BinaryIO], object], into: Path | None = None) -> WrittenTemp:
+    """What write() writes, in a temporary file beside path: into, written over from its start and cut to what was
+    written, when given (a prepared_temp, whose pages are in memory already), else a new one."""
+    path = Path(path)
+    if into is None:
+        tmp, fd = _new_temp(path)
+    else:
+        tmp, fd = into, os.open(into, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", closefd=False) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.tell()
+            f.truncate()  # a prepared file's bytes past what was written
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return WrittenTemp(tmp, path, fd, size)
+
+
+PREPARE_READ_BYTES = 1 << 20
+
+
+def prepared_temp(path: Path, size: int) -> Path:
+    """A temporary file beside path of size bytes, its room taken on the disk and its pages brought into memory, for a
+    write_temp into it: the write then copies bytes into pages already there. A new file's pages are found as it grows,
+    which can cost far more than the copy: 1.2 s against 0.05 s for 432 MB on a virtual machine whose host takes back
+    the memory its guest frees, and hands it over again page by page."""
+    tmp, fd = _new_temp(Path(path))
+    try:
+        os.posix_fallocate(fd, 0, size)  # a full disk says so here, not in the write
+        piece = bytearray(PREPARE_READ_BYTES)  # read through: the room taken, as zeros, becomes pages in memory
+        while os.readv(fd, [piece]):
+            pass
     except BaseException:
         os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     return tmp
+
+
+def _new_temp(path: Path) -> tuple[Path, int]:
+    """A new, empty temporary file beside path, in the shape leftover_temps looks for: its name and a descriptor (for
+    reading and writing)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:  # not mkstemp: its files are 0600 whatever the umask, unreadable to a page run by another user
+            return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            continue
 
 
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Replace path with what write() writes to a file object."""
-    path = Path(path)
-    tmp = _written_temp(path, write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_temp(path, write).sync_into_place()
 
 
 def create_once(path: Path, content: bytes) -> bool:
     """Create path with content unless it exists; True if this call created it. Safe against racing creators."""
     path = Path(path)
-    tmp = _written_temp(path, lambda f: f.write(content))
+    written = write_temp(path, lambda f: f.write(content))
+    written.sync()
+    tmp = written.tmp
     try:
         os.link(tmp, path)  # fails if path exists: the first creator wins, whole
         return True

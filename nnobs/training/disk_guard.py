@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nnobs.protocol.events import EventKind
 from nnobs.protocol.files import cap_file
+from nnobs.training.placer import CheckpointPlacer
 from nnobs.training.reporter import Reporter
 from nnobs.training.state import RunState
 
@@ -19,10 +20,11 @@ WORKER_LOG_KEPT = 1 * MB
 class DiskGuard:
     """Whether training waits for the disk, and why: the floor of free space (min_free_mb) and the run file's health."""
 
-    def __init__(self, run: RunState, reporter: Reporter, min_free_mb: float):
+    def __init__(self, run: RunState, reporter: Reporter, min_free_mb: float, placer: CheckpointPlacer):
         self.run = run
         self.reporter = reporter
         self.min_free_mb = min_free_mb
+        self.placer = placer  # its prepared file holds room the next checkpoint takes over
         self.trouble: dict = {}  # why training waits for the disk: low_disk (free bytes, and the floor) or write_error
         self.next_check = 0.0  # monotonic time
 
@@ -65,8 +67,9 @@ class DiskGuard:
         cap_log(run.run_dir.worker_log)
 
     def room_for_checkpoint(self, free: int | None = None) -> bool:
-        """Whether a checkpoint as large as the last one leaves min_free_mb free (kept checkpoints hold the old ones' space).
-        A floor of 0 never pauses: what does not fit fails, and the checkpoint before stays whole."""
+        """Whether a checkpoint as large as the last one leaves min_free_mb free (kept checkpoints hold the old ones' space;
+        a prepared file's room is the next checkpoint's already). A floor of 0 never pauses: what does not fit fails,
+        and the checkpoint before stays whole."""
         if not self.min_free_mb:
             return True
         free = free_bytes(self.run.run_dir.path) if free is None else free
@@ -74,7 +77,7 @@ class DiskGuard:
             size = os.path.getsize(self.run.run_dir.checkpoint)
         except OSError:
             size = 0
-        return free is None or free - size >= self.min_free_mb * MB
+        return free is None or free + self.placer.prepared_bytes - size >= self.min_free_mb * MB
 
 
 def free_bytes(path: Path) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 
@@ -18,9 +17,9 @@ from nnobs.protocol.checkpoint import (
     kept_batches,
     load_checkpoint,
     load_kept,
-    save_checkpoint,
     save_kept,
     state_bytes,
+    write_checkpoint,
 )
 from nnobs.protocol.control import ControlWatcher
 from nnobs.protocol.errors import CommandError, NnobsError
@@ -30,6 +29,7 @@ from nnobs.protocol.slot import tell_log
 from nnobs.training.budget import CostBudget
 from nnobs.training.disk_guard import DiskGuard
 from nnobs.training.ownership import Ownership
+from nnobs.training.placer import CheckpointPlacer
 from nnobs.training.reporter import Reporter
 from nnobs.training.schedule import DENSE_STATE_MAX_PARAMS, next_kept_checkpoint
 from nnobs.training.state import RunState
@@ -44,6 +44,9 @@ FINITE_STATES_KEPT = 4  # checkpoints to choose from when the loss diverges: a b
 # Up to this many bytes, each of those is held in memory; a larger one is read back from checkpoint.npz, the newest
 # finite one: a large model's four copies would cost more memory than training it.
 FINITE_STATE_MOST_BYTES = 32 * 1024 * 1024
+# From this size on, a checkpoint is synced and put in place on a thread of its own (placer.py), and its file is made
+# ready halfway to it: a small one's sync takes milliseconds, less than the handing over would.
+PLACED_APART_BYTES = 4 * 1024 * 1024
 
 
 class Recovery:
@@ -56,6 +59,7 @@ class Recovery:
         disk: DiskGuard,
         ownership: Ownership,
         control: ControlWatcher,
+        placer: CheckpointPlacer,
         answers_from: int | None,
         kept_bytes: int = KEPT_BYTES,
     ):
@@ -64,6 +68,7 @@ class Recovery:
         self.disk = disk
         self.ownership = ownership
         self.control = control
+        self.placer = placer
         # Until this generation has looked at the control file once, its checkpoints keep the last one's
         # run offset: answers given after it must still be known to a successor if we die now. None: the run file's end.
         self.answers_from = answers_from
@@ -71,7 +76,7 @@ class Recovery:
         # state too large to hold in memory is None: checkpoint.npz holds it
         self.finite_states: deque[tuple[float, int, State | None]] = deque(maxlen=FINITE_STATES_KEPT)
         self.last_checkpoint = 0.0  # monotonic time
-        self.checkpoint_took = 0.0  # seconds the last one took: a framework's own checkpoint can take a tenth
+        self.checkpoint_took = 0.0  # seconds the last one held training: a framework's own checkpoint can take a tenth
         self.checkpointed_batch = -1
         # the next batch whose checkpoint is kept, by the schedule
         self.next_kept_at = next_kept_checkpoint(run.batch, reporter.n_params)
@@ -84,8 +89,12 @@ class Recovery:
 
     def checkpoint_when_due(self, now: float) -> None:
         """checkpoint_shown(), every CHECKPOINT_EVERY_S while the batch moves on, or less often where checkpoints
-        cost more than CHECKPOINT_SHARE of that."""
+        cost more than CHECKPOINT_SHARE of that; a large one's file made ready halfway to it."""
+        self.placer.settle(wait=False)
         every = max(CHECKPOINT_EVERY_S, self.checkpoint_took / CHECKPOINT_SHARE)
+        halfway = now - self.last_checkpoint >= every / 2
+        if halfway and self.checkpoint_bytes >= PLACED_APART_BYTES and not self.placer.preparing:
+            self.placer.prepare(max(self.checkpoint_bytes, self.run.trainer.saved_bytes() or 0))
         if now - self.last_checkpoint >= every and self.run.batch != self.checkpointed_batch:
             self.checkpoint_shown(now)
 
@@ -96,11 +105,13 @@ class Recovery:
         self.checkpoint(now)
 
     def checkpoint(self, now: float) -> None:
-        """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal."""
+        """Save the state; a failure (a full disk, say) is reported and tried again later, never fatal. A large one
+        goes into place on the placer's thread, once training has gone on (settle() waits for it)."""
         run = self.run
         self.ownership.check_still_owned()  # never write into a directory that is no longer this run's
         self.last_checkpoint = now
         started = time.perf_counter()
+        self.placer.settle()  # the one before lands first: checkpoints go into place in the order they are taken
         if not run.trainer.all_finite():
             return  # parameters no one can go on from: the checkpoint before them stays
         if not self.disk.room_for_checkpoint():
@@ -115,19 +126,44 @@ class Recovery:
         run.out.flush()  # every answer given so far is on disk before the checkpoint says so
         ckpt = self.checkpoint_of(saved)
         self.ownership.check_still_owned()  # again, just before writing: the save above can take a while
+        apart = self.checkpoint_bytes >= PLACED_APART_BYTES
         try:
-            save_checkpoint(run.run_dir.checkpoint, ckpt)
-            self.checkpoint_bytes = os.stat(run.run_dir.checkpoint).st_size
-            keep_checkpoint(run.run_dir.checkpoint, run.batch, self.kept_bytes)  # to rewind to, later
+            written = write_checkpoint(run.run_dir.checkpoint, ckpt, self.placer.take_prepared() if apart else None)
+            # Held now, while the tensors are those of this batch: what to go back to if the loss diverges
+            finite = self.finite_copy(saved, written.size)
+            if apart:
+                self.placer.place(written, lambda error: self.placed(ckpt, finite, written.size, error))
+            else:
+                written.sync_into_place()
         except OSError as err:
             run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
             return
         except Exception as err:  # a state streamed as written that cannot be (an object torch.save refuses)
             run.out.write({"event": [run.batch, EventKind.CHECKPOINT_ERROR], "error": f"{type(err).__name__}: {err}"})
             return
-        self.checkpointed_batch = run.batch
-        self.checkpoint_took = time.perf_counter() - started
-        self.remember_finite(saved)
+        finally:
+            self.checkpoint_took = time.perf_counter() - started
+        if not apart:
+            self.placed(ckpt, finite, written.size, None)
+
+    def placed(self, ckpt: Checkpoint, finite: State | None, size: int, error: OSError | None) -> None:
+        """ckpt is in place at checkpoint.npz (size bytes), or failed to get there; finite: its state, as held to go
+        back to (None: checkpoint.npz holds it)."""
+        run, batch = self.run, ckpt.batch
+        if error is not None:
+            run.out.write({"event": [batch, EventKind.CHECKPOINT_ERROR], "error": str(error)})
+            return
+        self.checkpoint_bytes = size
+        try:
+            keep_checkpoint(run.run_dir.checkpoint, batch, self.kept_bytes)  # to rewind to, later
+        except OSError as err:
+            run.out.write({"event": [batch, EventKind.CHECKPOINT_ERROR], "error": str(err)})
+            return
+        self.checkpointed_batch = batch
+        if ckpt.state:  # one saved before any loss was logged ranks last, but is there to go back to
+            if finite is None:  # only the newest is on disk: the older ones are gone with it
+                self.finite_states.clear()
+            self.finite_states.append((math.inf if ckpt.loss is None else ckpt.loss, batch, finite))
 
     def stop_before(self, limit: int) -> int:
         """The batch the loop may train up to (limit at most) before the next checkpoint the schedule keeps."""
@@ -178,24 +214,20 @@ class Recovery:
             loss=run.loss if known else None,
         )
 
-    def remember_finite(self, saved: State) -> None:
-        """Remember saved finite parameters, to go back to if the loss diverges (a large state: that it is in
-        checkpoint.npz, the newest finite one)."""
-        run = self.run
-        if saved:  # one saved before any loss was logged ranks last, but is there to go back to
-            known = run.loss is not None and math.isfinite(run.loss)
-            size = state_bytes(saved)
-            if size is None and self.checkpoint_bytes <= FINITE_STATE_MOST_BYTES:
-                saved, size = in_memory(saved), self.checkpoint_bytes  # streamed, but small: held as its bytes
-            held = saved if size is not None and size <= FINITE_STATE_MOST_BYTES else None
-            if held is None:  # only the newest is on disk: the older ones are gone with it
-                self.finite_states.clear()
-            self.finite_states.append((run.loss if run.loss is not None and known else math.inf, run.batch, held))
+    @staticmethod
+    def finite_copy(saved: State, size: int) -> State | None:
+        """saved (finite parameters, checkpointed in size bytes) as held in memory to go back to if the loss diverges;
+        None for a large state: checkpoint.npz, the newest finite one, holds it."""
+        held = state_bytes(saved)
+        if held is None and size <= FINITE_STATE_MOST_BYTES:
+            return in_memory(saved)  # streamed, but small: held as its bytes
+        return saved if held is not None and held <= FINITE_STATE_MOST_BYTES else None
 
     def on_divergence(self, now: float) -> None:
         """Stop training and go back to the best recent finite parameters: a net full of NaN cannot learn its way back."""
         run = self.run
         run.paused = True
+        self.placer.settle()  # the newest finite checkpoint may be on its way to checkpoint.npz
         detail = "the loss is no longer a number; training paused until eta changes"
         if self.finite_states and run.trainer.can_load:
             # The lowest loss, not the latest: a checkpoint can catch the blow-up while it is still finite.
@@ -221,6 +253,7 @@ class Recovery:
             raise CommandError(
                 "cannot rewind: this run's script gives no way to load a checkpoint (see nnobs.Run's load)"
             )
+        self.placer.settle()  # the newest checkpoint is kept once in place
         try:
             kept = load_kept(run.run_dir.checkpoint, batch)
         except NnobsError as err:

@@ -33,6 +33,7 @@ from nnobs.training.disk_guard import DiskGuard
 from nnobs.training.fold_keeper import FoldKeeper
 from nnobs.training.ownership import Orphaned, Ownership, claim
 from nnobs.training.pacer import Pacer
+from nnobs.training.placer import CheckpointPlacer
 from nnobs.training.ranks import Leader
 from nnobs.training.recovery import Recovery, or_else, resume_trainer, steps_after
 from nnobs.training.reporter import Reporter
@@ -109,9 +110,12 @@ class Session(RunState):
         self.window = Window()
         self.pacer = Pacer(pace, self.batch, time.monotonic())
         self.reporter = Reporter(self)
-        self.disk = DiskGuard(self, self.reporter, min_free_mb)
+        placer = CheckpointPlacer(run.checkpoint)
+        self.disk = DiskGuard(self, self.reporter, min_free_mb, placer)
         kept_bytes = int(settings.kept_mb * MIB)
-        self.recovery = Recovery(self, self.reporter, self.disk, self.ownership, self.control, answers_from, kept_bytes)
+        self.recovery = Recovery(
+            self, self.reporter, self.disk, self.ownership, self.control, placer, answers_from, kept_bytes
+        )
         self.log_metrics = self.reporter.log_metrics  # bound once: log() calls it once a batch when given metrics
         self._check_at = 0.0  # when the control file is next looked at
         self.check_every = CONTROL_CHECK_S  # seconds between looks: longer for a job's rank 0 (Leader.stop_every)
@@ -328,6 +332,7 @@ class Session(RunState):
                 self.slot.say(ended="error", batch=self.batch, error=said)
                 return
             self.recovery.checkpoint_shown(time.monotonic())
+            self.recovery.placer.settle()  # in place before the run reads stopped: a restart resumes from it
             self.reporter.take_machine()  # the machine's newest figures ride in the last report
             if self.ending == "terminated":
                 said = f"ended by Slurm's SIGTERM (job {self.job_id} cancelled, or at its time limit)"
@@ -343,6 +348,7 @@ class Session(RunState):
         except Orphaned:
             self.orphaned = True
         finally:
+            self.recovery.placer.close()  # a checkpoint on its way lands before the process is gone
             self.reporter.system.stop()
             self.fold_keeper.stop()
             self.out.close()  # every record has landed before the process, and its lock, are gone

@@ -53,6 +53,10 @@ class Trainer:
         """What a checkpoint holds of the net (and its optimizer), as named arrays; {} when nothing can be."""
         return {}
 
+    def saved_bytes(self) -> int | None:
+        """About the bytes save() writes now, where the trainer can tell without saving; None where it cannot."""
+        return None
+
     def load(self, saved: dict[str, np.ndarray]) -> None:
         """Take back what save() returned; ValueError when it does not fit this net."""
         raise ValueError("this trainer cannot load a checkpoint")

@@ -106,6 +106,12 @@ class TorchTrainer(TorchTensors, Trainer):
         # much again as the model and its optimizer hold.
         return {"torch": Streamed(lambda stream: torch.save(self._training_state(), stream))}
 
+    def saved_bytes(self) -> int:
+        """The model's tensors and the optimizer's state (Adam's moments, once it has stepped), as save() writes them."""
+        tensors = [*self.model.state_dict().values()]
+        tensors += [value for state in self.optimizer.state.values() for value in state.values()]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
     def _training_state(self) -> dict[str, Any]:
         """The model's and the optimizer's state_dicts (their tensors themselves, not copies), the schedule's, and
         the random state."""
