@@ -26,7 +26,7 @@ class CheckpointPlacer:
         self._pool: ThreadPoolExecutor | None = None  # its thread starts at the first use: small nets never need it
         self._placing: tuple[Future[None], Placed] | None = None
         self._preparing: Future[Path] | None = None
-        self.prepared_bytes = 0  # the room the prepared file takes on the disk (the disk guard counts it as free)
+        self._prepared_size = 0
 
     def place(self, written: WrittenTemp, then: Placed) -> None:
         """Sync written into place on the thread; then(error) is called by the settle() that finds it done."""
@@ -49,8 +49,15 @@ class CheckpointPlacer:
     def prepare(self, size: int) -> None:
         """Make a file of size bytes ready for the next checkpoint, unless one is ready or on its way."""
         if self._preparing is None and size > 0:
-            self.prepared_bytes = size
+            self._prepared_size = size
             self._preparing = self._thread().submit(prepared_temp, self.path, size)
+
+    @property
+    def prepared_bytes(self) -> int:
+        """The room the prepared file takes on the disk, the next checkpoint's already (the disk guard counts it)."""
+        preparing = self._preparing
+        failed = preparing is not None and preparing.done() and preparing.exception() is not None
+        return 0 if preparing is None or failed else self._prepared_size
 
     @property
     def preparing(self) -> bool:
@@ -62,7 +69,7 @@ class CheckpointPlacer:
         preparing = self._preparing
         if preparing is None or not preparing.done():
             return None
-        self._preparing, self.prepared_bytes = None, 0
+        self._preparing = None
         return preparing.result() if preparing.exception() is None else None  # a full disk: a new file, as before
 
     def close(self) -> None:
