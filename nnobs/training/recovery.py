@@ -128,9 +128,9 @@ class Recovery:
         self.ownership.check_still_owned()  # again, just before writing: the save above can take a while
         apart = self.checkpoint_bytes >= PLACED_APART_BYTES
         try:
-            written = write_checkpoint(run.run_dir.checkpoint, ckpt, self.placer.take_prepared() if apart else None)
             # Held now, while the tensors are those of this batch: what to go back to if the loss diverges
-            finite = self.finite_copy(saved, written.size)
+            finite = self.finite_copy(saved)
+            written = write_checkpoint(run.run_dir.checkpoint, ckpt, self.placer.take_prepared() if apart else None)
             if apart:
                 self.placer.place(written, lambda error: self.placed(ckpt, finite, written.size, error))
             else:
@@ -214,12 +214,11 @@ class Recovery:
             loss=run.loss if known else None,
         )
 
-    @staticmethod
-    def finite_copy(saved: State, size: int) -> State | None:
-        """saved (finite parameters, checkpointed in size bytes) as held in memory to go back to if the loss diverges;
-        None for a large state: checkpoint.npz, the newest finite one, holds it."""
+    def finite_copy(self, saved: State) -> State | None:
+        """saved (finite parameters) as held in memory to go back to if the loss diverges; None for a large state (as
+        large as the last checkpoint): checkpoint.npz, the newest finite one, holds it."""
         held = state_bytes(saved)
-        if held is None and size <= FINITE_STATE_MOST_BYTES:
+        if held is None and self.checkpoint_bytes <= FINITE_STATE_MOST_BYTES:
             return in_memory(saved)  # streamed, but small: held as its bytes
         return saved if held is not None and held <= FINITE_STATE_MOST_BYTES else None
 
