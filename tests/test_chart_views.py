@@ -491,3 +491,11 @@ def test_the_rule_of_thumbs_label_is_drawn_once_above_the_loss_legend_markers_an
     marks = [(layer["mark"]["type"], layer["mark"].get("stroke")) for layer in diagram]
     assert marks == [("rule", None), ("rect", None), ("text", "white"), ("text", None)], \
         "links under the maps, and each label on a white halo over them"
+
+
+def test_a_log_scale_loss_chart_says_which_reports_of_zero_it_leaves_out():
+    reached_zero = pd.DataFrame({"batch": [0, 10, 20, 30], "loss": [2.3, 1e-7, 0.0, 0.0]})
+    said = charts.off_the_log_axis(reached_zero)
+    assert said.startswith("2 loss reports of 0 or below, the first at batch 20,")
+    assert "Log-scale loss" in said
+    assert charts.off_the_log_axis(reached_zero.iloc[:2]) == ""

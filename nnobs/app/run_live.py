@@ -52,6 +52,8 @@ def _charts(run: RunDir, view: RunView) -> None:
     if len(frames["loss"]):
         spec = with_batch_scale(charts.loss_spec(log_loss, view.test is not None), log_batches)
         st.vega_lite_chart(frames["loss"], spec, width="stretch", height=420)
+        if log_loss and (hidden := charts.off_the_log_axis(view.loss)):
+            st.caption(hidden)
     elif len(view.loss):
         st.caption(charts.LOSS_PENDING)
     run_views.metric_charts(view.metrics, frames, log_batches)

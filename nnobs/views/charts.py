@@ -26,6 +26,21 @@ from nnobs.views.wording import as_text
 LOSS_PENDING = "The loss chart appears once the run has reported a loss at two batches."
 
 
+def off_the_log_axis(loss: pd.DataFrame) -> str:
+    """What a log-scale loss chart leaves out, in words: reports of a loss of 0 or below, which a log axis has no
+    place for (a model that fits its data exactly reaches 0); "" when there are none."""
+    values = loss["loss"].to_numpy(dtype=float)
+    below = int((values <= 0).sum())
+    if not below:
+        return ""
+    first = int(loss["batch"].to_numpy()[values <= 0][0])
+    reports = "report" if below == 1 else "reports"
+    return (
+        f"{below:,} loss {reports} of 0 or below, the first at batch {first:,}, lie off the log scale: turn off "
+        "Log-scale loss to see them."
+    )
+
+
 def metric_pending(name: str, points: pd.DataFrame) -> str:
     """What stands in for a metric's chart while fewer than two batches have a value to draw."""
     finite = points[np.isfinite(points["value"].to_numpy(dtype=float))]
