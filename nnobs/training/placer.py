@@ -70,7 +70,8 @@ class CheckpointPlacer:
         if preparing is None or not preparing.done():
             return None
         self._preparing = None
-        return preparing.result() if preparing.exception() is None else None  # a full disk: a new file, as before
+        # None where it failed (a full disk): the write then makes a new file
+        return preparing.result() if preparing.exception() is None else None
 
     def close(self) -> None:
         """Wait for what is on its way (what landed is not told), and remove the prepared file."""

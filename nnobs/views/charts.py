@@ -29,15 +29,15 @@ LOSS_PENDING = "The loss chart appears once the run has reported a loss at two b
 def off_the_log_axis(loss: pd.DataFrame) -> str:
     """What a log-scale loss chart leaves out, in words: reports of a loss of 0 or below, which a log axis has no
     place for (a model that fits its data exactly reaches 0); "" when there are none."""
-    values = loss["loss"].to_numpy(dtype=float)
-    below = int((values <= 0).sum())
+    off = loss["loss"].to_numpy(dtype=float) <= 0
+    below = int(off.sum())
     if not below:
         return ""
-    first = int(loss["batch"].to_numpy()[values <= 0][0])
-    reports = "report" if below == 1 else "reports"
+    first = int(loss["batch"].to_numpy()[off][0])
+    reports, lie, them = ("report", "lies", "it") if below == 1 else ("reports", "lie", "them")
     return (
-        f"{below:,} loss {reports} of 0 or below, the first at batch {first:,}, lie off the log scale: turn off "
-        "Log-scale loss to see them."
+        f"{below:,} loss {reports} of 0 or below, the first at batch {first:,}, {lie} off the log scale: turn off "
+        f"Log-scale loss to see {them}."
     )
 
 
